@@ -1,0 +1,127 @@
+"""Attaching PETL modules to a backbone lobe, and deciding what trains.
+
+``AdaptedBackbone`` is SpeechBrain's ``AdaptedModel`` (wrapping by name, freezing, trainable-only
+checkpoints) driven by the lobe's *named insertion points* instead of raw module-name patterns, so
+one method yaml works on every backbone family:
+
+=============== ============================================================================
+point           what is wrapped
+=============== ============================================================================
+embeddings      the module that turns the input into the token sequence (AST: patch embedding
+                + CLS/distillation tokens + positions; wav2vec2: up to the positional conv)
+layer           every transformer layer: a wrapper sees the token stream *before* the layer
+later_layers    every transformer layer but the first
+attention       the self-attention sublayer (MHSA incl. its output projection)
+ffn             the feed-forward sublayer
+ln_attention    the LayerNorm of the attention sublayer (pre-LN: before it; post-LN: after it)
+ln_ffn          the LayerNorm of the feed-forward sublayer
+q, k, v, o      the attention's query / key / value / output projections (``nn.Linear``)
+final_norm      the LayerNorm after the last layer (absent in post-LN wav2vec2 models)
+=============== ============================================================================
+
+What trains besides the inserted modules is named in ``trainable`` (resolved by the lobe):
+an insertion point (all parameters of the matched modules), ``final_norm_bias``, ``biases``
+(BitFit: biases of every Linear and LayerNorm of the transformer), ``top_layers:K`` (the last K
+transformer layers) or ``all``.
+"""
+
+import inspect
+import logging
+
+import torch
+from speechbrain.nnet.adapters import AdaptedModel, replace_module
+
+logger = logging.getLogger(__name__)
+
+
+class PETLModule(torch.nn.Module):
+    """Base of every module a PETL method inserts into a backbone.
+
+    A PETL module trains (its own parameters, and train/eval mode follows the Brain) even when the
+    backbone around it is frozen and kept in eval mode. A wrapper keeps the module it wraps as
+    ``self.pretrained_module`` (SpeechBrain's convention); that one stays frozen and in eval mode.
+    """
+
+
+def _accepts(cls, name):
+    """Whether ``cls(...)`` takes a keyword ``name``."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+class AdaptedBackbone(AdaptedModel):
+    """A backbone lobe with PETL modules attached at named insertion points.
+
+    Arguments
+    ---------
+    backbone : petl_modules.backbones.Backbone
+        The lobe to adapt. All its parameters are frozen, then ``trainable`` is unfrozen.
+    adapter_class : callable, optional
+        Called as ``adapter_class(module, **adapter_kwargs)`` for every module at the insertion
+        points (like ``AdaptedModel``). If it accepts them, it also receives ``hidden_size`` (the
+        backbone's), ``point`` (the insertion point name) and ``layer`` (the layer index or None).
+    insertion_points : list of str
+        Names of the lobe's insertion points (see the module docstring).
+    trainable : list of str
+        What of the backbone trains besides the inserted modules (see the module docstring).
+    adapter_kwargs : dict
+        Options of ``adapter_class``.
+
+    Example
+    -------
+    >>> from petl_modules.backbones import tiny_ast_config, Backbone
+    >>> import tempfile, transformers
+    >>> folder = tempfile.mkdtemp()
+    >>> transformers.ASTModel(tiny_ast_config()).save_pretrained(folder)
+    >>> lobe = Backbone(folder, max_frames=64)
+    >>> model = AdaptedBackbone(lobe, trainable=["final_norm"])
+    >>> sum(p.numel() for p in model.parameters() if p.requires_grad)
+    64
+    """
+
+    def __init__(
+        self,
+        backbone,
+        adapter_class=None,
+        insertion_points=(),
+        trainable=(),
+        adapter_kwargs=None,
+    ):
+        insertion_points = list(insertion_points or [])
+        trainable = list(trainable or [])
+        if insertion_points and adapter_class is None:
+            raise ValueError(
+                f"insertion_points {insertion_points} given without an adapter_class: name the "
+                "PETL module to insert (adapter_class: !name:petl_modules....)."
+            )
+        self._points = insertion_points
+        super().__init__(
+            model_to_adapt=backbone,
+            adapter_class=adapter_class,
+            target_layers=backbone.insertion_patterns(insertion_points),
+            adapter_kwargs=dict(adapter_kwargs or {}),
+        )
+        if insertion_points and not self.replace_layers:
+            raise ValueError(
+                f"No module of the {backbone.family} backbone matches insertion points "
+                f"{insertion_points}."
+            )
+        for name in backbone.trainable_parameter_names(trainable):
+            backbone.get_parameter(name).requires_grad_(True)
+        backbone.set_finetuned(trainable)
+
+    def insert_adapters(self):
+        """Wraps every matched module, telling the adapter class where it sits."""
+        backbone = self.adapted_model
+        for name in self.replace_layers:
+            module = backbone.get_submodule(name)
+            kwargs = dict(self.adapter_kwargs)
+            point, layer = backbone.locate(name, self._points)
+            extras = {"hidden_size": backbone.hidden_size, "point": point, "layer": layer}
+            for key, value in extras.items():
+                if key not in kwargs and _accepts(self.adapter_class, key):
+                    kwargs[key] = value
+            replace_module(backbone, name, self.adapter_class(module, **kwargs))

@@ -1,0 +1,112 @@
+"""The classification Brain shared by every recipe.
+
+Per stage it accumulates loss and accuracy; after validation it checkpoints with the validation
+accuracy as the key, so ``evaluate(..., max_key="valid_acc")`` tests the best epoch's weights
+(the reference tested the last epoch's). The optimiser is AdamW with two parameter groups (the
+backbone's trainable tensors at ``lr``, the head at ``head_lr``) and a cosine schedule stepped per
+optimiser step over all epochs.
+"""
+
+import logging
+import math
+
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.distributed import is_distributed_initialized
+
+logger = logging.getLogger(__name__)
+
+
+class ClassificationBrain(sb.Brain):
+    """Utterance classification: ``inputs`` -> backbone with PETL modules -> classifier.
+
+    Expects ``modules`` with ``petl_model`` (an ``AdaptedBackbone``) and ``classifier``, and batches
+    with ``inputs`` (padded features or waveforms) and ``label_index``. Optional hparams:
+    ``augmentation`` (called on the training inputs, e.g. SpecAugment on fbank features).
+    """
+
+    steps_per_epoch = 1
+
+    # ---------------------------------------------------------------- forward / loss
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        inputs, lengths = batch.inputs
+        augmentation = getattr(self.hparams, "augmentation", None)
+        if stage == sb.Stage.TRAIN and augmentation is not None:
+            inputs = augmentation(inputs)
+        hidden, mask = self.modules.petl_model(inputs, lengths)
+        return self.modules.classifier(hidden, mask)
+
+    def compute_objectives(self, logits, batch, stage):
+        labels = batch.label_index.data.view(-1).to(logits.device)
+        loss = F.cross_entropy(logits, labels)
+        self.counts += torch.stack(
+            [(logits.argmax(dim=-1) == labels).sum(), torch.tensor(labels.numel(), device=labels.device)]
+        ).to(self.counts)
+        return loss
+
+    # ---------------------------------------------------------------- optimiser and schedule
+    def fit(self, epoch_counter, train_set, valid_set=None, progressbar=None,
+            train_loader_kwargs={}, valid_loader_kwargs={}):
+        """As ``sb.Brain.fit``; records the number of batches per epoch for the cosine schedule."""
+        if not isinstance(train_set, torch.utils.data.DataLoader):
+            train_set = self.make_dataloader(train_set, stage=sb.Stage.TRAIN, **train_loader_kwargs)
+        self.steps_per_epoch = math.ceil(len(train_set) / self.grad_accumulation_factor)
+        super().fit(epoch_counter, train_set, valid_set, progressbar,
+                    train_loader_kwargs, valid_loader_kwargs)
+
+    def init_optimizers(self):
+        """AdamW over two groups (backbone trainables at ``lr``, head at ``head_lr``) + cosine."""
+        groups = [
+            {"params": [p for p in self.modules.petl_model.parameters() if p.requires_grad],
+             "lr": float(self.hparams.lr)},
+            {"params": [p for p in self.modules.classifier.parameters() if p.requires_grad],
+             "lr": float(self.hparams.head_lr)},
+        ]
+        self.optimizer = self.opt_class([g for g in groups if g["params"]])
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        total_steps = max(1, int(self.hparams.number_of_epochs) * self.steps_per_epoch)
+        self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+            self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if should_step:
+            self.lr_scheduler.step()
+
+    # ---------------------------------------------------------------- stages
+    def on_stage_start(self, stage, epoch=None):
+        self.counts = torch.zeros(2, dtype=torch.float64, device=self.device)
+
+    def _accuracy(self, stage):
+        counts = self.counts
+        # Training batches are sharded across processes; validation and test run in full on each.
+        if stage == sb.Stage.TRAIN and is_distributed_initialized():
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)
+        return float(counts[0] / counts[1]) if counts[1] > 0 else 0.0
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        stats = {"loss": float(stage_loss), "accuracy": self._accuracy(stage)}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+        elif stage == sb.Stage.VALID:
+            self.valid_stats = stats
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats=getattr(self, "train_stats", None),
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"valid_acc": stats["accuracy"], "epoch": int(epoch)},
+                max_keys=["valid_acc"],
+            )
+        else:
+            self.test_stats = stats
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )

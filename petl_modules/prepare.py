@@ -1,0 +1,138 @@
+"""What every ``<dataset>_prepare.py`` shares: checking the files, writing manifests once.
+
+A preparation script reads its release's own layout into rows (``ID``, ``wav`` relative to the
+dataset folder, ``label``, any extra columns such as ``fold``) and hands them to
+``write_manifests``, which checks every referenced file once (missing, unreadable, empty, unknown
+label), reports all problems together, and writes SpeechBrain CSV manifests with ``$data_root``
+paths. ``manifests_up_to_date`` lets the script return early when the manifests already exist for
+the same options.
+"""
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+OPTIONS_FILE = "prepare_options.json"
+SKIPPED_FILE = "skipped_files.txt"
+PROBLEMS_FILE = "bad_files.txt"
+MAX_LISTED = 20
+
+
+class DataError(RuntimeError):
+    """The dataset on disk does not match what the recipe expects."""
+
+
+def manifests_up_to_date(save_folder, names, options):
+    """True when every ``<name>.csv`` exists in ``save_folder`` and was written with ``options``."""
+    save_folder = Path(save_folder)
+    try:
+        with open(save_folder / OPTIONS_FILE) as stream:
+            saved = json.load(stream)
+    except (OSError, ValueError):
+        return False
+    if saved != json.loads(json.dumps(options)):
+        return False
+    if all((save_folder / f"{name}.csv").is_file() for name in names):
+        logger.info(f"Manifests in {save_folder} are up to date; skipping preparation.")
+        return True
+    return False
+
+
+def _check(path):
+    """``(duration_s, problem)`` of one audio file (header only)."""
+    try:
+        info = sf.info(str(path))
+    except FileNotFoundError:
+        return None, "missing file"
+    except Exception as err:
+        return None, f"unreadable as audio ({str(err).strip() or type(err).__name__})"
+    if info.frames == 0 or info.samplerate == 0:
+        return None, "empty (zero samples)"
+    return info.frames / info.samplerate, None
+
+
+def _write_csv(path, rows, fields):
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=False, labels=None):
+    """Checks the files of ``splits`` and writes one ``<split>.csv`` manifest each.
+
+    Arguments
+    ---------
+    save_folder : str or Path
+        Where the manifests go.
+    splits : dict
+        ``{name: [row, ...]}``; a row is a dict with ``ID``, ``wav`` (path relative to
+        ``data_folder``), ``label`` and optional extra columns (the same for every row).
+    data_folder : str or Path
+        The dataset's top folder (``$data_root`` in the manifests).
+    options : dict
+        The preparation options; saved next to the manifests so that a rerun with the same options
+        skips preparation and one with other options redoes it.
+    skip_bad_files : bool
+        False: any problem raises ``DataError`` listing every problem. True: problem files are left
+        out, listed in ``skipped_files.txt`` next to the manifests, and counted in the log.
+    labels : collection, optional
+        The known class labels; a row with another label is a problem.
+
+    Returns
+    -------
+    dict
+        ``{name: number of rows written}``.
+    """
+    save_folder = Path(save_folder)
+    data_folder = Path(data_folder)
+    save_folder.mkdir(parents=True, exist_ok=True)
+    problems, kept = [], {}
+    for name, rows in splits.items():
+        kept[name] = []
+        for row in rows:
+            duration, problem = _check(data_folder / row["wav"])
+            if problem is None and labels is not None and row["label"] not in labels:
+                problem = f"unknown label '{row['label']}'"
+            if problem:
+                problems.append(f"{data_folder / row['wav']}: {problem} ({name} split, ID {row['ID']})")
+                continue
+            kept[name].append({"ID": row["ID"], "duration": f"{duration:.3f}",
+                               "wav": f"$data_root/{row['wav']}", "label": row["label"],
+                               **{k: v for k, v in row.items() if k not in ("ID", "wav", "label")}})
+    if problems and not skip_bad_files:
+        (save_folder / PROBLEMS_FILE).write_text("\n".join(problems) + "\n")
+        listed = "\n  ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataError(
+            f"{len(problems)} problem(s) in the dataset at {data_folder}:\n  {listed}{more}\n"
+            f"The full list is in {save_folder / PROBLEMS_FILE}. Fix or restore these files from the "
+            "release, or rerun with --skip_bad_files=True to leave them out (they are then listed "
+            f"in {save_folder / SKIPPED_FILE})."
+        )
+    if problems:
+        (save_folder / SKIPPED_FILE).write_text("\n".join(problems) + "\n")
+        logger.warning(
+            f"Skipped {len(problems)} bad file(s) (--skip_bad_files=True); the list is in "
+            f"{save_folder / SKIPPED_FILE}:\n  " + "\n  ".join(problems[:MAX_LISTED])
+        )
+    else:
+        (save_folder / SKIPPED_FILE).unlink(missing_ok=True)
+    for name, rows in kept.items():
+        if not rows:
+            raise DataError(f"The {name} split of {data_folder} has no usable audio file.")
+        fields = list(rows[0])
+        _write_csv(save_folder / f"{name}.csv", rows, fields)
+    with open(save_folder / OPTIONS_FILE, "w") as stream:
+        json.dump(options, stream, indent=2)
+    counts = {name: len(rows) for name, rows in kept.items()}
+    logger.info(f"Wrote manifests to {save_folder}: {counts}")
+    return counts

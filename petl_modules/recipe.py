@@ -1,0 +1,390 @@
+"""The recipe machinery every ``recipes/<DATASET>/train.py`` shares.
+
+A recipe gives three things: its dataset yaml, a preparation function (writes manifests once) and
+a function that returns the train/valid/test datasets of a fold. ``run_recipe`` does the rest, in
+the order of SpeechBrain's templates: parse the command line, compose the yaml files, build the
+model (so that a wrong option fails before any data is read), prepare the data on the main
+process, then for each fold: experiment folder, datasets, ``fit``, test with the best checkpoint;
+finally ``results.json``.
+"""
+
+import difflib
+import io
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import ruamel.yaml
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from petl_modules.audio import load_audio
+
+logger = logging.getLogger(__name__)
+
+COMMON_YAML = Path(__file__).with_name("recipe.yaml")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A wrong option or file given by the user (raised before any data is read)."""
+
+
+# ==================================================================== composing the yaml files
+def _load_tree(path):
+    try:
+        with open(path) as stream:
+            tree = ruamel.yaml.YAML().load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"File not found: {path}") from None
+    return tree if tree is not None else ruamel.yaml.comments.CommentedMap()
+
+
+def _method_files():
+    return sorted(p.name for p in (REPO_ROOT / "hparams").glob("*.yaml"))
+
+
+def compose_hparams(method_file, dataset_file, overrides=None):
+    """Composes recipe.yaml < method yaml < dataset yaml < ``overrides`` into one yaml text.
+
+    Arguments
+    ---------
+    method_file : str or Path
+        ``hparams/<method>.yaml``.
+    dataset_file : str or Path
+        ``recipes/<DATASET>/<dataset>.yaml``.
+    overrides : str or dict
+        Command-line overrides (the yaml string ``sb.parse_arguments`` returns, or a dict). Every
+        key must exist in one of the three files.
+
+    Returns
+    -------
+    str
+        One HyperPyYAML document (``load_hparams`` instantiates it).
+    """
+    method_file = Path(method_file)
+    if not method_file.is_file():
+        raise ConfigError(
+            f"Method file '{method_file}' not found. Available methods in hparams/: "
+            f"{', '.join(_method_files())}."
+        )
+    merged = _load_tree(COMMON_YAML)
+    method = _load_tree(method_file)
+    if "method" not in method or "petl_model" not in method:
+        raise ConfigError(
+            f"'{method_file}' is not a method file: it must define 'method' and 'petl_model'. "
+            f"Pass one of hparams/{{{','.join(_method_files())}}} as the first argument."
+        )
+    for layer in (method, _load_tree(dataset_file)):
+        for key, value in layer.items():
+            merged[key] = value
+    if isinstance(overrides, str):
+        overrides = ruamel.yaml.YAML().load(overrides) if overrides.strip() else {}
+    for key, value in (overrides or {}).items():
+        if key not in merged:
+            close = difflib.get_close_matches(key, list(merged), n=3)
+            hint = f" Did you mean: {', '.join('--' + c for c in close)}?" if close else ""
+            raise ConfigError(
+                f"Unknown option --{key}: it is not a key of {COMMON_YAML.name}, {method_file.name} "
+                f"or {Path(dataset_file).name}.{hint}"
+            )
+        merged[key] = value
+    data_folder = merged.get("data_folder")
+    if getattr(getattr(data_folder, "tag", None), "value", None) == "!PLACEHOLDER":
+        raise ConfigError("Missing --data_folder=/path/to/the/dataset (the folder of its release).")
+    text = io.StringIO()
+    ruamel.yaml.YAML().dump(merged, text)
+    return text.getvalue()
+
+
+def load_hparams(yaml_text, **overrides):
+    """Instantiates a composed yaml (``compose_hparams``), with extra key overrides."""
+    return load_hyperpyyaml(yaml_text, overrides or None, overrides_must_match=True)
+
+
+def scalar_hparams(hparams):
+    """The plain (JSON-serialisable) top-level values of ``hparams``: options of the run."""
+    return {
+        k: v for k, v in hparams.items()
+        if isinstance(v, (str, int, float, bool, type(None)))
+        or (isinstance(v, list) and all(isinstance(x, (str, int, float, bool)) for x in v))
+    }
+
+
+# ==================================================================== data
+def resolve_data_folder(data_folder, release_name, marker):
+    """Returns the dataset's top folder: ``data_folder`` itself or its child ``release_name``.
+
+    ``marker`` is a path inside the release that must exist (e.g. ``data/train_data.csv``).
+    """
+    folder = Path(data_folder)
+    for candidate in (folder, folder / release_name):
+        if (candidate / marker).exists():
+            return candidate
+    raise FileNotFoundError(
+        f"'{data_folder}' is not a {release_name} folder: {marker} was not found in it nor in "
+        f"{folder / release_name}. Pass --data_folder=/path/to/{release_name} (the folder of the "
+        "official release, or its parent)."
+    )
+
+
+def write_json_atomic(path, obj):
+    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as stream:
+        json.dump(obj, stream, indent=2)
+        stream.write("\n")
+    os.replace(tmp, path)
+
+
+def load_manifest(csv_path, data_folder, key_test=None):
+    """A ``DynamicItemDataset`` from a manifest (``$data_root`` -> ``data_folder``), filtered."""
+    dataset = DynamicItemDataset.from_csv(csv_path, replacements={"data_root": str(data_folder)})
+    if key_test:
+        dataset = dataset.filtered_sorted(key_test=key_test)
+    return dataset
+
+
+def class_names_of(datasets):
+    """Sorted class names found in the ``label`` field of ``datasets``."""
+    names = set()
+    for dataset in datasets:
+        with dataset.output_keys_as(["label"]):
+            names.update(item["label"] for item in dataset)
+    return sorted(names)
+
+
+def few_shot_subset(dataset, samples_per_class, seed):
+    """Keeps ``samples_per_class`` random items of each class (seeded, balanced)."""
+    by_class = {}
+    with dataset.output_keys_as(["id", "label"]):
+        for item in dataset:
+            by_class.setdefault(item["label"], []).append(item["id"])
+    rng = random.Random(seed)
+    keep = []
+    for label in sorted(by_class):
+        ids = sorted(by_class[label])
+        if len(ids) < samples_per_class:
+            logger.warning(
+                f"few_shot_samples={samples_per_class}: class '{label}' has only {len(ids)} "
+                "training examples; keeping all of them."
+            )
+        keep += rng.sample(ids, min(samples_per_class, len(ids)))
+    keep = set(keep)
+    return dataset.filtered_sorted(key_test={"id": lambda i: i in keep})
+
+
+def add_pipelines(datasets, input_processor, encoder):
+    """Adds ``inputs`` (features of the audio file) and ``label_index`` to every dataset."""
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("inputs")
+    def audio_pipeline(wav):
+        return input_processor(load_audio(wav))
+
+    @sb.utils.data_pipeline.takes("label")
+    @sb.utils.data_pipeline.provides("label_index")
+    def label_pipeline(label):
+        return encoder.encode_label_torch(label)
+
+    sb.dataio.dataset.add_dynamic_item(list(datasets), audio_pipeline)
+    sb.dataio.dataset.add_dynamic_item(list(datasets), label_pipeline)
+    sb.dataio.dataset.set_output_keys(list(datasets), ["id", "inputs", "label_index"])
+
+
+# ==================================================================== parameters
+def parameter_report(modules):
+    """Total / trainable parameters of ``modules`` (a dict), like PEFT's report."""
+    petl_model, classifier = modules["petl_model"], modules["classifier"]
+    total = sum(p.numel() for m in (petl_model, classifier) for p in m.parameters())
+    head = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
+    trainable = head + sum(p.numel() for p in petl_model.parameters() if p.requires_grad)
+    return {
+        "total_params": total,
+        "trainable_params": trainable,
+        "trainable_params_without_head": trainable - head,
+        "trainable_percent": 100.0 * trainable / total,
+    }
+
+
+# ==================================================================== folds and results
+def fold_list(hparams):
+    """The folds to run: ``[None]`` for datasets with official splits, else the chosen ones."""
+    folds = hparams.get("folds")
+    choice = hparams.get("fold", "all")
+    if not folds:
+        if str(choice) not in ("all", "None", "1"):
+            raise ConfigError(
+                f"--fold={choice}: {hparams['dataset']} has official splits, not folds; drop --fold."
+            )
+        return [None]
+    folds = [int(f) for f in folds]
+    if str(choice) == "all":
+        return folds
+    try:
+        chosen = int(choice)
+    except ValueError:
+        chosen = None
+    if chosen not in folds:
+        raise ConfigError(
+            f"--fold={choice} is out of range for {hparams['dataset']}: use 'all' or one of {folds}."
+        )
+    return [chosen]
+
+
+def aggregate_results(output_folder, header):
+    """Combines the ``fold_result.json`` files below ``output_folder`` into ``results.json``."""
+    output_folder = Path(output_folder)
+    folds = []
+    for path in sorted(output_folder.glob("**/fold_result.json")):
+        with open(path) as stream:
+            folds.append(json.load(stream))
+    folds.sort(key=lambda r: (r["fold"] is not None, r["fold"] or 0))
+    results = dict(header)
+    results["folds"] = folds
+    test = [r["test_accuracy"] for r in folds]
+    valid = [r["valid_accuracy"] for r in folds]
+    if test:
+        mean = sum(test) / len(test)
+        results["test_accuracy_mean"] = mean
+        results["test_accuracy_std"] = math.sqrt(sum((t - mean) ** 2 for t in test) / len(test))
+        results["test_accuracy"] = mean
+        results["valid_accuracy"] = sum(valid) / len(valid)
+    write_json_atomic(output_folder / "results.json", results)
+    return results
+
+
+def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
+    """Runs a recipe from its command line. See the module docstring.
+
+    Arguments
+    ---------
+    brain_class : type
+        A ``ClassificationBrain`` subclass.
+    dataset_yaml : Path
+        The recipe's dataset yaml.
+    prepare : callable
+        ``prepare(hparams)``: writes the manifests (run on the main process only).
+    make_datasets : callable
+        ``make_datasets(hparams, fold)`` -> ``{"train", "valid", "test"}`` of ``DynamicItemDataset``
+        with ``wav`` and ``label`` fields.
+    argv : list of str, optional
+        Command line (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    try:
+        yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
+        hparams = load_hparams(yaml_text)
+        folds = fold_list(hparams)
+    except ConfigError as err:
+        sys.exit(f"Error: {err}")
+
+    output_folder = Path(hparams["output_folder"])
+    sb.create_experiment_directory(experiment_directory=str(output_folder))
+    run_on_main(prepare, kwargs={"hparams": hparams})
+
+    header = {
+        "dataset": hparams["dataset"],
+        "method": hparams["method"],
+        "backbone": hparams["backbone"].family,
+        "backbone_source": hparams["backbone_source"],
+        "seed": hparams["seed"],
+    }
+    for fold in folds:
+        if fold is not None:
+            experiment_folder = str(output_folder / f"fold_{fold}")
+            hparams = load_hparams(yaml_text, fold=fold, experiment_folder=experiment_folder)
+        run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, header)
+
+    results = aggregate_results(output_folder, header) if if_main_process() else None
+    if results is not None:
+        logger.info(
+            f"Test accuracy {results['test_accuracy_mean']:.4f} +- "
+            f"{results['test_accuracy_std']:.4f} over {len(results['folds'])} fold(s); "
+            f"results in {output_folder / 'results.json'}"
+        )
+    return results
+
+
+def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, header):
+    """Trains and tests one fold (or the official split) in its experiment folder."""
+    experiment_folder = Path(hparams["experiment_folder"])
+    if if_main_process():
+        experiment_folder.mkdir(parents=True, exist_ok=True)
+        (experiment_folder / "hyperparams.yaml").write_text(yaml_text)
+    sb.create_experiment_directory(experiment_directory=str(experiment_folder))
+
+    datasets = make_datasets(hparams, fold)
+    class_names = hparams.get("class_names") or class_names_of(datasets.values())
+    if len(class_names) != int(hparams["n_classes"]):
+        raise ValueError(
+            f"The manifests in {hparams['manifest_folder']} hold {len(class_names)} classes but the "
+            f"dataset yaml says n_classes={hparams['n_classes']}: check the data (or --n_classes)."
+        )
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(class_names)
+    encoder.expect_len(len(class_names))
+    if if_main_process():
+        encoder.save(experiment_folder / "label_encoder.txt")
+    if int(hparams["few_shot_samples"]) > 0:
+        datasets["train"] = few_shot_subset(
+            datasets["train"], int(hparams["few_shot_samples"]), hparams["seed"]
+        )
+    add_pipelines(datasets.values(), hparams["backbone"].input_processor, encoder)
+
+    report = parameter_report(hparams["modules"])
+    logger.info(
+        f"trainable params: {report['trainable_params']:,} "
+        f"({report['trainable_params_without_head']:,} without the head) || "
+        f"all params: {report['total_params']:,} || trainable%: {report['trainable_percent']:.4f}"
+    )
+    header.update(report)
+
+    brain = brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_loader_options"],
+        valid_loader_kwargs=hparams["eval_loader_options"],
+    )
+    brain.evaluate(
+        datasets["test"], max_key="valid_acc", test_loader_kwargs=hparams["eval_loader_options"]
+    )
+    best = hparams["checkpointer"].find_checkpoint(max_key="valid_acc")
+    result = {
+        "fold": fold,
+        "valid_accuracy": float(best.meta["valid_acc"]) if best else None,
+        "best_epoch": int(best.meta.get("epoch", 0)) if best else None,
+        "test_accuracy": brain.test_stats["accuracy"],
+        "test_loss": brain.test_stats["loss"],
+        "experiment_folder": str(experiment_folder),
+        "class_names": list(class_names),
+        "hparams": scalar_hparams(hparams),
+    }
+    if if_main_process():
+        write_json_atomic(experiment_folder / "fold_result.json", result)
+    return result
