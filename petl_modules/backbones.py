@@ -134,6 +134,25 @@ class Backbone(torch.nn.Module):
         """``modules_at`` for a point the family may not have (e.g. no final LayerNorm)."""
         return self.modules_at(point) if self.INSERTION_POINTS.get(point) else []
 
+    def _top_layer_prefixes(self, spec):
+        """Module names of ``top_layers:K``: the last K layers (``all``: every layer + embeddings)."""
+        count = spec.split(":", 1)[1]
+        layers = self.layer_names()
+        if count == "all":
+            count = len(layers)
+        try:
+            count = int(count)
+            assert 0 <= count <= len(layers)
+        except (ValueError, AssertionError):
+            raise ValueError(
+                f"trainable '{spec}': K must be 'all' or an integer from 0 to {len(layers)} "
+                "(the backbone's number of layers)."
+            ) from None
+        prefixes = layers[len(layers) - count:]
+        if count == len(layers):  # the whole transformer: its input embedding too
+            prefixes += [n for n, _ in self.modules_at_optional("embeddings")]
+        return prefixes
+
     def trainable_parameter_names(self, specs):
         """Parameter names (relative to the lobe) that the ``trainable`` specs name.
 
@@ -154,21 +173,7 @@ class Backbone(torch.nn.Module):
                 names += [f"{m}.bias" for m, _ in self.modules_at_optional("final_norm")]
                 continue
             elif spec.startswith("top_layers:"):
-                count = spec.split(":", 1)[1]
-                layers = self.layer_names()
-                if count == "all":
-                    count = len(layers)
-                try:
-                    count = int(count)
-                    assert 0 <= count <= len(layers)
-                except (ValueError, AssertionError):
-                    raise ValueError(
-                        f"trainable '{spec}': K must be 'all' or an integer from 0 to "
-                        f"{len(layers)} (the backbone's number of layers)."
-                    ) from None
-                prefixes = [f"{n}." for n in layers[len(layers) - count:]]
-                if count == len(layers):  # the whole transformer: its input embedding too
-                    prefixes += [f"{n}." for n, _ in self.modules_at_optional("embeddings")]
+                prefixes = [f"{n}." for n in self._top_layer_prefixes(spec)]
             elif spec in self.INSERTION_POINTS:
                 prefixes = [f"{n}." for n, _ in self.modules_at_optional(spec)]
             else:
@@ -183,13 +188,13 @@ class Backbone(torch.nn.Module):
     def set_finetuned(self, specs):
         """Remembers which pretrained modules are fine-tuned as a whole (they follow train mode)."""
         prefixes = []
-        for spec in specs:
-            spec = str(spec)
+        for spec in map(str, specs):
             if spec == "all":
                 prefixes.append("")
             elif spec.startswith("top_layers:"):
-                names = self.trainable_parameter_names([spec])
-                prefixes += sorted({n.rsplit(".", 1)[0] for n in names})
+                prefixes += self._top_layer_prefixes(spec)
+            elif spec in self.INSERTION_POINTS:
+                prefixes += [n for n, _ in self.modules_at_optional(spec)]
         self.finetuned_prefixes = prefixes
 
     def train(self, mode=True):
