@@ -387,4 +387,8 @@ def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, hea
     }
     if if_main_process():
         write_json_atomic(experiment_folder / "fold_result.json", result)
+        # The modules hold the best checkpoint's weights (evaluate recovered it): ship them.
+        from petl_modules.pretrained import save_run_petl_model
+
+        save_run_petl_model(hparams, yaml_text, class_names)
     return result

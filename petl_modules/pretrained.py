@@ -1,0 +1,408 @@
+"""The PETL model folder: the few trained tensors of a run, and how they go back onto the backbone.
+
+Every run writes ``<experiment_folder>/petl_model/`` from its best validation checkpoint (the hook
+``save_run_petl_model`` at the end of ``petl_modules.recipe.run_fold``)::
+
+    petl_model/
+    ├── petl_config.json        how to rebuild the model (see below)
+    └── petl_weights.safetensors only the trained tensors: PETL modules, trained LayerNorms/biases,
+                                 head (full fine-tuning: the trained layers), plus the running
+                                 statistics of BatchNorms inside PETL modules
+
+``petl_config.json`` holds the backbone ``family`` and ``backbone_source``, a ``fingerprint`` of
+the base checkpoint's weights (checked at load: a model is never put silently onto another
+backbone), the ``method`` and its ``options``, the ``input`` settings (the lobe's
+``input_processor.config()``), the ``class_names`` in index order, and ``hyperparams``: the
+composed yaml text of the run. Rebuilding instantiates that yaml through
+``petl_modules.recipe.load_hparams`` (no dataset is read), on the same or another local copy of the
+base checkpoint, and loads the trained tensors over it.
+
+Example
+-------
+>>> modules, config = load_petl_model("results/FSC/adapter/10/petl_model")  # doctest: +SKIP
+>>> merge_petl_model(modules)  # fold LoRA into the backbone weights  # doctest: +SKIP
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from petl_modules.adapted import PETLModule
+
+logger = logging.getLogger(__name__)
+
+FOLDER_NAME = "petl_model"
+CONFIG_FILE = "petl_config.json"
+WEIGHTS_FILE = "petl_weights.safetensors"
+FORMAT_VERSION = 1
+
+# Run-only keys left out of the config's ``options`` (paths and plumbing, not the model).
+RUN_ONLY_KEYS = {
+    "data_folder", "output_folder", "experiment_folder", "save_folder", "train_log",
+    "manifest_folder", "num_workers", "skip_bad_files",
+}
+
+
+class PETLModelError(ValueError):
+    """A PETL model folder that cannot be loaded as asked (missing files, wrong backbone)."""
+
+
+# ==================================================================== sizes and fingerprints
+def human_size(num_bytes):
+    """``1234567`` -> ``'1.2 MB'`` (decimal units, as file managers show them)."""
+    size = float(num_bytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+
+
+def _tensor_bytes(tensor):
+    """The raw bytes of ``tensor`` (any dtype, bfloat16 included)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def backbone_fingerprint(source, exclude=()):
+    """A fingerprint of the weights of the base checkpoint ``source`` as transformers loads them.
+
+    It hashes every tensor of ``AutoModel.from_pretrained(source)`` (name, dtype, shape, bytes) in
+    name order, so the hub checkpoint and a local ``save_pretrained`` copy of it have the same
+    fingerprint, and any other checkpoint a different one. Tensors the checkpoint does not hold
+    (randomly initialised by transformers) are left out.
+
+    Arguments
+    ---------
+    source : str
+        Hub id or local ``save_pretrained`` folder.
+    exclude : iterable of str
+        Further tensor names to leave out (those left out when the fingerprint was first taken).
+
+    Returns
+    -------
+    dict
+        ``sha256`` (hex digest), ``tensors`` (how many were hashed), ``excluded`` (names left out)
+        and ``bytes`` (size of the checkpoint's weights).
+    """
+    with _quiet_transformers():
+        model, info = transformers.AutoModel.from_pretrained(str(source), output_loading_info=True)
+    excluded = set(info.get("missing_keys", ())) | set(exclude)
+    digest = hashlib.sha256()
+    count = total = 0
+    for name, tensor in sorted(model.state_dict().items()):
+        total += tensor.numel() * tensor.element_size()
+        if name in excluded:
+            continue
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(_tensor_bytes(tensor))
+        count += 1
+    return {"sha256": digest.hexdigest(), "tensors": count, "excluded": sorted(excluded),
+            "bytes": total}
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silences transformers' loading progress bars and reports inside the block."""
+    verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _preserved_rng():
+    """Restores the python/numpy/torch random states after the block (the yaml seeds them)."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+
+
+# ==================================================================== what is saved
+def trained_tensor_names(modules):
+    """Names (``<module>.<state_dict key>``) of what a PETL model folder holds.
+
+    Arguments
+    ---------
+    modules : dict
+        ``{"petl_model": AdaptedBackbone, "classifier": Classifier}``.
+
+    Returns
+    -------
+    (list of str, list of str)
+        The trained parameters (``requires_grad``), and the buffers of PETL modules (e.g. the
+        running statistics of a conformer adapter's BatchNorm; the modules they wrap excluded).
+    """
+    parameters, buffers = [], []
+    for key in ("petl_model", "classifier"):
+        module = modules[key]
+        state = module.state_dict(keep_vars=True)
+        parameters += [f"{key}.{n}" for n, p in module.named_parameters()
+                       if p.requires_grad and n in state]
+        for name, sub in module.named_modules():
+            if not isinstance(sub, PETLModule):
+                continue
+            prefix = f"{name}." if name else ""
+            for buffer_name, _ in sub.named_buffers():
+                if buffer_name.startswith("pretrained_module."):
+                    continue
+                full = prefix + buffer_name
+                if full in state and f"{key}.{full}" not in buffers:
+                    buffers.append(f"{key}.{full}")
+    return parameters, buffers
+
+
+def trained_state(modules):
+    """``{name: tensor}`` of every tensor a PETL model folder holds (CPU copies)."""
+    parameters, buffers = trained_tensor_names(modules)
+    states = {key: modules[key].state_dict() for key in ("petl_model", "classifier")}
+    out = {}
+    for full in parameters + buffers:
+        key, name = full.split(".", 1)
+        out[full] = states[key][name].detach().cpu().clone().contiguous()
+    return out, parameters, buffers
+
+
+def method_options(hparams):
+    """The plain options of a run that describe the model (run-only paths left out)."""
+    from petl_modules.recipe import scalar_hparams
+
+    return {k: v for k, v in scalar_hparams(hparams).items()
+            if k not in RUN_ONLY_KEYS and not k.startswith("__")}
+
+
+def save_petl_model(folder, modules, config):
+    """Writes ``petl_weights.safetensors`` and ``petl_config.json`` into ``folder``.
+
+    Arguments
+    ---------
+    folder : str or Path
+        The PETL model folder (created, its two files replaced).
+    modules : dict
+        ``{"petl_model", "classifier"}`` holding the weights to save.
+    config : dict
+        The JSON config (``build_config``); the tensor lists and sizes are added here.
+
+    Returns
+    -------
+    dict
+        The config as written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state, parameters, buffers = trained_state(modules)
+    config = dict(config)
+    config["format_version"] = FORMAT_VERSION
+    config["parameters"] = parameters
+    config["buffers"] = buffers
+    config["trained_params"] = sum(state[n].numel() for n in parameters)
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    with open(folder / CONFIG_FILE, "w") as stream:
+        json.dump(config, stream, indent=2)
+        stream.write("\n")
+    return config
+
+
+def folder_size(folder):
+    """Bytes of the files in ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def build_config(hparams, yaml_text, class_names, fingerprint=None):
+    """The JSON config of a PETL model folder (see the module docstring)."""
+    backbone = hparams["backbone"]
+    processor = backbone.input_processor
+    return {
+        "family": backbone.family,
+        "backbone_source": str(backbone.source),
+        "fingerprint": fingerprint,
+        "method": hparams["method"],
+        "options": method_options(hparams),
+        "input": processor.config() if hasattr(processor, "config") else None,
+        "pooling": getattr(hparams["classifier"], "pooling", None),
+        "dataset": hparams.get("dataset"),
+        "fold": hparams.get("fold"),
+        "class_names": list(class_names),
+        "hyperparams": yaml_text,
+    }
+
+
+def save_run_petl_model(hparams, yaml_text, class_names):
+    """Writes ``<experiment_folder>/petl_model/`` of a finished run and logs its size.
+
+    Called at the end of ``run_fold`` on the main process, after the test, when the modules hold
+    the best validation checkpoint's weights.
+
+    Returns
+    -------
+    Path
+        The PETL model folder.
+    """
+    folder = Path(hparams["experiment_folder"]) / FOLDER_NAME
+    fingerprint = backbone_fingerprint(hparams["backbone_source"])
+    config = build_config(hparams, yaml_text, class_names, fingerprint)
+    save_petl_model(folder, hparams["modules"], config)
+    logger.info(
+        f"PETL model saved to {folder}: petl_model {human_size(folder_size(folder))}, "
+        f"backbone {human_size(fingerprint['bytes'])} "
+        f"({config['trained_params']:,} trained parameters)"
+    )
+    return folder
+
+
+# ==================================================================== loading
+def read_config(model_dir):
+    """The ``petl_config.json`` of ``model_dir``, with a clear error when it is not a PETL model."""
+    model_dir = Path(model_dir)
+    if model_dir.is_dir() and (model_dir / FOLDER_NAME / CONFIG_FILE).is_file():
+        model_dir = model_dir / FOLDER_NAME  # an experiment folder was given
+    path = model_dir / CONFIG_FILE
+    if not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
+        raise PETLModelError(
+            f"'{model_dir}' is not a PETL model folder: it must hold {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE}. Every training run writes one in <experiment_folder>/{FOLDER_NAME}/."
+        )
+    with open(path) as stream:
+        config = json.load(stream)
+    config["model_dir"] = str(model_dir)
+    return config
+
+
+def check_fingerprint(config, backbone_source):
+    """Raises ``PETLModelError`` when ``backbone_source`` is not the checkpoint the model was
+    trained on (compares the weights' fingerprints)."""
+    expected = config.get("fingerprint")
+    if not expected:
+        logger.warning(f"{config['model_dir']} has no backbone fingerprint; not checked.")
+        return
+    found = backbone_fingerprint(backbone_source, exclude=expected.get("excluded", ()))
+    if found["sha256"] != expected["sha256"]:
+        raise PETLModelError(
+            f"The backbone checkpoint '{backbone_source}' is not the one the PETL model in "
+            f"{config['model_dir']} was trained on ('{config['backbone_source']}'): the "
+            f"fingerprints of their weights differ ({found['sha256'][:12]} != "
+            f"{expected['sha256'][:12]}). Pass --backbone_source=<a local copy of "
+            f"{config['backbone_source']}> (saved with save_pretrained)."
+        )
+
+
+def rebuild_modules(config, backbone_source=None):
+    """Instantiates the run's yaml on ``backbone_source``: ``{"petl_model", "classifier"}`` with
+    the base checkpoint's weights and freshly initialised trained tensors."""
+    from petl_modules.recipe import load_hparams
+
+    source = str(backbone_source or config["backbone_source"])
+    scratch = tempfile.mkdtemp(prefix="petl_rebuild_")
+    try:
+        with _preserved_rng(), _quiet_transformers():
+            hparams = load_hparams(config["hyperparams"], backbone_source=source,
+                                   output_folder=scratch, experiment_folder=scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"petl_model": hparams["petl_model"], "classifier": hparams["classifier"]}, hparams
+
+
+def load_trained_state(modules, model_dir, config):
+    """Loads ``petl_weights.safetensors`` over rebuilt ``modules`` (every tensor must fit)."""
+    state = load_file(str(Path(model_dir) / WEIGHTS_FILE))
+    problems = []
+    for key in ("petl_model", "classifier"):
+        own = modules[key].state_dict()
+        part = {n.split(".", 1)[1]: t for n, t in state.items() if n.split(".", 1)[0] == key}
+        for name, tensor in part.items():
+            if name not in own:
+                problems.append(f"{key}.{name} is not a tensor of the rebuilt model")
+            elif own[name].shape != tensor.shape:
+                problems.append(f"{key}.{name} has shape {tuple(tensor.shape)}, the rebuilt "
+                                f"model {tuple(own[name].shape)}")
+        if not problems:
+            modules[key].load_state_dict(part, strict=False)
+    if problems:
+        raise PETLModelError(
+            f"The tensors in {model_dir} do not fit the model rebuilt from its config:\n  "
+            + "\n  ".join(problems[:10])
+            + "\nThe folder was written by another version of the code or edited by hand."
+        )
+
+
+def load_petl_model(model_dir, backbone_source=None, device="cpu", check=True):
+    """Rebuilds a trained model from its PETL model folder on its base checkpoint.
+
+    Arguments
+    ---------
+    model_dir : str or Path
+        A ``petl_model/`` folder (or the experiment folder holding one).
+    backbone_source : str, optional
+        Another copy of the base checkpoint (e.g. a local ``save_pretrained`` folder of the hub
+        checkpoint the run used). Default: the run's ``backbone_source``.
+    device : str
+        Where to put the modules.
+    check : bool
+        Compare the base checkpoint's fingerprint with the one recorded at training (default).
+
+    Returns
+    -------
+    (dict, dict)
+        ``{"petl_model", "classifier"}`` in eval mode on ``device``, and the config.
+
+    Raises
+    ------
+    PETLModelError
+        Not a PETL model folder, or ``backbone_source`` is not the base checkpoint it was trained on.
+    """
+    config = read_config(model_dir)
+    source = str(backbone_source or config["backbone_source"])
+    if check:
+        check_fingerprint(config, source)
+    modules, _ = rebuild_modules(config, source)
+    load_trained_state(modules, config["model_dir"], config)
+    for module in modules.values():
+        module.to(device).eval()
+    return modules, config
+
+
+# ==================================================================== merging
+def merge_petl_model(modules):
+    """Folds LoRA updates into the backbone weights, in place (zero-overhead inference).
+
+    BitFit biases and fine-tuned layers are trained in place already: nothing to fold. Other PETL
+    modules (adapters, prompts, prefixes, MoA) stay as they are.
+
+    Returns
+    -------
+    int
+        How many LoRA modules were merged.
+    """
+    try:
+        from petl_modules import lora
+    except ImportError:
+        return 0
+    return lora.merge_lora(modules["petl_model"])
+
+
+def unmerged_petl_modules(model):
+    """``[(name, class name)]`` of the PETL modules left in ``model`` (outermost only)."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, PETLModule) and not any(name.startswith(n + ".") for n, _ in found):
+            found.append((name, type(module).__name__))
+    return found
