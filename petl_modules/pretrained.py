@@ -260,7 +260,7 @@ def save_run_petl_model(hparams, yaml_text, class_names):
     folder = Path(hparams["experiment_folder"]) / FOLDER_NAME
     fingerprint = backbone_fingerprint(hparams["backbone_source"])
     config = build_config(hparams, yaml_text, class_names, fingerprint)
-    save_petl_model(folder, hparams["modules"], config)
+    config = save_petl_model(folder, hparams["modules"], config)
     logger.info(
         f"PETL model saved to {folder}: petl_model {human_size(folder_size(folder))}, "
         f"backbone {human_size(fingerprint['bytes'])} "
