@@ -58,7 +58,7 @@ class PETLClassifier(torch.nn.Module):
         self.device = device
         self.labels = list(config["class_names"])
         self.input_processor = self.mods["petl_model"].adapted_model.input_processor
-        self.merged = 0
+        self.merged = []  # names of the LoRA modules folded into the backbone
 
     @classmethod
     def from_folder(cls, model_dir, backbone_source=None, device="cpu", merge=False, check=True):

@@ -384,19 +384,18 @@ def load_petl_model(model_dir, backbone_source=None, device="cpu", check=True):
 def merge_petl_model(modules):
     """Folds LoRA updates into the backbone weights, in place (zero-overhead inference).
 
-    BitFit biases and fine-tuned layers are trained in place already: nothing to fold. Other PETL
-    modules (adapters, prompts, prefixes, MoA) stay as they are.
+    Every ``LoRA`` wrapper becomes a plain ``nn.Linear`` holding ``W + s B A``
+    (``petl_modules.lora.merge_lora``). BitFit biases and fine-tuned layers are trained in place
+    already: nothing to fold. Other PETL modules (adapters, prompts, prefixes, MoA) stay.
 
     Returns
     -------
-    int
-        How many LoRA modules were merged.
+    list of str
+        Names of the merged modules.
     """
-    try:
-        from petl_modules import lora
-    except ImportError:
-        return 0
-    return lora.merge_lora(modules["petl_model"])
+    from petl_modules.lora import merge_lora
+
+    return merge_lora(modules["petl_model"])
 
 
 def unmerged_petl_modules(model):
