@@ -4,6 +4,8 @@ torchaudio 2.11 needs torchcodec to load audio, so we read with soundfile (as Sp
 ``read_audio`` does) and only use torchaudio for resampling.
 """
 
+from pathlib import Path
+
 import numpy as np
 import soundfile as sf
 import torch
@@ -36,13 +38,15 @@ def load_audio(path, sample_rate=SAMPLE_RATE):
     AudioError
         Naming the file and what is wrong with it.
     """
+    if not Path(path).is_file():
+        raise AudioError(f"Audio file not found: {path}. Rerun preparation (delete the manifests) "
+                         "or restore the file from the dataset release.")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise AudioError(f"Audio file not found: {path}") from None
-    except Exception as err:
+    except Exception as err:  # soundfile.LibsndfileError and friends
+        reason = getattr(err, "error_string", None) or err
         raise AudioError(
-            f"Cannot read audio file {path}: {err}. Check that it is a valid audio file "
+            f"Cannot read audio file {path}: {reason}. Check that it is a valid audio file "
             "(re-extract it from the dataset release), or rerun preparation with "
             "--skip_bad_files=True to leave it out."
         ) from None

@@ -46,12 +46,13 @@ def manifests_up_to_date(save_folder, names, options):
 
 def _check(path):
     """``(duration_s, problem)`` of one audio file (header only)."""
+    if not Path(path).is_file():
+        return None, "missing file"
     try:
         info = sf.info(str(path))
-    except FileNotFoundError:
-        return None, "missing file"
-    except Exception as err:
-        return None, f"unreadable as audio ({str(err).strip() or type(err).__name__})"
+    except Exception as err:  # soundfile.LibsndfileError and friends
+        reason = getattr(err, "error_string", None) or str(err).strip() or type(err).__name__
+        return None, f"unreadable as audio ({reason})"
     if info.frames == 0 or info.samplerate == 0:
         return None, "empty (zero samples)"
     return info.frames / info.samplerate, None

@@ -27,7 +27,9 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from petl_modules.audio import load_audio
+from petl_modules.audio import AudioError, load_audio
+from petl_modules.backbones import FAMILIES, lobe_class
+from petl_modules.prepare import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +55,47 @@ def _method_files():
     return sorted(p.name for p in (REPO_ROOT / "hparams").glob("*.yaml"))
 
 
+FAMILY_DEFAULTS = "family_defaults"
+
+
+def _backbone_family(layers):
+    """The lobe family (``ast``, ``wav2vec2``) of the ``backbone_source`` the first of ``layers``
+    (command line, dataset, method, recipe.yaml) that sets it names."""
+    source = next(layer["backbone_source"] for layer in layers if "backbone_source" in layer)
+    if not isinstance(source, str) or hasattr(source, "tag"):
+        raise ConfigError(
+            f"family_defaults need a plain backbone_source (a hub id or a folder), got '{source}'."
+        )
+    return lobe_class(source).family
+
+
+def _apply_family_defaults(merged, table, family, file_name):
+    """Sets the entries of ``table[family]`` (a ``family_defaults`` mapping) in ``merged``."""
+    if table is None:
+        return
+    families = sorted({lobe.family for lobe in FAMILIES.values()})
+    if not isinstance(table, dict) or not set(table) <= set(families):
+        raise ConfigError(
+            f"{file_name}: {FAMILY_DEFAULTS} must map backbone families ({', '.join(families)}) to "
+            f"'key: value' defaults; got {dict(table) if isinstance(table, dict) else table}."
+        )
+    for key, value in (table.get(family) or {}).items():
+        if key not in merged:
+            raise ConfigError(
+                f"{file_name}: {FAMILY_DEFAULTS}.{family}.{key} sets '{key}', which no earlier "
+                "file defines: define it (with its default) before giving a per-family value."
+            )
+        merged[key] = value
+
+
 def compose_hparams(method_file, dataset_file, overrides=None):
     """Composes recipe.yaml < method yaml < dataset yaml < ``overrides`` into one yaml text.
+
+    Per-backbone defaults: a method or dataset yaml may hold a ``family_defaults`` mapping,
+    backbone family (``ast``, ``wav2vec2``: the family of ``backbone_source``'s ``model_type``) ->
+    ``key: value``. Each file's entries for the family of the run apply right after that file, so
+    the order is: recipe.yaml < method < method's family_defaults < dataset < dataset's
+    family_defaults < command line. E.g. ``family_defaults: {wav2vec2: {number_of_epochs: 50}}``.
 
     Arguments
     ---------
@@ -84,12 +125,19 @@ def compose_hparams(method_file, dataset_file, overrides=None):
             f"'{method_file}' is not a method file: it must define 'method' and 'petl_model'. "
             f"Pass one of hparams/{{{','.join(_method_files())}}} as the first argument."
         )
-    for layer in (method, _load_tree(dataset_file)):
-        for key, value in layer.items():
-            merged[key] = value
+    dataset = _load_tree(dataset_file)
     if isinstance(overrides, str):
         overrides = ruamel.yaml.YAML().load(overrides) if overrides.strip() else {}
-    for key, value in (overrides or {}).items():
+    overrides = overrides or {}
+    family = None
+    if any(FAMILY_DEFAULTS in layer for layer in (method, dataset)):
+        family = _backbone_family([overrides, dataset, method, merged])
+    for layer, name in ((method, method_file.name), (dataset, Path(dataset_file).name)):
+        for key, value in layer.items():
+            if key != FAMILY_DEFAULTS:
+                merged[key] = value
+        _apply_family_defaults(merged, layer.get(FAMILY_DEFAULTS), family, name)
+    for key, value in overrides.items():
         if key not in merged:
             close = difflib.get_close_matches(key, list(merged), n=3)
             hint = f" Did you mean: {', '.join('--' + c for c in close)}?" if close else ""
@@ -130,7 +178,7 @@ def resolve_data_folder(data_folder, release_name, marker):
     for candidate in (folder, folder / release_name):
         if (candidate / marker).exists():
             return candidate
-    raise FileNotFoundError(
+    raise DataError(
         f"'{data_folder}' is not a {release_name} folder: {marker} was not found in it nor in "
         f"{folder / release_name}. Pass --data_folder=/path/to/{release_name} (the folder of the "
         "official release, or its parent)."
@@ -243,6 +291,18 @@ def fold_list(hparams):
     return [chosen]
 
 
+def rotating_folds(folds, test_fold):
+    """The split of a rotating k-fold protocol: ``test_fold`` tests, the fold before it validates.
+
+    ``rotating_folds([1, 2, 3, 4, 5], 1)`` -> ``{"train": [2, 3, 4], "valid": [5], "test": [1]}``
+    (ESC-50's reference rotation; UrbanSound8K uses the same to keep validation off the test fold).
+    """
+    folds = [int(f) for f in folds]
+    test = int(test_fold)
+    valid = folds[folds.index(test) - 1]
+    return {"train": [f for f in folds if f not in (test, valid)], "valid": [valid], "test": [test]}
+
+
 def aggregate_results(output_folder, header):
     """Combines the ``fold_result.json`` files below ``output_folder`` into ``results.json``."""
     output_folder = Path(output_folder)
@@ -293,9 +353,16 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
         yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
         hparams = load_hparams(yaml_text)
         folds = fold_list(hparams)
-    except ConfigError as err:
-        sys.exit(f"Error: {err}")
+    except (ConfigError, ValueError, TypeError, OSError) as err:
+        # Wrong options are found here, before any data is read.
+        sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {err}")
+    try:
+        return _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, folds)
+    except (DataError, AudioError) as err:
+        sys.exit(f"Error in the data: {err}")
 
+
+def _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, folds):
     output_folder = Path(hparams["output_folder"])
     sb.create_experiment_directory(experiment_directory=str(output_folder))
     run_on_main(prepare, kwargs={"hparams": hparams})

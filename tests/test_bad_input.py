@@ -1,0 +1,105 @@
+"""Wrong options and broken data give clear errors that name the key or file and the fix."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import REPO, run_train
+from petl_modules.prepare import DataError
+from petl_modules.recipe import ConfigError, compose_hparams
+from petl_modules.synthetic import make_dataset
+
+FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
+sys_path = str(REPO / "recipes" / "FSC")
+
+
+@pytest.fixture
+def prepare_fsc(monkeypatch):
+    monkeypatch.syspath_prepend(sys_path)
+    from fsc_prepare import prepare_fsc
+    return prepare_fsc
+
+
+@pytest.fixture
+def broken_fsc(tmp_path, fsc_data):
+    """A copy of the synthetic FSC with one missing, one empty and one non-audio wav."""
+    root = tmp_path / "fluent_speech_commands_dataset"
+    shutil.copytree(fsc_data, root)
+    wavs = sorted((root / "wavs").rglob("*.wav"))
+    wavs[0].unlink()
+    wavs[1].write_bytes(b"")
+    wavs[2].write_text("this is not audio")
+    return root, wavs[:3]
+
+
+def test_composition_layers_win_in_order_and_the_command_line_wins_last():
+    text = compose_hparams(REPO / "hparams" / "linear.yaml", FSC_YAML,
+                           "data_folder: /x\nbatch_size: 3\n")
+    assert "batch_size: 3" in text  # command line over the dataset yaml
+    assert "max_frames: 400" in text  # dataset yaml
+    assert "lr: 0.001" in text  # method yaml
+    assert "weight_decay: 0.1" in text  # shared recipe.yaml
+
+
+def test_unknown_override_key_is_an_error_that_suggests_close_keys():
+    with pytest.raises(ConfigError, match=r"Unknown option --batchsize.*--batch_size"):
+        compose_hparams(REPO / "hparams" / "linear.yaml", FSC_YAML, {"data_folder": "/x", "batchsize": 3})
+
+
+def test_unknown_method_file_lists_the_available_methods():
+    with pytest.raises(ConfigError, match=r"not found.*linear.yaml"):
+        compose_hparams(REPO / "hparams" / "nope.yaml", FSC_YAML, {"data_folder": "/x"})
+
+
+def test_missing_data_folder_option_is_named():
+    with pytest.raises(ConfigError, match="--data_folder"):
+        compose_hparams(REPO / "hparams" / "linear.yaml", FSC_YAML, {})
+
+
+def test_missing_dataset_folder_says_which_folder_to_pass(prepare_fsc, tmp_path):
+    with pytest.raises(DataError, match="fluent_speech_commands_dataset"):
+        prepare_fsc(tmp_path / "nowhere", tmp_path / "manifests")
+
+
+def test_every_bad_file_is_reported_at_once_with_the_fix(prepare_fsc, broken_fsc, tmp_path):
+    root, bad = broken_fsc
+    with pytest.raises(DataError) as err:
+        prepare_fsc(root, tmp_path / "manifests")
+    message = str(err.value)
+    assert "3 problem(s)" in message and "--skip_bad_files=True" in message
+    for path, why in zip(bad, ["missing file", "unreadable", "unreadable"]):
+        assert f"{path}: {why}" in message
+
+
+def test_skip_bad_files_lists_them_next_to_the_manifests(prepare_fsc, broken_fsc, tmp_path):
+    root, bad = broken_fsc
+    prepare_fsc(root, tmp_path / "manifests", skip_bad_files=True)
+    skipped = (tmp_path / "manifests" / "skipped_files.txt").read_text().splitlines()
+    assert len(skipped) == 3 and all(str(p) in "\n".join(skipped) for p in bad)
+    rows = sum(len((tmp_path / "manifests" / f"{s}.csv").read_text().splitlines()) - 1
+               for s in ("train", "valid", "test"))
+    assert rows == 31 * 3 - 3
+
+
+def test_preparation_is_skipped_when_manifests_match_and_redone_when_options_change(
+        prepare_fsc, broken_fsc, tmp_path):
+    root, _ = broken_fsc
+    folder = tmp_path / "manifests"
+    prepare_fsc(root, folder, skip_bad_files=True)
+    stamp = (folder / "train.csv").stat().st_mtime_ns
+    prepare_fsc(root, folder, skip_bad_files=True)
+    assert (folder / "train.csv").stat().st_mtime_ns == stamp
+    with pytest.raises(DataError):  # other options: redone, and the bad files now fail
+        prepare_fsc(root, folder, skip_bad_files=False)
+    assert json.loads((folder / "prepare_options.json").read_text())["skip_bad_files"] is True
+
+
+def test_command_line_errors_are_one_clear_line(fsc_data, tiny_ast, tmp_path):
+    proc = run_train("FSC", "linear", fsc_data, tiny_ast, tmp_path / "a", "--pooling=max", check=False)
+    assert proc.returncode != 0
+    assert "Error in the configuration" in proc.stdout and "pooling must be one of" in proc.stdout
+    proc = run_train("FSC", "linear", fsc_data, tiny_ast, tmp_path / "b", "--fold=2", check=False)
+    assert proc.returncode != 0 and "official splits" in proc.stdout
+    proc = run_train("FSC", "linear", tmp_path / "nowhere", tiny_ast, tmp_path / "c", check=False)
+    assert proc.returncode != 0 and "Error in the data" in proc.stdout
