@@ -47,7 +47,10 @@ def run_train(recipe, method, data_folder, backbone, output_folder, *extra, chec
     cmd = [
         sys.executable, str(REPO / "recipes" / recipe / "train.py"), str(REPO / "hparams" / f"{method}.yaml"),
         f"--data_folder={data_folder}", f"--backbone_source={backbone}",
-        f"--output_folder={output_folder}", *TINY_RUN, *extra,
+        f"--output_folder={output_folder}",
+        # Options in ``extra`` replace the TINY_RUN ones (a key given twice is a yaml error).
+        *[a for a in TINY_RUN if a.split("=", 1)[0] not in {e.split("=", 1)[0] for e in extra}],
+        *extra,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
