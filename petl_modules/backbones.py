@@ -323,9 +323,24 @@ class ASTBackbone(Backbone):
         self.config = self.model.config
         self.position_embeddings_mode = position_embeddings
         self._resize_position_embeddings(int(max_frames), position_embeddings)
-        if gradient_checkpointing:
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if self.gradient_checkpointing:
             self.model.gradient_checkpointing_enable({"use_reentrant": False})
         self.input_processor = ASTFbank(max_frames=max_frames, num_mel_bins=self.config.num_mel_bins)
+
+    def train(self, mode=True):
+        """As ``Backbone.train``; with gradient checkpointing, every transformer layer object is
+        flagged with ``mode`` so that frozen layers are recomputed in backward too.
+
+        transformers checkpoints a layer only when the layer itself is in train mode, and a frozen
+        layer stays in eval mode (``Backbone.train``): PETL methods would silently get no
+        recomputation. Only the layer object's own flag is set; its dropouts stay in eval mode.
+        """
+        super().train(mode)
+        if self.gradient_checkpointing:
+            for _, layer in self.modules_at("layer"):
+                getattr(layer, "pretrained_module", layer).training = mode
+        return self
 
     @property
     def has_cls_token(self):
