@@ -34,6 +34,16 @@ def tiny_ast(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ast_base_folder(tmp_path_factory):
+    """The AST-base shape (transformers.ASTConfig() defaults), random weights, saved with
+    save_pretrained (~5 s once); loading a lobe from it is fast. For parameter counts."""
+    folder = tmp_path_factory.mktemp("ast_base")
+    torch.manual_seed(0)
+    transformers.ASTModel(transformers.ASTConfig()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def fsc_data(tmp_path_factory):
     """A synthetic Fluent Speech Commands release (31 intents) in the official layout."""
     return make_dataset("FSC", tmp_path_factory.mktemp("fsc"), per_class=1)
