@@ -9,6 +9,7 @@ never subclass transformers internals; they wrap modules at the lobe's insertion
 """
 
 import fnmatch
+import inspect
 import logging
 import re
 
@@ -16,7 +17,7 @@ import torch
 import transformers
 
 from petl_modules.adapted import PETLModule
-from petl_modules.features import ASTFbank
+from petl_modules.features import ASTFbank, Waveform
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ def read_config(source, **kwargs):
         ) from None
 
 
+def lobe_class(source):
+    """The lobe class of the checkpoint ``source``, from its config's ``model_type``."""
+    model_type = read_config(source).model_type
+    if model_type not in FAMILIES:
+        supported = ", ".join(sorted(FAMILIES))
+        raise ValueError(
+            f"Backbone '{source}' has model_type '{model_type}', which PETL-AST does not "
+            f"support. Supported model types: {supported}."
+        )
+    return FAMILIES[model_type]
+
+
 def _layer_index(name):
     match = re.search(r"layers\.(\d+)", name)
     return int(match.group(1)) if match else None
@@ -73,19 +86,34 @@ class Backbone(torch.nn.Module):
 
     def __new__(cls, source=None, *args, **kwargs):
         if cls is Backbone:
-            model_type = read_config(source).model_type
-            if model_type not in FAMILIES:
-                supported = ", ".join(sorted(FAMILIES))
-                raise ValueError(
-                    f"Backbone '{source}' has model_type '{model_type}', which PETL-AST does not "
-                    f"support. Supported model types: {supported}."
-                )
-            cls = FAMILIES[model_type]
+            cls = lobe_class(source)
         return super().__new__(cls)
 
-    def __init__(self):
+    def __init__(self, other_options=None):
         super().__init__()
         self.finetuned_prefixes = []
+        self._check_other_options(other_options or {})
+
+    @classmethod
+    def options(cls):
+        """The keyword options this family's lobe takes (its ``__init__`` arguments)."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD][2:]  # no self, source
+
+    def _check_other_options(self, other_options):
+        """Options meant for another family are ignored; an option of no family is an error.
+
+        ``recipe.yaml`` passes every family's options (``max_frames`` for AST, ``clip_seconds``
+        for wav2vec2, ...) to ``Backbone``: each lobe takes its own (``options()``).
+        """
+        known = {name for lobe in FAMILIES.values() for name in lobe.options()}
+        unknown = sorted(set(other_options) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown backbone option(s) {unknown}. The {self.family} lobe takes "
+                f"{self.options()}; the other families' options ({sorted(known - set(self.options()))}) "
+                "are accepted and ignored."
+            )
 
     # ---------------------------------------------------------------- insertion points
     def insertion_patterns(self, points):
@@ -134,6 +162,11 @@ class Backbone(torch.nn.Module):
         """``modules_at`` for a point the family may not have (e.g. no final LayerNorm)."""
         return self.modules_at(point) if self.INSERTION_POINTS.get(point) else []
 
+    def trained_modules(self, point):
+        """Names of the modules a ``trainable`` spec naming ``point`` trains: those at the point
+        (a lobe whose embedding stage is several modules lists them all for ``embeddings``)."""
+        return [n for n, _ in self.modules_at_optional(point)]
+
     def _top_layer_prefixes(self, spec):
         """Module names of ``top_layers:K``: the last K layers (``all``: every layer + embeddings)."""
         count = spec.split(":", 1)[1]
@@ -150,7 +183,7 @@ class Backbone(torch.nn.Module):
             ) from None
         prefixes = layers[len(layers) - count:]
         if count == len(layers):  # the whole transformer: its input embedding too
-            prefixes += [n for n, _ in self.modules_at_optional("embeddings")]
+            prefixes += self.trained_modules("embeddings")
         return prefixes
 
     def trainable_parameter_names(self, specs):
@@ -175,7 +208,7 @@ class Backbone(torch.nn.Module):
             elif spec.startswith("top_layers:"):
                 prefixes = [f"{n}." for n in self._top_layer_prefixes(spec)]
             elif spec in self.INSERTION_POINTS:
-                prefixes = [f"{n}." for n, _ in self.modules_at_optional(spec)]
+                prefixes = [f"{n}." for n in self.trained_modules(spec)]
             else:
                 raise ValueError(
                     f"Unknown trainable spec '{spec}'. Use an insertion point "
@@ -194,7 +227,7 @@ class Backbone(torch.nn.Module):
             elif spec.startswith("top_layers:"):
                 prefixes += self._top_layer_prefixes(spec)
             elif spec in self.INSERTION_POINTS:
-                prefixes += [n for n, _ in self.modules_at_optional(spec)]
+                prefixes += self.trained_modules(spec)
         self.finetuned_prefixes = prefixes
 
     def train(self, mode=True):
@@ -281,6 +314,8 @@ class ASTBackbone(Backbone):
         ``sdpa`` (default, PyTorch scaled-dot-product attention) or ``eager``.
     gradient_checkpointing : bool
         Recompute each layer in backward to save memory.
+    **other_options
+        Options of the other families' lobes (e.g. ``clip_seconds``): ignored.
     """
 
     INSERTION_POINTS = {
@@ -306,8 +341,9 @@ class ASTBackbone(Backbone):
         position_embeddings="adapt",
         attn_implementation="sdpa",
         gradient_checkpointing=False,
+        **other_options,
     ):
-        super().__init__()
+        super().__init__(other_options)
         if position_embeddings not in ("adapt", "zeros"):
             raise ValueError(
                 f"position_embeddings must be 'adapt' or 'zeros', got '{position_embeddings}'."
@@ -389,3 +425,285 @@ class ASTBackbone(Backbone):
         """``inputs [B, max_frames, mel]`` -> ``(hidden [B, T, D], None)``; every token is valid
         (padding frames are zeros of the normalised fbank, as in AST training)."""
         return self.model(input_values=inputs).last_hidden_state, None
+
+
+# ==================================================================== wav2vec 2.0 family
+WAVEFORM_MODELS = {
+    "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
+    "hubert": (transformers.HubertConfig, transformers.HubertModel),
+    "wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
+}
+
+
+def tiny_waveform_config(model_type="wav2vec2", pre_ln=False, feat_extract_norm="group", **overrides):
+    """A small random wav2vec2 / HuBERT / WavLM config for tests (hidden 32, 2 layers, 4 heads, a
+    3-layer CNN of stride 320 as the real ones: 49 frames per second).
+
+    ``pre_ln`` sets ``do_stable_layer_norm`` (the large models' layout); ``feat_extract_norm`` is
+    ``group`` (base models) or ``layer`` (large models).
+    """
+    options = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 8, 8),
+        conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        do_stable_layer_norm=pre_ln,
+        feat_extract_norm=feat_extract_norm,
+        mask_time_length=2,
+    )
+    options.update(overrides)
+    return WAVEFORM_MODELS[model_type][0](**options)
+
+
+def read_feature_extractor_config(source):
+    """``(do_normalize, return_attention_mask, sampling_rate)`` from ``preprocessor_config.json``,
+    or None when the checkpoint has no such file."""
+    try:
+        extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+    return extractor.do_normalize, extractor.return_attention_mask, extractor.sampling_rate
+
+
+@register(*WAVEFORM_MODELS)
+class Wav2Vec2Backbone(Backbone):
+    """wav2vec 2.0, HuBERT and WavLM (``transformers.{Wav2Vec2,Hubert,WavLM}Model``) as one lobe.
+
+    Input: raw 16 kHz waveforms ``[B, S]`` (``input_processor``: cut to the clip, normalised when
+    the checkpoint's feature extractor says ``do_normalize``), zero-padded; a batch is padded to
+    the clip length when one is set, so that an utterance is seen the same way in any batch. The
+    CNN feature encoder is always frozen (run without gradients). The transformer runs layer by
+    layer here (same result as the transformers model, pinned by tests) so that PETL modules may
+    add tokens (prompts), and WavLM's relative position bias and the padding masks follow them.
+
+    Both layer layouts (``config.do_stable_layer_norm``) map to the same insertion points:
+
+    - post-LN (false, base models): ``h = LN_a(h + MHSA(h)); h = LN_f(h + FFN(h))``; the layer's
+      ``layer_norm`` is LN_a (``ln_attention``, after the attention sublayer) and
+      ``final_layer_norm`` LN_f (``ln_ffn``); the encoder's ``layer_norm`` normalises the
+      embeddings before the first layer, and there is no final LayerNorm (``final_norm`` absent).
+    - pre-LN (true, large models): ``h = h + MHSA(LN_a(h)); h = h + FFN(LN_f(h))``; the encoder's
+      ``layer_norm`` follows the last layer (``final_norm``).
+
+    ``embeddings`` wraps the encoder's input dropout, the last step of the embedding stage: its
+    output is the token stream entering the first layer (after the positional convolution, and
+    after the embedding LayerNorm in post-LN); tokens it adds (prompts) go in front. As a
+    ``trainable`` spec, ``embeddings`` trains the feature projection, the positional convolution
+    and (post-LN) the embedding LayerNorm, never the CNN nor ``masked_spec_embed``.
+
+    Arguments
+    ---------
+    source : str
+        Hub id (``facebook/wav2vec2-base-960h``, ``facebook/hubert-base-ls960``,
+        ``microsoft/wavlm-base-plus``, or a large checkpoint) or a local ``save_pretrained`` folder.
+        Its ``preprocessor_config.json`` gives ``do_normalize`` and ``return_attention_mask``; when
+        absent: normalise, and pass an attention mask only with a layer-norm CNN
+        (``feat_extract_norm: layer``, the large models; base models are trained without one).
+    clip_seconds : float or None
+        Cut (in the input processor) and zero-pad (here) every utterance to this duration; None:
+        whole utterances, padded to the longest of the batch (padding-invariant only for
+        checkpoints that take an attention mask).
+    apply_spec_augment : bool
+        transformers' time masking of the projected features with the pretrained
+        ``masked_spec_embed`` (probability and span from the checkpoint's config), in training
+        only. Off by default.
+    attn_implementation : str
+        ``sdpa`` (default) or ``eager``. WavLM has a single implementation (``eager`` is used).
+    gradient_checkpointing : bool
+        Recompute each transformer layer in backward (also frozen ones a PETL module trains
+        through) to save memory.
+    **other_options
+        Options of the other families' lobes (e.g. ``max_frames``): ignored.
+    """
+
+    family = "wav2vec2"
+
+    def __init__(
+        self,
+        source,
+        clip_seconds=None,
+        apply_spec_augment=False,
+        attn_implementation="sdpa",
+        gradient_checkpointing=False,
+        **other_options,
+    ):
+        super().__init__(other_options)
+        self.source = str(source)
+        config = read_config(source)
+        self.model_type = config.model_type
+        model_class = WAVEFORM_MODELS[self.model_type][1]
+        if attn_implementation == "sdpa" and not model_class._supports_sdpa:
+            attn_implementation = "eager"  # WavLM: F.multi_head_attention_forward only
+        self.model = model_class.from_pretrained(source, attn_implementation=attn_implementation)
+        self.config = self.model.config
+        if getattr(self.config, "add_adapter", False):
+            raise ValueError(
+                f"Backbone '{source}' has transformers' own adapter layers (add_adapter=True), "
+                "which PETL-AST does not use: pick a checkpoint without them."
+            )
+        self.pre_ln = bool(self.config.do_stable_layer_norm)
+        self.apply_spec_augment = bool(apply_spec_augment)
+        self.config.apply_spec_augment = self.apply_spec_augment
+        if self.apply_spec_augment and getattr(self.model, "masked_spec_embed", None) is None:
+            raise ValueError(
+                f"apply_spec_augment=True but '{source}' has no masked_spec_embed (its config "
+                "has mask_time_prob=0): use apply_spec_augment=False with this checkpoint."
+            )
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.model.feature_extractor._freeze_parameters()
+        self.INSERTION_POINTS = self._insertion_points()
+
+        extractor = read_feature_extractor_config(source)
+        if extractor is None:
+            logger.info(
+                f"'{source}' has no preprocessor_config.json: normalising the waveform, attention "
+                f"mask {'on' if self.config.feat_extract_norm == 'layer' else 'off'} (CNN norm "
+                f"'{self.config.feat_extract_norm}')."
+            )
+            extractor = (True, self.config.feat_extract_norm == "layer", 16000)
+        do_normalize, self.use_attention_mask, sample_rate = extractor
+        self.use_attention_mask = bool(self.use_attention_mask)
+        self.clip_samples = None if clip_seconds is None else round(float(clip_seconds) * sample_rate)
+        self.input_processor = Waveform(self.clip_samples, normalize=do_normalize, sample_rate=sample_rate)
+
+    def _insertion_points(self):
+        layers = "model.encoder.layers"
+        return {
+            "embeddings": ["model.encoder.dropout"],
+            "layer": [f"{layers}.[0-9]", f"{layers}.[0-9][0-9]"],
+            "later_layers": [f"{layers}.[1-9]", f"{layers}.[0-9][0-9]"],
+            "attention": [f"{layers}.*.attention"],
+            "ffn": [f"{layers}.*.feed_forward"],
+            "ln_attention": [f"{layers}.*.layer_norm"],
+            "ln_ffn": [f"{layers}.*.final_layer_norm"],
+            "q": [f"{layers}.*.attention.q_proj"],
+            "k": [f"{layers}.*.attention.k_proj"],
+            "v": [f"{layers}.*.attention.v_proj"],
+            "o": [f"{layers}.*.attention.out_proj"],
+            "final_norm": ["model.encoder.layer_norm"] if self.pre_ln else [],
+        }
+
+    # ---------------------------------------------------------------- what trains
+    def trained_modules(self, point):
+        """``embeddings`` trains the whole embedding stage above the CNN (see the class doc)."""
+        if point != "embeddings":
+            return super().trained_modules(point)
+        names = ["model.feature_projection", "model.encoder.pos_conv_embed"]
+        return names + ([] if self.pre_ln else ["model.encoder.layer_norm"])
+
+    def trainable_parameter_names(self, specs):
+        """As ``Backbone``'s, less the CNN feature encoder and ``masked_spec_embed`` (always frozen)."""
+        return [
+            name for name in super().trainable_parameter_names(specs)
+            if not name.startswith("model.feature_extractor.") and name != "model.masked_spec_embed"
+        ]
+
+    # ---------------------------------------------------------------- forward
+    def frame_lengths(self, samples):
+        """Valid samples ``[B]`` -> valid CNN frames ``[B]`` (long)."""
+        return self.model._get_feat_extract_output_lengths(samples).long()
+
+    def forward(self, inputs, lengths=None):
+        """``inputs [B, S]`` waveforms (+ ``lengths [B]`` relative) -> ``(hidden [B, T, D], mask)``.
+
+        ``mask [B, T]`` is True on the frames of valid samples; tokens added in front by a PETL
+        module (prompts) are False (pooling leaves them out).
+        """
+        if inputs.dim() != 2:
+            raise ValueError(f"Expected waveforms [B, S], got a tensor of shape {list(inputs.shape)}.")
+        batch, total = inputs.shape
+        if lengths is None:
+            samples = torch.full((batch,), total, dtype=torch.long, device=inputs.device)
+        else:
+            samples = torch.round(lengths.to(inputs.device).float() * total).long()
+        if self.clip_samples is not None:
+            inputs = torch.nn.functional.pad(inputs[:, : self.clip_samples], (0, max(0, self.clip_samples - total)))
+            samples = samples.clamp(max=self.clip_samples)
+        with torch.no_grad():  # the CNN feature encoder is always frozen
+            features = self.model.feature_extractor(inputs).transpose(1, 2)
+        frames = torch.arange(features.shape[1], device=inputs.device)
+        frame_mask = frames[None, :] < self.frame_lengths(samples)[:, None]
+        hidden = self.model.feature_projection(features)
+        if isinstance(hidden, tuple):  # wav2vec2 and WavLM also return the normalised features
+            hidden = hidden[0]
+        if self.apply_spec_augment and self.training:
+            hidden = self._mask_time(hidden, frame_mask)
+        hidden, added = self._encode(hidden, frame_mask)
+        prompts = frame_mask.new_zeros(batch, added)
+        return hidden, torch.cat([prompts, frame_mask], dim=1)
+
+    def _mask_time(self, hidden, frame_mask):
+        """transformers' SpecAugment time masking with ``masked_spec_embed`` ([B, T, D])."""
+        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+        config = self.config
+        indices = _compute_mask_indices(
+            tuple(hidden.shape[:2]),
+            mask_prob=config.mask_time_prob,
+            mask_length=config.mask_time_length,
+            attention_mask=frame_mask.long(),
+            min_masks=config.mask_time_min_masks,
+        )
+        indices = torch.as_tensor(indices, dtype=torch.bool, device=hidden.device)
+        return torch.where(indices[..., None], self.model.masked_spec_embed.to(hidden.dtype), hidden)
+
+    def _encode(self, hidden, frame_mask):
+        """The transformer encoder, as transformers runs it, with token-count changes allowed.
+
+        ``hidden [B, T, D]`` projected features -> ``(last hidden [B, P + T, D], P)``, P tokens
+        added in front by a module at the ``embeddings`` point.
+        """
+        encoder = self.model.encoder
+        attention_mask = frame_mask if self.use_attention_mask else None
+        if attention_mask is not None:
+            hidden = hidden.masked_fill(~attention_mask[..., None], 0.0)
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not self.pre_ln:
+            hidden = encoder.layer_norm(hidden)
+        hidden = encoder.dropout(hidden)  # the `embeddings` insertion point
+        added = hidden.shape[1] - frame_mask.shape[1]
+        if attention_mask is not None and added:
+            attention_mask = torch.cat([attention_mask.new_ones(hidden.shape[0], added), attention_mask], 1)
+        layer_mask = self._layer_attention_mask(hidden, attention_mask)
+        position_bias = None
+        for index, layer in enumerate(encoder.layers):
+            if self._drop_layer(layer, index):
+                continue
+            if self.model_type == "wavlm":
+                extra = {} if self.pre_ln else {"index": index}
+                hidden, position_bias = self._run_layer(
+                    layer, hidden, attention_mask=layer_mask, position_bias=position_bias, **extra
+                )
+            else:
+                hidden = self._run_layer(layer, hidden, attention_mask=layer_mask)
+        if self.pre_ln:
+            hidden = encoder.layer_norm(hidden)
+        return hidden, added
+
+    def _layer_attention_mask(self, hidden, attention_mask):
+        """The mask argument of a layer: WavLM takes ``[B, T]``; wav2vec2/HuBERT the 4-D mask of
+        their attention implementation."""
+        if attention_mask is None or self.model_type == "wavlm":
+            return attention_mask
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+    def _drop_layer(self, layer, index):
+        """LayerDrop, as transformers, for layers being fine-tuned (frozen ones are in eval mode)."""
+        layer = getattr(layer, "pretrained_module", layer)
+        if not layer.training or self.config.layerdrop <= 0.0:
+            return False
+        if self.model_type == "wavlm" and index == 0:  # it computes the relative position bias
+            return False
+        return bool(torch.rand([]) < self.config.layerdrop)
+
+    def _run_layer(self, layer, hidden, **kwargs):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, hidden, use_reentrant=False, **kwargs)
+        return layer(hidden, **kwargs)

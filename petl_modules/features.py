@@ -73,3 +73,54 @@ class ASTFbank:
             "mean": self.mean,
             "std": self.std,
         }
+
+
+class Waveform:
+    """Raw 16 kHz waveform for wav2vec 2.0-family encoders, as their feature extractor prepares it.
+
+    Cut to ``clip_samples`` (when given), then, if ``normalize``, zero mean and unit variance over
+    the utterance's samples (``(x - mean) / sqrt(var + 1e-7)``, as transformers'
+    ``Wav2Vec2FeatureExtractor``). Padding is left to the lobe: a batch is zero-padded, and padded
+    to ``clip_samples`` when a clip length is set, where the valid lengths are still known.
+
+    Arguments
+    ---------
+    clip_samples : int or None
+        Samples kept from the start of each utterance (None: the whole utterance).
+    normalize : bool
+        The checkpoint's ``do_normalize``.
+    sample_rate : int
+        Rate of the incoming waveforms (the checkpoint's ``sampling_rate``).
+
+    Example
+    -------
+    >>> wave = Waveform(clip_samples=8000)
+    >>> out = wave(torch.randn(16000) * 3 + 1)
+    >>> out.shape, round(float(out.mean()), 4), round(float(out.std(unbiased=False)), 3)
+    (torch.Size([8000]), 0.0, 1.0)
+    """
+
+    def __init__(self, clip_samples=None, normalize=True, sample_rate=16000):
+        self.clip_samples = None if clip_samples is None else int(clip_samples)
+        if self.clip_samples is not None and self.clip_samples <= 0:
+            raise ValueError(f"clip_samples must be positive or None, got {clip_samples}.")
+        self.normalize = bool(normalize)
+        self.sample_rate = int(sample_rate)
+
+    def __call__(self, wav):
+        """``[S]`` waveform -> ``[min(S, clip_samples)]`` (normalised) waveform."""
+        wav = wav.reshape(-1).float()
+        if self.clip_samples is not None:
+            wav = wav[: self.clip_samples]
+        if self.normalize:
+            wav = (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + 1e-7)
+        return wav
+
+    def config(self):
+        """The settings that rebuild this processor (for saved models and caches)."""
+        return {
+            "type": "waveform",
+            "clip_samples": self.clip_samples,
+            "normalize": self.normalize,
+            "sample_rate": self.sample_rate,
+        }
