@@ -62,7 +62,8 @@ class AdaptedBackbone(AdaptedModel):
     adapter_class : callable, optional
         Called as ``adapter_class(module, **adapter_kwargs)`` for every module at the insertion
         points (like ``AdaptedModel``). If it accepts them, it also receives ``hidden_size`` (the
-        backbone's), ``point`` (the insertion point name) and ``layer`` (the layer index or None).
+        backbone's), ``point`` (the insertion point name), ``layer`` (the layer index or None) and
+        ``prompt_position`` (the lobe's ``PROMPT_POSITION``, for methods that add tokens).
     insertion_points : list of str
         Names of the lobe's insertion points (see the module docstring).
     trainable : list of str
@@ -120,7 +121,8 @@ class AdaptedBackbone(AdaptedModel):
             module = backbone.get_submodule(name)
             kwargs = dict(self.adapter_kwargs)
             point, layer = backbone.locate(name, self._points)
-            extras = {"hidden_size": backbone.hidden_size, "point": point, "layer": layer}
+            extras = {"hidden_size": backbone.hidden_size, "point": point, "layer": layer,
+                      "prompt_position": backbone.PROMPT_POSITION}
             for key, value in extras.items():
                 if key not in kwargs and _accepts(self.adapter_class, key):
                     kwargs[key] = value

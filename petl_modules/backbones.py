@@ -83,6 +83,8 @@ class Backbone(torch.nn.Module):
 
     INSERTION_POINTS = {}
     family = None
+    # Where tokens added by prompt/prefix tuning go: (tokens kept before them, tokens they replace).
+    PROMPT_POSITION = (0, 0)
 
     def __new__(cls, source=None, *args, **kwargs):
         if cls is Backbone:
@@ -333,6 +335,7 @@ class ASTBackbone(Backbone):
         "final_norm": ["model.layernorm"],
     }
     family = "ast"
+    PROMPT_POSITION = (1, 1)  # after the CLS token, in place of the distillation token
 
     def __init__(
         self,

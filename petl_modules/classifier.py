@@ -6,7 +6,8 @@ method; this module holds only what is new for the task.
 
 import torch
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "prompts", "speech", "prompts+speech")
+PROMPT_POOLINGS = ("prompts", "speech", "prompts+speech")
 
 
 class Classifier(torch.nn.Module):
@@ -20,7 +21,13 @@ class Classifier(torch.nn.Module):
         Number of classes.
     pooling : str
         ``mean``: mean over the valid tokens (all tokens for AST, as the reference; padded frames
-        excluded for wav2vec2-family backbones). ``cls``: the first token (AST's CLS).
+        excluded for wav2vec2-family backbones). ``cls``: the first token (AST's CLS). With prompt
+        tuning (the reference's options): ``prompts`` (mean over the prompt tokens), ``speech``
+        (mean over the tokens after them: the input's), ``prompts+speech`` (mean from the first
+        prompt on: all but the tokens kept before the prompts, e.g. AST's CLS).
+    prompt_span : list of int, optional
+        ``[start, stop]`` of the prompt tokens in the sequence (``petl_modules.prompt.prompt_span``);
+        required by the prompt poolings.
 
     Example
     -------
@@ -29,10 +36,16 @@ class Classifier(torch.nn.Module):
     torch.Size([2, 3])
     """
 
-    def __init__(self, input_size, n_classes, pooling="mean"):
+    def __init__(self, input_size, n_classes, pooling="mean", prompt_span=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got '{pooling}'.")
+        if pooling in PROMPT_POOLINGS and prompt_span is None:
+            raise ValueError(
+                f"pooling '{pooling}' pools prompt tokens, but this model has none: use it with "
+                "hparams/prompt_tuning.yaml, or pooling mean or cls."
+            )
+        self.prompt_span = None if prompt_span is None else [int(i) for i in prompt_span]
         if int(n_classes) < 2:
             raise ValueError(f"n_classes must be at least 2, got {n_classes}.")
         self.pooling = pooling
@@ -42,6 +55,12 @@ class Classifier(torch.nn.Module):
         """``[B, T, D]`` (+ ``[B, T]`` bool mask of valid tokens) -> ``[B, D]``."""
         if self.pooling == "cls":
             return hidden[:, 0]
+        if self.pooling in PROMPT_POOLINGS:
+            start, stop = self.prompt_span
+            first, last = {"prompts": (start, stop), "speech": (stop, None),
+                           "prompts+speech": (start, None)}[self.pooling]
+            hidden = hidden[:, first:last]
+            mask = None if mask is None else mask[:, first:last]
         if mask is None:
             return hidden.mean(dim=1)
         weights = mask.to(hidden.dtype).unsqueeze(-1)
