@@ -1,0 +1,227 @@
+"""Mixtures of adapters (second paper): N adapter experts beside a frozen sublayer.
+
+Experts are bottleneck or Convpass adapters (``petl_modules.adapters``) whose weights are stacked
+(``[N, D, r]``, ``[N, r, D]``) and computed together with einsum, never one by one. A mixture sits
+in parallel with the sublayer ``f`` it wraps (``attention`` = MHSA or ``ffn`` = FFN insertion
+point): ``out = f(x) + MoA(x)`` with ``x`` the output of the LayerNorm before ``f``, added once
+(the reference added it twice in a layer with Pfeiffer at MHSA).
+
+- Dense-MoA: a token router ``softmax(W x + b)`` ``[B, T, N]`` weighs the N experts' outputs. The
+  gate is folded into the up-projection: one matmul of width N*r down, one gated einsum up.
+- Soft-MoA (Soft MoE of Puigcerver et al., 2024, with adapters as experts): learned slot
+  embeddings ``Phi [D, N, p]``; ``logits = x Phi [B, T, N, p]``; dispatch weights = softmax over
+  the tokens, combine weights = softmax over all N*p slots. Slot inputs are dispatch-weighted
+  averages of the tokens ``[B, N, p, D]``; expert n processes its p slots; each token's output is
+  the combine-weighted average of all slot outputs. ``normalize``: the logits use l2-normalised
+  tokens and slot embeddings (over D) times a learned scale (the Soft MoE paper's option).
+
+Pfeiffer mixtures sit at one location (``location``: MHSA as the paper, or FFN), Houlsby at both;
+the LayerNorm before each adapted sublayer trains too (``petl_modules.adapters.adapter_trainable``).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from petl_modules.adapted import PETLModule
+from petl_modules.adapters import INITS, QuickGELU, bottleneck_width, check_choice
+
+EXPERT_BLOCKS = ("bottleneck", "convpass")
+MOA_KINDS = ("dense", "soft")
+
+
+class StackedAdapters(torch.nn.Module):
+    """N bottleneck or Convpass adapters with stacked weights, run as batched matmuls.
+
+    Expert n maps ``[L, D]`` to ``[L, D]`` as the single blocks of ``petl_modules.adapters`` do
+    (``Bottleneck``: ``up(GELU(down x))``; ``Convpass``: ``up(drop(QGELU(conv3(QGELU(down x)))))``
+    with the convolution over L), with weights ``down_weight[n] [D, r]``, ``up_weight[n] [r, D]``
+    (and a grouped convolution: group n is expert n's).
+
+    Arguments
+    ---------
+    num_experts : int
+        N.
+    hidden_size : int
+        D.
+    reduction_rate : float
+        r = round(D / reduction_rate).
+    adapter_block : str
+        ``bottleneck`` | ``convpass``.
+    init : str
+        ``identity``: down random (as ``nn.Linear``; Xavier for Convpass), up zero: the mixture
+        outputs zero at start. ``reference``: down and up N(0, 0.02), zero biases (the start of
+        the reference runs).
+    """
+
+    def __init__(self, num_experts, hidden_size, reduction_rate, adapter_block="bottleneck",
+                 init="identity"):
+        super().__init__()
+        check_choice("adapter_block", adapter_block, EXPERT_BLOCKS)
+        check_choice("init", init, INITS)
+        n, d = int(num_experts), int(hidden_size)
+        r = bottleneck_width(d, reduction_rate)
+        self.num_experts, self.width, self.adapter_block = n, r, adapter_block
+        self.down_weight = torch.nn.Parameter(torch.empty(n, d, r))
+        self.down_bias = torch.nn.Parameter(torch.zeros(n, r))
+        self.up_weight = torch.nn.Parameter(torch.zeros(n, r, d))
+        self.up_bias = torch.nn.Parameter(torch.zeros(n, d))
+        if adapter_block == "convpass":
+            self.conv = torch.nn.Conv1d(n * r, n * r, kernel_size=3, padding=1, groups=n)
+            bound = math.sqrt(6.0 / (3 * r + 3 * r))  # Xavier per expert: fan in = fan out = 3r
+            torch.nn.init.uniform_(self.conv.weight, -bound, bound)
+            torch.nn.init.zeros_(self.conv.bias)
+            self.dropout = torch.nn.Dropout(0.1)
+        if init == "reference":
+            torch.nn.init.trunc_normal_(self.down_weight, std=0.02)
+            torch.nn.init.trunc_normal_(self.up_weight, std=0.02)
+        elif adapter_block == "convpass":
+            bound = math.sqrt(6.0 / (d + r))
+            torch.nn.init.uniform_(self.down_weight, -bound, bound)
+        else:  # nn.Linear's default: Kaiming uniform (a = sqrt(5)) on [r, D], bias U(+-1/sqrt(D))
+            bound = 1.0 / math.sqrt(d)
+            torch.nn.init.uniform_(self.down_weight, -bound, bound)
+            torch.nn.init.uniform_(self.down_bias, -bound, bound)
+
+    def hidden(self, x):
+        """Bottleneck activations ``[B, N, L, r]`` of ``x``: ``[B, L, D]`` (every expert reads the
+        same tokens) or ``[B, N, L, D]`` (expert n reads ``x[:, n]``)."""
+        if x.dim() == 3:
+            h = torch.einsum("bld,ndr->bnlr", x, self.down_weight)
+        else:
+            h = torch.einsum("bnld,ndr->bnlr", x, self.down_weight)
+        h = h + self.down_bias[:, None, :]
+        if self.adapter_block == "bottleneck":
+            return F.gelu(h)
+        act = QuickGELU()
+        batch, n, length, r = h.shape
+        h = act(h).permute(0, 1, 3, 2).reshape(batch, n * r, length)  # [B, N*r, L]
+        h = act(self.conv(h)).reshape(batch, n, r, length).permute(0, 1, 3, 2)
+        return self.dropout(h)
+
+    def forward(self, x):
+        """Each expert's output ``[B, N, L, D]`` (input as in ``hidden``)."""
+        h = self.hidden(x)
+        return torch.einsum("bnlr,nrd->bnld", h, self.up_weight) + self.up_bias[:, None, :]
+
+    def mix(self, x, gates):
+        """``sum_n gates[..., n] * expert_n(x)``: ``x [B, L, D]``, ``gates [B, L, N]`` ->
+        ``[B, L, D]``, the gate applied before the up-projection (one einsum for all experts)."""
+        h = self.hidden(x) * gates.permute(0, 2, 1).unsqueeze(-1)  # [B, N, L, r]
+        return torch.einsum("bnlr,nrd->bld", h, self.up_weight) + gates @ self.up_bias
+
+
+class DenseMoA(torch.nn.Module):
+    """Dense mixture: ``sum_n softmax(W x + b)_n * expert_n(x)``, ``[B, T, D]`` -> ``[B, T, D]``.
+
+    Arguments are those of ``StackedAdapters``; the router is ``nn.Linear(D, N)``.
+    """
+
+    def __init__(self, hidden_size, num_adapters=7, reduction_rate=128, adapter_block="bottleneck",
+                 init="identity"):
+        super().__init__()
+        self.router = torch.nn.Linear(int(hidden_size), int(num_adapters))
+        if init == "reference":
+            torch.nn.init.trunc_normal_(self.router.weight, std=0.02)
+            torch.nn.init.zeros_(self.router.bias)
+        self.experts = StackedAdapters(num_adapters, hidden_size, reduction_rate, adapter_block, init)
+
+    def router_weights(self, x):
+        """``[B, T, D]`` -> ``[B, T, N]``, softmax over the experts."""
+        return torch.softmax(self.router(x), dim=-1)
+
+    def forward(self, x):
+        return self.experts.mix(x, self.router_weights(x))
+
+
+def l2_normalize(x, dim, eps=1e-6):
+    """``x / (||x|| + eps)`` along ``dim``."""
+    return x / (x.norm(dim=dim, keepdim=True) + eps)
+
+
+class SoftMoA(torch.nn.Module):
+    """Soft mixture of adapters, ``[B, M, D]`` -> ``[B, M, D]`` (names of the Soft MoE paper).
+
+    Arguments
+    ---------
+    hidden_size : int
+        D.
+    num_adapters : int
+        N experts.
+    num_slots : int
+        p slots per expert.
+    normalize : bool
+        l2-normalise tokens and slot embeddings (over D) in the logits, times a learned scale.
+    reduction_rate, adapter_block, init
+        As ``StackedAdapters``.
+    """
+
+    def __init__(self, hidden_size, num_adapters=7, num_slots=1, normalize=False, reduction_rate=128,
+                 adapter_block="bottleneck", init="identity"):
+        super().__init__()
+        check_choice("normalize", normalize, (True, False))
+        if int(num_slots) < 1:
+            raise ValueError(f"num_slots must be a positive integer, got {num_slots}.")
+        self.phi = torch.nn.Parameter(torch.empty(int(hidden_size), int(num_adapters), int(num_slots)))
+        torch.nn.init.xavier_normal_(self.phi)
+        self.normalize = normalize
+        if normalize:
+            self.scale = torch.nn.Parameter(torch.ones(()))
+        self.experts = StackedAdapters(num_adapters, hidden_size, reduction_rate, adapter_block, init)
+
+    def routing_weights(self, x):
+        """``(dispatch, combine)``, both ``[B, M, N, p]``: dispatch sums to 1 over the M tokens of
+        each slot, combine over the N*p slots of each token."""
+        phi = self.phi
+        if self.normalize:
+            x, phi = l2_normalize(x, dim=-1), self.scale * l2_normalize(phi, dim=0)
+        logits = torch.einsum("bmd,dnp->bmnp", x, phi)
+        dispatch = torch.softmax(logits, dim=1)
+        combine = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
+        return dispatch, combine
+
+    def forward(self, x):
+        dispatch, combine = self.routing_weights(x)
+        slots = torch.einsum("bmd,bmnp->bnpd", x, dispatch)  # slot inputs [B, N, p, D]
+        outputs = self.experts(slots)  # expert n on its p slots: [B, N, p, D]
+        return torch.einsum("bnpd,bmnp->bmd", outputs, combine)
+
+
+class MixtureOfAdapters(PETLModule):
+    """A Dense- or Soft-MoA in parallel with a frozen sublayer: ``f(x) + MoA(x)``.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The sublayer (``attention`` or ``ffn`` point), kept as ``pretrained_module``.
+    hidden_size : int
+        D (given by ``AdaptedBackbone``).
+    kind : str
+        ``dense`` | ``soft``.
+    num_adapters, reduction_rate, adapter_block, init
+        As ``StackedAdapters``.
+    num_slots, normalize
+        Soft-MoA only.
+    **kwargs
+        Ignored insertion details.
+    """
+
+    def __init__(self, module, hidden_size, kind="soft", num_adapters=7, reduction_rate=128,
+                 adapter_block="bottleneck", num_slots=1, normalize=False, init="identity", **kwargs):
+        super().__init__()
+        check_choice("kind", kind, MOA_KINDS)
+        if int(num_adapters) < 1:
+            raise ValueError(f"num_adapters must be a positive integer, got {num_adapters}.")
+        self.pretrained_module = module
+        if kind == "dense":
+            self.moa = DenseMoA(hidden_size, num_adapters, reduction_rate, adapter_block, init)
+        else:
+            self.moa = SoftMoA(hidden_size, num_adapters, num_slots, normalize, reduction_rate,
+                               adapter_block, init)
+
+    def forward(self, x, *args, **kwargs):
+        out = self.pretrained_module(x, *args, **kwargs)
+        if isinstance(out, tuple):
+            return (out[0] + self.moa(x), *out[1:])
+        return out + self.moa(x)
