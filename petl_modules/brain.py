@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import is_distributed_initialized
 
+from petl_modules.cache import head_input
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,6 +33,10 @@ class ClassificationBrain(sb.Brain):
     # ---------------------------------------------------------------- forward / loss
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
+        if getattr(self.hparams, "cache_backbone_outputs", False):
+            # Linear probing from cached backbone outputs (petl_modules/cache.py): the final
+            # LayerNorm's affine part and the head run on one cached vector per utterance.
+            return self.modules.classifier(head_input(self.modules.petl_model, batch.cached.data))
         inputs, lengths = batch.inputs
         augmentation = getattr(self.hparams, "augmentation", None)
         if stage == sb.Stage.TRAIN and augmentation is not None:

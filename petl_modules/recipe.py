@@ -29,6 +29,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from petl_modules.audio import AudioError, load_audio
 from petl_modules.backbones import FAMILIES, lobe_class
+from petl_modules.cache import check_cacheable, use_backbone_cache
 from petl_modules.prepare import DataError
 
 logger = logging.getLogger(__name__)
@@ -353,6 +354,8 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
         yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
         hparams = load_hparams(yaml_text)
         folds = fold_list(hparams)
+        if hparams.get("cache_backbone_outputs"):
+            check_cacheable(hparams)
     except (ConfigError, ValueError, TypeError, OSError) as err:
         # Wrong options are found here, before any data is read.
         sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {err}")
@@ -415,6 +418,8 @@ def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, hea
             datasets["train"], int(hparams["few_shot_samples"]), hparams["seed"]
         )
     add_pipelines(datasets.values(), hparams["backbone"].input_processor, encoder)
+    if hparams.get("cache_backbone_outputs"):
+        use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"))
 
     report = parameter_report(hparams["modules"])
     logger.info(
