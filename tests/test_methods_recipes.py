@@ -1,0 +1,28 @@
+"""Every PETL method file runs the FSC recipe for one epoch on the tiny AST (hidden 64, 2 layers)."""
+
+import pytest
+
+from conftest import read_results, run_train
+
+d, L, LN = 64, 2, 2 * 64  # tiny AST
+BOTTLENECK_R4 = d * 4 + 4 + 4 * d + d  # one bottleneck expert, r = 64 / 16
+
+
+@pytest.mark.parametrize("method,extra,expected", [
+    # conformer, Pfeiffer at FFN, RR 96 -> r = 1, kernel 31 (fsc.yaml): block + LN2 per layer
+    ("adapter", [], L * (LN + d * 2 + 2 + 31 + 1 + 2 + d + d + LN) + LN),
+    ("lora", ["--reduction_rate=16"], L * 2 * 2 * d * 4 + LN),
+    ("prefix_tuning", [], L * 24 * d + LN),
+    ("prompt_tuning", ["--pooling=prompts+speech"], L * 25 * d + LN),
+    ("dense_moa", ["--reduction_rate=16"], L * (7 * BOTTLENECK_R4 + d * 7 + 7 + LN) + LN),
+    ("soft_moa", ["--reduction_rate=16", "--normalize=True"],
+     L * (7 * BOTTLENECK_R4 + d * 7 + 1 + LN) + LN),
+])
+def test_fsc_recipe_runs_each_method_file(method, extra, expected, fsc_data, tiny_ast, tmp_path):
+    out = tmp_path / method
+    run_train("FSC", method, fsc_data, tiny_ast, out, *extra)
+    results = read_results(out)
+    assert results["method"] == method
+    assert results["trainable_params_without_head"] == expected
+    (fold,) = results["folds"]
+    assert 0.0 <= fold["test_accuracy"] <= 1.0
