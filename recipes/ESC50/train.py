@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""ESC-50 environmental sound classification with a PETL method on a pre-trained encoder.
+
+Usage (from the repository root):
+    python recipes/ESC50/train.py hparams/linear.yaml --data_folder=/data/ESC-50-master
+    python recipes/ESC50/train.py hparams/adapter.yaml --data_folder=/data/ESC-50-master --fold=2
+
+All 5 folds run by default, each in <output_folder>/fold_<k> (fold k: test on fold k, validate on
+the fold before it, train on the other three); results.json holds each fold and mean +- std.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from esc50_prepare import MANIFEST, METADATA, RELEASE, prepare_esc50  # noqa: E402
+
+from petl_modules.brain import ClassificationBrain  # noqa: E402
+from petl_modules.recipe import (  # noqa: E402
+    load_manifest, resolve_data_folder, rotating_folds, run_recipe,
+)
+
+
+class ESC50Brain(ClassificationBrain):
+    """One category per clip: the shared classification Brain (SpecAugment from esc50.yaml)."""
+
+
+def prepare(hparams):
+    prepare_esc50(hparams["data_folder"], hparams["manifest_folder"], hparams["class_names"],
+                  hparams["skip_bad_files"])
+
+
+def make_datasets(hparams, fold):
+    """Fold ``fold`` tests, the fold before it validates, the other three train."""
+    data_root = resolve_data_folder(hparams["data_folder"], RELEASE, METADATA)
+    manifest = Path(hparams["manifest_folder"]) / f"{MANIFEST}.csv"
+    return {
+        split: load_manifest(manifest, data_root, key_test={"fold": lambda f, s=folds: int(f) in s})
+        for split, folds in rotating_folds(hparams["folds"], fold).items()
+    }
+
+
+if __name__ == "__main__":
+    run_recipe(ESC50Brain, Path(__file__).with_name("esc50.yaml"), prepare, make_datasets)

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""UrbanSound8K urban sound classification with a PETL method on a pre-trained encoder.
+
+Usage (from the repository root):
+    python recipes/UrbanSound8K/train.py hparams/linear.yaml --data_folder=/data/UrbanSound8K
+    python recipes/UrbanSound8K/train.py hparams/adapter.yaml --data_folder=/data/UrbanSound8K --fold=10
+
+All 10 folds run by default, each in <output_folder>/fold_<k>. Fold k: test on fold k, validate
+on the fold before it, train on the other eight (the reference selected on the test fold).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from urbansound8k_prepare import MANIFEST, METADATA, RELEASE, prepare_urbansound8k  # noqa: E402
+
+from petl_modules.brain import ClassificationBrain  # noqa: E402
+from petl_modules.recipe import (  # noqa: E402
+    load_manifest, resolve_data_folder, rotating_folds, run_recipe,
+)
+
+
+class UrbanSound8KBrain(ClassificationBrain):
+    """One class per slice: the shared classification Brain (SpecAugment from urbansound8k.yaml)."""
+
+
+def prepare(hparams):
+    prepare_urbansound8k(hparams["data_folder"], hparams["manifest_folder"],
+                         hparams["class_names"], hparams["skip_bad_files"])
+
+
+def make_datasets(hparams, fold):
+    """Fold ``fold`` tests, the fold before it validates, the other eight train."""
+    data_root = resolve_data_folder(hparams["data_folder"], RELEASE, METADATA)
+    manifest = Path(hparams["manifest_folder"]) / f"{MANIFEST}.csv"
+    return {
+        split: load_manifest(manifest, data_root, key_test={"fold": lambda f, s=folds: int(f) in s})
+        for split, folds in rotating_folds(hparams["folds"], fold).items()
+    }
+
+
+if __name__ == "__main__":
+    run_recipe(UrbanSound8KBrain, Path(__file__).with_name("urbansound8k.yaml"), prepare,
+               make_datasets)
