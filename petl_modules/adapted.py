@@ -30,6 +30,7 @@ import logging
 
 import torch
 from speechbrain.nnet.adapters import AdaptedModel, replace_module
+from speechbrain.utils import checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,26 @@ def _accepts(cls, name):
     return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+def petl_buffers(model):
+    """``{name: buffer}`` of the state buffers of PETL modules in ``model`` (e.g. the running
+    statistics of a conformer adapter's BatchNorm); the pretrained modules they wrap excluded.
+
+    They are trained state too, though not ``requires_grad``: checkpoints and PETL model folders
+    keep them beside the trained parameters.
+    """
+    state = model.state_dict(keep_vars=True)
+    found = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, PETLModule):
+            continue
+        for buffer_name, _ in module.named_buffers():
+            full = f"{name}.{buffer_name}" if name else buffer_name
+            if not buffer_name.startswith("pretrained_module.") and full in state:
+                found[full] = state[full]
+    return found
+
+
+@checkpoints.register_checkpoint_hooks
 class AdaptedBackbone(AdaptedModel):
     """A backbone lobe with PETL modules attached at named insertion points.
 
@@ -113,6 +134,14 @@ class AdaptedBackbone(AdaptedModel):
         for name in backbone.trainable_parameter_names(trainable):
             backbone.get_parameter(name).requires_grad_(True)
         backbone.set_finetuned(trainable)
+
+    @checkpoints.mark_as_saver
+    def saver(self, path):
+        """Saves the trained tensors and the PETL modules' buffers (``AdaptedModel`` saves only
+        ``requires_grad`` tensors, so a BatchNorm inside an adapter would lose its statistics)."""
+        state = {n: p for n, p in self.state_dict(keep_vars=True).items() if p.requires_grad}
+        state.update(petl_buffers(self))
+        torch.save(state, path)
 
     def insert_adapters(self):
         """Wraps every matched module, telling the adapter class where it sits."""

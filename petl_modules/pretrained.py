@@ -37,7 +37,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from petl_modules.adapted import PETLModule
+from petl_modules.adapted import PETLModule, petl_buffers
 
 logger = logging.getLogger(__name__)
 
@@ -158,16 +158,7 @@ def trained_tensor_names(modules):
         state = module.state_dict(keep_vars=True)
         parameters += [f"{key}.{n}" for n, p in module.named_parameters()
                        if p.requires_grad and n in state]
-        for name, sub in module.named_modules():
-            if not isinstance(sub, PETLModule):
-                continue
-            prefix = f"{name}." if name else ""
-            for buffer_name, _ in sub.named_buffers():
-                if buffer_name.startswith("pretrained_module."):
-                    continue
-                full = prefix + buffer_name
-                if full in state and f"{key}.{full}" not in buffers:
-                    buffers.append(f"{key}.{full}")
+        buffers += [f"{key}.{n}" for n in petl_buffers(module)]
     return parameters, buffers
 
 

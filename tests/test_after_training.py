@@ -157,6 +157,22 @@ def test_reloaded_petl_model_gives_the_trained_models_probabilities(method, tiny
     assert loaded["class_names"][3] == "c3"
 
 
+def test_checkpoint_keeps_the_batchnorm_statistics_of_conformer_adapters(tiny_ast, tmp_path):
+    """The best checkpoint (hence petl_model/) must hold the adapters' BatchNorm running stats,
+    which are not requires_grad and which SpeechBrain's AdaptedModel saver left out."""
+    hparams, _ = build("adapter", tiny_ast, tmp_path, **tiny_options("adapter"))
+    pretend_trained(hparams, hparams["backbone"].input_processor)
+    hparams["petl_model"].saver(tmp_path / "ckpt.pt")
+    saved = torch.load(tmp_path / "ckpt.pt")
+    stats = [n for n in saved if n.endswith("batch_norm.running_mean")]
+    assert len(stats) == 2  # one conformer adapter per layer
+    fresh, _ = build("adapter", tiny_ast, tmp_path / "fresh", **tiny_options("adapter"))
+    fresh["petl_model"].loader(tmp_path / "ckpt.pt", end_of_epoch=True)
+    for name in stats:
+        assert torch.equal(fresh["petl_model"].state_dict()[name], saved[name])
+        assert not torch.equal(saved[name], torch.zeros_like(saved[name]))
+
+
 def test_petl_model_on_another_base_checkpoint_is_refused(lora_run, other_ast):
     with pytest.raises(PETLModelError, match="fingerprints of their weights differ"):
         load_petl_model(lora_run / "petl_model", backbone_source=other_ast)
