@@ -77,6 +77,9 @@ class LoRA(PETLModule):
             torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             torch.nn.init.zeros_(self.lora_B)
 
+    def extra_repr(self):
+        return f"rank={self.lora_A.shape[0]}, scaling={self.scaling:g}"
+
     @property
     def in_features(self):
         return self.pretrained_module.in_features
