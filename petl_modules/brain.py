@@ -5,6 +5,13 @@ accuracy as the key, so ``evaluate(..., max_key="valid_acc")`` tests the best ep
 (the reference tested the last epoch's). The optimiser is AdamW with two parameter groups (the
 backbone's trainable tensors at ``lr``, the head at ``head_lr``) and a cosine schedule stepped per
 optimiser step over all epochs.
+
+Resuming (``fit`` continues from the latest checkpoint, also an intra-epoch one): SpeechBrain
+restores the modules, optimiser, scheduler, epoch counter, DataLoader position, step and running
+loss; this Brain adds the epoch's training accuracy counts so far (in its own checkpoint file) and
+gives the training DataLoader its own seeded generator, so that the global random state (restored
+by ``petl_modules.checkpointing.RandomState``) is drawn from in the same order with or without an
+interruption. A resumed run thus ends with the same results as an uninterrupted one.
 """
 
 import logging
@@ -13,13 +20,15 @@ import math
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
-from speechbrain.utils.distributed import is_distributed_initialized
+import yaml
+from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
 from petl_modules.cache import head_input
 
 logger = logging.getLogger(__name__)
 
 
+@sb.utils.checkpoints.register_checkpoint_hooks
 class ClassificationBrain(sb.Brain):
     """Utterance classification: ``inputs`` -> backbone with PETL modules -> classifier.
 
@@ -29,6 +38,17 @@ class ClassificationBrain(sb.Brain):
     """
 
     steps_per_epoch = 1
+
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+        # recipe.yaml saves an intra-epoch checkpoint every ckpt_interval_minutes; SpeechBrain
+        # refuses both intervals at once, so --ckpt_interval_steps given on the command line
+        # replaces the yaml's time interval.
+        overridden = set(run_opts) if isinstance(run_opts, dict) else getattr(
+            run_opts, "overridden_args", set())
+        if hparams is not None and "ckpt_interval_steps" in overridden \
+                and "ckpt_interval_minutes" not in overridden:
+            hparams = dict(hparams, ckpt_interval_minutes=0)
+        super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
 
     # ---------------------------------------------------------------- forward / loss
     def compute_forward(self, batch, stage):
@@ -62,6 +82,28 @@ class ClassificationBrain(sb.Brain):
         super().fit(epoch_counter, train_set, valid_set, progressbar,
                     train_loader_kwargs, valid_loader_kwargs)
 
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """As ``sb.Brain.make_dataloader``; the training loader gets its own generator (``seed``).
+
+        Each epoch's iteration draws the workers' base seed from the loader's generator, or from
+        the global one if it has none: that extra draw would shift every later dropout and
+        augmentation mask of a run resumed mid-epoch.
+        """
+        if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
+            loader_kwargs["generator"] = torch.Generator().manual_seed(int(self.hparams.seed))
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    def on_fit_start(self):
+        """As SpeechBrain's (optimisers, then the latest checkpoint); logs where a resumed run is."""
+        super().on_fit_start()
+        done = self.hparams.epoch_counter.current
+        if done or self.step:
+            within = f"; epoch {done + 1} goes on after its batch {self.step}" if self.step else ""
+            logger.info(
+                f"Resuming from the latest checkpoint in {self.checkpointer.checkpoints_dir}: "
+                f"{done} epoch(s) done{within}."
+            )
+
     def init_optimizers(self):
         """AdamW over two groups (backbone trainables at ``lr``, head at ``head_lr``) + cosine."""
         groups = [
@@ -84,6 +126,8 @@ class ClassificationBrain(sb.Brain):
 
     # ---------------------------------------------------------------- stages
     def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN and self.step > 0:
+            return  # resumed mid-epoch: the counts so far came back with the checkpoint
         self.counts = torch.zeros(2, dtype=torch.float64, device=self.device)
 
     def _accuracy(self, stage):
@@ -116,3 +160,30 @@ class ClassificationBrain(sb.Brain):
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
                 test_stats=stats,
             )
+
+    # ---------------------------------------------------------------- checkpoint of the Brain
+    def _save_intra_epoch_ckpt(self):
+        """As SpeechBrain's; under DDP the main process first takes the sum of every process's
+        training counts (the others restart from zero), so that its checkpoint holds them all."""
+        if is_distributed_initialized():
+            torch.distributed.all_reduce(self.counts)
+            if not if_main_process():
+                self.counts.zero_()
+        super()._save_intra_epoch_ckpt()
+
+    @sb.utils.checkpoints.mark_as_saver
+    def _save(self, path):
+        """SpeechBrain's Brain state (step, running loss), plus mid-epoch the accuracy counts."""
+        super()._save(path)
+        if self.step > 0:
+            with open(path, "a", encoding="utf-8") as stream:
+                yaml.safe_dump({"train_counts": [float(c) for c in self.counts]}, stream)
+
+    @sb.utils.checkpoints.mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        super()._recover(path, end_of_epoch)
+        with open(path, encoding="utf-8") as stream:
+            counts = yaml.safe_load(stream).get("train_counts")
+        if counts is None or end_of_epoch or not if_main_process():
+            counts = [0.0, 0.0]  # under DDP the main process holds the sum (_save_intra_epoch_ckpt)
+        self.counts = torch.tensor(counts, dtype=torch.float64, device=self.device)

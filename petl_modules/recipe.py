@@ -27,6 +27,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from petl_modules import tracking
 from petl_modules.audio import AudioError, load_audio
 from petl_modules.backbones import FAMILIES, lobe_class
 from petl_modules.cache import check_cacheable, use_backbone_cache
@@ -356,6 +357,7 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
         folds = fold_list(hparams)
         if hparams.get("cache_backbone_outputs"):
             check_cacheable(hparams)
+        tracking.check_wandb(hparams)
     except (ConfigError, ValueError, TypeError, OSError) as err:
         # Wrong options are found here, before any data is read.
         sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {err}")
@@ -381,6 +383,13 @@ def _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, fold
         if fold is not None:
             experiment_folder = str(output_folder / f"fold_{fold}")
             hparams = load_hparams(yaml_text, fold=fold, experiment_folder=experiment_folder)
+        finished = Path(hparams["experiment_folder"]) / "fold_result.json"
+        if finished.is_file() and not run_opts["test_only"]:
+            # Rerunning the command of an interrupted multi-fold run resumes at the first
+            # unfinished fold (that one then resumes from its latest checkpoint).
+            logger.info(f"Fold {fold} already finished ({finished}); skipping it.")
+            header.update(parameter_report(hparams["modules"]))
+            continue
         run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, header)
 
     results = aggregate_results(output_folder, header) if if_main_process() else None
@@ -428,6 +437,7 @@ def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, hea
         f"all params: {report['total_params']:,} || trainable%: {report['trainable_percent']:.4f}"
     )
     header.update(report)
+    hparams["train_logger"] = tracking.experiment_logger(hparams, fold, scalar_hparams(hparams))
 
     brain = brain_class(
         modules=hparams["modules"],
@@ -458,9 +468,10 @@ def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, hea
         "hparams": scalar_hparams(hparams),
     }
     if if_main_process():
-        write_json_atomic(experiment_folder / "fold_result.json", result)
         # The modules hold the best checkpoint's weights (evaluate recovered it): ship them.
         from petl_modules.pretrained import save_run_petl_model
 
         save_run_petl_model(hparams, yaml_text, class_names)
+        # Written last: it marks the fold as finished (a rerun of the command skips the fold).
+        write_json_atomic(experiment_folder / "fold_result.json", result)
     return result

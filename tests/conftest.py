@@ -49,13 +49,15 @@ def fsc_data(tmp_path_factory):
     return make_dataset("FSC", tmp_path_factory.mktemp("fsc"), per_class=1)
 
 
-def run_train(recipe, method, data_folder, backbone, output_folder, *extra, check=True):
+def run_train(recipe, method, data_folder, backbone, output_folder, *extra, check=True, launcher=None):
     """Runs ``python recipes/<recipe>/train.py hparams/<method>.yaml ...`` as a user would.
 
-    Returns the CompletedProcess (stdout and stderr merged in ``.stdout``).
+    ``launcher`` replaces ``python`` in front of the script (e.g. ``[python, -m, torch.distributed.run,
+    --nproc_per_node=2]``). Returns the CompletedProcess (stdout and stderr merged in ``.stdout``).
     """
     cmd = [
-        sys.executable, str(REPO / "recipes" / recipe / "train.py"), str(REPO / "hparams" / f"{method}.yaml"),
+        *(launcher or [sys.executable]),
+        str(REPO / "recipes" / recipe / "train.py"), str(REPO / "hparams" / f"{method}.yaml"),
         f"--data_folder={data_folder}", f"--backbone_source={backbone}",
         f"--output_folder={output_folder}",
         # Options in ``extra`` replace the TINY_RUN ones (a key given twice is a yaml error).
