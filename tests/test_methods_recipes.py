@@ -26,3 +26,11 @@ def test_fsc_recipe_runs_each_method_file(method, extra, expected, fsc_data, tin
     assert results["trainable_params_without_head"] == expected
     (fold,) = results["folds"]
     assert 0.0 <= fold["test_accuracy"] <= 1.0
+
+
+def test_wrong_method_option_stops_the_recipe_before_reading_data(fsc_data, tiny_ast, tmp_path):
+    proc = run_train("FSC", "prefix_tuning", fsc_data, tiny_ast, tmp_path / "odd", "--prompt_len=25",
+                     check=False)
+    assert proc.returncode != 0
+    assert "prompt_len=25 is odd" in proc.stdout and "--prompt_len=26" in proc.stdout
+    assert not (tmp_path / "odd" / "manifests").exists()
