@@ -1,0 +1,740 @@
+#!/usr/bin/env python3
+"""What PETL costs, measured: train-step and forward time, peak memory and trainable parameters of
+every method file, and the speed-ups the project claims.
+
+Usage (from the repository root)::
+
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge] [--backbone_source=...]
+        [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
+        [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
+
+Default backbone: the AST-base shape (``transformers.ASTConfig()``) with random weights, saved with
+``save_pretrained`` to a temporary folder (no download); FSC shapes (31 classes), batch 4, 400
+frames, 2 threads: the reference's measurement set-up. ``--quick`` runs every suite on a tiny AST
+(a smoke test; its figures mean nothing).
+
+Models are built as users build them: ``compose_hparams(hparams/<method>.yaml, recipes/FSC/fsc.yaml,
+overrides)`` then ``load_hparams``, and trained through ``ClassificationBrain.fit_batch`` (zero_grad,
+forward, loss, backward, AdamW, cosine scheduler step).
+
+Suites and the ratios they give (``--json`` writes ``{"machine", "results", "ratios"}``):
+
+- ``methods``: every hparams file and its variants. ``soft_moa_n15_vs_adapter``,
+  ``dense_moa_n15_vs_adapter``: train step of the mixture (N=15, MHSA, Pfeiffer) / one bottleneck
+  adapter (RR 128) at the same place. Also SDPA vs eager attention and gradient checkpointing.
+- ``moa``: the MoA module alone, fwd+bwd: a per-expert Python loop (the reference's way, written
+  here) / ours (stacked weights, einsum). ``moa_loop_vs_batched_n15``: the smaller of the Dense and
+  Soft ratios at N=15 (both are reported).
+- ``data``: time from the start of training (manifests prepared) to the first batch, 10x more
+  utterances / 1x: ``first_batch_10x_data``.
+- ``cache``: linear probing epoch without / with cached backbone outputs (epochs after the first):
+  ``linear_cache_epoch_speedup``.
+- ``merge``: forward of the LoRA model merged with ``petl_modules.lora.merge_lora`` / the plain
+  backbone: ``lora_merged_vs_plain``.
+
+Timings: median and min over ``--steps`` timed steps after warm-up. Peak memory: on CPU the peak
+resident set size during the timed train steps (Linux ``VmHWM``, reset before each block, after
+freeing what the previous block left) above the process's RSS before any model was built (so it
+counts weights, gradients, optimiser state and activations), on CUDA ``max_memory_allocated``.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import speechbrain as sb  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from speechbrain.dataio.batch import PaddedBatch  # noqa: E402
+
+from petl_modules.backbones import tiny_ast_config  # noqa: E402
+from petl_modules.brain import ClassificationBrain  # noqa: E402
+from petl_modules.recipe import compose_hparams, load_hparams, parameter_report  # noqa: E402
+
+FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
+SUITES = ("methods", "moa", "data", "cache", "merge")
+RATIO_KEYS = (
+    "soft_moa_n15_vs_adapter",
+    "dense_moa_n15_vs_adapter",
+    "moa_loop_vs_batched_n15",
+    "linear_cache_epoch_speedup",
+    "lora_merged_vs_plain",
+    "first_batch_10x_data",
+)
+TARGETS = {
+    "soft_moa_n15_vs_adapter": "<= 1.15",
+    "dense_moa_n15_vs_adapter": "<= 1.5",
+    "moa_loop_vs_batched_n15": ">= 3",
+    "linear_cache_epoch_speedup": ">= 5",
+    "lora_merged_vs_plain": "<= 1.02",
+    "first_batch_10x_data": "<= 1.2",
+}
+# Dense bf16 peak FLOP/s of GPUs (vendor data sheets, without sparsity), for the MFU estimate.
+GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+                 "A10": 125e12}
+MOA_AT = {"adapter_type": "Pfeiffer", "location": "MHSA", "adapter_block": "bottleneck",
+          "reduction_rate": 128}
+
+# (name, method file, overrides): every hparams file, the paper's variants, and the comparisons.
+METHODS = [
+    ("full_ft", "full_ft", {}),
+    ("linear", "linear", {}),
+    ("bitfit", "bitfit", {}),
+    ("lora", "lora", {}),
+    ("prefix_tuning", "prefix_tuning", {}),
+    ("prompt_tuning deep P=25", "prompt_tuning", {}),
+    ("prompt_tuning shallow P=300", "prompt_tuning", {"deep_prompt": False, "prompt_len": 300}),
+    ("adapter conformer Pfeiffer", "adapter", {}),
+    ("adapter conformer Houlsby", "adapter", {"adapter_type": "Houlsby"}),
+    ("adapter bottleneck Pfeiffer", "adapter", {"adapter_block": "bottleneck", "reduction_rate": 64}),
+    ("adapter bottleneck Houlsby", "adapter",
+     {"adapter_block": "bottleneck", "reduction_rate": 64, "adapter_type": "Houlsby"}),
+    ("adapter bottleneck MHSA RR128", "adapter", dict(MOA_AT)),
+    *[(f"dense_moa N={n}", "dense_moa", {"num_adapters": n}) for n in (2, 7, 15)],
+    *[(f"soft_moa N={n}", "soft_moa", {"num_adapters": n}) for n in (2, 7, 15)],
+    ("full_ft [eager attention]", "full_ft", {"attn_implementation": "eager"}),
+    ("full_ft [gradient checkpointing]", "full_ft", {"gradient_checkpointing": True}),
+    ("adapter conformer Pfeiffer [gradient checkpointing]", "adapter",
+     {"gradient_checkpointing": True}),
+    ("lora [gradient checkpointing]", "lora", {"gradient_checkpointing": True}),
+]
+# --quick: one variant of every method file, and those the ratios need.
+QUICK_METHODS = ("full_ft", "linear", "bitfit", "lora", "prefix_tuning", "prompt_tuning deep P=25",
+                 "adapter conformer Pfeiffer", "adapter bottleneck MHSA RR128", "dense_moa N=15",
+                 "soft_moa N=15")
+
+
+# ==================================================================== measuring
+def synchronize(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, steps, warmup, device):
+    """Runs ``fn`` ``warmup`` times untimed then ``steps`` times; returns the times (s)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _read_status_mb(field):
+    """A memory field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in MB, or None."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    return None
+
+
+def _trim_memory():
+    """Collects garbage and gives freed heap pages back to the system (glibc)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory of a block. CUDA: ``max_memory_allocated``. CPU: the peak resident set size
+    (``VmHWM``, reset before the block) minus ``baseline_mb``, the RSS of the process with its
+    libraries loaded and no model (``main`` measures it), so that the figure is the model's
+    weights, gradients, optimiser state and activations.
+
+    ``peak_mb`` is None where the platform cannot say (no ``/proc/self/clear_refs``).
+    """
+
+    baseline_mb = 0.0
+
+    def __init__(self, device):
+        self.device = str(device)
+        self.peak_mb = None
+
+    def __enter__(self):
+        _trim_memory()  # what earlier blocks freed goes back to the system first
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as stream:
+                stream.write("5")  # resets VmHWM to the current RSS
+            self._ok = True
+        except OSError:
+            self._ok = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        elif self._ok:
+            self.peak_mb = _read_status_mb("VmHWM") - self.baseline_mb
+        return False
+
+
+def result(suite, name, times, peak_mb=None, trainable=None, **extra):
+    """One row of ``results``."""
+    row = {"suite": suite, "name": name, "median_s": statistics.median(times), "min_s": min(times),
+           "peak_mem_mb": None if peak_mb is None else round(peak_mb, 1),
+           "trainable_params": trainable}
+    row.update(extra)
+    return row
+
+
+def machine_info(args):
+    """CPU model, threads, versions, GPU name."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as stream:
+            names = [line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "speechbrain": sb.__version__,
+        "gpu": gpu,
+        "device": args.device,
+        "precision": args.precision,
+        "backbone": args.backbone_label,
+        "batch_size": args.batch_size,
+        "frames": args.frames,
+        "steps": args.steps,
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+    }
+
+
+# ==================================================================== building models as users do
+def build_hparams(args, method_file, overrides=None, dataset_yaml=FSC_YAML, **extra):
+    """``compose_hparams`` of a method file with the FSC yaml and the benchmark's overrides, then
+    ``load_hparams``: the model exactly as ``recipes/FSC/train.py`` builds it."""
+    options = {
+        "data_folder": str(args.workdir / "no_data"),
+        "output_folder": str(args.workdir / "out"),
+        "backbone_source": args.backbone_source,
+        "batch_size": args.batch_size,
+        "max_frames": args.frames,
+        "num_workers": 0,
+    }
+    options.update(overrides or {})
+    options.update(extra)
+    return load_hparams(compose_hparams(REPO / "hparams" / f"{method_file}.yaml", dataset_yaml, options))
+
+
+def make_brain(args, hparams):
+    """A ``ClassificationBrain`` on the run's modules, optimiser and scheduler ready."""
+    brain = ClassificationBrain(
+        modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+        run_opts={"device": args.device, "precision": args.precision, "noprogressbar": True},
+        checkpointer=None,
+    )
+    brain.init_optimizers()
+    brain.on_stage_start(sb.Stage.TRAIN)
+    return brain
+
+
+def random_batch(args, hparams):
+    """A batch of ``batch_size`` random utterances through the lobe's own input processor."""
+    processor = hparams["backbone"].input_processor
+    seconds = args.frames / 100
+    generator = torch.Generator().manual_seed(0)
+    items = [
+        {"id": f"utt{i}", "inputs": processor(0.1 * torch.randn(int(seconds * 16000), generator=generator)),
+         "label_index": torch.tensor([i % int(hparams["n_classes"])])}
+        for i in range(args.batch_size)
+    ]
+    return PaddedBatch(items)
+
+
+def model_flops(hparams, method, tokens, batch_size):
+    """Rough FLOPs of one forward (matmuls of the transformer: projections, FFN, attention) and
+    of one train step (3x forward when every weight trains, 2x when gradients only flow through
+    the backbone to inserted modules, 1x for linear probing). For the MFU estimate only."""
+    config = hparams["backbone"].config
+    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    forward = batch_size * layers * (8 * tokens * d * d + 4 * tokens * d * f + 4 * tokens * tokens * d)
+    factor = {"full_ft": 3, "linear": 1}.get(method, 2)
+    return forward, factor * forward
+
+
+def token_count(hparams, batch):
+    with torch.no_grad():
+        hidden, _ = hparams["petl_model"](batch.inputs.data[:1])
+    return hidden.shape[1]
+
+
+# ==================================================================== suites
+def suite_methods(args):
+    """Train step and forward of every method variant (see ``METHODS``)."""
+    rows, table = [], []
+    methods = METHODS if not args.quick else [m for m in METHODS if m[0] in QUICK_METHODS]
+    for name, method_file, overrides in methods:
+        hparams = build_hparams(args, method_file, overrides)
+        report = parameter_report(hparams["modules"])
+        brain = make_brain(args, hparams)
+        batch = random_batch(args, hparams)
+        brain.modules.train()
+        with PeakMemory(args.device) as memory:
+            train = timed(lambda: brain.fit_batch(batch), args.steps, args.warmup, args.device)
+        brain.modules.eval()
+
+        def forward():
+            with torch.no_grad(), brain.training_ctx:
+                brain.compute_forward(batch, sb.Stage.TEST)
+
+        infer = timed(forward, args.steps, args.warmup, args.device)
+        tokens = token_count(hparams, batch)
+        fwd_flops, train_flops = model_flops(hparams, hparams["method"], tokens, args.batch_size)
+        extra = {"trainable_percent": report["trainable_percent"],
+                 "samples_per_s": args.batch_size / statistics.median(train)}
+        peak = args.gpu_peak_flops
+        rows.append(result("methods", f"{name}: train step", train, memory.peak_mb,
+                           report["trainable_params"], **extra,
+                           mfu=None if not peak else train_flops / statistics.median(train) / peak))
+        rows.append(result("methods", f"{name}: forward", infer, None, report["trainable_params"],
+                           samples_per_s=args.batch_size / statistics.median(infer),
+                           mfu=None if not peak else fwd_flops / statistics.median(infer) / peak))
+        print(f"  {name}: train {statistics.median(train):.3f} s, forward "
+              f"{statistics.median(infer):.3f} s", file=sys.stderr, flush=True)
+        del brain, hparams, batch
+        gc.collect()
+    return rows
+
+
+class LoopBottleneck(torch.nn.Module):
+    """One bottleneck adapter ``up(GELU(down x))`` as a module of its own (the reference's expert)."""
+
+    def __init__(self, down_weight, down_bias, up_weight, up_bias):
+        super().__init__()
+        self.down = torch.nn.Linear(*down_weight.shape)
+        self.up = torch.nn.Linear(*up_weight.shape)
+        with torch.no_grad():
+            self.down.weight.copy_(down_weight.T)
+            self.down.bias.copy_(down_bias)
+            self.up.weight.copy_(up_weight.T)
+            self.up.bias.copy_(up_bias)
+
+    def forward(self, x):
+        return self.up(torch.nn.functional.gelu(self.down(x)))
+
+
+class LoopMoA(torch.nn.Module):
+    """A Dense- or Soft-MoA computed the reference's way: a Python loop over the experts
+    (``src/MoA.py``: stacked expert outputs then the router's weighted sum; Soft: one expert call
+    per slot group). Built from our module's weights, so both compute the same function."""
+
+    def __init__(self, ours):
+        super().__init__()
+        experts = ours.experts
+        self.kind = "dense" if hasattr(ours, "router") else "soft"
+        self.experts = torch.nn.ModuleList(
+            LoopBottleneck(experts.down_weight[n], experts.down_bias[n], experts.up_weight[n],
+                           experts.up_bias[n])
+            for n in range(experts.num_experts)
+        )
+        if self.kind == "dense":
+            self.router = torch.nn.Linear(ours.router.in_features, ours.router.out_features)
+            self.router.load_state_dict(ours.router.state_dict())
+        else:
+            self.phi = torch.nn.Parameter(ours.phi.detach().clone())
+
+    def forward(self, x):
+        if self.kind == "dense":
+            weights = torch.softmax(self.router(x), dim=-1)  # [B, T, N]
+            outputs = torch.stack([expert(x) for expert in self.experts], dim=-1)  # [B, T, D, N]
+            return (outputs * weights.unsqueeze(2)).sum(dim=-1)
+        logits = torch.einsum("bmd,dnp->bmnp", x, self.phi)
+        dispatch = torch.softmax(logits, dim=1)
+        combine = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
+        slots = torch.einsum("bmd,bmnp->bnpd", x, dispatch)
+        outputs = torch.stack([expert(slots[:, n]) for n, expert in enumerate(self.experts)], dim=1)
+        return torch.einsum("bnpd,bmnp->bmd", outputs, combine)
+
+
+def suite_moa(args):
+    """The MoA module alone at the model's token count, fwd+bwd: per-expert loop vs ours."""
+    from petl_modules.moa import DenseMoA, SoftMoA
+
+    config = transformers.AutoConfig.from_pretrained(args.backbone_source)
+    d = config.hidden_size
+    patches_f = (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1
+    patches_t = (args.frames - config.patch_size) // config.time_stride + 1
+    tokens = 2 + patches_f * patches_t
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, tokens, d, generator=generator).to(args.device)
+    for n in (15,) if args.quick else (2, 7, 15):
+        for kind, cls in (("dense", DenseMoA), ("soft", SoftMoA)):
+            torch.manual_seed(n)
+            ours = cls(d, num_adapters=n, reduction_rate=128)
+            with torch.no_grad():  # up-projections away from zero: a fair, non-trivial function
+                ours.experts.up_weight.normal_(std=0.02)
+            loop = LoopMoA(ours)
+            ours, loop = ours.to(args.device), loop.to(args.device)
+            with torch.no_grad():
+                diff = (ours(x) - loop(x)).abs().max().item()
+            if diff > 1e-3:
+                raise RuntimeError(f"{kind} MoA N={n}: loop and batched differ by {diff}")
+            for label, module in (("loop", loop), ("batched", ours)):
+                inputs = x.detach().clone().requires_grad_(True)
+
+                def step(module=module, inputs=inputs):
+                    module.zero_grad(set_to_none=True)
+                    with torch.autocast(args.device_type, dtype=torch.bfloat16,
+                                        enabled=args.precision == "bf16"):
+                        out = module(inputs)
+                    out.float().square().mean().backward()
+
+                times = timed(step, args.steps * (1 if args.quick else 3), args.warmup, args.device)
+                trainable = sum(p.numel() for p in module.parameters())
+                rows.append(result("moa", f"{kind}_moa N={n} {label}", times, None, trainable))
+    return rows
+
+
+def _load_recipe(name):
+    """The ``recipes/<name>/train.py`` module (its ``prepare`` and ``make_datasets``)."""
+    folder = REPO / "recipes" / name
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", folder / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fsc_run(args, per_class, tag):
+    """A synthetic FSC release with ``per_class`` training utterances per intent, prepared."""
+    from petl_modules.synthetic import make_dataset
+
+    root = args.workdir / f"fsc_{tag}"
+    data = make_dataset("FSC", root, per_class=per_class, seconds=min(args.frames / 100, 4.0))
+    return data, root / "out"
+
+
+def start_training(args, recipe, hparams):
+    """What ``run_fold`` does from the manifests to the training DataLoader; returns it and the
+    datasets (``recipe.run_fold`` order: datasets, class names, encoder, pipelines)."""
+    from speechbrain.dataio.encoder import CategoricalEncoder
+
+    from petl_modules.recipe import add_pipelines, class_names_of
+
+    datasets = recipe.make_datasets(hparams, None)
+    class_names = hparams.get("class_names") or class_names_of(datasets.values())
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(class_names)
+    encoder.expect_len(len(class_names))
+    add_pipelines(datasets.values(), hparams["backbone"].input_processor, encoder)
+    return datasets, encoder
+
+
+def suite_data(args):
+    """Time from the start of training (manifests prepared) to the first batch, 1x and 10x data."""
+    recipe = _load_recipe("FSC")
+    rows = []
+    base = 1 if args.quick else 4
+    workers = 2
+    for scale in (1, 10):
+        data, out = _fsc_run(args, base * scale, f"data{scale}x")
+        hparams = build_hparams(args, "linear", data_folder=str(data), output_folder=str(out),
+                                num_workers=workers)
+        recipe.prepare(hparams)  # manifests written once, before the clock
+        brain = make_brain(args, hparams)
+
+        def first_batch():
+            datasets, _ = start_training(args, recipe, hparams)
+            loader = brain.make_dataloader(datasets["train"], stage=sb.Stage.TRAIN,
+                                           **hparams["train_loader_options"])
+            iterator = iter(loader)
+            next(iterator)
+            del iterator
+
+        times = timed(first_batch, max(3, args.steps), 1, "cpu")
+        n_train = len(recipe.make_datasets(hparams, None)["train"])
+        rows.append(result("data", f"first batch, {n_train} training utterances ({scale}x)", times,
+                           None, None, utterances=n_train, scale=scale))
+        del brain, hparams
+    return rows
+
+
+def suite_cache(args):
+    """Linear probing epochs without / with cached backbone outputs, on a synthetic FSC set."""
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    from petl_modules.cache import use_backbone_cache
+
+    recipe = _load_recipe("FSC")
+    per_class = 1 if args.quick else 4
+    data, out = _fsc_run(args, per_class, "cache")
+    rows = []
+    epochs = 3
+    for cached in (False, True):
+        hparams = build_hparams(args, "linear", data_folder=str(data), output_folder=str(out),
+                                cache_backbone_outputs=cached, num_workers=2)
+        recipe.prepare(hparams)
+        datasets, _ = start_training(args, recipe, hparams)
+        brain = make_brain(args, hparams)
+        times = []
+        if cached:
+            start = time.perf_counter()
+            use_backbone_cache(hparams, datasets, device=args.device)
+            build = time.perf_counter() - start
+            rows.append(result("cache", "linear: building the cache (once)", [build], None, None))
+        for _ in range(epochs):
+            start = time.perf_counter()
+            brain.fit(EpochCounter(1), datasets["train"],
+                      train_loader_kwargs=hparams["train_loader_options"])
+            synchronize(args.device)
+            times.append(time.perf_counter() - start)
+        report = parameter_report(hparams["modules"])
+        label = "cached" if cached else "uncached"
+        rows.append(result("cache", f"linear epoch, {label} ({len(datasets['train'])} utterances)",
+                           times[1:], None, report["trainable_params"]))
+        del brain, hparams, datasets
+    return rows
+
+
+def suite_merge(args):
+    """Inference forward: plain backbone, LoRA unmerged, LoRA merged (``merge_lora``)."""
+    from petl_modules.lora import merge_lora
+
+    plain = build_hparams(args, "linear")
+    lora = build_hparams(args, "lora")
+    merged = build_hparams(args, "lora")
+    with torch.no_grad():  # a trained-looking update, not B = 0
+        for p in merged["petl_model"].parameters():
+            if p.requires_grad:
+                p.normal_(std=0.02)
+    names = merge_lora(merged["petl_model"])
+    assert names, "merge_lora found no LoRA module"
+    batch = random_batch(args, plain)
+    models = {"plain backbone": plain, "LoRA unmerged": lora, "LoRA merged": merged}
+    for hparams in models.values():
+        hparams["petl_model"].to(args.device).eval()
+        hparams["classifier"].to(args.device).eval()
+    inputs = batch.inputs.data.to(args.device)
+    times = {name: [] for name in models}
+    for _ in range(args.warmup + args.steps * 3):  # interleaved: same machine load for each
+        for name, hparams in models.items():
+            with torch.no_grad(), torch.autocast(args.device_type, dtype=torch.bfloat16,
+                                                 enabled=args.precision == "bf16"):
+                times[name] += timed(lambda h=hparams: h["classifier"](*h["petl_model"](inputs)),
+                                     1, 0, args.device)
+    rows = []
+    for name, hparams in models.items():
+        report = parameter_report(hparams["modules"])
+        rows.append(result("merge", f"forward, {name}", times[name][args.warmup:], None,
+                           report["trainable_params"]))
+    return rows
+
+
+SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
+                   "cache": suite_cache, "merge": suite_merge}
+
+
+# ==================================================================== ratios and report
+def _median(rows, name):
+    found = [r["median_s"] for r in rows if r["name"] == name]
+    return found[0] if found else None
+
+
+def _ratio(num, den):
+    return None if num is None or den is None or den == 0 else num / den
+
+
+def compute_ratios(rows):
+    """The issue's ratio keys (None where their suite did not run) and a few more."""
+    ratios = {
+        "soft_moa_n15_vs_adapter": _ratio(_median(rows, "soft_moa N=15: train step"),
+                                          _median(rows, "adapter bottleneck MHSA RR128: train step")),
+        "dense_moa_n15_vs_adapter": _ratio(_median(rows, "dense_moa N=15: train step"),
+                                           _median(rows, "adapter bottleneck MHSA RR128: train step")),
+        "lora_merged_vs_plain": _ratio(_median(rows, "forward, LoRA merged"),
+                                       _median(rows, "forward, plain backbone")),
+    }
+    loops = {kind: _ratio(_median(rows, f"{kind}_moa N=15 loop"),
+                          _median(rows, f"{kind}_moa N=15 batched")) for kind in ("dense", "soft")}
+    ratios["moa_loop_vs_batched_n15"] = None if None in loops.values() else min(loops.values())
+    ratios["moa_loop_vs_batched_n15_dense"] = loops["dense"]
+    ratios["moa_loop_vs_batched_n15_soft"] = loops["soft"]
+    cache = [r for r in rows if r["suite"] == "cache" and r["name"].startswith("linear epoch")]
+    if len(cache) == 2:
+        ratios["linear_cache_epoch_speedup"] = _ratio(cache[0]["median_s"], cache[1]["median_s"])
+    else:
+        ratios["linear_cache_epoch_speedup"] = None
+    data = {r.get("scale"): r["median_s"] for r in rows if r["suite"] == "data"}
+    ratios["first_batch_10x_data"] = _ratio(data.get(10), data.get(1))
+    ratios["eager_vs_sdpa_full_ft_train_step"] = _ratio(
+        _median(rows, "full_ft [eager attention]: train step"), _median(rows, "full_ft: train step"))
+    peaks = {r["name"]: r["peak_mem_mb"] for r in rows if r["suite"] == "methods"}
+    for method, base in (("full_ft", "full_ft"), ("adapter", "adapter conformer Pfeiffer"),
+                         ("lora", "lora")):
+        ratios[f"gradient_checkpointing_peak_mem_{method}"] = _ratio(
+            peaks.get(f"{base} [gradient checkpointing]: train step"), peaks.get(f"{base}: train step"))
+    return ratios
+
+
+def _fmt(value, digits=3):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown_table(header, lines):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(_fmt(v) for v in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def render(machine, rows, ratios):
+    """The report in Markdown: machine, one table per suite, ratios."""
+    parts = ["## Machine", "", markdown_table(["key", "value"], sorted(machine.items())), ""]
+    methods = [r for r in rows if r["suite"] == "methods"]
+    if methods:
+        full = _median(rows, "full_ft: train step")
+        lines = []
+        for r in methods:
+            if not r["name"].endswith(": train step"):
+                continue
+            name = r["name"][: -len(": train step")]
+            fwd = _median(rows, f"{name}: forward")
+            lines.append([name, r["trainable_params"], f"{r['trainable_percent']:.2f}",
+                          r["median_s"], r["min_s"], _ratio(r["median_s"], full), fwd,
+                          r["peak_mem_mb"], round(r["samples_per_s"], 2),
+                          None if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"])
+        parts += ["## methods", "", markdown_table(
+            ["method", "trainable", "trainable %", "train step median (s)", "min (s)",
+             "vs full FT", "forward median (s)", "peak mem (MB)", "train samples/s", "MFU"],
+            lines), ""]
+    for suite in SUITES[1:]:
+        found = [r for r in rows if r["suite"] == suite]
+        if found:
+            parts += [f"## {suite}", "", markdown_table(
+                ["name", "median (s)", "min (s)", "peak mem (MB)", "params"],
+                [[r["name"], r["median_s"], r["min_s"], r["peak_mem_mb"], r["trainable_params"]]
+                 for r in found]), ""]
+    parts += ["## ratios", "", markdown_table(
+        ["ratio", "value", "target"],
+        [[k, v, TARGETS.get(k, "")] for k, v in ratios.items()]), ""]
+    return "\n".join(parts)
+
+
+# ==================================================================== command line
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default=",".join(SUITES),
+                        help=f"comma-separated suites among {', '.join(SUITES)} (default: all)")
+    parser.add_argument("--backbone_source", default=None,
+                        help="hub id or save_pretrained folder (default: random AST-base, no download)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny AST, 64 frames, 2 steps, fewer variants: checks that everything runs")
+    parser.add_argument("--json", default=None, help="write the results as JSON here")
+    parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
+    args = parser.parse_args(argv)
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s) {unknown}; choose among {', '.join(SUITES)}")
+    args.suites = suites
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device=cuda but torch sees no GPU")
+    if args.precision == "bf16" and args.device == "cpu":
+        parser.error("--precision=bf16 is the GPU path: use it with --device=cuda")
+    for name in ("batch_size", "frames", "threads", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.quick:
+        args.frames = min(args.frames, 64)
+        args.steps = min(args.steps, 2)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    args.device_type = "cuda" if args.device == "cuda" else "cpu"
+    args.gpu_peak_flops = None
+    if args.device == "cuda":
+        name = torch.cuda.get_device_name(0)
+        args.gpu_peak_flops = next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+        if args.precision != "bf16":
+            args.gpu_peak_flops = None  # the MFU estimate is against the bf16 peak
+    _trim_memory()
+    PeakMemory.baseline_mb = _read_status_mb("VmRSS") or 0.0
+    with tempfile.TemporaryDirectory(prefix="petl_bench_") as workdir:
+        args.workdir = Path(workdir)
+        if args.backbone_source is None:
+            folder = args.workdir / ("tiny_ast" if args.quick else "ast_base")
+            torch.manual_seed(0)
+            # Quick: tiny, but wide enough for every method's default width (RR 128 -> r = 2).
+            config = (tiny_ast_config(hidden_size=256, intermediate_size=512) if args.quick
+                      else transformers.ASTConfig())
+            transformers.ASTModel(config).save_pretrained(folder)
+            args.backbone_source = str(folder)
+            args.backbone_label = ("tiny AST (random)" if args.quick
+                                   else "AST-base shape (transformers.ASTConfig(), random weights)")
+        else:
+            args.backbone_label = args.backbone_source
+        rows = []
+        for suite in args.suites:
+            print(f"[{suite}]", file=sys.stderr, flush=True)
+            torch.manual_seed(0)
+            rows += SUITE_FUNCTIONS[suite](args)
+    machine = machine_info(args)
+    ratios = compute_ratios(rows)
+    report = render(machine, rows, ratios)
+    print(report)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(
+            {"machine": machine, "results": rows, "ratios": ratios}, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(report)
+    missing = [k for k in RATIO_KEYS if ratios.get(k) is None or not math.isfinite(ratios[k])]
+    if set(args.suites) == set(SUITES) and missing:
+        print(f"warning: ratios not measured: {', '.join(missing)}", file=sys.stderr)
+    return {"machine": machine, "results": rows, "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main()

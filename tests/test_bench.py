@@ -1,0 +1,47 @@
+"""benchmarks/bench.py --quick on a tiny AST: it runs every suite and reports every ratio.
+
+Timings are never asserted (they belong to the benchmark, on a named machine)."""
+
+import importlib.util
+import json
+import math
+
+import torch
+
+from conftest import REPO
+
+RESULT_KEYS = {"suite", "name", "median_s", "min_s", "peak_mem_mb", "trainable_params"}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_quick_benchmark_reports_every_suite_and_ratio(tmp_path):
+    bench = load_bench()
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--threads=1", f"--json={tmp_path / 'out.json'}",
+                    f"--markdown={tmp_path / 'out.md'}"])
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "out.json").read_text())
+
+    assert set(out) == {"machine", "results", "ratios"}
+    for key in ("cpu", "threads", "torch", "transformers", "gpu", "command"):
+        assert key in out["machine"]
+    assert {row["suite"] for row in out["results"]} == set(bench.SUITES)
+    for row in out["results"]:
+        assert RESULT_KEYS <= set(row)
+        assert 0 <= row["min_s"] <= row["median_s"]
+    methods = {row["name"] for row in out["results"] if row["suite"] == "methods"}
+    for name in ("full_ft", "linear", "bitfit", "lora", "prefix_tuning", "dense_moa N=15",
+                 "soft_moa N=15", "adapter bottleneck MHSA RR128"):
+        assert f"{name}: train step" in methods and f"{name}: forward" in methods
+    for key in bench.RATIO_KEYS:
+        assert key in out["ratios"] and math.isfinite(out["ratios"][key]) and out["ratios"][key] > 0
+    report = (tmp_path / "out.md").read_text()
+    assert "## methods" in report and "linear_cache_epoch_speedup" in report
