@@ -49,8 +49,8 @@ class LoRA(PETLModule):
     Example
     -------
     >>> lora = LoRA(torch.nn.Linear(768, 768), reduction_rate=128, lora_alpha=8)
-    >>> sum(p.numel() for p in lora.parameters() if p.requires_grad)
-    9216
+    >>> lora.lora_A.shape, lora.lora_B.shape  # rank 768 / 128 = 6
+    (torch.Size([6, 768]), torch.Size([768, 6]))
     >>> torch.equal(lora.weight, lora.pretrained_module.weight)
     True
     """
