@@ -378,6 +378,8 @@ def _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, fold
         "backbone": hparams["backbone"].family,
         "backbone_source": hparams["backbone_source"],
         "seed": hparams["seed"],
+        # The folds this command runs: results.json with fewer of them is partial.
+        "requested_folds": [f for f in folds if f is not None],
     }
     for fold in folds:
         if fold is not None:
