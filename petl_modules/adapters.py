@@ -26,7 +26,9 @@ The placement ``auto`` is ``before`` for parallel and ``after`` for sequential a
 table); with ``location`` MHSA or FFN the four rows are the eight cases of the placement ablation.
 Pfeiffer adapters sit at one location (``location``: FFN as the reference code, or MHSA as the
 paper text), Houlsby adapters at both. The LayerNorm before each adapted sublayer trains too
-(``adapter_trainable``).
+(``adapter_trainable``) where the layout has one that feeds that sublayer alone (pre-LN: AST, large
+wav2vec2 models); post-LN layers (wav2vec2-base family) have none: their LayerNorms sit on the
+residual stream, and none trains, as in the reference's wav2vec2 adapters.
 
 Initialisation (``init``): ``identity`` (default) draws the down-projections at random and zeroes
 the last projection, so that a parallel adapter starts as the identity of the layer and learns from
@@ -46,9 +48,10 @@ SEQ_OR_PAR = ("parallel", "sequential")
 PLACEMENTS = ("auto", "before", "after")
 INITS = ("identity", "reference")
 
-# Insertion point of each location, and the LayerNorm that feeds it.
+# Insertion point of each location, and the LayerNorm that feeds it (a trainable spec resolved by
+# the lobe: Backbone.input_norm).
 LOCATION_POINTS = {"MHSA": "attention", "FFN": "ffn"}
-LOCATION_NORMS = {"MHSA": "ln_attention", "FFN": "ln_ffn"}
+LOCATION_NORMS = {"MHSA": "input_norm:attention", "FFN": "input_norm:ffn"}
 
 
 def check_choice(option, value, choices):
@@ -340,12 +343,13 @@ def adapter_points(adapter_type, location="FFN"):
 
 
 def adapter_trainable(adapter_type, location="FFN"):
-    """What trains besides the adapters: the final LayerNorm and the LayerNorm before each adapted
-    sublayer (``ln_attention``, ``ln_ffn``).
+    """What trains besides the adapters: the final LayerNorm and the LayerNorm that feeds each
+    adapted sublayer (``input_norm:attention``, ``input_norm:ffn``: ``ln_attention`` and ``ln_ffn``
+    of a pre-LN lobe, nothing in a post-LN one; see ``Backbone.input_norm``).
 
     Example
     -------
     >>> adapter_trainable("Pfeiffer", "FFN")
-    ['final_norm', 'ln_ffn']
+    ['final_norm', 'input_norm:ffn']
     """
     return ["final_norm"] + [LOCATION_NORMS[loc] for loc in adapter_locations(adapter_type, location)]

@@ -164,6 +164,18 @@ class Backbone(torch.nn.Module):
         """``modules_at`` for a point the family may not have (e.g. no final LayerNorm)."""
         return self.modules_at(point) if self.INSERTION_POINTS.get(point) else []
 
+    def input_norm(self, point):
+        """The insertion point of the LayerNorm that normalises only the input of the sublayer at
+        ``point`` (``attention`` or ``ffn``), or None when the layout has none.
+
+        Pre-LN layers (AST, large wav2vec2 models) have one before each sublayer (``ln_attention``,
+        ``ln_ffn``); the LayerNorms of a post-LN layer sit on the residual stream itself, so none
+        belongs to a sublayer alone (training one changes everything after it).
+        """
+        if point not in ("attention", "ffn"):
+            raise ValueError(f"input_norm:{point}: the sublayer must be 'attention' or 'ffn'.")
+        return {"attention": "ln_attention", "ffn": "ln_ffn"}[point]
+
     def trained_modules(self, point):
         """Names of the modules a ``trainable`` spec naming ``point`` trains: those at the point
         (a lobe whose embedding stage is several modules lists them all for ``embeddings``)."""
@@ -193,7 +205,8 @@ class Backbone(torch.nn.Module):
 
         Specs: an insertion point name, ``final_norm_bias``, ``biases`` (BitFit), ``top_layers:K``
         (the last K transformer layers; ``top_layers:all`` = every layer and the embeddings, i.e.
-        everything above a CNN feature encoder), ``all``.
+        everything above a CNN feature encoder), ``input_norm:<attention|ffn>`` (the LayerNorm
+        that feeds only that sublayer, see ``input_norm``), ``all``.
         """
         names = []
         for spec in specs:
@@ -207,6 +220,9 @@ class Backbone(torch.nn.Module):
             elif spec == "final_norm_bias":
                 names += [f"{m}.bias" for m, _ in self.modules_at_optional("final_norm")]
                 continue
+            elif spec.startswith("input_norm:"):
+                norm = self.input_norm(spec.split(":", 1)[1])
+                prefixes = [f"{n}." for n in self.trained_modules(norm)] if norm else []
             elif spec.startswith("top_layers:"):
                 prefixes = [f"{n}." for n in self._top_layer_prefixes(spec)]
             elif spec in self.INSERTION_POINTS:
@@ -215,7 +231,7 @@ class Backbone(torch.nn.Module):
                 raise ValueError(
                     f"Unknown trainable spec '{spec}'. Use an insertion point "
                     f"({', '.join(self.INSERTION_POINTS)}), final_norm_bias, biases, "
-                    "top_layers:K or all."
+                    "input_norm:attention, input_norm:ffn, top_layers:K or all."
                 )
             names += [n for n, _ in self.named_parameters() if any(n.startswith(p) for p in prefixes)]
         return names
@@ -463,6 +479,44 @@ def tiny_waveform_config(model_type="wav2vec2", pre_ln=False, feat_extract_norm=
     return WAVEFORM_MODELS[model_type][0](**options)
 
 
+def is_wavlm_attention(module):
+    """Whether ``module`` is WavLM's attention (gated relative position bias, called with
+    ``attention_mask [B, T]``, ``position_bias``, returning ``(out, weights, position_bias)``)."""
+    return isinstance(module, transformers.models.wavlm.modeling_wavlm.WavLMAttention)
+
+
+def wavlm_attention_bias(attention, hidden, position_bias=None):
+    """WavLM's gated relative position bias, as ``WavLMAttention.forward`` computes it.
+
+    Arguments
+    ---------
+    attention : WavLMAttention
+        The attention module (layer 0 holds the bucket embedding that creates the bias).
+    hidden : torch.Tensor
+        ``[B, T, D]`` input of the attention (the gate reads it).
+    position_bias : torch.Tensor, optional
+        ``[B * H, T, T]`` bias passed on from the first layer (None in the first layer).
+
+    Returns
+    -------
+    gated : torch.Tensor
+        ``[B, H, T, T]`` additive attention bias.
+    position_bias : torch.Tensor
+        ``[B * H, T, T]``, for the next layers.
+    """
+    batch, length, _ = hidden.shape
+    heads = attention.num_heads
+    if position_bias is None:
+        position_bias = attention.compute_bias(length, length)
+        position_bias = position_bias.unsqueeze(0).repeat(batch, 1, 1, 1).view(batch * heads, length, length)
+    per_head = hidden.view(batch, length, heads, -1).permute(0, 2, 1, 3)  # [B, H, T, d]
+    projected = attention.gru_rel_pos_linear(per_head).view(*per_head.shape[:-1], 2, 4).sum(-1)
+    gate_a, gate_b = torch.sigmoid(projected).chunk(2, dim=-1)
+    gate = gate_a * (gate_b * attention.gru_rel_pos_const - 1.0) + 2.0  # [B, H, T, 1]
+    gated = gate.view(batch * heads, -1, 1) * position_bias
+    return gated.view(batch, heads, length, length), position_bias
+
+
 def read_feature_extractor_config(source):
     """``(do_normalize, return_attention_mask, sampling_rate)`` from ``preprocessor_config.json``,
     or None when the checkpoint has no such file."""
@@ -599,6 +653,11 @@ class Wav2Vec2Backbone(Backbone):
         names = ["model.feature_projection", "model.encoder.pos_conv_embed"]
         return names + ([] if self.pre_ln else ["model.encoder.layer_norm"])
 
+    def input_norm(self, point):
+        """Pre-LN: the LayerNorm before the sublayer; post-LN: None (see ``Backbone.input_norm``)."""
+        norm = super().input_norm(point)
+        return norm if self.pre_ln else None
+
     def trainable_parameter_names(self, specs):
         """As ``Backbone``'s, less the CNN feature encoder and ``masked_spec_embed`` (always frozen)."""
         return [
@@ -614,8 +673,8 @@ class Wav2Vec2Backbone(Backbone):
     def forward(self, inputs, lengths=None):
         """``inputs [B, S]`` waveforms (+ ``lengths [B]`` relative) -> ``(hidden [B, T, D], mask)``.
 
-        ``mask [B, T]`` is True on the frames of valid samples; tokens added in front by a PETL
-        module (prompts) are False (pooling leaves them out).
+        ``mask [B, T]`` is True on the frames of valid samples and on the tokens a PETL module
+        added in front (prompts: the classifier's pooling, ``prompt_span``, decides about them).
         """
         if inputs.dim() != 2:
             raise ValueError(f"Expected waveforms [B, S], got a tensor of shape {list(inputs.shape)}.")
@@ -637,7 +696,7 @@ class Wav2Vec2Backbone(Backbone):
         if self.apply_spec_augment and self.training:
             hidden = self._mask_time(hidden, frame_mask)
         hidden, added = self._encode(hidden, frame_mask)
-        prompts = frame_mask.new_zeros(batch, added)
+        prompts = frame_mask.new_ones(batch, added)
         return hidden, torch.cat([prompts, frame_mask], dim=1)
 
     def _mask_time(self, hidden, frame_mask):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from petl_modules.adapted import PETLModule
 from petl_modules.adapters import join_output, split_output
+from petl_modules.backbones import is_wavlm_attention, wavlm_attention_bias
 
 
 def _tokens(count, hidden_size):
@@ -193,9 +194,16 @@ class PrefixTuning(PETLModule):
 
     def forward(self, hidden, *args, **kwargs):
         """``hidden [B, T, D]`` (+ the host's optional additive or boolean ``attention_mask``
-        ``[B, 1, T, T]``) -> ``(output [B, T, D], None)``."""
+        ``[B, 1, T, T]``) -> ``(output [B, T, D], None)``.
+
+        WavLM's attention is called with ``attention_mask [B, T]`` (1 = valid key) and
+        ``position_bias``, and returns ``(output, None, position_bias)``: its gated relative
+        position bias is recomputed here, and the prefix keys get none."""
         attn = self.pretrained_module
         mask = kwargs.get("attention_mask", args[0] if args else None)
+        wavlm = is_wavlm_attention(attn)
+        if wavlm:
+            mask, position_bias = self._wavlm_mask(attn, hidden, mask, kwargs.get("position_bias"))
         query = self._heads(attn.q_proj(hidden))
         key = self._heads(insert_tokens(attn.k_proj(hidden), self.prefix_keys, self.start))
         value = self._heads(insert_tokens(attn.v_proj(hidden), self.prefix_values, self.start))
@@ -207,4 +215,14 @@ class PrefixTuning(PETLModule):
             scale=getattr(attn, "scaling", None),
         )
         out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
-        return getattr(attn, self.out_proj_name)(out), None
+        out = getattr(attn, self.out_proj_name)(out)
+        return (out, None, position_bias) if wavlm else (out, None)
+
+    @staticmethod
+    def _wavlm_mask(attn, hidden, padding, position_bias):
+        """WavLM: its gated relative position bias ``[B, H, T, T]`` (``position_bias`` passed on by
+        the first layer, or computed here), -inf at padded keys (``padding [B, T]``)."""
+        bias, position_bias = wavlm_attention_bias(attn, hidden, position_bias)
+        if padding is not None:
+            bias = bias.masked_fill(~padding.bool()[:, None, None, :], float("-inf"))
+        return bias, position_bias

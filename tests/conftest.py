@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from petl_modules.backbones import tiny_ast_config
+from petl_modules.backbones import WAVEFORM_MODELS, tiny_ast_config, tiny_waveform_config
 from petl_modules.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,42 @@ def ast_base_folder(tmp_path_factory):
     torch.manual_seed(0)
     transformers.ASTModel(transformers.ASTConfig()).save_pretrained(folder)
     return folder
+
+
+# wav2vec2-family layouts: base models are post-LN with a group-norm CNN, large ones pre-LN with a
+# layer-norm CNN (do_stable_layer_norm, feat_extract_norm).
+WAVEFORM_LAYOUTS = {"post_ln": (False, "group"), "pre_ln": (True, "layer")}
+WAVEFORM_CHECKPOINTS = [(t, layout) for t in ("wav2vec2", "hubert", "wavlm") for layout in WAVEFORM_LAYOUTS]
+
+
+@pytest.fixture(scope="session")
+def waveform_checkpoints(tmp_path_factory):
+    """Tiny random wav2vec2 / HuBERT / WavLM checkpoints (hidden 32, 2 layers) in both layouts,
+    saved with save_pretrained: ``{(model_type, layout): folder}``."""
+    folders = {}
+    for model_type, layout in WAVEFORM_CHECKPOINTS:
+        folder = tmp_path_factory.mktemp(f"{model_type}_{layout}")
+        torch.manual_seed(0)
+        config = tiny_waveform_config(model_type, *WAVEFORM_LAYOUTS[layout])
+        WAVEFORM_MODELS[model_type][1](config).save_pretrained(folder)
+        folders[model_type, layout] = str(folder)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def tiny_wav2vec2(waveform_checkpoints):
+    """A tiny random wav2vec2 in the base models' layout (post-LN, group-norm CNN); its folder."""
+    return waveform_checkpoints["wav2vec2", "post_ln"]
+
+
+@pytest.fixture(scope="session")
+def wav2vec2_base_folder(tmp_path_factory):
+    """The wav2vec2-base shape (Wav2Vec2Config() defaults: 94,371,712 parameters), random
+    weights, saved with save_pretrained (~4 s once). For parameter counts."""
+    folder = tmp_path_factory.mktemp("wav2vec2_base")
+    torch.manual_seed(0)
+    transformers.Wav2Vec2Model(transformers.Wav2Vec2Config()).save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")

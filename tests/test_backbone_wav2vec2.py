@@ -8,52 +8,26 @@ import torch
 import transformers
 
 from petl_modules.adapted import AdaptedBackbone
-from petl_modules.backbones import (
-    WAVEFORM_MODELS,
-    Backbone,
-    Wav2Vec2Backbone,
-    tiny_waveform_config,
-)
+from petl_modules.backbones import WAVEFORM_MODELS, Backbone, Wav2Vec2Backbone
 from petl_modules.classifier import Classifier
 from petl_modules.features import Waveform
 from petl_modules.recipe import REPO_ROOT, ConfigError, compose_hparams, load_hparams
 
-# (model_type, layout): the base models are post-LN with a group-norm CNN, the large ones pre-LN
-# with a layer-norm CNN.
-LAYOUTS = {"post_ln": (False, "group"), "pre_ln": (True, "layer")}
-CHECKPOINTS = [(model_type, layout) for model_type in WAVEFORM_MODELS for layout in LAYOUTS]
+from conftest import WAVEFORM_CHECKPOINTS, WAVEFORM_LAYOUTS
+from waveform_helpers import padded_batch
+
+LAYOUTS = WAVEFORM_LAYOUTS
+CHECKPOINTS = WAVEFORM_CHECKPOINTS
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Tiny random checkpoints of every family and layout, saved with save_pretrained."""
-    folders = {}
-    for model_type, layout in CHECKPOINTS:
-        folder = tmp_path_factory.mktemp(f"{model_type}_{layout}")
-        torch.manual_seed(0)
-        config = tiny_waveform_config(model_type, *LAYOUTS[layout])
-        WAVEFORM_MODELS[model_type][1](config).save_pretrained(folder)
-        folders[model_type, layout] = str(folder)
-    return folders
+def checkpoints(waveform_checkpoints):
+    return waveform_checkpoints
 
 
 @pytest.fixture(scope="module")
-def wav2vec2_base(tmp_path_factory):
-    """The wav2vec2-base shape (Wav2Vec2Config() defaults), random weights, no download (~4 s)."""
-    folder = tmp_path_factory.mktemp("wav2vec2_base")
-    torch.manual_seed(0)
-    transformers.Wav2Vec2Model(transformers.Wav2Vec2Config()).save_pretrained(folder)
-    return str(folder)
-
-
-def padded_batch(durations, seed=0):
-    """Zero-padded normalised waveforms ``[B, S]`` of ``durations`` (s) + relative lengths."""
-    generator = torch.Generator().manual_seed(seed)
-    processor = Waveform()
-    waves = [processor(torch.randn(int(16000 * d), generator=generator)) for d in durations]
-    longest = max(w.numel() for w in waves)
-    batch = torch.stack([torch.nn.functional.pad(w, (0, longest - w.numel())) for w in waves])
-    return batch, torch.tensor([w.numel() / longest for w in waves])
+def wav2vec2_base(wav2vec2_base_folder):
+    return wav2vec2_base_folder
 
 
 # ---------------------------------------------------------------- loading and equivalence
