@@ -5,13 +5,20 @@ by the Brain), the epoch counter, the position in the training DataLoader and th
 running loss. What it does not restore is the random state: after a resume, dropout masks and
 SpecAugment masks would be drawn from the state the seed left at start-up instead of the state the
 interrupted run had reached. ``RandomState`` checkpoints it, per process.
+
+SpeechBrain also writes a checkpoint's meta file (which makes a folder a checkpoint) before its
+parameter files: a run killed while saving would leave a checkpoint that cannot be loaded, and
+the rerun would fail on it. ``Checkpointer`` writes the meta file last.
 """
 
 import logging
+import os
 import random
+import shutil
 
 import numpy as np
 import torch
+from speechbrain.utils import checkpoints
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
@@ -88,3 +95,30 @@ class RandomState:
 
 # Every process takes part in saving (the states are gathered); only the main one writes the file.
 register_checkpoint_hooks(RandomState, save_on_main_only=False)
+
+
+class Checkpointer(checkpoints.Checkpointer):
+    """SpeechBrain's ``Checkpointer`` whose checkpoints exist only once complete.
+
+    The meta file is written under a temporary name and renamed when every parameter file is
+    written, so a run killed while saving leaves a folder that is not a checkpoint: resuming
+    ignores it and takes the previous checkpoint; the next save deletes such leftovers.
+    """
+
+    INCOMPLETE = ".incomplete"
+
+    def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):
+        return super()._save_checkpoint_metafile(
+            fpath.with_name(fpath.name + self.INCOMPLETE), meta_to_include, end_of_epoch
+        )
+
+    def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
+        checkpoint = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+        if if_main_process():
+            meta_file = checkpoint.path / checkpoints.METAFNAME
+            os.replace(meta_file.with_name(meta_file.name + self.INCOMPLETE), meta_file)
+            for folder in self.checkpoints_dir.glob(f"{checkpoints.CKPT_PREFIX}+*"):
+                if folder.is_dir() and not self._is_checkpoint_dir(folder):
+                    logger.info(f"Deleting {folder}: a checkpoint left incomplete by a killed run.")
+                    shutil.rmtree(folder)
+        return checkpoint

@@ -14,6 +14,7 @@ import transformers
 
 from conftest import read_results, run_train
 from petl_modules.backbones import tiny_ast_config
+from petl_modules.checkpointing import Checkpointer, RandomState
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -124,6 +125,25 @@ def test_run_killed_mid_epoch_resumes_with_the_same_command_and_ends_as_uninterr
     got = best_checkpoint_tensors(out)
     assert expected.keys() == got.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_checkpoint_interrupted_while_saving_is_ignored_and_cleaned_up(tmp_path):
+    layer = torch.nn.Linear(2, 2)
+    checkpointer = Checkpointer(tmp_path, recoverables={"layer": layer, "random": RandomState()})
+    first = checkpointer.save_checkpoint(meta={"n": 1})
+
+    def killed_while_saving(obj, path):
+        raise KeyboardInterrupt  # stands for a kill after the meta file, before this file
+    checkpointer.add_recoverable("late", torch.nn.Linear(2, 2), custom_save_hook=killed_while_saving)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save_checkpoint(meta={"n": 2})
+    assert len(list(tmp_path.glob("CKPT+*"))) == 2
+    assert checkpointer.find_checkpoint().path == first.path  # the incomplete one is no checkpoint
+
+    del checkpointer.custom_save_hooks["late"]
+    third = checkpointer.save_checkpoint(meta={"n": 3})
+    assert sorted(tmp_path.glob("CKPT+*")) == sorted([first.path, third.path])
+    assert checkpointer.recover_if_possible().meta["n"] == 3
 
 
 # ==================================================================== W&B
