@@ -12,12 +12,14 @@ from petl_modules.classifier import Classifier
 from petl_modules.prompt import PrefixTuning
 from petl_modules.recipe import REPO_ROOT, compose_hparams, load_hparams
 
-from conftest import WAVEFORM_CHECKPOINTS
 from waveform_helpers import padded_batch
 
 METHODS = ["linear", "full_ft", "bitfit", "lora", "prefix_tuning", "prompt_tuning", "adapter",
            "dense_moa", "soft_moa"]
 IDENTITY_START = ["lora", "adapter", "dense_moa", "soft_moa"]
+# Every family, and both layouts of the two attention codes (wav2vec2 and HuBERT share theirs;
+# WavLM's has its own call signature and relative position bias).
+METHOD_CHECKPOINTS = [("wav2vec2", "post_ln"), ("hubert", "pre_ln"), ("wavlm", "post_ln"), ("wavlm", "pre_ln")]
 FINAL_NORM = {"model.encoder.layer_norm.weight", "model.encoder.layer_norm.bias"}
 
 
@@ -73,7 +75,7 @@ def output(model, wav, lengths):
         return model(wav, lengths)[0]
 
 
-@pytest.mark.parametrize("model_type,layout", WAVEFORM_CHECKPOINTS)
+@pytest.mark.parametrize("model_type,layout", METHOD_CHECKPOINTS)
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_exactly_its_tensors_which_act_on_the_output_and_learn(
         method, model_type, layout, waveform_checkpoints, tmp_path):
@@ -109,7 +111,7 @@ def test_method_trains_exactly_its_tensors_which_act_on_the_output_and_learn(
     assert [n for n, p in params.items() if torch.equal(p.detach(), start[n])] == []
 
 
-@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert", "wavlm"])
+@pytest.mark.parametrize("model_type", ["wav2vec2", "wavlm"])
 @pytest.mark.parametrize("method", IDENTITY_START)
 def test_identity_start_methods_give_the_plain_model_output(method, model_type, waveform_checkpoints, tmp_path):
     folder = waveform_checkpoints[model_type, "pre_ln"]
