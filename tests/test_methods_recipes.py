@@ -2,7 +2,8 @@
 
 import pytest
 
-from conftest import read_results, run_train
+from conftest import REPO, read_results, run_train
+from petl_modules.recipe import compose_hparams, load_hparams
 
 d, L, LN = 64, 2, 2 * 64  # tiny AST
 BOTTLENECK_R4 = d * 4 + 4 + 4 * d + d  # one bottleneck expert, r = 64 / 16
@@ -34,3 +35,14 @@ def test_wrong_method_option_stops_the_recipe_before_reading_data(fsc_data, tiny
     assert proc.returncode != 0
     assert "prompt_len=25 is odd" in proc.stdout and "--prompt_len=26" in proc.stdout
     assert not (tmp_path / "odd" / "manifests").exists()
+
+
+@pytest.mark.parametrize("method,paper", [("adapter", 270_720), ("lora", 221_184),
+                                          ("prefix_tuning", 221_184), ("prompt_tuning", 230_400)])
+def test_method_file_defaults_are_the_papers_settings(method, paper, ast_base_folder, tmp_path):
+    """The method files' defaults give the first paper's counts on AST-base (final LN excluded)."""
+    text = compose_hparams(REPO / "hparams" / f"{method}.yaml", REPO / "recipes" / "FSC" / "fsc.yaml",
+                           {"data_folder": "unused", "backbone_source": str(ast_base_folder),
+                            "output_folder": str(tmp_path)})
+    model = load_hparams(text)["petl_model"]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) - 2 * 768 == paper
