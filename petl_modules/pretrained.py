@@ -94,8 +94,20 @@ def backbone_fingerprint(source, exclude=()):
         ``sha256`` (hex digest), ``tensors`` (how many were hashed), ``excluded`` (names left out)
         and ``bytes`` (size of the checkpoint's weights).
     """
+    folder = Path(str(source))
+    stamp = max((p.stat().st_mtime_ns for p in folder.iterdir()), default=0) if folder.is_dir() else 0
+    key = (str(source), stamp, tuple(sorted(exclude)))
+    if key not in _FINGERPRINTS:  # every fold of a run, every load of a session: hash once
+        _FINGERPRINTS[key] = _fingerprint(str(source), set(exclude))
+    return dict(_FINGERPRINTS[key])
+
+
+_FINGERPRINTS = {}
+
+
+def _fingerprint(source, exclude):
     with _quiet_transformers():
-        model, info = transformers.AutoModel.from_pretrained(str(source), output_loading_info=True)
+        model, info = transformers.AutoModel.from_pretrained(source, output_loading_info=True)
     excluded = set(info.get("missing_keys", ())) | set(exclude)
     digest = hashlib.sha256()
     count = total = 0
@@ -231,7 +243,7 @@ def build_config(hparams, yaml_text, class_names, fingerprint=None):
         "input": processor.config() if hasattr(processor, "config") else None,
         "pooling": getattr(hparams["classifier"], "pooling", None),
         "dataset": hparams.get("dataset"),
-        "fold": hparams.get("fold"),
+        "fold": hparams.get("fold") if hparams.get("folds") else None,
         "class_names": list(class_names),
         "hyperparams": yaml_text,
     }

@@ -90,9 +90,12 @@ def read_run(path):
             raise ResultsError(f"fold entry {k} has no test_accuracy")
         accuracies.append(_accuracy(fold["test_accuracy"], f"fold {fold.get('fold', k)} test_accuracy"))
     options = folds[0].get("hparams") or {}
-    expected = options.get("folds")
-    if isinstance(expected, list) and str(options.get("fold", "all")) == "all" and len(folds) < len(expected):
-        raise ResultsError(f"partial: {len(folds)} of {len(expected)} folds ran")
+    requested = run.get("requested_folds") or []
+    done = {fold.get("fold") for fold in folds}
+    missing = [f for f in requested if f not in done]
+    if missing:
+        raise ResultsError(f"partial: {len(requested) - len(missing)} of {len(requested)} folds ran "
+                           f"(missing {', '.join(map(str, missing))})")
     for key in ("total_params", "trainable_params"):
         if not isinstance(run[key], int) or run[key] < 0:
             raise ResultsError(f"{key} is {run[key]!r}, not a parameter count")

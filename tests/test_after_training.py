@@ -338,9 +338,9 @@ def test_results_table_csv_and_plot_skip_malformed_and_partial_files(tmp_path):
     fake_results(runs / "FSC/lora/2", "lora", "FSC", [0.90], {"seed": 2})
     fake_results(runs / "FSC/lora_all/1", "lora", "FSC", [0.70], {"lora_targets": "Wq,Wk,Wv,Wo"})
     fake_results(runs / "ESC50/bitfit/1", "bitfit", "ESC50", [0.5, 0.6, 0.7, 0.8, 0.9],
-                 {"folds": [1, 2, 3, 4, 5], "fold": "all"}, trainable=102_144)
+                 trainable=102_144, requested_folds=[1, 2, 3, 4, 5])
     fake_results(runs / "ESC50/adapter/1", "adapter", "ESC50", [0.5, 0.6],
-                 {"folds": [1, 2, 3, 4, 5], "fold": "all"})  # partial: 2 of 5 folds
+                 requested_folds=[1, 2, 3, 4, 5])  # partial: 2 of 5 folds
     (runs / "broken").mkdir()
     (runs / "broken" / "results.json").write_text('{"dataset": "FSC", "method": ')
     fake_results(runs / "nofolds", "linear", "FSC", [])
