@@ -10,6 +10,7 @@ from it), plus the task head in a side file::
 
     OUT_DIR/
     ├── config.json, model.safetensors   the merged backbone (plain transformers)
+    ├── preprocessor_config.json          the base checkpoint's, when it has one
     ├── classifier_head.safetensors       the head: head.weight [C, D], head.bias [C]
     └── classifier_head.json              class_names (index order), pooling, input settings, origin
 
@@ -45,6 +46,17 @@ def transformers_model_of(lobe):
             f"The {lobe.family} lobe holds {len(found)} transformers models; export expects one."
         )
     return found[0]
+
+
+def copy_feature_extractor(source, out_dir):
+    """Copies the base checkpoint's ``preprocessor_config.json`` (if it has one): the lobe reads
+    its settings (e.g. wav2vec2's ``do_normalize``), so a run on the export sees the same inputs."""
+    try:
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(str(source))
+    except (OSError, ValueError, KeyError):
+        return False
+    extractor.save_pretrained(out_dir)
+    return True
 
 
 def export_petl_model(model_dir, out_dir, backbone_source=None):
@@ -85,6 +97,7 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     transformers_model_of(modules["petl_model"].adapted_model).save_pretrained(out_dir)
+    copy_feature_extractor(backbone_source or config["backbone_source"], out_dir)
     head = {k: v.detach().cpu().contiguous() for k, v in modules["classifier"].state_dict().items()}
     save_file(head, str(out_dir / HEAD_WEIGHTS), metadata={"format": "pt"})
     side = {

@@ -364,3 +364,19 @@ def test_results_of_real_runs_are_tabulated(lora_run, tmp_path):
     row = next(csv.DictReader(open(tmp_path / "r.csv")))
     assert row["method"] == "lora (lr=0.05, reduction_rate=16)" and row["dataset"] == "FSC"
     assert float(row["test_accuracy_mean"]) == pytest.approx(read_results(lora_run)["test_accuracy"])
+
+
+def test_export_of_a_waveform_backbone_keeps_its_feature_extractor_settings(tmp_path):
+    source = waveform_checkpoint("wav2vec2", tmp_path / "wav2vec2")
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(source)
+    hparams, text = build("lora", source, tmp_path, reduction_rate=8, init="reference")
+    pretend_trained(hparams, hparams["backbone"].input_processor)
+    config = build_config(hparams, text, [str(i) for i in range(31)], backbone_fingerprint(source))
+    save_petl_model(tmp_path / "petl_model", hparams["modules"], config)
+    export_petl_model(tmp_path / "petl_model", tmp_path / "exported")
+    exported = transformers.AutoModel.from_pretrained(tmp_path / "exported")
+    merge_petl_model(hparams["modules"])
+    expected = hparams["petl_model"].adapted_model.model.state_dict()
+    assert all(torch.equal(t, expected[n]) for n, t in exported.state_dict().items())
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "exported")
+    assert extractor.do_normalize is False
