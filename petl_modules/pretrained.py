@@ -261,12 +261,19 @@ def save_run_petl_model(hparams, yaml_text, class_names):
         The PETL model folder.
     """
     folder = Path(hparams["experiment_folder"]) / FOLDER_NAME
-    fingerprint = backbone_fingerprint(hparams["backbone_source"])
+    try:
+        fingerprint = backbone_fingerprint(hparams["backbone_source"])
+    except (OSError, ValueError) as err:  # never lose a finished run over the fingerprint
+        logger.error(f"Could not fingerprint {hparams['backbone_source']} ({err}); {folder} will "
+                     "load onto any checkpoint of the same shape without a check.")
+        fingerprint = None
     config = build_config(hparams, yaml_text, class_names, fingerprint)
     config = save_petl_model(folder, hparams["modules"], config)
+    backbone_bytes = fingerprint["bytes"] if fingerprint else sum(
+        t.numel() * t.element_size() for t in hparams["backbone"].state_dict().values())
     logger.info(
         f"PETL model saved to {folder}: petl_model {human_size(folder_size(folder))}, "
-        f"backbone {human_size(fingerprint['bytes'])} "
+        f"backbone {human_size(backbone_bytes)} "
         f"({config['trained_params']:,} trained parameters)"
     )
     return folder
