@@ -1,7 +1,9 @@
 """Backbone lobes: a pre-trained transformers encoder plus the map of its insertion points.
 
 ``Backbone(source, ...)`` reads ``model_type`` from the checkpoint's ``config.json`` and builds the
-lobe of that family (``ASTBackbone``; the wav2vec 2.0 family joins the same registry). A lobe owns
+lobe of that family (``ASTBackbone``; ``Wav2Vec2Backbone`` for wav2vec2, HuBERT and WavLM). Each
+lobe takes its own keyword options and ignores the other families' (``Backbone.options``), so one
+``recipe.yaml`` builds any of them. A lobe owns
 everything that depends on the installed transformers version: module names (the insertion-point
 patterns, pinned by tests), how inputs are prepared, and how the model is called. PETL methods
 never subclass transformers internals; they wrap modules at the lobe's insertion points
