@@ -14,7 +14,7 @@ import soundfile as sf
 from conftest import REPO
 from petl_modules.audio import load_audio
 from petl_modules.prepare import DataError
-from petl_modules.recipe import few_shot_subset, load_manifest, rotating_folds
+from petl_modules.recipe import ConfigError, few_shot_subset, fold_list, load_manifest, rotating_folds
 from petl_modules.synthetic import US8K_FORMATS, make_dataset, official_class_names, write_wav
 
 
@@ -159,6 +159,14 @@ def test_rotating_folds_validate_on_the_fold_before_the_test_fold():
     assert rotating_folds([1, 2, 3, 4, 5], 5) == {"train": [1, 2, 3], "valid": [4], "test": [5]}
     split = rotating_folds(range(1, 11), 3)
     assert split["valid"] == [2] and len(split["train"]) == 8 and 3 not in split["train"]
+
+
+def test_fold_choice_runs_all_folds_by_default_and_rejects_out_of_range():
+    hparams = {"dataset": "ESC50", "folds": [1, 2, 3, 4, 5], "fold": "all"}
+    assert fold_list(hparams) == [1, 2, 3, 4, 5]
+    assert fold_list(dict(hparams, fold=3)) == [3]
+    with pytest.raises(ConfigError, match=r"--fold=6 is out of range for ESC50"):
+        fold_list(dict(hparams, fold=6))
 
 
 def test_iemocap_folds_cover_each_session_twice_with_speakers_swapped():
