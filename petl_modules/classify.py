@@ -209,7 +209,7 @@ def main(argv=None):
     """Runs the command line; returns the exit code (0, or 1 when a file could not be read)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.getLogger("speechbrain").setLevel(logging.WARNING)  # no "Setting seed" chatter
+    logging.disable(logging.INFO)  # no "Setting seed" chatter from rebuilding the model
     try:
         classifier = PETLClassifier.from_folder(
             args.model_dir, args.backbone_source, device=args.device, merge=args.merge
