@@ -389,7 +389,8 @@ def _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, fold
         if finished.is_file() and not run_opts["test_only"]:
             # Rerunning the command of an interrupted multi-fold run resumes at the first
             # unfinished fold (that one then resumes from its latest checkpoint).
-            logger.info(f"Fold {fold} already finished ({finished}); skipping it.")
+            what = "This run" if fold is None else f"Fold {fold}"
+            logger.info(f"{what} already finished ({finished}): not run again.")
             header.update(parameter_report(hparams["modules"]))
             continue
         run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, header)

@@ -49,12 +49,11 @@ def fold_metrics(output_folder):
 
 def best_checkpoint_tensors(output_folder):
     """The trained tensors of the checkpoint the run tested (``{recoverable.key: tensor}``)."""
-    checkpoints = sorted((output_folder / "save").glob("CKPT+*"))
-    assert len(checkpoints) == 1, checkpoints  # the best epoch's, which is also the latest here
+    best = Checkpointer(output_folder / "save").find_checkpoint(max_key="valid_acc")
     return {
         f"{name}.{key}": tensor
         for name in ("petl_model", "classifier")
-        for key, tensor in torch.load(checkpoints[0] / f"{name}.ckpt").items()
+        for key, tensor in torch.load(best.paramfiles[name]).items()
     }
 
 
@@ -125,6 +124,11 @@ def test_run_killed_mid_epoch_resumes_with_the_same_command_and_ends_as_uninterr
     got = best_checkpoint_tensors(out)
     assert expected.keys() == got.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+    # Once finished, the same command does not run again (multi-fold runs: finished folds).
+    again = run_train("FSC", "full_ft", fsc_data, tiny_ast_with_dropout, out, *options)
+    assert "This run already finished" in again.stdout and "Going into epoch" not in again.stdout
+    assert fold_metrics(out) == fold_metrics(reference)
 
 
 def test_checkpoint_interrupted_while_saving_is_ignored_and_cleaned_up(tmp_path):
