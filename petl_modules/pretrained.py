@@ -9,13 +9,13 @@ Every run writes ``<experiment_folder>/petl_model/`` from its best validation ch
                                  head (full fine-tuning: the trained layers), plus the running
                                  statistics of BatchNorms inside PETL modules
 
-``petl_config.json`` holds the backbone ``family`` and ``backbone_source``, a ``fingerprint`` of
-the base checkpoint's weights (checked at load: a model is never put silently onto another
-backbone), the ``method`` and its ``options``, the ``input`` settings (the lobe's
-``input_processor.config()``), the ``class_names`` in index order, and ``hyperparams``: the
-composed yaml text of the run. Rebuilding instantiates that yaml through
-``petl_modules.recipe.load_hparams`` (no dataset is read), on the same or another local copy of the
-base checkpoint, and loads the trained tensors over it.
+``petl_config.json`` holds the backbone ``family`` (and the checkpoint's ``model_type``) and
+``backbone_source``, a ``fingerprint`` of the base checkpoint's weights (checked at load: a model
+is never put silently onto another backbone), the ``method`` and its ``options``, the ``input``
+settings (the lobe's ``input_processor.config()``), the ``class_names`` in index order, and
+``hyperparams``: the composed yaml text of the run. Rebuilding instantiates that yaml through
+``petl_modules.recipe.load_hparams`` (no dataset is read), on the same or another local copy of
+the base checkpoint, and loads the trained tensors over it.
 
 Example
 -------
@@ -236,6 +236,7 @@ def build_config(hparams, yaml_text, class_names, fingerprint=None):
     processor = backbone.input_processor
     return {
         "family": backbone.family,
+        "model_type": getattr(getattr(backbone, "config", None), "model_type", None),
         "backbone_source": str(backbone.source),
         "fingerprint": fingerprint,
         "method": hparams["method"],
