@@ -144,7 +144,8 @@ def test_run_writes_a_petl_model_folder_of_only_the_trained_tensors(lora_run):
     assert len(config["fingerprint"]["sha256"]) == 64
 
 
-@pytest.mark.parametrize("method", ["linear", "bitfit", "full_ft", "lora", "adapter"])
+@pytest.mark.parametrize("method", ["linear", "bitfit", "full_ft", "lora", "adapter", "prefix_tuning",
+                                    "prompt_tuning", "dense_moa", "soft_moa"])
 def test_reloaded_petl_model_gives_the_trained_models_probabilities(method, tiny_ast, tmp_path):
     hparams, text = build(method, tiny_ast, tmp_path, **tiny_options(method))
     processor = hparams["backbone"].input_processor
