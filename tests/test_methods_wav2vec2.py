@@ -121,6 +121,31 @@ def test_identity_start_methods_give_the_plain_model_output(method, model_type, 
     torch.testing.assert_close(output(model, wav, lengths), plain, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("method,options,identity", [
+    ("adapter", {"adapter_type": "Houlsby", "adapter_block": "bottleneck"}, True),
+    ("adapter", {"adapter_type": "Houlsby", "seq_or_par": "sequential", "apply_residual": True}, True),
+    ("adapter", {"location": "MHSA", "seq_or_par": "parallel", "placement": "after"}, True),
+    ("adapter", {"location": "MHSA", "seq_or_par": "sequential", "placement": "before"}, False),
+    ("adapter", {"adapter_block": "convpass"}, True),
+    ("soft_moa", {"adapter_type": "Houlsby", "adapter_block": "convpass", "normalize": True}, True),
+    ("lora", {"lora_targets": "Wq,Wk,Wv,Wo"}, True),
+])
+def test_method_variants_act_on_wavlm_attention_and_ffn(method, options, identity, waveform_checkpoints, tmp_path):
+    """WavLM's attention has its own signature (``position_bias``, three outputs): the variants
+    that wrap it keep it working, start as promised, and act once their tensors are non-zero."""
+    folder = waveform_checkpoints["wavlm", "post_ln"]
+    wav, lengths = padded_batch([0.4, 0.25])
+    plain = output(Backbone(folder).eval(), wav, lengths)
+    model = petl_model(method, folder, tmp_path, clip_seconds=None, **options).eval()
+    start = output(model, wav, lengths)
+    assert torch.allclose(start, plain, atol=1e-5) == identity
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.5)
+    assert not torch.allclose(output(model, wav, lengths), start, atol=1e-5)
+
+
 def test_lora_on_wavlm_acts_through_the_weight_property(waveform_checkpoints, tmp_path):
     """WavLM hands q/k/v/out weights to F.multi_head_attention_forward without calling the
     projection modules: LoRA must act through its ``weight`` (the trap of the issue)."""
