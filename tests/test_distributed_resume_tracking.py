@@ -183,6 +183,7 @@ def test_wandb_offline_run_logs_epoch_and_test_metrics_beside_the_file_log(
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "600")  # a busy machine starts wandb's service slowly
     for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(variable, str(tmp_path / "wandb_home"))
     out = tmp_path / "tracked"
