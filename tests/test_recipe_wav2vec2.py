@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from petl_modules.classify import PETLClassifier
 from petl_modules.synthetic import make_dataset
 
 from conftest import read_results, run_train
@@ -28,6 +29,14 @@ def test_fsc_recipe_runs_on_every_wav2vec2_family(model_type, layout, method, ex
     (fold,) = results["folds"]
     assert 0.0 <= fold["test_accuracy"] <= 1.0
     assert fold["hparams"]["clip_seconds"] == pytest.approx(0.64)  # --max_frames=64 / 100
+
+    # The PETL model folder rebuilds the same lobe (clip, normalisation) on its base checkpoint.
+    classifier = PETLClassifier.from_folder(out / "petl_model")
+    assert classifier.input_processor.config() == {
+        "type": "waveform", "clip_samples": 10240, "normalize": True, "sample_rate": 16000}
+    wavs = sorted((fsc_data / "wavs").rglob("*.wav"))[:2]
+    predictions, unreadable = classifier.classify_files(wavs)
+    assert not unreadable and all(p["label"] in fold["class_names"] for p in predictions)
 
 
 def test_iemocap_recipe_cuts_and_pads_to_8_seconds_on_wav2vec2(tiny_wav2vec2, tmp_path_factory, tmp_path):
