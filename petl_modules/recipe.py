@@ -62,13 +62,19 @@ FAMILY_DEFAULTS = "family_defaults"
 
 def _backbone_family(layers):
     """The lobe family (``ast``, ``wav2vec2``) of the ``backbone_source`` the first of ``layers``
-    (command line, dataset, method, recipe.yaml) that sets it names."""
+    (command line, dataset, method, recipe.yaml) that sets it names; None when its config cannot
+    be read (then no backbone can be built either: building it reports why)."""
     source = next(layer["backbone_source"] for layer in layers if "backbone_source" in layer)
-    if not isinstance(source, str) or hasattr(source, "tag"):
+    source = os.fspath(source) if isinstance(source, os.PathLike) else source
+    if not isinstance(source, str):
         raise ConfigError(
             f"family_defaults need a plain backbone_source (a hub id or a folder), got '{source}'."
         )
-    return lobe_class(source).family
+    try:
+        return lobe_class(source).family
+    except OSError as err:
+        logger.warning(f"family_defaults not applied: {err}")
+        return None
 
 
 def _apply_family_defaults(merged, table, family, file_name):

@@ -7,17 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-import transformers
+# Before huggingface_hub is imported: it reads these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from petl_modules.backbones import WAVEFORM_MODELS, tiny_ast_config, tiny_waveform_config
-from petl_modules.synthetic import make_dataset
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from petl_modules.backbones import WAVEFORM_MODELS, tiny_ast_config, tiny_waveform_config  # noqa: E402
+from petl_modules.synthetic import make_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # Small recipe settings shared by the recipe tests (tiny backbone, short inputs, one epoch).
