@@ -104,6 +104,16 @@ class ClassificationBrain(sb.Brain):
                 f"{done} epoch(s) done{within}."
             )
 
+    def _wrap_distributed(self):
+        """As SpeechBrain's, except on CPU (gloo), where BatchNorm (e.g. in conformer adapters)
+        stays per process: PyTorch's SyncBatchNorm, which SpeechBrain converts it to, needs GPUs."""
+        if not (self.distributed_launch and self.device_type == "cpu"):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, find_unused_parameters=self.find_unused_parameters)
+
     def init_optimizers(self):
         """AdamW over two groups (backbone trainables at ``lr``, head at ``head_lr``) + cosine."""
         groups = [

@@ -60,8 +60,9 @@ def best_checkpoint_tensors(output_folder):
 # ==================================================================== DDP
 def test_ddp_on_two_cpu_processes_writes_once_and_evaluates_like_one_process(
         fsc_data, tiny_ast, tmp_path):
+    # The default method: conformer adapters, with BatchNorm (per process on CPU) and dropout.
     out = tmp_path / "ddp"
-    proc = run_train("FSC", "linear", fsc_data, tiny_ast, out, "--distributed_backend=gloo",
+    proc = run_train("FSC", "adapter", fsc_data, tiny_ast, out, "--distributed_backend=gloo",
                      launcher=TORCHRUN)
 
     # Preparation ran once, and every file was written once, by the main process.
@@ -81,7 +82,7 @@ def test_ddp_on_two_cpu_processes_writes_once_and_evaluates_like_one_process(
     shutil.copytree(out, single)
     for name in ("results.json", "fold_result.json"):
         (single / name).unlink()
-    run_train("FSC", "linear", fsc_data, tiny_ast, single, "--test_only")
+    run_train("FSC", "adapter", fsc_data, tiny_ast, single, "--test_only")
     assert fold_metrics(single) == fold_metrics(out)
 
 
