@@ -17,6 +17,7 @@ ends by printing the command it ran, the test accuracy and where the outputs are
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,12 @@ def main(argv=None):
         options = TINY_OPTIONS + [f"--{key}={value}" for key, value in TINY_METHOD_OPTIONS.items()
                                   if key in method_keys(args.method)]
     run_folder = output / "run"
+    if (run_folder / "env.log").is_file():  # a SpeechBrain run: start afresh, do not resume it
+        print(f"[demo] Removing the previous demo run in {run_folder}")
+        shutil.rmtree(run_folder)
+    elif run_folder.exists() and any(run_folder.iterdir()):
+        sys.exit(f"[demo] {run_folder} exists and is not a previous demo run: choose another "
+                 "--output_folder.")
     command = recipe_command(
         args.dataset, args.method, f"--data_folder={data}", f"--backbone_source={backbone}",
         f"--output_folder={run_folder}", f"--number_of_epochs={args.number_of_epochs}",

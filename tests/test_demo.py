@@ -55,3 +55,11 @@ def test_demo_rejects_unknown_dataset_and_method(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--method=nope"])
     assert "no hparams/nope.yaml" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_output_folder_whose_run_folder_is_not_a_previous_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not a previous demo run"):
+        demo.main(["--dataset=IEMOCAP", f"--output_folder={tmp_path}", "--per_class=1"])
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
