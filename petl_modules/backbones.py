@@ -17,6 +17,8 @@ import re
 
 import torch
 import transformers
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from petl_modules.adapted import PETLModule
 from petl_modules.features import ASTFbank, Waveform
@@ -703,8 +705,6 @@ class Wav2Vec2Backbone(Backbone):
 
     def _mask_time(self, hidden, frame_mask):
         """transformers' SpecAugment time masking with ``masked_spec_embed`` ([B, T, D])."""
-        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-
         config = self.config
         indices = _compute_mask_indices(
             tuple(hidden.shape[:2]),
@@ -754,8 +754,6 @@ class Wav2Vec2Backbone(Backbone):
         their attention implementation."""
         if attention_mask is None or self.model_type == "wavlm":
             return attention_mask
-        from transformers.masking_utils import create_bidirectional_mask
-
         return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
 
     def _drop_layer(self, layer, index):

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from petl_modules.adapted import AdaptedBackbone
-from petl_modules.backbones import WAVEFORM_MODELS, Backbone, Wav2Vec2Backbone
+from petl_modules.backbones import WAVEFORM_MODELS, Backbone, Wav2Vec2Backbone, tiny_waveform_config
 from petl_modules.classifier import Classifier
 from petl_modules.features import Waveform
 from petl_modules.recipe import REPO_ROOT, ConfigError, compose_hparams, load_hparams
@@ -195,6 +195,13 @@ def test_apply_spec_augment_masks_time_steps_in_training_only(checkpoints):
     assert not torch.allclose(masked, reference)
     model.eval()
     torch.testing.assert_close(model(wav, lengths)[0], reference)
+
+
+def test_apply_spec_augment_without_a_mask_embedding_is_a_clear_error(tmp_path):
+    config = tiny_waveform_config("hubert", mask_time_prob=0.0, mask_feature_prob=0.0)
+    transformers.HubertModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no masked_spec_embed.*apply_spec_augment=False"):
+        Backbone(str(tmp_path), apply_spec_augment=True)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(checkpoints):
