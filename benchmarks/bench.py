@@ -329,7 +329,30 @@ def suite_methods(args):
               f"{statistics.median(infer):.3f} s", file=sys.stderr, flush=True)
         del brain, hparams, batch
         gc.collect()
+    rows += interleaved_moa_vs_adapter(args, [m for m in methods if m[0] in MOA_RATIO_GROUP])
     return rows
+
+
+MOA_RATIO_GROUP = ("adapter bottleneck MHSA RR128", "dense_moa N=15", "soft_moa N=15")
+
+
+def interleaved_moa_vs_adapter(args, variants):
+    """Train steps of the MoA ratio's three models taken in turn (adapter, Dense, Soft, adapter,
+    ...), so that a busy machine slows each of them alike; the MoA ratios use these rows."""
+    if len(variants) != len(MOA_RATIO_GROUP):
+        return []
+    brains = {}
+    for name, method_file, overrides in variants:
+        hparams = build_hparams(args, method_file, overrides)
+        brains[name] = (make_brain(args, hparams), random_batch(args, hparams),
+                        parameter_report(hparams["modules"])["trainable_params"])
+    times = {name: [] for name in brains}
+    for _ in range(args.warmup + args.steps):
+        for name, (brain, batch, _) in brains.items():
+            brain.modules.train()
+            times[name] += timed(lambda b=brain, x=batch: b.fit_batch(x), 1, 0, args.device)
+    return [result("methods", f"{name}: train step (interleaved)", times[name][args.warmup:], None,
+                   trainable) for name, (_, _, trainable) in brains.items()]
 
 
 class LoopBottleneck(torch.nn.Module):
@@ -573,11 +596,12 @@ def _ratio(num, den):
 
 def compute_ratios(rows):
     """The issue's ratio keys (None where their suite did not run) and a few more."""
+    def step(name):  # interleaved measurement when there is one
+        return _median(rows, f"{name}: train step (interleaved)") or _median(rows, f"{name}: train step")
+
     ratios = {
-        "soft_moa_n15_vs_adapter": _ratio(_median(rows, "soft_moa N=15: train step"),
-                                          _median(rows, "adapter bottleneck MHSA RR128: train step")),
-        "dense_moa_n15_vs_adapter": _ratio(_median(rows, "dense_moa N=15: train step"),
-                                           _median(rows, "adapter bottleneck MHSA RR128: train step")),
+        "soft_moa_n15_vs_adapter": _ratio(step("soft_moa N=15"), step("adapter bottleneck MHSA RR128")),
+        "dense_moa_n15_vs_adapter": _ratio(step("dense_moa N=15"), step("adapter bottleneck MHSA RR128")),
         "lora_merged_vs_plain": _ratio(_median(rows, "forward, LoRA merged"),
                                        _median(rows, "forward, plain backbone")),
     }
@@ -626,7 +650,7 @@ def render(machine, rows, ratios):
         lines = []
         for r in methods:
             if not r["name"].endswith(": train step"):
-                continue
+                continue  # (interleaved rows: in the table below)
             name = r["name"][: -len(": train step")]
             fwd = _median(rows, f"{name}: forward")
             lines.append([name, r["trainable_params"], f"{r['trainable_percent']:.2f}",
@@ -637,6 +661,11 @@ def render(machine, rows, ratios):
             ["method", "trainable", "trainable %", "train step median (s)", "min (s)",
              "vs full FT", "forward median (s)", "peak mem (MB)", "train samples/s", "MFU"],
             lines), ""]
+    interleaved = [r for r in methods if r["name"].endswith("(interleaved)")]
+    if interleaved:
+        parts += ["## methods: MoA ratio models, train steps taken in turn", "", markdown_table(
+            ["name", "median (s)", "min (s)", "params"],
+            [[r["name"], r["median_s"], r["min_s"], r["trainable_params"]] for r in interleaved]), ""]
     for suite in SUITES[1:]:
         found = [r for r in rows if r["suite"] == suite]
         if found:
