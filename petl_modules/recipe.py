@@ -201,6 +201,7 @@ def write_json_atomic(path, obj):
     with os.fdopen(fd, "w") as stream:
         json.dump(obj, stream, indent=2)
         stream.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; results are for everyone to read
     os.replace(tmp, path)
 
 
