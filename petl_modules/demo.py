@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = {
     "FSC": {"per_class": 6, "release": "fluent_speech_commands_dataset", "options": []},
     "ESC50": {"per_class": 1, "release": "ESC-50-master", "options": ["--fold=1", "--time_mask=20"]},
-    "UrbanSound8K": {"per_class": 3, "release": "UrbanSound8K",
+    "UrbanSound8K": {"per_class": 2, "release": "UrbanSound8K",
                      "options": ["--fold=1", "--time_mask=20"]},
     "SpeechCommands": {"per_class": 6, "release": "speech_commands_v0.02", "options": []},
     "IEMOCAP": {"per_class": 4, "release": "IEMOCAP_full_release", "options": ["--fold=1"]},
