@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python -m petl_modules.demo [--dataset=FSC] [--method=soft_moa] [--output_folder=results/demo]
-        [--backbone_source=...] [--number_of_epochs=N]
+        [--backbone_source=...] [--number_of_epochs=8] [--seed=10] [--per_class=N]
 
 It writes a small synthetic copy of the dataset in its official release layout
 (``petl_modules.synthetic``: class-specific tones and chirps, learnable), saves a small random AST
