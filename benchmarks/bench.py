@@ -7,6 +7,7 @@ Usage (from the repository root)::
     python benchmarks/bench.py [--suite methods,moa,data,cache,merge] [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
+        [--warmup=N] [--methods='lora|dense_moa N=15']   (extras: warm-up steps, method variants)
 
 Default backbone: the AST-base shape (``transformers.ASTConfig()``) with random weights, saved with
 ``save_pretrained`` to a temporary folder (no download); FSC shapes (31 classes), batch 4, 400
