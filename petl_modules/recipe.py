@@ -383,6 +383,7 @@ def _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, fold
         "dataset": hparams["dataset"],
         "method": hparams["method"],
         "backbone": hparams["backbone"].family,
+        "model_type": hparams["backbone"].config.model_type,  # wav2vec2 family: hubert, wavlm, ...
         "backbone_source": hparams["backbone_source"],
         "seed": hparams["seed"],
         # The folds this command runs: results.json with fewer of them is partial.
