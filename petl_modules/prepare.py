@@ -137,3 +137,69 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
     counts = {name: len(rows) for name, rows in kept.items()}
     logger.info(f"Wrote manifests to {save_folder}: {counts}")
     return counts
+
+
+def resolve_data_folder(data_folder, release_name, marker):
+    """Returns the dataset's top folder: ``data_folder`` itself or its child ``release_name``.
+
+    ``marker`` is a path inside the release that must exist (e.g. ``data/train_data.csv``).
+    """
+    folder = Path(data_folder)
+    for candidate in (folder, folder / release_name):
+        if (candidate / marker).exists():
+            return candidate
+    raise DataError(
+        f"'{data_folder}' is not a {release_name} folder: {marker} was not found in it nor in "
+        f"{folder / release_name}. Pass --data_folder=/path/to/{release_name} (the folder of the "
+        "official release, or its parent)."
+    )
+
+
+def read_release_csv(path, columns, header):
+    """The records (dicts) of one of the release's csv files, checked to have ``columns``.
+
+    ``header`` is the release's header line, quoted in the error when a column is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Missing {path}: the release has this file; restore it.")
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path} lacks the column(s) {missing}; expected the release's header "
+                            f"'{header}'.")
+        return list(reader)
+
+
+def read_fold_csv(path, columns, header, make_row):
+    """Rows of a metadata csv with a ``fold`` column: ``make_row(record, fold)`` per record.
+
+    Records whose fold is not a number are reported together.
+    """
+    rows, bad = [], []
+    for line, record in enumerate(read_release_csv(path, columns, header), start=2):
+        fold = record["fold"].strip()
+        if not fold.isdigit():
+            bad.append(f"line {line}: fold '{record['fold']}' is not a fold number")
+            continue
+        rows.append(make_row(record, int(fold)))
+    if bad:
+        raise DataError(f"{path} has malformed rows (restore it from the release):\n  " + "\n  ".join(bad))
+    return rows
+
+
+def prepare_once(data_folder, save_folder, release, marker, names, read_splits, class_names=None,
+                 skip_bad_files=False):
+    """The body of every ``prepare_<dataset>``: find the release, return early when the manifests
+    ``names`` exist for the same options, else read ``read_splits(data_folder)`` (``{name: rows}``)
+    and write them with ``write_manifests``."""
+    data_folder = resolve_data_folder(data_folder, release, marker)
+    options = {"data_folder": str(data_folder.resolve()), "skip_bad_files": bool(skip_bad_files)}
+    if class_names is not None:
+        options["class_names"] = list(class_names)
+    if manifests_up_to_date(save_folder, names, options):
+        return
+    labels = set(class_names) if class_names is not None else None
+    write_manifests(save_folder, read_splits(data_folder), data_folder, options, skip_bad_files,
+                    labels=labels)

@@ -177,22 +177,6 @@ def scalar_hparams(hparams):
 
 
 # ==================================================================== data
-def resolve_data_folder(data_folder, release_name, marker):
-    """Returns the dataset's top folder: ``data_folder`` itself or its child ``release_name``.
-
-    ``marker`` is a path inside the release that must exist (e.g. ``data/train_data.csv``).
-    """
-    folder = Path(data_folder)
-    for candidate in (folder, folder / release_name):
-        if (candidate / marker).exists():
-            return candidate
-    raise DataError(
-        f"'{data_folder}' is not a {release_name} folder: {marker} was not found in it nor in "
-        f"{folder / release_name}. Pass --data_folder=/path/to/{release_name} (the folder of the "
-        "official release, or its parent)."
-    )
-
-
 def write_json_atomic(path, obj):
     """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename."""
     path = Path(path)
@@ -310,6 +294,15 @@ def rotating_folds(folds, test_fold):
     test = int(test_fold)
     valid = folds[folds.index(test) - 1]
     return {"train": [f for f in folds if f not in (test, valid)], "valid": [valid], "test": [test]}
+
+
+def rotating_fold_datasets(manifest, data_root, folds, fold):
+    """``{"train", "valid", "test"}`` datasets of ``rotating_folds(folds, fold)``, filtered from
+    one manifest with a ``fold`` column."""
+    return {
+        split: load_manifest(manifest, data_root, key_test={"fold": lambda f, s=chosen: int(f) in s})
+        for split, chosen in rotating_folds(folds, fold).items()
+    }
 
 
 def aggregate_results(output_folder, header):

@@ -6,11 +6,9 @@ The label is the ``category``; the fold split (5 folds) is applied when the reci
 manifest, so the manifest is written once for all folds.
 """
 
-import csv
 from pathlib import Path
 
-from petl_modules.prepare import DataError, manifests_up_to_date, write_manifests
-from petl_modules.recipe import resolve_data_folder
+from petl_modules.prepare import prepare_once, read_fold_csv
 
 RELEASE = "ESC-50-master"
 METADATA = "meta/esc50.csv"
@@ -19,24 +17,13 @@ MANIFEST = "all"  # <save_folder>/all.csv
 
 
 def read_metadata(data_folder):
-    """Rows (ID, wav, label, fold) of ``meta/esc50.csv``."""
-    path = Path(data_folder) / METADATA
-    with open(path, newline="") as stream:
-        reader = csv.DictReader(stream)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path} lacks the column(s) {missing}; expected the release's header "
-                            "'filename,fold,target,category,esc10,src_file,take'.")
-        rows, bad = [], []
-        for line, record in enumerate(reader, start=2):
-            if not record["fold"].strip().isdigit():
-                bad.append(f"line {line}: fold '{record['fold']}' is not a fold number")
-                continue
-            rows.append({"ID": Path(record["filename"]).stem, "wav": f"audio/{record['filename']}",
-                         "label": record["category"], "fold": int(record["fold"])})
-    if bad:
-        raise DataError(f"{path} has malformed rows (restore it from the release):\n  " + "\n  ".join(bad))
-    return rows
+    """``{"all": rows}`` (ID, wav, label, fold) from ``meta/esc50.csv``."""
+    rows = read_fold_csv(
+        Path(data_folder) / METADATA, COLUMNS, "filename,fold,target,category,esc10,src_file,take",
+        lambda record, fold: {"ID": Path(record["filename"]).stem, "wav": f"audio/{record['filename']}",
+                              "label": record["category"], "fold": fold},
+    )
+    return {MANIFEST: rows}
 
 
 def prepare_esc50(data_folder, save_folder, class_names, skip_bad_files=False):
@@ -64,11 +51,5 @@ def prepare_esc50(data_folder, save_folder, class_names, skip_bad_files=False):
     >>> sorted(p.name for p in Path(save).iterdir())
     ['all.csv', 'prepare_options.json']
     """
-    data_folder = resolve_data_folder(data_folder, RELEASE, METADATA)
-    options = {"data_folder": str(data_folder.resolve()), "skip_bad_files": bool(skip_bad_files),
-               "class_names": list(class_names)}
-    if manifests_up_to_date(save_folder, [MANIFEST], options):
-        return
-    rows = read_metadata(data_folder)
-    write_manifests(save_folder, {MANIFEST: rows}, data_folder, options, skip_bad_files,
-                    labels=set(class_names))
+    prepare_once(data_folder, save_folder, RELEASE, METADATA, [MANIFEST], read_metadata,
+                 class_names, skip_bad_files)

@@ -17,9 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from esc50_prepare import MANIFEST, METADATA, RELEASE, prepare_esc50  # noqa: E402
 
 from petl_modules.brain import ClassificationBrain  # noqa: E402
-from petl_modules.recipe import (  # noqa: E402
-    load_manifest, resolve_data_folder, rotating_folds, run_recipe,
-)
+from petl_modules.prepare import resolve_data_folder  # noqa: E402
+from petl_modules.recipe import rotating_fold_datasets, run_recipe  # noqa: E402
 
 
 class ESC50Brain(ClassificationBrain):
@@ -35,10 +34,7 @@ def make_datasets(hparams, fold):
     """Fold ``fold`` tests, the fold before it validates, the other three train."""
     data_root = resolve_data_folder(hparams["data_folder"], RELEASE, METADATA)
     manifest = Path(hparams["manifest_folder"]) / f"{MANIFEST}.csv"
-    return {
-        split: load_manifest(manifest, data_root, key_test={"fold": lambda f, s=folds: int(f) in s})
-        for split, folds in rotating_folds(hparams["folds"], fold).items()
-    }
+    return rotating_fold_datasets(manifest, data_root, hparams["folds"], fold)
 
 
 if __name__ == "__main__":

@@ -5,41 +5,28 @@ header ``,path,speakerId,transcription,action,object,location`` and 16 kHz wavs 
 ``wavs/speakers/<speakerId>/``. The label is the intent: ``action,object,location`` (31 of them).
 """
 
-import csv
-import logging
 from pathlib import Path
 
-from petl_modules.prepare import DataError, manifests_up_to_date, write_manifests
-from petl_modules.recipe import resolve_data_folder
-
-logger = logging.getLogger(__name__)
+from petl_modules.prepare import prepare_once, read_release_csv
 
 RELEASE = "fluent_speech_commands_dataset"
+MARKER = "data/train_data.csv"
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("path", "speakerId", "action", "object", "location")
 
 
 def read_split(data_folder, split):
     """Rows (ID, wav, label, speaker) of one official split csv."""
-    path = Path(data_folder) / "data" / f"{split}_data.csv"
-    if not path.is_file():
-        raise DataError(f"Missing {path}: the FSC release has data/{split}_data.csv.")
-    with open(path, newline="") as stream:
-        reader = csv.DictReader(stream)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path} lacks the column(s) {missing}; expected the header "
-                            "',path,speakerId,transcription,action,object,location'.")
-        rows = []
-        for record in reader:
-            wav = record["path"]
-            rows.append({
-                "ID": Path(wav).stem,
-                "wav": wav,
-                "label": ",".join(record[c] for c in ("action", "object", "location")),
-                "speaker": record["speakerId"],
-            })
-    return rows
+    records = read_release_csv(Path(data_folder) / "data" / f"{split}_data.csv", COLUMNS,
+                               ",path,speakerId,transcription,action,object,location")
+    return [{"ID": Path(r["path"]).stem, "wav": r["path"],
+             "label": ",".join(r[c] for c in ("action", "object", "location")),
+             "speaker": r["speakerId"]} for r in records]
+
+
+def read_splits(data_folder):
+    """``{split: rows}`` of the three official splits."""
+    return {split: read_split(data_folder, split) for split in SPLITS}
 
 
 def prepare_fsc(data_folder, save_folder, skip_bad_files=False):
@@ -59,9 +46,5 @@ def prepare_fsc(data_folder, save_folder, skip_bad_files=False):
     -------
     >>> prepare_fsc("/data/fluent_speech_commands_dataset", "results/manifests")  # doctest: +SKIP
     """
-    data_folder = resolve_data_folder(data_folder, RELEASE, "data/train_data.csv")
-    options = {"data_folder": str(data_folder.resolve()), "skip_bad_files": bool(skip_bad_files)}
-    if manifests_up_to_date(save_folder, SPLITS, options):
-        return
-    splits = {split: read_split(data_folder, split) for split in SPLITS}
-    write_manifests(save_folder, splits, data_folder, options, skip_bad_files)
+    prepare_once(data_folder, save_folder, RELEASE, MARKER, SPLITS, read_splits,
+                 skip_bad_files=skip_bad_files)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fsc_prepare import prepare_fsc  # noqa: E402
+from fsc_prepare import MARKER, RELEASE, prepare_fsc  # noqa: E402
 
 from petl_modules.brain import ClassificationBrain  # noqa: E402
-from petl_modules.recipe import load_manifest, resolve_data_folder, run_recipe  # noqa: E402
+from petl_modules.prepare import resolve_data_folder  # noqa: E402
+from petl_modules.recipe import load_manifest, run_recipe  # noqa: E402
 
 
 class FSCBrain(ClassificationBrain):
@@ -29,8 +30,7 @@ def prepare(hparams):
 
 def make_datasets(hparams, fold):
     """The official splits (FSC has no folds)."""
-    data_root = resolve_data_folder(hparams["data_folder"], "fluent_speech_commands_dataset",
-                                    "data/train_data.csv")
+    data_root = resolve_data_folder(hparams["data_folder"], RELEASE, MARKER)
     return {
         split: load_manifest(Path(hparams["manifest_folder"]) / f"{split}.csv", data_root)
         for split in ("train", "valid", "test")

@@ -13,8 +13,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from petl_modules.prepare import DataError, manifests_up_to_date, write_manifests
-from petl_modules.recipe import resolve_data_folder
+from petl_modules.prepare import DataError, prepare_once
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +91,12 @@ def prepare_iemocap(data_folder, save_folder, class_names, skip_bad_files=False)
     >>> sorted(p.name for p in Path(save).iterdir())
     ['all.csv', 'prepare_options.json']
     """
-    data_folder = resolve_data_folder(data_folder, RELEASE, MARKER)
-    options = {"data_folder": str(data_folder.resolve()), "skip_bad_files": bool(skip_bad_files),
-               "class_names": list(class_names)}
-    if manifests_up_to_date(save_folder, [MANIFEST], options):
-        return
-    rows, dropped = read_annotations(data_folder, set(class_names))
-    if dropped:
-        logger.info(f"Left out {sum(dropped.values())} utterances with labels outside the protocol: "
-                    f"{dict(sorted(dropped.items()))}")
-    write_manifests(save_folder, {MANIFEST: rows}, data_folder, options, skip_bad_files,
-                    labels=set(class_names))
+    def read_splits(folder):
+        rows, dropped = read_annotations(folder, set(class_names))
+        if dropped:
+            logger.info(f"Left out {sum(dropped.values())} utterances with labels outside the "
+                        f"protocol: {dict(sorted(dropped.items()))}")
+        return {MANIFEST: rows}
+
+    prepare_once(data_folder, save_folder, RELEASE, MARKER, [MANIFEST], read_splits, class_names,
+                 skip_bad_files)

@@ -8,8 +8,7 @@ name starts with ``_`` (``_background_noise_``) are not classes. The label is th
 
 from pathlib import Path
 
-from petl_modules.prepare import DataError, manifests_up_to_date, write_manifests
-from petl_modules.recipe import resolve_data_folder
+from petl_modules.prepare import DataError, prepare_once
 
 RELEASE = "speech_commands_v0.02"
 LISTS = {"valid": "validation_list.txt", "test": "testing_list.txt"}
@@ -70,10 +69,5 @@ def prepare_speechcommands(data_folder, save_folder, class_names, skip_bad_files
     >>> sorted(p.name for p in Path(save).iterdir())
     ['prepare_options.json', 'test.csv', 'train.csv', 'valid.csv']
     """
-    data_folder = resolve_data_folder(data_folder, RELEASE, LISTS["test"])
-    options = {"data_folder": str(data_folder.resolve()), "skip_bad_files": bool(skip_bad_files),
-               "class_names": list(class_names)}
-    if manifests_up_to_date(save_folder, SPLITS, options):
-        return
-    write_manifests(save_folder, read_splits(data_folder), data_folder, options, skip_bad_files,
-                    labels=set(class_names))
+    prepare_once(data_folder, save_folder, RELEASE, LISTS["test"], SPLITS, read_splits,
+                 class_names, skip_bad_files)

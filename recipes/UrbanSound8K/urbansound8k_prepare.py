@@ -7,11 +7,9 @@ and float): ``petl_modules.audio.load_audio`` reads them all as 16 kHz mono. The
 ``class``; the fold split (10 folds) is applied when the recipe loads the manifest.
 """
 
-import csv
 from pathlib import Path
 
-from petl_modules.prepare import DataError, manifests_up_to_date, write_manifests
-from petl_modules.recipe import resolve_data_folder
+from petl_modules.prepare import prepare_once, read_fold_csv
 
 RELEASE = "UrbanSound8K"
 METADATA = "metadata/UrbanSound8K.csv"
@@ -20,26 +18,15 @@ MANIFEST = "all"  # <save_folder>/all.csv
 
 
 def read_metadata(data_folder):
-    """Rows (ID, wav, label, fold, fsID) of ``metadata/UrbanSound8K.csv``."""
-    path = Path(data_folder) / METADATA
-    with open(path, newline="") as stream:
-        reader = csv.DictReader(stream)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path} lacks the column(s) {missing}; expected the release's header "
-                            "'slice_file_name,fsID,start,end,salience,fold,classID,class'.")
-        rows, bad = [], []
-        for line, record in enumerate(reader, start=2):
-            if not record["fold"].strip().isdigit():
-                bad.append(f"line {line}: fold '{record['fold']}' is not a fold number")
-                continue
-            fold = int(record["fold"])
-            rows.append({"ID": Path(record["slice_file_name"]).stem,
-                         "wav": f"audio/fold{fold}/{record['slice_file_name']}",
-                         "label": record["class"], "fold": fold, "fsID": record["fsID"]})
-    if bad:
-        raise DataError(f"{path} has malformed rows (restore it from the release):\n  " + "\n  ".join(bad))
-    return rows
+    """``{"all": rows}`` (ID, wav, label, fold, fsID) from ``metadata/UrbanSound8K.csv``."""
+    rows = read_fold_csv(
+        Path(data_folder) / METADATA, COLUMNS,
+        "slice_file_name,fsID,start,end,salience,fold,classID,class",
+        lambda record, fold: {"ID": Path(record["slice_file_name"]).stem,
+                              "wav": f"audio/fold{fold}/{record['slice_file_name']}",
+                              "label": record["class"], "fold": fold, "fsID": record["fsID"]},
+    )
+    return {MANIFEST: rows}
 
 
 def prepare_urbansound8k(data_folder, save_folder, class_names, skip_bad_files=False):
@@ -67,11 +54,5 @@ def prepare_urbansound8k(data_folder, save_folder, class_names, skip_bad_files=F
     >>> sorted(p.name for p in Path(save).iterdir())
     ['all.csv', 'prepare_options.json']
     """
-    data_folder = resolve_data_folder(data_folder, RELEASE, METADATA)
-    options = {"data_folder": str(data_folder.resolve()), "skip_bad_files": bool(skip_bad_files),
-               "class_names": list(class_names)}
-    if manifests_up_to_date(save_folder, [MANIFEST], options):
-        return
-    rows = read_metadata(data_folder)
-    write_manifests(save_folder, {MANIFEST: rows}, data_folder, options, skip_bad_files,
-                    labels=set(class_names))
+    prepare_once(data_folder, save_folder, RELEASE, METADATA, [MANIFEST], read_metadata,
+                 class_names, skip_bad_files)
