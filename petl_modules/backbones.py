@@ -384,7 +384,7 @@ class ASTBackbone(Backbone):
         self._resize_position_embeddings(int(max_frames), position_embeddings)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable({"use_reentrant": False})
+            self.model.activation_checkpointing_enable({"use_reentrant": False})
         self.input_processor = ASTFbank(max_frames=max_frames, num_mel_bins=self.config.num_mel_bins)
 
     def train(self, mode=True):

@@ -186,3 +186,25 @@ def test_unknown_insertion_point_or_trainable_spec_is_a_clear_error(tiny_ast):
         lobe.insertion_patterns(["mlp"])
     with pytest.raises(ValueError, match="Unknown trainable spec 'head'"):
         lobe.trainable_parameter_names(["head"])
+
+
+@pytest.mark.parametrize("checkpointing,calls", [(False, 1), (True, 2)])
+def test_gradient_checkpointing_recomputes_frozen_layers_in_backward(tiny_ast, checkpointing, calls):
+    """transformers only checkpoints layers in train mode; a frozen layer stays in eval mode, so
+    the lobe must flag its layers itself for PETL methods to save memory."""
+
+    class Branch(PETLModule):
+        def __init__(self, module):
+            super().__init__()
+            self.pretrained_module = module
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return self.pretrained_module(x) * self.scale
+
+    lobe = Backbone(str(tiny_ast), max_frames=64, gradient_checkpointing=checkpointing)
+    model = AdaptedBackbone(lobe, Branch, ["ffn"]).train()
+    seen = []
+    model.adapted_model.model.layers[0].attention.register_forward_hook(lambda *_: seen.append(1))
+    model(torch.randn(2, 64, 128))[0].sum().backward()
+    assert len(seen) == calls
