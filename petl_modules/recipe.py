@@ -167,6 +167,15 @@ def load_hparams(yaml_text, **overrides):
     return load_hyperpyyaml(yaml_text, overrides or None, overrides_must_match=True)
 
 
+def load_fold_hparams(yaml_text, fold):
+    """Instantiates the run's yaml for one fold, in ``<output_folder>/fold_<k>`` (``fold`` None:
+    datasets with official splits, in ``<output_folder>`` itself)."""
+    if fold is None:
+        return load_hparams(yaml_text)
+    overrides = f"fold: {int(fold)}\nexperiment_folder: !ref <output_folder>/fold_{int(fold)}\n"
+    return load_hyperpyyaml(yaml_text, overrides, overrides_must_match=True)
+
+
 def scalar_hparams(hparams):
     """The plain (JSON-serialisable) top-level values of ``hparams``: options of the run."""
     return {
@@ -353,8 +362,8 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
     sb.utils.distributed.ddp_init_group(run_opts)
     try:
         yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
-        hparams = load_hparams(yaml_text)
-        folds = fold_list(hparams)
+        folds = fold_list(ruamel.yaml.YAML().load(yaml_text))  # plain keys: nothing built yet
+        hparams = load_fold_hparams(yaml_text, folds[0])  # builds the model: options checked
         if hparams.get("cache_backbone_outputs"):
             check_cacheable(hparams)
         tracking.check_wandb(hparams)
@@ -383,9 +392,8 @@ def _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, fold
         "requested_folds": [f for f in folds if f is not None],
     }
     for fold in folds:
-        if fold is not None:
-            experiment_folder = str(output_folder / f"fold_{fold}")
-            hparams = load_hparams(yaml_text, fold=fold, experiment_folder=experiment_folder)
+        if fold != folds[0]:  # the first fold's objects were built by run_recipe
+            hparams = load_fold_hparams(yaml_text, fold)
         finished = Path(hparams["experiment_folder"]) / "fold_result.json"
         if finished.is_file() and not run_opts["test_only"]:
             # Rerunning the command of an interrupted multi-fold run resumes at the first
