@@ -9,13 +9,20 @@ Every run writes ``<experiment_folder>/petl_model/`` from its best validation ch
                                  head (full fine-tuning: the trained layers), plus the running
                                  statistics of BatchNorms inside PETL modules
 
-``petl_config.json`` holds the backbone ``family`` (and the checkpoint's ``model_type``) and
-``backbone_source``, a ``fingerprint`` of the base checkpoint's weights (checked at load: a model
-is never put silently onto another backbone), the ``method`` and its ``options``, the ``input``
-settings (the lobe's ``input_processor.config()``), the ``class_names`` in index order, and
-``hyperparams``: the composed yaml text of the run. Rebuilding instantiates that yaml through
-``petl_modules.recipe.load_hparams`` (no dataset is read), on the same or another local copy of
-the base checkpoint, and loads the trained tensors over it.
+``petl_config.json`` is plain JSON data (``format_version`` 2): the backbone ``family`` (and the
+checkpoint's ``model_type``) and ``backbone_source``, a ``fingerprint`` of the base checkpoint's
+weights (checked at load: a model is never put silently onto another backbone), the ``method`` (a
+name from the registry of method files, ``hparams/*.yaml``) and its ``options`` (plain values), the
+``input`` settings (the lobe's ``input_processor.config()``), the ``class_names`` in index order,
+and the names of the saved tensors.
+
+A folder may come from someone else, so loading it never executes anything it says: the config
+is read as JSON and checked against a schema (unknown keys, wrong types, YAML tags and newer
+format versions are refused, naming what was found); the model is rebuilt from OUR method file
+with the options set as plain values (``petl_modules.recipe.compose_model_hparams``); the tensors
+are read from safetensors, and exactly the rebuilt model's trained tensors must be there. Folders
+of format_version 1 (which also stored the run's yaml text) load the same way: that text is
+never parsed.
 
 Example
 -------
@@ -27,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -38,13 +46,14 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from petl_modules.adapted import PETLModule, petl_buffers
+from petl_modules.run_folder import current_umask, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 FOLDER_NAME = "petl_model"
 CONFIG_FILE = "petl_config.json"
 WEIGHTS_FILE = "petl_weights.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: no yaml text; the model is rebuilt from the method name + options
 
 # Run-only keys left out of the config's ``options`` (paths and plumbing, not the model).
 RUN_ONLY_KEYS = {
@@ -219,9 +228,8 @@ def save_petl_model(folder, modules, config):
     config["buffers"] = buffers
     config["trained_params"] = sum(state[n].numel() for n in parameters)
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    with open(folder / CONFIG_FILE, "w") as stream:
-        json.dump(config, stream, indent=2)
-        stream.write("\n")
+    os.chmod(folder / WEIGHTS_FILE, 0o666 & ~current_umask())  # safetensors makes it owner-only
+    write_json_atomic(folder / CONFIG_FILE, config)
     return config
 
 
@@ -230,8 +238,8 @@ def folder_size(folder):
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
 
 
-def build_config(hparams, yaml_text, class_names, fingerprint=None):
-    """The JSON config of a PETL model folder (see the module docstring)."""
+def build_config(hparams, class_names, fingerprint=None):
+    """The JSON config of a PETL model folder (see the module docstring): plain data only."""
     backbone = hparams["backbone"]
     processor = backbone.input_processor
     return {
@@ -245,12 +253,11 @@ def build_config(hparams, yaml_text, class_names, fingerprint=None):
         "pooling": getattr(hparams["classifier"], "pooling", None),
         "dataset": hparams.get("dataset"),
         "fold": hparams.get("fold") if hparams.get("folds") else None,
-        "class_names": list(class_names),
-        "hyperparams": yaml_text,
+        "class_names": [str(name) for name in class_names],
     }
 
 
-def save_run_petl_model(hparams, yaml_text, class_names):
+def save_run_petl_model(hparams, class_names):
     """Writes ``<experiment_folder>/petl_model/`` of a finished run and logs its size.
 
     Called at the end of ``run_fold`` on the main process, after the test, when the modules hold
@@ -268,7 +275,7 @@ def save_run_petl_model(hparams, yaml_text, class_names):
         logger.error(f"Could not fingerprint {hparams['backbone_source']} ({err}); {folder} will "
                      "load onto any checkpoint of the same shape without a check.")
         fingerprint = None
-    config = build_config(hparams, yaml_text, class_names, fingerprint)
+    config = build_config(hparams, class_names, fingerprint)
     config = save_petl_model(folder, hparams["modules"], config)
     backbone_bytes = fingerprint["bytes"] if fingerprint else sum(
         t.numel() * t.element_size() for t in hparams["backbone"].state_dict().values())
@@ -281,8 +288,107 @@ def save_run_petl_model(hparams, yaml_text, class_names):
 
 
 # ==================================================================== loading
+# A PETL model folder may come from someone else: it is data. Nothing in it is imported,
+# instantiated, unpickled or parsed as YAML. The config is JSON whose keys and value types are
+# checked here; the model is rebuilt from OUR method file (a registry name) with the folder's plain
+# options; the tensors come from safetensors and must be exactly the rebuilt model's trained ones.
+# format_version policy: a change that adds keys bumps FORMAT_VERSION; this reader accepts every
+# version up to its own and refuses a newer folder.
+CONFIG_SCHEMA = {
+    # key: (allowed JSON types, required)
+    "format_version": ((int,), True),
+    "family": ((str,), True),
+    "model_type": ((str, type(None)), False),
+    "backbone_source": ((str,), True),
+    "fingerprint": ((dict, type(None)), False),
+    "method": ((str,), True),
+    "options": ((dict,), True),
+    "input": ((dict, type(None)), False),
+    "pooling": ((str, type(None)), False),
+    "dataset": ((str, type(None)), False),
+    "fold": ((int, str, type(None)), False),
+    "class_names": ((list,), True),
+    "parameters": ((list,), True),
+    "buffers": ((list,), True),
+    "trained_params": ((int,), False),
+    # format_version 1 stored the run's composed yaml; it is kept as text and never parsed.
+    "hyperparams": ((str,), False),
+}
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(value, depth=0):
+    """True for JSON data of plain types (no nesting beyond lists/dicts of scalars)."""
+    if isinstance(value, PLAIN_SCALARS):
+        return True
+    if isinstance(value, list) and depth < 2:
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict) and depth < 2:
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _looks_like_a_tag(value):
+    """A string that YAML would read as a tag or a reference (``!new:...``, ``!ref <x>``)."""
+    return isinstance(value, str) and value.lstrip().startswith(("!", "&", "*", "%"))
+
+
+def validate_config(config, path):
+    """Checks a ``petl_config.json`` against the schema; raises ``PETLModelError`` naming every
+    problem (unknown or missing keys, wrong types, YAML tags, a newer format)."""
+    if not isinstance(config, dict):
+        raise PETLModelError(f"{path} is not a PETL model config: expected a JSON object, found "
+                             f"{type(config).__name__}.")
+    version = config.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise PETLModelError(
+            f"{path} has format_version {version}, written by a newer version of PETL-AST; this "
+            f"version reads up to {FORMAT_VERSION}. Update PETL-AST (git pull) to load it."
+        )
+    problems = []
+    for key in sorted(set(config) - set(CONFIG_SCHEMA)):
+        problems.append(f"unknown key '{key}'")
+    for key, (types, required) in CONFIG_SCHEMA.items():
+        if key not in config:
+            if required:
+                problems.append(f"missing key '{key}'")
+            continue
+        value = config[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            problems.append(f"'{key}' is {type(value).__name__} ({value!r:.60}), expected {allowed}")
+    if isinstance(version, int) and version < 1:
+        problems.append(f"format_version {version} is not a version (1 or more)")
+    if isinstance(config.get("method"), str) and not config["method"].isidentifier():
+        problems.append(f"'method' is {config['method']!r}, not a method name")
+    for key in ("class_names", "parameters", "buffers"):
+        value = config.get(key)
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            problems.append(f"'{key}' must be a list of strings")
+    options = config.get("options")
+    if isinstance(options, dict):
+        for key, value in options.items():
+            if not key.isidentifier() or key.startswith("__"):
+                problems.append(f"options: '{key}' is not an option name")
+            elif not _plain(value) or isinstance(value, dict):
+                problems.append(f"options.{key} is not a plain value (found {type(value).__name__})")
+            elif any(_looks_like_a_tag(v) for v in (value if isinstance(value, list) else [value])):
+                problems.append(f"options.{key} holds a YAML tag or reference ({value!r:.60}): "
+                                "options are plain values, never code")
+    for key in ("input", "fingerprint"):
+        if isinstance(config.get(key), dict) and not _plain(config[key]):
+            problems.append(f"'{key}' holds something other than plain values")
+    if problems:
+        raise PETLModelError(
+            f"{path} is not a valid PETL model config ({len(problems)} problem(s)):\n  "
+            + "\n  ".join(problems[:20])
+            + "\nIt was edited by hand or not written by PETL-AST; nothing in it was run."
+        )
+    return config
+
+
 def read_config(model_dir):
-    """The ``petl_config.json`` of ``model_dir``, with a clear error when it is not a PETL model."""
+    """The checked ``petl_config.json`` of ``model_dir`` (see ``validate_config``)."""
     model_dir = Path(model_dir)
     if model_dir.is_dir() and (model_dir / FOLDER_NAME / CONFIG_FILE).is_file():
         model_dir = model_dir / FOLDER_NAME  # an experiment folder was given
@@ -292,8 +398,17 @@ def read_config(model_dir):
             f"'{model_dir}' is not a PETL model folder: it must hold {CONFIG_FILE} and "
             f"{WEIGHTS_FILE}. Every training run writes one in <experiment_folder>/{FOLDER_NAME}/."
         )
-    with open(path) as stream:
-        config = json.load(stream)
+
+    def no_constants(name):
+        raise ValueError(f"the JSON constant {name} is not allowed")
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            config = json.load(stream, parse_constant=no_constants)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PETLModelError(f"{path} is not valid JSON ({err}); the folder is damaged: copy it "
+                             "again from where it came from.") from None
+    validate_config(config, path)
     config["model_dir"] = str(model_dir)
     return config
 
@@ -305,6 +420,9 @@ def check_fingerprint(config, backbone_source):
     if not expected:
         logger.warning(f"{config['model_dir']} has no backbone fingerprint; not checked.")
         return
+    if not isinstance(expected.get("sha256"), str) or not isinstance(expected.get("excluded", []), list):
+        raise PETLModelError(f"{config['model_dir']}: 'fingerprint' is malformed (needs a sha256 "
+                             "string and an 'excluded' list).")
     found = backbone_fingerprint(backbone_source, exclude=expected.get("excluded", ()))
     if found["sha256"] != expected["sha256"]:
         raise PETLModelError(
@@ -317,41 +435,68 @@ def check_fingerprint(config, backbone_source):
 
 
 def rebuild_modules(config, backbone_source=None):
-    """Instantiates the run's yaml on ``backbone_source``: ``{"petl_model", "classifier"}`` with
-    the base checkpoint's weights and freshly initialised trained tensors."""
-    from petl_modules.recipe import load_hparams
+    """Builds the model of a PETL model folder from our own method file, with the folder's options
+    as plain values: ``{"petl_model", "classifier"}`` with the base checkpoint's weights and freshly
+    initialised trained tensors. The folder's yaml text (format_version 1) is never read."""
+    from petl_modules.recipe import ConfigError, compose_model_hparams, load_hparams
 
     source = str(backbone_source or config["backbone_source"])
     scratch = tempfile.mkdtemp(prefix="petl_rebuild_")
     try:
+        options = dict(config["options"], backbone_source=source, data_folder=scratch,
+                       output_folder=scratch, experiment_folder=scratch)
+        try:
+            text = compose_model_hparams(config["method"], options)
+        except ConfigError as err:
+            raise PETLModelError(f"{config['model_dir']}: {err}") from None
         with _preserved_rng(), _quiet_transformers():
-            hparams = load_hparams(config["hyperparams"], backbone_source=source,
-                                   output_folder=scratch, experiment_folder=scratch)
+            try:
+                hparams = load_hparams(text)
+            except (ValueError, TypeError, KeyError) as err:
+                raise PETLModelError(
+                    f"Cannot rebuild the '{config['method']}' model of {config['model_dir']} from "
+                    f"its options: {err}"
+                ) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"petl_model": hparams["petl_model"], "classifier": hparams["classifier"]}, hparams
 
 
 def load_trained_state(modules, model_dir, config):
-    """Loads ``petl_weights.safetensors`` over rebuilt ``modules`` (every tensor must fit)."""
-    state = load_file(str(Path(model_dir) / WEIGHTS_FILE))
-    problems = []
+    """Loads ``petl_weights.safetensors`` over rebuilt ``modules``: exactly the tensors the rebuilt
+    model trains must be there, with their shapes (missing or unexpected ones are an error)."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise PETLModelError(f"{path} is not a readable safetensors file ({err}); copy the folder "
+                             "again from where it came from.") from None
+    parameters, buffers = trained_tensor_names(modules)
+    expected = set(parameters) | set(buffers)
+    problems = [f"{name}: missing" for name in sorted(expected - set(state))]
+    problems += [f"{name}: not a tensor of the rebuilt model" for name in sorted(set(state) - expected)]
+    parts = {}
     for key in ("petl_model", "classifier"):
         own = modules[key].state_dict()
-        part = {n.split(".", 1)[1]: t for n, t in state.items() if n.split(".", 1)[0] == key}
-        for name, tensor in part.items():
-            if name not in own:
-                problems.append(f"{key}.{name} is not a tensor of the rebuilt model")
-            elif own[name].shape != tensor.shape:
-                problems.append(f"{key}.{name} has shape {tuple(tensor.shape)}, the rebuilt "
-                                f"model {tuple(own[name].shape)}")
-        if not problems:
-            modules[key].load_state_dict(part, strict=False)
+        parts[key] = {n.split(".", 1)[1]: t for n, t in state.items()
+                      if n.split(".", 1)[0] == key and n in expected}
+        for name, tensor in parts[key].items():
+            if own[name].shape != tensor.shape or own[name].dtype.is_floating_point != tensor.dtype.is_floating_point:
+                problems.append(f"{key}.{name} has shape {tuple(tensor.shape)} ({tensor.dtype}), "
+                                f"the rebuilt model {tuple(own[name].shape)} ({own[name].dtype})")
     if problems:
         raise PETLModelError(
-            f"The tensors in {model_dir} do not fit the model rebuilt from its config:\n  "
-            + "\n  ".join(problems[:10])
-            + "\nThe folder was written by another version of the code or edited by hand."
+            f"The tensors in {path} do not fit the '{config['method']}' model rebuilt from its "
+            f"config ({len(problems)} problem(s)):\n  " + "\n  ".join(problems[:10])
+            + "\nThe folder was damaged, edited by hand or written by another version of the code."
+        )
+    for key in ("petl_model", "classifier"):
+        modules[key].load_state_dict(parts[key], strict=False)  # the frozen rest is the base's
+    outputs = getattr(getattr(modules["classifier"], "head", None), "out_features", None)
+    if outputs is not None and int(outputs) != len(config["class_names"]):
+        raise PETLModelError(
+            f"{model_dir}: {len(config['class_names'])} class_names but the head has {outputs} "
+            "outputs; the config was edited by hand."
         )
 
 

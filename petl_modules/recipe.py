@@ -9,6 +9,7 @@ finally ``results.json``.
 """
 
 import difflib
+import errno
 import io
 import json
 import logging
@@ -32,6 +33,7 @@ from petl_modules.audio import AudioError, load_audio
 from petl_modules.backbones import FAMILIES, lobe_class
 from petl_modules.cache import check_cacheable, use_backbone_cache
 from petl_modules.prepare import DataError
+from petl_modules.run_folder import RunFolderError, RunLock, check_run_identity, run_identity, write_json_atomic  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +47,85 @@ class ConfigError(ValueError):
 
 # ==================================================================== composing the yaml files
 def _load_tree(path):
+    """The round-trip tree of a yaml file: tags are kept as data, nothing is built."""
     try:
         with open(path) as stream:
-            tree = ruamel.yaml.YAML().load(stream)
+            text = stream.read()
     except FileNotFoundError:
         raise ConfigError(f"File not found: {path}") from None
-    return tree if tree is not None else ruamel.yaml.comments.CommentedMap()
+    return _load_text(text, str(path))
+
+
+def _load_text(text, name):
+    """The round-trip tree of yaml ``text`` (``name`` says where it comes from, for errors)."""
+    try:
+        tree = ruamel.yaml.YAML().load(text)
+    except ruamel.yaml.YAMLError as err:  # duplicate keys included
+        raise ConfigError(f"{name} is not valid yaml: {' '.join(str(err).split())}") from None
+    if tree is None:
+        return ruamel.yaml.comments.CommentedMap()
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{name} must be a mapping of 'key: value' lines.")
+    return tree
 
 
 def _method_files():
     return sorted(p.name for p in (REPO_ROOT / "hparams").glob("*.yaml"))
+
+
+def method_registry():
+    """``{method name: method file}``: the ``method`` key of every ``hparams/*.yaml``.
+
+    The only way a PETL model folder names the code that rebuilds it.
+    """
+    registry = {}
+    for path in sorted((REPO_ROOT / "hparams").glob("*.yaml")):
+        name = _load_tree(path).get("method")
+        if isinstance(name, str):
+            registry.setdefault(name, path)
+    return registry
+
+
+# Options whose values are checked before anything is built: (kind, minimum, allow None).
+OPTION_RANGES = {
+    "batch_size": (int, 1, False),
+    "number_of_epochs": (int, 1, False),
+    "lr": (float, 0, False),
+    "head_lr": (float, 0, False),
+    "weight_decay": (float, 0, False),
+    "num_workers": (int, 0, False),
+    "seed": (int, None, False),
+    "few_shot_samples": (int, 0, False),
+    "max_frames": (int, 1, False),
+    "n_classes": (int, 2, False),
+    "clip_seconds": (float, 0, True),
+    "ckpt_interval_minutes": (float, 0, False),
+}
+STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds"}
+
+
+def validate_options(values):
+    """Checks the types and ranges of the options in ``OPTION_RANGES`` that ``values`` holds as
+    plain values; raises ``ConfigError`` naming the option and what it accepts."""
+    problems = []
+    for key, (kind, low, nullable) in OPTION_RANGES.items():
+        if key not in values or getattr(values[key], "tag", None) is not None \
+                and getattr(values[key].tag, "value", None):
+            continue  # absent, or computed by the yaml (checked once built)
+        value = values[key]
+        if value is None and nullable:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and not (number and float(value).is_integer()):
+            problems.append(f"--{key}={value!r} must be a whole number"
+                            + (f" >= {low}" if low is not None else ""))
+        elif kind is float and not (number and math.isfinite(value)):
+            problems.append(f"--{key}={value!r} must be a number")
+        elif low is not None and (value <= low if key in STRICTLY_POSITIVE else value < low):
+            bound = f"> {low}" if key in STRICTLY_POSITIVE else f">= {low}"
+            problems.append(f"--{key}={value!r} is out of range: it must be {bound}")
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
 
 
 FAMILY_DEFAULTS = "family_defaults"
@@ -135,8 +206,14 @@ def compose_hparams(method_file, dataset_file, overrides=None):
         )
     dataset = _load_tree(dataset_file)
     if isinstance(overrides, str):
-        overrides = ruamel.yaml.YAML().load(overrides) if overrides.strip() else {}
+        overrides = _load_text(overrides, "the command line") if overrides.strip() else {}
     overrides = overrides or {}
+    if "method" in overrides:
+        raise ConfigError(
+            f"--method cannot be overridden: the method is the method file given as the first "
+            f"argument (hparams/<method>.yaml; here {method_file.name}). Available: "
+            f"{', '.join(_method_files())}."
+        )
     family = None
     if any(FAMILY_DEFAULTS in layer for layer in (method, dataset)):
         family = _backbone_family([overrides, dataset, method, merged])
@@ -157,9 +234,61 @@ def compose_hparams(method_file, dataset_file, overrides=None):
     data_folder = merged.get("data_folder")
     if getattr(getattr(data_folder, "tag", None), "value", None) == "!PLACEHOLDER":
         raise ConfigError("Missing --data_folder=/path/to/the/dataset (the folder of its release).")
+    validate_options(merged)
+    return _dump(merged)
+
+
+def _dump(tree):
     text = io.StringIO()
-    ruamel.yaml.YAML().dump(merged, text)
+    ruamel.yaml.YAML().dump(tree, text)
     return text.getvalue()
+
+
+OBJECT_TAGS = ("!new:", "!name:", "!module:", "!copy", "!include", "!tuple")
+
+
+def compose_model_hparams(method, options):
+    """Composes recipe.yaml < the registry's file of ``method`` < ``options`` (plain values).
+
+    Used to rebuild a PETL model folder: the code comes from our own method file, the folder only
+    gives values. An option may set a value key (a plain or computed one), never an object
+    (``!new:``, ``!name:``, ... or a mapping), and its value must be plain data.
+
+    Raises
+    ------
+    ConfigError
+        Unknown method, an option naming an object, or a value that is not plain data.
+    """
+    registry = method_registry()
+    if method not in registry:
+        raise ConfigError(
+            f"the method '{method}' is not one of this installation's method files "
+            f"({', '.join(sorted(registry))}); it was trained with a method file you do not have."
+        )
+    merged = _load_tree(COMMON_YAML)
+    for key, value in _load_tree(registry[method]).items():
+        if key != FAMILY_DEFAULTS:
+            merged[key] = value
+    plain = (str, int, float, bool, type(None))
+    for key, value in options.items():
+        if key == "method":
+            continue
+        node = merged.get(key)
+        tag = getattr(getattr(node, "tag", None), "value", None) or ""
+        if key.startswith("__") or isinstance(node, dict) or tag.startswith(OBJECT_TAGS):
+            raise ConfigError(f"the option '{key}' names an object of the model, not a value")
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, plain) for v in items) or any(
+                isinstance(v, str) and v.lstrip().startswith(("!", "&", "*", "%")) for v in items):
+            raise ConfigError(f"the option '{key}' is not a plain value: {value!r:.80}")
+        merged[key] = list(value) if isinstance(value, list) else value
+    text = _dump(merged)
+    reread = _load_text(text, "the rebuilt configuration")
+    for key in options:
+        node = reread.get(key)
+        if key != "method" and getattr(getattr(node, "tag", None), "value", None):
+            raise ConfigError(f"the option '{key}' would be read as a yaml tag")
+    return text
 
 
 def load_hparams(yaml_text, **overrides):
@@ -186,24 +315,47 @@ def scalar_hparams(hparams):
 
 
 # ==================================================================== data
-def write_json_atomic(path, obj):
-    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as stream:
-        json.dump(obj, stream, indent=2)
-        stream.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; results are for everyone to read
-    os.replace(tmp, path)
-
-
 def load_manifest(csv_path, data_folder, key_test=None):
     """A ``DynamicItemDataset`` from a manifest (``$data_root`` -> ``data_folder``), filtered."""
     dataset = DynamicItemDataset.from_csv(csv_path, replacements={"data_root": str(data_folder)})
     if key_test:
         dataset = dataset.filtered_sorted(key_test=key_test)
     return dataset
+
+
+def checked_class_names(datasets, hparams):
+    """The class names of a run: the dataset yaml's ``class_names``, or those of the training split.
+
+    Raises
+    ------
+    DataError
+        A validation/test example whose label the model cannot output (naming it), or a number
+        of classes other than ``n_classes``.
+    """
+    given = hparams.get("class_names")
+    names = [str(n) for n in given] if given else class_names_of([datasets["train"]])
+    known = set(names)
+    strays = []
+    for split, dataset in datasets.items():
+        with dataset.output_keys_as(["id", "label"]):
+            strays += [(split, item["id"], item["label"]) for item in dataset
+                       if item["label"] not in known]
+    where = hparams.get("manifest_folder")
+    if strays:
+        listed = "\n  ".join(f"{split}: {uid} has label '{label}'" for split, uid, label in strays[:10])
+        source = "the dataset yaml's class_names" if given else "any training example"
+        raise DataError(
+            f"{len(strays)} example(s) in the manifests in {where} have a label that is not in "
+            f"{source}:\n  {listed}\nFix those rows in the dataset's metadata (or leave them "
+            "out), then delete the manifests folder to prepare again."
+        )
+    if len(names) != int(hparams["n_classes"]):
+        raise DataError(
+            f"The training examples in {where} hold {len(names)} classes but the dataset yaml says "
+            f"n_classes={hparams['n_classes']}: check the data (a class with no training example?) "
+            "or pass --n_classes."
+        )
+    return names
 
 
 def class_names_of(datasets):
@@ -364,16 +516,67 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
         yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
         folds = fold_list(ruamel.yaml.YAML().load(yaml_text))  # plain keys: nothing built yet
         hparams = load_fold_hparams(yaml_text, folds[0])  # builds the model: options checked
+        validate_options(scalar_hparams(hparams))  # values the yaml computed
         if hparams.get("cache_backbone_outputs"):
             check_cacheable(hparams)
         tracking.check_wandb(hparams)
     except (ConfigError, ValueError, TypeError, OSError) as err:
         # Wrong options are found here, before any data is read.
         sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {err}")
+    lock = RunLock(hparams["output_folder"])
     try:
+        _on_main_then_everywhere(_claim_output_folder, lock, hparams)
         return _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, folds)
+    except RunFolderError as err:
+        sys.exit(f"Error with the output folder: {err}")
     except (DataError, AudioError) as err:
         sys.exit(f"Error in the data: {err}")
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err):
+            raise
+        sys.exit(
+            f"Error: no space left on the disk while writing to {hparams['output_folder']} ({err}). "
+            "Free some space (or pass --output_folder on another disk) and rerun the same command: "
+            "it resumes from the last complete checkpoint."
+        )
+    finally:
+        lock.release()
+
+
+def _disk_full(err):
+    """True for the errors a full disk gives (Python's ENOSPC, torch.save's failed write)."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left" in str(err) or "file write failed" in str(err)
+
+
+def _claim_output_folder(lock, hparams):
+    """Locks the output folder for this run and checks (or records) the run's identity."""
+    from petl_modules.pretrained import backbone_fingerprint
+
+    lock.acquire()
+    try:
+        fingerprint = backbone_fingerprint(hparams["backbone_source"])["sha256"]
+    except (OSError, ValueError):
+        fingerprint = None  # reported when the PETL model folder is saved
+    identity = run_identity(scalar_hparams(hparams), fingerprint)
+    check_run_identity(hparams["output_folder"], identity)
+
+
+def _on_main_then_everywhere(function, *args):
+    """Runs ``function`` on the main process; under DDP every process then raises its
+    ``RunFolderError`` (if any), so that no process goes on alone."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return function(*args)
+    message = [None]
+    if if_main_process():
+        try:
+            function(*args)
+        except RunFolderError as err:
+            message = [str(err)]
+    torch.distributed.broadcast_object_list(message, src=0)
+    if message[0] is not None:
+        raise RunFolderError(message[0])
 
 
 def _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, folds):
@@ -423,12 +626,7 @@ def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, hea
     sb.create_experiment_directory(experiment_directory=str(experiment_folder))
 
     datasets = make_datasets(hparams, fold)
-    class_names = hparams.get("class_names") or class_names_of(datasets.values())
-    if len(class_names) != int(hparams["n_classes"]):
-        raise ValueError(
-            f"The manifests in {hparams['manifest_folder']} hold {len(class_names)} classes but the "
-            f"dataset yaml says n_classes={hparams['n_classes']}: check the data (or --n_classes)."
-        )
+    class_names = checked_class_names(datasets, hparams)
     encoder = CategoricalEncoder()
     encoder.update_from_iterable(class_names)
     encoder.expect_len(len(class_names))
@@ -483,7 +681,7 @@ def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, hea
         # The modules hold the best checkpoint's weights (evaluate recovered it): ship them.
         from petl_modules.pretrained import save_run_petl_model
 
-        save_run_petl_model(hparams, yaml_text, class_names)
+        save_run_petl_model(hparams, class_names)
         # Written last: it marks the fold as finished (a rerun of the command skips the fold).
         write_json_atomic(experiment_folder / "fold_result.json", result)
     return result
