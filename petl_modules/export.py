@@ -20,7 +20,7 @@ PETL model folder with ``python -m petl_modules.classify`` instead.
 """
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from petl_modules.pretrained import (
     merge_petl_model,
     unmerged_petl_modules,
 )
+from petl_modules.run_folder import current_umask, write_json_atomic
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"
@@ -100,6 +101,7 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
     copy_feature_extractor(backbone_source or config["backbone_source"], out_dir)
     head = {k: v.detach().cpu().contiguous() for k, v in modules["classifier"].state_dict().items()}
     save_file(head, str(out_dir / HEAD_WEIGHTS), metadata={"format": "pt"})
+    os.chmod(out_dir / HEAD_WEIGHTS, 0o666 & ~current_umask())  # safetensors makes it owner-only
     side = {
         "class_names": config["class_names"],
         "pooling": config.get("pooling"),
@@ -111,9 +113,7 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
         "petl_model": config["model_dir"],
         "head_weights": HEAD_WEIGHTS,
     }
-    with open(out_dir / HEAD_CONFIG, "w") as stream:
-        json.dump(side, stream, indent=2)
-        stream.write("\n")
+    write_json_atomic(out_dir / HEAD_CONFIG, side)
     return side
 
 
