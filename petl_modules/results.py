@@ -11,23 +11,31 @@ backbone; a group's test accuracy is the mean +- population std over all its fol
 Trainable parameters are shown without the head (what the papers count; the same on every dataset)
 and as a percentage of the backbone. A malformed or partial ``results.json`` (unreadable JSON, a
 missing field, a fold without test accuracy, fewer folds than the run asked for) is listed and
-skipped, never silently.
+skipped with a warning naming it, never silently; so is one with a field of the wrong type
+(every field read is checked first: ``RUN_SCHEMA``, ``FOLD_SCHEMA``), so one bad folder never hides
+the table.
 
-Defaults are read from the repository's yaml files (``petl_modules/recipe.yaml`` <
-``hparams/<method>.yaml`` < ``recipes/<DATASET>/<dataset>.yaml``), as a run composes them.
+A run is labelled by the options it recorded (its first fold's ``hparams``) that differ from the
+defaults its own composition gives: ``petl_modules/recipe.yaml`` < ``hparams/<method>.yaml`` <
+``recipes/<DATASET>/<dataset>.yaml``, with their ``family_defaults`` for the backbone family the run
+recorded (``recipe.compose_hparams``). A default wav2vec2 run is thus not labelled by the epochs or
+layers its family gets by default.
 """
 
 import argparse
 import csv
 import io
 import json
+import logging
 import math
+import os
 import sys
 from pathlib import Path
 
 import ruamel.yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
 
 # Options that never name a different model or training set-up (paths, plumbing, repetitions).
 NOT_OPTIONS = {
@@ -35,7 +43,6 @@ NOT_OPTIONS = {
     "experiment_folder", "save_folder", "train_log", "manifest_folder", "num_workers",
     "skip_bad_files", "n_classes",
 }
-REQUIRED = ("dataset", "method", "backbone", "total_params", "trainable_params", "folds")
 
 
 class ResultsError(ValueError):
@@ -57,61 +64,175 @@ def find_results(run_dirs):
     return list(dict.fromkeys(found))
 
 
-def _accuracy(value, what):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ResultsError(f"{what} is {value!r}, not a fraction in [0, 1]")
-    return float(value)
+# ---------------------------------------------------------------- the schema of what is read
+# Every field this tool reads, with its check. A check returns the value (possibly normalised)
+# or raises ResultsError saying what is wrong; ``read_run`` applies them all before anything else
+# looks at the file, so later code can trust the types.
+MAX_COUNT = 2 ** 53  # parameter counts: whole numbers that a float holds exactly
+
+
+def _kind(value):
+    """``value`` as a user reads it in an error: its JSON type and (shortened) text."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+             list: "a list", dict: "an object", type(None): "null"}
+    text = json.dumps(value, allow_nan=True, default=str)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({kinds.get(type(value), type(value).__name__)})"
+
+
+def _name(value, what):
+    if not isinstance(value, str) or not value.strip():
+        raise ResultsError(f"{what} is {_kind(value)}, not a non-empty string")
+    return value
+
+
+def _optional_string(value, what):
+    if value is not None and not isinstance(value, str):
+        raise ResultsError(f"{what} is {_kind(value)}, not a string")
+    return value
+
+
+def _param_count(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise ResultsError(f"{what} is {_kind(value)}, not a parameter count (a whole number >= 0)")
+    return value
+
+
+def _number_in(low, high, meaning):
+    def check(value, what):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or not low <= value <= high):
+            raise ResultsError(f"{what} is {_kind(value)}, not {meaning}")
+        return float(value)
+    return check
+
+
+_accuracy = _number_in(0, 1, "a fraction in [0, 1]")
+_percent = _number_in(0, math.inf, "a percentage (a number >= 0)")
+
+
+def _fold_id(value, what):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ResultsError(f"{what} is {_kind(value)}, not a fold number (or null)")
+    return value
+
+
+def _fold_ids(value, what):
+    if not isinstance(value, list):
+        raise ResultsError(f"{what} is {_kind(value)}, not a list of fold numbers")
+    return [_fold_id(v, f"{what}[{k}]") for k, v in enumerate(value)]
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _options(value, what):
+    """A fold's ``hparams``: option name -> a plain value or a list of plain values."""
+    if not isinstance(value, dict):
+        raise ResultsError(f"{what} is {_kind(value)}, not an object of options")
+    for key, option in value.items():
+        if isinstance(option, list):
+            bad = [v for v in option if not isinstance(v, _PLAIN) or v is None]
+        else:
+            bad = [] if isinstance(option, _PLAIN) else [option]
+        if bad:
+            raise ResultsError(f"{what}.{key} is {_kind(option)}, not a plain value "
+                               "(string, number, boolean, null or a list of them)")
+    return value
+
+
+# field -> (required, check)
+RUN_SCHEMA = {
+    "dataset": (True, _name),
+    "method": (True, _name),
+    "backbone": (True, _name),
+    "model_type": (False, _optional_string),
+    "backbone_source": (False, _optional_string),
+    "total_params": (True, _param_count),
+    "trainable_params": (True, _param_count),
+    "trainable_params_without_head": (False, _param_count),
+    "trainable_percent": (False, _percent),
+    "requested_folds": (False, _fold_ids),
+    "folds": (True, None),  # checked with FOLD_SCHEMA
+}
+FOLD_SCHEMA = {
+    "fold": (False, _fold_id),
+    "test_accuracy": (True, _accuracy),
+    "hparams": (False, _options),
+}
+REQUIRED = tuple(key for key, (required, _) in RUN_SCHEMA.items() if required)
+
+
+def _apply(schema, record, where):
+    missing = [key for key, (required, _) in schema.items() if required and key not in record]
+    if missing:
+        raise ResultsError(f"{where}missing field(s) {', '.join(missing)}")
+    return {key: check(record[key], f"{where}{key}") for key, (_, check) in schema.items()
+            if check is not None and key in record}
+
+
+def check_run(run):
+    """``run`` (a parsed results.json) checked against ``RUN_SCHEMA`` / ``FOLD_SCHEMA``: the
+    checked fields, with ``folds`` a list of checked fold dicts. Raises ResultsError."""
+    if not isinstance(run, dict):
+        raise ResultsError(f"not a JSON object but {_kind(run)}")
+    checked = _apply(RUN_SCHEMA, run, "")
+    folds = run["folds"]
+    if not isinstance(folds, list):
+        raise ResultsError(f"folds is {_kind(folds)}, not a list of fold results")
+    if not folds:
+        raise ResultsError("no fold results ('folds' is empty): the run did not finish")
+    checked["folds"] = []
+    for k, fold in enumerate(folds):
+        if not isinstance(fold, dict):
+            raise ResultsError(f"folds[{k}] is {_kind(fold)}, not an object")
+        checked["folds"].append(_apply(FOLD_SCHEMA, fold, f"folds[{k}]."))
+    ids = [fold.get("fold") for fold in checked["folds"]]
+    repeated = sorted({str(i) for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ResultsError(f"fold(s) {', '.join(repeated)} appear more than once in folds")
+    return checked
 
 
 def read_run(path):
-    """A checked ``results.json``: its dict, with ``test_accuracies`` (one per fold) added.
+    """A checked ``results.json``: the fields this tool reads (``check_run``), with
+    ``test_accuracies`` (one per fold) and ``options`` (the first fold's hparams) added.
 
     Raises
     ------
     ResultsError
-        Malformed (not JSON, a missing field, a bad value) or partial (fewer folds than asked).
+        Malformed (not JSON, a missing field, a value of the wrong type or range) or partial
+        (fewer folds than the run asked for).
     """
     try:
-        with open(path) as stream:
-            run = json.load(stream)
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
     except (OSError, ValueError) as err:
         raise ResultsError(f"not readable as JSON ({err})") from None
-    if not isinstance(run, dict):
-        raise ResultsError("not a JSON object")
-    missing = [key for key in REQUIRED if key not in run]
-    if missing:
-        raise ResultsError(f"missing field(s) {', '.join(missing)}")
-    folds = run["folds"]
-    if not isinstance(folds, list) or not folds:
-        raise ResultsError("no fold results ('folds' is empty): the run did not finish")
-    accuracies = []
-    for k, fold in enumerate(folds):
-        if not isinstance(fold, dict) or "test_accuracy" not in fold:
-            raise ResultsError(f"fold entry {k} has no test_accuracy")
-        accuracies.append(_accuracy(fold["test_accuracy"], f"fold {fold.get('fold', k)} test_accuracy"))
-    options = folds[0].get("hparams") or {}
+    except RecursionError:
+        raise ResultsError("not readable as JSON (nested too deeply)") from None
+    run = check_run(data)
     requested = run.get("requested_folds") or []
-    done = {fold.get("fold") for fold in folds}
+    done = {fold.get("fold") for fold in run["folds"]}
     missing = [f for f in requested if f not in done]
     if missing:
         raise ResultsError(f"partial: {len(requested) - len(missing)} of {len(requested)} folds ran "
                            f"(missing {', '.join(map(str, missing))})")
-    for key in ("total_params", "trainable_params"):
-        if not isinstance(run[key], int) or run[key] < 0:
-            raise ResultsError(f"{key} is {run[key]!r}, not a parameter count")
-    run["test_accuracies"] = accuracies
-    run["options"] = options
+    run["test_accuracies"] = [fold["test_accuracy"] for fold in run["folds"]]
+    run["options"] = run["folds"][0].get("hparams") or {}
     return run
 
 
-def collect(run_dirs):
-    """``(runs, skipped)``: the usable runs, and ``[(path, reason)]`` of the skipped files."""
+def collect(run_dirs, warn=logger.warning):
+    """``(runs, skipped)``: the usable runs, and ``[(path, reason)]`` of the skipped files, each
+    also given to ``warn`` (default: a logged warning) as ``Skipped <path>: <what is wrong>``."""
     runs, skipped = [], []
     for path in find_results(run_dirs):
         try:
             run = read_run(path)
         except ResultsError as err:
             skipped.append((str(path), str(err)))
+            warn(f"Skipped {path}: {err}")
             continue
         run["path"] = str(path)
         runs.append(run)
@@ -125,47 +246,93 @@ def _plain(value):
         return None
     try:
         return json.loads(json.dumps(value))
-    except TypeError:
+    except (TypeError, ValueError):
         return None
 
 
-def _yaml_scalars(path):
+def _yaml_tree(path):
     try:
         with open(path) as stream:
-            tree = ruamel.yaml.YAML().load(stream) or {}
-    except OSError:
+            tree = ruamel.yaml.YAML().load(stream)
+    except (OSError, ruamel.yaml.YAMLError):
         return {}
-    return {k: v for k, v in ((k, _plain(v)) for k, v in tree.items()) if v is not None}
+    return tree if isinstance(tree, dict) else {}
 
 
 def _file_defining(folder_glob, key, value):
+    """The first repository yaml file matching ``folder_glob`` whose ``key`` is ``value``."""
     for path in sorted(REPO_ROOT.glob(folder_glob)):
-        if _yaml_scalars(path).get(key) == value:
+        if _plain(_yaml_tree(path).get(key)) == value:
             return path
     return None
 
 
+def _method_file(method):
+    plain_name = method.replace("_", "").replace("-", "").isalnum()  # no path tricks
+    path = REPO_ROOT / "hparams" / f"{method}.yaml"
+    if plain_name and path.is_file():
+        return path
+    return _file_defining("hparams/*.yaml", "method", method)
+
+
+def compose_defaults(method_file, dataset_file, family):
+    """The yaml text a run of ``method_file`` on ``dataset_file`` composes without command-line
+    options, for a backbone of ``family`` (``ast``, ``wav2vec2``): ``recipe.compose_hparams``
+    with the family the run recorded, instead of the one of a ``backbone_source`` that need not
+    exist here (so the method's and dataset's ``family_defaults`` apply as in the run)."""
+    from unittest import mock
+
+    from petl_modules import recipe  # imports torch: only when a table is made
+
+    with mock.patch.object(recipe, "_backbone_family", lambda layers: family):
+        # data_folder is a !PLACEHOLDER that compose_hparams insists on; it is no option.
+        return recipe.compose_hparams(method_file, dataset_file, {"data_folder": "unused"})
+
+
 _DEFAULTS = {}
+_WARNED = set()
 
 # recipe.yaml keys that change the model itself, shown with the method's own options.
 MODEL_KEYS = {"pooling", "position_embeddings"}
 
 
-def default_options(method, dataset):
+def _warn_once(message):
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
+def default_options(method, dataset, family):
     """``(defaults, method_keys)``: the plain option values a run of ``method`` on ``dataset``
-    gets without overrides, and the names of the method's own options (its file's keys)."""
-    if (method, dataset) not in _DEFAULTS:
-        defaults = _yaml_scalars(REPO_ROOT / "petl_modules" / "recipe.yaml")
-        method_file = REPO_ROOT / "hparams" / f"{method}.yaml"
-        if not method_file.is_file():
-            method_file = _file_defining("hparams/*.yaml", "method", method)
-        method_keys = set(_yaml_scalars(method_file)) if method_file else set()
+    with a ``family`` backbone gets without command-line options (its composition, per-family
+    defaults included), and the names of the method's own options (its file's keys).
+
+    Keys whose composed value is derived (``!ref``) or an object are not options: they are left
+    out, so a run is never labelled by them (what they derive from is)."""
+    key = (method, dataset, family)
+    if key not in _DEFAULTS:
+        defaults, method_keys = {}, set()
+        method_file = _method_file(method)
         dataset_file = _file_defining("recipes/*/*.yaml", "dataset", dataset)
-        for path in (method_file, dataset_file):
-            if path is not None:
-                defaults.update(_yaml_scalars(path))
-        _DEFAULTS[(method, dataset)] = defaults, (method_keys | MODEL_KEYS) - NOT_OPTIONS
-    return _DEFAULTS[(method, dataset)]
+        if method_file is None:
+            _warn_once(f"No method file in {REPO_ROOT / 'hparams'} says 'method: {method}': "
+                       f"runs of '{method}' are grouped without their options.")
+        else:
+            if dataset_file is None:
+                _warn_once(f"No recipe yaml says 'dataset: {dataset}': options of runs on "
+                           f"'{dataset}' are compared with the method's defaults only.")
+            try:
+                text = compose_defaults(method_file, dataset_file or os.devnull, family)
+            except (ValueError, OSError, ruamel.yaml.YAMLError) as err:  # ConfigError is a ValueError
+                _warn_once(f"Cannot compose the defaults of '{method}' on '{dataset}' ({family}): "
+                           f"{err}. Its runs are grouped without their options.")
+            else:
+                tree = ruamel.yaml.YAML().load(text) or {}
+                defaults = {k: v for k, v in ((k, _plain(v)) for k, v in tree.items())
+                            if v is not None or tree[k] is None}
+                method_keys = set(_yaml_tree(method_file)) - {"family_defaults"}
+        _DEFAULTS[key] = defaults, (method_keys | MODEL_KEYS) - NOT_OPTIONS
+    return _DEFAULTS[key]
 
 
 def _show(value):
@@ -175,14 +342,22 @@ def _show(value):
 
 
 def changed_options(run):
-    """``(method options, other settings)`` that differ from the defaults, as ``key=value`` lists."""
-    defaults, method_keys = default_options(run["method"], run["dataset"])
+    """``(method options, other settings)`` the run recorded with a value other than the one its
+    own composition gives by default, as ``key=value`` lists."""
+    defaults, method_keys = default_options(run["method"], run["dataset"], run["backbone"])
     method, other = [], []
     for key, value in sorted(run["options"].items()):
-        if key in NOT_OPTIONS or key not in defaults or defaults[key] == value:
+        if key in NOT_OPTIONS or key not in defaults or _same(defaults[key], value):
             continue
         (method if key in method_keys else other).append(f"{key}={_show(value)}")
     return method, other
+
+
+def _same(default, value):
+    """Equal as options: 50 and 50.0 are, True and 1 are not."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(default) is type(value) and default == value
+    return default == value
 
 
 def method_label(run):
@@ -251,6 +426,11 @@ def _count(n):
     return str(n)
 
 
+def _md(text):
+    """``text`` as one markdown table cell (a results.json may hold any string)."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("`", "'")
+
+
 def markdown_report(rows, skipped):
     """The report: a method x dataset table per backbone, every group in full, skipped files."""
     out = io.StringIO()
@@ -260,9 +440,9 @@ def markdown_report(rows, skipped):
     datasets = sorted({r["dataset"] for r in rows})
     for backbone in sorted({r["backbone"] for r in rows}):
         mine = [r for r in rows if r["backbone"] == backbone]
-        out.write(f"## Backbone: {backbone}\n\nTest accuracy (%), mean ± std over folds and seeds; "
+        out.write(f"## Backbone: {_md(backbone)}\n\nTest accuracy (%), mean ± std over folds and seeds; "
                   "trainable parameters without the head (% of the backbone).\n\n")
-        out.write("| method | trainable | " + " | ".join(datasets) + " |\n")
+        out.write("| method | trainable | " + " | ".join(map(_md, datasets)) + " |\n")
         out.write("|---|---:|" + "---:|" * len(datasets) + "\n")
         for label in sorted({row_name(r) for r in mine}):
             cells = {r["dataset"]: r for r in mine if row_name(r) == label}
@@ -271,21 +451,22 @@ def markdown_report(rows, skipped):
                       f"({any_row['trainable_percent_without_head']:.2f}%)")
             accs = [f"{100 * cells[d]['test_accuracy_mean']:.2f} ± {100 * cells[d]['test_accuracy_std']:.2f}"
                     if d in cells else "—" for d in datasets]
-            out.write(f"| {label} | {params} | " + " | ".join(accs) + " |\n")
+            out.write(f"| {_md(label)} | {params} | " + " | ".join(accs) + " |\n")
         out.write("\n")
     if rows:
         out.write("## All groups\n\n| method | other settings | dataset | backbone | runs | folds x seeds "
                   "| test accuracy (%) | trainable (with head) | trainable % |\n"
                   "|---|---|---|---|---:|---:|---:|---:|---:|\n")
         for r in rows:
-            out.write(f"| {r['method']} | {r['settings'] or '—'} | {r['dataset']} | {r['backbone']} | {r['runs']} | {r['values']} | "
+            out.write(f"| {_md(r['method'])} | {_md(r['settings'] or '—')} | {_md(r['dataset'])} | "
+                      f"{_md(r['backbone'])} | {r['runs']} | {r['values']} | "
                       f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
                       f"{r['trainable_params']:,} | {r['trainable_percent']:.4f} |\n")
         out.write("\n")
     if skipped:
         out.write(f"## Skipped ({len(skipped)} malformed or partial results.json)\n\n")
         for path, reason in skipped:
-            out.write(f"- `{path}`: {reason}\n")
+            out.write(f"- `{_md(path)}`: {_md(reason)}\n")
         out.write("\n")
     return out.getvalue()
 
@@ -322,11 +503,12 @@ def plot(rows, path):
         for r in (r for r in rows if r["dataset"] == dataset):
             index = labels.index((row_name(r), r["backbone"]))
             name = row_name(r) if len({b for _, b in labels}) == 1 else f"{row_name(r)} {{{r['backbone']}}}"
+            name = name.replace("$", r"\$")  # no mathtext from a results.json
             ax.errorbar(max(1, r["trainable_params_without_head"]), 100 * r["test_accuracy_mean"],
                         yerr=100 * r["test_accuracy_std"], fmt=MARKERS[methods.index(r["base_method"]) % len(MARKERS)],
                         color=colours(index % 20), markersize=8, capsize=3, label=name)
         ax.set_xscale("log")
-        ax.set_title(dataset)
+        ax.set_title(dataset.replace("$", r"\$"))
         ax.set_xlabel("trainable parameters (without head)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, which="both", alpha=0.3)
@@ -353,12 +535,10 @@ def main(argv=None):
     parser.add_argument("--plot", help="write the accuracy-vs-parameters plot here (PNG, PDF, SVG)")
     args = parser.parse_args(argv)
     try:
-        runs, skipped = collect(args.run_dirs)
+        runs, skipped = collect(args.run_dirs, warn=lambda message: print(message, file=sys.stderr))
     except FileNotFoundError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
-    for path, reason in skipped:
-        print(f"Skipped {path}: {reason}", file=sys.stderr)
     rows = summarise(runs)
     report = markdown_report(rows, skipped)
     if args.out:

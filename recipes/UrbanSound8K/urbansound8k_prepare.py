@@ -7,26 +7,71 @@ and float): ``petl_modules.audio.load_audio`` reads them all as 16 kHz mono. The
 ``class``; the fold split (10 folds) is applied when the recipe loads the manifest.
 """
 
+import logging
 from pathlib import Path
 
-from petl_modules.prepare import prepare_once, read_fold_csv
+from petl_modules.prepare import (MAX_LISTED, SKIPPED_FILE, DataError, prepare_once,
+                                  read_release_csv)
+
+logger = logging.getLogger(__name__)
 
 RELEASE = "UrbanSound8K"
 METADATA = "metadata/UrbanSound8K.csv"
+HEADER = "slice_file_name,fsID,start,end,salience,fold,classID,class"
 COLUMNS = ("slice_file_name", "fsID", "fold", "class")
+FOLDS = range(1, 11)  # the release's folds
 MANIFEST = "all"  # <save_folder>/all.csv
 
 
-def read_metadata(data_folder):
-    """``{"all": rows}`` (ID, wav, label, fold, fsID) from ``metadata/UrbanSound8K.csv``."""
-    rows = read_fold_csv(
-        Path(data_folder) / METADATA, COLUMNS,
-        "slice_file_name,fsID,start,end,salience,fold,classID,class",
-        lambda record, fold: {"ID": Path(record["slice_file_name"]).stem,
-                              "wav": f"audio/fold{fold}/{record['slice_file_name']}",
-                              "label": record["class"], "fold": fold, "fsID": record["fsID"]},
-    )
+def fold_problem(value, folds):
+    """``(fold, None)`` for a fold number of ``folds``, else ``(None, what is wrong)``."""
+    try:
+        fold = int(value.strip())
+    except ValueError:
+        return None, f"fold '{value}' is not a whole number"
+    if fold not in folds:
+        return None, f"fold '{value}' is outside the release's folds {folds[0]}-{folds[-1]}"
+    return fold, None
+
+
+def read_metadata(data_folder, bad_folds=None):
+    """``{"all": rows}`` (ID, wav, label, fold, fsID) from ``metadata/UrbanSound8K.csv``.
+
+    A row whose fold is not one of 1-10 is an error naming it (file, line, slice), or, with a
+    ``bad_folds`` list, left out and described there."""
+    path = Path(data_folder) / METADATA
+    rows, bad = [], []
+    for line, record in enumerate(read_release_csv(path, COLUMNS, HEADER), start=2):
+        fold, problem = fold_problem(record["fold"], FOLDS)
+        if problem:
+            bad.append(f"{path} line {line} ({record['slice_file_name']}): {problem}")
+            continue
+        rows.append({"ID": Path(record["slice_file_name"]).stem,
+                     "wav": f"audio/fold{fold}/{record['slice_file_name']}",
+                     "label": record["class"], "fold": fold, "fsID": record["fsID"]})
+    if bad and bad_folds is None:
+        raise DataError(bad_folds_message(path, bad, FOLDS))
+    if bad_folds is not None:
+        bad_folds += bad
     return {MANIFEST: rows}
+
+
+def bad_folds_message(path, bad, folds):
+    listed = "\n  ".join(bad[:MAX_LISTED])
+    more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+    return (f"{len(bad)} row(s) of {path} have no valid fold (the release's folds are "
+            f"{folds[0]} to {folds[-1]}):\n  {listed}{more}\nRestore the file from the release, or "
+            "rerun with --skip_bad_files=True to leave these rows out (they are then listed in "
+            f"{SKIPPED_FILE} next to the manifests).")
+
+
+def list_skipped_rows(save_folder, bad):
+    """Adds the rows left out for their fold to ``skipped_files.txt`` (after the bad files)."""
+    skipped = Path(save_folder) / SKIPPED_FILE
+    before = skipped.read_text() if skipped.is_file() else ""
+    skipped.write_text(before + "\n".join(bad) + "\n")
+    logger.warning(f"Skipped {len(bad)} metadata row(s) without a valid fold "
+                   f"(--skip_bad_files=True); listed in {skipped}:\n  " + "\n  ".join(bad[:MAX_LISTED]))
 
 
 def prepare_urbansound8k(data_folder, save_folder, class_names, skip_bad_files=False):
@@ -41,8 +86,8 @@ def prepare_urbansound8k(data_folder, save_folder, class_names, skip_bad_files=F
     class_names : list of str
         The 10 classes (``class_names`` of ``urbansound8k.yaml``); another class is an error.
     skip_bad_files : bool
-        Leave out missing/unreadable/empty slices and unknown classes (listed in
-        ``skipped_files.txt``) instead of failing.
+        Leave out missing/unreadable/empty slices, unknown classes and metadata rows whose fold is
+        not one of 1-10 (listed in ``skipped_files.txt``) instead of failing.
 
     Example
     -------
@@ -54,5 +99,8 @@ def prepare_urbansound8k(data_folder, save_folder, class_names, skip_bad_files=F
     >>> sorted(p.name for p in Path(save).iterdir())
     ['all.csv', 'prepare_options.json']
     """
-    prepare_once(data_folder, save_folder, RELEASE, METADATA, [MANIFEST], read_metadata,
-                 class_names, skip_bad_files)
+    bad_folds = [] if skip_bad_files else None
+    prepare_once(data_folder, save_folder, RELEASE, METADATA, [MANIFEST],
+                 lambda folder: read_metadata(folder, bad_folds), class_names, skip_bad_files)
+    if bad_folds:  # read this time (not up to date): list them with the other skipped files
+        list_skipped_rows(save_folder, bad_folds)
