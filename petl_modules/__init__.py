@@ -9,6 +9,7 @@ lora           LoRA on the attention projections, and merging it
 prompt         prompt tuning (shallow/deep) and prefix tuning
 moa            Dense-MoA and Soft-MoA with batched experts
 features       per-utterance input processors (Kaldi fbank for AST, waveform for wav2vec2)
+augment        SpecAugment that fits the input (fbank masks for AST, a time mask on waveforms)
 audio          reading any audio file as 16 kHz mono
 classifier     pooling + linear head
 brain          the classification Brain shared by every recipe

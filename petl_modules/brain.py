@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import yaml
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
+from petl_modules.augment import augment
 from petl_modules.cache import head_input
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class ClassificationBrain(sb.Brain):
 
     Expects ``modules`` with ``petl_model`` (an ``AdaptedBackbone``) and ``classifier``, and batches
     with ``inputs`` (padded features or waveforms) and ``label_index``. Optional hparams:
-    ``augmentation`` (called on the training inputs, e.g. SpecAugment on fbank features).
+    ``augmentation`` (applied to the training inputs by ``petl_modules.augment.augment``, e.g.
+    ``SpecAugment``, which masks fbank features or waveforms by backbone family).
     """
 
     steps_per_epoch = 1
@@ -60,7 +62,8 @@ class ClassificationBrain(sb.Brain):
         inputs, lengths = batch.inputs
         augmentation = getattr(self.hparams, "augmentation", None)
         if stage == sb.Stage.TRAIN and augmentation is not None:
-            inputs = augmentation(inputs)
+            # Fits the input kind of the backbone (petl_modules/augment.py).
+            inputs = augment(augmentation, inputs, lengths, self.modules.petl_model)
         hidden, mask = self.modules.petl_model(inputs, lengths)
         return self.modules.classifier(hidden, mask)
 
