@@ -167,7 +167,7 @@ def _apply_family_defaults(merged, table, family, file_name):
         merged[key] = value
 
 
-def compose_hparams(method_file, dataset_file, overrides=None):
+def compose_hparams(method_file, dataset_file, overrides=None, family=None):
     """Composes recipe.yaml < method yaml < dataset yaml < ``overrides`` into one yaml text.
 
     Per-backbone defaults: a method or dataset yaml may hold a ``family_defaults`` mapping,
@@ -185,6 +185,9 @@ def compose_hparams(method_file, dataset_file, overrides=None):
     overrides : str or dict
         Command-line overrides (the yaml string ``sb.parse_arguments`` returns, or a dict). Every
         key must exist in one of the three files.
+    family : str, optional
+        The backbone family whose ``family_defaults`` apply; default: read from the config of
+        ``backbone_source``.
 
     Returns
     -------
@@ -214,8 +217,7 @@ def compose_hparams(method_file, dataset_file, overrides=None):
             f"argument (hparams/<method>.yaml; here {method_file.name}). Available: "
             f"{', '.join(_method_files())}."
         )
-    family = None
-    if any(FAMILY_DEFAULTS in layer for layer in (method, dataset)):
+    if family is None and any(FAMILY_DEFAULTS in layer for layer in (method, dataset)):
         family = _backbone_family([overrides, dataset, method, merged])
     for layer, name in ((method, method_file.name), (dataset, Path(dataset_file).name)):
         for key, value in layer.items():

@@ -280,13 +280,11 @@ def compose_defaults(method_file, dataset_file, family):
     options, for a backbone of ``family`` (``ast``, ``wav2vec2``): ``recipe.compose_hparams``
     with the family the run recorded, instead of the one of a ``backbone_source`` that need not
     exist here (so the method's and dataset's ``family_defaults`` apply as in the run)."""
-    from unittest import mock
 
     from petl_modules import recipe  # imports torch: only when a table is made
 
-    with mock.patch.object(recipe, "_backbone_family", lambda layers: family):
-        # data_folder is a !PLACEHOLDER that compose_hparams insists on; it is no option.
-        return recipe.compose_hparams(method_file, dataset_file, {"data_folder": "unused"})
+    # data_folder is a !PLACEHOLDER that compose_hparams insists on; it is no option.
+    return recipe.compose_hparams(method_file, dataset_file, {"data_folder": "unused"}, family=family)
 
 
 _DEFAULTS = {}

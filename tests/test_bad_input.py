@@ -1,4 +1,10 @@
-"""Wrong options and broken data give clear errors that name the key or file and the fix."""
+"""Wrong options and broken data give clear errors that name the key or file and the fix.
+
+The table ``BAD_COMMAND_LINES`` walks the wrong options a user can give; the next one found is one
+row. Other faults have their own tables: crafted model folders in ``test_safe_loading.py``,
+checkpoints in ``test_checkpoint_safety.py``, audio files in ``test_audio_faults.py``, results
+files in ``test_results_robust.py``, output folders of another run in ``test_run_folder.py``.
+"""
 
 import json
 import shutil
@@ -6,6 +12,7 @@ import shutil
 import pytest
 
 from conftest import REPO, run_train
+from recipe_helpers import run_in_process
 from petl_modules.prepare import DataError
 from petl_modules.recipe import ConfigError, compose_hparams
 from petl_modules.synthetic import make_dataset
@@ -103,3 +110,51 @@ def test_command_line_errors_are_one_clear_line(fsc_data, tiny_ast, tmp_path):
     assert proc.returncode != 0 and "official splits" in proc.stdout
     proc = run_train("FSC", "linear", tmp_path / "nowhere", tiny_ast, tmp_path / "c", check=False)
     assert proc.returncode != 0 and "Error in the data" in proc.stdout
+
+
+# ==================================================================== the table of wrong options
+# (case, method file, extra command-line options, what the one-line error says). Every one is
+# found before any data is read: the data folder given does not even exist.
+BAD_COMMAND_LINES = [
+    ("batch_size_not_a_number", "linear", ["--batch_size=abc"], "--batch_size='abc' must be a whole number"),
+    ("batch_size_zero", "linear", ["--batch_size=0"], "--batch_size=0 is out of range: it must be >= 1"),
+    ("batch_size_negative", "linear", ["--batch_size=-4"], "--batch_size=-4 is out of range"),
+    ("batch_size_fraction", "linear", ["--batch_size=2.5"], "must be a whole number"),
+    ("lr_not_a_number", "linear", ["--lr=fast"], "--lr='fast' must be a number"),
+    ("lr_zero", "linear", ["--lr=0"], "--lr=0 is out of range: it must be > 0"),
+    ("no_epochs", "linear", ["--number_of_epochs=0"], "--number_of_epochs=0 is out of range"),
+    ("negative_epochs", "linear", ["--number_of_epochs=-1"], "--number_of_epochs=-1 is out of range"),
+    ("negative_workers", "linear", ["--num_workers=-1"], "--num_workers=-1 is out of range"),
+    ("boolean_as_a_number", "linear", ["--batch_size=True"], "must be a whole number"),
+    ("method_override", "linear", ["--method=xyz"], "--method cannot be overridden"),
+    ("unknown_key", "linear", ["--batchsize=3"], "Unknown option --batchsize"),
+    ("key_given_twice", "linear", ["--seed=1", "--seed=2"], "not valid yaml"),
+    ("pooling_unknown", "linear", ["--pooling=max"], "pooling must be one of"),
+    ("fold_on_official_splits", "linear", ["--fold=2"], "official splits"),
+    ("zero_width_bottleneck", "adapter", ["--reduction_rate=1000"], "reduction_rate"),
+    ("odd_prefix_length", "prefix_tuning", ["--prompt_len=5"], "prompt_len"),
+    ("unknown_lora_target", "lora", ["--lora_targets=Wx"], "lora_targets"),
+    ("clip_seconds_negative", "linear", ["--clip_seconds=-1"], "--clip_seconds=-1 is out of range"),
+]
+
+
+@pytest.mark.parametrize("case, method, extra, message", BAD_COMMAND_LINES,
+                         ids=[row[0] for row in BAD_COMMAND_LINES])
+def test_wrong_option_is_one_clear_error_before_any_data_is_read(case, method, extra, message,
+                                                                 tiny_ast, tmp_path):
+    out = run_in_process("FSC", [
+        str(REPO / "hparams" / f"{method}.yaml"), f"--data_folder={tmp_path / 'no_data_here'}",
+        f"--backbone_source={tiny_ast}", f"--output_folder={tmp_path / 'out'}", "--max_frames=64",
+        *extra])
+    assert isinstance(out, str), f"{case}: the run did not stop"
+    assert out.startswith("Error in the configuration") and message in out, out
+    assert not (tmp_path / "out" / "manifests").exists()  # stopped before preparation
+
+
+def test_method_file_with_duplicate_keys_names_the_file(tiny_ast, tmp_path):
+    method_file = tmp_path / "mine.yaml"
+    text = (REPO / "hparams" / "linear.yaml").read_text()
+    method_file.write_text(text + "\nlr: 0.5\n")
+    out = run_in_process("FSC", [str(method_file), f"--data_folder={tmp_path}",
+                                 f"--backbone_source={tiny_ast}", f"--output_folder={tmp_path / 'o'}"])
+    assert "mine.yaml is not valid yaml" in out and "duplicate key" in out.lower()
