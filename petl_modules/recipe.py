@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -60,7 +61,13 @@ def _load_text(text, name):
     """The round-trip tree of yaml ``text`` (``name`` says where it comes from, for errors)."""
     try:
         tree = ruamel.yaml.YAML().load(text)
-    except ruamel.yaml.YAMLError as err:  # duplicate keys included
+    except ruamel.yaml.constructor.DuplicateKeyError as err:
+        key = re.search(r'duplicate key "([^"]+)"', str(err))
+        key = key.group(1) if key else "a key"
+        where = "" if err.problem_mark is None else f" (line {err.problem_mark.line + 1})"
+        raise ConfigError(f"{name} is not valid yaml: '{key}' is given twice{where}; keep "
+                          "one (a duplicate key would silently hide the other value).") from None
+    except ruamel.yaml.YAMLError as err:
         raise ConfigError(f"{name} is not valid yaml: {' '.join(str(err).split())}") from None
     if tree is None:
         return ruamel.yaml.comments.CommentedMap()
