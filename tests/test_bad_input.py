@@ -158,3 +158,39 @@ def test_method_file_with_duplicate_keys_names_the_file(tiny_ast, tmp_path):
     out = run_in_process("FSC", [str(method_file), f"--data_folder={tmp_path}",
                                  f"--backbone_source={tiny_ast}", f"--output_folder={tmp_path / 'o'}"])
     assert "mine.yaml is not valid yaml: 'lr' is given twice (line" in out
+
+
+# ==================================================================== faults found once data is read
+def fsc_args(data, tiny_ast, out, method="linear"):
+    return [str(REPO / "hparams" / f"{method}.yaml"), f"--data_folder={data}",
+            f"--backbone_source={tiny_ast}", f"--output_folder={out}", "--number_of_epochs=1",
+            "--batch_size=16", "--num_workers=0", "--max_frames=64"]
+
+
+@pytest.mark.slow
+def test_test_row_with_a_label_of_no_training_example_is_named(fsc_data, tiny_ast, tmp_path):
+    root = tmp_path / "fluent_speech_commands_dataset"
+    shutil.copytree(fsc_data, root)
+    csv = root / "data" / "test_data.csv"
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].replace("activate,lights,kitchen", "activate,lights,garage")
+    csv.write_text("\n".join(lines) + "\n")
+    out = run_in_process("FSC", fsc_args(root, tiny_ast, tmp_path / "out"))
+    assert isinstance(out, str) and out.startswith("Error in the data"), out
+    assert "label 'activate,lights,garage'" in out and "test:" in out
+
+
+@pytest.mark.slow
+def test_full_disk_is_a_clear_error_that_says_a_rerun_resumes(fsc_data, tiny_ast, tmp_path,
+                                                              monkeypatch):
+    import errno
+
+    import petl_modules.pretrained
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(petl_modules.pretrained, "save_file", full)
+    out = run_in_process("FSC", fsc_args(fsc_data, tiny_ast, tmp_path / "out"))
+    assert isinstance(out, str) and out.startswith("Error: no space left on the disk"), out
+    assert "rerun the same command" in out
