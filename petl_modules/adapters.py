@@ -22,6 +22,12 @@ sequential  after    ``A_r(f(x))``                    sequential adapter (main t
 sequential  before   ``f(A_r(x))``
 =========== ======== ================================ =========================================
 
+Padding (``petl_modules.adapted.current_token_mask``, set by the lobe) is zeroed before the
+conformer and Convpass convolutions over the tokens and left out of the conformer's BatchNorm
+statistics (``MaskedBatchNorm1d``, which also updates its running statistics once per step under
+gradient checkpointing). Settings that start the model away from the pretrained one (sequential
+without residual, parallel with residual, ``init: reference``) are warned about once per build.
+
 The placement ``auto`` is ``before`` for parallel and ``after`` for sequential adapters (the main
 table); with ``location`` MHSA or FFN the four rows are the eight cases of the placement ablation.
 Pfeiffer adapters sit at one location (``location``: FFN as the reference code, or MHSA as the
@@ -39,7 +45,7 @@ re-initialised every Linear missing from the checkpoint with N(0, 0.02) and a ze
 import torch
 import torch.nn.functional as F
 
-from petl_modules.adapted import PETLModule
+from petl_modules.adapted import PETLModule, current_token_mask, recomputing
 
 ADAPTER_BLOCKS = ("bottleneck", "conformer", "convpass")
 ADAPTER_TYPES = ("Pfeiffer", "Houlsby")
@@ -96,6 +102,65 @@ def reference_init_(module):
     return module
 
 
+def mask_padding(x, mask):
+    """``x [B, C, T]`` with the padded positions (``mask [B, T]`` False) zeroed; ``x`` itself when
+    ``mask`` is None. Before a convolution over T with zero ``same`` padding, this makes a padded
+    utterance's valid outputs equal to the utterance's alone."""
+    return x if mask is None else x * mask[:, None, :].to(x.dtype)
+
+
+class MaskedBatchNorm1d(torch.nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` over ``[B, C, T]`` that skips padding and checkpoint recomputations.
+
+    In training, the batch statistics (used to normalise, and to update the running statistics)
+    are taken over the valid positions of ``mask [B, T]`` only. When a checkpointed layer is
+    recomputed in backward (``petl_modules.adapted.recomputing``), the batch statistics are used
+    again but the running statistics are not updated a second time. Without a mask and outside a
+    recomputation it is ``nn.BatchNorm1d`` exactly; in eval mode (running statistics) every
+    position is normalised on its own, so padding cannot matter.
+    """
+
+    def forward(self, x, mask=None):
+        """``x [B, C, T]`` (+ ``mask [B, T]`` bool, True = valid) -> ``[B, C, T]``."""
+        batch_stats = self.training or self.running_mean is None
+        if not batch_stats or (mask is None and not recomputing()):
+            return super().forward(x)
+        if mask is None:  # recomputation: the same call on copies of the running statistics
+            running_mean = None if self.running_mean is None else self.running_mean.clone()
+            running_var = None if self.running_var is None else self.running_var.clone()
+            return F.batch_norm(x, running_mean, running_var, self.weight, self.bias, True,
+                                self.momentum or 0.0, self.eps)
+        weights = mask[:, None, :].to(x.dtype)  # [B, 1, T]
+        count = weights.sum()
+        mean = (x * weights).sum(dim=(0, 2)) / count  # [C]
+        centred = x - mean[:, None]
+        var = (centred.square() * weights).sum(dim=(0, 2)) / count
+        if self.training and self.track_running_stats and not recomputing():
+            self._update_running_stats(mean.detach(), var.detach(), count)
+        out = centred * torch.rsqrt(var + self.eps)[:, None]
+        if self.affine:
+            out = out * self.weight[:, None] + self.bias[:, None]
+        return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean, var, count):
+        """As ``nn.BatchNorm1d``: exponential (or cumulative, momentum None) average, the variance
+        unbiased over the ``count`` valid positions."""
+        self.num_batches_tracked.add_(1)
+        factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.lerp_(mean, factor)
+        self.running_var.lerp_(var * count / (count - 1).clamp(min=1), factor)
+
+
+def reference_init_warning(method):
+    """The start warning of ``init=reference`` (N(0, 0.02) instead of an identity start)."""
+    return (
+        f"{method}: init=reference draws the inserted weights from N(0, 0.02), as the reference "
+        "runs started: the model starts slightly away from the pretrained one. --init=identity "
+        "starts at it."
+    )
+
+
 class QuickGELU(torch.nn.Module):
     """``x * sigmoid(1.702 x)``, the GELU approximation of CLIP used by Convpass."""
 
@@ -133,7 +198,8 @@ class Bottleneck(torch.nn.Module):
             torch.nn.init.zeros_(self.up.weight)
             torch.nn.init.zeros_(self.up.bias)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
+        """``x [B, T, D]`` -> ``[B, T, D]`` (token by token: ``mask`` unused)."""
         return self.up(F.gelu(self.down(x)))
 
 
@@ -175,17 +241,19 @@ class ConformerAdapter(torch.nn.Module):
         self.depthwise = torch.nn.Conv1d(
             width, width, kernel_size=int(kernel_size), groups=width, padding="same"
         )
-        self.batch_norm = torch.nn.BatchNorm1d(width)
+        self.batch_norm = MaskedBatchNorm1d(width)
         self.pointwise_out = torch.nn.Conv1d(width, hidden_size, kernel_size=1)
         self.dropout = torch.nn.Dropout(float(dropout))
         if check_choice("init", init, INITS) == "identity":
             torch.nn.init.zeros_(self.pointwise_out.weight)
             torch.nn.init.zeros_(self.pointwise_out.bias)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
+        """``x [B, T, D]`` (+ ``mask [B, T]``: padded tokens are zeroed before the depthwise
+        convolution and left out of the BatchNorm statistics) -> ``[B, T, D]``."""
         out = self.norm(x).transpose(1, 2)  # [B, D, T]
-        out = F.glu(self.pointwise_in(out), dim=1)  # [B, r, T]
-        out = F.silu(self.batch_norm(self.depthwise(out)))
+        out = mask_padding(F.glu(self.pointwise_in(out), dim=1), mask)  # [B, r, T]
+        out = F.silu(self.batch_norm(self.depthwise(out), mask))
         out = self.dropout(self.pointwise_out(out))  # [B, D, T]
         return out.transpose(1, 2)
 
@@ -227,8 +295,10 @@ class Convpass(torch.nn.Module):
             torch.nn.init.zeros_(self.up.weight)
             torch.nn.init.zeros_(self.up.bias)
 
-    def forward(self, x):
-        hidden = self.act(self.down(x)).transpose(1, 2)  # [B, r, T]
+    def forward(self, x, mask=None):
+        """``x [B, T, D]`` (+ ``mask [B, T]``: padded tokens are zeroed before the convolution)
+        -> ``[B, T, D]``."""
+        hidden = mask_padding(self.act(self.down(x)).transpose(1, 2), mask)  # [B, r, T]
         hidden = self.act(self.conv(hidden)).transpose(1, 2)  # [B, T, r]
         return self.up(self.dropout(hidden))
 
@@ -307,20 +377,50 @@ class Adapter(PETLModule):
         self.seq_or_par = seq_or_par
         self.placement = placement
         self.apply_residual = apply_residual
+        self.init = init
 
-    def adapt(self, x):
+    def start_warnings(self):
+        """What makes the wrapped sublayer ``f`` start away from its pretrained output ``f(x)``
+        (the block ``A`` is ~0 at the start), and the option that avoids it."""
+        warnings = []
+        if self.seq_or_par == "sequential" and not self.apply_residual:
+            what = ("the adapted sublayer's (MHSA/FFN) pretrained output f(x) is replaced by the "
+                    "adapter's output A(f(x))" if self.placement == "after" else
+                    "the adapted sublayer (MHSA/FFN) reads the adapter's output, f(A(x)), instead "
+                    "of its input x")
+            warnings.append(
+                f"Adapter: seq_or_par=sequential with apply_residual=False: {what}, which is ~0 at "
+                "the start, so the model starts far from the pretrained one (faithful to the "
+                "reference). --apply_residual=True adds the adapter's input back and starts at "
+                "the pretrained model."
+            )
+        if self.seq_or_par == "parallel" and self.apply_residual:
+            formula = "f(x) + A(x) + x" if self.placement == "before" else "f(x) + A(f(x)) + f(x)"
+            warnings.append(
+                "Adapter: seq_or_par=parallel with apply_residual=True adds the adapter's input to "
+                f"the adapted sublayer's (MHSA/FFN) output, {formula}, so the model starts away "
+                "from the pretrained one. --apply_residual=False starts at it."
+            )
+        if self.init == "reference":
+            warnings.append(reference_init_warning("Adapter"))
+        return warnings
+
+    def adapt(self, x, mask=None):
         """``A_r(x)``: the block, plus its input when ``apply_residual``. ``[B, T, D]``."""
-        out = self.adapter(x)
+        out = self.adapter(x, mask)
         return out + x if self.apply_residual else out
 
     def forward(self, x, *args, **kwargs):
+        """``x [B, T, D]`` (+ the sublayer's other arguments) -> the sublayer's output, adapted.
+        Padded tokens (``current_token_mask``) are kept out of the block's convolutions."""
+        mask = current_token_mask(x)
         if self.seq_or_par == "sequential" and self.placement == "before":
-            return self.pretrained_module(self.adapt(x), *args, **kwargs)
+            return self.pretrained_module(self.adapt(x, mask), *args, **kwargs)
         out, rest = split_output(self.pretrained_module(x, *args, **kwargs))
         if self.seq_or_par == "sequential":
-            out = self.adapt(out)
+            out = self.adapt(out, mask)
         else:
-            out = out + self.adapt(x if self.placement == "before" else out)
+            out = out + self.adapt(x if self.placement == "before" else out, mask)
         return join_output(out, rest)
 
 

@@ -20,7 +20,7 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from petl_modules.adapted import PETLModule
+from petl_modules.adapted import PETLModule, checkpoint_contexts, token_mask
 from petl_modules.features import ASTFbank, Waveform
 
 logger = logging.getLogger(__name__)
@@ -384,7 +384,11 @@ class ASTBackbone(Backbone):
         self._resize_position_embeddings(int(max_frames), position_embeddings)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing:
-            self.model.activation_checkpointing_enable({"use_reentrant": False})
+            # context_fn: the recomputation in backward sees the forward's token mask, and PETL
+            # BatchNorms do not update their running statistics a second time.
+            self.model.activation_checkpointing_enable(
+                {"use_reentrant": False, "context_fn": checkpoint_contexts}
+            )
         self.input_processor = ASTFbank(max_frames=max_frames, num_mel_bins=self.config.num_mel_bins)
 
     def train(self, mode=True):
@@ -447,7 +451,8 @@ class ASTBackbone(Backbone):
     def forward(self, inputs, lengths=None):
         """``inputs [B, max_frames, mel]`` -> ``(hidden [B, T, D], None)``; every token is valid
         (padding frames are zeros of the normalised fbank, as in AST training)."""
-        return self.model(input_values=inputs).last_hidden_state, None
+        with token_mask(None):  # every token valid for the PETL modules too
+            return self.model(input_values=inputs).last_hidden_state, None
 
 
 # ==================================================================== wav2vec 2.0 family
@@ -541,6 +546,9 @@ class Wav2Vec2Backbone(Backbone):
     CNN feature encoder is always frozen (run without gradients). The transformer runs layer by
     layer here (same result as the transformers model, pinned by tests) so that PETL modules may
     add tokens (prompts), and WavLM's relative position bias and the padding masks follow them.
+    With an attention mask, the PETL modules inside the layers see the same padding
+    (``petl_modules.adapted.token_mask``: convolutions and Soft-MoA routing skip it), so that an
+    utterance gets the same output alone or padded in a batch.
 
     Both layer layouts (``config.do_stable_layer_norm``) map to the same insertion points:
 
@@ -735,16 +743,18 @@ class Wav2Vec2Backbone(Backbone):
             attention_mask = torch.cat([attention_mask.new_ones(hidden.shape[0], added), attention_mask], 1)
         layer_mask = self._layer_attention_mask(hidden, attention_mask)
         position_bias = None
-        for index, layer in enumerate(encoder.layers):
-            if self._drop_layer(layer, index):
-                continue
-            if self.model_type == "wavlm":
-                extra = {} if self.pre_ln else {"index": index}
-                hidden, position_bias = self._run_layer(
-                    layer, hidden, attention_mask=layer_mask, position_bias=position_bias, **extra
-                )
-            else:
-                hidden = self._run_layer(layer, hidden, attention_mask=layer_mask)
+        # PETL modules in the layers see the padding as the attention does (none without a mask).
+        with token_mask(attention_mask):
+            for index, layer in enumerate(encoder.layers):
+                if self._drop_layer(layer, index):
+                    continue
+                if self.model_type == "wavlm":
+                    extra = {} if self.pre_ln else {"index": index}
+                    hidden, position_bias = self._run_layer(
+                        layer, hidden, attention_mask=layer_mask, position_bias=position_bias, **extra
+                    )
+                else:
+                    hidden = self._run_layer(layer, hidden, attention_mask=layer_mask)
         if self.pre_ln:
             hidden = encoder.layer_norm(hidden)
         return hidden, added
@@ -767,5 +777,7 @@ class Wav2Vec2Backbone(Backbone):
 
     def _run_layer(self, layer, hidden, **kwargs):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(layer, hidden, use_reentrant=False, **kwargs)
+            return torch.utils.checkpoint.checkpoint(
+                layer, hidden, use_reentrant=False, context_fn=checkpoint_contexts, **kwargs
+            )
         return layer(hidden, **kwargs)

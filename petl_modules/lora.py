@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from speechbrain.nnet.adapters import replace_module
 
 from petl_modules.adapted import PETLModule
-from petl_modules.adapters import INITS, bottleneck_width, check_choice
+from petl_modules.adapters import INITS, bottleneck_width, check_choice, reference_init_warning
 
 LORA_TARGETS = ("q", "k", "v", "o")
 
@@ -76,6 +76,11 @@ class LoRA(PETLModule):
         else:
             torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             torch.nn.init.zeros_(self.lora_B)
+        self.init = init
+
+    def start_warnings(self):
+        """``init=reference`` starts ``B A`` away from zero (see ``PETLModule``)."""
+        return [reference_init_warning("LoRA")] if self.init == "reference" else []
 
     def extra_repr(self):
         return f"rank={self.lora_A.shape[0]}, scaling={self.scaling:g}"

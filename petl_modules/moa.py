@@ -15,6 +15,10 @@ point): ``out = f(x) + MoA(x)`` with ``x`` the output of the LayerNorm before ``
   the combine-weighted average of all slot outputs. ``normalize``: the logits use l2-normalised
   tokens and slot embeddings (over D) times a learned scale (the Soft MoE paper's option).
 
+Padding (``petl_modules.adapted.current_token_mask``, set by the lobe) is kept out: padded tokens
+get no dispatch weight and no combined output, and are zeroed before a Convpass expert's
+convolution over the tokens, so that an utterance gets the same output alone or in a batch.
+
 Pfeiffer mixtures sit at one location (``location``: MHSA as the paper, or FFN), Houlsby at both;
 the LayerNorm before each adapted sublayer trains too (``petl_modules.adapters.adapter_trainable``).
 """
@@ -24,8 +28,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from petl_modules.adapted import PETLModule
-from petl_modules.adapters import INITS, QuickGELU, bottleneck_width, check_choice
+from petl_modules.adapted import PETLModule, current_token_mask
+from petl_modules.adapters import (INITS, QuickGELU, bottleneck_width, check_choice, mask_padding,
+                                   reference_init_warning)
 
 EXPERT_BLOCKS = ("bottleneck", "convpass")
 MOA_KINDS = ("dense", "soft")
@@ -84,9 +89,10 @@ class StackedAdapters(torch.nn.Module):
             torch.nn.init.uniform_(self.down_weight, -bound, bound)
             torch.nn.init.uniform_(self.down_bias, -bound, bound)
 
-    def hidden(self, x):
+    def hidden(self, x, mask=None):
         """Bottleneck activations ``[B, N, L, r]`` of ``x``: ``[B, L, D]`` (every expert reads the
-        same tokens) or ``[B, N, L, D]`` (expert n reads ``x[:, n]``)."""
+        same tokens) or ``[B, N, L, D]`` (expert n reads ``x[:, n]``). ``mask [B, L]``: padded
+        positions are zeroed before the Convpass convolution over L."""
         if x.dim() == 3:
             h = torch.einsum("bld,ndr->bnlr", x, self.down_weight)
         else:
@@ -96,7 +102,7 @@ class StackedAdapters(torch.nn.Module):
             return F.gelu(h)
         act = QuickGELU()
         batch, n, length, r = h.shape
-        h = act(h).permute(0, 1, 3, 2).reshape(batch, n * r, length)  # [B, N*r, L]
+        h = mask_padding(act(h).permute(0, 1, 3, 2).reshape(batch, n * r, length), mask)  # [B, N*r, L]
         h = act(self.conv(h)).reshape(batch, n, r, length).permute(0, 1, 3, 2)
         return self.dropout(h)
 
@@ -105,10 +111,11 @@ class StackedAdapters(torch.nn.Module):
         h = self.hidden(x)
         return torch.einsum("bnlr,nrd->bnld", h, self.up_weight) + self.up_bias[:, None, :]
 
-    def mix(self, x, gates):
+    def mix(self, x, gates, mask=None):
         """``sum_n gates[..., n] * expert_n(x)``: ``x [B, L, D]``, ``gates [B, L, N]`` ->
-        ``[B, L, D]``, the gate applied before the up-projection (one einsum for all experts)."""
-        h = self.hidden(x) * gates.permute(0, 2, 1).unsqueeze(-1)  # [B, N, L, r]
+        ``[B, L, D]``, the gate applied before the up-projection (one einsum for all experts);
+        ``mask [B, L]`` as in ``hidden``."""
+        h = self.hidden(x, mask) * gates.permute(0, 2, 1).unsqueeze(-1)  # [B, N, L, r]
         return torch.einsum("bnlr,nrd->bld", h, self.up_weight) + gates @ self.up_bias
 
 
@@ -131,8 +138,9 @@ class DenseMoA(torch.nn.Module):
         """``[B, T, D]`` -> ``[B, T, N]``, softmax over the experts."""
         return torch.softmax(self.router(x), dim=-1)
 
-    def forward(self, x):
-        return self.experts.mix(x, self.router_weights(x))
+    def forward(self, x, mask=None):
+        """``x [B, T, D]`` (+ ``mask [B, T]``, for Convpass experts) -> ``[B, T, D]``."""
+        return self.experts.mix(x, self.router_weights(x), mask)
 
 
 def l2_normalize(x, dim, eps=1e-6):
@@ -170,19 +178,27 @@ class SoftMoA(torch.nn.Module):
             self.scale = torch.nn.Parameter(torch.ones(()))
         self.experts = StackedAdapters(num_adapters, hidden_size, reduction_rate, adapter_block, init)
 
-    def routing_weights(self, x):
+    def routing_weights(self, x, mask=None):
         """``(dispatch, combine)``, both ``[B, M, N, p]``: dispatch sums to 1 over the M tokens of
-        each slot, combine over the N*p slots of each token."""
+        each slot, combine over the N*p slots of each token. With ``mask [B, M]`` (True = valid),
+        padded tokens get zero dispatch weight and zero combine weight."""
         phi = self.phi
         if self.normalize:
             x, phi = l2_normalize(x, dim=-1), self.scale * l2_normalize(phi, dim=0)
         logits = torch.einsum("bmd,dnp->bmnp", x, phi)
+        valid = None if mask is None else mask[:, :, None, None]
+        if valid is not None:  # the smallest finite logit: exp underflows to exactly 0
+            logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
         dispatch = torch.softmax(logits, dim=1)
         combine = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
+        if valid is not None:
+            combine = combine * valid.to(combine.dtype)
         return dispatch, combine
 
-    def forward(self, x):
-        dispatch, combine = self.routing_weights(x)
+    def forward(self, x, mask=None):
+        """``x [B, M, D]`` (+ ``mask [B, M]``: padded tokens neither feed the slots nor receive
+        their outputs) -> ``[B, M, D]``."""
+        dispatch, combine = self.routing_weights(x, mask)
         slots = torch.einsum("bmd,bmnp->bnpd", x, dispatch)  # slot inputs [B, N, p, D]
         outputs = self.experts(slots)  # expert n on its p slots: [B, N, p, D]
         return torch.einsum("bnpd,bmnp->bmd", outputs, combine)
@@ -219,9 +235,17 @@ class MixtureOfAdapters(PETLModule):
         else:
             self.moa = SoftMoA(hidden_size, num_adapters, num_slots, normalize, reduction_rate,
                                adapter_block, init)
+        self.kind, self.init = kind, init
+
+    def start_warnings(self):
+        """``init=reference`` starts the experts away from zero (see ``PETLModule``)."""
+        return [reference_init_warning(f"{self.kind.capitalize()}-MoA")] if self.init == "reference" else []
 
     def forward(self, x, *args, **kwargs):
+        """``x [B, T, D]`` (+ the sublayer's other arguments) -> ``f(x) + MoA(x)``, padded tokens
+        (``current_token_mask``) kept out of the routing and the convolutions."""
+        mask = current_token_mask(x)
         out = self.pretrained_module(x, *args, **kwargs)
         if isinstance(out, tuple):
-            return (out[0] + self.moa(x), *out[1:])
-        return out + self.moa(x)
+            return (out[0] + self.moa(x, mask), *out[1:])
+        return out + self.moa(x, mask)
