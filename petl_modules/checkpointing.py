@@ -1,4 +1,4 @@
-"""What a checkpoint needs beyond SpeechBrain's defaults for a resumed run to equal an uninterrupted one.
+"""What a checkpoint needs beyond SpeechBrain's defaults: exact resumes, safe and robust loading.
 
 SpeechBrain's Checkpointer already restores the modules, the optimiser and scheduler (registered
 by the Brain), the epoch counter, the position in the training DataLoader and the Brain's step and
@@ -9,22 +9,263 @@ interrupted run had reached. ``RandomState`` checkpoints it, per process.
 SpeechBrain also writes a checkpoint's meta file (which makes a folder a checkpoint) before its
 parameter files: a run killed while saving would leave a checkpoint that cannot be loaded, and
 the rerun would fail on it. ``Checkpointer`` writes the meta file last.
+
+A checkpoint folder may come from someone else, or be damaged (a full disk, a file copied in part
+or edited by hand). ``Checkpointer`` therefore
+
+- never unpickles anything but tensors and plain data: modules, optimisers, schedulers and
+  GradScalers are read by our own load hooks with ``torch.load(..., weights_only=True)`` (which
+  ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` does not override), and while a checkpoint loads every other
+  ``torch.load`` is forced to ``weights_only`` too; meta files are read with YAML's safe loader;
+- checks what it reads against the objects it loads into (every tensor present, shapes, optimiser
+  groups, scheduler keys) before changing them;
+- skips, with a warning, a checkpoint folder whose meta file cannot be read, and when a checkpoint
+  cannot be loaded falls back to the next one in the same order (newest, or next-best for
+  ``max_key``/``min_key``), saying which one failed and why. Every recoverable is loaded again from
+  the checkpoint that is used, so nothing of a failed attempt remains. If none loads, a
+  ``CheckpointError`` says so and how to start afresh.
 """
 
+import contextlib
 import logging
+import math
 import os
 import random
 import shutil
+from collections.abc import Mapping
 
 import numpy as np
 import torch
-from speechbrain.utils import checkpoints
+import yaml
+from speechbrain.dataio.dataloader import SaveableDataLoader
+from speechbrain.nnet.adapters import AdaptedModel
+from speechbrain.utils import _workarounds, checkpoints
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
+
+from petl_modules.adapted import petl_buffers
 
 logger = logging.getLogger(__name__)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint (or every checkpoint of a folder) that cannot be loaded; the message says why."""
+
+
+# ==================================================================== reading files safely
+_FORCE_SAFE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_UNSAFE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Within it, every ``torch.load`` of this process reads tensors and plain data only.
+
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is cleared and ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` set (torch
+    reads both at each call), then both are restored. This covers load hooks that are not ours.
+    """
+    saved = {name: os.environ.get(name) for name in (_FORCE_SAFE, _FORCE_UNSAFE)}
+    os.environ.pop(_FORCE_UNSAFE, None)
+    os.environ[_FORCE_SAFE] = "1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _weights_only_reason(message):
+    """The useful part of torch's long ``weights_only`` refusal message."""
+    detail = message.split("WeightsUnpickler error:", 1)[-1]
+    detail = detail.split("Check the documentation", 1)[0].split(". Please use", 1)[0]
+    return " ".join(detail.split())
+
+
+def load_tensors(path):
+    """Reads a ``.ckpt`` file with ``torch.load(..., weights_only=True)`` onto the CPU.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+
+    Returns
+    -------
+    object
+        Tensors and plain data (dict, list, tuple, str, numbers, None).
+
+    Raises
+    ------
+    ValueError
+        The file is not a torch file, is damaged, or holds pickled objects (refused: none of them
+        is created, nothing in the file is run).
+    """
+    try:
+        with weights_only_loads():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        if not os.path.isfile(path):
+            raise  # missing, a folder, ...: its own message says it
+        reason = f"{type(err).__name__}: {err}"
+        raise ValueError(f"it is not a readable torch file (truncated or damaged?): {reason}") from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError, ...
+        text = str(err)
+        if "Unsupported global" in text:
+            raise ValueError(
+                "it holds pickled Python objects, not only tensors and plain data: refused, "
+                f"nothing in it was run ({_weights_only_reason(text)})"
+            ) from None
+        if "Weights only load failed" in text:
+            text = _weights_only_reason(text)
+        text = text.split(". ", 1)[0].rstrip(".")  # torch's first sentence says it
+        reason = f"{type(err).__name__}: {text}" if text else type(err).__name__
+        raise ValueError(f"it is not a readable torch file (truncated or damaged?): {reason}") from None
+
+
+def _as_mapping(state, what):
+    if not isinstance(state, Mapping):
+        raise ValueError(f"it should hold {what} (a dict) but holds a {type(state).__name__}")
+    return state
+
+
+def _names(names, limit=5):
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_tensors(module, state, required):
+    """Raises ValueError unless ``state`` has every name in ``required``, nothing the module lacks,
+    and tensors of the module's shapes."""
+    current = module.state_dict()
+    missing = [k for k in required if k not in state]
+    unexpected = [k for k in state if k not in current]
+    wrong = []
+    for key, value in state.items():
+        if key in current and isinstance(current[key], torch.Tensor):
+            if not isinstance(value, torch.Tensor):
+                wrong.append(f"{key} (a {type(value).__name__}, not a tensor)")
+            elif value.shape != current[key].shape:
+                wrong.append(f"{key} {tuple(value.shape)} (the model's: {tuple(current[key].shape)})")
+    problems = []
+    if missing:
+        problems.append(f"tensors missing: {_names(missing)}")
+    if unexpected:
+        problems.append(f"tensors the model does not have: {_names(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes: {_names(wrong)}")
+    if problems:
+        raise ValueError("; ".join(problems) + " (saved by another model setup, or damaged)")
+
+
+# ==================================================================== our load hooks
+def _load_module(module, path, end_of_epoch):
+    """A ``torch.nn.Module``: every tensor of its ``state_dict``, of the right shape."""
+    del end_of_epoch
+    state = dict(_as_mapping(load_tensors(path), "a module's tensors"))
+    state = checkpoints.hook_on_loading_state_dict_checkpoint(state)  # SpeechBrain's key renames
+    _check_tensors(module, state, module.state_dict().keys())
+    module.load_state_dict(state, strict=True)
+
+
+def _load_adapted_model(model, path, end_of_epoch):
+    """An ``AdaptedModel`` (checkpoints hold its trained tensors only): every trained tensor
+    (``requires_grad`` parameters and PETL module buffers) present, of the right shape."""
+    del end_of_epoch
+    state = dict(_as_mapping(load_tensors(path), "the trained tensors of a model"))
+    trained = {n for n, p in model.state_dict(keep_vars=True).items() if p.requires_grad}
+    _check_tensors(model, state, trained | set(petl_buffers(model)))
+    model.load_state_dict(state, strict=False)
+
+
+# Per-parameter optimiser state that has the parameter's shape (Adam(W), SGD, RMSprop, Adagrad, ...).
+_PARAMETER_SHAPED = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg",
+                     "sum", "acc_delta", "exp_inf", "grad_avg", "ax", "prev", "step_size"}
+
+
+def _load_optimizer(optimizer, path, end_of_epoch):
+    """A ``torch.optim.Optimizer``: same groups and parameter counts, state of the parameters' shapes."""
+    del end_of_epoch
+    state = _as_mapping(load_tensors(path), "an optimiser state")
+    groups = state.get("param_groups")
+    per_parameter = state.get("state")
+    if not isinstance(groups, list) or not isinstance(per_parameter, Mapping) or not all(
+            isinstance(g, Mapping) and isinstance(g.get("params"), list) for g in groups):
+        raise ValueError("it is not an optimiser state (no 'state' and 'param_groups')")
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError(
+            f"its parameter groups have {[len(g['params']) for g in groups]} parameters, the "
+            f"optimiser's {[len(g['params']) for g in optimizer.param_groups]} (saved for another "
+            "model setup, or damaged)")
+    parameters = {}
+    for saved, group in zip(groups, optimizer.param_groups):
+        parameters.update(zip(saved["params"], group["params"]))
+    for key, values in per_parameter.items():
+        if key not in parameters or not isinstance(values, Mapping):
+            raise ValueError(f"it holds state for parameter {key!r}, which none of its groups lists")
+        for name, value in values.items():
+            shape = parameters[key].shape
+            if name in _PARAMETER_SHAPED and isinstance(value, torch.Tensor) and value.shape != shape:
+                raise ValueError(
+                    f"its {name} of parameter {key} has shape {tuple(value.shape)}, the parameter "
+                    f"{tuple(shape)} (saved for another model setup, or damaged)")
+    optimizer.load_state_dict(state)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
+
+
+def _check_plain_state(current, state, what):
+    """Raises ValueError unless ``state`` has every key of ``current`` with a value of a like kind."""
+    missing = [k for k in current if k not in state]
+    if missing:
+        raise ValueError(f"it lacks the keys {_names(missing)} of {what} (damaged, or not one)")
+    for key, value in current.items():
+        saved = state[key]
+        if isinstance(value, (int, float)) and not isinstance(saved, (int, float)):
+            raise ValueError(f"its {key} is a {type(saved).__name__}, not a number")
+        if isinstance(value, list) and (not isinstance(saved, list) or len(saved) != len(value)):
+            raise ValueError(f"its {key} is not a list of {len(value)} values")
+
+
+def _load_scheduler(scheduler, path, end_of_epoch):
+    """A learning rate scheduler: the keys of its own state, with values of the same kind (its
+    ``load_state_dict`` sets attributes from any key, so others are left out)."""
+    del end_of_epoch
+    state = _as_mapping(load_tensors(path), "a scheduler state")
+    current = scheduler.state_dict()
+    _check_plain_state(current, state, "a scheduler state")
+    scheduler.load_state_dict({k: state[k] for k in current})
+
+
+def _load_scaler(scaler, path, end_of_epoch):
+    """A ``GradScaler`` (mixed precision)."""
+    del end_of_epoch
+    state = _as_mapping(load_tensors(path), "a GradScaler state")
+    if scaler.is_enabled():
+        _check_plain_state(scaler.state_dict(), state, "a GradScaler state")
+    scaler.load_state_dict(state)
+
+
+# Replace SpeechBrain's hooks that call torch.load without weights_only (and AdaptedModel's, which
+# loads non-strictly), looked up along the object's class hierarchy like SpeechBrain's defaults.
+SAFE_LOAD_HOOKS = {
+    torch.nn.Module: _load_module,
+    AdaptedModel: _load_adapted_model,
+    torch.optim.Optimizer: _load_optimizer,
+    torch.optim.lr_scheduler.LRScheduler: _load_scheduler,
+    torch.optim.lr_scheduler.ReduceLROnPlateau: _load_scheduler,
+    torch.amp.GradScaler: _load_scaler,
+}
+_REPLACED_HOOKS = (checkpoints.torch_recovery, checkpoints.torch_parameter_transfer,
+                   _workarounds._cycliclrloader, AdaptedModel.loader)
+
+
+# ==================================================================== random state
 def _states():
     """The random states of this process: Python, NumPy, torch CPU and (if used) current CUDA device."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -38,10 +279,31 @@ def _states():
     return states
 
 
+def _numpy_state(saved):
+    name, keys, pos, has_gauss, cached = saved
+    return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached
+
+
+def _check_states(gathered):
+    """Raises ValueError unless ``gathered`` is a list of states that ``_set_states`` accepts
+    (tried on throw-away generators, so that nothing is half set)."""
+    if not isinstance(gathered, (list, tuple)) or not gathered:
+        raise ValueError(f"it should hold a list of random states, not a {type(gathered).__name__}")
+    for states in gathered:
+        try:
+            random.Random().setstate(states["python"])
+            np.random.RandomState().set_state(_numpy_state(states["numpy"]))
+            torch.Generator().set_state(states["torch"])
+            if "cuda" in states and not (isinstance(states["cuda"], torch.Tensor)
+                                         and states["cuda"].dtype == torch.uint8):
+                raise TypeError("the CUDA state is not a byte tensor")
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as err:
+            raise ValueError(f"it holds no valid random state ({type(err).__name__}: {err})") from None
+
+
 def _set_states(states):
     random.setstate(states["python"])
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    np.random.set_state(_numpy_state(states["numpy"]))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])
@@ -52,7 +314,8 @@ class RandomState:
 
     Under DDP each process has drawn a different amount of randomness (e.g. dropout on batches of
     different lengths), so the states of all processes are gathered and saved by the main one; on
-    loading, each process takes its own back. Listed in the checkpointer's ``recoverables``.
+    loading, each process takes its own back. Listed in the checkpointer's ``recoverables``. The
+    file holds plain data and tensors only and is read with ``weights_only=True``.
 
     Example
     -------
@@ -81,7 +344,8 @@ class RandomState:
     @mark_as_loader
     def load(self, path, end_of_epoch):
         del end_of_epoch  # the state is restored exactly where it was saved
-        gathered = torch.load(path)
+        gathered = load_tensors(path)
+        _check_states(gathered)
         rank = torch.distributed.get_rank() if is_distributed_initialized() else 0
         world = torch.distributed.get_world_size() if is_distributed_initialized() else 1
         if len(gathered) != world:
@@ -97,16 +361,67 @@ class RandomState:
 register_checkpoint_hooks(RandomState, save_on_main_only=False)
 
 
+# ==================================================================== the checkpointer
+def read_meta(path):
+    """Reads a checkpoint's meta file (``CKPT.yaml``) with YAML's safe loader and checks it.
+
+    Raises
+    ------
+    ValueError
+        It is not plain YAML (e.g. a ``!!python/...`` tag: refused, nothing is run), not a mapping,
+        or lacks a number ``unixtime`` or a true/false ``end-of-epoch``.
+    """
+    if not os.path.isfile(path):  # e.g. a FIFO or a device, which reading would block on
+        raise ValueError("it is not a regular file")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            meta = yaml.load(stream, Loader=yaml.SafeLoader)
+    except yaml.constructor.ConstructorError as err:
+        raise ValueError(
+            f"it holds a YAML tag that is not plain data ({' '.join(str(err.problem).split())}): "
+            "refused, nothing in it was run") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"it is not valid YAML ({' '.join(str(err).split())})") from None
+    if meta is None:
+        raise ValueError("it is empty")
+    if not isinstance(meta, dict):
+        raise ValueError(f"it should hold a mapping but holds {type(meta).__name__}")
+    if not (_is_number(meta.get("unixtime")) and not isinstance(meta.get("unixtime"), bool)):
+        raise ValueError("it lacks the number 'unixtime'")
+    if not isinstance(meta.get("end-of-epoch"), bool):
+        raise ValueError("it lacks 'end-of-epoch' (true or false)")
+    return meta
+
+
 class Checkpointer(checkpoints.Checkpointer):
-    """SpeechBrain's ``Checkpointer`` whose checkpoints exist only once complete.
+    """SpeechBrain's ``Checkpointer`` whose checkpoints exist only once complete, and whose loading
+    runs nothing from the files and falls back past damaged checkpoints.
 
     The meta file is written under a temporary name and renamed when every parameter file is
     written, so a run killed while saving leaves a folder that is not a checkpoint: resuming
     ignores it and takes the previous checkpoint; the next save deletes such leftovers.
+
+    Loading: see the module docstring. ``recover_if_possible`` (used by ``Brain.fit`` and
+    ``Brain.evaluate``) tries the checkpoints in order and uses the first that loads completely;
+    a checkpoint that failed is left out of ``find_checkpoints`` for the rest of the process (so
+    ``find_checkpoint(max_key=...)`` afterwards names the one that was loaded), but is not
+    deleted. Takes the arguments of SpeechBrain's.
     """
 
     INCOMPLETE = ".incomplete"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unloadable = set()  # checkpoint folders that failed to load in this process
+        self.unreadable = {}  # folder -> why its meta file cannot be read (last listing)
+        self._warned = set()
+
+    def _warn_once(self, message):
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning(message)
+
+    # ---------------------------------------------------------------- saving
     def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):
         return super()._save_checkpoint_metafile(
             fpath.with_name(fpath.name + self.INCOMPLETE), meta_to_include, end_of_epoch
@@ -122,3 +437,144 @@ class Checkpointer(checkpoints.Checkpointer):
                     logger.info(f"Deleting {folder}: a checkpoint left incomplete by a killed run.")
                     shutil.rmtree(folder)
         return checkpoint
+
+    # ---------------------------------------------------------------- listing
+    def _construct_checkpoint_objects(self, checkpoint_dirs):
+        """As SpeechBrain's, reading meta files with the safe loader; a folder whose meta file
+        cannot be read is skipped with a warning (and noted in ``unreadable``)."""
+        found, self.unreadable = [], {}
+        for folder in checkpoint_dirs:
+            try:
+                meta = read_meta(folder / checkpoints.METAFNAME)
+                files = [f for f in folder.iterdir() if f.suffix == checkpoints.PARAMFILE_EXT]
+            except (OSError, ValueError) as err:
+                self.unreadable[folder] = str(err)
+                self._warn_once(
+                    f"Skipping checkpoint {folder}: its {checkpoints.METAFNAME} cannot be used: "
+                    f"{err}.")
+                continue
+            found.append(checkpoints.Checkpoint(folder, meta, {f.stem: f for f in files}))
+        return found
+
+    def find_checkpoints(self, importance_key=None, max_key=None, min_key=None,
+                         ckpt_predicate=None, max_num_checkpoints=None):
+        """As SpeechBrain's, leaving out checkpoints that failed to load in this process and, with
+        ``max_key``/``min_key``, those whose value for the key is not a number (with a warning)."""
+        key = max_key or min_key
+
+        def usable(ckpt, predicate=ckpt_predicate):
+            if ckpt.path in self.unloadable:
+                return False
+            if key is not None and key in ckpt.meta and not _is_number(ckpt.meta[key]):
+                self._warn_once(f"Skipping checkpoint {ckpt.path}: its {key} in "
+                                f"{checkpoints.METAFNAME} is {ckpt.meta[key]!r}, not a number.")
+                return False
+            return predicate is None or predicate(ckpt)
+
+        return super().find_checkpoints(importance_key, max_key, min_key, usable, max_num_checkpoints)
+
+    # ---------------------------------------------------------------- loading
+    def load_hook(self, name, obj):
+        """The load hook used for recoverable ``name``: a custom one, else the default for its
+        type, where SpeechBrain's ``torch.load``-based defaults are replaced by ours."""
+        hook = self.custom_load_hooks.get(name)
+        if hook is None:
+            hook = checkpoints.get_default_hook(obj, checkpoints.DEFAULT_LOAD_HOOKS)
+        if hook is None or hook in _REPLACED_HOOKS:
+            hook = checkpoints.get_default_hook(obj, SAFE_LOAD_HOOKS) or hook
+        if hook is None:
+            raise CheckpointError(
+                f"Don't know how to load {type(obj).__name__} (recoverable {name!r}): register a "
+                "load hook for its class or give a custom_load_hook.")
+        return hook
+
+    def _load_plan(self, checkpoint):
+        """``(name, object, hook, file)`` for every recoverable to load; raises ValueError for a
+        missing file before anything is loaded."""
+        plan = []
+        for name, obj in self.recoverables.items():
+            path = checkpoint.paramfiles.get(name)
+            if path is None:
+                if self.allow_partial_load or self.optional_recoverables.get(name):
+                    continue
+                if isinstance(obj, SaveableDataLoader) or "dataloader" in name:
+                    logger.info(f"{checkpoint.path} has no position for {name}: it starts afresh.")
+                    continue
+                raise ValueError(f"{name}{checkpoints.PARAMFILE_EXT} is missing")
+            if not path.is_file():  # a folder, a FIFO or a device (reading it could block)
+                raise ValueError(f"{path.name} is not a regular file")
+            plan.append((name, obj, self.load_hook(name, obj), path))
+        return plan
+
+    def load_checkpoint(self, checkpoint):
+        """Loads every recoverable from ``checkpoint`` (no fallback: see ``recover_if_possible``).
+
+        Raises
+        ------
+        CheckpointError
+            Naming the checkpoint folder, the file and what is wrong with it.
+        """
+        logger.info(f"Loading a checkpoint from {checkpoint.path}")
+        try:
+            end_of_epoch = checkpoint.meta["end-of-epoch"]
+            plan = self._load_plan(checkpoint)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"Checkpoint {checkpoint.path} cannot be loaded: {err}") from None
+        # A DataLoader position set by an earlier (failed) attempt must not survive this one.
+        for obj in self.recoverables.values():
+            if isinstance(obj, SaveableDataLoader) and obj._speechbrain_iterator is None:
+                obj._speechbrain_recovery_skip_to = None
+        with weights_only_loads():
+            for name, obj, hook, path in plan:
+                try:
+                    hook(obj, path, end_of_epoch)
+                except Exception as err:  # any failure of any hook: this checkpoint is not usable
+                    reason = str(err) or type(err).__name__
+                    raise CheckpointError(
+                        f"Checkpoint {checkpoint.path} cannot be loaded: {path.name} ({name}): "
+                        f"{' '.join(reason.split())}") from err
+
+    def recover_if_possible(self, importance_key=None, max_key=None, min_key=None,
+                            ckpt_predicate=None):
+        """Loads the first checkpoint, in SpeechBrain's order, that loads completely.
+
+        Each one that fails is named in a warning with the reason; all recoverables are loaded
+        again from the one that succeeds.
+
+        Returns
+        -------
+        Checkpoint or None
+            The checkpoint loaded; None if there is none (to load) yet.
+
+        Raises
+        ------
+        CheckpointError
+            Checkpoints (or unreadable checkpoint folders) exist but none can be loaded: the
+            message lists why and how to start afresh.
+        """
+        candidates = self.find_checkpoints(importance_key, max_key, min_key, ckpt_predicate)
+        failures = []
+        for checkpoint in candidates:
+            try:
+                self.load_checkpoint(checkpoint)
+            except CheckpointError as err:
+                self.unloadable.add(checkpoint.path)
+                failures.append(str(err))
+                logger.warning(f"{err}. Trying the next checkpoint.".replace(".. ", ". "))
+                continue
+            if failures:
+                logger.warning(f"Loaded checkpoint {checkpoint.path} instead of the {len(failures)} "
+                               "damaged one(s) named above (left in place, not used).")
+            return checkpoint
+        failures += [f"Checkpoint {folder}: {checkpoints.METAFNAME}: {why}"
+                     for folder, why in self.unreadable.items()]
+        if failures:
+            listed = "\n  - ".join(failures)
+            raise CheckpointError(
+                f"No checkpoint in {self.checkpoints_dir} can be loaded:\n  - {listed}\n"
+                "They are damaged (e.g. a disk that filled up, a file copied in part or changed) "
+                "or were written for another setup. To start this run afresh, delete "
+                f"{self.checkpoints_dir} (or move it away to keep it for inspection) and run the "
+                "command again.")
+        logger.info("Would load a checkpoint here, but none found yet.")
+        return None
