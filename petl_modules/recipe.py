@@ -33,6 +33,7 @@ from petl_modules import tracking
 from petl_modules.audio import AudioError, load_audio
 from petl_modules.backbones import FAMILIES, lobe_class
 from petl_modules.cache import check_cacheable, use_backbone_cache
+from petl_modules.checkpointing import CheckpointError
 from petl_modules.prepare import DataError
 from petl_modules.run_folder import RunFolderError, RunLock, check_run_identity, run_identity, write_json_atomic  # noqa: F401
 
@@ -540,6 +541,8 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
         sys.exit(f"Error with the output folder: {err}")
     except (DataError, AudioError) as err:
         sys.exit(f"Error in the data: {err}")
+    except CheckpointError as err:
+        sys.exit(f"Error in the checkpoints: {err}")
     except (OSError, RuntimeError) as err:
         if not _disk_full(err):
             raise

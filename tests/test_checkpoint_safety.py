@@ -442,3 +442,4 @@ def test_recipe_with_a_crafted_checkpoint_runs_nothing_and_says_what_to_do(
     assert proc.returncode != 0
     assert f"No checkpoint in {out / 'save'} can be loaded" in proc.stdout
     assert "pickled Python objects" in proc.stdout
+    assert "Error in the checkpoints" in proc.stdout and "Traceback" not in proc.stdout
