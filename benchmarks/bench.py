@@ -4,7 +4,7 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge] [--backbone_source=...]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify] [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
         [--warmup=N] [--methods='lora|dense_moa N=15']   (extras: warm-up steps, method variants)
@@ -33,6 +33,9 @@ Suites and the ratios they give (``--json`` writes ``{"machine", "results", "rat
   ``linear_cache_epoch_speedup``.
 - ``merge``: forward of the LoRA model merged with ``petl_modules.lora.merge_lora`` / the plain
   backbone: ``lora_merged_vs_plain``.
+- ``classify``: peak memory of ``PETLClassifier.classify_files`` (what ``python -m
+  petl_modules.classify`` runs) on a generated one-hour 16 kHz file / on a 10 s file, same model
+  (the linear probe on the benchmark's backbone): ``classify_memory_1h_vs_10s``.
 
 Timings: median and min over ``--steps`` timed steps after warm-up. Peak memory: on CPU the peak
 resident set size during the timed train steps (Linux ``VmHWM``, reset before each block, after
@@ -71,7 +74,7 @@ from petl_modules.brain import ClassificationBrain  # noqa: E402
 from petl_modules.recipe import compose_hparams, load_hparams, parameter_report  # noqa: E402
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
-SUITES = ("methods", "moa", "data", "cache", "merge")
+SUITES = ("methods", "moa", "data", "cache", "merge", "classify")
 RATIO_KEYS = (
     "soft_moa_n15_vs_adapter",
     "dense_moa_n15_vs_adapter",
@@ -79,6 +82,7 @@ RATIO_KEYS = (
     "linear_cache_epoch_speedup",
     "lora_merged_vs_plain",
     "first_batch_10x_data",
+    "classify_memory_1h_vs_10s",
 )
 TARGETS = {
     "soft_moa_n15_vs_adapter": "<= 1.15",
@@ -87,6 +91,7 @@ TARGETS = {
     "linear_cache_epoch_speedup": ">= 5",
     "lora_merged_vs_plain": "<= 1.02",
     "first_batch_10x_data": "<= 1.2",
+    "classify_memory_1h_vs_10s": "<= 1.2",
 }
 # Dense bf16 peak FLOP/s of GPUs (vendor data sheets, without sparsity), for the MFU estimate.
 GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -588,8 +593,56 @@ def suite_merge(args):
     return rows
 
 
+def _write_noise_wav(path, seconds, sample_rate=16000, block_seconds=60):
+    """A 16-bit mono wav of ``seconds`` of low noise, written block by block (bounded memory)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    total = int(seconds * sample_rate)
+    with sf.SoundFile(str(path), "w", sample_rate, 1, "PCM_16") as stream:
+        for start in range(0, total, block_seconds * sample_rate):
+            count = min(block_seconds * sample_rate, total - start)
+            stream.write((0.05 * rng.standard_normal(count)).astype("float32"))
+    return path
+
+
+def suite_classify(args):
+    """Peak memory of classifying a one-hour file vs a 10 s file (``PETLClassifier.classify_files``,
+    the command line's path), the same linear-probe model; the two measured in turn."""
+    from petl_modules.classify import PETLClassifier
+
+    hparams = build_hparams(args, "linear")
+    n_classes = int(hparams["n_classes"])
+    classifier = PETLClassifier({"petl_model": hparams["petl_model"], "classifier": hparams["classifier"]},
+                                {"class_names": [f"class{i}" for i in range(n_classes)]},
+                                device=args.device)
+    classifier.to(args.device).eval()
+    files = {"10 s": _write_noise_wav(args.workdir / "classify_10s.wav", 10),
+             "1 h": _write_noise_wav(args.workdir / "classify_1h.wav", 3600)}
+    times = {name: [] for name in files}
+    peaks = {name: [] for name in files}
+    for _ in range(args.warmup + max(2, args.steps)):
+        for name, path in files.items():
+            with PeakMemory(args.device) as peak:
+                start = time.perf_counter()
+                found, errors = classifier.classify_files([path], batch_size=1)
+                synchronize(args.device)
+                times[name].append(time.perf_counter() - start)
+            assert found and not errors, f"classify failed on {path}: {errors}"
+            peaks[name].append(peak.peak_mb)
+    rows = []
+    for name in files:
+        measured = [p for p in peaks[name][args.warmup:] if p is not None]
+        rows.append(result("classify", f"classify one {name} file: peak memory",
+                           times[name][args.warmup:], max(measured) if measured else None, None,
+                           seconds=10 if name == "10 s" else 3600))
+    del classifier, hparams
+    return rows
+
+
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
-                   "cache": suite_cache, "merge": suite_merge}
+                   "cache": suite_cache, "merge": suite_merge, "classify": suite_classify}
 
 
 # ==================================================================== ratios and report
@@ -627,6 +680,8 @@ def compute_ratios(rows):
         ratios["linear_cache_epoch_speedup"] = None
     data = {r.get("scale"): r["median_s"] for r in rows if r["suite"] == "data"}
     ratios["first_batch_10x_data"] = _ratio(data.get(10), data.get(1))
+    memory = {r.get("seconds"): r["peak_mem_mb"] for r in rows if r["suite"] == "classify"}
+    ratios["classify_memory_1h_vs_10s"] = _ratio(memory.get(3600), memory.get(10))
     ratios["eager_vs_sdpa_full_ft_train_step"] = _ratio(
         _median(rows, "full_ft [eager attention]: train step"), _median(rows, "full_ft: train step"))
     peaks = {r["name"]: r["peak_mem_mb"] for r in rows if r["suite"] == "methods"}

@@ -12,11 +12,14 @@ Command line::
     python -m petl_modules.classify MODEL_DIR FILE... [--backbone_source=...] [--top_k=K] [--json]
         [--merge] [--device=...] [--batch_size=N]
 
-Files are read as in training (``petl_modules.audio.load_audio``: any format soundfile reads,
+Files are read as in training (``petl_modules.features.load_input``: any format soundfile reads,
 mixed to mono, resampled to 16 kHz) and turned into inputs by the backbone lobe's own
-``input_processor`` (same clip length, normalisation and padding as the recipe). A file that
-cannot be read is reported by name on stderr; the others are still classified and the exit code is
-1.
+``input_processor`` (same clip length, normalisation and padding as the recipe). Only the part of
+a file that the model uses is read (the first ``max_frames`` frames, or the first
+``clip_seconds``), so memory does not grow with the file's length. A file that fails anywhere
+(missing, unreadable, empty, NaN/Inf samples, a processing error, non-finite scores) is reported by
+name with the reason on stderr; the others are still classified (a failed batch is retried file by
+file) and the exit code is 1.
 """
 
 import argparse
@@ -29,6 +32,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
 from petl_modules.audio import AudioError, load_audio
+from petl_modules.features import load_input
 from petl_modules.pretrained import PETLModelError, load_petl_model, merge_petl_model
 
 logger = logging.getLogger(__name__)
@@ -92,22 +96,39 @@ class PETLClassifier(torch.nn.Module):
 
     # ---------------------------------------------------------------- inputs
     def load_audio(self, path):
-        """Reads ``path`` as training does: ``[S]`` mono float32 at 16 kHz (``AudioError`` if not)."""
-        return load_audio(path)
+        """Reads ``path`` as training does: ``[S]`` mono float32 at 16 kHz, only the part the model
+        uses (``input_processor.samples_needed``); ``AudioError`` naming the file if it cannot."""
+        return load_audio(path, getattr(self.input_processor, "sample_rate", 16000),
+                          max_samples=getattr(self.input_processor, "samples_needed", None))
+
+    def load_input(self, path):
+        """The model input of ``path`` (``petl_modules.features.load_input``)."""
+        return load_input(path, self.input_processor)
 
     def prepare_inputs(self, waveforms):
         """Per-utterance input processing, then the padding of the training batches.
 
         ``waveforms``: list of ``[S_i]`` tensors -> ``(inputs, relative lengths [B])``.
         """
-        features = [self.input_processor(wav.detach().cpu().float()) for wav in waveforms]
+        features = []
+        for k, wav in enumerate(waveforms):
+            wav = wav.detach().cpu().float()
+            if not bool(torch.isfinite(wav).all()):
+                raise ValueError(f"Waveform {k} of the batch holds NaN or Inf samples; the model "
+                                 "cannot classify it. Drop or repair it first.")
+            features.append(self.input_processor(wav))
         return batch_pad_right(features)
 
     # ---------------------------------------------------------------- classification
     @torch.no_grad()
     def classify_waveforms(self, waveforms):
         """Classifies a list of ``[S_i]`` 16 kHz waveforms of any lengths (see the class doc)."""
-        inputs, lengths = self.prepare_inputs(waveforms)
+        return self.classify_inputs(*self.prepare_inputs(waveforms))
+
+    @torch.no_grad()
+    def classify_inputs(self, inputs, lengths):
+        """Classifies processed inputs: ``[B, ...]`` padded features and ``[B]`` relative lengths
+        (see the class doc for what it returns)."""
         hidden, mask = self.mods["petl_model"](inputs.to(self.device), lengths.to(self.device))
         logits = self.mods["classifier"](hidden, mask)
         out_prob = torch.softmax(logits.float(), dim=-1)
@@ -137,37 +158,63 @@ class PETLClassifier(torch.nn.Module):
 
     def classify_file(self, path):
         """Classifies one audio file (any format, rate and channel count soundfile reads)."""
-        return self.classify_waveforms([self.load_audio(path)])
+        return self.classify_inputs(*batch_pad_right([self.load_input(path)]))
 
     def classify_files(self, paths, batch_size=8, progressbar=False):
-        """Classifies many files in batches; unreadable files are reported, not fatal.
+        """Classifies many files in batches; a file that fails is reported, never fatal.
+
+        A file fails when it cannot be read (missing, unreadable, empty, NaN/Inf samples), when
+        its processing raises, or when the model gives it non-finite scores. A batch whose forward
+        pass raises is retried file by file, so one bad file never costs the others' results.
 
         Returns
         -------
         (list of dict, list of (str, str))
-            Per readable file, in order: ``{"file", "label", "score", "probabilities" [C]}``; and
-            ``(file, reason)`` of each file that could not be read.
+            Per classified file, in order: ``{"file", "label", "score", "probabilities" [C]}``;
+            and ``(file, reason)`` of each file that failed, in order.
         """
-        results, errors, pending = [], [], []
+        done, errors, pending = {}, {}, []
+
+        def run(items):
+            inputs, lengths = batch_pad_right([features for _, _, features in items])
+            out_prob = self.classify_inputs(inputs, lengths)[0].cpu()
+            for (k, path, _), prob in zip(items, out_prob):
+                if not bool(torch.isfinite(prob).all()):
+                    errors[k] = (str(path), "the model gave non-finite scores for it (check the "
+                                            "file's content and the model folder)")
+                    continue
+                index = int(prob.argmax())
+                done[k] = {"file": str(path), "label": self.labels[index],
+                           "score": float(prob[index]), "probabilities": prob}
 
         def flush():
-            if pending:
-                out_prob = self.classify_waveforms([wav for _, wav in pending])[0].cpu()
-                for (path, _), prob in zip(pending, out_prob):
-                    index = int(prob.argmax())
-                    results.append({"file": str(path), "label": self.labels[index],
-                                    "score": float(prob[index]), "probabilities": prob})
-                pending.clear()
-
-        for path in tqdm(paths, desc="classify", unit="file", disable=not progressbar):
+            if not pending:
+                return
             try:
-                pending.append((path, self.load_audio(path)))
-            except AudioError as err:
-                errors.append((str(path), str(err)))
+                run(pending)
+            except Exception as err:  # noqa: BLE001 (reported per file below)
+                if len(pending) == 1:
+                    k, path, _ = pending[0]
+                    errors[k] = (str(path), _reason(err))
+                else:
+                    logger.warning(f"A batch of {len(pending)} files failed ({_reason(err)}); "
+                                   "classifying them one by one.")
+                    for item in pending:
+                        try:
+                            run([item])
+                        except Exception as one:  # noqa: BLE001
+                            errors[item[0]] = (str(item[1]), _reason(one))
+            pending.clear()
+
+        for k, path in enumerate(tqdm(paths, desc="classify", unit="file", disable=not progressbar)):
+            try:
+                pending.append((k, path, self.load_input(path)))
+            except Exception as err:  # noqa: BLE001 (AudioError, or the processor failing)
+                errors[k] = (str(path), _reason(err))
             if len(pending) >= batch_size:
                 flush()
         flush()
-        return results, errors
+        return [done[k] for k in sorted(done)], [errors[k] for k in sorted(errors)]
 
     def top_k(self, probabilities, k):
         """``[{"label", "score"}]`` of the ``k`` most probable classes of ``[C]`` probabilities."""
@@ -178,6 +225,14 @@ class PETLClassifier(torch.nn.Module):
     def forward(self, wavs, wav_lens=None):
         """Same as ``classify_batch``."""
         return self.classify_batch(wavs, wav_lens)
+
+
+def _reason(err):
+    """What went wrong, for the per-file report (``AudioError`` messages already name the file)."""
+    if isinstance(err, AudioError):
+        return str(err)
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 # ==================================================================== command line
@@ -206,7 +261,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    """Runs the command line; returns the exit code (0, or 1 when a file could not be read)."""
+    """Runs the command line; returns the exit code (0; 1 when a file could not be classified;
+    2 when the model folder cannot be loaded)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.disable(logging.INFO)  # no "Setting seed" chatter from rebuilding the model
@@ -223,7 +279,7 @@ def main(argv=None):
     rows = [{"file": r["file"], "label": r["label"], "score": r["score"],
              "top_k": classifier.top_k(r["probabilities"], args.top_k)} for r in results]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
             others = "".join(f"  {t['label']} {t['score']:.4f}" for t in row["top_k"][1:])
@@ -231,8 +287,8 @@ def main(argv=None):
     for path, reason in errors:
         print(f"Error: could not classify {path}: {reason}", file=sys.stderr)
     if errors:
-        print(f"{len(errors)} of {len(args.files)} file(s) could not be read; the others were "
-              "classified.", file=sys.stderr)
+        print(f"{len(errors)} of {len(args.files)} file(s) could not be classified; the others "
+              "were.", file=sys.stderr)
     return 1 if errors else 0
 
 

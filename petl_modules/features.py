@@ -4,14 +4,79 @@ Nothing is extracted up front: the time to the first batch does not depend on th
 Each backbone family owns one input processor; the lobe builds it (``Backbone.input_processor``)
 and the data pipeline calls it on every waveform. Processors are small picklable objects so that
 DataLoader workers can carry them.
+
+Each processor says how much audio it uses: ``samples_needed`` (samples from the start of an
+utterance; None: all) and ``min_samples`` (the backbone's shortest input; shorter clips are padded
+with zeros). ``load_input(path, processor)`` reads only ``samples_needed`` samples of a file
+(``petl_modules.audio.load_audio``'s partial read), pads short clips with a warning naming the
+file, and returns the processor's output: the data pipeline and ``classify`` call it per file.
 """
+
+import logging
 
 import torch
 import torchaudio
 
+from petl_modules.audio import load_audio
+
+logger = logging.getLogger(__name__)
+
 # AudioSet statistics used by the AST checkpoints (transformers ``ASTFeatureExtractor`` defaults).
 AST_MEAN = -4.2677393
 AST_STD = 4.5689974
+# The wav2vec 2.0 / HuBERT / WavLM CNN (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) needs 400
+# samples (25 ms at 16 kHz) for its first output frame.
+WAVEFORM_MIN_SAMPLES = 400
+
+_warned_short = set()  # files already reported as too short (one warning per file and process)
+
+
+def pad_to_minimum(wav, min_samples):
+    """``[S]`` waveform right-padded with zeros to at least ``min_samples`` samples."""
+    missing = int(min_samples) - wav.shape[-1]
+    return torch.nn.functional.pad(wav, (0, missing)) if missing > 0 else wav
+
+
+def load_input(path, input_processor):
+    """The model input of one audio file: what the data pipeline hands to the batch.
+
+    Reads only the part of the file that ``input_processor`` uses (its ``samples_needed``; the
+    rest of a long file is never read), pads a clip shorter than the backbone's minimum input
+    (``min_samples``) with zeros and a warning naming the file, then runs the processor.
+
+    Arguments
+    ---------
+    path : str or Path
+        An audio file (any format ``petl_modules.audio.load_audio`` reads).
+    input_processor : callable
+        The lobe's ``input_processor`` (``ASTFbank``, ``Waveform``).
+
+    Returns
+    -------
+    torch.Tensor
+        The processor's output (``[max_frames, mel]`` or ``[S]``).
+
+    Raises
+    ------
+    petl_modules.audio.AudioError
+        Missing, unreadable, empty file or non-finite samples, naming the file.
+    """
+    wav = load_audio(path, getattr(input_processor, "sample_rate", 16000),
+                     max_samples=getattr(input_processor, "samples_needed", None))
+    min_samples = getattr(input_processor, "min_samples", 0)
+    if wav.shape[0] < min_samples:
+        key = str(path)
+        if key not in _warned_short:
+            _warned_short.add(key)
+            rate = getattr(input_processor, "sample_rate", 16000)
+            logger.warning(
+                f"Audio file {path} is shorter ({wav.shape[0]} samples, "
+                f"{1000 * wav.shape[0] / rate:.1f} ms) than the backbone's minimum input "
+                f"({min_samples} samples, {1000 * min_samples / rate:.0f} ms): padded with zeros. "
+                "Replace or remove the file if it is not meant to be this short."
+            )
+        wav = pad_to_minimum(wav, min_samples)
+    return input_processor(wav)
 
 
 class ASTFbank:
@@ -45,8 +110,24 @@ class ASTFbank:
         self.mean = float(mean)
         self.std = float(std)
 
+    @property
+    def min_samples(self):
+        """Samples of one 25 ms window: shorter input is padded with zeros to this length."""
+        return round(0.025 * self.sample_rate)
+
+    @property
+    def samples_needed(self):
+        """Samples from the start of an utterance that the ``max_frames`` frames use (25 ms
+        window, 10 ms shift); later samples never change the features."""
+        return self.min_samples + (self.max_frames - 1) * round(0.010 * self.sample_rate)
+
     def __call__(self, wav):
-        """``[S]`` waveform -> ``[max_frames, num_mel_bins]`` normalised features."""
+        """``[S]`` waveform -> ``[max_frames, num_mel_bins]`` normalised features.
+
+        Only the first ``samples_needed`` samples are used; input shorter than one window
+        (``min_samples``) is padded with zeros.
+        """
+        wav = pad_to_minimum(wav.reshape(-1)[: self.samples_needed], self.min_samples)
         fbank = torchaudio.compliance.kaldi.fbank(
             wav.reshape(1, -1).float(),
             sample_frequency=self.sample_rate,
@@ -91,27 +172,38 @@ class Waveform:
         The checkpoint's ``do_normalize``.
     sample_rate : int
         Rate of the incoming waveforms (the checkpoint's ``sampling_rate``).
+    min_samples : int
+        The encoder's shortest input (its CNN's receptive field): shorter input is padded with
+        zeros to this length before normalisation.
 
     Example
     -------
     >>> wave = Waveform(clip_samples=8000)
     >>> out = wave(torch.randn(16000) * 3 + 1)
-    >>> out.shape, round(float(out.mean()), 4), round(float(out.std(unbiased=False)), 3)
+    >>> out.shape, abs(round(float(out.mean()), 4)), round(float(out.std(unbiased=False)), 3)
     (torch.Size([8000]), 0.0, 1.0)
     """
 
-    def __init__(self, clip_samples=None, normalize=True, sample_rate=16000):
+    def __init__(self, clip_samples=None, normalize=True, sample_rate=16000,
+                 min_samples=WAVEFORM_MIN_SAMPLES):
         self.clip_samples = None if clip_samples is None else int(clip_samples)
         if self.clip_samples is not None and self.clip_samples <= 0:
             raise ValueError(f"clip_samples must be positive or None, got {clip_samples}.")
         self.normalize = bool(normalize)
         self.sample_rate = int(sample_rate)
+        self.min_samples = int(min_samples)
+
+    @property
+    def samples_needed(self):
+        """Samples from the start of an utterance that are used (None: all of them)."""
+        return self.clip_samples
 
     def __call__(self, wav):
-        """``[S]`` waveform -> ``[min(S, clip_samples)]`` (normalised) waveform."""
+        """``[S]`` waveform -> ``[max(min(S, clip_samples), min_samples)]`` (normalised) waveform."""
         wav = wav.reshape(-1).float()
         if self.clip_samples is not None:
             wav = wav[: self.clip_samples]
+        wav = pad_to_minimum(wav, self.min_samples)
         if self.normalize:
             wav = (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + 1e-7)
         return wav

@@ -2,10 +2,10 @@
 
 A preparation script reads its release's own layout into rows (``ID``, ``wav`` relative to the
 dataset folder, ``label``, any extra columns such as ``fold``) and hands them to
-``write_manifests``, which checks every referenced file once (missing, unreadable, empty, unknown
-label), reports all problems together, and writes SpeechBrain CSV manifests with ``$data_root``
-paths. ``manifests_up_to_date`` lets the script return early when the manifests already exist for
-the same options.
+``write_manifests``, which checks every referenced file once (missing, unreadable, empty, NaN/Inf
+samples in float files, unknown label), reports all problems together, and writes SpeechBrain CSV
+manifests with ``$data_root`` paths. ``manifests_up_to_date`` lets the script return early when the
+manifests already exist for the same options.
 """
 
 import csv
@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ OPTIONS_FILE = "prepare_options.json"
 SKIPPED_FILE = "skipped_files.txt"
 PROBLEMS_FILE = "bad_files.txt"
 MAX_LISTED = 20
+# Only float files can hold NaN or Inf: their samples are read once here; integer PCM files are
+# checked by their header alone.
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
 
 class DataError(RuntimeError):
@@ -55,7 +59,18 @@ def _check(path):
         return None, f"unreadable as audio ({reason})"
     if info.frames == 0 or info.samplerate == 0:
         return None, "empty (zero samples)"
+    if info.subtype in FLOAT_SUBTYPES and not _all_finite(path):
+        return None, "non-finite samples (NaN or Inf)"
     return info.frames / info.samplerate, None
+
+
+def _all_finite(path):
+    """True when every sample of a float audio file is finite (read in blocks)."""
+    try:
+        return all(np.isfinite(block).all()
+                   for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32"))
+    except Exception:  # noqa: BLE001 (unreadable data: the training read names it)
+        return True
 
 
 def _write_csv(path, rows, fields):
