@@ -1,10 +1,10 @@
 """Reading audio files: any format soundfile reads, mixed to mono, resampled to 16 kHz.
 
 torchaudio 2.11 needs torchcodec to load audio, so we read with soundfile (as SpeechBrain's
-``read_audio`` does). Resampling is torchaudio's windowed-sinc interpolation (Hann window, 6 zero
-crossings, rolloff 0.99), computed here in fixed-size blocks so that the first ``n`` output samples
-never depend on how much of the file was read: ``load_audio(path, max_samples=n)`` reads only what
-those samples need and gives exactly ``load_audio(path)[:n]``, whatever the file's length and rate.
+``read_audio`` does) and resample with torchaudio. ``load_audio(path, max_samples=n)`` reads only
+the part of the file the first ``n`` samples come from (plus the resampling kernel's reach), so
+memory does not grow with the file; training, testing and ``classify`` read every file that way, so
+they see the same samples (equal to resampling the whole file up to float rounding, ~1e-7).
 """
 
 import math
@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio
 
 SAMPLE_RATE = 16000
-LOWPASS_FILTER_WIDTH = 6  # zero crossings of the sinc on each side (torchaudio's default)
-ROLLOFF = 0.99  # cut-off as a fraction of the lower Nyquist frequency (torchaudio's default)
-BLOCK_SECONDS = 1.0  # output per resampling block
+RESAMPLING_MARGIN = 256  # input frames read beyond those the kept samples come from
 
 SKIP_HINT = "or rerun preparation with --skip_bad_files=True to leave it out"
 
@@ -27,70 +26,8 @@ class AudioError(RuntimeError):
 
 
 # ==================================================================== resampling
-class _Resampler:
-    """Windowed-sinc resampling from ``orig_freq`` to ``new_freq``, in blocks of fixed shape.
-
-    The kernel is torchaudio's ``sinc_interp_hann``: after dividing both rates by their gcd
-    (``o`` in, ``n`` out), every ``o`` input samples give ``n`` output samples, each a dot product
-    of ``2 * width + o`` input samples with one of ``n`` kernels. The convolution runs over blocks
-    of ``steps`` such strides, every block with the same input shape, so each output sample is
-    computed the same way whether the file was read in full or in part.
-    """
-
-    def __init__(self, orig_freq, new_freq):
-        gcd = math.gcd(int(orig_freq), int(new_freq))
-        self.orig, self.new = int(orig_freq) // gcd, int(new_freq) // gcd
-        base = min(self.orig, self.new) * ROLLOFF
-        self.width = math.ceil(LOWPASS_FILTER_WIDTH * self.orig / base)
-        # In float32, as torchaudio computes it for float32 waveforms (same kernel, same values).
-        idx = torch.arange(-self.width, self.width + self.orig, dtype=torch.float32) / self.orig
-        t = (torch.arange(0, -self.new, -1, dtype=torch.float32)[:, None] / self.new + idx) * base
-        t = t.clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
-        window = torch.cos(t * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2
-        t = t * math.pi
-        sinc = torch.where(t == 0, torch.ones_like(t), t.sin() / t)
-        self.kernel = (sinc * (window * (base / self.orig)))[:, None, :]  # [n, 1, K]
-        self.steps = max(1, math.ceil(BLOCK_SECONDS * int(new_freq) / self.new))
-        self.block_in = (self.steps - 1) * self.orig + self.kernel.shape[-1]
-
-    def output_length(self, input_length):
-        """Output samples of ``input_length`` input samples (as torchaudio: ``ceil(S * n / o)``)."""
-        return math.ceil(input_length * self.new / self.orig)
-
-    def input_needed(self, output_samples):
-        """Input samples that determine the first ``output_samples`` outputs exactly: up to the end
-        of the last block they fall in, plus the kernel's reach beyond it."""
-        blocks = math.ceil(output_samples / (self.steps * self.new))
-        return blocks * self.steps * self.orig + self.width
-
-    def __call__(self, wav):
-        """``[S]`` float32 -> ``[ceil(S * n / o)]`` float32."""
-        length = self.output_length(wav.shape[0])
-        blocks = max(1, math.ceil(length / (self.steps * self.new)))
-        total = (blocks - 1) * self.steps * self.orig + self.block_in
-        padded = torch.nn.functional.pad(wav, (self.width, total - self.width - wav.shape[0]))
-        out = []
-        for b in range(blocks):
-            start = b * self.steps * self.orig
-            segment = padded[start: start + self.block_in].reshape(1, 1, -1)
-            block = torch.nn.functional.conv1d(segment, self.kernel, stride=self.orig)  # [1, n, steps]
-            out.append(block[0].t().reshape(-1))
-        return torch.cat(out)[:length]
-
-
-_RESAMPLERS = {}
-
-
-def resampler(orig_freq, new_freq):
-    """The (cached) ``_Resampler`` from ``orig_freq`` to ``new_freq``."""
-    key = (int(orig_freq), int(new_freq))
-    if key not in _RESAMPLERS:
-        _RESAMPLERS[key] = _Resampler(*key)
-    return _RESAMPLERS[key]
-
-
 def resample(wav, orig_freq, new_freq=SAMPLE_RATE):
-    """Resamples a ``[S]`` waveform (torchaudio's sinc_interp_hann, computed in blocks).
+    """Resamples a ``[S]`` waveform with torchaudio (windowed sinc).
 
     Example
     -------
@@ -99,7 +36,7 @@ def resample(wav, orig_freq, new_freq=SAMPLE_RATE):
     """
     if int(orig_freq) == int(new_freq):
         return wav
-    return resampler(orig_freq, new_freq)(wav.float())
+    return torchaudio.functional.resample(wav.float(), int(orig_freq), int(new_freq))
 
 
 # ==================================================================== reading
@@ -110,7 +47,8 @@ def frames_to_read(rate, max_samples, sample_rate=SAMPLE_RATE):
         return None
     if int(rate) == int(sample_rate):
         return int(max_samples)
-    return resampler(rate, sample_rate).input_needed(int(max_samples))
+    # The samples they come from, plus the reach of the resampling kernel (a few dozen samples).
+    return math.ceil(int(max_samples) * int(rate) / int(sample_rate)) + RESAMPLING_MARGIN
 
 
 def _unreadable(path, err):
@@ -148,7 +86,8 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None):
         Target rate; other rates are resampled (see ``resample``).
     max_samples : int, optional
         Return at most this many samples, reading only the part of the file they come from (plus
-        the resampling kernel's reach): exactly ``load_audio(path, sample_rate)[:max_samples]``.
+        the resampling kernel's reach): ``load_audio(path, sample_rate)[:max_samples]`` up to
+        float rounding (exactly, at ``sample_rate``).
 
     Returns
     -------

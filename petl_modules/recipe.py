@@ -30,10 +30,11 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from petl_modules import tracking
-from petl_modules.audio import AudioError, load_audio
+from petl_modules.audio import AudioError
 from petl_modules.backbones import FAMILIES, lobe_class
 from petl_modules.cache import check_cacheable, use_backbone_cache
 from petl_modules.checkpointing import CheckpointError
+from petl_modules.features import load_input
 from petl_modules.prepare import DataError
 from petl_modules.run_folder import RunFolderError, RunLock, check_run_identity, run_identity, write_json_atomic  # noqa: F401
 
@@ -66,6 +67,8 @@ def _load_text(text, name):
         key = re.search(r'duplicate key "([^"]+)"', str(err))
         key = key.group(1) if key else "a key"
         where = "" if err.problem_mark is None else f" (line {err.problem_mark.line + 1})"
+        if name == "the command line":
+            raise ConfigError(f"--{key} is given twice on the command line; keep one.") from None
         raise ConfigError(f"{name} is not valid yaml: '{key}' is given twice{where}; keep "
                           "one (a duplicate key would silently hide the other value).") from None
     except ruamel.yaml.YAMLError as err:
@@ -403,7 +406,7 @@ def add_pipelines(datasets, input_processor, encoder):
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("inputs")
     def audio_pipeline(wav):
-        return input_processor(load_audio(wav))
+        return load_input(wav, input_processor)  # reads only what the model uses
 
     @sb.utils.data_pipeline.takes("label")
     @sb.utils.data_pipeline.provides("label_index")
@@ -540,7 +543,7 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
     except RunFolderError as err:
         sys.exit(f"Error with the output folder: {err}")
     except (DataError, AudioError) as err:
-        sys.exit(f"Error in the data: {err}")
+        sys.exit(f"Error in the data: {_worker_message(err)}")
     except CheckpointError as err:
         sys.exit(f"Error in the checkpoints: {err}")
     except (OSError, RuntimeError) as err:
@@ -553,6 +556,14 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
         )
     finally:
         lock.release()
+
+
+def _worker_message(err):
+    """The message of an error raised in a DataLoader worker, without the worker's traceback."""
+    message = str(err).strip()
+    if "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 def _disk_full(err):

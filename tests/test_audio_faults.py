@@ -209,12 +209,12 @@ def test_partial_read_at_44k_reads_only_a_small_margin(tmp_path, count_reads):
     fbank = ASTFbank(max_frames=400)  # 4.0 s of 16 kHz audio
     load_input(path, fbank)
     seconds_read = count_reads[0] / 44100
-    assert 4.0 < seconds_read < 4.0 + 1.1  # the last resampling block and the kernel's reach
+    assert 4.0 < seconds_read < 4.0 + 0.03  # 25 ms of the last window, and the kernel's reach
 
 
 @pytest.mark.parametrize("rate", [44100, 8000])
 @pytest.mark.parametrize("kind", ["ast", "waveform"])
-def test_partial_read_gives_the_samples_of_the_whole_file_bit_for_bit(rate, kind, tmp_path):
+def test_partial_read_gives_the_samples_of_the_whole_file(rate, kind, tmp_path):
     # Stereo at 44.1 kHz (mixed down), mono at 8 kHz; 7 s, the model uses the first 1-2 s.
     path = write(tmp_path / f"{rate}.wav", noise(7.0, rate=rate, seed=rate, channels=2 if rate == 44100 else 1),
                  rate=rate)
@@ -222,18 +222,18 @@ def test_partial_read_gives_the_samples_of_the_whole_file_bit_for_bit(rate, kind
     whole = load_audio(path)
     part = load_audio(path, max_samples=processor.samples_needed)
     assert part.shape[0] == processor.samples_needed
-    assert torch.equal(part, whole[: processor.samples_needed])
-    assert torch.equal(load_input(path, processor), processor(whole))
-    for n in (1, 401, 16000, 16001, 50_000):  # any cut, including block and stride boundaries
-        assert torch.equal(load_audio(path, max_samples=n), whole[:n])
+    # torchaudio's convolution rounds differently with the input's length: ~1e-7
+    assert torch.allclose(part, whole[: processor.samples_needed], atol=1e-6, rtol=0)
+    assert torch.allclose(load_input(path, processor), processor(whole), atol=1e-4, rtol=0)
+    for n in (1, 401, 16000, 16001, 50_000):  # any cut, including stride boundaries
+        assert torch.allclose(load_audio(path, max_samples=n), whole[:n], atol=1e-6, rtol=0)
+    assert torch.equal(load_input(path, processor), load_input(path, processor))
 
 
-@pytest.mark.parametrize("rate", [8000, 11025, 22050, 24000, 44100, 48000, 96000])
-def test_resampling_is_torchaudios_sinc_interpolation(rate):
-    wav = torch.from_numpy(noise(1.3, rate=rate))
-    ours, reference = resample(wav, rate), torchaudio.functional.resample(wav, rate, 16000)
-    assert ours.shape == reference.shape
-    assert torch.allclose(ours, reference, atol=1e-5)
+def test_partial_read_at_the_models_rate_is_exact(tmp_path):
+    path = write(tmp_path / "16k.wav", noise(3.0, seed=3), rate=16000)
+    whole = load_audio(path)
+    assert torch.equal(load_audio(path, max_samples=16001), whole[:16001])
 
 
 # ==================================================================== classify

@@ -128,7 +128,7 @@ BAD_COMMAND_LINES = [
     ("boolean_as_a_number", "linear", ["--batch_size=True"], "must be a whole number"),
     ("method_override", "linear", ["--method=xyz"], "--method cannot be overridden"),
     ("unknown_key", "linear", ["--batchsize=3"], "Unknown option --batchsize"),
-    ("key_given_twice", "linear", ["--seed=1", "--seed=2"], "'seed' is given twice"),
+    ("key_given_twice", "linear", ["--seed=1", "--seed=2"], "--seed is given twice"),
     ("pooling_unknown", "linear", ["--pooling=max"], "pooling must be one of"),
     ("fold_on_official_splits", "linear", ["--fold=2"], "official splits"),
     ("zero_width_bottleneck", "adapter", ["--reduction_rate=1000"], "reduction_rate"),
@@ -161,10 +161,12 @@ def test_method_file_with_duplicate_keys_names_the_file(tiny_ast, tmp_path):
 
 
 # ==================================================================== faults found once data is read
-def fsc_args(data, tiny_ast, out, method="linear"):
+def fsc_args(data, tiny_ast, out, *extra, method="linear"):
+    defaults = ["--number_of_epochs=1", "--batch_size=16", "--num_workers=0", "--max_frames=64"]
+    given = {e.split("=", 1)[0] for e in extra}
     return [str(REPO / "hparams" / f"{method}.yaml"), f"--data_folder={data}",
-            f"--backbone_source={tiny_ast}", f"--output_folder={out}", "--number_of_epochs=1",
-            "--batch_size=16", "--num_workers=0", "--max_frames=64"]
+            f"--backbone_source={tiny_ast}", f"--output_folder={out}",
+            *[d for d in defaults if d.split("=", 1)[0] not in given], *extra]
 
 
 @pytest.mark.slow
@@ -194,3 +196,36 @@ def test_full_disk_is_a_clear_error_that_says_a_rerun_resumes(fsc_data, tiny_ast
     out = run_in_process("FSC", fsc_args(fsc_data, tiny_ast, tmp_path / "out"))
     assert isinstance(out, str) and out.startswith("Error: no space left on the disk"), out
     assert "rerun the same command" in out
+
+
+@pytest.mark.slow
+def test_non_finite_audio_stops_the_run_naming_the_file_before_any_update(fsc_data, tiny_ast,
+                                                                          tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    root = tmp_path / "fluent_speech_commands_dataset"
+    shutil.copytree(fsc_data, root)
+    bad = sorted((root / "wavs").rglob("train-*.wav"))[0]
+    data, rate = sf.read(str(bad), dtype="float32")
+    data[100] = np.nan
+    sf.write(str(bad), data, rate, subtype="FLOAT")
+    out = run_in_process("FSC", fsc_args(root, tiny_ast, tmp_path / "out", "--num_workers=1"))
+    assert isinstance(out, str) and out.startswith("Error in the data"), out
+    assert str(bad) in out and "non-finite" in out and "Traceback" not in out
+    assert not list((tmp_path / "out" / "save").glob("CKPT+*"))  # no weight update was saved
+
+
+@pytest.mark.slow
+def test_clip_shorter_than_one_window_is_padded_with_a_warning(fsc_data, tiny_ast, tmp_path):
+    import soundfile as sf
+
+    root = tmp_path / "fluent_speech_commands_dataset"
+    shutil.copytree(fsc_data, root)
+    short = sorted((root / "wavs").rglob("train-*.wav"))[0]
+    data, rate = sf.read(str(short), dtype="float32")
+    sf.write(str(short), data[:160], rate)  # 10 ms
+    results = run_in_process("FSC", fsc_args(root, tiny_ast, tmp_path / "out"))
+    assert isinstance(results, dict), results
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert any(str(short) in line and "padded" in line for line in log.splitlines()), log[-3000:]
