@@ -37,5 +37,12 @@ def make_datasets(hparams, fold):
     return rotating_fold_datasets(manifest, data_root, hparams["folds"], fold)
 
 
+def main(argv=None):
+    """Runs the recipe with the command line ``argv`` (default ``sys.argv[1:]``);
+    returns the content of results.json."""
+    return run_recipe(ESC50Brain, Path(__file__).with_name("esc50.yaml"), prepare, make_datasets,
+                      argv)
+
+
 if __name__ == "__main__":
-    run_recipe(ESC50Brain, Path(__file__).with_name("esc50.yaml"), prepare, make_datasets)
+    main()

@@ -37,5 +37,11 @@ def make_datasets(hparams, fold):
     }
 
 
+def main(argv=None):
+    """Runs the recipe with the command line ``argv`` (default ``sys.argv[1:]``);
+    returns the content of results.json."""
+    return run_recipe(FSCBrain, Path(__file__).with_name("fsc.yaml"), prepare, make_datasets, argv)
+
+
 if __name__ == "__main__":
-    run_recipe(FSCBrain, Path(__file__).with_name("fsc.yaml"), prepare, make_datasets)
+    main()

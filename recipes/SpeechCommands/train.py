@@ -38,6 +38,12 @@ def make_datasets(hparams, fold):
     }
 
 
+def main(argv=None):
+    """Runs the recipe with the command line ``argv`` (default ``sys.argv[1:]``);
+    returns the content of results.json."""
+    return run_recipe(SpeechCommandsBrain, Path(__file__).with_name("speechcommands.yaml"), prepare,
+                      make_datasets, argv)
+
+
 if __name__ == "__main__":
-    run_recipe(SpeechCommandsBrain, Path(__file__).with_name("speechcommands.yaml"), prepare,
-               make_datasets)
+    main()

@@ -37,6 +37,12 @@ def make_datasets(hparams, fold):
     return rotating_fold_datasets(manifest, data_root, hparams["folds"], fold)
 
 
+def main(argv=None):
+    """Runs the recipe with the command line ``argv`` (default ``sys.argv[1:]``);
+    returns the content of results.json."""
+    return run_recipe(UrbanSound8KBrain, Path(__file__).with_name("urbansound8k.yaml"), prepare,
+                      make_datasets, argv)
+
+
 if __name__ == "__main__":
-    run_recipe(UrbanSound8KBrain, Path(__file__).with_name("urbansound8k.yaml"), prepare,
-               make_datasets)
+    main()
