@@ -126,6 +126,7 @@ def cli(main, *args):
 
 
 # ==================================================================== 1. the PETL model folder
+@pytest.mark.slow
 def test_run_writes_a_petl_model_folder_of_only_the_trained_tensors(lora_run):
     results = read_results(lora_run)
     folder = lora_run / "petl_model"
@@ -174,11 +175,13 @@ def test_checkpoint_keeps_the_batchnorm_statistics_of_conformer_adapters(tiny_as
         assert not torch.equal(saved[name], torch.zeros_like(saved[name]))
 
 
+@pytest.mark.slow
 def test_petl_model_on_another_base_checkpoint_is_refused(lora_run, other_ast):
     with pytest.raises(PETLModelError, match="fingerprints of their weights differ"):
         load_petl_model(lora_run / "petl_model", backbone_source=other_ast)
 
 
+@pytest.mark.slow
 def test_petl_model_loads_on_a_local_copy_of_its_base_checkpoint(lora_run, tiny_ast, tmp_path):
     transformers.ASTModel.from_pretrained(tiny_ast).save_pretrained(tmp_path / "copy")
     original = PETLClassifier.from_folder(lora_run / "petl_model")
@@ -196,6 +199,7 @@ def test_petl_model_of_ast_base_conformer_adapter_is_under_3_mb(ast_base_folder,
 
 
 # ==================================================================== 2. classify
+@pytest.mark.slow
 def test_classify_cli_reproduces_the_test_accuracy_and_reports_unreadable_files(lora_run, fsc_data,
                                                                                tmp_path):
     split = split_of(lora_run, fsc_data)
@@ -216,6 +220,7 @@ def test_classify_cli_reproduces_the_test_accuracy_and_reports_unreadable_files(
     assert accuracy == pytest.approx(read_results(lora_run)["test_accuracy"])
 
 
+@pytest.mark.slow
 def test_classify_reads_any_rate_channel_count_and_sample_format(lora_run, tmp_path):
     classifier = PETLClassifier.from_folder(lora_run / "petl_model")
     files = []
@@ -233,6 +238,7 @@ def test_classify_reads_any_rate_channel_count_and_sample_format(lora_run, tmp_p
         assert float(row["probabilities"].sum()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_classify_batch_of_padded_waveforms_equals_files_one_by_one(lora_run, tmp_path):
     classifier = PETLClassifier.from_folder(lora_run / "petl_model")
     wavs = waveforms(3)
@@ -286,6 +292,7 @@ def test_merged_lora_gives_the_unmerged_probabilities_on_waveform_backbones(mode
     assert torch.allclose(probabilities(modules, processor, waveforms()), before, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_classify_merge_flag_gives_the_same_probabilities(lora_run):
     wavs = torch.nn.utils.rnn.pad_sequence(waveforms(3), batch_first=True)
     plain = PETLClassifier.from_folder(lora_run / "petl_model")
@@ -294,6 +301,7 @@ def test_classify_merge_flag_gives_the_same_probabilities(lora_run):
     assert torch.allclose(plain.classify_batch(wavs)[0], merged.classify_batch(wavs)[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_loads_with_automodel_and_starts_a_new_run(lora_run, fsc_data, tmp_path):
     out = tmp_path / "exported"
     assert cli(export_cli.main, lora_run / "petl_model", out) == 0
@@ -360,6 +368,7 @@ def test_results_table_csv_and_plot_skip_malformed_and_partial_files(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_results_of_real_runs_are_tabulated(lora_run, tmp_path):
     assert cli(results_cli.main, lora_run, "--csv", tmp_path / "r.csv") == 0
     row = next(csv.DictReader(open(tmp_path / "r.csv")))

@@ -54,6 +54,7 @@ def test_spectrogram_masks_are_torchaudios_drawn_per_example():
     assert len(set(zip(freq.tolist(), time.tolist()))) > 32
 
 
+@pytest.mark.slow  # many draws
 def test_masked_fraction_is_torchaudios_not_spectrogram_drops():
     """16.2% of the cells on the ESC-50 shape (SpectrogramDrop, which cuts masks at the end,
     masks 15.3%); widths uniform on [0, max) as FrequencyMasking/TimeMasking draw them."""

@@ -102,6 +102,7 @@ def test_preparation_is_skipped_when_manifests_match_and_redone_when_options_cha
     assert json.loads((folder / "prepare_options.json").read_text())["skip_bad_files"] is True
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_clear_line(fsc_data, tiny_ast, tmp_path):
     proc = run_train("FSC", "linear", fsc_data, tiny_ast, tmp_path / "a", "--pooling=max", check=False)
     assert proc.returncode != 0

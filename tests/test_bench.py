@@ -6,9 +6,12 @@ import importlib.util
 import json
 import math
 
+import pytest
 import torch
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # the quick benchmark: every suite end to end
 
 RESULT_KEYS = {"suite", "name", "median_s", "min_s", "peak_mem_mb", "trainable_params"}
 

@@ -51,6 +51,7 @@ def test_cache_refused_where_it_would_be_wrong(tiny_ast):
         assert words in message
 
 
+@pytest.mark.slow
 def test_recipe_refuses_the_cache_with_specaugment(tmp_path, tiny_ast):
     proc = run_train("ESC50", "linear", tmp_path / "nowhere", tiny_ast, tmp_path / "out",
                      "--cache_backbone_outputs=True", check=False)
@@ -59,6 +60,7 @@ def test_recipe_refuses_the_cache_with_specaugment(tmp_path, tiny_ast):
     assert "--augmentation=null" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cached_linear_run_gives_the_uncached_results(fsc_data, tiny_ast, tmp_path):
     runs = {}
     for cached in (False, True):

@@ -9,6 +9,8 @@ import pytest
 from conftest import read_results, run_train
 from petl_modules.synthetic import make_dataset, official_class_names
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
+
 CLIP = 0.5  # seconds per synthetic clip: enough for the tests' 64 input frames
 
 

@@ -9,6 +9,8 @@ import pytest
 from conftest import REPO, read_results
 from petl_modules import demo
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
+
 
 def check_outputs(out, dataset):
     results = read_results(out / "run")

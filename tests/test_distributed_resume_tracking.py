@@ -18,6 +18,8 @@ from petl_modules.checkpointing import Checkpointer, RandomState
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
+
 # Runs a recipe command as `python -c KILL_HARNESS train.py ...`, and SIGKILLs it (no clean-up
 # whatsoever) at the second training batch after its 3rd intra-epoch checkpoint: in the middle of
 # epoch 2 of the resume test's run, with one batch of progress beyond the checkpoint lost.

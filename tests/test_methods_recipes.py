@@ -5,6 +5,8 @@ import pytest
 from conftest import REPO, read_results, run_train
 from petl_modules.recipe import compose_hparams, load_hparams
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
+
 d, L, LN = 64, 2, 2 * 64  # tiny AST
 BOTTLENECK_R4 = d * 4 + 4 + 4 * d + d  # one bottleneck expert, r = 64 / 16
 

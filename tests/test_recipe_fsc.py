@@ -7,6 +7,8 @@ import torch
 
 from conftest import read_results, run_train
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
+
 
 @pytest.mark.parametrize("method", ["linear", "full_ft", "bitfit"])
 def test_fsc_recipe_trains_tests_and_writes_results(method, fsc_data, tiny_ast, tmp_path):

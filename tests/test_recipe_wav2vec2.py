@@ -10,6 +10,8 @@ from petl_modules.synthetic import make_dataset
 
 from conftest import read_results, run_train
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
+
 D = 32  # tiny waveform models: hidden 32, 2 layers
 CONFORMER_R4 = 2 * D + (D * 8 + 8) + (4 * 31 + 4) + 2 * 4 + (4 * D + D)  # LN, pw 2r, dw k31, BN, pw
 
