@@ -9,8 +9,9 @@ dataset yaml). What it does depends on the backbone family, read from the lobe:
   as the reference did, masked value 0 (the normalised features' mean);
 - waveform backbones (wav2vec2, HuBERT, WavLM, inputs ``[B, S]``): no frequency mask (their CNN
   has no mel axis); one time mask of up to ``time_mask`` frames of 10 ms, as samples
-  (80 frames = 0.8 s), drawn by torchaudio's masking function within each example's valid
-  samples and set to 0 (silence: the waveform is zero-mean).
+  (80 frames = 0.8 s), drawn by torchaudio's masking function over the clip every utterance is
+  padded to (``clip_seconds``; as AST's over ``max_frames``) and set to 0 (silence: the waveform is
+  zero-mean).
 
 Every draw comes from torch's global CPU generator (as torchaudio's), which the checkpoints save
 and restore (``petl_modules.checkpointing.RandomState``): a resumed run masks as an uninterrupted
@@ -79,16 +80,18 @@ class SpecAugment(torch.nn.Module):
         self.frequency_masking = torchaudio.transforms.FrequencyMasking(self.freq_mask)
         self.time_masking = torchaudio.transforms.TimeMasking(self.time_mask)
 
-    def forward(self, inputs, lengths=None, family=None, sample_rate=16000, backbone="the backbone"):
+    def forward(self, inputs, lengths=None, family=None, sample_rate=16000, backbone="the backbone",
+                clip_samples=None):
         """``inputs`` ``[B, T, F]`` features or ``[B, S]`` waveforms -> the same shape, masked.
 
-        ``lengths [B]`` (relative) limit a waveform's time mask to its valid samples; ``family``
+        ``lengths [B]`` (relative) keep a waveform's padding unmasked; ``clip_samples`` is the
+        span its time mask is drawn over (see ``mask_waveforms``); ``family``
         (``ast``, ``wav2vec2``, ...) says the input kind (None: from the rank); ``backbone``
         names the backbone in errors.
         """
         waveform = family not in (None, "ast") or (family is None and inputs.dim() == 2)
         if waveform and inputs.dim() == 2:
-            return self.mask_waveforms(inputs, lengths, sample_rate)
+            return self.mask_waveforms(inputs, lengths, sample_rate, clip_samples)
         if not waveform and inputs.dim() == 3:
             return self.mask_spectrograms(inputs)
         expected = "waveforms [B, S]" if waveform else "features [B, T, F]"
@@ -106,9 +109,13 @@ class SpecAugment(torch.nn.Module):
             masked.append(spec.squeeze(0).transpose(0, 1))
         return torch.stack(masked)
 
-    def mask_waveforms(self, waveforms, lengths=None, sample_rate=16000):
+    def mask_waveforms(self, waveforms, lengths=None, sample_rate=16000, clip_samples=None):
         """``[B, S]`` -> ``[B, S]``: per example a time mask of up to ``time_mask`` x 10 ms of
-        samples within its valid length (``lengths [B]`` relative; None: all), set to 0."""
+        samples, set to 0. As AST's mask is drawn over its ``max_frames`` input (padding
+        included), the mask is drawn over the clip every utterance is padded to (``clip_samples``,
+        the lobe's); with whole utterances (None) over the example's valid samples
+        (``lengths [B]`` relative; None: all). A short clip is thus masked as much as its AST
+        features would be, not silenced."""
         width = round(self.time_mask * FRAME_SECONDS * sample_rate)
         if self.waveform == "off" or width < 1:
             return waveforms
@@ -119,10 +126,12 @@ class SpecAugment(torch.nn.Module):
             valid = torch.round(lengths.detach().float().cpu() * total).long().clamp(0, total).tolist()
         masked = waveforms.clone()
         for row, samples in zip(masked, valid):
+            span = max(samples, int(clip_samples)) if clip_samples else samples
             if samples > 0:
-                # [1, samples] with the samples on the last axis: torchaudio's time axis.
+                # [1, span] with the samples on the last axis: torchaudio's time axis.
+                clip = torch.nn.functional.pad(row[:samples], (0, span - samples)).unsqueeze(0)
                 row[:samples] = torchaudio.functional.mask_along_axis(
-                    row[:samples].unsqueeze(0), width, 0.0, axis=1).squeeze(0)
+                    clip, width, 0.0, axis=1).squeeze(0)[:samples]
         return masked
 
 
@@ -137,7 +146,8 @@ def augment(augmentation, inputs, lengths, model):
     if isinstance(augmentation, SpecAugment):
         processor = getattr(lobe, "input_processor", None)
         return augmentation(inputs, lengths, family=getattr(lobe, "family", None),
-                            sample_rate=getattr(processor, "sample_rate", 16000), backbone=name)
+                            sample_rate=getattr(processor, "sample_rate", 16000), backbone=name,
+                            clip_samples=getattr(lobe, "clip_samples", None))
     try:
         return augmentation(inputs)
     except (ValueError, RuntimeError, TypeError, IndexError) as err:

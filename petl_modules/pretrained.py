@@ -115,7 +115,9 @@ _FINGERPRINTS = {}
 
 
 def _fingerprint(source, exclude):
-    with _quiet_transformers():
+    # Loading initialises the tensors the checkpoint lacks from the global generators: keep their
+    # state, so that a run draws the same numbers whether or not it fingerprinted first.
+    with _quiet_transformers(), _preserved_rng():
         model, info = transformers.AutoModel.from_pretrained(source, output_loading_info=True)
     excluded = set(info.get("missing_keys", ())) | set(exclude)
     digest = hashlib.sha256()

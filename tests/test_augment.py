@@ -166,3 +166,17 @@ def test_esc50_on_a_wav2vec2_checkpoint_trains_with_the_waveform_augmentation(ti
     assert losses and all(math.isfinite(v) for v in losses), log
     assert "SpecAugment" in (out / "fold_1" / "hyperparams.yaml").read_text()
     assert "Traceback" not in proc.stdout
+
+
+def test_a_short_clip_is_masked_like_its_padded_ast_input_not_silenced():
+    """The waveform mask is drawn over the clip every utterance is padded to (as AST's over
+    max_frames), so a 0.3 s clip among 4 s clips is rarely touched, never wholly silenced."""
+    torch.manual_seed(0)
+    augment = SpecAugment(time_mask=80)
+    short = torch.ones(1, 4800)  # 0.3 s of 16 kHz
+    fractions = []
+    for _ in range(300):
+        out = augment(short, torch.ones(1), family="wav2vec2", clip_samples=64000)
+        fractions.append(float((out == 0).float().mean()))
+    assert max(fractions) < 1.0
+    assert sum(fractions) / len(fractions) < 0.15
