@@ -31,7 +31,7 @@ Suites and the ratios they give (``--json`` writes ``{"machine", "results", "rat
   utterances / 1x: ``first_batch_10x_data``.
 - ``cache``: linear probing epoch without / with cached backbone outputs (epochs after the first):
   ``linear_cache_epoch_speedup``.
-- ``merge``: forward of the LoRA model merged with ``petl_modules.lora.merge_lora`` / the plain
+- ``merge``: forward of the LoRA model merged with ``petl_modules.methods.lora.merge_lora`` / the plain
   backbone: ``lora_merged_vs_plain``.
 - ``classify``: peak memory of ``PETLClassifier.classify_files`` (what ``python -m
   petl_modules.classify`` runs) on a generated one-hour 16 kHz file / on a 10 s file, same model
@@ -69,9 +69,10 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from speechbrain.dataio.batch import PaddedBatch  # noqa: E402
 
-from petl_modules.backbones import tiny_ast_config  # noqa: E402
-from petl_modules.brain import ClassificationBrain  # noqa: E402
-from petl_modules.recipe import compose_hparams, load_hparams, parameter_report  # noqa: E402
+from petl_modules.tiny import tiny_ast_config  # noqa: E402
+from petl_modules.training.brain import ClassificationBrain  # noqa: E402
+from petl_modules.training.compose import compose_hparams, load_hparams  # noqa: E402
+from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify")
@@ -414,7 +415,7 @@ class LoopMoA(torch.nn.Module):
 
 def suite_moa(args):
     """The MoA module alone at the model's token count, fwd+bwd: per-expert loop vs ours."""
-    from petl_modules.moa import DenseMoA, SoftMoA
+    from petl_modules.methods.moa import DenseMoA, SoftMoA
 
     config = transformers.AutoConfig.from_pretrained(args.backbone_source)
     d = config.hidden_size
@@ -476,7 +477,7 @@ def start_training(args, recipe, hparams):
     datasets (``recipe.run_fold`` order: datasets, class names, encoder, pipelines)."""
     from speechbrain.dataio.encoder import CategoricalEncoder
 
-    from petl_modules.recipe import add_pipelines, class_names_of
+    from petl_modules.training.recipe import add_pipelines, class_names_of
 
     datasets = recipe.make_datasets(hparams, None)
     class_names = hparams.get("class_names") or class_names_of(datasets.values())
@@ -526,7 +527,7 @@ def suite_cache(args):
     """Linear probing epochs without / with cached backbone outputs, on a synthetic FSC set."""
     from speechbrain.utils.epoch_loop import EpochCounter
 
-    from petl_modules.cache import use_backbone_cache
+    from petl_modules.training.cache import use_backbone_cache
 
     recipe = _load_recipe("FSC")
     per_class = 1 if args.quick else 2
@@ -561,7 +562,7 @@ def suite_cache(args):
 
 def suite_merge(args):
     """Inference forward: plain backbone, LoRA unmerged, LoRA merged (``merge_lora``)."""
-    from petl_modules.lora import merge_lora
+    from petl_modules.methods.lora import merge_lora
 
     plain = build_hparams(args, "linear")
     lora = build_hparams(args, "lora")

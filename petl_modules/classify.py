@@ -12,7 +12,7 @@ Command line::
     python -m petl_modules.classify MODEL_DIR FILE... [--backbone_source=...] [--top_k=K] [--json]
         [--merge] [--device=...] [--batch_size=N]
 
-Files are read as in training (``petl_modules.features.load_input``: any format soundfile reads,
+Files are read as in training (``petl_modules.training.audio.load_input``: any format soundfile reads,
 mixed to mono, resampled to 16 kHz) and turned into inputs by the backbone lobe's own
 ``input_processor`` (same clip length, normalisation and padding as the recipe). Only the part of
 a file that the model uses is read (the first ``max_frames`` frames, or the first
@@ -31,9 +31,8 @@ import torch
 from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
-from petl_modules.audio import AudioError, load_audio
-from petl_modules.features import load_input
-from petl_modules.pretrained import PETLModelError, load_petl_model, merge_petl_model
+from petl_modules.training.audio import AudioError, load_audio, load_input
+from petl_modules.training.pretrained import PETLModelError, load_petl_model, merge_petl_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class PETLClassifier(torch.nn.Module):
     Arguments
     ---------
     modules : dict
-        ``{"petl_model", "classifier"}`` (``petl_modules.pretrained.load_petl_model``).
+        ``{"petl_model", "classifier"}`` (``petl_modules.training.pretrained.load_petl_model``).
     config : dict
         The PETL model folder's config.
     device : str
@@ -102,7 +101,7 @@ class PETLClassifier(torch.nn.Module):
                           max_samples=getattr(self.input_processor, "samples_needed", None))
 
     def load_input(self, path):
-        """The model input of ``path`` (``petl_modules.features.load_input``)."""
+        """The model input of ``path`` (``petl_modules.training.audio.load_input``)."""
         return load_input(path, self.input_processor)
 
     def prepare_inputs(self, waveforms):

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import ruamel.yaml
 
+from petl_modules.paths import hparams_folder, project_root
 from petl_modules.synthetic import GENERATORS, make_dataset
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Per dataset: synthetic examples per class (the generator's unit), the release folder a user points
 # --data_folder at, and recipe options that keep the run short on a tiny backbone (1 s clips).
@@ -68,7 +67,7 @@ def parse_args(argv=None):
     if args.dataset.lower() not in names:
         parser.error(f"--dataset={args.dataset}: choose one of {', '.join(GENERATORS)}.")
     args.dataset = names[args.dataset.lower()]
-    methods = sorted(p.stem for p in (REPO_ROOT / "hparams").glob("*.yaml"))
+    methods = sorted(p.stem for p in hparams_folder().glob("*.yaml"))
     if args.method not in methods:
         parser.error(f"--method={args.method}: no hparams/{args.method}.yaml; choose one of "
                      f"{', '.join(methods)}.")
@@ -82,7 +81,7 @@ def tiny_backbone(folder, seed=0):
     import torch
     import transformers
 
-    from petl_modules.backbones import tiny_ast_config
+    from petl_modules.tiny import tiny_ast_config
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -93,7 +92,7 @@ def tiny_backbone(folder, seed=0):
 
 def method_keys(method):
     """The top-level keys of ``hparams/<method>.yaml``."""
-    with open(REPO_ROOT / "hparams" / f"{method}.yaml") as stream:
+    with open(hparams_folder() / f"{method}.yaml") as stream:
         return set(ruamel.yaml.YAML().load(stream) or {})
 
 
@@ -131,7 +130,7 @@ def main(argv=None):
         f"--seed={args.seed}", *options, *settings["options"],
     )
     print(f"[demo] Running: {shlex.join(command)}\n", flush=True)
-    returncode = subprocess.call(command, cwd=REPO_ROOT)
+    returncode = subprocess.call(command, cwd=project_root())
     if returncode != 0:
         sys.exit(f"[demo] The recipe failed (exit code {returncode}); its log is in "
                  f"{run_folder / 'log.txt'}.")

@@ -27,13 +27,13 @@ from pathlib import Path
 import transformers
 from safetensors.torch import save_file
 
-from petl_modules.pretrained import (
+from petl_modules.training.pretrained import (
     PETLModelError,
     load_petl_model,
     merge_petl_model,
     unmerged_petl_modules,
 )
-from petl_modules.run_folder import current_umask, write_json_atomic
+from petl_modules.training.run_folder import current_umask, write_json_atomic
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"

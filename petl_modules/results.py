@@ -16,7 +16,7 @@ skipped with a warning naming it, never silently; so is one with a field of the 
 the table.
 
 A run is labelled by the options it recorded (its first fold's ``hparams``) that differ from the
-defaults its own composition gives: ``petl_modules/recipe.yaml`` < ``hparams/<method>.yaml`` <
+defaults its own composition gives: ``petl_modules/training/recipe.yaml`` < ``hparams/<method>.yaml`` <
 ``recipes/<DATASET>/<dataset>.yaml``, with their ``family_defaults`` for the backbone family the run
 recorded (``recipe.compose_hparams``). A default wav2vec2 run is thus not labelled by the epochs or
 layers its family gets by default.
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import ruamel.yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from petl_modules.paths import hparams_folder, project_root
+
 logger = logging.getLogger(__name__)
 
 # Options that never name a different model or training set-up (paths, plumbing, repetitions).
@@ -261,7 +262,7 @@ def _yaml_tree(path):
 
 def _file_defining(folder_glob, key, value):
     """The first repository yaml file matching ``folder_glob`` whose ``key`` is ``value``."""
-    for path in sorted(REPO_ROOT.glob(folder_glob)):
+    for path in sorted(project_root().glob(folder_glob)):
         if _plain(_yaml_tree(path).get(key)) == value:
             return path
     return None
@@ -269,7 +270,7 @@ def _file_defining(folder_glob, key, value):
 
 def _method_file(method):
     plain_name = method.replace("_", "").replace("-", "").isalnum()  # no path tricks
-    path = REPO_ROOT / "hparams" / f"{method}.yaml"
+    path = hparams_folder() / f"{method}.yaml"
     if plain_name and path.is_file():
         return path
     return _file_defining("hparams/*.yaml", "method", method)
@@ -281,10 +282,10 @@ def compose_defaults(method_file, dataset_file, family):
     with the family the run recorded, instead of the one of a ``backbone_source`` that need not
     exist here (so the method's and dataset's ``family_defaults`` apply as in the run)."""
 
-    from petl_modules import recipe  # imports torch: only when a table is made
+    from petl_modules.training import compose  # imports torch: only when a table is made
 
     # data_folder is a !PLACEHOLDER that compose_hparams insists on; it is no option.
-    return recipe.compose_hparams(method_file, dataset_file, {"data_folder": "unused"}, family=family)
+    return compose.compose_hparams(method_file, dataset_file, {"data_folder": "unused"}, family=family)
 
 
 _DEFAULTS = {}
@@ -313,7 +314,7 @@ def default_options(method, dataset, family):
         method_file = _method_file(method)
         dataset_file = _file_defining("recipes/*/*.yaml", "dataset", dataset)
         if method_file is None:
-            _warn_once(f"No method file in {REPO_ROOT / 'hparams'} says 'method: {method}': "
+            _warn_once(f"No method file in {hparams_folder()} says 'method: {method}': "
                        f"runs of '{method}' are grouped without their options.")
         else:
             if dataset_file is None:

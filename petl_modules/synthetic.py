@@ -21,6 +21,8 @@ import numpy as np
 import ruamel.yaml
 import soundfile as sf
 
+from petl_modules.paths import recipes_folder
+
 SAMPLE_RATE = 16000
 
 
@@ -94,7 +96,7 @@ def make_fsc(root, per_class=2, seed=0, seconds=1.0):
 
 
 # ---------------------------------------------------------------------------------- shared bits
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = recipes_folder()
 
 
 def official_class_names(recipe):

@@ -15,8 +15,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from petl_modules.backbones import WAVEFORM_MODELS, tiny_ast_config, tiny_waveform_config  # noqa: E402
+from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS  # noqa: E402
 from petl_modules.synthetic import make_dataset  # noqa: E402
+from petl_modules.tiny import tiny_ast_config, tiny_waveform_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,8 @@ import re
 
 import torch
 
-from petl_modules.adapted import AdaptedBackbone
 from petl_modules.backbones import Backbone
+from petl_modules.methods.adapted import AdaptedBackbone
 
 D, LAYERS = 768, 12  # AST-base
 LN = 2 * D  # one LayerNorm (weight + bias)

@@ -29,7 +29,7 @@ def run_in_process(recipe, argv):
 
 
 def _recipe_parts(module, recipe):
-    from petl_modules.brain import ClassificationBrain
+    from petl_modules.training.brain import ClassificationBrain
 
     brain = next(v for k, v in vars(module).items()
                  if isinstance(v, type) and issubclass(v, ClassificationBrain) and v is not ClassificationBrain)

@@ -24,7 +24,9 @@ from petl_modules import export as export_cli
 from petl_modules import results as results_cli
 from petl_modules.classify import PETLClassifier
 from petl_modules.export import HEAD_CONFIG, HEAD_WEIGHTS, export_petl_model
-from petl_modules.pretrained import (
+from petl_modules.synthetic import class_signal
+from petl_modules.training.compose import compose_hparams, load_hparams
+from petl_modules.training.pretrained import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     PETLModelError,
@@ -36,8 +38,6 @@ from petl_modules.pretrained import (
     save_petl_model,
     unmerged_petl_modules,
 )
-from petl_modules.recipe import compose_hparams, load_hparams
-from petl_modules.synthetic import class_signal
 
 from conftest import REPO, read_results, run_train
 
@@ -272,7 +272,8 @@ def test_merged_lora_gives_the_unmerged_probabilities(targets, tiny_ast, tmp_pat
 
 
 def waveform_checkpoint(model_type, folder):
-    from petl_modules.backbones import WAVEFORM_MODELS, tiny_waveform_config
+    from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS
+    from petl_modules.tiny import tiny_waveform_config
 
     torch.manual_seed(0)
     WAVEFORM_MODELS[model_type][1](tiny_waveform_config(model_type)).save_pretrained(folder)

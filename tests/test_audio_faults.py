@@ -13,17 +13,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torchaudio
 
-from petl_modules import audio as audio_module
 from petl_modules import classify as classify_cli
-from petl_modules.audio import AudioError, load_audio, resample
 from petl_modules.backbones import Backbone
+from petl_modules.backbones.features import ASTFbank, Waveform
 from petl_modules.classify import PETLClassifier
-from petl_modules.features import ASTFbank, Waveform, load_input
-from petl_modules.prepare import DataError, write_manifests
-from petl_modules.pretrained import backbone_fingerprint, build_config, save_petl_model
-from petl_modules.recipe import compose_hparams, load_hparams
+from petl_modules.training import audio as audio_module
+from petl_modules.training.audio import AudioError, load_audio, load_input
+from petl_modules.training.compose import compose_hparams, load_hparams
+from petl_modules.training.prepare import DataError, write_manifests
+from petl_modules.training.pretrained import backbone_fingerprint, build_config, save_petl_model
 
 from conftest import REPO
 
@@ -158,7 +157,7 @@ def test_processors_say_their_minimum_and_how_much_audio_they_use():
 def test_10ms_clip_is_padded_with_one_warning_naming_the_file(tmp_path, caplog):
     path = write(tmp_path / "click.wav", noise(0.01))  # 160 samples
     fbank = ASTFbank(max_frames=64)
-    with caplog.at_level(logging.WARNING, logger="petl_modules.features"):
+    with caplog.at_level(logging.WARNING, logger="petl_modules.training.audio"):
         features = load_input(path, fbank)
         again = load_input(path, fbank)  # the next epoch: no second warning
     assert features.shape == (64, 128) and torch.isfinite(features).all()

@@ -1,4 +1,4 @@
-"""SpecAugment that fits the input (petl_modules/augment.py): torchaudio's masks on AST features,
+"""SpecAugment that fits the input (petl_modules/training/augment.py): torchaudio's masks on AST features,
 a time mask on the samples of waveform backbones, clear errors otherwise, and an ESC-50 run on a
 wav2vec2 checkpoint with the dataset's augmentation."""
 
@@ -12,11 +12,12 @@ import torchaudio
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.augment.freq_domain import SpectrogramDrop
 
-from conftest import read_results, run_train
-from petl_modules.adapted import AdaptedBackbone
-from petl_modules.augment import SpecAugment, augment
 from petl_modules.backbones import Backbone
+from petl_modules.methods.adapted import AdaptedBackbone
 from petl_modules.synthetic import make_dataset
+from petl_modules.training.augment import SpecAugment, augment
+
+from conftest import read_results, run_train
 
 REPO = Path(__file__).resolve().parents[1]
 ESC50_SHAPE = (500, 128)  # [T, F] of an ESC-50 AST input

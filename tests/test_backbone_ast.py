@@ -5,9 +5,11 @@ import pytest
 import torch
 import transformers
 
-from petl_modules.adapted import AdaptedBackbone, PETLModule
-from petl_modules.backbones import ASTBackbone, Backbone, tiny_ast_config
-from petl_modules.classifier import Classifier
+from petl_modules.backbones import Backbone
+from petl_modules.backbones.ast import ASTBackbone
+from petl_modules.methods.adapted import AdaptedBackbone, PETLModule
+from petl_modules.methods.classifier import Classifier
+from petl_modules.tiny import tiny_ast_config
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,15 @@ import ruamel.yaml
 import torch
 import transformers
 
-from petl_modules.adapted import AdaptedBackbone
-from petl_modules.backbones import WAVEFORM_MODELS, Backbone, Wav2Vec2Backbone, tiny_waveform_config
-from petl_modules.classifier import Classifier
-from petl_modules.features import Waveform
-from petl_modules.recipe import REPO_ROOT, ConfigError, compose_hparams, load_hparams
+from petl_modules.backbones import Backbone
+from petl_modules.backbones.features import Waveform
+from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS, Wav2Vec2Backbone
+from petl_modules.methods.adapted import AdaptedBackbone
+from petl_modules.methods.classifier import Classifier
+from petl_modules.tiny import tiny_waveform_config
+from petl_modules.training.compose import ConfigError, compose_hparams, load_hparams
 
-from conftest import WAVEFORM_CHECKPOINTS, WAVEFORM_LAYOUTS
+from conftest import REPO, WAVEFORM_CHECKPOINTS, WAVEFORM_LAYOUTS
 from waveform_helpers import padded_batch
 
 LAYOUTS = WAVEFORM_LAYOUTS
@@ -246,7 +248,7 @@ def test_options_of_other_families_are_ignored_and_unknown_ones_rejected(checkpo
 
 def composed(method, dataset, **overrides):
     """The composed yaml of ``hparams/<method>.yaml`` + ``recipes/<dataset>``, as a mapping."""
-    text = compose_hparams(REPO_ROOT / "hparams" / f"{method}.yaml", REPO_ROOT / "recipes" / dataset, overrides)
+    text = compose_hparams(REPO / "hparams" / f"{method}.yaml", REPO / "recipes" / dataset, overrides)
     return ruamel.yaml.YAML().load(text)
 
 
@@ -265,7 +267,7 @@ def test_family_defaults_follow_the_backbone_and_the_command_line_wins(checkpoin
 def test_clip_length_defaults_to_the_duration_ast_sees(checkpoints, tmp_path):
     overrides = dict(data_folder=str(tmp_path), output_folder=str(tmp_path / "out"),
                      backbone_source=checkpoints["wav2vec2", "post_ln"])
-    text = compose_hparams(REPO_ROOT / "hparams" / "linear.yaml", REPO_ROOT / "recipes" / "FSC" / "fsc.yaml", overrides)
+    text = compose_hparams(REPO / "hparams" / "linear.yaml", REPO / "recipes" / "FSC" / "fsc.yaml", overrides)
     hparams = load_hparams(text)
     assert hparams["clip_seconds"] == 4.0 and hparams["backbone"].clip_samples == 64000
     assert load_hparams(text, clip_seconds=None)["backbone"].clip_samples is None
@@ -274,7 +276,7 @@ def test_clip_length_defaults_to_the_duration_ast_sees(checkpoints, tmp_path):
 def test_family_defaults_with_an_unknown_family_or_key_is_a_config_error(checkpoints, tmp_path):
     method = tmp_path / "method.yaml"
     dataset = tmp_path / "dataset.yaml"
-    method.write_text((REPO_ROOT / "hparams" / "linear.yaml").read_text())
+    method.write_text((REPO / "hparams" / "linear.yaml").read_text())
     source = {"backbone_source": checkpoints["wav2vec2", "post_ln"], "data_folder": str(tmp_path)}
     dataset.write_text("dataset: X\nfamily_defaults:\n    wav2vec: {lr: 1}\n")
     with pytest.raises(ConfigError, match="ast, wav2vec2"):

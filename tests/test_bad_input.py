@@ -11,11 +11,12 @@ import shutil
 
 import pytest
 
+from petl_modules.synthetic import make_dataset
+from petl_modules.training.compose import ConfigError, compose_hparams
+from petl_modules.training.prepare import DataError
+
 from conftest import REPO, run_train
 from recipe_helpers import run_in_process
-from petl_modules.prepare import DataError
-from petl_modules.recipe import ConfigError, compose_hparams
-from petl_modules.synthetic import make_dataset
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 sys_path = str(REPO / "recipes" / "FSC")
@@ -188,12 +189,12 @@ def test_full_disk_is_a_clear_error_that_says_a_rerun_resumes(fsc_data, tiny_ast
                                                               monkeypatch):
     import errno
 
-    import petl_modules.pretrained
+    import petl_modules.training.pretrained
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(petl_modules.pretrained, "save_file", full)
+    monkeypatch.setattr(petl_modules.training.pretrained, "save_file", full)
     out = run_in_process("FSC", fsc_args(fsc_data, tiny_ast, tmp_path / "out"))
     assert isinstance(out, str) and out.startswith("Error: no space left on the disk"), out
     assert "rerun the same command" in out

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from petl_modules.adapted import PETLModule, token_mask
-from petl_modules.adapters import Adapter, ConformerAdapter, Convpass, MaskedBatchNorm1d
-from petl_modules.moa import DenseMoA, SoftMoA
-from petl_modules.recipe import REPO_ROOT, compose_hparams, load_hparams
+from petl_modules.methods.adapted import PETLModule, token_mask
+from petl_modules.methods.adapters import Adapter, ConformerAdapter, Convpass, MaskedBatchNorm1d
+from petl_modules.methods.moa import DenseMoA, SoftMoA
+from petl_modules.training.compose import compose_hparams, load_hparams
 
+from conftest import REPO
 from waveform_helpers import padded_batch
 
-METHODS = sorted(path.stem for path in Path(REPO_ROOT, "hparams").glob("*.yaml"))
+METHODS = sorted(path.stem for path in Path(REPO, "hparams").glob("*.yaml"))
 MASKED_LAYOUTS = [("wav2vec2", "pre_ln"), ("hubert", "pre_ln"), ("wavlm", "pre_ln")]
 # Variants whose modules read neighbouring tokens or route over the tokens, besides the defaults
 # (conformer adapter, bottleneck Dense/Soft-MoA).
@@ -42,8 +43,8 @@ def build(method, folder, tmp_path, **overrides):
         overrides.setdefault("reduction_rate", 8)
     options = dict(data_folder=str(tmp_path), output_folder=str(tmp_path / "out"),
                    backbone_source=str(folder), **overrides)
-    text = compose_hparams(REPO_ROOT / "hparams" / f"{method}.yaml",
-                           REPO_ROOT / "recipes" / "FSC" / "fsc.yaml", options)
+    text = compose_hparams(REPO / "hparams" / f"{method}.yaml",
+                           REPO / "recipes" / "FSC" / "fsc.yaml", options)
     hparams = load_hparams(text)
     return hparams["petl_model"], hparams["classifier"]
 

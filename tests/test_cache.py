@@ -1,15 +1,21 @@
-"""Linear probing from cached backbone outputs (petl_modules/cache.py, cache_backbone_outputs)."""
+"""Linear probing from cached backbone outputs (petl_modules/training/cache.py, cache_backbone_outputs)."""
 
 import json
 
 import pytest
 import torch
 
-from conftest import REPO, read_results, run_train
-from petl_modules.adapted import AdaptedBackbone
 from petl_modules.backbones import Backbone
-from petl_modules.cache import CacheConfigError, check_cacheable, head_input, normalised_pooled
-from petl_modules.classifier import Classifier
+from petl_modules.methods.adapted import AdaptedBackbone
+from petl_modules.methods.classifier import Classifier
+from petl_modules.training.cache import (
+    CacheConfigError,
+    check_cacheable,
+    head_input,
+    normalised_pooled,
+)
+
+from conftest import REPO, read_results, run_train
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])

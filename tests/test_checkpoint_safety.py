@@ -22,9 +22,9 @@ from speechbrain.nnet.adapters import AdaptedModel, LoRA
 from speechbrain.utils import checkpoints
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from petl_modules.checkpointing import (
-    CheckpointError,
+from petl_modules.training.checkpointing import (
     Checkpointer,
+    CheckpointError,
     RandomState,
     _states,
     load_tensors,

@@ -9,10 +9,15 @@ from functools import partial
 import pytest
 import torch
 
-from petl_modules.adapted import AdaptedBackbone, checkpoint_contexts, recomputing, token_mask
-from petl_modules.adapters import Adapter, MaskedBatchNorm1d
 from petl_modules.backbones import Backbone
-from petl_modules.moa import MixtureOfAdapters
+from petl_modules.methods.adapted import (
+    AdaptedBackbone,
+    checkpoint_contexts,
+    recomputing,
+    token_mask,
+)
+from petl_modules.methods.adapters import Adapter, MaskedBatchNorm1d
+from petl_modules.methods.moa import MixtureOfAdapters
 
 from waveform_helpers import padded_batch
 

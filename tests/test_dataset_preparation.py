@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO
-from petl_modules.audio import load_audio
-from petl_modules.prepare import DataError
-import petl_modules.prepare
-from petl_modules.recipe import ConfigError, few_shot_subset, fold_list, load_manifest, rotating_folds
+import petl_modules.training.prepare
 from petl_modules.synthetic import US8K_FORMATS, make_dataset, official_class_names, write_wav
+from petl_modules.training.audio import load_audio
+from petl_modules.training.compose import ConfigError
+from petl_modules.training.prepare import DataError
+from petl_modules.training.recipe import few_shot_subset, fold_list, load_manifest, rotating_folds
+
+from conftest import REPO
 
 
 def recipe_module(recipe, name):
@@ -139,8 +141,8 @@ def test_iemocap_without_all_five_sessions_is_an_error(copy_of, tmp_path):
 def test_preparation_is_skipped_when_manifests_match_and_redone_when_options_change(
         pristine, tmp_path, monkeypatch):
     calls = []
-    real = petl_modules.prepare.write_manifests
-    monkeypatch.setattr(petl_modules.prepare, "write_manifests",
+    real = petl_modules.training.prepare.write_manifests
+    monkeypatch.setattr(petl_modules.training.prepare, "write_manifests",
                         lambda *a, **k: calls.append(k) or real(*a, **k))
     names = official_class_names("UrbanSound8K")
     save = tmp_path / "manifests"

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from conftest import read_results, run_train
 from petl_modules.synthetic import make_dataset, official_class_names
+
+from conftest import read_results, run_train
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
 
@@ -54,7 +55,7 @@ def test_esc50_recipe_runs_one_fold_with_rotating_split_and_specaugment(releases
     encoder = (out / "fold_2" / "label_encoder.txt").read_text()
     assert "'dog' => 0" in encoder and "'hand_saw' => 49" in encoder
     composed = (out / "fold_2" / "hyperparams.yaml").read_text()
-    assert "petl_modules.augment.SpecAugment" in composed and "freq_mask: 24" in composed
+    assert "petl_modules.training.augment.SpecAugment" in composed and "freq_mask: 24" in composed
     assert not (out / "fold_1").exists()
 
 

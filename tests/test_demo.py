@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, read_results
 from petl_modules import demo
+
+from conftest import REPO, read_results
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
 

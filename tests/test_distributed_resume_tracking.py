@@ -12,9 +12,10 @@ import pytest
 import torch
 import transformers
 
+from petl_modules.tiny import tiny_ast_config
+from petl_modules.training.checkpointing import Checkpointer, RandomState
+
 from conftest import read_results, run_train
-from petl_modules.backbones import tiny_ast_config
-from petl_modules.checkpointing import Checkpointer, RandomState
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

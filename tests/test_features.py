@@ -6,9 +6,9 @@ import torch
 import torchaudio
 import transformers
 
-from petl_modules.audio import load_audio
-from petl_modules.features import AST_MEAN, AST_STD, ASTFbank
+from petl_modules.backbones.features import AST_MEAN, AST_STD, ASTFbank
 from petl_modules.synthetic import write_wav
+from petl_modules.training.audio import load_audio
 
 
 @pytest.fixture

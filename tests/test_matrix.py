@@ -35,9 +35,10 @@ import ruamel.yaml
 import speechbrain.utils.logger
 import torch
 
-from conftest import REPO, WAVEFORM_CHECKPOINTS
-from petl_modules.brain import ClassificationBrain
 from petl_modules.synthetic import make_dataset
+from petl_modules.training.brain import ClassificationBrain
+
+from conftest import REPO, WAVEFORM_CHECKPOINTS
 
 pytestmark = pytest.mark.slow
 

@@ -1,12 +1,28 @@
-"""Adapter tuning (petl_modules/adapters.py): blocks, placements, what trains, counts on AST-base."""
+"""Adapter tuning (petl_modules/methods/adapters.py): blocks, placements, what trains, counts on AST-base."""
 
 import pytest
 import torch
-from methods_helpers import (D, LAYERS, LN, adapted, count, final_norm_names, ln_names,
-                             unchanged_after_steps, pretrained_trainable)
 
-from petl_modules.adapters import (Adapter, Bottleneck, ConformerAdapter, Convpass, adapter_points,
-                                   adapter_trainable)
+from petl_modules.methods.adapters import (
+    Adapter,
+    Bottleneck,
+    ConformerAdapter,
+    Convpass,
+    adapter_points,
+    adapter_trainable,
+)
+
+from methods_helpers import (
+    LAYERS,
+    LN,
+    D,
+    adapted,
+    count,
+    final_norm_names,
+    ln_names,
+    pretrained_trainable,
+    unchanged_after_steps,
+)
 
 
 def block_params(block, r, kernel=31):

@@ -1,11 +1,20 @@
-"""LoRA (petl_modules/lora.py): targets, rank and scaling, counts on AST-base, merge."""
+"""LoRA (petl_modules/methods/lora.py): targets, rank and scaling, counts on AST-base, merge."""
 
 import pytest
 import torch
-from methods_helpers import (D, LAYERS, LN, adapted, count, final_norm_names, pretrained_trainable,
-                             unchanged_after_steps)
 
-from petl_modules.lora import LoRA, lora_points, merge_lora
+from petl_modules.methods.lora import LoRA, lora_points, merge_lora
+
+from methods_helpers import (
+    LAYERS,
+    LN,
+    D,
+    adapted,
+    count,
+    final_norm_names,
+    pretrained_trainable,
+    unchanged_after_steps,
+)
 
 
 @pytest.mark.parametrize("targets", ["Wq", "Wq,Wk", "Wq,Wv", "Wq,Wk,Wv,Wo"])

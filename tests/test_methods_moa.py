@@ -1,12 +1,22 @@
-"""Dense-MoA and Soft-MoA (petl_modules/moa.py): routing, batched experts, counts on AST-base."""
+"""Dense-MoA and Soft-MoA (petl_modules/methods/moa.py): routing, batched experts, counts on AST-base."""
 
 import pytest
 import torch
-from methods_helpers import (D, LAYERS, LN, adapted, count, final_norm_names, ln_names,
-                             pretrained_trainable, unchanged_after_steps)
 
-from petl_modules.adapters import Bottleneck, Convpass, adapter_points, adapter_trainable
-from petl_modules.moa import DenseMoA, MixtureOfAdapters, SoftMoA, StackedAdapters
+from petl_modules.methods.adapters import Bottleneck, Convpass, adapter_points, adapter_trainable
+from petl_modules.methods.moa import DenseMoA, MixtureOfAdapters, SoftMoA, StackedAdapters
+
+from methods_helpers import (
+    LAYERS,
+    LN,
+    D,
+    adapted,
+    count,
+    final_norm_names,
+    ln_names,
+    pretrained_trainable,
+    unchanged_after_steps,
+)
 
 
 def build(folder, kind, adapter_type="Pfeiffer", location="MHSA", **kwargs):
@@ -68,7 +78,7 @@ def test_soft_moa_normalize_makes_routing_scale_invariant_and_its_scale_sharpens
 
 
 def copy_expert(stacked, n, block):
-    """Expert ``n`` of ``stacked`` as a single block of petl_modules.adapters (same weights)."""
+    """Expert ``n`` of ``stacked`` as a single block of petl_modules.methods.adapters (same weights)."""
     r = stacked.width
     single = Bottleneck(16, 16 / r) if block == "bottleneck" else Convpass(16, 16 / r)
     with torch.no_grad():

@@ -1,13 +1,28 @@
-"""Prompt tuning and prefix tuning (petl_modules/prompt.py)."""
+"""Prompt tuning and prefix tuning (petl_modules/methods/prompt.py)."""
 
 import pytest
 import torch
-from methods_helpers import (D, LAYERS, LN, adapted, count, final_norm_names, pretrained_trainable,
-                             unchanged_after_steps)
 
-from petl_modules.classifier import Classifier
-from petl_modules.prompt import (DeepPrompt, PrefixTuning, ShallowPrompt, prompt_points, prompt_span,
-                                 prompt_tuning)
+from petl_modules.methods.classifier import Classifier
+from petl_modules.methods.prompt import (
+    DeepPrompt,
+    PrefixTuning,
+    ShallowPrompt,
+    prompt_points,
+    prompt_span,
+    prompt_tuning,
+)
+
+from methods_helpers import (
+    LAYERS,
+    LN,
+    D,
+    adapted,
+    count,
+    final_norm_names,
+    pretrained_trainable,
+    unchanged_after_steps,
+)
 
 
 def prompts(folder, deep, prompt_len, **kwargs):
@@ -77,7 +92,9 @@ def test_prefix_tokens_reach_keys_and_values():
     """The wrapper's output equals attention over [CLS, prefix, rest] keys/values, written out."""
     torch.manual_seed(0)
     from transformers import ASTConfig
-    from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer import ASTAttention
+    from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer import (
+        ASTAttention,
+    )
 
     config = ASTConfig(hidden_size=16, num_attention_heads=2)
     config._attn_implementation = "eager"

@@ -2,8 +2,9 @@
 
 import pytest
 
+from petl_modules.training.compose import compose_hparams, load_hparams
+
 from conftest import REPO, read_results, run_train
-from petl_modules.recipe import compose_hparams, load_hparams
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
 

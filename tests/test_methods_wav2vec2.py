@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from petl_modules.backbones import Backbone
-from petl_modules.classifier import Classifier
-from petl_modules.prompt import PrefixTuning
-from petl_modules.recipe import REPO_ROOT, compose_hparams, load_hparams
+from petl_modules.methods.classifier import Classifier
+from petl_modules.methods.prompt import PrefixTuning
+from petl_modules.training.compose import compose_hparams, load_hparams
 
+from conftest import REPO
 from waveform_helpers import padded_batch
 
 METHODS = ["linear", "full_ft", "bitfit", "lora", "prefix_tuning", "prompt_tuning", "adapter",
@@ -27,8 +28,8 @@ def build(method, folder, tmp_path, **overrides):
     """The composed hparams of ``hparams/<method>.yaml`` on FSC with ``folder`` as backbone."""
     options = dict(data_folder=str(tmp_path), output_folder=str(tmp_path / "out"),
                    backbone_source=folder, **overrides)
-    text = compose_hparams(REPO_ROOT / "hparams" / f"{method}.yaml",
-                           REPO_ROOT / "recipes" / "FSC" / "fsc.yaml", options)
+    text = compose_hparams(REPO / "hparams" / f"{method}.yaml",
+                           REPO / "recipes" / "FSC" / "fsc.yaml", options)
     return load_hparams(text)
 
 

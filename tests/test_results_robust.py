@@ -15,9 +15,10 @@ import ruamel.yaml
 import transformers
 from hyperpyyaml import resolve_references
 
-from conftest import REPO
 from petl_modules import results as results_cli
-from petl_modules.recipe import compose_hparams, scalar_hparams
+from petl_modules.training.compose import compose_hparams, scalar_hparams
+
+from conftest import REPO
 
 
 def valid_run(accuracy=0.8, **extra):
@@ -320,8 +321,8 @@ def test_a_metadata_row_without_a_valid_fold_is_named_or_skipped_never_dropped(
     import csv
     import shutil
 
-    from petl_modules.prepare import DataError
     from petl_modules.synthetic import official_class_names
+    from petl_modules.training.prepare import DataError
 
     prepare, metadata, name_column, folds = FOLD_DATASETS[dataset]
     root = Path(shutil.copytree(fold_datasets[dataset], tmp_path / "data" / fold_datasets[dataset].name))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from petl_modules.run_folder import (
+from petl_modules.training.run_folder import (
     IDENTITY_FILE,
     RunFolderError,
     RunLock,
@@ -66,7 +66,7 @@ def test_damaged_identity_file_is_an_error_not_a_silent_restart(tmp_path):
 # ==================================================================== the lock (unit)
 HOLDER = """
 import sys, time
-from petl_modules.run_folder import RunLock
+from petl_modules.training.run_folder import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)
@@ -155,7 +155,7 @@ def test_run_on_a_folder_in_use_is_refused_naming_the_holder(fsc_data, tiny_ast,
 def test_fingerprinting_the_backbone_leaves_the_random_state_alone(tiny_ast):
     import torch
 
-    from petl_modules.pretrained import _FINGERPRINTS, backbone_fingerprint
+    from petl_modules.training.pretrained import _FINGERPRINTS, backbone_fingerprint
 
     _FINGERPRINTS.clear()
     torch.manual_seed(3)

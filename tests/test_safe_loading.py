@@ -17,7 +17,8 @@ from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules import classify as classify_cli
 from petl_modules import export as export_cli
-from petl_modules.pretrained import (
+from petl_modules.training.compose import compose_hparams, load_hparams
+from petl_modules.training.pretrained import (
     CONFIG_FILE,
     FORMAT_VERSION,
     WEIGHTS_FILE,
@@ -26,7 +27,6 @@ from petl_modules.pretrained import (
     load_petl_model,
     save_petl_model,
 )
-from petl_modules.recipe import compose_hparams, load_hparams
 
 from conftest import REPO
 

@@ -8,14 +8,15 @@ import logging
 import pytest
 import torch
 
-from petl_modules.adapters import Adapter
-from petl_modules.lora import LoRA
-from petl_modules.moa import MixtureOfAdapters
-from petl_modules.recipe import REPO_ROOT, compose_hparams, load_hparams
+from petl_modules.methods.adapters import Adapter
+from petl_modules.methods.lora import LoRA
+from petl_modules.methods.moa import MixtureOfAdapters
+from petl_modules.training.compose import compose_hparams, load_hparams
 
+from conftest import REPO
 from methods_helpers import adapted
 
-LOGGER = "petl_modules.adapted"
+LOGGER = "petl_modules.methods.adapted"
 
 
 def start_warnings(caplog):
@@ -53,7 +54,7 @@ def test_the_sequential_adapter_of_the_yaml_warns_once_per_build(tiny_ast, tmp_p
     options = dict(data_folder=str(tmp_path), output_folder=str(tmp_path / "out"),
                    backbone_source=str(tiny_ast), max_frames=64, reduction_rate=8,
                    seq_or_par="sequential", adapter_type="Houlsby")
-    text = compose_hparams(REPO_ROOT / "hparams" / "adapter.yaml", REPO_ROOT / "recipes" / "FSC" / "fsc.yaml",
+    text = compose_hparams(REPO / "hparams" / "adapter.yaml", REPO / "recipes" / "FSC" / "fsc.yaml",
                            options)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         load_hparams(text)

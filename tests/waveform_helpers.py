@@ -2,7 +2,7 @@
 
 import torch
 
-from petl_modules.features import Waveform
+from petl_modules.backbones.features import Waveform
 
 
 def padded_batch(durations, seed=0):

@@ -9,8 +9,13 @@ manifest, so the manifest is written once for all folds.
 import logging
 from pathlib import Path
 
-from petl_modules.prepare import (MAX_LISTED, SKIPPED_FILE, DataError, prepare_once,
-                                  read_release_csv)
+from petl_modules.training.prepare import (
+    MAX_LISTED,
+    SKIPPED_FILE,
+    DataError,
+    prepare_once,
+    read_release_csv,
+)
 
 logger = logging.getLogger(__name__)
 

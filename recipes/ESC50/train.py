@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from esc50_prepare import MANIFEST, METADATA, RELEASE, prepare_esc50  # noqa: E402
 
-from petl_modules.brain import ClassificationBrain  # noqa: E402
-from petl_modules.prepare import resolve_data_folder  # noqa: E402
-from petl_modules.recipe import rotating_fold_datasets, run_recipe  # noqa: E402
+from petl_modules.training.brain import ClassificationBrain  # noqa: E402
+from petl_modules.training.prepare import resolve_data_folder  # noqa: E402
+from petl_modules.training.recipe import rotating_fold_datasets, run_recipe  # noqa: E402
 
 
 class ESC50Brain(ClassificationBrain):

@@ -7,7 +7,7 @@ header ``,path,speakerId,transcription,action,object,location`` and 16 kHz wavs 
 
 from pathlib import Path
 
-from petl_modules.prepare import prepare_once, read_release_csv
+from petl_modules.training.prepare import prepare_once, read_release_csv
 
 RELEASE = "fluent_speech_commands_dataset"
 MARKER = "data/train_data.csv"

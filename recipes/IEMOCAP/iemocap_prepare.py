@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from petl_modules.prepare import DataError, prepare_once
+from petl_modules.training.prepare import DataError, prepare_once
 
 logger = logging.getLogger(__name__)
 

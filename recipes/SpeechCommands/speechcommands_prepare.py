@@ -8,7 +8,7 @@ name starts with ``_`` (``_background_noise_``) are not classes. The label is th
 
 from pathlib import Path
 
-from petl_modules.prepare import DataError, prepare_once
+from petl_modules.training.prepare import DataError, prepare_once
 
 RELEASE = "speech_commands_v0.02"
 LISTS = {"valid": "validation_list.txt", "test": "testing_list.txt"}

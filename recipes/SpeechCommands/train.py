@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speechcommands_prepare import LISTS, RELEASE, SPLITS, prepare_speechcommands  # noqa: E402
 
-from petl_modules.brain import ClassificationBrain  # noqa: E402
-from petl_modules.prepare import resolve_data_folder  # noqa: E402
-from petl_modules.recipe import load_manifest, run_recipe  # noqa: E402
+from petl_modules.training.brain import ClassificationBrain  # noqa: E402
+from petl_modules.training.prepare import resolve_data_folder  # noqa: E402
+from petl_modules.training.recipe import load_manifest, run_recipe  # noqa: E402
 
 
 class SpeechCommandsBrain(ClassificationBrain):

@@ -8,7 +8,7 @@ DataLoader workers can carry them.
 Each processor says how much audio it uses: ``samples_needed`` (samples from the start of an
 utterance; None: all) and ``min_samples`` (the backbone's shortest input; shorter clips are padded
 with zeros). ``load_input(path, processor)`` reads only ``samples_needed`` samples of a file
-(``petl_modules.audio.load_audio``'s partial read), pads short clips with a warning naming the
+(``petl_modules.training.audio.load_audio``'s partial read), pads short clips with a warning naming the
 file, and returns the processor's output: the data pipeline and ``classify`` call it per file.
 """
 
@@ -16,8 +16,6 @@ import logging
 
 import torch
 import torchaudio
-
-from petl_modules.audio import load_audio
 
 logger = logging.getLogger(__name__)
 
@@ -28,55 +26,10 @@ AST_STD = 4.5689974
 # samples (25 ms at 16 kHz) for its first output frame.
 WAVEFORM_MIN_SAMPLES = 400
 
-_warned_short = set()  # files already reported as too short (one warning per file and process)
-
-
 def pad_to_minimum(wav, min_samples):
     """``[S]`` waveform right-padded with zeros to at least ``min_samples`` samples."""
     missing = int(min_samples) - wav.shape[-1]
     return torch.nn.functional.pad(wav, (0, missing)) if missing > 0 else wav
-
-
-def load_input(path, input_processor):
-    """The model input of one audio file: what the data pipeline hands to the batch.
-
-    Reads only the part of the file that ``input_processor`` uses (its ``samples_needed``; the
-    rest of a long file is never read), pads a clip shorter than the backbone's minimum input
-    (``min_samples``) with zeros and a warning naming the file, then runs the processor.
-
-    Arguments
-    ---------
-    path : str or Path
-        An audio file (any format ``petl_modules.audio.load_audio`` reads).
-    input_processor : callable
-        The lobe's ``input_processor`` (``ASTFbank``, ``Waveform``).
-
-    Returns
-    -------
-    torch.Tensor
-        The processor's output (``[max_frames, mel]`` or ``[S]``).
-
-    Raises
-    ------
-    petl_modules.audio.AudioError
-        Missing, unreadable, empty file or non-finite samples, naming the file.
-    """
-    wav = load_audio(path, getattr(input_processor, "sample_rate", 16000),
-                     max_samples=getattr(input_processor, "samples_needed", None))
-    min_samples = getattr(input_processor, "min_samples", 0)
-    if wav.shape[0] < min_samples:
-        key = str(path)
-        if key not in _warned_short:
-            _warned_short.add(key)
-            rate = getattr(input_processor, "sample_rate", 16000)
-            logger.warning(
-                f"Audio file {path} is shorter ({wav.shape[0]} samples, "
-                f"{1000 * wav.shape[0] / rate:.1f} ms) than the backbone's minimum input "
-                f"({min_samples} samples, {1000 * min_samples / rate:.0f} ms): padded with zeros. "
-                "Replace or remove the file if it is not meant to be this short."
-            )
-        wav = pad_to_minimum(wav, min_samples)
-    return input_processor(wav)
 
 
 class ASTFbank:

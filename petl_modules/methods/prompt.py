@@ -23,9 +23,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from petl_modules.adapted import PETLModule
-from petl_modules.adapters import join_output, split_output
-from petl_modules.backbones import is_wavlm_attention, wavlm_attention_bias
+from petl_modules.backbones.wav2vec2 import is_wavlm_attention, wavlm_attention_bias
+from petl_modules.methods.adapted import PETLModule
+from petl_modules.methods.adapters import join_output, split_output
 
 
 def _tokens(count, hidden_size):

@@ -14,7 +14,7 @@ dataset yaml). What it does depends on the backbone family, read from the lobe:
   zero-mean).
 
 Every draw comes from torch's global CPU generator (as torchaudio's), which the checkpoints save
-and restore (``petl_modules.checkpointing.RandomState``): a resumed run masks as an uninterrupted
+and restore (``petl_modules.training.checkpointing.RandomState``): a resumed run masks as an uninterrupted
 one.
 
 ``augment`` is what the Brain calls: it passes the lobe to augmentations of this module and turns

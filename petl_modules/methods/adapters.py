@@ -7,7 +7,7 @@ Blocks (input and output ``[B, T, D]``; ``r = round(D / reduction_rate)``, as th
   channels: LayerNorm -> pointwise conv to 2r -> GLU -> depthwise conv (``kernel_size``) ->
   BatchNorm -> SiLU -> pointwise conv to D -> dropout. The first paper's new adapter.
 - ``Convpass``: ``up(dropout(QuickGELU(conv3(QuickGELU(down(x))))))``, the convolution running over
-  the sequence (Jie and Deng, 2022); an expert of the mixtures of adapters (``petl_modules.moa``).
+  the sequence (Jie and Deng, 2022); an expert of the mixtures of adapters (``petl_modules.methods.moa``).
 
 ``Adapter`` wraps a sublayer ``f`` (the module at the ``attention`` or ``ffn`` insertion point,
 whose input ``x`` is the output of the LayerNorm before it). With ``A_r(u) = A(u) (+ u if
@@ -22,7 +22,7 @@ sequential  after    ``A_r(f(x))``                    sequential adapter (main t
 sequential  before   ``f(A_r(x))``
 =========== ======== ================================ =========================================
 
-Padding (``petl_modules.adapted.current_token_mask``, set by the lobe) is zeroed before the
+Padding (``petl_modules.methods.adapted.current_token_mask``, set by the lobe) is zeroed before the
 conformer and Convpass convolutions over the tokens and left out of the conformer's BatchNorm
 statistics (``MaskedBatchNorm1d``, which also updates its running statistics once per step under
 gradient checkpointing). Settings that start the model away from the pretrained one (sequential
@@ -45,7 +45,7 @@ re-initialised every Linear missing from the checkpoint with N(0, 0.02) and a ze
 import torch
 import torch.nn.functional as F
 
-from petl_modules.adapted import PETLModule, current_token_mask, recomputing
+from petl_modules.methods.adapted import PETLModule, current_token_mask, recomputing
 
 ADAPTER_BLOCKS = ("bottleneck", "conformer", "convpass")
 ADAPTER_TYPES = ("Pfeiffer", "Houlsby")
@@ -114,7 +114,7 @@ class MaskedBatchNorm1d(torch.nn.BatchNorm1d):
 
     In training, the batch statistics (used to normalise, and to update the running statistics)
     are taken over the valid positions of ``mask [B, T]`` only. When a checkpointed layer is
-    recomputed in backward (``petl_modules.adapted.recomputing``), the batch statistics are used
+    recomputed in backward (``petl_modules.methods.adapted.recomputing``), the batch statistics are used
     again but the running statistics are not updated a second time. Without a mask and outside a
     recomputation it is ``nn.BatchNorm1d`` exactly; in eval mode (running statistics) every
     position is normalised on its own, so padding cannot matter.

@@ -22,8 +22,13 @@ import torch
 import torch.nn.functional as F
 from speechbrain.nnet.adapters import replace_module
 
-from petl_modules.adapted import PETLModule
-from petl_modules.adapters import INITS, bottleneck_width, check_choice, reference_init_warning
+from petl_modules.methods.adapted import PETLModule
+from petl_modules.methods.adapters import (
+    INITS,
+    bottleneck_width,
+    check_choice,
+    reference_init_warning,
+)
 
 LORA_TARGETS = ("q", "k", "v", "o")
 

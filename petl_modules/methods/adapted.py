@@ -74,7 +74,7 @@ def current_token_mask(x):
         raise ValueError(
             f"The token mask {list(mask.shape)} set by the backbone lobe does not fit the "
             f"{list(x.shape[:2])} tokens a PETL module receives: the lobe must set the mask of "
-            "the sequence its layers run on (petl_modules.adapted.token_mask)."
+            "the sequence its layers run on (petl_modules.methods.adapted.token_mask)."
         )
     return mask
 

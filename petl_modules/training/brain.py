@@ -10,7 +10,7 @@ Resuming (``fit`` continues from the latest checkpoint, also an intra-epoch one)
 restores the modules, optimiser, scheduler, epoch counter, DataLoader position, step and running
 loss; this Brain adds the epoch's training accuracy counts so far (in its own checkpoint file) and
 gives the training DataLoader its own seeded generator, so that the global random state (restored
-by ``petl_modules.checkpointing.RandomState``) is drawn from in the same order with or without an
+by ``petl_modules.training.checkpointing.RandomState``) is drawn from in the same order with or without an
 interruption. A resumed run thus ends with the same results as an uninterrupted one.
 """
 
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 import yaml
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
-from petl_modules.augment import augment
-from petl_modules.cache import head_input
+from petl_modules.training.augment import augment
+from petl_modules.training.cache import head_input
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ClassificationBrain(sb.Brain):
 
     Expects ``modules`` with ``petl_model`` (an ``AdaptedBackbone``) and ``classifier``, and batches
     with ``inputs`` (padded features or waveforms) and ``label_index``. Optional hparams:
-    ``augmentation`` (applied to the training inputs by ``petl_modules.augment.augment``, e.g.
+    ``augmentation`` (applied to the training inputs by ``petl_modules.training.augment.augment``, e.g.
     ``SpecAugment``, which masks fbank features or waveforms by backbone family).
     """
 
@@ -56,13 +56,13 @@ class ClassificationBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         if getattr(self.hparams, "cache_backbone_outputs", False):
-            # Linear probing from cached backbone outputs (petl_modules/cache.py): the final
+            # Linear probing from cached backbone outputs (petl_modules/training/cache.py): the final
             # LayerNorm's affine part and the head run on one cached vector per utterance.
             return self.modules.classifier(head_input(self.modules.petl_model, batch.cached.data))
         inputs, lengths = batch.inputs
         augmentation = getattr(self.hparams, "augmentation", None)
         if stage == sb.Stage.TRAIN and augmentation is not None:
-            # Fits the input kind of the backbone (petl_modules/augment.py).
+            # Fits the input kind of the backbone (petl_modules/training/augment.py).
             inputs = augment(augmentation, inputs, lengths, self.modules.petl_model)
         hidden, mask = self.modules.petl_model(inputs, lengths)
         return self.modules.classifier(hidden, mask)

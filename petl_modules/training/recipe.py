@@ -8,323 +8,42 @@ process, then for each fold: experiment folder, datasets, ``fit``, test with the
 finally ``results.json``.
 """
 
-import difflib
 import errno
-import io
 import json
 import logging
 import math
-import os
 import random
-import re
 import sys
-import tempfile
 from pathlib import Path
 
 import ruamel.yaml
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from petl_modules import tracking
-from petl_modules.audio import AudioError
-from petl_modules.backbones import FAMILIES, lobe_class
-from petl_modules.cache import check_cacheable, use_backbone_cache
-from petl_modules.checkpointing import CheckpointError
-from petl_modules.features import load_input
-from petl_modules.prepare import DataError
-from petl_modules.run_folder import RunFolderError, RunLock, check_run_identity, run_identity, write_json_atomic  # noqa: F401
+from petl_modules.training import tracking
+from petl_modules.training.audio import AudioError, load_input
+from petl_modules.training.cache import check_cacheable, use_backbone_cache
+from petl_modules.training.checkpointing import CheckpointError
+from petl_modules.training.compose import (
+    ConfigError,
+    compose_hparams,
+    load_fold_hparams,
+    scalar_hparams,
+    validate_options,
+)
+from petl_modules.training.prepare import DataError
+from petl_modules.training.run_folder import (
+    RunFolderError,
+    RunLock,
+    check_run_identity,
+    run_identity,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
-
-COMMON_YAML = Path(__file__).with_name("recipe.yaml")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class ConfigError(ValueError):
-    """A wrong option or file given by the user (raised before any data is read)."""
-
-
-# ==================================================================== composing the yaml files
-def _load_tree(path):
-    """The round-trip tree of a yaml file: tags are kept as data, nothing is built."""
-    try:
-        with open(path) as stream:
-            text = stream.read()
-    except FileNotFoundError:
-        raise ConfigError(f"File not found: {path}") from None
-    return _load_text(text, str(path))
-
-
-def _load_text(text, name):
-    """The round-trip tree of yaml ``text`` (``name`` says where it comes from, for errors)."""
-    try:
-        tree = ruamel.yaml.YAML().load(text)
-    except ruamel.yaml.constructor.DuplicateKeyError as err:
-        key = re.search(r'duplicate key "([^"]+)"', str(err))
-        key = key.group(1) if key else "a key"
-        where = "" if err.problem_mark is None else f" (line {err.problem_mark.line + 1})"
-        if name == "the command line":
-            raise ConfigError(f"--{key} is given twice on the command line; keep one.") from None
-        raise ConfigError(f"{name} is not valid yaml: '{key}' is given twice{where}; keep "
-                          "one (a duplicate key would silently hide the other value).") from None
-    except ruamel.yaml.YAMLError as err:
-        raise ConfigError(f"{name} is not valid yaml: {' '.join(str(err).split())}") from None
-    if tree is None:
-        return ruamel.yaml.comments.CommentedMap()
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{name} must be a mapping of 'key: value' lines.")
-    return tree
-
-
-def _method_files():
-    return sorted(p.name for p in (REPO_ROOT / "hparams").glob("*.yaml"))
-
-
-def method_registry():
-    """``{method name: method file}``: the ``method`` key of every ``hparams/*.yaml``.
-
-    The only way a PETL model folder names the code that rebuilds it.
-    """
-    registry = {}
-    for path in sorted((REPO_ROOT / "hparams").glob("*.yaml")):
-        name = _load_tree(path).get("method")
-        if isinstance(name, str):
-            registry.setdefault(name, path)
-    return registry
-
-
-# Options whose values are checked before anything is built: (kind, minimum, allow None).
-OPTION_RANGES = {
-    "batch_size": (int, 1, False),
-    "number_of_epochs": (int, 1, False),
-    "lr": (float, 0, False),
-    "head_lr": (float, 0, False),
-    "weight_decay": (float, 0, False),
-    "num_workers": (int, 0, False),
-    "seed": (int, None, False),
-    "few_shot_samples": (int, 0, False),
-    "max_frames": (int, 1, False),
-    "n_classes": (int, 2, False),
-    "clip_seconds": (float, 0, True),
-    "ckpt_interval_minutes": (float, 0, False),
-}
-STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds"}
-
-
-def validate_options(values):
-    """Checks the types and ranges of the options in ``OPTION_RANGES`` that ``values`` holds as
-    plain values; raises ``ConfigError`` naming the option and what it accepts."""
-    problems = []
-    for key, (kind, low, nullable) in OPTION_RANGES.items():
-        if key not in values or getattr(values[key], "tag", None) is not None \
-                and getattr(values[key].tag, "value", None):
-            continue  # absent, or computed by the yaml (checked once built)
-        value = values[key]
-        if value is None and nullable:
-            continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int and not (number and float(value).is_integer()):
-            problems.append(f"--{key}={value!r} must be a whole number"
-                            + (f" >= {low}" if low is not None else ""))
-        elif kind is float and not (number and math.isfinite(value)):
-            problems.append(f"--{key}={value!r} must be a number")
-        elif low is not None and (value <= low if key in STRICTLY_POSITIVE else value < low):
-            bound = f"> {low}" if key in STRICTLY_POSITIVE else f">= {low}"
-            problems.append(f"--{key}={value!r} is out of range: it must be {bound}")
-    if problems:
-        raise ConfigError("; ".join(problems) + ".")
-
-
-FAMILY_DEFAULTS = "family_defaults"
-
-
-def _backbone_family(layers):
-    """The lobe family (``ast``, ``wav2vec2``) of the ``backbone_source`` the first of ``layers``
-    (command line, dataset, method, recipe.yaml) that sets it names; None when its config cannot
-    be read (then no backbone can be built either: building it reports why)."""
-    source = next(layer["backbone_source"] for layer in layers if "backbone_source" in layer)
-    source = os.fspath(source) if isinstance(source, os.PathLike) else source
-    if not isinstance(source, str):
-        raise ConfigError(
-            f"family_defaults need a plain backbone_source (a hub id or a folder), got '{source}'."
-        )
-    try:
-        return lobe_class(source).family
-    except OSError as err:
-        logger.warning(f"family_defaults not applied: {err}")
-        return None
-
-
-def _apply_family_defaults(merged, table, family, file_name):
-    """Sets the entries of ``table[family]`` (a ``family_defaults`` mapping) in ``merged``."""
-    if table is None:
-        return
-    families = sorted({lobe.family for lobe in FAMILIES.values()})
-    if not isinstance(table, dict) or not set(table) <= set(families):
-        raise ConfigError(
-            f"{file_name}: {FAMILY_DEFAULTS} must map backbone families ({', '.join(families)}) to "
-            f"'key: value' defaults; got {dict(table) if isinstance(table, dict) else table}."
-        )
-    for key, value in (table.get(family) or {}).items():
-        if key not in merged:
-            raise ConfigError(
-                f"{file_name}: {FAMILY_DEFAULTS}.{family}.{key} sets '{key}', which no earlier "
-                "file defines: define it (with its default) before giving a per-family value."
-            )
-        merged[key] = value
-
-
-def compose_hparams(method_file, dataset_file, overrides=None, family=None):
-    """Composes recipe.yaml < method yaml < dataset yaml < ``overrides`` into one yaml text.
-
-    Per-backbone defaults: a method or dataset yaml may hold a ``family_defaults`` mapping,
-    backbone family (``ast``, ``wav2vec2``: the family of ``backbone_source``'s ``model_type``) ->
-    ``key: value``. Each file's entries for the family of the run apply right after that file, so
-    the order is: recipe.yaml < method < method's family_defaults < dataset < dataset's
-    family_defaults < command line. E.g. ``family_defaults: {wav2vec2: {number_of_epochs: 50}}``.
-
-    Arguments
-    ---------
-    method_file : str or Path
-        ``hparams/<method>.yaml``.
-    dataset_file : str or Path
-        ``recipes/<DATASET>/<dataset>.yaml``.
-    overrides : str or dict
-        Command-line overrides (the yaml string ``sb.parse_arguments`` returns, or a dict). Every
-        key must exist in one of the three files.
-    family : str, optional
-        The backbone family whose ``family_defaults`` apply; default: read from the config of
-        ``backbone_source``.
-
-    Returns
-    -------
-    str
-        One HyperPyYAML document (``load_hparams`` instantiates it).
-    """
-    method_file = Path(method_file)
-    if not method_file.is_file():
-        raise ConfigError(
-            f"Method file '{method_file}' not found. Available methods in hparams/: "
-            f"{', '.join(_method_files())}."
-        )
-    merged = _load_tree(COMMON_YAML)
-    method = _load_tree(method_file)
-    if "method" not in method or "petl_model" not in method:
-        raise ConfigError(
-            f"'{method_file}' is not a method file: it must define 'method' and 'petl_model'. "
-            f"Pass one of hparams/{{{','.join(_method_files())}}} as the first argument."
-        )
-    dataset = _load_tree(dataset_file)
-    if isinstance(overrides, str):
-        overrides = _load_text(overrides, "the command line") if overrides.strip() else {}
-    overrides = overrides or {}
-    if "method" in overrides:
-        raise ConfigError(
-            f"--method cannot be overridden: the method is the method file given as the first "
-            f"argument (hparams/<method>.yaml; here {method_file.name}). Available: "
-            f"{', '.join(_method_files())}."
-        )
-    if family is None and any(FAMILY_DEFAULTS in layer for layer in (method, dataset)):
-        family = _backbone_family([overrides, dataset, method, merged])
-    for layer, name in ((method, method_file.name), (dataset, Path(dataset_file).name)):
-        for key, value in layer.items():
-            if key != FAMILY_DEFAULTS:
-                merged[key] = value
-        _apply_family_defaults(merged, layer.get(FAMILY_DEFAULTS), family, name)
-    for key, value in overrides.items():
-        if key not in merged:
-            close = difflib.get_close_matches(key, list(merged), n=3)
-            hint = f" Did you mean: {', '.join('--' + c for c in close)}?" if close else ""
-            raise ConfigError(
-                f"Unknown option --{key}: it is not a key of {COMMON_YAML.name}, {method_file.name} "
-                f"or {Path(dataset_file).name}.{hint}"
-            )
-        merged[key] = value
-    data_folder = merged.get("data_folder")
-    if getattr(getattr(data_folder, "tag", None), "value", None) == "!PLACEHOLDER":
-        raise ConfigError("Missing --data_folder=/path/to/the/dataset (the folder of its release).")
-    validate_options(merged)
-    return _dump(merged)
-
-
-def _dump(tree):
-    text = io.StringIO()
-    ruamel.yaml.YAML().dump(tree, text)
-    return text.getvalue()
-
-
-OBJECT_TAGS = ("!new:", "!name:", "!module:", "!copy", "!include", "!tuple")
-
-
-def compose_model_hparams(method, options):
-    """Composes recipe.yaml < the registry's file of ``method`` < ``options`` (plain values).
-
-    Used to rebuild a PETL model folder: the code comes from our own method file, the folder only
-    gives values. An option may set a value key (a plain or computed one), never an object
-    (``!new:``, ``!name:``, ... or a mapping), and its value must be plain data.
-
-    Raises
-    ------
-    ConfigError
-        Unknown method, an option naming an object, or a value that is not plain data.
-    """
-    registry = method_registry()
-    if method not in registry:
-        raise ConfigError(
-            f"the method '{method}' is not one of this installation's method files "
-            f"({', '.join(sorted(registry))}); it was trained with a method file you do not have."
-        )
-    merged = _load_tree(COMMON_YAML)
-    for key, value in _load_tree(registry[method]).items():
-        if key != FAMILY_DEFAULTS:
-            merged[key] = value
-    plain = (str, int, float, bool, type(None))
-    for key, value in options.items():
-        if key == "method":
-            continue
-        node = merged.get(key)
-        tag = getattr(getattr(node, "tag", None), "value", None) or ""
-        if key.startswith("__") or isinstance(node, dict) or tag.startswith(OBJECT_TAGS):
-            raise ConfigError(f"the option '{key}' names an object of the model, not a value")
-        items = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, plain) for v in items) or any(
-                isinstance(v, str) and v.lstrip().startswith(("!", "&", "*", "%")) for v in items):
-            raise ConfigError(f"the option '{key}' is not a plain value: {value!r:.80}")
-        merged[key] = list(value) if isinstance(value, list) else value
-    text = _dump(merged)
-    reread = _load_text(text, "the rebuilt configuration")
-    for key in options:
-        node = reread.get(key)
-        if key != "method" and getattr(getattr(node, "tag", None), "value", None):
-            raise ConfigError(f"the option '{key}' would be read as a yaml tag")
-    return text
-
-
-def load_hparams(yaml_text, **overrides):
-    """Instantiates a composed yaml (``compose_hparams``), with extra key overrides."""
-    return load_hyperpyyaml(yaml_text, overrides or None, overrides_must_match=True)
-
-
-def load_fold_hparams(yaml_text, fold):
-    """Instantiates the run's yaml for one fold, in ``<output_folder>/fold_<k>`` (``fold`` None:
-    datasets with official splits, in ``<output_folder>`` itself)."""
-    if fold is None:
-        return load_hparams(yaml_text)
-    overrides = f"fold: {int(fold)}\nexperiment_folder: !ref <output_folder>/fold_{int(fold)}\n"
-    return load_hyperpyyaml(yaml_text, overrides, overrides_must_match=True)
-
-
-def scalar_hparams(hparams):
-    """The plain (JSON-serialisable) top-level values of ``hparams``: options of the run."""
-    return {
-        k: v for k, v in hparams.items()
-        if isinstance(v, (str, int, float, bool, type(None)))
-        or (isinstance(v, list) and all(isinstance(x, (str, int, float, bool)) for x in v))
-    }
 
 
 # ==================================================================== data
@@ -575,7 +294,7 @@ def _disk_full(err):
 
 def _claim_output_folder(lock, hparams):
     """Locks the output folder for this run and checks (or records) the run's identity."""
-    from petl_modules.pretrained import backbone_fingerprint
+    from petl_modules.training.pretrained import backbone_fingerprint
 
     lock.acquire()
     try:
@@ -702,7 +421,7 @@ def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, hea
     }
     if if_main_process():
         # The modules hold the best checkpoint's weights (evaluate recovered it): ship them.
-        from petl_modules.pretrained import save_run_petl_model
+        from petl_modules.training.pretrained import save_run_petl_model
 
         save_run_petl_model(hparams, class_names)
         # Written last: it marks the fold as finished (a rerun of the command skips the fold).

@@ -21,7 +21,7 @@ waveform lobes whose output depends on how an utterance is padded in its batch.
 
 The cache lives beside the manifests, ``<manifest_folder>/backbone_cache/<key>.pt`` (+ ``.json``
 with the settings), keyed by the backbone's weight fingerprint
-(``petl_modules.pretrained.backbone_fingerprint``) and every setting that changes the cached
+(``petl_modules.training.pretrained.backbone_fingerprint``) and every setting that changes the cached
 vectors (input features, position embeddings, attention implementation, pooling). It maps audio
 files (the ``wav`` field the features are computed from) to vectors, so folds and later runs on
 the same manifests reuse it and only compute what is missing.
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
-from petl_modules.adapted import PETLModule
+from petl_modules.methods.adapted import PETLModule
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def head_input(petl_model, cached):
 # ==================================================================== the file
 def cache_settings(hparams):
     """Everything the cached vectors depend on (the cache key is their hash)."""
-    from petl_modules.pretrained import backbone_fingerprint
+    from petl_modules.training.pretrained import backbone_fingerprint
 
     lobe = hparams["backbone"]
     return {

@@ -85,9 +85,9 @@ def run_identity(options, fingerprint=None):
     Arguments
     ---------
     options : dict
-        The run's plain options (``petl_modules.recipe.scalar_hparams``).
+        The run's plain options (``petl_modules.training.compose.scalar_hparams``).
     fingerprint : str, optional
-        sha256 of the base checkpoint's weights (``petl_modules.pretrained.backbone_fingerprint``).
+        sha256 of the base checkpoint's weights (``petl_modules.training.pretrained.backbone_fingerprint``).
     """
     return {
         "options": {k: v for k, v in sorted(options.items())

@@ -1,7 +1,7 @@
 """The PETL model folder: the few trained tensors of a run, and how they go back onto the backbone.
 
 Every run writes ``<experiment_folder>/petl_model/`` from its best validation checkpoint (the hook
-``save_run_petl_model`` at the end of ``petl_modules.recipe.run_fold``)::
+``save_run_petl_model`` at the end of ``petl_modules.training.recipe.run_fold``)::
 
     petl_model/
     ├── petl_config.json        how to rebuild the model (see below)
@@ -19,7 +19,7 @@ and the names of the saved tensors.
 A folder may come from someone else, so loading it never executes anything it says: the config
 is read as JSON and checked against a schema (unknown keys, wrong types, YAML tags and newer
 format versions are refused, naming what was found); the model is rebuilt from OUR method file
-with the options set as plain values (``petl_modules.recipe.compose_model_hparams``); the tensors
+with the options set as plain values (``petl_modules.training.compose.compose_model_hparams``); the tensors
 are read from safetensors, and exactly the rebuilt model's trained tensors must be there. Folders
 of format_version 1 (which also stored the run's yaml text) load the same way: that text is
 never parsed.
@@ -45,8 +45,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from petl_modules.adapted import PETLModule, petl_buffers
-from petl_modules.run_folder import current_umask, write_json_atomic
+from petl_modules.methods.adapted import PETLModule, petl_buffers
+from petl_modules.training.run_folder import current_umask, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def trained_state(modules):
 
 def method_options(hparams):
     """The plain options of a run that describe the model (run-only paths left out)."""
-    from petl_modules.recipe import scalar_hparams
+    from petl_modules.training.compose import scalar_hparams
 
     return {k: v for k, v in scalar_hparams(hparams).items()
             if k not in RUN_ONLY_KEYS and not k.startswith("__")}
@@ -440,7 +440,7 @@ def rebuild_modules(config, backbone_source=None):
     """Builds the model of a PETL model folder from our own method file, with the folder's options
     as plain values: ``{"petl_model", "classifier"}`` with the base checkpoint's weights and freshly
     initialised trained tensors. The folder's yaml text (format_version 1) is never read."""
-    from petl_modules.recipe import ConfigError, compose_model_hparams, load_hparams
+    from petl_modules.training.compose import ConfigError, compose_model_hparams, load_hparams
 
     source = str(backbone_source or config["backbone_source"])
     scratch = tempfile.mkdtemp(prefix="petl_rebuild_")
@@ -543,7 +543,7 @@ def merge_petl_model(modules):
     """Folds LoRA updates into the backbone weights, in place (zero-overhead inference).
 
     Every ``LoRA`` wrapper becomes a plain ``nn.Linear`` holding ``W + s B A``
-    (``petl_modules.lora.merge_lora``). BitFit biases and fine-tuned layers are trained in place
+    (``petl_modules.methods.lora.merge_lora``). BitFit biases and fine-tuned layers are trained in place
     already: nothing to fold. Other PETL modules (adapters, prompts, prefixes, MoA) stay.
 
     Returns
@@ -551,7 +551,7 @@ def merge_petl_model(modules):
     list of str
         Names of the merged modules.
     """
-    from petl_modules.lora import merge_lora
+    from petl_modules.methods.lora import merge_lora
 
     return merge_lora(modules["petl_model"])
 

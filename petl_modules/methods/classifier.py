@@ -26,7 +26,7 @@ class Classifier(torch.nn.Module):
         (mean over the tokens after them: the input's), ``prompts+speech`` (mean from the first
         prompt on: all but the tokens kept before the prompts, e.g. AST's CLS).
     prompt_span : list of int, optional
-        ``[start, stop]`` of the prompt tokens in the sequence (``petl_modules.prompt.prompt_span``);
+        ``[start, stop]`` of the prompt tokens in the sequence (``petl_modules.methods.prompt.prompt_span``);
         required by the prompt poolings.
 
     Example

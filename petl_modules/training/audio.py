@@ -7,6 +7,7 @@ memory does not grow with the file; training, testing and ``classify`` read ever
 they see the same samples (equal to resampling the whole file up to float rounding, ~1e-7).
 """
 
+import logging
 import math
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 RESAMPLING_MARGIN = 256  # input frames read beyond those the kept samples come from
@@ -115,3 +118,48 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None):
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
     wav = resample(wav, rate, sample_rate)
     return wav if max_samples is None else wav[: int(max_samples)]
+
+
+_warned_short = set()  # files already reported as too short (one warning per file and process)
+
+
+def load_input(path, input_processor):
+    """The model input of one audio file: what the data pipeline hands to the batch.
+
+    Reads only the part of the file that ``input_processor`` uses (its ``samples_needed``; the
+    rest of a long file is never read), pads a clip shorter than the backbone's minimum input
+    (``min_samples``) with zeros and a warning naming the file, then runs the processor.
+
+    Arguments
+    ---------
+    path : str or Path
+        An audio file (any format ``petl_modules.training.audio.load_audio`` reads).
+    input_processor : callable
+        The lobe's ``input_processor`` (``ASTFbank``, ``Waveform``).
+
+    Returns
+    -------
+    torch.Tensor
+        The processor's output (``[max_frames, mel]`` or ``[S]``).
+
+    Raises
+    ------
+    petl_modules.training.audio.AudioError
+        Missing, unreadable, empty file or non-finite samples, naming the file.
+    """
+    wav = load_audio(path, getattr(input_processor, "sample_rate", 16000),
+                     max_samples=getattr(input_processor, "samples_needed", None))
+    min_samples = getattr(input_processor, "min_samples", 0)
+    if wav.shape[0] < min_samples:
+        key = str(path)
+        if key not in _warned_short:
+            _warned_short.add(key)
+            rate = getattr(input_processor, "sample_rate", 16000)
+            logger.warning(
+                f"Audio file {path} is shorter ({wav.shape[0]} samples, "
+                f"{1000 * wav.shape[0] / rate:.1f} ms) than the backbone's minimum input "
+                f"({min_samples} samples, {1000 * min_samples / rate:.0f} ms): padded with zeros. "
+                "Replace or remove the file if it is not meant to be this short."
+            )
+        wav = torch.nn.functional.pad(wav, (0, min_samples - wav.shape[0]))
+    return input_processor(wav)

@@ -1,6 +1,6 @@
 """Mixtures of adapters (second paper): N adapter experts beside a frozen sublayer.
 
-Experts are bottleneck or Convpass adapters (``petl_modules.adapters``) whose weights are stacked
+Experts are bottleneck or Convpass adapters (``petl_modules.methods.adapters``) whose weights are stacked
 (``[N, D, r]``, ``[N, r, D]``) and computed together with einsum, never one by one. A mixture sits
 in parallel with the sublayer ``f`` it wraps (``attention`` = MHSA or ``ffn`` = FFN insertion
 point): ``out = f(x) + MoA(x)`` with ``x`` the output of the LayerNorm before ``f``, added once
@@ -15,12 +15,12 @@ point): ``out = f(x) + MoA(x)`` with ``x`` the output of the LayerNorm before ``
   the combine-weighted average of all slot outputs. ``normalize``: the logits use l2-normalised
   tokens and slot embeddings (over D) times a learned scale (the Soft MoE paper's option).
 
-Padding (``petl_modules.adapted.current_token_mask``, set by the lobe) is kept out: padded tokens
+Padding (``petl_modules.methods.adapted.current_token_mask``, set by the lobe) is kept out: padded tokens
 get no dispatch weight and no combined output, and are zeroed before a Convpass expert's
 convolution over the tokens, so that an utterance gets the same output alone or in a batch.
 
 Pfeiffer mixtures sit at one location (``location``: MHSA as the paper, or FFN), Houlsby at both;
-the LayerNorm before each adapted sublayer trains too (``petl_modules.adapters.adapter_trainable``).
+the LayerNorm before each adapted sublayer trains too (``petl_modules.methods.adapters.adapter_trainable``).
 """
 
 import math
@@ -28,9 +28,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from petl_modules.adapted import PETLModule, current_token_mask
-from petl_modules.adapters import (INITS, QuickGELU, bottleneck_width, check_choice, mask_padding,
-                                   reference_init_warning)
+from petl_modules.methods.adapted import PETLModule, current_token_mask
+from petl_modules.methods.adapters import (
+    INITS,
+    QuickGELU,
+    bottleneck_width,
+    check_choice,
+    mask_padding,
+    reference_init_warning,
+)
 
 EXPERT_BLOCKS = ("bottleneck", "convpass")
 MOA_KINDS = ("dense", "soft")
@@ -39,7 +45,7 @@ MOA_KINDS = ("dense", "soft")
 class StackedAdapters(torch.nn.Module):
     """N bottleneck or Convpass adapters with stacked weights, run as batched matmuls.
 
-    Expert n maps ``[L, D]`` to ``[L, D]`` as the single blocks of ``petl_modules.adapters`` do
+    Expert n maps ``[L, D]`` to ``[L, D]`` as the single blocks of ``petl_modules.methods.adapters`` do
     (``Bottleneck``: ``up(GELU(down x))``; ``Convpass``: ``up(drop(QGELU(conv3(QGELU(down x)))))``
     with the convolution over L), with weights ``down_weight[n] [D, r]``, ``up_weight[n] [r, D]``
     (and a grouped convolution: group n is expert n's).

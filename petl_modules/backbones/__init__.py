@@ -1,0 +1,14 @@
+"""Backbone lobes: one file per family behind the contract of ``base.Backbone``.
+
+``Backbone(source, ...)`` builds the lobe of a checkpoint's family from its ``config.json``
+``model_type`` (the registry ``FAMILIES``, filled by each family file's ``@register``):
+
+- ``ast.py``: the Audio Spectrogram Transformer;
+- ``wav2vec2.py``: wav2vec 2.0, HuBERT and WavLM;
+- ``features.py``: the per-utterance input processors (Kaldi fbank, waveform).
+"""
+
+from petl_modules.backbones import ast, wav2vec2  # noqa: F401  (each registers its model types
+from petl_modules.backbones.base import FAMILIES, Backbone, lobe_class, read_config, register
+
+__all__ = ["FAMILIES", "Backbone", "lobe_class", "read_config", "register"]

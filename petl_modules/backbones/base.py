@@ -1,0 +1,297 @@
+"""The backbone contract: the registry from ``model_type`` to lobe, and the ``Backbone`` base class.
+
+``Backbone(source, ...)`` reads ``model_type`` from the checkpoint's ``config.json`` and builds the
+lobe of that family (``petl_modules.backbones.ast.ASTBackbone``; ``wav2vec2.Wav2Vec2Backbone`` for
+wav2vec2, HuBERT and WavLM). Each lobe takes its own keyword options and ignores the other
+families' (``Backbone.options``), so one ``recipe.yaml`` builds any of them. A lobe owns everything
+that depends on the installed transformers version: module names (the insertion-point patterns,
+pinned by tests), how inputs are prepared, and how the model is called. PETL methods never subclass
+transformers internals; they wrap modules at the lobe's insertion points
+(``petl_modules.methods.adapted.AdaptedBackbone``).
+"""
+
+
+import fnmatch
+import inspect
+import logging
+import re
+
+import torch
+import transformers
+
+from petl_modules.methods.adapted import PETLModule
+
+logger = logging.getLogger(__name__)
+
+# config.json ``model_type`` -> lobe class name (filled by ``register``).
+FAMILIES = {}
+
+
+def register(*model_types):
+    """Class decorator: the lobe handles checkpoints of these ``model_type`` values."""
+
+    def decorate(cls):
+        for model_type in model_types:
+            FAMILIES[model_type] = cls
+        return cls
+
+    return decorate
+
+
+def read_config(source, **kwargs):
+    """Loads the transformers config of ``source`` (hub id or local folder), with a clear error."""
+    try:
+        return transformers.AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"Cannot read the backbone checkpoint '{source}': {err}\n"
+            "backbone_source must be a hub id that is reachable or already in the Hugging Face "
+            "cache, or a local folder written by save_pretrained() (holding config.json and the "
+            "weights). Offline: download once elsewhere and pass --backbone_source=/path/to/folder."
+        ) from None
+
+
+def lobe_class(source):
+    """The lobe class of the checkpoint ``source``, from its config's ``model_type``."""
+    model_type = read_config(source).model_type
+    if model_type not in FAMILIES:
+        supported = ", ".join(sorted(FAMILIES))
+        raise ValueError(
+            f"Backbone '{source}' has model_type '{model_type}', which PETL-AST does not "
+            f"support. Supported model types: {supported}."
+        )
+    return FAMILIES[model_type]
+
+
+def _layer_index(name):
+    match = re.search(r"layers\.(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+class Backbone(torch.nn.Module):
+    """A pre-trained encoder lobe with named insertion points.
+
+    ``Backbone(source, **options)`` returns the lobe of the checkpoint's family (e.g.
+    ``ASTBackbone``). Subclasses define ``INSERTION_POINTS`` (point name -> module-name patterns,
+    relative to the lobe), ``input_processor`` (per-utterance features) and ``forward``.
+
+    Arguments
+    ---------
+    source : str
+        Hub id or local folder of a ``save_pretrained`` checkpoint.
+    **options
+        Options of the family's lobe (see its docstring).
+    """
+
+    INSERTION_POINTS = {}
+    family = None
+    # Where tokens added by prompt/prefix tuning go: (tokens kept before them, tokens they replace).
+    PROMPT_POSITION = (0, 0)
+
+    def __new__(cls, source=None, *args, **kwargs):
+        if cls is Backbone:
+            cls = lobe_class(source)
+        return super().__new__(cls)
+
+    def __init__(self, other_options=None):
+        super().__init__()
+        self.finetuned_prefixes = []
+        self._check_other_options(other_options or {})
+
+    @classmethod
+    def options(cls):
+        """The keyword options this family's lobe takes (its ``__init__`` arguments)."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD][2:]  # no self, source
+
+    def _check_other_options(self, other_options):
+        """Options meant for another family are ignored; an option of no family is an error.
+
+        ``recipe.yaml`` passes every family's options (``max_frames`` for AST, ``clip_seconds``
+        for wav2vec2, ...) to ``Backbone``: each lobe takes its own (``options()``).
+        """
+        known = {name for lobe in FAMILIES.values() for name in lobe.options()}
+        unknown = sorted(set(other_options) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown backbone option(s) {unknown}. The {self.family} lobe takes "
+                f"{self.options()}; the other families' options ({sorted(known - set(self.options()))}) "
+                "are accepted and ignored."
+            )
+
+    # ---------------------------------------------------------------- insertion points
+    def insertion_patterns(self, points):
+        """Module-name patterns (fnmatch) of the named insertion ``points``."""
+        patterns = []
+        for point in points:
+            if point not in self.INSERTION_POINTS:
+                raise ValueError(
+                    f"Unknown insertion point '{point}' for the {self.family} backbone. "
+                    f"Known points: {', '.join(self.INSERTION_POINTS)}."
+                )
+            patterns.extend(self.INSERTION_POINTS[point])
+        return patterns
+
+    def locate(self, module_name, points):
+        """Which of ``points`` ``module_name`` belongs to, and its layer index (or None)."""
+        for point in points:
+            if any(fnmatch.fnmatch(module_name, p) for p in self.INSERTION_POINTS[point]):
+                return point, _layer_index(module_name)
+        return None, _layer_index(module_name)
+
+    def modules_at(self, point):
+        """``[(name, module)]`` of the modules at an insertion point."""
+        patterns = self.insertion_patterns([point])
+        return [
+            (name, module)
+            for name, module in self.named_modules()
+            if any(fnmatch.fnmatch(name, p) for p in patterns)
+        ]
+
+    # ---------------------------------------------------------------- what trains
+    def layer_names(self):
+        """Names of the transformer layer modules, bottom to top."""
+        return [name for name, _ in self.modules_at("layer")]
+
+    def bitfit_modules(self):
+        """Modules whose biases BitFit trains: every Linear and LayerNorm of the transformer."""
+        found = []
+        for layer_name in self.layer_names() + [n for n, _ in self.modules_at_optional("final_norm")]:
+            for name, module in self.get_submodule(layer_name).named_modules(prefix=layer_name):
+                if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)):
+                    found.append(name)
+        return found
+
+    def modules_at_optional(self, point):
+        """``modules_at`` for a point the family may not have (e.g. no final LayerNorm)."""
+        return self.modules_at(point) if self.INSERTION_POINTS.get(point) else []
+
+    def input_norm(self, point):
+        """The insertion point of the LayerNorm that normalises only the input of the sublayer at
+        ``point`` (``attention`` or ``ffn``), or None when the layout has none.
+
+        Pre-LN layers (AST, large wav2vec2 models) have one before each sublayer (``ln_attention``,
+        ``ln_ffn``); the LayerNorms of a post-LN layer sit on the residual stream itself, so none
+        belongs to a sublayer alone (training one changes everything after it).
+        """
+        if point not in ("attention", "ffn"):
+            raise ValueError(f"input_norm:{point}: the sublayer must be 'attention' or 'ffn'.")
+        return {"attention": "ln_attention", "ffn": "ln_ffn"}[point]
+
+    def trained_modules(self, point):
+        """Names of the modules a ``trainable`` spec naming ``point`` trains: those at the point
+        (a lobe whose embedding stage is several modules lists them all for ``embeddings``)."""
+        return [n for n, _ in self.modules_at_optional(point)]
+
+    def _top_layer_prefixes(self, spec):
+        """Module names of ``top_layers:K``: the last K layers (``all``: every layer + embeddings)."""
+        count = spec.split(":", 1)[1]
+        layers = self.layer_names()
+        if count == "all":
+            count = len(layers)
+        try:
+            count = int(count)
+            assert 0 <= count <= len(layers)
+        except (ValueError, AssertionError):
+            raise ValueError(
+                f"trainable '{spec}': K must be 'all' or an integer from 0 to {len(layers)} "
+                "(the backbone's number of layers)."
+            ) from None
+        prefixes = layers[len(layers) - count:]
+        if count == len(layers):  # the whole transformer: its input embedding too
+            prefixes += self.trained_modules("embeddings")
+        return prefixes
+
+    def trainable_parameter_names(self, specs):
+        """Parameter names (relative to the lobe) that the ``trainable`` specs name.
+
+        Specs: an insertion point name, ``final_norm_bias``, ``biases`` (BitFit), ``top_layers:K``
+        (the last K transformer layers; ``top_layers:all`` = every layer and the embeddings, i.e.
+        everything above a CNN feature encoder), ``input_norm:<attention|ffn>`` (the LayerNorm
+        that feeds only that sublayer, see ``input_norm``), ``all``.
+        """
+        names = []
+        for spec in specs:
+            spec = str(spec)
+            if spec == "all":
+                prefixes = [""]
+            elif spec == "biases":
+                names += [f"{m}.bias" for m in self.bitfit_modules()
+                          if self.get_submodule(m).bias is not None]
+                continue
+            elif spec == "final_norm_bias":
+                names += [f"{m}.bias" for m, _ in self.modules_at_optional("final_norm")]
+                continue
+            elif spec.startswith("input_norm:"):
+                norm = self.input_norm(spec.split(":", 1)[1])
+                prefixes = [f"{n}." for n in self.trained_modules(norm)] if norm else []
+            elif spec.startswith("top_layers:"):
+                prefixes = [f"{n}." for n in self._top_layer_prefixes(spec)]
+            elif spec in self.INSERTION_POINTS:
+                prefixes = [f"{n}." for n in self.trained_modules(spec)]
+            else:
+                raise ValueError(
+                    f"Unknown trainable spec '{spec}'. Use an insertion point "
+                    f"({', '.join(self.INSERTION_POINTS)}), final_norm_bias, biases, "
+                    "input_norm:attention, input_norm:ffn, top_layers:K or all."
+                )
+            names += [n for n, _ in self.named_parameters() if any(n.startswith(p) for p in prefixes)]
+        return names
+
+    def set_finetuned(self, specs):
+        """Remembers which pretrained modules are fine-tuned as a whole (they follow train mode)."""
+        prefixes = []
+        for spec in map(str, specs):
+            if spec == "all":
+                prefixes.append("")
+            elif spec.startswith("top_layers:"):
+                prefixes += self._top_layer_prefixes(spec)
+            elif spec in self.INSERTION_POINTS:
+                prefixes += self.trained_modules(spec)
+        self.finetuned_prefixes = prefixes
+
+    def train(self, mode=True):
+        """Train mode for PETL modules and fine-tuned layers; frozen pretrained modules stay in eval.
+
+        SpeechBrain's Brain calls ``modules.train()`` every epoch; dropout (and layer drop) of a
+        frozen backbone must stay off all the same.
+        """
+        super().train(mode)
+        if not mode:
+            return self
+        petl_owned = set()
+        for name, module in self.named_modules():
+            if isinstance(module, PETLModule):
+                petl_owned.update(n for n, _ in module.named_modules(prefix=name))
+                inner = getattr(module, "pretrained_module", None)
+                if isinstance(inner, torch.nn.Module):
+                    prefix = f"{name}.pretrained_module"
+                    petl_owned.difference_update(n for n, _ in inner.named_modules(prefix=prefix))
+        for name, module in self.named_modules():
+            if name in petl_owned or not name:
+                continue
+            plain = name.replace(".pretrained_module", "")
+            module.training = any(
+                plain == p or plain.startswith(p + ".") or p == "" for p in self.finetuned_prefixes
+            )
+        return self
+
+    # ---------------------------------------------------------------- interface
+    @property
+    def hidden_size(self):
+        return self.config.hidden_size
+
+    @property
+    def num_layers(self):
+        return self.config.num_hidden_layers
+
+    @property
+    def has_cls_token(self):
+        return False
+
+    def forward(self, inputs, lengths=None):
+        """``inputs`` (the input processor's output, batched) -> ``(hidden [B, T, D], mask)``.
+
+        ``mask`` is ``[B, T]`` bool of valid tokens, or None when every token is valid.
+        """
+        raise NotImplementedError

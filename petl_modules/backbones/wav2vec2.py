@@ -1,0 +1,315 @@
+"""The wav2vec 2.0 family lobe: wav2vec2, HuBERT and WavLM (``transformers.{Wav2Vec2,Hubert,WavLM}Model``)."""
+
+import logging
+
+import torch
+import transformers
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+from petl_modules.backbones.base import Backbone, read_config, register
+from petl_modules.backbones.features import Waveform
+from petl_modules.methods.adapted import checkpoint_contexts, token_mask
+
+logger = logging.getLogger(__name__)
+
+WAVEFORM_MODELS = {
+    "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
+    "hubert": (transformers.HubertConfig, transformers.HubertModel),
+    "wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
+}
+
+
+def is_wavlm_attention(module):
+    """Whether ``module`` is WavLM's attention (gated relative position bias, called with
+    ``attention_mask [B, T]``, ``position_bias``, returning ``(out, weights, position_bias)``)."""
+    return isinstance(module, transformers.models.wavlm.modeling_wavlm.WavLMAttention)
+
+
+def wavlm_attention_bias(attention, hidden, position_bias=None):
+    """WavLM's gated relative position bias, as ``WavLMAttention.forward`` computes it.
+
+    Arguments
+    ---------
+    attention : WavLMAttention
+        The attention module (layer 0 holds the bucket embedding that creates the bias).
+    hidden : torch.Tensor
+        ``[B, T, D]`` input of the attention (the gate reads it).
+    position_bias : torch.Tensor, optional
+        ``[B * H, T, T]`` bias passed on from the first layer (None in the first layer).
+
+    Returns
+    -------
+    gated : torch.Tensor
+        ``[B, H, T, T]`` additive attention bias.
+    position_bias : torch.Tensor
+        ``[B * H, T, T]``, for the next layers.
+    """
+    batch, length, _ = hidden.shape
+    heads = attention.num_heads
+    if position_bias is None:
+        position_bias = attention.compute_bias(length, length)
+        position_bias = position_bias.unsqueeze(0).repeat(batch, 1, 1, 1).view(batch * heads, length, length)
+    per_head = hidden.view(batch, length, heads, -1).permute(0, 2, 1, 3)  # [B, H, T, d]
+    projected = attention.gru_rel_pos_linear(per_head).view(*per_head.shape[:-1], 2, 4).sum(-1)
+    gate_a, gate_b = torch.sigmoid(projected).chunk(2, dim=-1)
+    gate = gate_a * (gate_b * attention.gru_rel_pos_const - 1.0) + 2.0  # [B, H, T, 1]
+    gated = gate.view(batch * heads, -1, 1) * position_bias
+    return gated.view(batch, heads, length, length), position_bias
+
+
+def read_feature_extractor_config(source):
+    """``(do_normalize, return_attention_mask, sampling_rate)`` from ``preprocessor_config.json``,
+    or None when the checkpoint has no such file."""
+    try:
+        extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+    return extractor.do_normalize, extractor.return_attention_mask, extractor.sampling_rate
+
+
+@register(*WAVEFORM_MODELS)
+class Wav2Vec2Backbone(Backbone):
+    """wav2vec 2.0, HuBERT and WavLM (``transformers.{Wav2Vec2,Hubert,WavLM}Model``) as one lobe.
+
+    Input: raw 16 kHz waveforms ``[B, S]`` (``input_processor``: cut to the clip, normalised when
+    the checkpoint's feature extractor says ``do_normalize``), zero-padded; a batch is padded to
+    the clip length when one is set, so that an utterance is seen the same way in any batch. The
+    CNN feature encoder is always frozen (run without gradients). The transformer runs layer by
+    layer here (same result as the transformers model, pinned by tests) so that PETL modules may
+    add tokens (prompts), and WavLM's relative position bias and the padding masks follow them.
+    With an attention mask, the PETL modules inside the layers see the same padding
+    (``petl_modules.methods.adapted.token_mask``: convolutions and Soft-MoA routing skip it), so that an
+    utterance gets the same output alone or padded in a batch.
+
+    Both layer layouts (``config.do_stable_layer_norm``) map to the same insertion points:
+
+    - post-LN (false, base models): ``h = LN_a(h + MHSA(h)); h = LN_f(h + FFN(h))``; the layer's
+      ``layer_norm`` is LN_a (``ln_attention``, after the attention sublayer) and
+      ``final_layer_norm`` LN_f (``ln_ffn``); the encoder's ``layer_norm`` normalises the
+      embeddings before the first layer, and there is no final LayerNorm (``final_norm`` absent).
+    - pre-LN (true, large models): ``h = h + MHSA(LN_a(h)); h = h + FFN(LN_f(h))``; the encoder's
+      ``layer_norm`` follows the last layer (``final_norm``).
+
+    ``embeddings`` wraps the encoder's input dropout, the last step of the embedding stage: its
+    output is the token stream entering the first layer (after the positional convolution, and
+    after the embedding LayerNorm in post-LN); tokens it adds (prompts) go in front. As a
+    ``trainable`` spec, ``embeddings`` trains the feature projection, the positional convolution
+    and (post-LN) the embedding LayerNorm, never the CNN nor ``masked_spec_embed``.
+
+    Arguments
+    ---------
+    source : str
+        Hub id (``facebook/wav2vec2-base-960h``, ``facebook/hubert-base-ls960``,
+        ``microsoft/wavlm-base-plus``, or a large checkpoint) or a local ``save_pretrained`` folder.
+        Its ``preprocessor_config.json`` gives ``do_normalize`` and ``return_attention_mask``; when
+        absent: normalise, and pass an attention mask only with a layer-norm CNN
+        (``feat_extract_norm: layer``, the large models; base models are trained without one).
+    clip_seconds : float or None
+        Cut (in the input processor) and zero-pad (here) every utterance to this duration; None:
+        whole utterances, padded to the longest of the batch (padding-invariant only for
+        checkpoints that take an attention mask).
+    apply_spec_augment : bool
+        transformers' time masking of the projected features with the pretrained
+        ``masked_spec_embed`` (probability and span from the checkpoint's config), in training
+        only. Off by default.
+    attn_implementation : str
+        ``sdpa`` (default) or ``eager``. WavLM has a single implementation (``eager`` is used).
+    gradient_checkpointing : bool
+        Recompute each transformer layer in backward (also frozen ones a PETL module trains
+        through) to save memory.
+    **other_options
+        Options of the other families' lobes (e.g. ``max_frames``): ignored.
+    """
+
+    family = "wav2vec2"
+
+    def __init__(
+        self,
+        source,
+        clip_seconds=None,
+        apply_spec_augment=False,
+        attn_implementation="sdpa",
+        gradient_checkpointing=False,
+        **other_options,
+    ):
+        super().__init__(other_options)
+        self.source = str(source)
+        config = read_config(source)
+        self.model_type = config.model_type
+        model_class = WAVEFORM_MODELS[self.model_type][1]
+        if attn_implementation == "sdpa" and not model_class._supports_sdpa:
+            attn_implementation = "eager"  # WavLM: F.multi_head_attention_forward only
+        self.model = model_class.from_pretrained(source, attn_implementation=attn_implementation)
+        self.config = self.model.config
+        if getattr(self.config, "add_adapter", False):
+            raise ValueError(
+                f"Backbone '{source}' has transformers' own adapter layers (add_adapter=True), "
+                "which PETL-AST does not use: pick a checkpoint without them."
+            )
+        self.pre_ln = bool(self.config.do_stable_layer_norm)
+        self.apply_spec_augment = bool(apply_spec_augment)
+        self.config.apply_spec_augment = self.apply_spec_augment
+        if self.apply_spec_augment and getattr(self.model, "masked_spec_embed", None) is None:
+            raise ValueError(
+                f"apply_spec_augment=True but '{source}' has no masked_spec_embed (its config "
+                "has mask_time_prob=0): use apply_spec_augment=False with this checkpoint."
+            )
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.model.feature_extractor._freeze_parameters()
+        self.INSERTION_POINTS = self._insertion_points()
+
+        extractor = read_feature_extractor_config(source)
+        if extractor is None:
+            logger.info(
+                f"'{source}' has no preprocessor_config.json: normalising the waveform, attention "
+                f"mask {'on' if self.config.feat_extract_norm == 'layer' else 'off'} (CNN norm "
+                f"'{self.config.feat_extract_norm}')."
+            )
+            extractor = (True, self.config.feat_extract_norm == "layer", 16000)
+        do_normalize, self.use_attention_mask, sample_rate = extractor
+        self.use_attention_mask = bool(self.use_attention_mask)
+        self.clip_samples = None if clip_seconds is None else round(float(clip_seconds) * sample_rate)
+        self.input_processor = Waveform(self.clip_samples, normalize=do_normalize, sample_rate=sample_rate)
+
+    def _insertion_points(self):
+        layers = "model.encoder.layers"
+        return {
+            "embeddings": ["model.encoder.dropout"],
+            "layer": [f"{layers}.[0-9]", f"{layers}.[0-9][0-9]"],
+            "later_layers": [f"{layers}.[1-9]", f"{layers}.[0-9][0-9]"],
+            "attention": [f"{layers}.*.attention"],
+            "ffn": [f"{layers}.*.feed_forward"],
+            "ln_attention": [f"{layers}.*.layer_norm"],
+            "ln_ffn": [f"{layers}.*.final_layer_norm"],
+            "q": [f"{layers}.*.attention.q_proj"],
+            "k": [f"{layers}.*.attention.k_proj"],
+            "v": [f"{layers}.*.attention.v_proj"],
+            "o": [f"{layers}.*.attention.out_proj"],
+            "final_norm": ["model.encoder.layer_norm"] if self.pre_ln else [],
+        }
+
+    # ---------------------------------------------------------------- what trains
+    def trained_modules(self, point):
+        """``embeddings`` trains the whole embedding stage above the CNN (see the class doc)."""
+        if point != "embeddings":
+            return super().trained_modules(point)
+        names = ["model.feature_projection", "model.encoder.pos_conv_embed"]
+        return names + ([] if self.pre_ln else ["model.encoder.layer_norm"])
+
+    def input_norm(self, point):
+        """Pre-LN: the LayerNorm before the sublayer; post-LN: None (see ``Backbone.input_norm``)."""
+        norm = super().input_norm(point)
+        return norm if self.pre_ln else None
+
+    def trainable_parameter_names(self, specs):
+        """As ``Backbone``'s, less the CNN feature encoder and ``masked_spec_embed`` (always frozen)."""
+        return [
+            name for name in super().trainable_parameter_names(specs)
+            if not name.startswith("model.feature_extractor.") and name != "model.masked_spec_embed"
+        ]
+
+    # ---------------------------------------------------------------- forward
+    def frame_lengths(self, samples):
+        """Valid samples ``[B]`` -> valid CNN frames ``[B]`` (long)."""
+        return self.model._get_feat_extract_output_lengths(samples).long()
+
+    def forward(self, inputs, lengths=None):
+        """``inputs [B, S]`` waveforms (+ ``lengths [B]`` relative) -> ``(hidden [B, T, D], mask)``.
+
+        ``mask [B, T]`` is True on the frames of valid samples and on the tokens a PETL module
+        added in front (prompts: the classifier's pooling, ``prompt_span``, decides about them).
+        """
+        if inputs.dim() != 2:
+            raise ValueError(f"Expected waveforms [B, S], got a tensor of shape {list(inputs.shape)}.")
+        batch, total = inputs.shape
+        if lengths is None:
+            samples = torch.full((batch,), total, dtype=torch.long, device=inputs.device)
+        else:
+            samples = torch.round(lengths.to(inputs.device).float() * total).long()
+        if self.clip_samples is not None:
+            inputs = torch.nn.functional.pad(inputs[:, : self.clip_samples], (0, max(0, self.clip_samples - total)))
+            samples = samples.clamp(max=self.clip_samples)
+        with torch.no_grad():  # the CNN feature encoder is always frozen
+            features = self.model.feature_extractor(inputs).transpose(1, 2)
+        frames = torch.arange(features.shape[1], device=inputs.device)
+        frame_mask = frames[None, :] < self.frame_lengths(samples)[:, None]
+        hidden = self.model.feature_projection(features)
+        if isinstance(hidden, tuple):  # wav2vec2 and WavLM also return the normalised features
+            hidden = hidden[0]
+        if self.apply_spec_augment and self.training:
+            hidden = self._mask_time(hidden, frame_mask)
+        hidden, added = self._encode(hidden, frame_mask)
+        prompts = frame_mask.new_ones(batch, added)
+        return hidden, torch.cat([prompts, frame_mask], dim=1)
+
+    def _mask_time(self, hidden, frame_mask):
+        """transformers' SpecAugment time masking with ``masked_spec_embed`` ([B, T, D])."""
+        config = self.config
+        indices = _compute_mask_indices(
+            tuple(hidden.shape[:2]),
+            mask_prob=config.mask_time_prob,
+            mask_length=config.mask_time_length,
+            attention_mask=frame_mask.long(),
+            min_masks=config.mask_time_min_masks,
+        )
+        indices = torch.as_tensor(indices, dtype=torch.bool, device=hidden.device)
+        return torch.where(indices[..., None], self.model.masked_spec_embed.to(hidden.dtype), hidden)
+
+    def _encode(self, hidden, frame_mask):
+        """The transformer encoder, as transformers runs it, with token-count changes allowed.
+
+        ``hidden [B, T, D]`` projected features -> ``(last hidden [B, P + T, D], P)``, P tokens
+        added in front by a module at the ``embeddings`` point.
+        """
+        encoder = self.model.encoder
+        attention_mask = frame_mask if self.use_attention_mask else None
+        if attention_mask is not None:
+            hidden = hidden.masked_fill(~attention_mask[..., None], 0.0)
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not self.pre_ln:
+            hidden = encoder.layer_norm(hidden)
+        hidden = encoder.dropout(hidden)  # the `embeddings` insertion point
+        added = hidden.shape[1] - frame_mask.shape[1]
+        if attention_mask is not None and added:
+            attention_mask = torch.cat([attention_mask.new_ones(hidden.shape[0], added), attention_mask], 1)
+        layer_mask = self._layer_attention_mask(hidden, attention_mask)
+        position_bias = None
+        # PETL modules in the layers see the padding as the attention does (none without a mask).
+        with token_mask(attention_mask):
+            for index, layer in enumerate(encoder.layers):
+                if self._drop_layer(layer, index):
+                    continue
+                if self.model_type == "wavlm":
+                    extra = {} if self.pre_ln else {"index": index}
+                    hidden, position_bias = self._run_layer(
+                        layer, hidden, attention_mask=layer_mask, position_bias=position_bias, **extra
+                    )
+                else:
+                    hidden = self._run_layer(layer, hidden, attention_mask=layer_mask)
+        if self.pre_ln:
+            hidden = encoder.layer_norm(hidden)
+        return hidden, added
+
+    def _layer_attention_mask(self, hidden, attention_mask):
+        """The mask argument of a layer: WavLM takes ``[B, T]``; wav2vec2/HuBERT the 4-D mask of
+        their attention implementation."""
+        if attention_mask is None or self.model_type == "wavlm":
+            return attention_mask
+        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+    def _drop_layer(self, layer, index):
+        """LayerDrop, as transformers, for layers being fine-tuned (frozen ones are in eval mode)."""
+        layer = getattr(layer, "pretrained_module", layer)
+        if not layer.training or self.config.layerdrop <= 0.0:
+            return False
+        if self.model_type == "wavlm" and index == 0:  # it computes the relative position bias
+            return False
+        return bool(torch.rand([]) < self.config.layerdrop)
+
+    def _run_layer(self, layer, hidden, **kwargs):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(
+                layer, hidden, use_reentrant=False, context_fn=checkpoint_contexts, **kwargs
+            )
+        return layer(hidden, **kwargs)

@@ -1,0 +1,1 @@
+"""The recipe machinery shared by every recipe: composition, the run flow, Brain, checkpoints (see the package docstring)."""
