@@ -6,6 +6,7 @@ import csv
 import importlib
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,87 @@ def test_every_release_audio_format_reads_as_16khz_mono(rate, channels, subtype,
     spectrum = np.abs(np.fft.rfft(wav.numpy()))
     assert np.argmax(spectrum) * 16000 / wav.numel() == pytest.approx(tone, abs=4)
     assert float(wav.abs().max()) == pytest.approx(0.5, abs=0.03)
+
+
+# ==================================================================== metadata rows without a valid fold
+FOLD_DATASETS = {
+    # dataset: (prepare function, metadata file, file-name column, folds)
+    "UrbanSound8K": (recipe_module("UrbanSound8K", "urbansound8k_prepare").prepare_urbansound8k,
+                     "metadata/UrbanSound8K.csv", "slice_file_name", "1-10"),
+    "ESC50": (recipe_module("ESC50", "esc50_prepare").prepare_esc50, "meta/esc50.csv", "filename", "1-5"),
+}
+
+
+@pytest.fixture(scope="module")
+def fold_datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fold_datasets")
+    return {name: make_dataset(name, root, per_class=1, seconds=0.1) for name in FOLD_DATASETS}
+
+
+def break_folds(root, metadata, name_column, folds):
+    """Gives three rows of ``metadata`` a fold outside the release's (UrbanSound8K: the slice is
+    moved to that fold's folder too, so only the fold is wrong); returns ``{line: file name}``."""
+    path = root / metadata
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        fields, records = reader.fieldnames, list(reader)
+    bad = {}
+    for index, value in zip((0, 3, 7), ("11" if folds == "1-10" else "6", "0", "two")):
+        record = records[index]
+        if "slice_file_name" in record:
+            old = root / "audio" / f"fold{record['fold']}" / record["slice_file_name"]
+            (root / "audio" / f"fold{value}").mkdir(exist_ok=True)
+            shutil.move(old, root / "audio" / f"fold{value}" / record["slice_file_name"])
+        record["fold"] = value
+        bad[index + 2] = (record[name_column], value)
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(records)
+    return bad, len(records)
+
+
+@pytest.mark.parametrize("dataset", list(FOLD_DATASETS))
+def test_a_metadata_row_without_a_valid_fold_is_named_or_skipped_never_dropped(
+        dataset, fold_datasets, tmp_path):
+    from petl_modules.synthetic import official_class_names
+    from petl_modules.training.prepare import DataError
+
+    prepare, metadata, name_column, folds = FOLD_DATASETS[dataset]
+    root = Path(shutil.copytree(fold_datasets[dataset], tmp_path / "data" / fold_datasets[dataset].name))
+    bad, total = break_folds(root, metadata, name_column, folds)
+    names = official_class_names(dataset)
+
+    with pytest.raises(DataError) as error:
+        prepare(root, tmp_path / "m1", names)
+    message = str(error.value)
+    assert f"3 row(s) of {root / metadata}" in message and "--skip_bad_files=True" in message
+    assert f"folds are {folds.replace('-', ' to ')}" in message
+    for line, (file_name, value) in bad.items():
+        assert any(f"line {line} ({file_name}): fold '{value}'" in row and
+                   ("outside the release's folds " + folds in row or "not a whole number" in row)
+                   for row in message.splitlines()), (line, file_name, message)
+    assert not (tmp_path / "m1" / "all.csv").exists()
+
+    prepare(root, tmp_path / "m2", names, skip_bad_files=True)
+    skipped = (tmp_path / "m2" / "skipped_files.txt").read_text().splitlines()
+    assert len(skipped) == 3
+    assert all(any(f"line {line} ({name})" in row for row in skipped) for line, (name, _) in bad.items())
+    with open(tmp_path / "m2" / "all.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == total - 3
+    assert {int(r["fold"]) for r in rows} <= set(range(1, 11 if folds == "1-10" else 6))
+    # A rerun with the same options keeps the list (preparation is skipped, nothing appended).
+    prepare(root, tmp_path / "m2", names, skip_bad_files=True)
+    assert (tmp_path / "m2" / "skipped_files.txt").read_text().splitlines() == skipped
+
+
+def test_skipped_fold_rows_are_listed_after_the_bad_files(fold_datasets, tmp_path):
+    prepare, metadata, name_column, folds = FOLD_DATASETS["ESC50"]
+    root = Path(shutil.copytree(fold_datasets["ESC50"], tmp_path / "data" / "ESC-50-master"))
+    bad, _ = break_folds(root, metadata, name_column, folds)
+    missing = sorted((root / "audio").glob("*.wav"))[-1]
+    missing.unlink()
+    prepare(root, tmp_path / "m", official_class_names("ESC50"), skip_bad_files=True)
+    skipped = (tmp_path / "m" / "skipped_files.txt").read_text().splitlines()
+    assert len(skipped) == 4 and missing.name in skipped[0] and "missing file" in skipped[0]

@@ -187,21 +187,62 @@ def read_release_csv(path, columns, header):
         return list(reader)
 
 
-def read_fold_csv(path, columns, header, make_row):
-    """Rows of a metadata csv with a ``fold`` column: ``make_row(record, fold)`` per record.
+def fold_problem(value, folds):
+    """``(fold, None)`` for a fold number of ``folds``, else ``(None, what is wrong)``."""
+    try:
+        fold = int(str(value).strip())
+    except ValueError:
+        return None, f"fold '{value}' is not a whole number"
+    if fold not in folds:
+        return None, f"fold '{value}' is outside the release's folds {folds[0]}-{folds[-1]}"
+    return fold, None
 
-    Records whose fold is not a number are reported together.
+
+def read_fold_csv(path, columns, header, folds, make_row, name_column, bad_folds=None):
+    """Rows of a release's metadata csv with a ``fold`` column: ``make_row(record, fold)`` per
+    record whose fold is one of ``folds``.
+
+    A record with another fold (or none) is an error naming the file, the line and the record's
+    ``name_column``; with a ``bad_folds`` list (``--skip_bad_files=True``) it is left out and
+    described there instead, never silently dropped.
     """
     rows, bad = [], []
     for line, record in enumerate(read_release_csv(path, columns, header), start=2):
-        fold = record["fold"].strip()
-        if not fold.isdigit():
-            bad.append(f"line {line}: fold '{record['fold']}' is not a fold number")
+        fold, problem = fold_problem(record["fold"], folds)
+        if problem:
+            bad.append(f"{path} line {line} ({record[name_column]}): {problem}")
             continue
-        rows.append(make_row(record, int(fold)))
-    if bad:
-        raise DataError(f"{path} has malformed rows (restore it from the release):\n  " + "\n  ".join(bad))
+        rows.append(make_row(record, fold))
+    if bad and bad_folds is None:
+        listed = "\n  ".join(bad[:MAX_LISTED])
+        more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise DataError(
+            f"{len(bad)} row(s) of {path} have no valid fold (the release's folds are "
+            f"{folds[0]} to {folds[-1]}):\n  {listed}{more}\nRestore the file from the release, "
+            "or rerun with --skip_bad_files=True to leave these rows out (they are then listed "
+            f"in {SKIPPED_FILE} next to the manifests)."
+        )
+    if bad_folds is not None:
+        bad_folds += bad
     return rows
+
+
+def prepare_fold_release(data_folder, save_folder, release, marker, manifest, read_rows,
+                         class_names=None, skip_bad_files=False):
+    """``prepare_once`` for a release whose metadata gives each clip a fold: ``read_rows(folder,
+    bad_folds)`` reads the rows (``read_fold_csv``); with ``skip_bad_files`` the rows without a
+    valid fold are listed in ``skipped_files.txt`` after the bad files."""
+    bad_folds = [] if skip_bad_files else None
+    prepare_once(data_folder, save_folder, release, marker, [manifest],
+                 lambda folder: {manifest: read_rows(folder, bad_folds)}, class_names,
+                 skip_bad_files)
+    if bad_folds:  # read this time (not up to date): list them with the other skipped files
+        skipped = Path(save_folder) / SKIPPED_FILE
+        before = skipped.read_text() if skipped.is_file() else ""
+        skipped.write_text(before + "\n".join(bad_folds) + "\n")
+        logger.warning(f"Skipped {len(bad_folds)} metadata row(s) without a valid fold "
+                       f"(--skip_bad_files=True); listed in {skipped}:\n  "
+                       + "\n  ".join(bad_folds[:MAX_LISTED]))
 
 
 def prepare_once(data_folder, save_folder, release, marker, names, read_splits, class_names=None,

@@ -7,18 +7,9 @@ and float): ``petl_modules.training.audio.load_audio`` reads them all as 16 kHz 
 ``class``; the fold split (10 folds) is applied when the recipe loads the manifest.
 """
 
-import logging
 from pathlib import Path
 
-from petl_modules.training.prepare import (
-    MAX_LISTED,
-    SKIPPED_FILE,
-    DataError,
-    prepare_once,
-    read_release_csv,
-)
-
-logger = logging.getLogger(__name__)
+from petl_modules.training.prepare import prepare_fold_release, read_fold_csv
 
 RELEASE = "UrbanSound8K"
 METADATA = "metadata/UrbanSound8K.csv"
@@ -28,55 +19,20 @@ FOLDS = range(1, 11)  # the release's folds
 MANIFEST = "all"  # <save_folder>/all.csv
 
 
-def fold_problem(value, folds):
-    """``(fold, None)`` for a fold number of ``folds``, else ``(None, what is wrong)``."""
-    try:
-        fold = int(value.strip())
-    except ValueError:
-        return None, f"fold '{value}' is not a whole number"
-    if fold not in folds:
-        return None, f"fold '{value}' is outside the release's folds {folds[0]}-{folds[-1]}"
-    return fold, None
+def slice_row(record, fold):
+    """The manifest row of one ``metadata/UrbanSound8K.csv`` record."""
+    return {"ID": Path(record["slice_file_name"]).stem,
+            "wav": f"audio/fold{fold}/{record['slice_file_name']}",
+            "label": record["class"], "fold": fold, "fsID": record["fsID"]}
 
 
 def read_metadata(data_folder, bad_folds=None):
-    """``{"all": rows}`` (ID, wav, label, fold, fsID) from ``metadata/UrbanSound8K.csv``.
+    """The rows (ID, wav, label, fold, fsID) of ``metadata/UrbanSound8K.csv``.
 
     A row whose fold is not one of 1-10 is an error naming it (file, line, slice), or, with a
     ``bad_folds`` list, left out and described there."""
-    path = Path(data_folder) / METADATA
-    rows, bad = [], []
-    for line, record in enumerate(read_release_csv(path, COLUMNS, HEADER), start=2):
-        fold, problem = fold_problem(record["fold"], FOLDS)
-        if problem:
-            bad.append(f"{path} line {line} ({record['slice_file_name']}): {problem}")
-            continue
-        rows.append({"ID": Path(record["slice_file_name"]).stem,
-                     "wav": f"audio/fold{fold}/{record['slice_file_name']}",
-                     "label": record["class"], "fold": fold, "fsID": record["fsID"]})
-    if bad and bad_folds is None:
-        raise DataError(bad_folds_message(path, bad, FOLDS))
-    if bad_folds is not None:
-        bad_folds += bad
-    return {MANIFEST: rows}
-
-
-def bad_folds_message(path, bad, folds):
-    listed = "\n  ".join(bad[:MAX_LISTED])
-    more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-    return (f"{len(bad)} row(s) of {path} have no valid fold (the release's folds are "
-            f"{folds[0]} to {folds[-1]}):\n  {listed}{more}\nRestore the file from the release, or "
-            "rerun with --skip_bad_files=True to leave these rows out (they are then listed in "
-            f"{SKIPPED_FILE} next to the manifests).")
-
-
-def list_skipped_rows(save_folder, bad):
-    """Adds the rows left out for their fold to ``skipped_files.txt`` (after the bad files)."""
-    skipped = Path(save_folder) / SKIPPED_FILE
-    before = skipped.read_text() if skipped.is_file() else ""
-    skipped.write_text(before + "\n".join(bad) + "\n")
-    logger.warning(f"Skipped {len(bad)} metadata row(s) without a valid fold "
-                   f"(--skip_bad_files=True); listed in {skipped}:\n  " + "\n  ".join(bad[:MAX_LISTED]))
+    return read_fold_csv(Path(data_folder) / METADATA, COLUMNS, HEADER, FOLDS, slice_row,
+                         "slice_file_name", bad_folds)
 
 
 def prepare_urbansound8k(data_folder, save_folder, class_names, skip_bad_files=False):
@@ -104,8 +60,5 @@ def prepare_urbansound8k(data_folder, save_folder, class_names, skip_bad_files=F
     >>> sorted(p.name for p in Path(save).iterdir())
     ['all.csv', 'prepare_options.json']
     """
-    bad_folds = [] if skip_bad_files else None
-    prepare_once(data_folder, save_folder, RELEASE, METADATA, [MANIFEST],
-                 lambda folder: read_metadata(folder, bad_folds), class_names, skip_bad_files)
-    if bad_folds:  # read this time (not up to date): list them with the other skipped files
-        list_skipped_rows(save_folder, bad_folds)
+    prepare_fold_release(data_folder, save_folder, RELEASE, METADATA, MANIFEST, read_metadata,
+                         class_names, skip_bad_files)
