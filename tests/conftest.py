@@ -49,7 +49,9 @@ def ast_base_folder(tmp_path_factory):
 # wav2vec2-family layouts: base models are post-LN with a group-norm CNN, large ones pre-LN with a
 # layer-norm CNN (do_stable_layer_norm, feat_extract_norm).
 WAVEFORM_LAYOUTS = {"post_ln": (False, "group"), "pre_ln": (True, "layer")}
-WAVEFORM_CHECKPOINTS = [(t, layout) for t in ("wav2vec2", "hubert", "wavlm") for layout in WAVEFORM_LAYOUTS]
+WAVEFORM_CHECKPOINTS = [(t, layout) for t in WAVEFORM_MODELS for layout in WAVEFORM_LAYOUTS]
+# Every method file (hparams/*.yaml): the lists of methods in tests come from the files.
+METHOD_FILES = sorted(p.stem for p in (REPO / "hparams").glob("*.yaml"))
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +116,17 @@ def run_train(recipe, method, data_folder, backbone, output_folder, *extra, chec
 def read_results(output_folder):
     with open(Path(output_folder) / "results.json") as stream:
         return json.load(stream)
+
+
+@pytest.fixture(scope="session")
+def tiny_data2vec_audio(tmp_path_factory):
+    """A tiny random data2vec-audio (hidden 32, 2 layers, 5 positional convolutions of kernel 19)
+    saved with save_pretrained, with data2vec-audio-base's preprocessor_config.json (normalised
+    input, attention mask); its folder."""
+    from petl_modules.tiny import tiny_data2vec_audio_config
+
+    folder = tmp_path_factory.mktemp("data2vec_audio")
+    torch.manual_seed(0)
+    transformers.Data2VecAudioModel(tiny_data2vec_audio_config()).save_pretrained(folder)
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
+    return str(folder)

@@ -22,6 +22,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules import export as export_cli
 from petl_modules import results as results_cli
+from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS
 from petl_modules.classify import PETLClassifier
 from petl_modules.export import HEAD_CONFIG, HEAD_WEIGHTS, export_petl_model
 from petl_modules.synthetic import class_signal
@@ -39,7 +40,7 @@ from petl_modules.training.pretrained import (
     unmerged_petl_modules,
 )
 
-from conftest import REPO, read_results, run_train
+from conftest import METHOD_FILES, REPO, read_results, run_train
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 
@@ -145,8 +146,7 @@ def test_run_writes_a_petl_model_folder_of_only_the_trained_tensors(lora_run):
     assert len(config["fingerprint"]["sha256"]) == 64
 
 
-@pytest.mark.parametrize("method", ["linear", "bitfit", "full_ft", "lora", "adapter", "prefix_tuning",
-                                    "prompt_tuning", "dense_moa", "soft_moa"])
+@pytest.mark.parametrize("method", METHOD_FILES)
 def test_reloaded_petl_model_gives_the_trained_models_probabilities(method, tiny_ast, tmp_path):
     hparams, text = build(method, tiny_ast, tmp_path, **tiny_options(method))
     processor = hparams["backbone"].input_processor
@@ -280,7 +280,7 @@ def waveform_checkpoint(model_type, folder):
     return folder
 
 
-@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert", "wavlm"])
+@pytest.mark.parametrize("model_type", list(WAVEFORM_MODELS))
 def test_merged_lora_gives_the_unmerged_probabilities_on_waveform_backbones(model_type, tmp_path):
     source = waveform_checkpoint(model_type, tmp_path / model_type)
     hparams, _ = build("lora", source, tmp_path, lora_targets="Wq,Wk,Wv,Wo", init="reference",

@@ -10,13 +10,13 @@ import torch
 from petl_modules.backbones import Backbone
 from petl_modules.methods.classifier import Classifier
 from petl_modules.methods.prompt import PrefixTuning
+from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS
 from petl_modules.training.compose import compose_hparams, load_hparams
 
-from conftest import REPO
+from conftest import METHOD_FILES, REPO
 from waveform_helpers import padded_batch
 
-METHODS = ["linear", "full_ft", "bitfit", "lora", "prefix_tuning", "prompt_tuning", "adapter",
-           "dense_moa", "soft_moa"]
+METHODS = METHOD_FILES
 IDENTITY_START = ["lora", "adapter", "dense_moa", "soft_moa"]
 # Every family, and both layouts of the two attention codes (wav2vec2 and HuBERT share theirs;
 # WavLM's has its own call signature and relative position bias).
@@ -162,7 +162,7 @@ def test_lora_on_wavlm_acts_through_the_weight_property(waveform_checkpoints, tm
     assert calls == []  # never called: the change came through q_proj.weight
 
 
-@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert", "wavlm"])
+@pytest.mark.parametrize("model_type", list(WAVEFORM_MODELS))
 def test_prefix_attention_without_prefix_equals_the_host_attention(model_type, waveform_checkpoints):
     """The recomputed attention (masks, scaling, WavLM's gated relative position bias) is the host's
     own: with zero prefix tokens the layer outputs are unchanged."""
