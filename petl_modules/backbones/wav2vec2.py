@@ -137,7 +137,7 @@ class Wav2Vec2Backbone(Backbone):
         self.source = str(source)
         config = read_config(source)
         self.model_type = config.model_type
-        model_class = WAVEFORM_MODELS[self.model_type][1]
+        model_class = self._model_class(config)
         if attn_implementation == "sdpa" and not model_class._supports_sdpa:
             attn_implementation = "eager"  # WavLM: F.multi_head_attention_forward only
         self.model = model_class.from_pretrained(source, attn_implementation=attn_implementation)
@@ -147,7 +147,7 @@ class Wav2Vec2Backbone(Backbone):
                 f"Backbone '{source}' has transformers' own adapter layers (add_adapter=True), "
                 "which PETL-AST does not use: pick a checkpoint without them."
             )
-        self.pre_ln = bool(self.config.do_stable_layer_norm)
+        self.pre_ln, cnn_layer_norm = self._layout(self.config)
         self.apply_spec_augment = bool(apply_spec_augment)
         self.config.apply_spec_augment = self.apply_spec_augment
         if self.apply_spec_augment and getattr(self.model, "masked_spec_embed", None) is None:
@@ -163,14 +163,30 @@ class Wav2Vec2Backbone(Backbone):
         if extractor is None:
             logger.info(
                 f"'{source}' has no preprocessor_config.json: normalising the waveform, attention "
-                f"mask {'on' if self.config.feat_extract_norm == 'layer' else 'off'} (CNN norm "
-                f"'{self.config.feat_extract_norm}')."
+                f"mask {'on' if cnn_layer_norm else 'off'} (CNN norm "
+                f"'{'layer' if cnn_layer_norm else 'group'}')."
             )
-            extractor = (True, self.config.feat_extract_norm == "layer", 16000)
+            extractor = (True, cnn_layer_norm, 16000)
         do_normalize, self.use_attention_mask, sample_rate = extractor
         self.use_attention_mask = bool(self.use_attention_mask)
         self.clip_samples = None if clip_seconds is None else round(float(clip_seconds) * sample_rate)
         self.input_processor = Waveform(self.clip_samples, normalize=do_normalize, sample_rate=sample_rate)
+
+    # ---------------------------------------------------------------- hooks of a related family
+    def _model_class(self, config):
+        """The transformers model class of the checkpoint ``config``."""
+        return WAVEFORM_MODELS[config.model_type][1]
+
+    def _layout(self, config):
+        """``(pre_ln, cnn_layer_norm)``: pre-LN layers (``do_stable_layer_norm``), and a CNN
+        feature encoder normalised per frame (``feat_extract_norm: layer``), which takes an
+        attention mask when the checkpoint has no ``preprocessor_config.json``."""
+        return bool(config.do_stable_layer_norm), config.feat_extract_norm == "layer"
+
+    def _position_embeddings(self, hidden, attention_mask):
+        """The positional convolution's output ``[B, T, D]`` for the projected features ``hidden``
+        (``attention_mask [B, T]``, or None: the padded frames of ``hidden`` are already zero)."""
+        return self.model.encoder.pos_conv_embed(hidden)
 
     def _insertion_points(self):
         layers = "model.encoder.layers"
@@ -266,7 +282,7 @@ class Wav2Vec2Backbone(Backbone):
         attention_mask = frame_mask if self.use_attention_mask else None
         if attention_mask is not None:
             hidden = hidden.masked_fill(~attention_mask[..., None], 0.0)
-        hidden = hidden + encoder.pos_conv_embed(hidden)
+        hidden = hidden + self._position_embeddings(hidden, attention_mask)
         if not self.pre_ln:
             hidden = encoder.layer_norm(hidden)
         hidden = encoder.dropout(hidden)  # the `embeddings` insertion point
