@@ -47,7 +47,6 @@ def tiny_waveform_config(model_type="wav2vec2", pre_ln=False, feat_extract_norm=
     return WAVEFORM_MODELS[model_type][0](**options)
 
 
-
 def tiny_data2vec_audio_config(**overrides):
     """A small random data2vec-audio config (hidden 32, 2 layers, 4 heads, the CNN of
     ``tiny_waveform_config``), with data2vec-audio-base's positional embedding: 5 convolutions of
