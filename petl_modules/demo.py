@@ -2,16 +2,22 @@
 
 Usage (from the repository root)::
 
-    python -m petl_modules.demo [--dataset=FSC] [--method=soft_moa] [--output_folder=results/demo]
-        [--backbone_source=...] [--number_of_epochs=8] [--seed=10] [--per_class=N]
+    python -m petl_modules.demo [--dataset=<recipe folder>] [--method=soft_moa]
+        [--output_folder=results/demo] [--backbone_source=...] [--number_of_epochs=8] [--seed=10]
+        [--per_class=N]
 
-It writes a small synthetic copy of the dataset in its official release layout
-(``petl_modules.synthetic``: class-specific tones and chirps, learnable), saves a small random AST
-with ``save_pretrained`` (unless ``--backbone_source`` names a real checkpoint), and runs the real
-recipe command line ``python recipes/<DATASET>/train.py hparams/<method>.yaml ...`` in a
-subprocess: preparation, training, checkpoints, test with the best checkpoint, ``results.json`` and
-the ``petl_model/`` folder, exactly as on real data. Multi-fold datasets run their first fold. It
-ends by printing the command it ran, the test accuracy and where the outputs are.
+The datasets it offers are the recipe folders that hold a synthetic generator,
+``recipes/<DATASET>/*_synthetic.py``, found on disk (``petl_modules.synthetic``: the recipes are
+not an installed package; ``petl_modules.paths.recipes_folder()``, ``$PETL_AST_ROOT``); without
+``--dataset`` it runs the one whose generator's ``DEMO`` says ``default: True``. It writes a small
+synthetic copy of the dataset in its official release layout (class-specific tones and chirps,
+learnable), saves a small random AST with ``save_pretrained`` (unless ``--backbone_source`` names a
+real checkpoint), and runs the real recipe command line
+``python recipes/<DATASET>/train.py hparams/<method>.yaml ...`` in a subprocess, with the options the
+generator's ``DEMO`` adds (e.g. the first fold of a multi-fold dataset): preparation, training,
+checkpoints, test with the best checkpoint, ``results.json`` and the ``petl_model/`` folder, exactly
+as on real data. It ends by printing the command it ran, the test accuracy and where the outputs
+are.
 """
 
 import argparse
@@ -25,32 +31,33 @@ from pathlib import Path
 import ruamel.yaml
 
 from petl_modules.paths import hparams_folder, project_root
-from petl_modules.synthetic import GENERATORS, make_dataset
+from petl_modules.synthetic import available_datasets, demo_settings, make_dataset
 
-# Per dataset: synthetic examples per class (the generator's unit), the release folder a user points
-# --data_folder at, and recipe options that keep the run short on a tiny backbone (1 s clips).
-DEMO = {
-    "FSC": {"per_class": 6, "release": "fluent_speech_commands_dataset", "options": []},
-    "ESC50": {"per_class": 1, "release": "ESC-50-master", "options": ["--fold=1", "--time_mask=20"]},
-    "UrbanSound8K": {"per_class": 2, "release": "UrbanSound8K",
-                     "options": ["--fold=1", "--time_mask=20"]},
-    "SpeechCommands": {"per_class": 6, "release": "speech_commands_v0.02", "options": []},
-    "IEMOCAP": {"per_class": 4, "release": "IEMOCAP_full_release", "options": ["--fold=1"]},
-}
 # With the tiny backbone: 1 s inputs, small batches; reduction rates that keep an 8-wide bottleneck
 # (hidden 64) for the methods that have one.
 TINY_OPTIONS = ["--max_frames=100", "--batch_size=16", "--num_workers=0"]
 TINY_METHOD_OPTIONS = {"reduction_rate": 8}
 
 
+def default_dataset(datasets):
+    """The dataset whose generator's ``DEMO`` says ``default: True`` (else the first listed)."""
+    marked = [name for name in datasets if demo_settings(name).get("default")]
+    return marked[0] if marked else datasets[0]
+
+
 def parse_args(argv=None):
+    datasets = available_datasets()
+    if not datasets:
+        sys.exit("[demo] No recipes/<DATASET>/*_synthetic.py found: nothing to run.")
+    default = default_dataset(datasets)
     parser = argparse.ArgumentParser(
         prog="python -m petl_modules.demo",
         description="Train and test a PETL method on a synthetic copy of a dataset, offline, with "
                     "the real recipe command line.",
     )
-    parser.add_argument("--dataset", default="FSC",
-                        help=f"recipe folder under recipes/: {', '.join(GENERATORS)} (default FSC)")
+    parser.add_argument("--dataset", default=default,
+                        help=f"recipe folder under recipes/ with a synthetic generator: "
+                             f"{', '.join(datasets)} (default {default})")
     parser.add_argument("--method", default="soft_moa",
                         help="method file hparams/<method>.yaml (default soft_moa)")
     parser.add_argument("--output_folder", default="results/demo",
@@ -63,9 +70,9 @@ def parse_args(argv=None):
                         help="synthetic examples per class (per fold, speaker or split, as the "
                              "dataset's generator counts them); default: a few per dataset")
     args = parser.parse_args(argv)
-    names = {name.lower(): name for name in GENERATORS}
+    names = {name.lower(): name for name in datasets}
     if args.dataset.lower() not in names:
-        parser.error(f"--dataset={args.dataset}: choose one of {', '.join(GENERATORS)}.")
+        parser.error(f"--dataset={args.dataset}: choose one of {', '.join(datasets)}.")
     args.dataset = names[args.dataset.lower()]
     methods = sorted(p.stem for p in hparams_folder().glob("*.yaml"))
     if args.method not in methods:
@@ -103,7 +110,7 @@ def recipe_command(dataset, method, *options):
 
 def main(argv=None):
     args = parse_args(argv)
-    settings = DEMO[args.dataset]
+    settings = demo_settings(args.dataset)
     output = Path(args.output_folder).resolve()
 
     print(f"[demo] Writing a synthetic {args.dataset} in its release layout to {output / 'data'}")

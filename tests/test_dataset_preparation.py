@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 import petl_modules.training.prepare
-from petl_modules.synthetic import US8K_FORMATS, make_dataset, official_class_names, write_wav
+from petl_modules.synthetic import generator_module, make_dataset, official_class_names, write_wav
 from petl_modules.training.audio import load_audio
 from petl_modules.training.compose import ConfigError
 from petl_modules.training.prepare import DataError
@@ -205,7 +205,7 @@ def test_few_shot_keeps_k_per_class_balanced_and_seeded(pristine, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ audio
-@pytest.mark.parametrize("rate,channels,subtype", US8K_FORMATS)
+@pytest.mark.parametrize("rate,channels,subtype", generator_module("UrbanSound8K").FORMATS)
 def test_every_release_audio_format_reads_as_16khz_mono(rate, channels, subtype, tmp_path):
     seconds, tone = 0.5, 1000.0
     t = np.arange(int(seconds * rate)) / rate
