@@ -66,3 +66,37 @@ def tiny_data2vec_audio_config(**overrides):
     )
     options.update(overrides)
     return transformers.Data2VecAudioConfig(**options)
+
+
+def tiny_whisper_config(**overrides):
+    """A small random Whisper config (encoder d_model 64, 2 layers, 4 heads, FFN 128, 80 mel bins,
+    100 positions: a 2 s full input of 200 frames; a 1-layer decoder that the lobe never loads)."""
+    options = dict(
+        d_model=64,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        num_mel_bins=80,
+        max_source_positions=100,
+        decoder_layers=1,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=128,
+        max_target_positions=16,
+        vocab_size=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=3,
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+    )
+    options.update(overrides)
+    return transformers.WhisperConfig(**options)
+
+
+def tiny_whisper_feature_extractor(config):
+    """The ``WhisperFeatureExtractor`` of ``config``: its mel bins, and a chunk as long as its
+    positions cover (``2 * max_source_positions`` frames of 10 ms)."""
+    seconds = 2 * config.max_source_positions * 160 / 16000
+    seconds = int(seconds) if float(seconds).is_integer() else seconds
+    return transformers.WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=seconds)

@@ -130,3 +130,32 @@ def tiny_data2vec_audio(tmp_path_factory):
     transformers.Data2VecAudioModel(tiny_data2vec_audio_config()).save_pretrained(folder)
     transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory):
+    """A tiny random Whisper (encoder d_model 64, 2 layers, 100 positions: a 2 s full input) saved
+    as the hub's checkpoints are (``WhisperForConditionalGeneration`` + preprocessor_config.json);
+    returns its folder."""
+    from petl_modules.tiny import tiny_whisper_config, tiny_whisper_feature_extractor
+
+    folder = tmp_path_factory.mktemp("tiny_whisper")
+    torch.manual_seed(0)
+    config = tiny_whisper_config()
+    transformers.WhisperForConditionalGeneration(config).save_pretrained(folder)
+    tiny_whisper_feature_extractor(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def whisper_base_folder(tmp_path_factory):
+    """The whisper-base encoder shape (d_model 512, 6 layers, 8 heads, FFN 2048, 80 mel bins, 1500
+    positions), random weights, the encoder alone saved with save_pretrained (~2 s once)."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    folder = tmp_path_factory.mktemp("whisper_base")
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8,
+                                        encoder_ffn_dim=2048, num_mel_bins=80, max_source_positions=1500)
+    WhisperEncoder(config).save_pretrained(folder)
+    return str(folder)

@@ -5,11 +5,12 @@
 
 - ``ast.py``: the Audio Spectrogram Transformer;
 - ``wav2vec2.py``: wav2vec 2.0, HuBERT and WavLM;
+- ``whisper.py``: the Whisper encoder;
 - ``data2vec_audio.py``: data2vec-audio (``Wav2Vec2Backbone`` with its positional convolutions);
-- ``features.py``: the per-utterance input processors (Kaldi fbank, waveform).
+- ``features.py``: the per-utterance input processors (Kaldi fbank, waveform, Whisper log-mel).
 """
 
-from petl_modules.backbones import ast, wav2vec2  # noqa: F401  (each registers its model types
+from petl_modules.backbones import ast, wav2vec2, whisper  # noqa: F401  (each registers its model types
 from petl_modules.backbones import data2vec_audio  # noqa: F401  (registers data2vec-audio)
 from petl_modules.backbones.base import FAMILIES, Backbone, lobe_class, read_config, register
 

@@ -16,6 +16,7 @@ import logging
 
 import torch
 import torchaudio
+import transformers
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +170,84 @@ class Waveform:
             "normalize": self.normalize,
             "sample_rate": self.sample_rate,
         }
+
+
+class WhisperLogMel:
+    """Whisper's log-mel spectrogram, computed by transformers' ``WhisperFeatureExtractor`` per
+    utterance on a clip of ``clip_samples`` (zero-padded or cut to it), not on 30 s.
+
+    The settings are the checkpoint's ``preprocessor_config.json`` (``feature_size`` mel bins,
+    ``hop_length``, ``n_fft``, ``sampling_rate``, ``padding_value``, ``dither``); the extractor
+    pads the waveform with ``padding_value`` to the clip (``padding='max_length'``) instead of to
+    its ``chunk_length``, then computes the spectrogram, clamps it at its maximum - 8 and scales it
+    as ``(x + 4) / 4``, exactly as for a 30 s input. Every utterance thus has ``frames =
+    clip_samples // hop_length`` frames (10 ms each at 16 kHz): the same silence padding Whisper
+    was trained with, shorter.
+
+    Arguments
+    ---------
+    clip_samples : int
+        Samples of the clip (the lobe's ``clip_seconds``; 30 s for the full input).
+    feature_size, sampling_rate, hop_length, n_fft, padding_value, dither
+        ``WhisperFeatureExtractor`` settings (its defaults: the ``openai/whisper-*`` ones up to
+        ``-large-v2``; ``-large-v3`` has 128 mel bins).
+
+    Example
+    -------
+    >>> logmel = WhisperLogMel(clip_samples=16000)
+    >>> logmel(torch.randn(8000)).shape  # 1 s: 100 frames of 80 mel bins
+    torch.Size([100, 80])
+    """
+
+    def __init__(self, clip_samples, feature_size=80, sampling_rate=16000, hop_length=160, n_fft=400,
+                 padding_value=0.0, dither=0.0):
+        self.clip_samples = int(clip_samples)
+        if self.clip_samples < int(hop_length):
+            raise ValueError(f"clip_samples={clip_samples} is shorter than one frame ({hop_length} samples).")
+        self.settings = dict(feature_size=int(feature_size), sampling_rate=int(sampling_rate),
+                             hop_length=int(hop_length), n_fft=int(n_fft),
+                             padding_value=float(padding_value), dither=float(dither))
+        self.extractor = transformers.WhisperFeatureExtractor(**self.settings)
+
+    @classmethod
+    def from_extractor(cls, extractor, clip_samples):
+        """The processor of a checkpoint's ``WhisperFeatureExtractor`` (its settings, our clip)."""
+        return cls(clip_samples, extractor.feature_size, extractor.sampling_rate, extractor.hop_length,
+                   extractor.n_fft, extractor.padding_value, getattr(extractor, "dither", 0.0))
+
+    @property
+    def sample_rate(self):
+        return self.settings["sampling_rate"]
+
+    @property
+    def num_mel_bins(self):
+        return self.settings["feature_size"]
+
+    @property
+    def frames(self):
+        """Frames of every output (the extractor drops the STFT's last frame)."""
+        return self.clip_samples // self.settings["hop_length"]
+
+    @property
+    def samples_needed(self):
+        """Samples from the start of an utterance that are used: the clip."""
+        return self.clip_samples
+
+    @property
+    def min_samples(self):
+        """One STFT window: shorter input is padded (with a warning) before the clip padding."""
+        return self.settings["n_fft"]
+
+    def __call__(self, wav):
+        """``[S]`` waveform -> ``[frames, feature_size]`` log-mel features (time first, as
+        ``ASTFbank``; the lobe transposes them to Whisper's ``[mel, frames]``)."""
+        wav = wav.reshape(-1)[: self.clip_samples].float().numpy()
+        features = self.extractor(
+            wav, sampling_rate=self.sample_rate, padding="max_length", max_length=self.clip_samples,
+            truncation=True, return_attention_mask=False, return_tensors="pt",
+        ).input_features[0]
+        return features.transpose(0, 1).contiguous().float()
+
+    def config(self):
+        """The settings that rebuild this processor (for saved models and caches)."""
+        return {"type": "whisper_log_mel", "clip_samples": self.clip_samples, **self.settings}
