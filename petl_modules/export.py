@@ -24,7 +24,6 @@ import os
 import sys
 from pathlib import Path
 
-import transformers
 from safetensors.torch import save_file
 
 from petl_modules.training.pretrained import (
@@ -37,27 +36,6 @@ from petl_modules.training.run_folder import current_umask, write_json_atomic
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"
-
-
-def transformers_model_of(lobe):
-    """The ``transformers.PreTrainedModel`` a backbone lobe wraps."""
-    found = [m for m in lobe.children() if isinstance(m, transformers.PreTrainedModel)]
-    if len(found) != 1:
-        raise PETLModelError(
-            f"The {lobe.family} lobe holds {len(found)} transformers models; export expects one."
-        )
-    return found[0]
-
-
-def copy_feature_extractor(source, out_dir):
-    """Copies the base checkpoint's ``preprocessor_config.json`` (if it has one): the lobe reads
-    its settings (e.g. wav2vec2's ``do_normalize``), so a run on the export sees the same inputs."""
-    try:
-        extractor = transformers.AutoFeatureExtractor.from_pretrained(str(source))
-    except (OSError, ValueError, KeyError):
-        return False
-    extractor.save_pretrained(out_dir)
-    return True
 
 
 def export_petl_model(model_dir, out_dir, backbone_source=None):
@@ -97,8 +75,13 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    transformers_model_of(modules["petl_model"].adapted_model).save_pretrained(out_dir)
-    copy_feature_extractor(backbone_source or config["backbone_source"], out_dir)
+    lobe = modules["petl_model"].adapted_model
+    try:
+        lobe.export_pretrained(out_dir)  # the lobe's checkpoint format (save_pretrained)
+    except ValueError as err:
+        raise PETLModelError(str(err)) from None
+    # Its input processor's settings (e.g. do_normalize), so a run on the export sees the same inputs.
+    lobe.copy_preprocessor_config(backbone_source or config["backbone_source"], out_dir)
     head = {k: v.detach().cpu().contiguous() for k, v in modules["classifier"].state_dict().items()}
     save_file(head, str(out_dir / HEAD_WEIGHTS), metadata={"format": "pt"})
     os.chmod(out_dir / HEAD_WEIGHTS, 0o666 & ~current_umask())  # safetensors makes it owner-only

@@ -50,6 +50,7 @@ class ASTBackbone(Backbone):
         "final_norm": ["model.layernorm"],
     }
     family = "ast"
+    input_kind = "spectrogram"
     PROMPT_POSITION = (1, 1)  # after the CLS token, in place of the distillation token
 
     def __init__(

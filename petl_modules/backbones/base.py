@@ -8,15 +8,30 @@ that depends on the installed transformers version: module names (the insertion-
 pinned by tests), how inputs are prepared, and how the model is called. PETL methods never subclass
 transformers internals; they wrap modules at the lobe's insertion points
 (``petl_modules.methods.adapted.AdaptedBackbone``).
+
+The contract a lobe file implements (see ``Backbone``): ``INSERTION_POINTS``, ``family``,
+``input_kind``, ``input_processor``, ``forward``, ``hidden_size``/``num_layers``/``has_cls_token``,
+``PROMPT_POSITION``; optional overrides of what trains (``trained_modules``, ``input_norm``,
+``trainable_parameter_names``), of the eval-mode policy (``train``) and of the checkpoint format
+(``checkpoint_state``, ``export_pretrained``, ``copy_preprocessor_config``: transformers
+``save_pretrained`` folders by default). Hooks the methods call without knowing the family, keyed
+by the attention module's class (a lobe file registers its own, ``attend_with_prefix.register``):
+``attend_with_prefix`` (attention with extra keys/values, prefix tuning) and ``prefix_key_width``.
+LoRA needs no hook: it is an ``nn.Linear`` look-alike whose ``weight`` is the merged one.
 """
 
 
 import fnmatch
+import functools
 import inspect
+import json
 import logging
 import re
+import shutil
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
 
 from petl_modules.methods.adapted import PETLModule
@@ -51,9 +66,23 @@ def read_config(source, **kwargs):
         ) from None
 
 
+def checkpoint_model_type(source):
+    """``model_type`` of ``config.json`` in ``source`` (hub id, hub cache or local folder), read as
+    plain JSON so that a lobe of any checkpoint format is found by it."""
+    try:
+        path = transformers.utils.cached_file(str(source), "config.json")
+        with open(path, encoding="utf-8") as file:
+            model_type = json.load(file).get("model_type")
+    except (OSError, ValueError, TypeError, AttributeError):
+        model_type = None
+    if not model_type:  # unreachable, or no model_type: transformers' reading (its clear error)
+        model_type = read_config(source).model_type
+    return model_type
+
+
 def lobe_class(source):
     """The lobe class of the checkpoint ``source``, from its config's ``model_type``."""
-    model_type = read_config(source).model_type
+    model_type = checkpoint_model_type(source)
     if model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
         raise ValueError(
@@ -66,6 +95,101 @@ def lobe_class(source):
 def _layer_index(name):
     match = re.search(r"layers\.(\d+)", name)
     return int(match.group(1)) if match else None
+
+
+# ==================================================================== hooks of the methods
+def _projections(attention):
+    """``(q, k, v, o, heads)`` of an attention module with ``q_proj``, ``k_proj``, ``v_proj``,
+    ``o_proj``/``out_proj`` and ``num_attention_heads``/``num_heads`` (TypeError otherwise)."""
+    heads = getattr(attention, "num_attention_heads", None) or getattr(attention, "num_heads", None)
+    out = getattr(attention, "o_proj", None) or getattr(attention, "out_proj", None)
+    found = [getattr(attention, n, None) for n in ("q_proj", "k_proj", "v_proj")] + [out]
+    if any(m is None for m in found) or not heads:
+        raise TypeError(
+            f"Prefix tuning cannot wrap {type(attention).__name__}: it needs q_proj, k_proj, "
+            "v_proj, o_proj/out_proj and num_attention_heads/num_heads (attach it at the "
+            "'attention' point), or the backbone's lobe file must register attend_with_prefix "
+            "and prefix_key_width for this attention class."
+        )
+    return (*found, int(heads))
+
+
+@functools.singledispatch
+def prefix_key_width(attention):
+    """Width of the projected keys (= values) of ``attention``: the size of a prefix token."""
+    return _projections(attention)[1].out_features
+
+
+def _insert(sequence, tokens, start):
+    """``sequence [B, T, W]`` with ``tokens [P, W]`` inserted at ``start`` -> ``[B, T + P, W]``."""
+    tokens = tokens.to(sequence.dtype).unsqueeze(0).expand(sequence.shape[0], -1, -1)
+    return torch.cat([sequence[:, :start], tokens, sequence[:, start:]], dim=1)
+
+
+def _extend_mask(mask, count, start):
+    """``mask [..., T]`` (bool: True = attend; or additive) with ``count`` attended key columns
+    at ``start`` -> ``[..., T + count]``."""
+    if mask is None:
+        return None
+    shape = (*mask.shape[:-1], count)
+    fill = torch.ones(shape, dtype=torch.bool, device=mask.device) if mask.dtype == torch.bool \
+        else torch.zeros(shape, dtype=mask.dtype, device=mask.device)
+    return torch.cat([mask[..., :start], fill, mask[..., start:]], dim=-1)
+
+
+def prefix_attention(attention, hidden, prefix_keys, prefix_values, start, mask=None):
+    """Multi-head attention of ``attention``'s q/k/v/o projections with extra keys and values.
+
+    Arguments
+    ---------
+    attention : torch.nn.Module
+        With the projections of ``_projections``; optional ``scaling`` and
+        ``attention_dropout``/``dropout`` (used in train mode).
+    hidden : torch.Tensor
+        ``[B, T, D]`` input of the sublayer.
+    prefix_keys, prefix_values : torch.Tensor
+        ``[P, W]`` inserted after the first ``start`` projected keys and values.
+    start : int
+        Keys kept before the prefix.
+    mask : torch.Tensor, optional
+        ``[B, 1|H, T, T]`` boolean (True = attend) or additive, over the host's keys; the prefix
+        keys are attended by every query.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, T, D]`` after the output projection.
+    """
+    q_proj, k_proj, v_proj, o_proj, heads = _projections(attention)
+    batch, length, _ = hidden.shape
+
+    def split(x):  # [B, T, H * d] -> [B, H, T, d]
+        return x.view(batch, x.shape[1], heads, -1).transpose(1, 2)
+
+    key = split(_insert(k_proj(hidden), prefix_keys, start))
+    value = split(_insert(v_proj(hidden), prefix_values, start))
+    dropout = getattr(attention, "attention_dropout", getattr(attention, "dropout", 0.0))
+    out = F.scaled_dot_product_attention(
+        split(q_proj(hidden)), key, value,
+        attn_mask=_extend_mask(mask, prefix_keys.shape[0], start),
+        dropout_p=float(dropout) if attention.training and isinstance(dropout, (int, float)) else 0.0,
+        scale=getattr(attention, "scaling", None),
+    )
+    return o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+@functools.singledispatch
+def attend_with_prefix(attention, hidden, prefix_keys, prefix_values, start, *args, **kwargs):
+    """Runs the attention sublayer ``attention`` as its host layer calls it (``hidden [B, T, D]``
+    and the host's ``*args, **kwargs``), with ``prefix_keys``/``prefix_values [P, W]`` inserted
+    after the first ``start`` keys and values; returns what the host expects from the sublayer.
+
+    Default: transformers' convention, ``attention_mask`` (first positional or keyword) boolean or
+    additive ``[B, 1, T, T]``, returning ``(output [B, T, D], None)``. A lobe whose attention is
+    called otherwise registers its own (``@attend_with_prefix.register(ItsAttention)``).
+    """
+    mask = kwargs.get("attention_mask", args[0] if args else None)
+    return prefix_attention(attention, hidden, prefix_keys, prefix_values, start, mask), None
 
 
 class Backbone(torch.nn.Module):
@@ -85,6 +209,9 @@ class Backbone(torch.nn.Module):
 
     INSERTION_POINTS = {}
     family = None
+    # What ``forward`` takes: "spectrogram" (features [B, T, F]) or "waveform" ([B, S]); read by
+    # augmentation and the output cache instead of the family.
+    input_kind = None
     # Where tokens added by prompt/prefix tuning go: (tokens kept before them, tokens they replace).
     PROMPT_POSITION = (0, 0)
 
@@ -289,9 +416,55 @@ class Backbone(torch.nn.Module):
     def has_cls_token(self):
         return False
 
+    def padding_dependence(self):
+        """None, or why (naming the option to change) an utterance's output depends on how it is
+        padded in its batch (the output cache refuses such a lobe). Default: None."""
+        return None
+
     def forward(self, inputs, lengths=None):
         """``inputs`` (the input processor's output, batched) -> ``(hidden [B, T, D], mask)``.
 
         ``mask`` is ``[B, T]`` bool of valid tokens, or None when every token is valid.
         """
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- checkpoint format
+    # Defaults for transformers ``save_pretrained`` folders (shared by the transformers lobes); a
+    # lobe of another checkpoint format overrides these three in its own file.
+    @classmethod
+    def checkpoint_state(cls, source):
+        """``(state {name: tensor}, missing)`` of the weights of ``source`` as the lobe's format
+        loads them (the fingerprint hashes them); ``missing``: names the checkpoint lacks
+        (initialised at random on loading), left out of the fingerprint."""
+        model, info = transformers.AutoModel.from_pretrained(str(source), output_loading_info=True)
+        return model.state_dict(), set(info.get("missing_keys", ()))
+
+    def pretrained_model(self):
+        """The one ``transformers.PreTrainedModel`` the lobe wraps."""
+        found = [m for m in self.children() if isinstance(m, transformers.PreTrainedModel)]
+        if len(found) != 1:
+            raise ValueError(
+                f"The {self.family} lobe holds {len(found)} transformers models; export expects one."
+            )
+        return found[0]
+
+    def export_pretrained(self, out_dir):
+        """Writes the backbone (PETL modules merged or absent) to ``out_dir`` as a checkpoint
+        that ``Backbone(out_dir)`` loads (``save_pretrained``)."""
+        self.pretrained_model().save_pretrained(out_dir)
+
+    @classmethod
+    def copy_preprocessor_config(cls, source, out_dir):
+        """Copies ``source``'s ``preprocessor_config.json`` (what the input processor reads) to
+        ``out_dir``; False when it has none."""
+        try:
+            path = transformers.utils.cached_file(
+                str(source), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+            )
+        except (OSError, ValueError):
+            return False
+        if not path:
+            return False
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(out_dir) / "preprocessor_config.json")
+        return True

@@ -7,7 +7,13 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from petl_modules.backbones.base import Backbone, read_config, register
+from petl_modules.backbones.base import (
+    Backbone,
+    attend_with_prefix,
+    prefix_attention,
+    read_config,
+    register,
+)
 from petl_modules.backbones.features import Waveform
 from petl_modules.methods.adapted import checkpoint_contexts, token_mask
 
@@ -18,12 +24,6 @@ WAVEFORM_MODELS = {
     "hubert": (transformers.HubertConfig, transformers.HubertModel),
     "wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
 }
-
-
-def is_wavlm_attention(module):
-    """Whether ``module`` is WavLM's attention (gated relative position bias, called with
-    ``attention_mask [B, T]``, ``position_bias``, returning ``(out, weights, position_bias)``)."""
-    return isinstance(module, transformers.models.wavlm.modeling_wavlm.WavLMAttention)
 
 
 def wavlm_attention_bias(attention, hidden, position_bias=None):
@@ -56,6 +56,20 @@ def wavlm_attention_bias(attention, hidden, position_bias=None):
     gate = gate_a * (gate_b * attention.gru_rel_pos_const - 1.0) + 2.0  # [B, H, T, 1]
     gated = gate.view(batch * heads, -1, 1) * position_bias
     return gated.view(batch, heads, length, length), position_bias
+
+
+@attend_with_prefix.register(transformers.models.wavlm.modeling_wavlm.WavLMAttention)
+def _wavlm_attend_with_prefix(attention, hidden, prefix_keys, prefix_values, start, *args, **kwargs):
+    """WavLM's attention with prefix keys/values (``base.attend_with_prefix``): called with
+    ``attention_mask [B, T]`` (1 = valid key) and ``position_bias``, it returns
+    ``(output, None, position_bias)``; its gated relative position bias is recomputed, and the
+    prefix keys get none."""
+    padding = kwargs.get("attention_mask", args[0] if args else None)
+    bias, position_bias = wavlm_attention_bias(attention, hidden, kwargs.get("position_bias"))
+    if padding is not None:
+        bias = bias.masked_fill(~padding.bool()[:, None, None, :], float("-inf"))
+    out = prefix_attention(attention, hidden, prefix_keys, prefix_values, start, bias)
+    return out, None, position_bias
 
 
 def read_feature_extractor_config(source):
@@ -123,6 +137,7 @@ class Wav2Vec2Backbone(Backbone):
     """
 
     family = "wav2vec2"
+    input_kind = "waveform"
 
     def __init__(
         self,
@@ -224,6 +239,14 @@ class Wav2Vec2Backbone(Backbone):
             name for name in super().trainable_parameter_names(specs)
             if not name.startswith("model.feature_extractor.") and name != "model.masked_spec_embed"
         ]
+
+    def padding_dependence(self):
+        """Whole utterances (``clip_seconds=None``) without an attention mask: the output depends
+        on the padding of the batch (see ``Backbone.padding_dependence``)."""
+        if self.clip_samples is None and not self.use_attention_mask:
+            return ("with clip_seconds=null this checkpoint (no attention mask) gives outputs that "
+                    "depend on the padding of each batch: set --clip_seconds")
+        return None
 
     # ---------------------------------------------------------------- forward
     def frame_lengths(self, samples):

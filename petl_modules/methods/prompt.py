@@ -1,18 +1,19 @@
 """Prompt tuning and prefix tuning: learned tokens added to the frozen transformer's sequence.
 
 Where the tokens go is the lobe's ``PROMPT_POSITION = (keep, replace)``: after the first ``keep``
-tokens, in place of the next ``replace``. AST: ``(1, 1)``, after the CLS token in place of the
-distillation token (as the reference); a backbone without special tokens: ``(0, 0)``, prepended.
+tokens, in place of the next ``replace`` (e.g. ``(1, 1)``: after a CLS token, in place of a
+distillation token, as the reference; a backbone without special tokens: ``(0, 0)``, prepended).
 
 - Prompt tuning (Jia et al., 2022, VPT). Shallow: ``prompt_len`` prompts enter the sequence after
   the embeddings (``embeddings`` point). Deep: besides those, fresh prompts replace the previous
   layer's outputs at the prompt positions before every later layer (``later_layers`` point). The
   classifier can pool the prompts, the input ("speech") tokens or both (``prompt_span``).
 - Prefix tuning (Li and Liang, 2021): per layer, ``prompt_len / 2`` learned key vectors and as many
-  value vectors join the projected keys and values (after the CLS token for AST); the queries, and
+  value vectors join the projected keys and values (after the first ``keep``); the queries, and
   so the sequence length, are unchanged. ``PrefixTuning`` wraps the whole attention sublayer and
-  recomputes attention from the wrapped module's q/k/v/o projections, because transformers
-  reshapes keys and values with the query's length.
+  has the backbone contract recompute it with the extra keys and values
+  (``petl_modules.backbones.base.attend_with_prefix``), because host attentions reshape keys and
+  values with the query's length. No family is named here.
 
 Tokens start uniform in ``+-sqrt(3 / D)`` (Xavier for a ``D x D`` matrix), which on AST-base equals
 the reference's VPT bound ``sqrt(6 / (3 * 16 * 16 + 768))``.
@@ -21,9 +22,8 @@ the reference's VPT bound ``sqrt(6 / (3 * 16 * 16 + 768))``.
 import math
 
 import torch
-import torch.nn.functional as F
 
-from petl_modules.backbones.wav2vec2 import is_wavlm_attention, wavlm_attention_bias
+from petl_modules.backbones.base import attend_with_prefix, prefix_key_width
 from petl_modules.methods.adapted import PETLModule
 from petl_modules.methods.adapters import join_output, split_output
 
@@ -144,10 +144,12 @@ class PrefixTuning(PETLModule):
     """Self-attention with ``prompt_len / 2`` learned keys and values inserted after the first
     ``keep`` projected keys and values (``prompt_position``); queries and output length unchanged.
 
-    Works on any attention module with ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj`` (or
-    ``out_proj``) Linear layers, a head count (``num_attention_heads`` or ``num_heads``) and
-    optionally ``scaling`` and ``attention_dropout``/``dropout``. Returns ``(output, None)``, as
-    transformers' attention modules return ``(output, weights)``.
+    The attention is recomputed by the backbone contract's hook
+    ``petl_modules.backbones.base.attend_with_prefix``, chosen by the wrapped module's class: by
+    default from its ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``/``out_proj`` Linear layers,
+    returning ``(output, None)`` as transformers' attention modules return ``(output, weights)``;
+    a lobe whose attention is called otherwise registers its own. The key width comes from
+    ``prefix_key_width``.
 
     Arguments
     ---------
@@ -166,63 +168,12 @@ class PrefixTuning(PETLModule):
         self.pretrained_module = module
         prompt_len = _check_length("prompt_len", prompt_len, even=True)
         self.start = int(prompt_position[0])
-        self.num_heads = getattr(module, "num_attention_heads", None) or getattr(module, "num_heads", None)
-        self.out_proj_name = "o_proj" if hasattr(module, "o_proj") else "out_proj"
-        missing = [n for n in ("q_proj", "k_proj", "v_proj", self.out_proj_name) if not hasattr(module, n)]
-        if missing or not self.num_heads:
-            raise TypeError(
-                f"PrefixTuning cannot wrap {type(module).__name__}: it needs q_proj, k_proj, v_proj, "
-                "o_proj/out_proj and num_attention_heads/num_heads (attach it at the 'attention' point)."
-            )
-        width = module.k_proj.out_features
+        width = prefix_key_width(module)
         self.prefix_keys = _tokens(prompt_len // 2, width)
         self.prefix_values = _tokens(prompt_len // 2, width)
 
-    def _heads(self, x):
-        """``[B, T, H * d]`` -> ``[B, H, T, d]``."""
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, -1).transpose(1, 2)
-
-    def _extend_mask(self, mask, count):
-        """Lets every query attend to the prefix: ``count`` key columns at ``start``."""
-        if mask is None:
-            return None
-        shape = (*mask.shape[:-1], count)
-        fill = torch.ones(shape, dtype=torch.bool, device=mask.device) if mask.dtype == torch.bool \
-            else torch.zeros(shape, dtype=mask.dtype, device=mask.device)
-        return torch.cat([mask[..., :self.start], fill, mask[..., self.start:]], dim=-1)
-
     def forward(self, hidden, *args, **kwargs):
-        """``hidden [B, T, D]`` (+ the host's optional additive or boolean ``attention_mask``
-        ``[B, 1, T, T]``) -> ``(output [B, T, D], None)``.
-
-        WavLM's attention is called with ``attention_mask [B, T]`` (1 = valid key) and
-        ``position_bias``, and returns ``(output, None, position_bias)``: its gated relative
-        position bias is recomputed here, and the prefix keys get none."""
-        attn = self.pretrained_module
-        mask = kwargs.get("attention_mask", args[0] if args else None)
-        wavlm = is_wavlm_attention(attn)
-        if wavlm:
-            mask, position_bias = self._wavlm_mask(attn, hidden, mask, kwargs.get("position_bias"))
-        query = self._heads(attn.q_proj(hidden))
-        key = self._heads(insert_tokens(attn.k_proj(hidden), self.prefix_keys, self.start))
-        value = self._heads(insert_tokens(attn.v_proj(hidden), self.prefix_values, self.start))
-        dropout = getattr(attn, "attention_dropout", getattr(attn, "dropout", 0.0))
-        out = F.scaled_dot_product_attention(
-            query, key, value,
-            attn_mask=self._extend_mask(mask, self.prefix_keys.shape[0]),
-            dropout_p=float(dropout) if attn.training and isinstance(dropout, (int, float)) else 0.0,
-            scale=getattr(attn, "scaling", None),
-        )
-        out = out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
-        out = getattr(attn, self.out_proj_name)(out)
-        return (out, None, position_bias) if wavlm else (out, None)
-
-    @staticmethod
-    def _wavlm_mask(attn, hidden, padding, position_bias):
-        """WavLM: its gated relative position bias ``[B, H, T, T]`` (``position_bias`` passed on by
-        the first layer, or computed here), -inf at padded keys (``padding [B, T]``)."""
-        bias, position_bias = wavlm_attention_bias(attn, hidden, position_bias)
-        if padding is not None:
-            bias = bias.masked_fill(~padding.bool()[:, None, None, :], float("-inf"))
-        return bias, position_bias
+        """``hidden [B, T, D]`` and the host's arguments (e.g. ``attention_mask``) -> what the
+        host expects from its attention sublayer (``(output [B, T, D], None)`` by default)."""
+        return attend_with_prefix(self.pretrained_module, hidden, self.prefix_keys,
+                                  self.prefix_values, self.start, *args, **kwargs)

@@ -1,13 +1,14 @@
 """Training-time augmentation that fits the backbone's input.
 
 ``SpecAugment`` is the datasets' augmentation (ESC-50, UrbanSound8K: ``augmentation`` in the
-dataset yaml). What it does depends on the backbone family, read from the lobe:
+dataset yaml). What it does depends on the backbone's input kind, read from the lobe
+(``Backbone.input_kind``):
 
-- spectrogram backbones (AST, inputs ``[B, T, F]``): one frequency mask of up to ``freq_mask``
+- spectrogram backbones (e.g. AST, inputs ``[B, T, F]``): one frequency mask of up to ``freq_mask``
   bins and one time mask of up to ``time_mask`` frames per example, drawn independently for each
   example with torchaudio's ``FrequencyMasking`` / ``TimeMasking`` themselves, on ``[1, F, T]``
   as the reference did, masked value 0 (the normalised features' mean);
-- waveform backbones (wav2vec2, HuBERT, WavLM, inputs ``[B, S]``): no frequency mask (their CNN
+- waveform backbones (e.g. wav2vec2, HuBERT, WavLM, inputs ``[B, S]``): no frequency mask (their CNN
   has no mel axis); one time mask of up to ``time_mask`` frames of 10 ms, as samples
   (80 frames = 0.8 s), drawn by torchaudio's masking function over the clip every utterance is
   padded to (``clip_seconds``; as AST's over ``max_frames``) and set to 0 (silence: the waveform is
@@ -25,6 +26,8 @@ that names the ``augmentation`` option and the backbone.
 import torch
 import torchaudio
 
+from petl_modules.backbones import FAMILIES
+
 FRAME_SECONDS = 0.01  # the time mask is counted in AST frames (10 ms shift)
 WAVEFORM_MODES = ("time_mask", "off")
 
@@ -40,6 +43,17 @@ def describe(lobe):
     family = getattr(lobe, "family", None) or type(lobe).__name__
     source = getattr(lobe, "source", None)
     return f"the {family} backbone" + (f" '{source}'" if source else "")
+
+
+def family_input_kind(family):
+    """The ``input_kind`` of the lobes of ``family`` or of a registered ``model_type`` (e.g.
+    ``ast`` -> ``spectrogram``, ``hubert`` -> ``waveform``)."""
+    kinds = {lobe.input_kind for model_type, lobe in FAMILIES.items()
+             if family in (lobe.family, model_type)}
+    if len(kinds) != 1:
+        known = sorted({lobe.family for lobe in FAMILIES.values()})
+        raise ValueError(f"Unknown backbone family {family!r}: known families are {known}.")
+    return kinds.pop()
 
 
 class SpecAugment(torch.nn.Module):
@@ -59,9 +73,9 @@ class SpecAugment(torch.nn.Module):
     -------
     >>> augment = SpecAugment(freq_mask=24, time_mask=80)
     >>> fbank = torch.randn(2, 500, 128)
-    >>> augment(fbank, family="ast").shape
+    >>> augment(fbank, input_kind="spectrogram").shape
     torch.Size([2, 500, 128])
-    >>> augment(torch.randn(2, 16000), family="wav2vec2").shape
+    >>> augment(torch.randn(2, 16000), input_kind="waveform").shape
     torch.Size([2, 16000])
     """
 
@@ -81,15 +95,20 @@ class SpecAugment(torch.nn.Module):
         self.time_masking = torchaudio.transforms.TimeMasking(self.time_mask)
 
     def forward(self, inputs, lengths=None, family=None, sample_rate=16000, backbone="the backbone",
-                clip_samples=None):
+                clip_samples=None, input_kind=None):
         """``inputs`` ``[B, T, F]`` features or ``[B, S]`` waveforms -> the same shape, masked.
 
         ``lengths [B]`` (relative) keep a waveform's padding unmasked; ``clip_samples`` is the
-        span its time mask is drawn over (see ``mask_waveforms``); ``family``
-        (``ast``, ``wav2vec2``, ...) says the input kind (None: from the rank); ``backbone``
-        names the backbone in errors.
+        span its time mask is drawn over (see ``mask_waveforms``); ``input_kind``
+        (``spectrogram`` | ``waveform``, the lobe's) says what the inputs are (None: the kind of
+        the lobes of ``family``, e.g. ``ast``; neither: from the rank); ``backbone`` names the
+        backbone in errors.
         """
-        waveform = family not in (None, "ast") or (family is None and inputs.dim() == 2)
+        if input_kind is None and family is not None:
+            input_kind = family_input_kind(family)
+        if input_kind not in (None, "spectrogram", "waveform"):
+            raise ValueError(f"input_kind must be 'spectrogram' or 'waveform', got {input_kind!r}.")
+        waveform = input_kind == "waveform" or (input_kind is None and inputs.dim() == 2)
         if waveform and inputs.dim() == 2:
             return self.mask_waveforms(inputs, lengths, sample_rate, clip_samples)
         if not waveform and inputs.dim() == 3:
@@ -138,14 +157,14 @@ class SpecAugment(torch.nn.Module):
 def augment(augmentation, inputs, lengths, model):
     """The Brain's call: ``inputs`` (``[B, T, F]`` or ``[B, S]``) augmented for ``model``'s lobe.
 
-    A ``SpecAugment`` gets the lobe's family and sample rate; any other callable gets the inputs
+    A ``SpecAugment`` gets the lobe's input kind and sample rate; any other callable gets the inputs
     alone, and an error it raises is re-raised naming the ``augmentation`` option and the backbone.
     """
     lobe = backbone_lobe(model)
     name = describe(lobe)
     if isinstance(augmentation, SpecAugment):
         processor = getattr(lobe, "input_processor", None)
-        return augmentation(inputs, lengths, family=getattr(lobe, "family", None),
+        return augmentation(inputs, lengths, input_kind=getattr(lobe, "input_kind", None),
                             sample_rate=getattr(processor, "sample_rate", 16000), backbone=name,
                             clip_samples=getattr(lobe, "clip_samples", None))
     try:

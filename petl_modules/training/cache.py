@@ -87,12 +87,9 @@ def check_cacheable(hparams):
     pooling = hparams.get("pooling", "mean")
     if pooling not in CACHEABLE_POOLINGS:
         reasons.append(f"pooling '{pooling}' is not cacheable (use mean or cls)")
-    if getattr(lobe, "family", None) == "wav2vec2" and getattr(lobe, "clip_samples", 0) is None \
-            and not getattr(lobe, "use_attention_mask", True):
-        reasons.append(
-            "with clip_seconds=null this checkpoint (no attention mask) gives outputs that depend "
-            "on the padding of each batch: set --clip_seconds"
-        )
+    padding = lobe.padding_dependence() if hasattr(lobe, "padding_dependence") else None
+    if padding:
+        reasons.append(padding)
     if reasons:
         raise CacheConfigError(
             "cache_backbone_outputs=True is refused: " + "; ".join(reasons) + ". Run without it "

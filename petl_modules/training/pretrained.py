@@ -45,6 +45,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from petl_modules.backbones import lobe_class
 from petl_modules.methods.adapted import PETLModule, petl_buffers
 from petl_modules.training.run_folder import current_umask, write_json_atomic
 
@@ -83,12 +84,13 @@ def _tensor_bytes(tensor):
 
 
 def backbone_fingerprint(source, exclude=()):
-    """A fingerprint of the weights of the base checkpoint ``source`` as transformers loads them.
+    """A fingerprint of the weights of the base checkpoint ``source`` as its lobe loads them.
 
-    It hashes every tensor of ``AutoModel.from_pretrained(source)`` (name, dtype, shape, bytes) in
-    name order, so the hub checkpoint and a local ``save_pretrained`` copy of it have the same
-    fingerprint, and any other checkpoint a different one. Tensors the checkpoint does not hold
-    (randomly initialised by transformers) are left out.
+    It hashes every tensor of the lobe's ``checkpoint_state(source)`` (transformers lobes:
+    ``AutoModel.from_pretrained(source)``; name, dtype, shape, bytes) in name order, so the hub
+    checkpoint and a local ``save_pretrained`` copy of it have the same fingerprint, and any other
+    checkpoint a different one. Tensors the checkpoint does not hold (randomly initialised on
+    loading) are left out.
 
     Arguments
     ---------
@@ -118,11 +120,11 @@ def _fingerprint(source, exclude):
     # Loading initialises the tensors the checkpoint lacks from the global generators: keep their
     # state, so that a run draws the same numbers whether or not it fingerprinted first.
     with _quiet_transformers(), _preserved_rng():
-        model, info = transformers.AutoModel.from_pretrained(source, output_loading_info=True)
-    excluded = set(info.get("missing_keys", ())) | set(exclude)
+        state, missing = lobe_class(source).checkpoint_state(source)
+    excluded = set(missing) | set(exclude)
     digest = hashlib.sha256()
     count = total = 0
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         total += tensor.numel() * tensor.element_size()
         if name in excluded:
             continue
