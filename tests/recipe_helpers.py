@@ -19,19 +19,10 @@ def recipe_module(recipe):
 
 
 def run_in_process(recipe, argv):
-    """Runs the recipe's main block with ``argv``; returns results.json's content, or the error
-    message the recipe exits with (a ``str``)."""
+    """Runs the recipe's ``main(argv)``; returns results.json's content, or the error message the
+    recipe exits with (a ``str``)."""
     module = recipe_module(recipe)
     try:
-        return module.run_recipe(*_recipe_parts(module, recipe), argv)
+        return module.main(argv)
     except SystemExit as exit_:
         return str(exit_.code)
-
-
-def _recipe_parts(module, recipe):
-    from petl_modules.training.brain import ClassificationBrain
-
-    brain = next(v for k, v in vars(module).items()
-                 if isinstance(v, type) and issubclass(v, ClassificationBrain) and v is not ClassificationBrain)
-    yaml_file = next((REPO / "recipes" / recipe).glob("*.yaml"))
-    return brain, yaml_file, module.prepare, module.make_datasets

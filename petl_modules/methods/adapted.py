@@ -27,12 +27,13 @@ transformer layers) or ``all``.
 
 import contextlib
 import contextvars
-import inspect
 import logging
 
 import torch
 from speechbrain.nnet.adapters import AdaptedModel, replace_module
 from speechbrain.utils import checkpoints
+
+from petl_modules.options import check_options, keyword_names
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +121,6 @@ class PETLModule(torch.nn.Module):
         return []
 
 
-def _accepts(cls, name):
-    """Whether ``cls(...)`` takes a keyword ``name``."""
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def petl_buffers(model):
@@ -158,15 +152,17 @@ class AdaptedBackbone(AdaptedModel):
         The lobe to adapt. All its parameters are frozen, then ``trainable`` is unfrozen.
     adapter_class : callable, optional
         Called as ``adapter_class(module, **adapter_kwargs)`` for every module at the insertion
-        points (like ``AdaptedModel``). If it accepts them, it also receives ``hidden_size`` (the
-        backbone's), ``point`` (the insertion point name), ``layer`` (the layer index or None) and
-        ``prompt_position`` (the lobe's ``PROMPT_POSITION``, for methods that add tokens).
+        points (like ``AdaptedModel``). If it names them as parameters, it also receives
+        ``hidden_size`` (the backbone's), ``point`` (the insertion point name), ``layer`` (the
+        layer index or None) and ``prompt_position`` (the lobe's ``PROMPT_POSITION``, for methods
+        that add tokens).
     insertion_points : list of str
         Names of the lobe's insertion points (see the module docstring).
     trainable : list of str
         What of the backbone trains besides the inserted modules (see the module docstring).
     adapter_kwargs : dict
-        Options of ``adapter_class``.
+        Options of ``adapter_class``: each must be one of its parameters (a misspelt key is an
+        error naming the close matches, raised before anything is wrapped).
 
     Example
     -------
@@ -196,11 +192,16 @@ class AdaptedBackbone(AdaptedModel):
                 "PETL module to insert (adapter_class: !name:petl_modules....)."
             )
         self._points = insertion_points
+        adapter_kwargs = dict(adapter_kwargs or {})
+        options = keyword_names(adapter_class, skip=1) if adapter_class is not None else []
+        if options is not None:  # None: a callable whose signature cannot be read
+            owner = getattr(adapter_class, "__name__", "the adapter_class")
+            check_options(adapter_kwargs, options, owner)
         super().__init__(
             model_to_adapt=backbone,
             adapter_class=adapter_class,
             target_layers=backbone.insertion_patterns(insertion_points),
-            adapter_kwargs=dict(adapter_kwargs or {}),
+            adapter_kwargs=adapter_kwargs,
         )
         if insertion_points and not self.replace_layers:
             raise ValueError(
@@ -222,6 +223,7 @@ class AdaptedBackbone(AdaptedModel):
     def insert_adapters(self):
         """Wraps every matched module, telling the adapter class where it sits."""
         backbone = self.adapted_model
+        accepted = keyword_names(self.adapter_class, skip=1) or []
         for name in self.replace_layers:
             module = backbone.get_submodule(name)
             kwargs = dict(self.adapter_kwargs)
@@ -229,7 +231,7 @@ class AdaptedBackbone(AdaptedModel):
             extras = {"hidden_size": backbone.hidden_size, "point": point, "layer": layer,
                       "prompt_position": backbone.PROMPT_POSITION}
             for key, value in extras.items():
-                if key not in kwargs and _accepts(self.adapter_class, key):
+                if key not in kwargs and key in accepted:
                     kwargs[key] = value
             replace_module(backbone, name, self.adapter_class(module, **kwargs))
         warnings = []

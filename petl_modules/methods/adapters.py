@@ -349,8 +349,6 @@ class Adapter(PETLModule):
         Add the adapter's input to its output.
     init : str
         ``identity`` | ``reference``.
-    **kwargs
-        Ignored insertion details (``point``, ``layer``).
     """
 
     def __init__(
@@ -364,7 +362,6 @@ class Adapter(PETLModule):
         placement="auto",
         apply_residual=False,
         init="identity",
-        **kwargs,
     ):
         super().__init__()
         check_choice("seq_or_par", seq_or_par, SEQ_OR_PAR)

@@ -225,12 +225,10 @@ class MixtureOfAdapters(PETLModule):
         As ``StackedAdapters``.
     num_slots, normalize
         Soft-MoA only.
-    **kwargs
-        Ignored insertion details.
     """
 
     def __init__(self, module, hidden_size, kind="soft", num_adapters=7, reduction_rate=128,
-                 adapter_block="bottleneck", num_slots=1, normalize=False, init="identity", **kwargs):
+                 adapter_block="bottleneck", num_slots=1, normalize=False, init="identity"):
         super().__init__()
         check_choice("kind", kind, MOA_KINDS)
         if int(num_adapters) < 1:

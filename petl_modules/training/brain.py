@@ -2,9 +2,11 @@
 
 Per stage it accumulates loss and accuracy; after validation it checkpoints with the validation
 accuracy as the key, so ``evaluate(..., max_key="valid_acc")`` tests the best epoch's weights
-(the reference tested the last epoch's). The optimiser is AdamW with two parameter groups (the
-backbone's trainable tensors at ``lr``, the head at ``head_lr``) and a cosine schedule stepped per
-optimiser step over all epochs.
+(the reference tested the last epoch's). The optimiser and its schedule are the yaml's
+(``petl_modules/training/recipe.yaml``): ``opt_class`` over ``param_groups`` (each module's
+trainable tensors at its own learning rate) and ``lr_scheduler`` stepped after every optimiser
+step, whose ``T_max`` (every step of the run) this Brain fills in once ``fit`` knows the epoch
+length.
 
 Resuming (``fit`` continues from the latest checkpoint, also an intra-epoch one): SpeechBrain
 restores the modules, optimiser, scheduler, epoch counter, DataLoader position, step and running
@@ -78,7 +80,7 @@ class ClassificationBrain(sb.Brain):
     # ---------------------------------------------------------------- optimiser and schedule
     def fit(self, epoch_counter, train_set, valid_set=None, progressbar=None,
             train_loader_kwargs={}, valid_loader_kwargs={}):
-        """As ``sb.Brain.fit``; records the number of batches per epoch for the cosine schedule."""
+        """As ``sb.Brain.fit``; records the optimiser steps per epoch for the per-step schedule."""
         if not isinstance(train_set, torch.utils.data.DataLoader):
             train_set = self.make_dataloader(train_set, stage=sb.Stage.TRAIN, **train_loader_kwargs)
         self.steps_per_epoch = math.ceil(len(train_set) / self.grad_accumulation_factor)
@@ -118,17 +120,18 @@ class ClassificationBrain(sb.Brain):
                     module, find_unused_parameters=self.find_unused_parameters)
 
     def init_optimizers(self):
-        """AdamW over two groups (backbone trainables at ``lr``, head at ``head_lr``) + cosine."""
+        """``opt_class`` over the yaml's ``param_groups`` (module name -> learning rate; a module
+        with nothing to train is left out) and ``lr_scheduler`` with ``T_max`` = every optimiser
+        step of the run (``number_of_epochs`` x steps per epoch)."""
         groups = [
-            {"params": [p for p in self.modules.petl_model.parameters() if p.requires_grad],
-             "lr": float(self.hparams.lr)},
-            {"params": [p for p in self.modules.classifier.parameters() if p.requires_grad],
-             "lr": float(self.hparams.head_lr)},
+            {"params": [p for p in self.modules[name].parameters() if p.requires_grad],
+             "lr": float(lr)}
+            for name, lr in self.hparams.param_groups.items()
         ]
         self.optimizer = self.opt_class([g for g in groups if g["params"]])
         self.optimizers_dict = {"opt_class": self.optimizer}
         total_steps = max(1, int(self.hparams.number_of_epochs) * self.steps_per_epoch)
-        self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
+        self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer, T_max=total_steps)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)

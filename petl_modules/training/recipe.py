@@ -1,13 +1,25 @@
-"""The recipe machinery every ``recipes/<DATASET>/train.py`` shares.
+"""The recipe machinery every ``recipes/<DATASET>/train.py`` shares, one function per step.
 
-A recipe gives three things: its dataset yaml, a preparation function (writes manifests once) and
-a function that returns the train/valid/test datasets of a fold. ``run_recipe`` does the rest, in
-the order of SpeechBrain's templates: parse the command line, compose the yaml files, build the
-model (so that a wrong option fails before any data is read), prepare the data on the main
-process, then for each fold: experiment folder, datasets, ``fit``, test with the best checkpoint;
-finally ``results.json``.
+A recipe's ``main`` reads in the order of SpeechBrain's templates, each step a call here::
+
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    run = load_run(hparams_file, DATASET_YAML, overrides, run_opts)  # compose, check, build
+    with claimed_output_folder(run):                 # lock, run identity, experiment folder
+        run_on_main(prepare, kwargs={"hparams": run.hparams})
+        for fold in run.unfinished_folds():
+            hparams = run.fold_hparams(fold)         # the fold's objects and experiment folder
+            datasets, class_names = fold_datasets(make_datasets(hparams, fold), hparams, run_opts)
+            brain = Brain(...); brain.fit(...); brain.evaluate(..., max_key="valid_acc")
+            run.finish_fold(fold, hparams, brain, class_names)  # petl_model/, fold_result.json
+        return run.write_results()                   # results.json
+
+A wrong option stops the run in ``load_run``, before any data is read; every other error a user
+can fix (data, checkpoints, output folder, full disk) leaves ``claimed_output_folder`` as one line
+(``sys.exit(message)``).
 """
 
+import contextlib
 import errno
 import json
 import logging
@@ -220,30 +232,29 @@ def aggregate_results(output_folder, header):
     return results
 
 
-def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
-    """Runs a recipe from its command line. See the module docstring.
+
+
+# ==================================================================== the run flow
+def load_run(hparams_file, dataset_yaml, overrides, run_opts):
+    """Composes the run's yaml files (``compose_hparams``), checks its options and builds the first
+    fold's objects, so that a wrong option fails here, before any data is read.
 
     Arguments
     ---------
-    brain_class : type
-        A ``ClassificationBrain`` subclass.
+    hparams_file : str
+        The method file (``hparams/<method>.yaml``), as ``sb.parse_arguments`` returns it.
     dataset_yaml : Path
         The recipe's dataset yaml.
-    prepare : callable
-        ``prepare(hparams)``: writes the manifests (run on the main process only).
-    make_datasets : callable
-        ``make_datasets(hparams, fold)`` -> ``{"train", "valid", "test"}`` of ``DynamicItemDataset``
-        with ``wav`` and ``label`` fields.
-    argv : list of str, optional
-        Command line (default ``sys.argv[1:]``).
+    overrides : str
+        The ``--key=value`` options (``sb.parse_arguments``).
+    run_opts : dict
+        SpeechBrain's run options (``sb.parse_arguments``).
 
     Returns
     -------
-    dict
-        The content of ``results.json``.
+    Run
+        What every later step reads. A wrong option exits (``sys.exit``) with one line naming it.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
-    sb.utils.distributed.ddp_init_group(run_opts)
     try:
         yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
         folds = fold_list(ruamel.yaml.YAML().load(yaml_text))  # plain keys: nothing built yet
@@ -253,12 +264,113 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
             check_cacheable(hparams)
         tracking.check_wandb(hparams)
     except (ConfigError, ValueError, TypeError, OSError) as err:
-        # Wrong options are found here, before any data is read.
-        sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {err}")
-    lock = RunLock(hparams["output_folder"])
+        sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {_message(err)}")
+    return Run(yaml_text, folds, hparams, run_opts)
+
+
+class Run:
+    """A run of a recipe command: its composed yaml, its folds (``[None]`` for official splits),
+    the first fold's objects (``hparams``) and the header of its results.json."""
+
+    def __init__(self, yaml_text, folds, hparams, run_opts):
+        self.yaml_text, self.folds, self.hparams, self.run_opts = yaml_text, folds, hparams, run_opts
+        self.output_folder = Path(hparams["output_folder"])
+        self.header = {
+            "dataset": hparams["dataset"],
+            "method": hparams["method"],
+            "backbone": hparams["backbone"].family,
+            "model_type": hparams["backbone"].config.model_type,  # wav2vec2 family: hubert, wavlm, ...
+            "backbone_source": hparams["backbone_source"],
+            "seed": hparams["seed"],
+            # The folds this command runs: results.json with fewer of them is partial.
+            "requested_folds": [f for f in folds if f is not None],
+        }
+        self.header.update(parameter_report(hparams["modules"]))  # the same model in every fold
+
+    def experiment_folder(self, fold):
+        """The experiment folder of ``fold``: ``<output_folder>/fold_<k>`` (as
+        ``compose.load_fold_hparams`` sets it), or the yaml's for official splits."""
+        if fold is None or fold == self.folds[0]:
+            return Path(self.hparams["experiment_folder"])
+        return self.output_folder / f"fold_{int(fold)}"
+
+    def unfinished_folds(self):
+        """The folds to run, in order. Rerunning the command of an interrupted multi-fold run
+        resumes at the first unfinished fold (that one then resumes from its latest checkpoint):
+        a fold with a ``fold_result.json`` is skipped, unless ``--test_only``."""
+        for fold in self.folds:
+            finished = self.experiment_folder(fold) / "fold_result.json"
+            if finished.is_file() and not self.run_opts["test_only"]:
+                what = "This run" if fold is None else f"Fold {fold}"
+                logger.info(f"{what} already finished ({finished}): not run again.")
+                continue
+            yield fold
+
+    def fold_hparams(self, fold):
+        """The objects of ``fold`` (the first fold's were built by ``load_run``) in its experiment
+        folder, which gets the composed yaml (``hyperparams.yaml``) and SpeechBrain's logs."""
+        hparams = self.hparams if fold == self.folds[0] else load_fold_hparams(self.yaml_text, fold)
+        folder = Path(hparams["experiment_folder"])
+        if if_main_process():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "hyperparams.yaml").write_text(self.yaml_text)
+        sb.create_experiment_directory(experiment_directory=str(folder))
+        report = parameter_report(hparams["modules"])
+        logger.info(
+            f"trainable params: {report['trainable_params']:,} "
+            f"({report['trainable_params_without_head']:,} without the head) || "
+            f"all params: {report['total_params']:,} || trainable%: {report['trainable_percent']:.4f}"
+        )
+        hparams["train_logger"] = tracking.experiment_logger(hparams, fold, scalar_hparams(hparams))
+        return hparams
+
+    def finish_fold(self, fold, hparams, brain, class_names):
+        """Records a tested fold: its PETL model folder (``petl_model/``, the best checkpoint's
+        weights, which ``evaluate`` recovered) and, last, its ``fold_result.json``, which marks it
+        finished. Returns the fold's result."""
+        best = hparams["checkpointer"].find_checkpoint(max_key="valid_acc")
+        result = {
+            "fold": fold,
+            "valid_accuracy": float(best.meta["valid_acc"]) if best else None,
+            "best_epoch": int(best.meta.get("epoch", 0)) if best else None,
+            "test_accuracy": brain.test_stats["accuracy"],
+            "test_loss": brain.test_stats["loss"],
+            "experiment_folder": str(Path(hparams["experiment_folder"])),
+            "class_names": list(class_names),
+            "hparams": scalar_hparams(hparams),
+        }
+        if if_main_process():
+            from petl_modules.training.pretrained import save_run_petl_model
+
+            save_run_petl_model(hparams, class_names)
+            write_json_atomic(Path(hparams["experiment_folder"]) / "fold_result.json", result)
+        return result
+
+    def write_results(self):
+        """``<output_folder>/results.json`` from every finished fold (main process; None on the
+        others). Returns its content."""
+        if not if_main_process():
+            return None
+        results = aggregate_results(self.output_folder, self.header)
+        logger.info(
+            f"Test accuracy {results['test_accuracy_mean']:.4f} +- "
+            f"{results['test_accuracy_std']:.4f} over {len(results['folds'])} fold(s); "
+            f"results in {self.output_folder / 'results.json'}"
+        )
+        return results
+
+
+@contextlib.contextmanager
+def claimed_output_folder(run):
+    """Within the block the output folder is this run's: locked (one process tree at a time), its
+    recorded run identity checked (or recorded) and the experiment directory made. An error a user
+    can fix (output folder, data, checkpoints, full disk) leaves the block as one line
+    (``sys.exit``); the lock is released either way."""
+    lock = RunLock(run.output_folder)
     try:
-        _on_main_then_everywhere(_claim_output_folder, lock, hparams)
-        return _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, folds)
+        _on_main_then_everywhere(_claim_output_folder, lock, run.hparams)
+        sb.create_experiment_directory(experiment_directory=str(run.output_folder))
+        yield run.output_folder
     except RunFolderError as err:
         sys.exit(f"Error with the output folder: {err}")
     except (DataError, AudioError) as err:
@@ -269,12 +381,41 @@ def run_recipe(brain_class, dataset_yaml, prepare, make_datasets, argv=None):
         if not _disk_full(err):
             raise
         sys.exit(
-            f"Error: no space left on the disk while writing to {hparams['output_folder']} ({err}). "
+            f"Error: no space left on the disk while writing to {run.output_folder} ({err}). "
             "Free some space (or pass --output_folder on another disk) and rerun the same command: "
             "it resumes from the last complete checkpoint."
         )
     finally:
         lock.release()
+
+
+def fold_datasets(datasets, hparams, run_opts):
+    """Makes a fold's ``{"train", "valid", "test"}`` datasets (``wav`` and ``label`` fields, from
+    the recipe's ``make_datasets``) ready for the Brain: labels checked and encoded (the encoder
+    saved in the experiment folder), the few-shot subset taken, the input pipelines added (or the
+    backbone output cache). Returns the datasets and the class names."""
+    class_names = checked_class_names(datasets, hparams)
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(class_names)
+    encoder.expect_len(len(class_names))
+    if if_main_process():
+        encoder.save(Path(hparams["experiment_folder"]) / "label_encoder.txt")
+    if int(hparams["few_shot_samples"]) > 0:
+        datasets["train"] = few_shot_subset(
+            datasets["train"], int(hparams["few_shot_samples"]), hparams["seed"]
+        )
+    add_pipelines(datasets.values(), hparams["backbone"].input_processor, encoder)
+    if hparams.get("cache_backbone_outputs"):
+        use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"))
+    return datasets, class_names
+
+
+def _message(err):
+    """The message of ``err``; HyperPyYAML adds the class being built to a ``TypeError``'s
+    arguments (a tuple as text): joined here as one line."""
+    if isinstance(err, TypeError) and len(err.args) > 1:
+        return ": ".join(str(a) for a in err.args)
+    return str(err)
 
 
 def _worker_message(err):
@@ -319,111 +460,3 @@ def _on_main_then_everywhere(function, *args):
     torch.distributed.broadcast_object_list(message, src=0)
     if message[0] is not None:
         raise RunFolderError(message[0])
-
-
-def _run(brain_class, hparams, yaml_text, run_opts, prepare, make_datasets, folds):
-    output_folder = Path(hparams["output_folder"])
-    sb.create_experiment_directory(experiment_directory=str(output_folder))
-    run_on_main(prepare, kwargs={"hparams": hparams})
-
-    header = {
-        "dataset": hparams["dataset"],
-        "method": hparams["method"],
-        "backbone": hparams["backbone"].family,
-        "model_type": hparams["backbone"].config.model_type,  # wav2vec2 family: hubert, wavlm, ...
-        "backbone_source": hparams["backbone_source"],
-        "seed": hparams["seed"],
-        # The folds this command runs: results.json with fewer of them is partial.
-        "requested_folds": [f for f in folds if f is not None],
-    }
-    for fold in folds:
-        if fold != folds[0]:  # the first fold's objects were built by run_recipe
-            hparams = load_fold_hparams(yaml_text, fold)
-        finished = Path(hparams["experiment_folder"]) / "fold_result.json"
-        if finished.is_file() and not run_opts["test_only"]:
-            # Rerunning the command of an interrupted multi-fold run resumes at the first
-            # unfinished fold (that one then resumes from its latest checkpoint).
-            what = "This run" if fold is None else f"Fold {fold}"
-            logger.info(f"{what} already finished ({finished}): not run again.")
-            header.update(parameter_report(hparams["modules"]))
-            continue
-        run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, header)
-
-    results = aggregate_results(output_folder, header) if if_main_process() else None
-    if results is not None:
-        logger.info(
-            f"Test accuracy {results['test_accuracy_mean']:.4f} +- "
-            f"{results['test_accuracy_std']:.4f} over {len(results['folds'])} fold(s); "
-            f"results in {output_folder / 'results.json'}"
-        )
-    return results
-
-
-def run_fold(brain_class, hparams, yaml_text, run_opts, make_datasets, fold, header):
-    """Trains and tests one fold (or the official split) in its experiment folder."""
-    experiment_folder = Path(hparams["experiment_folder"])
-    if if_main_process():
-        experiment_folder.mkdir(parents=True, exist_ok=True)
-        (experiment_folder / "hyperparams.yaml").write_text(yaml_text)
-    sb.create_experiment_directory(experiment_directory=str(experiment_folder))
-
-    datasets = make_datasets(hparams, fold)
-    class_names = checked_class_names(datasets, hparams)
-    encoder = CategoricalEncoder()
-    encoder.update_from_iterable(class_names)
-    encoder.expect_len(len(class_names))
-    if if_main_process():
-        encoder.save(experiment_folder / "label_encoder.txt")
-    if int(hparams["few_shot_samples"]) > 0:
-        datasets["train"] = few_shot_subset(
-            datasets["train"], int(hparams["few_shot_samples"]), hparams["seed"]
-        )
-    add_pipelines(datasets.values(), hparams["backbone"].input_processor, encoder)
-    if hparams.get("cache_backbone_outputs"):
-        use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"))
-
-    report = parameter_report(hparams["modules"])
-    logger.info(
-        f"trainable params: {report['trainable_params']:,} "
-        f"({report['trainable_params_without_head']:,} without the head) || "
-        f"all params: {report['total_params']:,} || trainable%: {report['trainable_percent']:.4f}"
-    )
-    header.update(report)
-    hparams["train_logger"] = tracking.experiment_logger(hparams, fold, scalar_hparams(hparams))
-
-    brain = brain_class(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.fit(
-        hparams["epoch_counter"],
-        datasets["train"],
-        datasets["valid"],
-        train_loader_kwargs=hparams["train_loader_options"],
-        valid_loader_kwargs=hparams["eval_loader_options"],
-    )
-    brain.evaluate(
-        datasets["test"], max_key="valid_acc", test_loader_kwargs=hparams["eval_loader_options"]
-    )
-    best = hparams["checkpointer"].find_checkpoint(max_key="valid_acc")
-    result = {
-        "fold": fold,
-        "valid_accuracy": float(best.meta["valid_acc"]) if best else None,
-        "best_epoch": int(best.meta.get("epoch", 0)) if best else None,
-        "test_accuracy": brain.test_stats["accuracy"],
-        "test_loss": brain.test_stats["loss"],
-        "experiment_folder": str(experiment_folder),
-        "class_names": list(class_names),
-        "hparams": scalar_hparams(hparams),
-    }
-    if if_main_process():
-        # The modules hold the best checkpoint's weights (evaluate recovered it): ship them.
-        from petl_modules.training.pretrained import save_run_petl_model
-
-        save_run_petl_model(hparams, class_names)
-        # Written last: it marks the fold as finished (a rerun of the command skips the fold).
-        write_json_atomic(experiment_folder / "fold_result.json", result)
-    return result

@@ -11,13 +11,19 @@ their accuracies.
 import sys
 from pathlib import Path
 
+import speechbrain as sb
+from speechbrain.utils.distributed import run_on_main
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speechcommands_prepare import LISTS, RELEASE, SPLITS, prepare_speechcommands  # noqa: E402
 
+from petl_modules.training import recipe  # noqa: E402
 from petl_modules.training.brain import ClassificationBrain  # noqa: E402
 from petl_modules.training.prepare import resolve_data_folder  # noqa: E402
-from petl_modules.training.recipe import load_manifest, run_recipe  # noqa: E402
+from petl_modules.training.recipe import load_manifest  # noqa: E402
+
+DATASET_YAML = Path(__file__).with_name("speechcommands.yaml")
 
 
 class SpeechCommandsBrain(ClassificationBrain):
@@ -39,10 +45,31 @@ def make_datasets(hparams, fold):
 
 
 def main(argv=None):
-    """Runs the recipe with the command line ``argv`` (default ``sys.argv[1:]``);
-    returns the content of results.json."""
-    return run_recipe(SpeechCommandsBrain, Path(__file__).with_name("speechcommands.yaml"), prepare,
-                      make_datasets, argv)
+    """The recipe, in SpeechBrain's template order, on the command line ``argv`` (default
+    ``sys.argv[1:]``); returns the content of results.json."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    run = recipe.load_run(hparams_file, DATASET_YAML, overrides, run_opts)  # compose, check, build
+    with recipe.claimed_output_folder(run):  # this run's alone; errors as one line
+        run_on_main(prepare, kwargs={"hparams": run.hparams})
+        for fold in run.unfinished_folds():
+            hparams = run.fold_hparams(fold)
+            datasets, class_names = recipe.fold_datasets(make_datasets(hparams, fold), hparams,
+                                                         run_opts)
+            brain = SpeechCommandsBrain(
+                modules=hparams["modules"],
+                opt_class=hparams["opt_class"],
+                hparams=hparams,
+                run_opts=run_opts,
+                checkpointer=hparams["checkpointer"],
+            )
+            brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"],
+                      train_loader_kwargs=hparams["train_loader_options"],
+                      valid_loader_kwargs=hparams["eval_loader_options"])
+            brain.evaluate(datasets["test"], max_key="valid_acc",
+                           test_loader_kwargs=hparams["eval_loader_options"])
+            run.finish_fold(fold, hparams, brain, class_names)
+        return run.write_results()
 
 
 if __name__ == "__main__":
