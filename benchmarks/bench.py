@@ -473,19 +473,12 @@ def _fsc_run(args, per_class, tag):
 
 
 def start_training(args, recipe, hparams):
-    """What ``run_fold`` does from the manifests to the training DataLoader; returns it and the
-    datasets (``recipe.run_fold`` order: datasets, class names, encoder, pipelines)."""
-    from speechbrain.dataio.encoder import CategoricalEncoder
+    """What a recipe does from the manifests to the training datasets (``recipe.fold_datasets``:
+    labels checked and encoded, input pipelines); returns the datasets and the class names."""
+    from petl_modules.training.recipe import fold_datasets
 
-    from petl_modules.training.recipe import add_pipelines, class_names_of
-
-    datasets = recipe.make_datasets(hparams, None)
-    class_names = hparams.get("class_names") or class_names_of(datasets.values())
-    encoder = CategoricalEncoder()
-    encoder.update_from_iterable(class_names)
-    encoder.expect_len(len(class_names))
-    add_pipelines(datasets.values(), hparams["backbone"].input_processor, encoder)
-    return datasets, encoder
+    Path(hparams["experiment_folder"]).mkdir(parents=True, exist_ok=True)
+    return fold_datasets(recipe.make_datasets(hparams, None), hparams, {"device": args.device})
 
 
 def suite_data(args):

@@ -256,3 +256,13 @@ def test_transformers_lobes_implement_the_checkpoint_format_once(lobe_fixture, k
     assert all(torch.equal(state[name], expected[name]) for name in state)
     extractor = Path(source, "preprocessor_config.json")
     assert (tmp_path / "out" / "preprocessor_config.json").exists() == extractor.exists()
+
+
+def test_a_misspelt_backbone_option_names_the_close_match(tiny_ast):
+    from petl_modules.backbones import Backbone
+    from petl_modules.options import UnknownOptionError
+
+    with pytest.raises(UnknownOptionError, match="unknown option 'max_frame' of the ast backbone.*"
+                                                 "did you mean max_frames"):
+        Backbone(str(tiny_ast), max_frame=64)
+    Backbone(str(tiny_ast), max_frames=64, clip_seconds=1.0)  # another family's option: ignored

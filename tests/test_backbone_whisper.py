@@ -14,8 +14,6 @@ import ruamel.yaml
 import torch
 import transformers
 from conftest import REPO
-from test_matrix import matrix_data, one_torch_thread  # noqa: F401  (the matrix's fixtures)
-from test_matrix import test_recipe_backbone_method_trains_every_tensor as matrix_case
 from transformers.models.whisper.modeling_whisper import (
     WhisperEncoder,
     WhisperEncoderLayer,
@@ -391,18 +389,3 @@ def test_fsc_recipe_runs_end_to_end_on_whisper(tiny_whisper, fsc_data, tmp_path)
     wavs = sorted((Path(fsc_data) / "wavs").rglob("*.wav"))[:2]
     predictions, unreadable = classifier.classify_files(wavs)
     assert not unreadable and all(p["label"] in fold["class_names"] for p in predictions)
-
-
-@pytest.fixture(scope="module")
-def whisper_matrix_backbones(tiny_whisper):
-    return {"whisper": tiny_whisper}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("recipe", sorted(p.parent.name for p in (REPO / "recipes").glob("*/train.py")))
-def test_every_recipe_and_method_file_on_whisper(recipe, method, matrix_data, whisper_matrix_backbones,  # noqa: F811
-                                                 tmp_path, monkeypatch):
-    """tests/test_matrix.py's case (two steps, finite losses, every trainable tensor optimised
-    with a non-zero gradient, the reported count) with the tiny Whisper checkpoint."""
-    matrix_case(recipe, "whisper", method, matrix_data, whisper_matrix_backbones, tmp_path, monkeypatch)

@@ -44,8 +44,12 @@ pytestmark = pytest.mark.slow
 
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/train.py"))
 METHODS = sorted(p.stem for p in (REPO / "hparams").glob("*.yaml"))
-BACKBONES = ["ast"] + [f"{model_type}-{layout}" for model_type, layout in WAVEFORM_CHECKPOINTS]
-MODEL_TYPES = {"ast": "audio-spectrogram-transformer"}  # config.json model_type, if not the prefix
+# Every registered family: AST, the wav2vec2 family in both layer layouts, data2vec-audio, Whisper
+# (test_every_registered_model_type_is_in_the_matrix keeps it so).
+BACKBONES = (["ast"] + [f"{model_type}-{layout}" for model_type, layout in WAVEFORM_CHECKPOINTS]
+             + ["data2vec-audio", "whisper"])
+# config.json model_type, if not the backbone name up to its layout suffix
+MODEL_TYPES = {"ast": "audio-spectrogram-transformer", "data2vec-audio": "data2vec-audio"}
 
 # The run: two optimiser steps of two clips, two validation and two test batches, one fold.
 SMALL_RUN = [
@@ -122,8 +126,9 @@ def matrix_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def matrix_backbones(tiny_ast, waveform_checkpoints):
-    folders = {"ast": str(tiny_ast)}
+def matrix_backbones(tiny_ast, waveform_checkpoints, tiny_data2vec_audio, tiny_whisper):
+    folders = {"ast": str(tiny_ast), "data2vec-audio": str(tiny_data2vec_audio),
+               "whisper": str(tiny_whisper)}
     folders.update({f"{t}-{layout}": f for (t, layout), f in waveform_checkpoints.items()})
     return folders
 
@@ -213,3 +218,11 @@ def test_recipe_backbone_method_trains_every_tensor(recipe, backbone, method, ma
                   if not any(fnmatch.fnmatch(n, p) for p in ZERO_GRADIENT_BY_CONSTRUCTION))
     assert not dead, f"{len(dead)} of {len(recorder.trainable)} trainable tensors never got a " \
                      f"non-zero gradient in {recorder.steps} steps: {dead}"
+
+
+def test_every_registered_model_type_is_in_the_matrix():
+    from petl_modules.backbones import FAMILIES
+
+    covered = {MODEL_TYPES.get(b, b.split("-")[0]) for b in BACKBONES}
+    aliases = {t for t, lobe in FAMILIES.items() if t not in covered and t in lobe.__name__.lower()}
+    assert set(FAMILIES) - aliases == covered

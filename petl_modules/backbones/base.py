@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import transformers
 
 from petl_modules.methods.adapted import PETLModule
+from petl_modules.options import check_options
 
 logger = logging.getLogger(__name__)
 
@@ -237,14 +238,9 @@ class Backbone(torch.nn.Module):
         ``recipe.yaml`` passes every family's options (``max_frames`` for AST, ``clip_seconds``
         for wav2vec2, ...) to ``Backbone``: each lobe takes its own (``options()``).
         """
-        known = {name for lobe in FAMILIES.values() for name in lobe.options()}
-        unknown = sorted(set(other_options) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown backbone option(s) {unknown}. The {self.family} lobe takes "
-                f"{self.options()}; the other families' options ({sorted(known - set(self.options()))}) "
-                "are accepted and ignored."
-            )
+        known = sorted({name for lobe in FAMILIES.values() for name in lobe.options()})
+        check_options(other_options, known, f"the {self.family} backbone (its own: "
+                      f"{', '.join(self.options())}; other families' options are ignored)")
 
     # ---------------------------------------------------------------- insertion points
     def insertion_patterns(self, points):

@@ -166,7 +166,8 @@ class AdaptedBackbone(AdaptedModel):
 
     Example
     -------
-    >>> from petl_modules.backbones import tiny_ast_config, Backbone
+    >>> from petl_modules.backbones import Backbone
+    >>> from petl_modules.tiny import tiny_ast_config
     >>> import tempfile, transformers
     >>> folder = tempfile.mkdtemp()
     >>> transformers.ASTModel(tiny_ast_config()).save_pretrained(folder)

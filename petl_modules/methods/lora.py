@@ -48,8 +48,6 @@ class LoRA(PETLModule):
         s = lora_alpha / reduction_rate.
     init : str
         ``identity`` | ``reference``.
-    **kwargs
-        Ignored insertion details (``point``, ``layer``).
 
     Example
     -------
@@ -60,8 +58,7 @@ class LoRA(PETLModule):
     True
     """
 
-    def __init__(self, module, hidden_size=None, reduction_rate=128, lora_alpha=8, init="identity",
-                 **kwargs):
+    def __init__(self, module, hidden_size=None, reduction_rate=128, lora_alpha=8, init="identity"):
         super().__init__()
         if not isinstance(module, torch.nn.Linear):
             raise TypeError(

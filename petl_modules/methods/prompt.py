@@ -71,7 +71,7 @@ class ShallowPrompt(PETLModule):
         ``(keep, replace)`` of the lobe (``Backbone.PROMPT_POSITION``).
     """
 
-    def __init__(self, module, hidden_size, prompt_len=25, prompt_position=(0, 0), **kwargs):
+    def __init__(self, module, hidden_size, prompt_len=25, prompt_position=(0, 0)):
         super().__init__()
         self.pretrained_module = module
         self.prompt_len = _check_length("prompt_len", prompt_len)
@@ -103,7 +103,7 @@ class DeepPrompt(PETLModule):
         ``(keep, replace)`` of the lobe; the prompts sit at ``[keep, keep + P)``.
     """
 
-    def __init__(self, module, hidden_size, prompt_len=25, prompt_position=(0, 0), **kwargs):
+    def __init__(self, module, hidden_size, prompt_len=25, prompt_position=(0, 0)):
         super().__init__()
         self.pretrained_module = module
         self.prompt_len = _check_length("prompt_len", prompt_len)
@@ -115,7 +115,7 @@ class DeepPrompt(PETLModule):
         return self.pretrained_module(hidden, *args, **kwargs)
 
 
-def prompt_tuning(module, point, hidden_size, prompt_len=25, prompt_position=(0, 0), **kwargs):
+def prompt_tuning(module, point, hidden_size, prompt_len=25, prompt_position=(0, 0)):
     """The ``adapter_class`` of prompt tuning: ``ShallowPrompt`` at ``embeddings``,
     ``DeepPrompt`` at ``later_layers``."""
     cls = {"embeddings": ShallowPrompt, "later_layers": DeepPrompt}.get(point)
@@ -163,7 +163,7 @@ class PrefixTuning(PETLModule):
         ``(keep, replace)`` of the lobe; only ``keep`` is used.
     """
 
-    def __init__(self, module, hidden_size, prompt_len=24, prompt_position=(0, 0), **kwargs):
+    def __init__(self, module, hidden_size, prompt_len=24, prompt_position=(0, 0)):
         super().__init__()
         self.pretrained_module = module
         prompt_len = _check_length("prompt_len", prompt_len, even=True)

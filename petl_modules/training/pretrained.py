@@ -1,7 +1,7 @@
 """The PETL model folder: the few trained tensors of a run, and how they go back onto the backbone.
 
 Every run writes ``<experiment_folder>/petl_model/`` from its best validation checkpoint (the hook
-``save_run_petl_model`` at the end of ``petl_modules.training.recipe.run_fold``)::
+``save_run_petl_model`` in ``petl_modules.training.recipe.Run.finish_fold``)::
 
     petl_model/
     ├── petl_config.json        how to rebuild the model (see below)
@@ -264,7 +264,7 @@ def build_config(hparams, class_names, fingerprint=None):
 def save_run_petl_model(hparams, class_names):
     """Writes ``<experiment_folder>/petl_model/`` of a finished run and logs its size.
 
-    Called at the end of ``run_fold`` on the main process, after the test, when the modules hold
+    Called by ``Run.finish_fold`` on the main process, after the test, when the modules hold
     the best validation checkpoint's weights.
 
     Returns
