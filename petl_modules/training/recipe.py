@@ -371,6 +371,8 @@ def claimed_output_folder(run):
         _on_main_then_everywhere(_claim_output_folder, lock, run.hparams)
         sb.create_experiment_directory(experiment_directory=str(run.output_folder))
         yield run.output_folder
+        if _distributed():
+            torch.distributed.barrier()  # every process is done before the group goes
     except RunFolderError as err:
         sys.exit(f"Error with the output folder: {err}")
     except (DataError, AudioError) as err:
@@ -387,6 +389,13 @@ def claimed_output_folder(run):
         )
     finally:
         lock.release()
+        if _distributed():
+            # An explicit end: gloo aborts a process that exits with its group still alive.
+            torch.distributed.destroy_process_group()
+
+
+def _distributed():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def fold_datasets(datasets, hparams, run_opts):
