@@ -4,10 +4,11 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify] [--backbone_source=...]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,reference] [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
         [--warmup=N] [--methods='lora|dense_moa N=15']   (extras: warm-up steps, method variants)
+        [--reference_python=PY --reference_git=GIT [--reference_script=...] [--rounds=3]]
 
 Default backbone: the AST-base shape (``transformers.ASTConfig()``) with random weights, saved with
 ``save_pretrained`` to a temporary folder (no download); FSC shapes (31 classes), batch 4, 400
@@ -41,6 +42,17 @@ Timings: median and min over ``--steps`` timed steps after warm-up. Peak memory:
 resident set size during the timed train steps (Linux ``VmHWM``, reset before each block, after
 freeing what the previous block left) above the process's RSS before any model was built (so it
 counts weights, gradients, optimiser state and activations), on CUDA ``max_memory_allocated``.
+
+- ``reference`` (not in the default set; needs the reference's own environment): the eight pairs
+  of ``REFERENCE_PAIRS``, the original PETL_AST model (``../shared/reference-bench/bench_ref.py``
+  run by ``--reference_python`` on the checkout ``--reference_git``) and ours, interleaved
+  (reference, ours fp32, ours bf16, next pair, ...) for ``--rounds`` rounds; per pair the median
+  over rounds of ours / reference (train step and forward) and its spread (min-max over rounds),
+  ours at fp32 and at bf16 (autocast) against the reference's fp32. Skipped, with the reason,
+  when the reference environment is absent.
+
+``--precision=bf16`` runs under ``torch.autocast`` on CPU too, where the CPU has native bf16
+(AVX512-BF16 or AMX); elsewhere it warns and measures fp32.
 """
 
 import argparse
@@ -75,7 +87,19 @@ from petl_modules.training.compose import compose_hparams, load_hparams  # noqa:
 from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
-SUITES = ("methods", "moa", "data", "cache", "merge", "classify")
+SUITES = ("methods", "moa", "data", "cache", "merge", "classify")  # the default set
+ALL_SUITES = SUITES + ("reference",)
+# (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
+REFERENCE_PAIRS = [
+    ("full_ft", "full-FT"),
+    ("linear", "linear"),
+    ("lora", "LoRA-RR128-a8"),
+    ("adapter conformer Pfeiffer", "adapter-P-par-conf-RR96"),
+    ("prompt_tuning deep P=25", "prompt-deep-25"),
+    ("prefix_tuning", "prefix-24"),
+    ("dense_moa N=15", "DenseMoA-P-MHSA-bott-RR128-N15"),
+    ("soft_moa N=15", "SoftMoA-P-MHSA-bott-RR128-s1-N15"),
+]
 RATIO_KEYS = (
     "soft_moa_n15_vs_adapter",
     "dense_moa_n15_vs_adapter",
@@ -258,11 +282,12 @@ def build_hparams(args, method_file, overrides=None, dataset_yaml=FSC_YAML, **ex
     return load_hparams(compose_hparams(REPO / "hparams" / f"{method_file}.yaml", dataset_yaml, options))
 
 
-def make_brain(args, hparams):
+def make_brain(args, hparams, precision=None):
     """A ``ClassificationBrain`` on the run's modules, optimiser and scheduler ready."""
     brain = ClassificationBrain(
         modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
-        run_opts={"device": args.device, "precision": args.precision, "noprogressbar": True},
+        run_opts={"device": args.device, "precision": precision or args.precision,
+                  "noprogressbar": True},
         checkpointer=None,
     )
     brain.init_optimizers()
@@ -635,8 +660,131 @@ def suite_classify(args):
     return rows
 
 
+def reference_environment(args):
+    """``(script, reason)``: the reference's ``bench_ref.py`` if its environment is usable, else
+    None and why not (the suite is then skipped with that message)."""
+    script = Path(args.reference_script)
+    if not args.reference_python:
+        return None, "no --reference_python (the reference's own environment, transformers 4.x)"
+    if not args.reference_git:
+        return None, "no --reference_git (a git checkout of umbertocappellazzo/PETL_AST)"
+    if not script.is_file():
+        return None, f"no reference benchmark script at {script} (--reference_script)"
+    python = Path(args.reference_python)
+    if not (python.is_file() and os.access(python, os.X_OK)):
+        return None, f"--reference_python={python} is not an executable"
+    git = Path(args.reference_git)
+    if not git.exists():
+        return None, f"--reference_git={git} does not exist"
+    import subprocess
+
+    probe = subprocess.run([str(python), "-c", "import torch, transformers, numpy, yaml"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        tail = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return None, f"the reference environment {python} cannot import torch/transformers/numpy/yaml ({tail})"
+    return script, None
+
+
+def run_reference(args, script, config):
+    """One ``bench_ref.py`` run of ``config`` (its own process): ``(train step s, forward s)``,
+    medians over its timed steps."""
+    import subprocess
+
+    out = args.workdir / "reference.json"
+    command = [str(args.reference_python), str(script), "--configs", config, "--batch",
+               str(args.batch_size), "--max_length", str(args.frames), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--json", str(out)]
+    env = dict(os.environ, PETL_AST_ORIG_GIT=str(args.reference_git))
+    for key in ("PYTHONPATH", "VIRTUAL_ENV"):
+        env.pop(key, None)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench_ref.py {config} failed: {proc.stderr[-2000:]}")
+    (record,) = json.loads(out.read_text())["records"]
+    if "error" in record:
+        raise RuntimeError(f"bench_ref.py {config} failed: {record['error']} {record.get('stderr_tail', '')}")
+    return record["train_step"]["median_s"], record["forward"]["median_s"], record["trainable_params"]
+
+
+def measure_ours(args, name, precisions):
+    """Our model of METHODS ``name``: ``{precision: (train step s, forward s)}`` (medians), and
+    the trainable count."""
+    (_, method_file, overrides), = [m for m in METHODS if m[0] == name]
+    hparams = build_hparams(args, method_file, overrides)
+    batch = random_batch(args, hparams)
+    found = {}
+    for precision in precisions:
+        brain = make_brain(args, hparams, precision)
+        brain.modules.train()
+        train = timed(lambda: brain.fit_batch(batch), args.steps, args.warmup, args.device)
+        brain.modules.eval()
+
+        def forward():
+            with torch.no_grad(), brain.evaluation_ctx:
+                brain.compute_forward(batch, sb.Stage.TEST)
+
+        infer = timed(forward, args.steps, args.warmup, args.device)
+        found[precision] = (statistics.median(train), statistics.median(infer))
+        del brain
+    trainable = parameter_report(hparams["modules"])["trainable_params"]
+    del hparams, batch
+    gc.collect()
+    return found, trainable
+
+
+def suite_reference(args):
+    """The original PETL_AST models against ours, interleaved, ``--rounds`` rounds (see the
+    module doc). Rows: per pair and phase, our times at fp32 and bf16 and the reference's, the
+    per-round ratios, their median and spread."""
+    script, reason = reference_environment(args)
+    if script is None:
+        args.reference_skipped = reason
+        print(f"[reference] skipped: {reason}. See ../shared/reference-bench/README.md.",
+              file=sys.stderr, flush=True)
+        return []
+    pairs = REFERENCE_PAIRS
+    if args.methods:
+        pairs = [p for p in pairs if p[0] in args.methods]
+    from petl_modules.training.brain import resolve_precision
+
+    precisions = ["fp32"]
+    if resolve_precision("bf16", args.device) == "bf16":
+        precisions.append("bf16")
+    samples = {ours: {"ref": [], **{p: [] for p in precisions}} for ours, _ in pairs}
+    counts = {}
+    for round_index in range(args.rounds):
+        for ours, reference in pairs:
+            ref_train, ref_fwd, ref_trainable = run_reference(args, script, reference)
+            mine, trainable = measure_ours(args, ours, precisions)
+            counts[ours] = (trainable, ref_trainable)
+            samples[ours]["ref"].append((ref_train, ref_fwd))
+            for precision in precisions:
+                samples[ours][precision].append(mine[precision])
+            print(f"  round {round_index + 1} {ours}: reference train {ref_train:.3f} s fwd "
+                  f"{ref_fwd:.3f} s; ours " + ", ".join(
+                      f"{p} train {mine[p][0]:.3f} s fwd {mine[p][1]:.3f} s" for p in precisions),
+                  file=sys.stderr, flush=True)
+    rows = []
+    for ours, reference in pairs:
+        ref = samples[ours]["ref"]
+        for precision in precisions:
+            for phase, k in (("train step", 0), ("forward", 1)):
+                times = [t[k] for t in samples[ours][precision]]
+                ratios = [t / r[k] for t, r in zip(times, ref)]
+                rows.append(result(
+                    "reference", f"{ours}: {phase} {precision} / reference fp32", times, None,
+                    counts[ours][0], reference=reference, precision=precision, phase=phase,
+                    pair=ours, reference_s=[r[k] for r in ref],
+                    reference_trainable_params=counts[ours][1], ratios=ratios,
+                    ratio_median=statistics.median(ratios), ratio_min=min(ratios),
+                    ratio_max=max(ratios)))
+    return rows
+
+
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
-                   "cache": suite_cache, "merge": suite_merge, "classify": suite_classify}
+                   "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
+                   "reference": suite_reference}
 
 
 # ==================================================================== ratios and report
@@ -683,6 +831,11 @@ def compute_ratios(rows):
                          ("lora", "lora")):
         ratios[f"gradient_checkpointing_peak_mem_{method}"] = _ratio(
             peaks.get(f"{base} [gradient checkpointing]: train step"), peaks.get(f"{base}: train step"))
+    for r in rows:
+        if r["suite"] == "reference":
+            key = "reference_{}_{}_{}".format(
+                r["pair"].replace(" ", "_").replace("=", ""), r["phase"].replace(" ", "_"), r["precision"])
+            ratios[key] = r["ratio_median"]
     return ratios
 
 
@@ -725,6 +878,30 @@ def render(machine, rows, ratios):
         parts += ["## methods: MoA ratio models, train steps taken in turn", "", markdown_table(
             ["name", "median (s)", "min (s)", "params"],
             [[r["name"], r["median_s"], r["min_s"], r["trainable_params"]] for r in interleaved]), ""]
+    reference = [r for r in rows if r["suite"] == "reference"]
+    if reference:
+        def cell(pair, phase, precision):
+            found = [r for r in reference if r["pair"] == pair and r["phase"] == phase
+                     and r["precision"] == precision]
+            if not found:
+                return "-"
+            r = found[0]
+            return f"{r['ratio_median']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+
+        pairs = list(dict.fromkeys(r["pair"] for r in reference))
+        lines = []
+        for pair in pairs:
+            first = next(r for r in reference if r["pair"] == pair and r["phase"] == "train step")
+            lines.append([pair, first["reference"], first["trainable_params"],
+                          statistics.median(first["reference_s"]),
+                          cell(pair, "train step", "fp32"), cell(pair, "forward", "fp32"),
+                          cell(pair, "train step", "bf16"), cell(pair, "forward", "bf16")])
+        rounds = len(reference[0]["ratios"])
+        parts += [f"## reference: ours / the original PETL_AST (median over {rounds} rounds, "
+                  "min-max in brackets)", "", markdown_table(
+                      ["ours", "reference", "trainable", "reference train step (s)",
+                       "train fp32", "forward fp32", "train bf16 / ref fp32",
+                       "forward bf16 / ref fp32"], lines), ""]
     for suite in SUITES[1:]:
         found = [r for r in rows if r["suite"] == suite]
         if found:
@@ -743,7 +920,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default=",".join(SUITES),
-                        help=f"comma-separated suites among {', '.join(SUITES)} (default: all)")
+                        help=f"comma-separated suites among {', '.join(ALL_SUITES)} (default: all "
+                             "but reference)")
     parser.add_argument("--backbone_source", default=None,
                         help="hub id or save_pretrained folder (default: random AST-base, no download)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -758,12 +936,20 @@ def parse_args(argv=None):
     parser.add_argument("--methods", default=None,
                         help="methods suite: only these variants ('|'-separated names as printed)")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
+    parser.add_argument("--reference_python", default=None,
+                        help="reference suite: python of the reference's environment (transformers 4.x)")
+    parser.add_argument("--reference_git", default=None,
+                        help="reference suite: git dir of a umbertocappellazzo/PETL_AST checkout")
+    parser.add_argument("--reference_script", default=None,
+                        help="reference suite: bench_ref.py (default ../shared/reference-bench/"
+                             "bench_ref.py from the repository root)")
+    parser.add_argument("--rounds", type=int, default=3, help="reference suite: interleaved rounds (3)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
     args = parser.parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    unknown = [s for s in suites if s not in SUITES]
+    unknown = [s for s in suites if s not in ALL_SUITES]
     if unknown:
-        parser.error(f"unknown suite(s) {unknown}; choose among {', '.join(SUITES)}")
+        parser.error(f"unknown suite(s) {unknown}; choose among {', '.join(ALL_SUITES)}")
     args.suites = suites
     if args.methods:
         args.methods = [m.strip() for m in args.methods.split("|") if m.strip()]
@@ -773,9 +959,15 @@ def parse_args(argv=None):
             parser.error(f"unknown method variant(s) {unknown}; known: {' | '.join(known)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device=cuda but torch sees no GPU")
-    if args.precision == "bf16" and args.device == "cpu":
-        parser.error("--precision=bf16 is the GPU path: use it with --device=cuda")
-    for name in ("batch_size", "frames", "threads", "steps"):
+    from petl_modules.training.brain import resolve_precision
+
+    args.precision = resolve_precision(args.precision, args.device)  # no bf16: fp32, warned
+    if args.reference_script is None:
+        from petl_modules.paths import project_root
+
+        args.reference_script = str(project_root().parent / "shared" / "reference-bench" / "bench_ref.py")
+    args.reference_skipped = None
+    for name in ("batch_size", "frames", "threads", "steps", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.quick:
@@ -818,6 +1010,8 @@ def main(argv=None):
             torch.manual_seed(0)
             rows += SUITE_FUNCTIONS[suite](args)
     machine = machine_info(args)
+    if "reference" in args.suites:
+        machine["reference_skipped"] = args.reference_skipped
     ratios = compute_ratios(rows)
     report = render(machine, rows, ratios)
     print(report)

@@ -141,8 +141,9 @@ class DenseMoA(torch.nn.Module):
         self.experts = StackedAdapters(num_adapters, hidden_size, reduction_rate, adapter_block, init)
 
     def router_weights(self, x):
-        """``[B, T, D]`` -> ``[B, T, N]``, softmax over the experts."""
-        return torch.softmax(self.router(x), dim=-1)
+        """``[B, T, D]`` -> ``[B, T, N]``, softmax over the experts (in fp32, also under bf16
+        autocast; returned in the dtype of ``x``)."""
+        return torch.softmax(self.router(x).float(), dim=-1).to(x.dtype)
 
     def forward(self, x, mask=None):
         """``x [B, T, D]`` (+ ``mask [B, T]``, for Convpass experts) -> ``[B, T, D]``."""
@@ -195,8 +196,11 @@ class SoftMoA(torch.nn.Module):
         valid = None if mask is None else mask[:, :, None, None]
         if valid is not None:  # the smallest finite logit: exp underflows to exactly 0
             logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
-        dispatch = torch.softmax(logits, dim=1)
-        combine = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
+        # Softmax statistics in fp32 (bf16 autocast gives bf16 logits; M ~ 1,200 tokens per
+        # dispatch sum), weights returned in the dtype of x.
+        logits = logits.float()
+        dispatch = torch.softmax(logits, dim=1).to(x.dtype)
+        combine = torch.softmax(logits.flatten(2), dim=-1).view_as(logits).to(x.dtype)
         if valid is not None:
             combine = combine * valid.to(combine.dtype)
         return dispatch, combine

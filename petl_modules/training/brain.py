@@ -14,6 +14,15 @@ loss; this Brain adds the epoch's training accuracy counts so far (in its own ch
 gives the training DataLoader its own seeded generator, so that the global random state (restored
 by ``petl_modules.training.checkpointing.RandomState``) is drawn from in the same order with or without an
 interruption. A resumed run thus ends with the same results as an uninterrupted one.
+
+Speed (SpeechBrain run options, on CPU as on GPU): ``--precision=bf16`` trains under
+``torch.autocast(device, torch.bfloat16)`` (SpeechBrain's ``training_ctx``) and, unless
+``--eval_precision`` is given, evaluates the same way; on a CPU without native bf16 (AVX512-BF16 or
+AMX) it warns and stays fp32 (``resolve_precision``). The loss is taken on fp32 logits; autocast
+keeps LayerNorm and the losses in fp32, and the MoA routers compute their softmaxes in fp32.
+``compile: True`` (recipe.yaml; on the command line SpeechBrain's flag ``--compile``) compiles the
+Brain's modules with ``torch.compile`` (SpeechBrain's ``_compile``); a module whose compiled
+forward fails runs eagerly from then on, with a warning (``EagerFallback``).
 """
 
 import logging
@@ -29,6 +38,99 @@ from petl_modules.training.augment import augment
 from petl_modules.training.cache import head_input
 
 logger = logging.getLogger(__name__)
+
+
+# ==================================================================== precision and compilation
+def bf16_supported(device="cpu"):
+    """Whether ``device`` computes bf16 natively: on CPU, AVX512-BF16 or AMX (x86) or oneDNN's
+    bf16 support elsewhere; on CUDA, ``torch.cuda.is_bf16_supported()``."""
+    device_type = torch.device(device).type
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return True  # other accelerators: let autocast decide
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is not None for check in checks):
+        if any(check is not None and check() for check in checks):
+            return True
+        import platform
+
+        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            return False  # x86 without AVX512-BF16/AMX: bf16 would be emulated (slower than fp32)
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision, device="cpu", option="--precision"):
+    """``precision`` (``fp32`` | ``bf16`` | ``fp16``, or None = fp32) as it can run on ``device``:
+    bf16 where the device lacks native bf16 becomes fp32, with a warning saying so."""
+    precision = precision or "fp32"
+    if precision == "bf16" and not bf16_supported(device):
+        logger.warning(
+            f"{option}=bf16: this {torch.device(device).type.upper()} has no native bf16 support "
+            f"(x86 CPUs need AVX512-BF16 or AMX; capability here: "
+            f"{torch.backends.cpu.get_cpu_capability()}): running in fp32 instead."
+        )
+        return "fp32"
+    return precision
+
+
+def autocast_context(device, precision):
+    """``torch.autocast(device type, bf16/fp16)`` for ``precision``, or a no-op for fp32."""
+    from speechbrain.utils.autocast import AMPConfig, TorchAutocast
+
+    return TorchAutocast(device_type=torch.device(device).type, dtype=AMPConfig.from_name(precision).dtype)
+
+
+class EagerFallback(torch.nn.Module):
+    """A ``torch.compile``-d module that runs its eager original instead once compilation fails.
+
+    The first call that raises in the compiled module is rerun eagerly: if the eager run succeeds
+    the failure was the compiler's, so a warning names the module and every later call is eager;
+    if it raises too, the error is the input's and propagates (the compiled module stays in use).
+    Attributes not found here are the original module's, as on ``OptimizedModule``.
+    """
+
+    def __init__(self, compiled, eager, name):
+        super().__init__()
+        self.compiled = compiled
+        self.name = name
+        self.failed = False
+        self.__dict__["_eager"] = eager  # the same parameters, reached through ``compiled``
+
+    def forward(self, *args, **kwargs):
+        if self.failed:
+            return self._eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 (any compiler failure)
+            out = self._eager(*args, **kwargs)
+            self.failed = True
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            logger.warning(f"torch.compile failed for module '{self.name}' "
+                           f"({type(err).__name__}: {reason[:300]}); running it eagerly.")
+            return out
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_eager"], name)
+
+
+def compile_with_fallback(module, name, **compile_kwargs):
+    """``torch.compile(module)`` wrapped in ``EagerFallback``; the eager module itself (and a
+    warning) where ``torch.compile`` refuses at once."""
+    try:
+        compiled = torch.compile(module, **compile_kwargs)
+    except Exception as err:  # noqa: BLE001
+        logger.warning(f"torch.compile refused module '{name}' ({type(err).__name__}: {err}); "
+                       "running it eagerly.")
+        return module
+    return EagerFallback(compiled, module, name)
 
 
 @sb.utils.checkpoints.register_checkpoint_hooks
@@ -53,6 +155,35 @@ class ClassificationBrain(sb.Brain):
                 and "ckpt_interval_minutes" not in overridden:
             hparams = dict(hparams, ckpt_interval_minutes=0)
         super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
+        self._set_precision(overridden, hparams)
+
+    def _set_precision(self, overridden, hparams):
+        """bf16 where the device has it (else fp32, warned); ``--precision=bf16`` also evaluates
+        in bf16 unless ``eval_precision`` is given (command line or yaml)."""
+        from speechbrain.utils.autocast import AMPConfig, TorchAutocast
+
+        eval_given = "eval_precision" in overridden or (hparams is not None and "eval_precision" in hparams)
+        if self.precision == "bf16" and not eval_given:
+            self.eval_precision = "bf16"
+        self.precision = resolve_precision(self.precision, self.device, "--precision")
+        if self.eval_precision == "bf16":
+            self.eval_precision = resolve_precision(
+                self.eval_precision, self.device,
+                "--eval_precision" if eval_given else "--precision (evaluation)")
+        self.training_ctx = TorchAutocast(device_type=self.device_type,
+                                          dtype=AMPConfig.from_name(self.precision).dtype)
+        self.evaluation_ctx = TorchAutocast(device_type=self.device_type,
+                                            dtype=AMPConfig.from_name(self.eval_precision).dtype)
+
+    def _compile(self):
+        """SpeechBrain's ``--compile`` (``compile: True`` in the yaml); each compiled module is
+        wrapped in ``EagerFallback``, so a method or backbone the compiler cannot handle runs
+        eagerly with a warning instead of stopping the run."""
+        eager = dict(self.modules.items())
+        super()._compile()
+        for name, module in list(self.modules.items()):
+            if module is not eager.get(name) and hasattr(module, "_orig_mod"):  # compiled
+                self.modules[name] = EagerFallback(module, eager[name], name)
 
     # ---------------------------------------------------------------- forward / loss
     def compute_forward(self, batch, stage):
@@ -71,6 +202,7 @@ class ClassificationBrain(sb.Brain):
 
     def compute_objectives(self, logits, batch, stage):
         labels = batch.label_index.data.view(-1).to(logits.device)
+        logits = logits.float()  # the loss and the accuracy in fp32, also under bf16 autocast
         loss = F.cross_entropy(logits, labels)
         self.counts += torch.stack(
             [(logits.argmax(dim=-1) == labels).sum(), torch.tensor(labels.numel(), device=labels.device)]

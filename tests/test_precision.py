@@ -1,0 +1,153 @@
+"""bf16 autocast on CPU (detected, else fp32 with a warning), fp32 softmax statistics in the MoA
+routers, torch.compile with an eager fallback, and the benchmark's reference suite skip path."""
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from petl_modules.methods.moa import DenseMoA, SoftMoA
+from petl_modules.training import brain as brain_module
+from petl_modules.training.brain import EagerFallback, compile_with_fallback, resolve_precision
+
+from conftest import REPO, read_results
+
+
+def test_bf16_kept_where_supported_and_fp32_with_a_warning_elsewhere(monkeypatch, caplog):
+    monkeypatch.setattr(brain_module, "bf16_supported", lambda device="cpu": True)
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision(None, "cpu") == "fp32"
+    monkeypatch.setattr(brain_module, "bf16_supported", lambda device="cpu": False)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_precision("bf16", "cpu") == "fp32"
+    assert "no native bf16 support" in caplog.text and "running in fp32 instead" in caplog.text
+
+
+def test_bf16_detection_returns_a_bool():
+    assert isinstance(brain_module.bf16_supported("cpu"), bool)
+
+
+@pytest.mark.parametrize("cls", [SoftMoA, DenseMoA])
+def test_moa_softmax_statistics_are_fp32_under_bf16_autocast(cls, monkeypatch):
+    seen = []
+    softmax = torch.softmax
+
+    def recording(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return softmax(x, *args, **kwargs)
+
+    torch.manual_seed(0)
+    moa = cls(32, num_adapters=3, reduction_rate=4)
+    x = torch.randn(2, 10, 32)
+    expected = moa(x)
+    monkeypatch.setattr(torch, "softmax", recording)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = moa(x)
+    assert seen and all(dtype == torch.float32 for dtype in seen)
+    assert torch.allclose(out.float(), expected, atol=0.05, rtol=0.05)
+
+
+class Small(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_eager_fallback_warns_once_and_runs_eagerly(caplog):
+    eager = Small()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("backend compiler failed")
+
+    wrapper = EagerFallback(broken, eager, "petl_model")
+    x = torch.randn(3, 4)
+    with caplog.at_level(logging.WARNING):
+        out = wrapper(x)
+    assert torch.equal(out, eager(x)) and wrapper.failed
+    assert "torch.compile failed for module 'petl_model'" in caplog.text
+    assert wrapper.linear is eager.linear  # attributes of the original module
+    with pytest.raises(RuntimeError):  # an error of the input propagates
+        EagerFallback(broken, eager, "x")(torch.randn(3, 5))
+
+
+@pytest.mark.slow
+def test_compiled_tiny_model_gives_the_eager_logits(tmp_path):
+    from petl_modules.demo import tiny_backbone
+    from petl_modules.training.compose import compose_hparams, load_hparams
+
+    source = tiny_backbone(tmp_path / "backbone")
+    hparams = load_hparams(compose_hparams(
+        REPO / "hparams" / "soft_moa.yaml", REPO / "recipes" / "FSC" / "fsc.yaml",
+        {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
+         "backbone_source": str(source), "max_frames": 100, "reduction_rate": 8}))
+    model, head = hparams["petl_model"].eval(), hparams["classifier"].eval()
+    inputs = torch.randn(2, 100, 128)
+    with torch.no_grad():
+        expected = head(*model(inputs))
+        compiled = compile_with_fallback(model, "petl_model")
+        got = head(*compiled(inputs))
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_precision", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_reference_suite_skips_with_a_clear_message_without_the_reference_environment(tmp_path, capsys):
+    bench = load_bench()
+    threads = torch.get_num_threads()
+    try:
+        out = bench.main(["--suite=reference", "--quick", f"--json={tmp_path / 'out.json'}",
+                          f"--reference_python={tmp_path / 'no_python'}", "--reference_git=/nowhere"])
+    finally:
+        torch.set_num_threads(threads)
+    assert out["results"] == []
+    assert "is not an executable" in out["machine"]["reference_skipped"]
+    assert "[reference] skipped:" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert set(saved) == {"machine", "results", "ratios"}
+    args = bench.parse_args(["--suite=reference"])
+    assert bench.reference_environment(args)[0] is None  # no --reference_python: skipped
+    assert args.reference_script.endswith(os.path.join("shared", "reference-bench", "bench_ref.py"))
+
+
+def _run_demo(tmp_path):
+    """The demo (FSC, soft_moa, tiny AST) in fp32: what it printed and its output folder."""
+    out = tmp_path / "fp32"
+    command = [sys.executable, "-m", "petl_modules.demo", f"--output_folder={out}"]
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    proc = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not brain_module.bf16_supported("cpu"), reason="this CPU has no native bf16")
+def test_demo_in_bf16_reaches_its_fp32_test_accuracy(tmp_path):
+    printed, out = _run_demo(tmp_path)
+    fp32 = read_results(out / "run")["test_accuracy_mean"]
+    ran = re.search(r"\[demo\] Ran: (.*)", printed).group(1)
+    import shlex
+
+    command = shlex.split(ran)
+    bf16_out = tmp_path / "bf16_run"
+    command = [c if not c.startswith("--output_folder=") else f"--output_folder={bf16_out}"
+               for c in command] + ["--precision=bf16"]
+    proc = subprocess.run(command, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="2"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    bf16 = read_results(bf16_out)["test_accuracy_mean"]
+    assert abs(bf16 - fp32) <= 0.02 + 1e-9, (fp32, bf16)
