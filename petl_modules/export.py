@@ -4,7 +4,8 @@ Usage::
 
     python -m petl_modules.export MODEL_DIR OUT_DIR [--backbone_source=...]
 
-``OUT_DIR`` becomes a ``save_pretrained`` folder of the backbone with the trained weights folded in
+``OUT_DIR`` (new, empty or a previous export: nothing else is overwritten) becomes a
+``save_pretrained`` folder of the backbone with the trained weights folded in
 (``AutoModel.from_pretrained(OUT_DIR)`` loads it, and ``--backbone_source=OUT_DIR`` starts a new run
 from it), plus the task head in a side file::
 
@@ -38,6 +39,25 @@ HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"
 
 
+def check_out_dir(out_dir):
+    """Raises ``PETLModelError`` unless ``out_dir`` is new, empty or a previous export (regular
+    files only, ``classifier_head.json`` among them): export never overwrites other content, and
+    never writes through a symbolic link it finds there."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return  # new (or not a folder: creating it fails with its own message)
+    entries = sorted(out_dir.iterdir())
+    previous = (out_dir / HEAD_CONFIG).is_file() and all(
+        e.is_file() and not e.is_symlink() for e in entries)
+    if entries and not previous:
+        shown = ", ".join(e.name for e in entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise PETLModelError(
+            f"OUT_DIR {out_dir} is not empty ({shown}) and is not a previous export: export "
+            "writes config.json, model.safetensors and the head there and would replace what is "
+            "there. Give a new or empty folder."
+        )
+
+
 def export_petl_model(model_dir, out_dir, backbone_source=None):
     """Writes the merged backbone (``save_pretrained``) and the head of a PETL model folder.
 
@@ -58,8 +78,10 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
     Raises
     ------
     PETLModelError
-        The method adds modules a plain transformers model cannot hold.
+        The method adds modules a plain transformers model cannot hold, or ``out_dir`` holds
+        something else (``check_out_dir``).
     """
+    check_out_dir(out_dir)
     modules, config = load_petl_model(model_dir, backbone_source)
     merged = merge_petl_model(modules)
     leftover = unmerged_petl_modules(modules["petl_model"])

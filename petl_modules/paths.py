@@ -3,7 +3,9 @@
 The recipes (``recipes/<DATASET>/``) and method files (``hparams/*.yaml``) are not part of the
 installed package: they live in the repository, beside ``petl_modules/``. ``project_root`` finds
 that folder: ``$PETL_AST_ROOT`` if set, else the first folder holding both ``hparams/`` and
-``recipes/`` among the current directory, the folder of the installed package and their parents.
+``recipes/`` among the folder of the installed package, the current directory and their parents.
+The package's own repository comes first: method files are instantiated and generators imported,
+so a folder the user merely works in (an unpacked download) must never supply them.
 """
 
 import os
@@ -31,7 +33,7 @@ def project_root():
         if not _is_root(Path(given)):
             raise ProjectRootError(f"PETL_AST_ROOT={given} does not hold hparams/ and recipes/.")
         return Path(given).resolve()
-    starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
+    starts = [Path(__file__).resolve().parent, Path.cwd().resolve()]
     for start in starts:
         for folder in (start, *start.parents):
             if _is_root(folder):

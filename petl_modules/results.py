@@ -70,6 +70,7 @@ def find_results(run_dirs):
 # or raises ResultsError saying what is wrong; ``read_run`` applies them all before anything else
 # looks at the file, so later code can trust the types.
 MAX_COUNT = 2 ** 53  # parameter counts: whole numbers that a float holds exactly
+MAX_RESULTS_BYTES = 64 * 2 ** 20  # larger files are skipped unread (never a 10 GB string)
 
 
 def _kind(value):
@@ -206,6 +207,11 @@ def read_run(path):
         (fewer folds than the run asked for).
     """
     try:
+        if not os.path.isfile(path):  # a FIFO or a device, which reading would block on
+            raise ResultsError("not a regular file")
+        if os.path.getsize(path) > MAX_RESULTS_BYTES:
+            raise ResultsError(f"too large ({os.path.getsize(path):,} bytes; a results.json is a "
+                               f"few KB, at most {MAX_RESULTS_BYTES:,} are read)")
         with open(path, encoding="utf-8") as stream:
             data = json.load(stream)
     except (OSError, ValueError) as err:

@@ -137,6 +137,20 @@ CRAFTED_CONFIGS = [
      "not valid JSON"),
     ("yaml_instead_of_json", lambda m: (lambda c: f"method: !apply:os.system ['touch {m}']\n"),
      "not valid JSON"),
+    # A path of the run in the options: rebuilding would create it (Checkpointer makes its folder).
+    ("save_folder_outside_the_target", lambda m: option("save_folder", str(m)),
+     "not a model option"),
+    ("train_log_outside_the_target", lambda m: option("train_log", str(m)), "not a model option"),
+    # transformers fetches and runs an attention kernel from the hub for 'org/repo' values.
+    ("hub_kernel_attention",
+     lambda m: option("attn_implementation", "kernels-community/flash-attn"),
+     "attn_implementation"),
+    # HyperPyYAML evaluates the arithmetic of text interpolated into a !ref (9**9**9 never ends).
+    ("arithmetic_in_a_string_option", lambda m: option("dataset", "2**64-1"), "arithmetic"),
+    ("reference_in_a_string_option", lambda m: option("dataset", "<backbone_source>"),
+     "arithmetic"),
+    ("number_option_of_the_wrong_type", lambda m: option("max_frames", "64"), "whole number"),
+    ("deeply_nested_json", lambda m: (lambda c: "[" * 100000 + "]" * 100000), "not valid JSON"),
 ]
 
 
@@ -213,3 +227,193 @@ def test_format_version_1_yaml_text_is_never_parsed(tmp_path):
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     load_petl_model(folder, backbone_source=str(BASE))
     assert not marker.exists()
+
+
+# ==================================================================== beyond the config's content
+def test_huge_config_is_refused_without_reading_it(good_folder, tmp_path):
+    from petl_modules.training.pretrained import MAX_CONFIG_BYTES
+
+    folder = crafted(good_folder, tmp_path)
+    with open(folder / CONFIG_FILE, "r+b") as stream:
+        stream.truncate(MAX_CONFIG_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(PETLModelError, match="too large"):
+        load_petl_model(folder, check=False)
+
+
+def _attacker_root(tmp_path, marker):
+    """A folder a user may cd into (an unpacked download) that looks like a PETL-AST repository:
+    its method file and synthetic generator would create ``marker`` if they were used."""
+    root = tmp_path / "download"
+    (root / "hparams").mkdir(parents=True)
+    (root / "hparams" / "lora.yaml").write_text(
+        f"method: lora\n__payload: !apply:pathlib.Path.touch ['{marker}']\n")
+    (root / "recipes" / "FSC").mkdir(parents=True)
+    (root / "recipes" / "FSC" / "fsc_synthetic.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    return root
+
+
+def test_method_files_come_from_the_repository_not_the_current_folder(good_folder, tmp_path,
+                                                                      monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.delenv("PETL_AST_ROOT", raising=False)
+    monkeypatch.chdir(_attacker_root(tmp_path, marker))
+    load_petl_model(good_folder, check=False)
+    assert not marker.exists(), "a method file of the current folder was instantiated"
+
+
+def test_synthetic_generators_come_from_the_repository_not_the_current_folder(tmp_path,
+                                                                            monkeypatch):
+    from petl_modules import synthetic
+
+    marker = tmp_path / "pwned"
+    monkeypatch.delenv("PETL_AST_ROOT", raising=False)
+    monkeypatch.chdir(_attacker_root(tmp_path, marker))
+    assert synthetic.generator_files()["FSC"].is_relative_to(REPO)
+    assert not marker.exists()
+
+
+def test_pickled_backbone_weights_are_never_unpickled(tmp_path, monkeypatch):
+    """A backbone_source folder with a pickled pytorch_model.bin: transformers reads it with
+    weights_only=True, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD does not relax."""
+    from petl_modules.backbones import Backbone
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "base"
+    folder.mkdir()
+    shutil.copy(BASE / "config.json", folder / "config.json")
+    torch.save({"w": Payload(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(Exception):
+        Backbone(str(folder), max_frames=64)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("tool", ["classify", "export"])
+def test_a_hub_id_is_not_a_model_folder(tool, tmp_path, capsys):
+    args = {"classify": [str(tmp_path / "x.wav")], "export": [str(tmp_path / "out")]}[tool]
+    main = {"classify": classify_cli.main, "export": export_cli.main}[tool]
+    assert main(["someone/petl-ast-lora", *args]) == 2
+    assert "is not a PETL model folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _symlinked(out, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out.mkdir()
+    (out / "model.safetensors").symlink_to(victim)
+    return victim
+
+
+@pytest.mark.parametrize("content", ["other_files", "symlink", "previous_export"])
+def test_export_never_overwrites_other_content(content, good_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    if content == "other_files":
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me")
+        (out / "config.json").write_text("{}")
+        kept = out / "notes.txt"
+    elif content == "symlink":
+        kept = _symlinked(out, tmp_path)
+    else:
+        assert export_cli.main([str(good_folder), str(out)]) == 0
+        assert export_cli.main([str(good_folder), str(out)]) == 0  # a re-export replaces its files
+        return
+    assert export_cli.main([str(good_folder), str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert kept.read_text() == "keep me"
+    assert (out / "config.json").read_text() == "{}" if content == "other_files" else True
+
+
+# ==================================================================== results, cache, run folder
+def _does_not_block(function, fifo, seconds=20):
+    """Runs ``function`` in a thread; True when it returns within ``seconds`` (a reader blocked
+    on ``fifo`` is released afterwards, so the test never hangs)."""
+    import os
+    import threading
+
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(value=function()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    blocked = thread.is_alive()
+    if blocked:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # the blocked reader gets EOF
+        os.close(fd)
+        thread.join(5)
+    return not blocked, outcome.get("value")
+
+
+@pytest.mark.parametrize("kind", ["huge", "fifo"])
+def test_results_tool_skips_a_huge_or_special_results_file(kind, tmp_path):
+    import os
+
+    from petl_modules import results
+
+    path = tmp_path / "run" / "results.json"
+    path.parent.mkdir()
+    if kind == "huge":
+        with open(path, "wb") as stream:
+            stream.truncate(results.MAX_RESULTS_BYTES + 1)  # sparse: no disk used
+    else:
+        os.mkfifo(path)
+    warnings = []
+    returned, value = _does_not_block(lambda: results.collect([tmp_path], warn=warnings.append),
+                                      path)
+    assert returned, "the results tool blocked on the file"
+    runs, skipped = value
+    assert runs == [] and [p for p, _ in skipped] == [str(path)]
+    assert ("too large" if kind == "huge" else "not a regular file") in skipped[0][1]
+
+
+@pytest.mark.parametrize("content", ["payload", "a_list", "vectors_not_a_tensor", "length_mismatch",
+                                     "garbage"])
+def test_a_malformed_backbone_cache_is_recomputed_and_nothing_runs(content, tmp_path, monkeypatch,
+                                                                 caplog):
+    from petl_modules.training.cache import load_cache
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "pwned"
+    path = tmp_path / "cache.pt"
+    saved = {"payload": {"wavs": ["a.wav"], "vectors": Payload(marker)},
+             "a_list": [1, 2],
+             "vectors_not_a_tensor": {"wavs": ["a.wav"], "vectors": "x"},
+             "length_mismatch": {"wavs": ["a.wav", "b.wav"], "vectors": torch.zeros(1, 4)}}
+    if content == "garbage":
+        path.write_bytes(b"\x00garbage" * 10)
+    else:
+        torch.save(saved[content], path)
+    assert load_cache(path) == {}
+    assert str(path) in caplog.text
+    assert not marker.exists()
+
+
+def test_run_lock_holder_file_that_blocks_is_not_read(tmp_path):
+    import os
+
+    from petl_modules.training.run_folder import HOLDER_FILE, RunFolderError, RunLock
+
+    with RunLock(tmp_path):
+        holder = tmp_path / HOLDER_FILE
+        holder.unlink()
+        os.mkfifo(holder)
+
+        def second():
+            try:
+                RunLock(tmp_path).acquire()
+            except RunFolderError as err:
+                return str(err)
+
+        returned, message = _does_not_block(second, holder)
+        assert returned, "naming the holder blocked on its file"
+        assert "in use by another run" in message
+        holder.unlink()
+
+
+def test_deeply_nested_run_identity_is_a_clear_error(tmp_path):
+    from petl_modules.training.run_folder import IDENTITY_FILE, RunFolderError, check_run_identity
+
+    (tmp_path / IDENTITY_FILE).write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(RunFolderError, match="cannot be read"):
+        check_run_identity(tmp_path, {"options": {}, "schedule": {}})

@@ -178,8 +178,19 @@ def load_cache(path):
     path = Path(path)
     if not path.is_file():
         return {}
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(zip(saved["wavs"], saved["vectors"]))
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles objects
+        wavs, vectors = saved["wavs"], saved["vectors"]
+        if not (isinstance(wavs, list) and all(isinstance(w, str) for w in wavs)
+                and isinstance(vectors, torch.Tensor) and vectors.dim() == 2
+                and vectors.is_floating_point() and len(vectors) == len(wavs)):
+            raise ValueError("not a list of file names and a [N, D] float tensor of their vectors")
+    except Exception as err:  # damaged, crafted (pickled objects) or of another layout
+        logger.warning(f"Ignoring the backbone output cache {path}: it cannot be used "
+                       f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); its vectors "
+                       "are computed again.")
+        return {}
+    return dict(zip(wavs, vectors))
 
 
 def _save_cache(path, vectors, settings):

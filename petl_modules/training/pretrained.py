@@ -17,8 +17,10 @@ name from the registry of method files, ``hparams/*.yaml``) and its ``options`` 
 and the names of the saved tensors.
 
 A folder may come from someone else, so loading it never executes anything it says: the config
-is read as JSON and checked against a schema (unknown keys, wrong types, YAML tags and newer
-format versions are refused, naming what was found); the model is rebuilt from OUR method file
+is read as JSON (at most 16 MiB) and checked against a schema (unknown keys, wrong types, YAML
+tags, references or arithmetic the yaml would evaluate, paths of the run, an attention
+implementation other than sdpa/eager, option values out of range and newer format versions are
+refused, naming what was found); the model is rebuilt from OUR method file
 with the options set as plain values (``petl_modules.training.compose.compose_model_hparams``); the tensors
 are read from safetensors, and exactly the rebuilt model's trained tensors must be there. Folders
 of format_version 1 (which also stored the run's yaml text) load the same way: that text is
@@ -337,6 +339,18 @@ def _looks_like_a_tag(value):
     return isinstance(value, str) and value.lstrip().startswith(("!", "&", "*", "%"))
 
 
+def _evaluated_by_a_reference(value):
+    """A string that HyperPyYAML would dereference or evaluate once interpolated into a ``!ref``
+    (``<key>``, or arithmetic with ``**``: ``9**9**9`` never finishes)."""
+    return isinstance(value, str) and any(s in value for s in ("<", ">", "**"))
+
+
+# Options a folder may give only from a fixed set: transformers fetches and runs an attention
+# kernel from the hub for other values ('org/repo'; flash_attention_* may fall back to one).
+OPTION_CHOICES = {"attn_implementation": ("sdpa", "eager")}
+MAX_CONFIG_BYTES = 16 * 2 ** 20  # a config is a few KB; never read a huge file into memory
+
+
 def validate_config(config, path):
     """Checks a ``petl_config.json`` against the schema; raises ``PETLModelError`` naming every
     problem (unknown or missing keys, wrong types, YAML tags, a newer format)."""
@@ -374,11 +388,27 @@ def validate_config(config, path):
         for key, value in options.items():
             if not key.isidentifier() or key.startswith("__"):
                 problems.append(f"options: '{key}' is not an option name")
+            elif key in RUN_ONLY_KEYS:
+                problems.append(f"options.{key} is a path or setting of the run, "
+                                "not a model option")
+            elif key in OPTION_CHOICES and value not in OPTION_CHOICES[key]:
+                problems.append(f"options.{key} is {value!r:.60}; a model folder may only give "
+                                f"{' or '.join(OPTION_CHOICES[key])}")
             elif not _plain(value) or isinstance(value, dict):
                 problems.append(f"options.{key} is not a plain value (found {type(value).__name__})")
             elif any(_looks_like_a_tag(v) for v in (value if isinstance(value, list) else [value])):
                 problems.append(f"options.{key} holds a YAML tag or reference ({value!r:.60}): "
                                 "options are plain values, never code")
+            elif any(_evaluated_by_a_reference(v)
+                     for v in (value if isinstance(value, list) else [value])):
+                problems.append(f"options.{key} holds a reference or arithmetic ({value!r:.60}) "
+                                "that the yaml would evaluate: options are plain values")
+        from petl_modules.training.compose import ConfigError, validate_options
+
+        try:
+            validate_options({k: v for k, v in options.items() if _plain(v)})
+        except ConfigError as err:
+            problems.append(f"options: {err}")
     for key in ("input", "fingerprint"):
         if isinstance(config.get(key), dict) and not _plain(config[key]):
             problems.append(f"'{key}' holds something other than plain values")
@@ -406,11 +436,15 @@ def read_config(model_dir):
     def no_constants(name):
         raise ValueError(f"the JSON constant {name} is not allowed")
 
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise PETLModelError(f"{path} is {human_size(path.stat().st_size)}, too large for a PETL "
+                             f"model config (at most {human_size(MAX_CONFIG_BYTES)}); not read.")
     try:
         with open(path, encoding="utf-8") as stream:
             config = json.load(stream, parse_constant=no_constants)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise PETLModelError(f"{path} is not valid JSON ({err}); the folder is damaged: copy it "
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise PETLModelError(f"{path} is not valid JSON ({reason}); the folder is damaged: copy it "
                              "again from where it came from.") from None
     validate_config(config, path)
     config["model_dir"] = str(model_dir)

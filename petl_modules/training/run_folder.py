@@ -120,7 +120,8 @@ def check_run_identity(folder, identity, write=True):
                 recorded = json.load(stream)
             if not isinstance(recorded, dict):
                 raise ValueError("not a JSON object")
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
+            err = "nested too deeply" if isinstance(err, RecursionError) else err
             raise RunFolderError(
                 f"{path} cannot be read ({err}): the output folder's record of its run is damaged. "
                 f"Start afresh with another --output_folder (or delete {folder})."
@@ -197,11 +198,13 @@ class RunLock:
 
     def _holder(self):
         try:
+            if not (self.folder / HOLDER_FILE).is_file():  # e.g. a FIFO: reading would block
+                raise ValueError("not a regular file")
             with open(self.folder / HOLDER_FILE, encoding="utf-8") as stream:
                 holder = json.load(stream)
             return (f"process {holder.get('pid')} on {holder.get('host')}, started "
                     f"{holder.get('started')}: {holder.get('command')}")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return "a process that has not recorded itself yet"
 
     def release(self):
