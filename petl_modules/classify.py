@@ -309,9 +309,11 @@ def main(argv=None):
             print(f"{row['file']}\t{row['label']}\t{row['score']:.4f}{others}")
     for path, reason in errors:
         print(f"Error: could not classify {path}: {reason}", file=sys.stderr)
-    if errors:
+    if errors and len(errors) < len(args.files):
         print(f"{len(errors)} of {len(args.files)} file(s) could not be classified; the others "
               "were.", file=sys.stderr)
+    elif errors:
+        print(f"No file could be classified ({len(errors)} given).", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -103,8 +103,8 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None):
         Naming the file, what is wrong with it, and the fix.
     """
     if not Path(path).is_file():
-        raise AudioError(f"Audio file not found: {path}. Rerun preparation (delete the manifests) "
-                         "or restore the file from the dataset release.")
+        raise AudioError(f"Audio file not found: {path}. Check the path (for a dataset: restore "
+                         "the file from its release, or delete the manifests to prepare again).")
     try:
         with sf.SoundFile(str(path)) as stream:
             rate = stream.samplerate
