@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules import classify as classify_cli
@@ -29,9 +30,9 @@ from petl_modules.training.pretrained import (
 )
 
 from conftest import REPO
+from legacy_helpers import fill, tiny_base, waveforms
 
 LEGACY = REPO / "tests" / "data" / "legacy_v1"
-BASE = LEGACY / "tiny_ast"  # hidden 32, 1 layer: the base of the legacy folders
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 
 
@@ -45,11 +46,27 @@ class Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory):
+    """The folders of format_version 1 (their JSON as the old code wrote it, their tensors
+    regenerated as its script filled them) and their base, a hidden-32 1-layer AST
+    (``tiny_ast/``)."""
+    root = tmp_path_factory.mktemp("legacy_v1")
+    tiny_base(root / "tiny_ast")
+    expected = json.loads((LEGACY / "expected_v1.json").read_text())
+    for method, shapes in expected["shapes"].items():
+        folder = root / f"petl_model_v1_{method}"
+        folder.mkdir()
+        shutil.copy(LEGACY / folder.name / CONFIG_FILE, folder / CONFIG_FILE)
+        tensors = {name: torch.zeros(shape, dtype=torch.long if name.endswith("num_batches_tracked")
+                                     else torch.float32) for name, shape in shapes.items()}
+        save_file(fill(tensors, seed=1, scale=0.05), str(folder / WEIGHTS_FILE))
+    return root
+
+
 def legacy_waveforms():
     expected = json.loads((LEGACY / "expected_v1.json").read_text())
-    generator = torch.Generator().manual_seed(expected["generator_seed"])
-    wavs = [0.1 * torch.randn(int(16000 * s), generator=generator) for s in expected["seconds"]]
-    return wavs, expected["probabilities"]
+    return waveforms(expected["seconds"]), expected["probabilities"]
 
 
 def probabilities(modules, wavs):
@@ -61,11 +78,11 @@ def probabilities(modules, wavs):
 
 
 @pytest.fixture(scope="module")
-def good_folder(tmp_path_factory):
+def good_folder(tmp_path_factory, legacy):
     """A current-format (format_version 2) LoRA folder on the legacy tiny base."""
     tmp = tmp_path_factory.mktemp("good")
     text = compose_hparams(REPO / "hparams" / "lora.yaml", FSC_YAML, {
-        "data_folder": str(tmp), "output_folder": str(tmp / "out"), "backbone_source": str(BASE),
+        "data_folder": str(tmp), "output_folder": str(tmp / "out"), "backbone_source": str(legacy / "tiny_ast"),
         "max_frames": 64, "reduction_rate": 8})
     hparams = load_hparams(text)
     save_petl_model(tmp / "petl_model", hparams["modules"],
@@ -211,21 +228,22 @@ def test_current_folder_is_plain_data_with_a_format_version(good_folder):
 
 
 @pytest.mark.parametrize("method", ["lora", "adapter", "prompt_tuning"])
-def test_folder_written_by_format_version_1_still_loads_with_the_same_outputs(method):
+def test_folder_written_by_format_version_1_still_loads_with_the_same_outputs(method, legacy):
     wavs, expected = legacy_waveforms()
-    modules, config = load_petl_model(LEGACY / f"petl_model_v1_{method}", backbone_source=str(BASE))
+    modules, config = load_petl_model(legacy / f"petl_model_v1_{method}",
+                                      backbone_source=str(legacy / "tiny_ast"))
     assert config["format_version"] == 1
     assert torch.allclose(probabilities(modules, wavs), torch.tensor(expected[method]), atol=1e-6)
 
 
-def test_format_version_1_yaml_text_is_never_parsed(tmp_path):
+def test_format_version_1_yaml_text_is_never_parsed(tmp_path, legacy):
     marker = tmp_path / "pwned"
     folder = tmp_path / "v1"
-    shutil.copytree(LEGACY / "petl_model_v1_lora", folder)
+    shutil.copytree(legacy / "petl_model_v1_lora", folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
     config["hyperparams"] = f"__payload: !apply:pathlib.Path.touch ['{marker}']\n" + config["hyperparams"]
     (folder / CONFIG_FILE).write_text(json.dumps(config))
-    load_petl_model(folder, backbone_source=str(BASE))
+    load_petl_model(folder, backbone_source=str(legacy / "tiny_ast"))
     assert not marker.exists()
 
 
@@ -273,7 +291,7 @@ def test_synthetic_generators_come_from_the_repository_not_the_current_folder(tm
     assert not marker.exists()
 
 
-def test_pickled_backbone_weights_are_never_unpickled(tmp_path, monkeypatch):
+def test_pickled_backbone_weights_are_never_unpickled(tmp_path, monkeypatch, legacy):
     """A backbone_source folder with a pickled pytorch_model.bin: transformers reads it with
     weights_only=True, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD does not relax."""
     from petl_modules.backbones import Backbone
@@ -282,7 +300,7 @@ def test_pickled_backbone_weights_are_never_unpickled(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     folder = tmp_path / "base"
     folder.mkdir()
-    shutil.copy(BASE / "config.json", folder / "config.json")
+    shutil.copy(legacy / "tiny_ast" / "config.json", folder / "config.json")
     torch.save({"w": Payload(marker)}, folder / "pytorch_model.bin")
     with pytest.raises(Exception):
         Backbone(str(folder), max_frames=64)

@@ -375,7 +375,7 @@ def read_meta(path):
         raise ValueError("it is not a regular file")
     try:
         with open(path, encoding="utf-8") as stream:
-            meta = yaml.load(stream, Loader=yaml.SafeLoader)
+            meta = yaml.safe_load(stream)
     except yaml.constructor.ConstructorError as err:
         raise ValueError(
             f"it holds a YAML tag that is not plain data ({' '.join(str(err.problem).split())}): "

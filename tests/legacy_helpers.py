@@ -1,0 +1,44 @@
+"""Deterministic tensors for the format_version 1 model folders of ``tests/data/legacy_v1/``.
+
+Those folders were written by the code before the model-folder format changed; only their JSON
+(``petl_config.json``, and the probabilities the old code computed) is kept in the repository. The
+tensors are regenerated here, the same way the old code's script filled them: every tensor, in
+name order, from one seeded generator.
+"""
+
+import torch
+
+
+def fill(tensors, seed, scale):
+    """Fills ``{name: tensor}`` in place, in name order: ``scale * N(0, 1)`` from a generator seeded
+    ``seed`` (BatchNorm ``running_var``: ``1 + |.|``; integer tensors: 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in sorted(tensors):
+            tensor = tensors[name]
+            if not tensor.is_floating_point():
+                tensor.fill_(1)
+                continue
+            values = scale * torch.randn(tuple(tensor.shape), generator=generator)
+            if name.endswith("running_var"):
+                values = 1 + values.abs()
+            tensor.copy_(values.to(tensor.dtype))
+    return tensors
+
+
+def tiny_base(folder):
+    """The base checkpoint of the legacy folders (a hidden-32, 1-layer AST), saved to ``folder``."""
+    import transformers
+
+    config = transformers.ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, max_length=128, num_mel_bins=128)
+    model = transformers.ASTModel(config)
+    fill(dict(model.state_dict()), seed=0, scale=0.02)
+    model.save_pretrained(folder)
+    return folder
+
+
+def waveforms(seconds, seed=0):
+    """The inputs the expected probabilities were computed on."""
+    generator = torch.Generator().manual_seed(seed)
+    return [0.1 * torch.randn(int(16000 * s), generator=generator) for s in seconds]
