@@ -1,8 +1,14 @@
-"""Exporting a PETL model as a plain transformers checkpoint (LoRA / BitFit / full-FT merged).
+"""Exporting a PETL model: a plain transformers checkpoint (default), a PEFT adapter, or ONNX.
 
 Usage::
 
-    python -m petl_modules.export MODEL_DIR OUT_DIR [--backbone_source=...]
+    python -m petl_modules.export MODEL_DIR OUT_DIR [--format=transformers|peft|onnx]
+        [--backbone_source=...] [--peft_names=5|4] [--opset=N]
+
+``--format=peft`` (LoRA models): a PEFT adapter that ``peft.PeftModel.from_pretrained`` loads on
+the base transformers model (``petl_modules.sharing.peft_lora``). ``--format=onnx`` (every method):
+one ONNX graph from the input features to the class probabilities, checked against PyTorch with
+onnxruntime before it is kept (``petl_modules.sharing.onnx_export``). The default format:
 
 ``OUT_DIR`` (new, empty or a previous export: nothing else is overwritten) becomes a
 ``save_pretrained`` folder of the backbone with the trained weights folded in
@@ -21,45 +27,52 @@ PETL model folder with ``python -m petl_modules.classify`` instead.
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from safetensors.torch import save_file
-
+from petl_modules.sharing.head import HEAD_CONFIG, HEAD_WEIGHTS, write_head
 from petl_modules.training.pretrained import (
     PETLModelError,
     load_petl_model,
     merge_petl_model,
     unmerged_petl_modules,
 )
-from petl_modules.training.run_folder import current_umask, write_json_atomic
 
-HEAD_WEIGHTS = "classifier_head.safetensors"
-HEAD_CONFIG = "classifier_head.json"
+FORMATS = ("transformers", "peft", "onnx")
+# A folder holding one of these (and nothing but regular files, and a PEFT export's base/ folder)
+# is a previous export, which a new export may replace.
+EXPORT_MARKERS = (HEAD_CONFIG, "onnx_config.json")
 
 
 def check_out_dir(out_dir):
     """Raises ``PETLModelError`` unless ``out_dir`` is new, empty or a previous export (regular
-    files only, ``classifier_head.json`` among them): export never overwrites other content, and
-    never writes through a symbolic link it finds there."""
+    files only, ``classifier_head.json`` or ``onnx_config.json`` among them, and a PEFT export's
+    ``base/`` folder of regular files): export never overwrites other content, and never writes
+    through a symbolic link it finds there."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return  # new (or not a folder: creating it fails with its own message)
     entries = sorted(out_dir.iterdir())
-    previous = (out_dir / HEAD_CONFIG).is_file() and all(
-        e.is_file() and not e.is_symlink() for e in entries)
+
+    def plain(entry):
+        if entry.is_symlink():
+            return False
+        if entry.is_dir() and entry.name == "base":
+            return all(e.is_file() and not e.is_symlink() for e in entry.iterdir())
+        return entry.is_file()
+
+    previous = any((out_dir / m).is_file() for m in EXPORT_MARKERS) and all(map(plain, entries))
     if entries and not previous:
         shown = ", ".join(e.name for e in entries[:5]) + (" ..." if len(entries) > 5 else "")
         raise PETLModelError(
             f"OUT_DIR {out_dir} is not empty ({shown}) and is not a previous export: export "
-            "writes config.json, model.safetensors and the head there and would replace what is "
-            "there. Give a new or empty folder."
+            "writes its files there and would replace what is there. Give a new or empty folder."
         )
 
 
-def export_petl_model(model_dir, out_dir, backbone_source=None):
-    """Writes the merged backbone (``save_pretrained``) and the head of a PETL model folder.
+def export_petl_model(model_dir, out_dir, backbone_source=None, format="transformers",
+                      peft_names="5", opset=None):
+    """Exports a PETL model folder in ``format`` (see the module docstring).
 
     Arguments
     ---------
@@ -69,21 +82,37 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
         Where to write (created).
     backbone_source : str, optional
         Another local copy of the base checkpoint.
+    format : str
+        ``transformers`` (default: merged backbone + head), ``peft`` (LoRA adapter) or ``onnx``.
+    peft_names : str
+        ``--format=peft``: module names of transformers ``5`` (default) or ``4``.
+    opset : int, optional
+        ``--format=onnx``: the ONNX opset (default: ``onnx_export.OPSET``).
 
     Returns
     -------
     dict
-        The content of ``classifier_head.json``.
+        The content of the side JSON written (``classifier_head.json`` or ``onnx_config.json``).
 
     Raises
     ------
     PETLModelError
-        The method adds modules a plain transformers model cannot hold, or ``out_dir`` holds
-        something else (``check_out_dir``).
+        The method cannot be written in ``format`` (the message says which format can), the
+        ONNX parity check failed, or ``out_dir`` holds something else (``check_out_dir``).
     """
+    if format not in FORMATS:
+        raise PETLModelError(f"Unknown format '{format}': use one of {', '.join(FORMATS)}.")
     check_out_dir(out_dir)
     modules, config = load_petl_model(model_dir, backbone_source)
+    if format == "peft":
+        from petl_modules.sharing.peft_lora import export_peft
+
+        return export_peft(modules, config, out_dir, backbone_source, peft_names=peft_names)
     merged = merge_petl_model(modules)
+    if format == "onnx":
+        from petl_modules.sharing.onnx_export import export_onnx
+
+        return export_onnx(modules, config, out_dir, opset=opset, merged_lora_modules=len(merged))
     leftover = unmerged_petl_modules(modules["petl_model"])
     if leftover:
         kinds = sorted({kind for _, kind in leftover})
@@ -91,9 +120,9 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
             f"Cannot export the '{config['method']}' model of {config['model_dir']} as a plain "
             f"transformers checkpoint: it adds modules transformers cannot hold "
             f"({', '.join(kinds)}, {len(leftover)} in all; only LoRA, BitFit, linear and full "
-            "fine-tuning fold into the backbone). Ship the PETL model folder itself "
-            f"({config['model_dir']}, a few MB) with its base checkpoint, and run it with "
-            f"python -m petl_modules.classify {config['model_dir']} FILE..."
+            "fine-tuning fold into the backbone). Export it with --format=onnx, or ship the PETL "
+            f"model folder itself ({config['model_dir']}, a few MB) with its base checkpoint, and "
+            f"run it with python -m petl_modules.classify {config['model_dir']} FILE..."
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,42 +133,38 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
         raise PETLModelError(str(err)) from None
     # Its input processor's settings (e.g. do_normalize), so a run on the export sees the same inputs.
     lobe.copy_preprocessor_config(backbone_source or config["backbone_source"], out_dir)
-    head = {k: v.detach().cpu().contiguous() for k, v in modules["classifier"].state_dict().items()}
-    save_file(head, str(out_dir / HEAD_WEIGHTS), metadata={"format": "pt"})
-    os.chmod(out_dir / HEAD_WEIGHTS, 0o666 & ~current_umask())  # safetensors makes it owner-only
-    side = {
-        "class_names": config["class_names"],
-        "pooling": config.get("pooling"),
-        "input": config.get("input"),
-        "family": config["family"],
-        "method": config["method"],
-        "merged_lora_modules": len(merged),
-        "base_backbone_source": str(backbone_source or config["backbone_source"]),
-        "petl_model": config["model_dir"],
-        "head_weights": HEAD_WEIGHTS,
-    }
-    write_json_atomic(out_dir / HEAD_CONFIG, side)
-    return side
+    return write_head(out_dir, modules, config, backbone_source, merged_lora_modules=len(merged))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m petl_modules.export",
-        description="Export a PETL model folder as a plain transformers save_pretrained folder "
-                    "(LoRA / BitFit / full fine-tuning merged) plus its head and labels.",
+        description="Export a PETL model folder: a plain transformers save_pretrained folder "
+                    "(LoRA / BitFit / full fine-tuning merged) plus its head and labels (default), "
+                    "a PEFT LoRA adapter (--format=peft) or an ONNX model (--format=onnx).",
     )
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="a petl_model/ folder")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
+    parser.add_argument("--format", default="transformers", choices=FORMATS,
+                        help="transformers (default), peft (LoRA models) or onnx (every method)")
     parser.add_argument("--backbone_source", default=None,
                         help="another local copy of the base checkpoint (default: the run's)")
+    parser.add_argument("--peft_names", default="5", choices=["5", "4"],
+                        help="--format=peft: module names of transformers 5 (default) or 4.x")
+    parser.add_argument("--opset", type=int, default=None, help="--format=onnx: the ONNX opset")
     args = parser.parse_args(argv)
     try:
-        side = export_petl_model(args.model_dir, args.out_dir, args.backbone_source)
+        side = export_petl_model(args.model_dir, args.out_dir, args.backbone_source, args.format,
+                                 args.peft_names, args.opset)
     except (PETLModelError, OSError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
-    print(f"Exported {side['method']} model ({side['merged_lora_modules']} LoRA modules merged, "
-          f"{len(side['class_names'])} classes) to {args.out_dir}")
+    done = {"transformers": f"{side.get('merged_lora_modules')} LoRA modules merged",
+            "peft": "PEFT LoRA adapter" + (", its base in base/" if side.get("peft", {}).get(
+                "base_written") else ""),
+            "onnx": f"ONNX, onnxruntime parity {side.get('parity', {}).get('max_abs_difference', 0):.2g}"}
+    print(f"Exported {side['method']} model ({done[args.format]}, {len(side['class_names'])} "
+          f"classes) to {args.out_dir}")
     return 0
 
 

@@ -1,0 +1,68 @@
+"""The task head beside an exported backbone: ``classifier_head.safetensors`` + ``classifier_head.json``.
+
+transformers' base models (``ASTModel``, ``Wav2Vec2Model``, ...) have no place for our head (a
+pooling and one linear layer), so the plain and PEFT exports write it beside them::
+
+    classifier_head.safetensors   head.weight [C, D], head.bias [C]
+    classifier_head.json          class_names (index order), pooling, input settings, origin
+
+``read_head`` reads it back as data (JSON + safetensors), e.g. when a PEFT adapter we exported is
+imported again.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from petl_modules.training.run_folder import current_umask, write_json_atomic
+
+HEAD_WEIGHTS = "classifier_head.safetensors"
+HEAD_CONFIG = "classifier_head.json"
+MAX_HEAD_CONFIG_BYTES = 16 * 2 ** 20
+
+
+def write_head(out_dir, modules, config, backbone_source, **extra):
+    """Writes the head of ``modules["classifier"]`` and its JSON (``config``: the PETL model
+    folder's) into ``out_dir``; ``extra`` keys are added to the JSON. Returns the JSON content."""
+    out_dir = Path(out_dir)
+    head = {k: v.detach().cpu().contiguous() for k, v in modules["classifier"].state_dict().items()}
+    save_file(head, str(out_dir / HEAD_WEIGHTS), metadata={"format": "pt"})
+    os.chmod(out_dir / HEAD_WEIGHTS, 0o666 & ~current_umask())  # safetensors makes it owner-only
+    side = {
+        "class_names": config["class_names"],
+        "pooling": config.get("pooling"),
+        "input": config.get("input"),
+        "family": config["family"],
+        "method": config["method"],
+        **extra,
+        "base_backbone_source": str(backbone_source or config["backbone_source"]),
+        "petl_model": config["model_dir"],
+        "head_weights": HEAD_WEIGHTS,
+    }
+    write_json_atomic(out_dir / HEAD_CONFIG, side)
+    return side
+
+
+def read_head(folder):
+    """``(head state {"head.weight", "head.bias"}, side JSON)`` of ``folder``, or None when it has
+    no head; ``ValueError`` naming the file when it is malformed. Read as data only."""
+    folder = Path(folder)
+    config_path, weights_path = folder / HEAD_CONFIG, folder / HEAD_WEIGHTS
+    if not config_path.is_file() or not weights_path.is_file():
+        return None
+    if config_path.stat().st_size > MAX_HEAD_CONFIG_BYTES:
+        raise ValueError(f"{config_path} is too large for a head config; not read.")
+    try:
+        side = json.loads(config_path.read_text(encoding="utf-8"))
+        state = load_file(str(weights_path))
+    except Exception as err:  # noqa: BLE001 (JSON and safetensors raise their own types)
+        raise ValueError(f"{folder}: the saved head cannot be read ({err}).") from None
+    names = side.get("class_names") if isinstance(side, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+            or set(state) != {"head.weight", "head.bias"} or state["head.weight"].dim() != 2 \
+            or state["head.weight"].shape[0] != len(names):
+        raise ValueError(f"{folder}: {HEAD_CONFIG} / {HEAD_WEIGHTS} are not a head written by "
+                         "PETL-AST (class_names and head.weight [C, D], head.bias [C]).")
+    return state, side

@@ -1,0 +1,514 @@
+"""LoRA models as PEFT adapters, both ways.
+
+Export (``python -m petl_modules.export MODEL_DIR OUT --format=peft``): a LoRA PETL model folder
+becomes what ``peft.PeftModel.from_pretrained`` loads on the base transformers model::
+
+    OUT/
+    ├── adapter_config.json, adapter_model.safetensors   written by PEFT's own save_pretrained
+    ├── classifier_head.safetensors, classifier_head.json the head (transformers' base model has none)
+    └── base/                                            only when the run changed the base (below)
+
+The mapping is exact: our update ``s B A`` with ``s = lora_alpha / reduction_rate`` and rank
+``r = round(hidden / reduction_rate)`` is PEFT's ``(lora_alpha' / r) B A`` with
+``lora_alpha' = s r`` (same ``A [r, D_in]``, ``B [D_out, r]``); the trained final LayerNorm goes in
+``modules_to_save``. When the run's base differs from the checkpoint (AST: position embeddings cut
+or interpolated to the run's ``max_frames``, or ``position_embeddings: zeros``), that base is
+written to ``OUT/base/`` (``save_pretrained``) and ``base_model_name_or_path`` names it.
+
+Module names: transformers 5 names AST's projections ``layers.N.attention.q_proj``; adapters made
+under transformers 4.x name them ``encoder.layer.N.attention.attention.query``. transformers' own
+conversion table maps the two (``--peft_names=4`` writes the 4.x names; import reads either).
+
+Import (``python -m petl_modules.from_peft ADAPTER_DIR OUT``, ``import_peft_adapter``): a PEFT LoRA
+adapter trained elsewhere becomes a ``petl_model/`` folder, with a new head (``class_names``) or
+the head our export wrote beside it. The adapter folder is data: ``adapter_config.json`` is read as
+JSON and the weights from safetensors only (``adapter_model.bin``, a pickle, is refused). What
+our LoRA cannot represent is refused with the reason: DoRA, rsLoRA, per-module ranks or alphas,
+some layers only, trained biases, targets outside the attention projections, a rank that no integer
+``reduction_rate`` gives, modules_to_save other than the final LayerNorm.
+
+WavLM: its attention hands ``q_proj.weight`` (etc.) to ``F.multi_head_attention_forward`` without
+calling the modules, so PEFT's LoRA layers there are never run: PEFT leaves WavLM's output
+unchanged, whatever the adapter holds (ours acts on the weights and does change it). Both
+directions refuse WavLM. Whisper: the lobe wraps the encoder's layers and cuts its positions to the
+clip; refused too.
+"""
+
+import copy
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from petl_modules.backbones import lobe_class, read_config
+from petl_modules.backbones.base import checkpoint_model_type
+from petl_modules.methods.adapters import bottleneck_width
+from petl_modules.methods.lora import LORA_TARGETS, LoRA
+from petl_modules.sharing.head import read_head, write_head
+from petl_modules.training.pretrained import (
+    PETLModelError,
+    _preserved_rng,
+    _quiet_transformers,
+    backbone_fingerprint,
+    build_config,
+    rebuild_modules,
+    save_petl_model,
+    unmerged_petl_modules,
+)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_FOLDER = "base"
+PEFT_NAMES = ("5", "4")
+# model_type -> why PEFT's LoRA on it is not ours (both directions refuse it).
+REFUSED_MODEL_TYPES = {
+    "wavlm": (
+        "PEFT's LoRA leaves WavLM unchanged: WavLMAttention hands q_proj/k_proj/v_proj/out_proj's "
+        "weights to F.multi_head_attention_forward without calling the modules, so the LoRA layers "
+        "PEFT puts there never run (an adapter trained with PEFT on WavLM did not change the "
+        "model; ours does). Use the PETL model folder, or --format=onnx."
+    ),
+    "whisper": (
+        "the Whisper lobe wraps the encoder's layers and cuts its position embeddings to the clip; "
+        "there is no transformers base model that PEFT's adapter would load on as the run used it. "
+        "Use the PETL model folder, or --format=onnx."
+    ),
+}
+# Keys of adapter_config.json whose non-default values change what LoRA computes.
+NEUTRAL = {
+    "peft_type": "LORA", "use_dora": False, "use_rslora": False, "rank_pattern": {},
+    "alpha_pattern": {}, "layers_to_transform": None, "layer_replication": None, "bias": "none",
+    "lora_bias": False, "fan_in_fan_out": False, "target_parameters": None,
+    "trainable_token_indices": None, "use_qalora": False, "use_bdlora": None,
+    "alora_invocation_tokens": None, "megatron_config": None, "arrow_config": None,
+    "kasa_config": None, "velora_config": None, "monteclora_config": None,
+}
+WHY_NOT = {
+    "peft_type": "only LoRA adapters map onto our LoRA",
+    "use_dora": "DoRA adds a learned magnitude per output; our LoRA has none",
+    "use_rslora": "rsLoRA scales by lora_alpha / sqrt(r); ours scales by lora_alpha / reduction_rate"
+                  " (retrain without use_rslora, or rescale lora_B yourself)",
+    "rank_pattern": "per-module ranks; ours has one rank for every projection",
+    "alpha_pattern": "per-module alphas; ours has one scaling for every projection",
+    "layers_to_transform": "LoRA on some layers only; ours adapts every layer",
+    "layer_replication": "replicated layers change the backbone",
+    "bias": "trained biases are not part of our LoRA",
+    "lora_bias": "a bias on lora_B is not part of our LoRA",
+    "fan_in_fan_out": "transposed (Conv1D) weights; our targets are nn.Linear",
+}
+MAX_CONFIG_BYTES = 16 * 2 ** 20
+
+
+# ==================================================================== shared pieces
+def check_model_type(model_type, where):
+    """Raises ``PETLModelError`` for a backbone whose LoRA PEFT does not compute as ours."""
+    if model_type in REFUSED_MODEL_TYPES:
+        raise PETLModelError(f"{where}: {model_type} backbone refused: {REFUSED_MODEL_TYPES[model_type]}")
+
+
+def lobe_prefix(lobe):
+    """``"model."``: how the lobe names the transformers model it wraps (its attribute)."""
+    model = lobe.pretrained_model()
+    return next(f"{name}." for name, child in lobe.named_children() if child is model)
+
+
+def base_lobe(options, source):
+    """The run's base: the lobe of ``source`` built with the run's lobe ``options`` (e.g. AST's
+    position embeddings fitted to ``max_frames``), without PETL modules, in eval mode."""
+    lobe_cls = lobe_class(source)
+    kwargs = {k: options[k] for k in lobe_cls.options() if k in options}
+    with _preserved_rng(), _quiet_transformers():
+        return lobe_cls(source, **kwargs).eval()
+
+
+def base_changed(model, source):
+    """Whether ``model``'s weights differ from the checkpoint ``source`` (names, shapes, values)."""
+    with _preserved_rng(), _quiet_transformers():
+        state, missing = lobe_class(source).checkpoint_state(source)
+    own = model.state_dict()
+    if set(own) != set(state):
+        return True
+    return any(name not in missing and (own[name].shape != state[name].shape
+                                        or not torch.equal(own[name], state[name])) for name in own)
+
+
+def transformers4_names(model, names):
+    """``{transformers 5 name: transformers 4.x name}`` of parameter ``names`` of ``model``, by
+    transformers' own conversion table (identity for models it never renamed)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    out = {}
+    for name in names:  # one at a time: the reverted dict's order is not the given one
+        (old,) = revert_weight_conversion(model, {name: torch.zeros(1)})
+        out[name] = old
+    return out
+
+
+def transformers5_name(model, name):
+    """The transformers 5 name of a parameter ``name`` written under 4.x (or already 5)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    conversions = get_model_conversion_mapping(model)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+    return rename_source_key(name, renamings, converters)[0]
+
+
+def hidden_parity(lobe, peft_model, processor, batch=2):
+    """Max abs difference of the last hidden states of our adapted ``lobe`` and ``peft_model`` on
+    generated audio (full-length clips, so no padding is involved)."""
+    samples = processor.samples_needed or 16000
+    generator = torch.Generator().manual_seed(0)
+    wavs = [0.1 * torch.randn(samples, generator=generator) for _ in range(batch)]
+    inputs = torch.stack([processor(w) for w in wavs])
+    with torch.no_grad():
+        ours = lobe(inputs)[0]
+        theirs = peft_model(input_values=inputs).last_hidden_state
+    return float((ours - theirs).abs().max())
+
+
+# ==================================================================== export
+def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", tolerance=1e-4):
+    """Writes the LoRA model ``modules`` (of the PETL model folder ``config``) as a PEFT adapter.
+
+    Arguments
+    ---------
+    modules : dict
+        ``{"petl_model", "classifier"}`` as ``load_petl_model`` returns them (LoRA unmerged).
+    config : dict
+        The folder's config.
+    out_dir : str or Path
+        Where to write (new or empty; see ``petl_modules.export.check_out_dir``).
+    backbone_source : str, optional
+        Another local copy of the base checkpoint.
+    peft_names : str
+        ``5`` (transformers 5 module names, default) or ``4`` (transformers 4.x names, AST
+        ``query``/``value``).
+    tolerance : float
+        The written adapter, on PEFT, must give our last hidden states within this (checked here).
+
+    Returns
+    -------
+    dict
+        The head's JSON (``classifier_head.json``), with ``peft`` details.
+    """
+    import peft
+
+    if peft_names not in PEFT_NAMES:
+        raise PETLModelError(f"peft_names must be one of {', '.join(PEFT_NAMES)}, got '{peft_names}'.")
+    where = config["model_dir"]
+    check_model_type(config.get("model_type"), where)
+    petl_model = modules["petl_model"]
+    lobe = petl_model.adapted_model
+    loras = [(n, m) for n, m in lobe.named_modules() if isinstance(m, LoRA)]
+    others = sorted({kind for _, kind in unmerged_petl_modules(petl_model) if kind != "LoRA"})
+    if not loras or others:
+        raise PETLModelError(
+            f"Cannot export the '{config['method']}' model of {where} as a PEFT adapter: the PEFT "
+            "format holds LoRA adapters (hparams/lora.yaml)"
+            + (f", and this model has {', '.join(others)}" if others else ", and this model has none")
+            + ". Use --format=onnx (any method), the default format (linear, BitFit, full "
+            "fine-tuning), or the PETL model folder itself with python -m petl_modules.classify."
+        )
+    prefix = lobe_prefix(lobe)
+    ranks = {m.lora_A.shape[0] for _, m in loras}
+    scalings = {m.scaling for _, m in loras}
+    assert len(ranks) == 1 and len(scalings) == 1, "one rank and one scaling per LoRA model"
+    rank, scaling = ranks.pop(), scalings.pop()
+    lora_params = {f"{n}.{p}" for n, _ in loras for p in ("lora_A", "lora_B")}
+    trained = [n for n, p in lobe.named_parameters() if p.requires_grad and n not in lora_params]
+    to_save = sorted({n.rsplit(".", 1)[0][len(prefix):] for n in trained})
+
+    source = str(backbone_source or config["backbone_source"])
+    fresh = base_lobe(config["options"], source)
+    base = fresh.pretrained_model()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_reference = source
+    if base_changed(base, source):
+        base.save_pretrained(out_dir / BASE_FOLDER)
+        fresh.copy_preprocessor_config(source, out_dir / BASE_FOLDER)
+        base_reference = str((out_dir / BASE_FOLDER).resolve())
+    elif (out_dir / BASE_FOLDER).is_dir():  # a previous export's base, no longer this model's
+        shutil.rmtree(out_dir / BASE_FOLDER)
+    targets = sorted({n.rsplit(".", 1)[1] for n, _ in loras})
+    lora_config = peft.LoraConfig(
+        r=rank, lora_alpha=scaling * rank, target_modules=targets, modules_to_save=to_save or None,
+        lora_dropout=0.0, bias="none", base_model_name_or_path=base_reference,
+    )
+    peft_model = peft.get_peft_model(base, lora_config)
+    inner = peft_model.base_model.model
+    with torch.no_grad():
+        for name, lora in loras:
+            layer = inner.get_submodule(name[len(prefix):])
+            layer.lora_A["default"].weight.copy_(lora.lora_A)
+            layer.lora_B["default"].weight.copy_(lora.lora_B)
+        for name in to_save:
+            wrapper = inner.get_submodule(name)
+            wrapper.modules_to_save["default"].load_state_dict(lobe.get_submodule(prefix + name).state_dict())
+    peft_model.eval()
+    difference = hidden_parity(lobe, peft_model, lobe.input_processor)
+    if not difference <= tolerance:
+        raise PETLModelError(
+            f"The PEFT adapter of {where} does not reproduce the model: last hidden states differ "
+            f"by {difference:.3g} (> {tolerance:g}) on generated audio. Nothing usable was written; "
+            "please report this with the model folder's petl_config.json."
+        )
+    peft_model.save_pretrained(out_dir)
+    (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's empty card template
+    if peft_names == "4":
+        rename_adapter(out_dir, base, "4")
+    return write_head(out_dir, modules, config, backbone_source, peft={
+        "r": rank, "lora_alpha": scaling * rank, "target_modules": targets,
+        "modules_to_save": to_save, "base_model_name_or_path": base_reference,
+        "base_written": base_reference != source, "transformers_names": peft_names,
+        "max_abs_hidden_difference": difference,
+    })
+
+
+def rename_adapter(out_dir, model, names):
+    """Rewrites a saved adapter's tensor names and ``target_modules`` in the module names of
+    transformers ``names`` (``4`` or ``5``), by transformers' conversion table for ``model``."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(out_dir) / ADAPTER_WEIGHTS
+    state = load_file(str(path))
+    head = "base_model.model."
+    short = {k: k[len(head):] if k.startswith(head) else k for k in state}
+    if names == "4":
+        mapping = transformers4_names(model, short.values())
+    else:
+        mapping = {n: transformers5_name(model, n) for n in short.values()}
+    save_file({head + mapping[short[k]]: t for k, t in state.items()}, str(path), metadata={"format": "pt"})
+    config_path = Path(out_dir) / ADAPTER_CONFIG
+    adapter = json.loads(config_path.read_text(encoding="utf-8"))
+    modules = {re.sub(r"\.lora_A(\.default)?\.weight$", "", mapping[n])
+               for n in short.values() if ".lora_A." in n}
+    # the shortest suffix that PEFT's name matching (module name ends with it) still tells apart
+    adapter["target_modules"] = sorted({".".join(m.split(".")[-2:]) if m.endswith("output.dense")
+                                        else m.rsplit(".", 1)[1] for m in modules})
+    config_path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# ==================================================================== import
+def read_adapter(adapter_dir):
+    """``(adapter_config dict, {tensor name: tensor})`` of a PEFT adapter folder, read as data."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    config_path, weights_path = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
+    if not config_path.is_file():
+        raise PETLModelError(f"'{adapter_dir}' is not a PEFT adapter folder: it has no {ADAPTER_CONFIG}.")
+    if not weights_path.is_file():
+        found = "adapter_model.bin (a pickle, which is never loaded)" if (
+            adapter_dir / "adapter_model.bin").exists() else "no weights"
+        raise PETLModelError(
+            f"'{adapter_dir}' has {found}: only {ADAPTER_WEIGHTS} is read. Save the adapter with "
+            "safe_serialization=True (PEFT's default) where it was trained."
+        )
+    if config_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise PETLModelError(f"{config_path} is too large for an adapter config; not read.")
+    try:
+        adapter = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise PETLModelError(f"{config_path} is not valid JSON ({err}).") from None
+    if not isinstance(adapter, dict):
+        raise PETLModelError(f"{config_path} is not a PEFT adapter config (not a JSON object).")
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own types)
+        raise PETLModelError(f"{weights_path} is not a readable safetensors file ({err}).") from None
+    return adapter, state
+
+
+def check_adapter_config(adapter, where):
+    """Raises ``PETLModelError`` naming every setting our LoRA cannot represent."""
+    problems = []
+    for key, neutral in NEUTRAL.items():
+        value = adapter.get(key, neutral)
+        if value != neutral and not (neutral is None and value in ({}, [], False)) \
+                and not (neutral in ({}, False) and value in (None, {}, False)):
+            reason = WHY_NOT.get(key, "a PEFT feature our LoRA does not have")
+            problems.append(f"{key}={json.dumps(value)[:60]}: {reason}")
+    for key in ("r", "lora_alpha"):
+        value = adapter.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            problems.append(f"{key}={value!r}: expected a positive number")
+    if problems:
+        raise PETLModelError(f"{where} cannot be imported as our LoRA:\n  " + "\n  ".join(problems))
+
+
+def split_adapter_state(state, model, where):
+    """``({module: {"lora_A", "lora_B"}}, {module: {param: tensor}})``, module names in
+    transformers 5 naming, relative to the base model (``base_model.model.`` and a task model's
+    base prefix, e.g. ``audio_spectrogram_transformer.``, removed)."""
+    loras, saved = {}, {}
+    base_prefix = f"{model.base_model_prefix}." if model.base_model_prefix else None
+    for key, tensor in state.items():
+        name = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+        if base_prefix and name.startswith(base_prefix):
+            name = name[len(base_prefix):]
+        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)(?:\.default)?\.weight", name)
+        if match:
+            module = transformers5_name(model, f"{match.group(1)}.weight").rsplit(".", 1)[0]
+            loras.setdefault(module, {})[match.group(2)] = tensor
+            continue
+        if ".lora_" in name:
+            raise PETLModelError(f"{where}: '{key}' is a LoRA tensor our LoRA has no counterpart for "
+                                 "(embedding or convolution LoRA).")
+        full = transformers5_name(model, name)
+        module, _, param = full.rpartition(".")
+        saved.setdefault(module, {})[param] = tensor
+    broken = [m for m, t in loras.items() if set(t) != {"lora_A", "lora_B"}]
+    if broken:
+        raise PETLModelError(f"{where}: {broken[0]} has only {', '.join(loras[broken[0]])}.")
+    return loras, saved
+
+
+def reduction_rate_for(hidden, rank, where):
+    """The integer ``reduction_rate`` whose ``round(hidden / reduction_rate)`` is ``rank``
+    (the exact divisor when there is one), or ``PETLModelError``."""
+    candidates = [hidden // rank] if hidden % rank == 0 else []
+    candidates += [c for c in range(max(1, hidden // rank - 2), hidden // rank + 3) if c not in candidates]
+    for rate in candidates:
+        if bottleneck_width(hidden, rate) == rank:
+            return rate
+    raise PETLModelError(
+        f"{where}: rank r={rank} is not round({hidden} / reduction_rate) for any integer "
+        f"reduction_rate (hidden size {hidden}): our LoRA cannot hold it."
+    )
+
+
+def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=None,
+                        pooling="mean", max_frames=None, clip_seconds=None, seed=0, tolerance=1e-4):
+    """Writes a ``petl_model/`` folder from a PEFT LoRA adapter (see the module docstring).
+
+    Arguments
+    ---------
+    adapter_dir : str or Path
+        A PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+    out_dir : str or Path
+        The PETL model folder to write (new or empty).
+    backbone_source : str, optional
+        The base checkpoint (hub id or local folder); default: the adapter's
+        ``base_model_name_or_path``.
+    class_names : list of str, optional
+        A new head for these classes (seeded random initialisation); default: the head that our
+        export wrote beside the adapter.
+    pooling : str
+        Pooling of a new head (``mean`` | ``cls``).
+    max_frames : int, optional
+        AST: input frames (default: the base checkpoint's ``max_length``).
+    clip_seconds : float, optional
+        wav2vec2 family: clip length (default: whole utterances).
+    seed : int
+        Seed of a new head's initialisation.
+    tolerance : float
+        Our rebuilt model and ``PeftModel.from_pretrained`` must give the same last hidden states
+        within this (checked before anything is written).
+
+    Returns
+    -------
+    dict
+        The written ``petl_config.json``.
+    """
+    import peft
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    where = f"PEFT adapter {adapter_dir}"
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise PETLModelError(f"{out_dir} exists and is not an empty folder: give a new one.")
+    adapter, state = read_adapter(adapter_dir)
+    check_adapter_config(adapter, where)
+    source = str(backbone_source or adapter.get("base_model_name_or_path") or "")
+    if not source:
+        raise PETLModelError(f"{where} names no base model (base_model_name_or_path): pass "
+                             "--backbone_source=<the base checkpoint>.")
+    model_type = checkpoint_model_type(source)
+    check_model_type(model_type, where)
+    head = None if class_names else read_head(adapter_dir)
+    if not class_names and head is None:
+        raise PETLModelError(f"{where} has no head of ours beside it (classifier_head.json): "
+                             "pass the class names of a new head (--class_names=a,b,c).")
+    if head is not None:
+        class_names, pooling = head[1]["class_names"], head[1].get("pooling") or pooling
+    options = {"max_frames": max_frames, "clip_seconds": clip_seconds, "position_embeddings": "adapt"}
+    if options["max_frames"] is None:
+        options["max_frames"] = int(getattr(read_config(source), "max_length", 1024) or 1024)
+    fresh = base_lobe(options, source)
+    model = fresh.pretrained_model()
+    loras, saved = split_adapter_state(state, model, where)
+    prefix = lobe_prefix(fresh)
+    points = {}
+    for module in loras:
+        point, layer = fresh.locate(prefix + module, list(LORA_TARGETS))
+        if point is None:
+            raise PETLModelError(f"{where}: LoRA on '{module}', outside the attention projections "
+                                 "(q, k, v, o): our LoRA cannot hold it.")
+        points.setdefault(point, set()).add(module)
+    if not points:
+        raise PETLModelError(f"{where} holds no LoRA tensors.")
+    for point, modules_there in points.items():
+        every = {n[len(prefix):] for n, _ in fresh.modules_at(point)}
+        if modules_there != every:
+            raise PETLModelError(f"{where}: LoRA on {len(modules_there)} of the {len(every)} "
+                                 f"'{point}' projections; ours adapts every layer.")
+    final_norm = [n[len(prefix):] for n in fresh.trained_modules("final_norm")]
+    extra = sorted(set(saved) - set(final_norm))
+    if extra:
+        raise PETLModelError(
+            f"{where}: modules_to_save {', '.join(extra)} cannot be represented (only the final "
+            f"LayerNorm{' ' + final_norm[0] if final_norm else ''} trains with our LoRA; a task "
+            "model's head pools differently from ours): save the adapter without them, and give "
+            "--class_names for a new head."
+        )
+    rank = int(adapter["r"])
+    ranks = {tuple(t["lora_A"].shape)[0] for t in loras.values()}
+    if ranks != {rank}:
+        raise PETLModelError(f"{where}: tensors of rank {sorted(ranks)} but r={rank} in its config.")
+    rate = reduction_rate_for(fresh.hidden_size, rank, where)
+    options.update(
+        backbone_source=source, n_classes=len(class_names), pooling=pooling, seed=int(seed),
+        dataset=None, batch_size=1, number_of_epochs=1,  # keys recipe.yaml refers to; no run
+        lora_targets=",".join(f"W{p}" for p in LORA_TARGETS if p in points),
+        reduction_rate=rate, lora_alpha=float(adapter["lora_alpha"]) * rate / rank,
+    )
+    modules, hparams = rebuild_modules({"method": "lora", "options": options, "model_dir": str(adapter_dir)},
+                                       source)
+    lobe = modules["petl_model"].adapted_model
+    with torch.no_grad():
+        for module, tensors in loras.items():
+            ours = lobe.get_submodule(prefix + module)
+            if ours.lora_A.shape != tensors["lora_A"].shape or ours.lora_B.shape != tensors["lora_B"].shape:
+                raise PETLModelError(f"{where}: {module} has shapes that do not fit the base model.")
+            ours.lora_A.copy_(tensors["lora_A"])
+            ours.lora_B.copy_(tensors["lora_B"])
+        for module, tensors in saved.items():
+            lobe.get_submodule(prefix + module).load_state_dict(tensors)
+        if head is not None:
+            modules["classifier"].load_state_dict(head[0])
+        else:
+            torch.manual_seed(int(seed))
+            modules["classifier"].head.reset_parameters()
+    for module in modules.values():
+        module.eval()
+    with tempfile.TemporaryDirectory(prefix="petl_peft_") as scratch, _quiet_transformers():
+        reference = adapter_dir
+        if any(".lora_" in k and transformers5_name(model, k.split("base_model.model.")[-1]) !=
+               k.split("base_model.model.")[-1] for k in state):  # 4.x names: PEFT on 5 finds none
+            reference = Path(scratch) / "adapter"
+            reference.mkdir()
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                shutil.copyfile(adapter_dir / name, reference / name)
+            rename_adapter(reference, model, "5")
+        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(reference)).eval()
+        difference = hidden_parity(lobe, theirs, lobe.input_processor)
+    if not difference <= tolerance:
+        raise PETLModelError(f"{where}: our LoRA does not reproduce PeftModel's output (last hidden "
+                             f"states differ by {difference:.3g} > {tolerance:g}); nothing written.")
+    config = build_config(hparams, class_names, backbone_fingerprint(source))
+    return save_petl_model(out_dir, modules, config)
