@@ -48,7 +48,7 @@ _RECOMPUTING = contextvars.ContextVar("petl_recomputing", default=False)
 def token_mask(mask):
     """Within the block, PETL modules treat the tokens where ``mask [B, T]`` (bool) is False as
     padding. The lobe sets it around its transformer layers; None, or a mask without padding
-    (dropped here), means every token is valid.
+    (dropped here, except while ``torch.export`` traces), means every token is valid.
 
     Example
     -------
@@ -58,7 +58,8 @@ def token_mask(mask):
     """
     if mask is not None:
         mask = mask.bool()
-        if bool(mask.all()):
+        # An exported graph (ONNX) keeps the mask: whether it has padding depends on the input.
+        if not torch.compiler.is_exporting() and bool(mask.all()):
             mask = None
     reset = _TOKEN_MASK.set(mask)
     try:
