@@ -4,7 +4,7 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,reference] [--backbone_source=...]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,reference] [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
         [--warmup=N] [--methods='lora|dense_moa N=15']   (extras: warm-up steps, method variants)
@@ -37,6 +37,10 @@ Suites and the ratios they give (``--json`` writes ``{"machine", "results", "rat
 - ``classify``: peak memory of ``PETLClassifier.classify_files`` (what ``python -m
   petl_modules.classify`` runs) on a generated one-hour 16 kHz file / on a 10 s file, same model
   (the linear probe on the benchmark's backbone): ``classify_memory_1h_vs_10s``.
+- ``onnx``: inference latency at batch 1 of the ONNX export (``petl_modules.sharing.onnx_export``:
+  the conformer adapter model, features to probabilities) on onnxruntime's CPU provider with
+  ``--threads`` threads / the same model in PyTorch eager, runs taken in turn:
+  ``onnxruntime_vs_eager_batch1``.
 
 Timings: median and min over ``--steps`` timed steps after warm-up. Peak memory: on CPU the peak
 resident set size during the timed train steps (Linux ``VmHWM``, reset before each block, after
@@ -87,7 +91,7 @@ from petl_modules.training.compose import compose_hparams, load_hparams  # noqa:
 from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
-SUITES = ("methods", "moa", "data", "cache", "merge", "classify")  # the default set
+SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx")  # the default set
 ALL_SUITES = SUITES + ("reference",)
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
@@ -108,6 +112,7 @@ RATIO_KEYS = (
     "lora_merged_vs_plain",
     "first_batch_10x_data",
     "classify_memory_1h_vs_10s",
+    "onnxruntime_vs_eager_batch1",
 )
 TARGETS = {
     "soft_moa_n15_vs_adapter": "<= 1.15",
@@ -612,6 +617,39 @@ def suite_merge(args):
     return rows
 
 
+def suite_onnx(args):
+    """Batch-1 inference: the ONNX export on onnxruntime (CPU provider, ``--threads`` threads) and
+    the same model in PyTorch eager, measured in turn."""
+    import onnxruntime
+
+    from petl_modules.sharing.onnx_export import ProbabilityModel, export_graph, fixed_frames
+
+    hparams = build_hparams(args, "adapter")
+    lobe = hparams["backbone"]
+    model = ProbabilityModel(hparams["petl_model"], hparams["classifier"], fixed_frames(lobe)).eval()
+    path = args.workdir / "adapter.onnx"
+    start = time.perf_counter()
+    export_graph(model, lobe, path)
+    export_s = time.perf_counter() - start
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = random_batch(args, hparams).inputs.data[:1]
+    feed = {"input_values": inputs.numpy()}
+    with torch.no_grad():
+        difference = float((torch.from_numpy(session.run(None, feed)[0]) - model(inputs)).abs().max())
+    times = {"onnxruntime": [], "eager": []}
+    for _ in range(args.warmup + args.steps):
+        with torch.no_grad():
+            times["eager"] += timed(lambda: model(inputs), 1, 0, "cpu")
+        times["onnxruntime"] += timed(lambda: session.run(None, feed), 1, 0, "cpu")
+    report = parameter_report(hparams["modules"])
+    return [result("onnx", f"adapter conformer Pfeiffer, batch 1: {name}", measured[args.warmup:],
+                   None, report["trainable_params"], export_s=export_s, max_abs_difference=difference)
+            for name, measured in times.items()]
+
+
 def _write_noise_wav(path, seconds, sample_rate=16000, block_seconds=60):
     """A 16-bit mono wav of ``seconds`` of low noise, written block by block (bounded memory)."""
     import numpy as np
@@ -784,7 +822,7 @@ def suite_reference(args):
 
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
-                   "reference": suite_reference}
+                   "onnx": suite_onnx, "reference": suite_reference}
 
 
 # ==================================================================== ratios and report
@@ -824,6 +862,9 @@ def compute_ratios(rows):
     ratios["first_batch_10x_data"] = _ratio(data.get(10), data.get(1))
     memory = {r.get("seconds"): r["peak_mem_mb"] for r in rows if r["suite"] == "classify"}
     ratios["classify_memory_1h_vs_10s"] = _ratio(memory.get(3600), memory.get(10))
+    ratios["onnxruntime_vs_eager_batch1"] = _ratio(
+        _median(rows, "adapter conformer Pfeiffer, batch 1: onnxruntime"),
+        _median(rows, "adapter conformer Pfeiffer, batch 1: eager"))
     ratios["eager_vs_sdpa_full_ft_train_step"] = _ratio(
         _median(rows, "full_ft [eager attention]: train step"), _median(rows, "full_ft: train step"))
     peaks = {r["name"]: r["peak_mem_mb"] for r in rows if r["suite"] == "methods"}

@@ -121,6 +121,22 @@ def parity(session, model, lobe):
     return max(c["max_abs_difference"] for c in cases), cases
 
 
+def export_graph(model, lobe, path, opset=OPSET):
+    """``torch.onnx.export`` (dynamo) of a ``ProbabilityModel`` of ``lobe`` to ``path``, with
+    dynamic batch and length axes; returns the example inputs it traced."""
+    waveform = lobe.input_kind == "waveform"
+    example = generated_inputs(lobe, 2, 1.0)
+    batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
+    shapes = {"input_values": {0: batch, 1: length}}
+    if waveform:
+        shapes["lengths"] = {0: batch}
+    with torch.no_grad():
+        torch.onnx.export(model, example if waveform else example[:1], str(path), dynamo=True,
+                          opset_version=int(opset), verbose=False, input_names=list(shapes),
+                          output_names=["probabilities"], dynamic_shapes=shapes, external_data=False)
+    return example
+
+
 def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
     """Writes ``modules`` (LoRA already merged) as ``model.onnx`` + ``onnx_config.json`` in
     ``out_dir`` after the onnxruntime parity check (see the module docstring).
@@ -144,21 +160,12 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
     lobe = modules["petl_model"].adapted_model
     model = ProbabilityModel(modules["petl_model"], modules["classifier"], fixed_frames(lobe)).eval()
     waveform = lobe.input_kind == "waveform"
-    example = generated_inputs(lobe, 2, 1.0)
-    args = example if waveform else example[:1]
-    batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
-    shapes = {"input_values": {0: batch, 1: length}}
-    if waveform:
-        shapes["lengths"] = {0: batch}
     path = out_dir / MODEL_FILE
     for stale in (path, out_dir / f"{MODEL_FILE}.data", out_dir / CONFIG_FILE):
         stale.unlink(missing_ok=True)
     where = f"the '{config['method']}' model of {config['model_dir']}"
     try:
-        with torch.no_grad():
-            torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset, verbose=False,
-                              input_names=list(shapes), output_names=["probabilities"],
-                              dynamic_shapes=shapes, external_data=False)
+        example = export_graph(model, lobe, path, opset)
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         difference, cases = parity(session, model, lobe)
     except Exception as err:  # noqa: BLE001 (the exporter and onnxruntime raise many types)

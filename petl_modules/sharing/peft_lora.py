@@ -39,6 +39,7 @@ import json
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -240,7 +241,10 @@ def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", 
         r=rank, lora_alpha=scaling * rank, target_modules=targets, modules_to_save=to_save or None,
         lora_dropout=0.0, bias="none", base_model_name_or_path=base_reference,
     )
-    peft_model = peft.get_peft_model(base, lora_config)
+    with warnings.catch_warnings():  # PEFT names the base by its loading path; we set ours below
+        warnings.simplefilter("ignore")
+        peft_model = peft.get_peft_model(base, lora_config)
+    peft_model.peft_config["default"].base_model_name_or_path = base_reference
     inner = peft_model.base_model.model
     with torch.no_grad():
         for name, lora in loras:

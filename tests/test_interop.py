@@ -1,0 +1,325 @@
+"""Sharing and serving: PEFT adapters both ways, ONNX with its onnxruntime parity check.
+
+Oracles: ``peft.PeftModel.from_pretrained`` on the base transformers model (last hidden states
+equal to ours at 1e-5), and our own PyTorch model for ONNX (the export checks onnxruntime itself;
+the tests check what it wrote). Tiny random backbones saved with save_pretrained; the ONNX runs
+over every method file and every backbone family are slow.
+"""
+
+import json
+import logging
+
+import peft
+import pytest
+import torch
+import transformers
+from speechbrain.utils.data_utils import batch_pad_right
+
+from petl_modules import export as export_cli
+from petl_modules import from_peft as from_peft_cli
+from petl_modules.backbones import FAMILIES
+from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS
+from petl_modules.classify import PETLClassifier
+from petl_modules.export import export_petl_model
+from petl_modules.sharing import onnx_export
+from petl_modules.sharing.peft_lora import import_peft_adapter
+from petl_modules.tiny import (
+    tiny_ast_config,
+    tiny_data2vec_audio_config,
+    tiny_waveform_config,
+    tiny_whisper_config,
+    tiny_whisper_feature_extractor,
+)
+from petl_modules.training.compose import compose_hparams, load_hparams
+from petl_modules.training.pretrained import (
+    PETLModelError,
+    backbone_fingerprint,
+    build_config,
+    load_petl_model,
+    save_petl_model,
+)
+
+from conftest import METHOD_FILES, REPO
+
+FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
+
+
+# ==================================================================== helpers
+def save_tiny(model_type, folder, pre_ln=False):
+    """A tiny random checkpoint of ``model_type`` (a registry key) saved in ``folder``."""
+    torch.manual_seed(0)
+    if model_type == "audio-spectrogram-transformer":
+        transformers.ASTModel(tiny_ast_config()).save_pretrained(folder)
+    elif model_type in WAVEFORM_MODELS:
+        config = tiny_waveform_config(model_type, pre_ln, "layer" if pre_ln else "group")
+        WAVEFORM_MODELS[model_type][1](config).save_pretrained(folder)
+    elif model_type == "data2vec-audio":
+        transformers.Data2VecAudioModel(tiny_data2vec_audio_config()).save_pretrained(folder)
+        transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
+    elif model_type == "whisper":
+        config = tiny_whisper_config()
+        transformers.WhisperForConditionalGeneration(config).save_pretrained(folder)
+        tiny_whisper_feature_extractor(config).save_pretrained(folder)
+    else:
+        raise KeyError(model_type)
+    return str(folder)
+
+
+# The model types of the tiny checkpoints above; every lobe of the registry must be among them.
+TINY_MODEL_TYPES = ["audio-spectrogram-transformer", *WAVEFORM_MODELS, "data2vec-audio", "whisper"]
+
+
+def petl_folder(method, source, tmp_path, name="petl_model", **options):
+    """A ``petl_model/`` folder of ``method`` on ``source`` whose trained tensors moved away from
+    their start (so that a wrong mapping shows), built as a run builds it."""
+    text = (REPO / "hparams" / f"{method}.yaml").read_text()
+    values = dict(data_folder=str(tmp_path), output_folder=str(tmp_path / "out"),
+                  backbone_source=str(source), max_frames=64)
+    if "\nreduction_rate:" in text:
+        values["reduction_rate"] = 16
+    values.update(options)
+    hparams = load_hparams(compose_hparams(REPO / "hparams" / f"{method}.yaml", FSC_YAML, values))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for module in hparams["modules"].values():
+            for param in module.parameters():
+                if param.requires_grad:
+                    param.add_(0.1 * torch.randn_like(param))
+    config = build_config(hparams, [f"c{i}" for i in range(31)], backbone_fingerprint(source))
+    save_petl_model(tmp_path / name, hparams["modules"], config)
+    return tmp_path / name
+
+
+def processed(model, seconds=(0.5, 0.7)):
+    """``(inputs, lengths)`` of generated utterances through ``model``'s input processor."""
+    generator = torch.Generator().manual_seed(0)
+    wavs = [0.1 * torch.randn(int(16000 * s), generator=generator) for s in seconds]
+    return batch_pad_right([model.input_processor(w) for w in wavs])
+
+
+def ours_and_peft(folder, out):
+    """Our last hidden states and PeftModel's (loaded as the docs say) on the same inputs."""
+    modules, config = load_petl_model(folder)
+    lobe = modules["petl_model"].adapted_model
+    processor = lobe.input_processor
+    samples = processor.samples_needed or 16000
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.stack([processor(0.1 * torch.randn(samples, generator=generator)) for _ in range(2)])
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    base = transformers.AutoModel.from_pretrained(adapter["base_model_name_or_path"])
+    model = peft.PeftModel.from_pretrained(base, str(out)).eval()
+    with torch.no_grad():
+        return lobe(inputs)[0], model(input_values=inputs).last_hidden_state, modules, adapter
+
+
+# ==================================================================== PEFT export
+@pytest.mark.parametrize("model_type,layout", [
+    ("audio-spectrogram-transformer", "post_ln"), ("wav2vec2", "post_ln"), ("hubert", "post_ln"),
+    pytest.param("wav2vec2", "pre_ln", marks=pytest.mark.slow),  # the final LayerNorm is saved
+    pytest.param("data2vec-audio", "post_ln", marks=pytest.mark.slow)])
+def test_peft_export_equals_peftmodel_from_pretrained(model_type, layout, tmp_path):
+    source = save_tiny(model_type, tmp_path / "base", pre_ln=layout == "pre_ln")
+    folder = petl_folder("lora", source, tmp_path, lora_targets="Wq,Wk,Wv,Wo")
+    out = tmp_path / "peft"
+    assert export_cli.main([str(folder), str(out), "--format=peft"]) == 0
+    ours, theirs, modules, adapter = ours_and_peft(folder, out)
+    assert torch.allclose(ours, theirs, atol=1e-5), float((ours - theirs).abs().max())
+    lora = next(m for n, m in modules["petl_model"].named_modules() if n.endswith("q_proj"))
+    config = json.loads((folder / "petl_config.json").read_text())["options"]
+    # PEFT's scaling lora_alpha / r is ours, lora_alpha / reduction_rate
+    assert adapter["lora_alpha"] / adapter["r"] == pytest.approx(
+        config["lora_alpha"] / config["reduction_rate"], rel=1e-12)
+    assert adapter["r"] == lora.lora_A.shape[0] and not adapter["use_rslora"]
+    final_norm = modules["petl_model"].adapted_model.trained_modules("final_norm")
+    assert adapter["modules_to_save"] == ([n.split(".", 1)[1] for n in final_norm] or None)
+    # AST's position embeddings were cut to 64 frames: the base is written beside the adapter
+    assert (out / "base").is_dir() == (model_type == "audio-spectrogram-transformer")
+    head = json.loads((out / "classifier_head.json").read_text())
+    assert head["class_names"] == [f"c{i}" for i in range(31)] and head["pooling"] == "mean"
+
+
+@pytest.mark.slow
+def test_peft_export_points_to_the_checkpoint_when_the_run_kept_the_base(tiny_ast, tmp_path):
+    folder = petl_folder("lora", tiny_ast, tmp_path, max_frames=128)  # the checkpoint's length
+    out = tmp_path / "peft"
+    side = export_petl_model(folder, out, format="peft")
+    assert not (out / "base").exists() and side["peft"]["base_model_name_or_path"] == str(tiny_ast)
+    ours, theirs, _, _ = ours_and_peft(folder, out)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_peft_export_refuses_other_methods_and_wavlm(tiny_ast, waveform_checkpoints, tmp_path):
+    folder = petl_folder("adapter", tiny_ast, tmp_path)
+    with pytest.raises(PETLModelError, match="holds LoRA adapters.*--format=onnx"):
+        export_petl_model(folder, tmp_path / "exported", format="peft")
+    wavlm = petl_folder("lora", waveform_checkpoints["wavlm", "post_ln"], tmp_path, name="wavlm")
+    with pytest.raises(PETLModelError, match="PEFT's LoRA leaves WavLM unchanged"):
+        export_petl_model(wavlm, tmp_path / "exported_wavlm", format="peft")
+
+
+def test_peft_lora_is_a_no_op_on_wavlm_which_is_why_it_is_refused(waveform_checkpoints):
+    base = transformers.AutoModel.from_pretrained(waveform_checkpoints["wavlm", "post_ln"]).eval()
+    inputs = torch.randn(1, 8000)
+    with torch.no_grad():
+        before = base(inputs).last_hidden_state
+        model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+        assert torch.equal(model.eval()(inputs).last_hidden_state, before)
+
+
+# ==================================================================== PEFT import
+def peft_adapter(source, folder, **config):
+    """A LoRA adapter trained 'elsewhere': PEFT's own model on ``source``, random A and B."""
+    base = transformers.AutoModel.from_pretrained(source)
+    model = peft.get_peft_model(base, peft.LoraConfig(**{"r": 4, "lora_alpha": 8, **config}))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model_type", [
+    "audio-spectrogram-transformer", pytest.param("hubert", marks=pytest.mark.slow)])
+def test_import_of_a_peft_adapter_gives_peftmodel_outputs(model_type, tmp_path):
+    source = save_tiny(model_type, tmp_path / "base", pre_ln=model_type != "audio-spectrogram-transformer")
+    to_save = ["layernorm"] if model_type == "audio-spectrogram-transformer" else ["encoder.layer_norm"]
+    adapter = peft_adapter(source, tmp_path / "adapter", target_modules=["q_proj", "v_proj"],
+                           modules_to_save=to_save)
+    out = tmp_path / "petl_model"
+    assert from_peft_cli.main([str(adapter), str(out), f"--backbone_source={source}",
+                               "--class_names=yes,no,maybe"]) == 0
+    config = json.loads((out / "petl_config.json").read_text())
+    hidden = transformers.AutoConfig.from_pretrained(source).hidden_size
+    assert config["options"]["reduction_rate"] == hidden // 4
+    assert config["options"]["lora_alpha"] / config["options"]["reduction_rate"] == 8 / 4
+    assert config["class_names"] == ["yes", "no", "maybe"]
+    modules, _ = load_petl_model(out)
+    lobe = modules["petl_model"].adapted_model
+    theirs = peft.PeftModel.from_pretrained(transformers.AutoModel.from_pretrained(source), str(adapter))
+    inputs = torch.stack([lobe.input_processor(torch.randn(lobe.input_processor.samples_needed or 16000))])
+    with torch.no_grad():
+        assert torch.allclose(lobe(inputs)[0], theirs.eval()(input_values=inputs).last_hidden_state, atol=1e-5)
+    assert PETLClassifier.from_folder(out).classify_waveforms([torch.randn(8000)])[3][0] in config["class_names"]
+
+
+def test_transformers4_names_round_trip_with_the_saved_head(tiny_ast, tmp_path):
+    folder = petl_folder("lora", tiny_ast, tmp_path)
+    out = tmp_path / "peft4"
+    export_petl_model(folder, out, format="peft", peft_names="4")
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == ["query", "value"]
+    from safetensors.torch import load_file
+
+    assert "base_model.model.encoder.layer.0.attention.attention.query.lora_A.weight" in load_file(
+        str(out / "adapter_model.safetensors"))
+    import_peft_adapter(out, tmp_path / "back")  # head and base from the export
+    original, _ = load_petl_model(folder)
+    back, config = load_petl_model(tmp_path / "back")
+    inputs, lengths = processed(original["petl_model"].adapted_model)
+    with torch.no_grad():
+        expected = original["classifier"](*original["petl_model"](inputs, lengths))
+        found = back["classifier"](*back["petl_model"](inputs, lengths))
+    assert torch.allclose(found, expected, atol=1e-5)
+    assert config["class_names"] == [f"c{i}" for i in range(31)]
+
+
+@pytest.mark.parametrize("setting,reason", [
+    ({"use_dora": True}, "DoRA"),
+    ({"use_rslora": True}, "rsLoRA"),
+    ({"target_modules": ["q_proj", "fc1"]}, "outside the attention projections"),
+    ({"target_modules": ["q_proj"], "layers_to_transform": [0], "layers_pattern": "layers"},
+     "some layers only"),
+    ({"target_modules": ["q_proj"], "r": 50}, "no integer|not round"),
+    ({"target_modules": ["q_proj"], "bias": "lora_only"}, "biases"),
+    ({"target_modules": ["q_proj"], "modules_to_save": ["layers.0.layernorm_before"]}, "modules_to_save"),
+])
+def test_import_refuses_what_our_lora_cannot_represent(setting, reason, tiny_ast, tmp_path):
+    adapter = peft_adapter(str(tiny_ast), tmp_path / "adapter", **{"target_modules": ["q_proj", "v_proj"],
+                                                                   **setting})
+    with pytest.raises(PETLModelError, match=reason):
+        import_peft_adapter(adapter, tmp_path / "out", tiny_ast, class_names=["a", "b"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_refuses_wavlm_and_pickled_weights(waveform_checkpoints, tiny_ast, tmp_path):
+    adapter = peft_adapter(waveform_checkpoints["wavlm", "post_ln"], tmp_path / "wavlm",
+                           target_modules=["q_proj", "v_proj"])
+    with pytest.raises(PETLModelError, match="WavLM unchanged"):
+        import_peft_adapter(adapter, tmp_path / "out", class_names=["a", "b"])
+    pickled = peft_adapter(str(tiny_ast), tmp_path / "pickled", target_modules=["q_proj"])
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    with pytest.raises(PETLModelError, match="a pickle, which is never loaded"):
+        import_peft_adapter(pickled, tmp_path / "out", tiny_ast, class_names=["a", "b"])
+
+
+# ==================================================================== ONNX
+def onnx_probabilities(out, inputs, lengths=None):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"input_values": inputs.numpy()}
+    if lengths is not None:
+        feed["lengths"] = lengths.numpy()
+    return torch.from_numpy(session.run(["probabilities"], feed)[0])
+
+
+@pytest.mark.slow
+def test_onnx_export_takes_features_of_any_length_and_writes_the_processor(tiny_ast, tmp_path):
+    folder = petl_folder("lora", tiny_ast, tmp_path)
+    out = tmp_path / "onnx"
+    assert export_cli.main([str(folder), str(out), "--format=onnx"]) == 0
+    side = json.loads((out / "onnx_config.json").read_text())
+    assert side["input"]["type"] == "ast_fbank" and side["input"]["max_frames"] == 64
+    assert side["parity"]["max_abs_difference"] <= 1e-4 and len(side["parity"]["cases"]) == 4
+    classifier = PETLClassifier.from_folder(folder)
+    wav = 0.1 * torch.randn(16000 * 2)
+    full = classifier.input_processor(wav)  # [64, 128]: cut to max_frames
+    expected = classifier.classify_inputs(full[None], torch.ones(1))[0]
+    longer = torch.cat([full, torch.randn(40, 128)])[None]  # the graph cuts it to 64 frames
+    assert torch.allclose(onnx_probabilities(out, longer), expected, atol=1e-4)
+    assert export_cli.main([str(folder), str(out), "--format=onnx"]) == 0  # replaces its own export
+
+
+@pytest.mark.slow
+def test_onnx_export_that_fails_parity_leaves_nothing(tiny_ast, tmp_path, monkeypatch):
+    folder = petl_folder("linear", tiny_ast, tmp_path)
+    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)
+    with pytest.raises(PETLModelError, match="failed the parity check"):
+        export_petl_model(folder, tmp_path / "onnx", format="onnx")
+    assert list((tmp_path / "onnx").iterdir()) == []
+
+
+def check_onnx(folder, out):
+    """Exports ``folder`` to ONNX and compares onnxruntime with PETLClassifier on a padded batch."""
+    side = export_petl_model(folder, out, format="onnx")
+    assert side["parity"]["max_abs_difference"] <= 1e-4
+    classifier = PETLClassifier.from_folder(folder)
+    inputs, lengths = processed(classifier)
+    expected = classifier.classify_inputs(inputs, lengths)[0]
+    waveform = side["inputs"][-1]["name"] == "lengths"
+    found = onnx_probabilities(out, inputs, lengths if waveform else None)
+    assert torch.allclose(found, expected, atol=1e-4), float((found - expected).abs().max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHOD_FILES)
+def test_onnx_export_of_every_method(method, tiny_ast, tmp_path):
+    check_onnx(petl_folder(method, tiny_ast, tmp_path), tmp_path / "onnx")
+
+
+def test_tiny_checkpoints_cover_every_backbone_family():
+    assert {FAMILIES[t] for t in TINY_MODEL_TYPES} == set(FAMILIES.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
+def test_onnx_export_of_every_backbone_family(model_type, tmp_path):
+    # pre-LN waveform layout: the attention mask and the conformer's padding mask are in the graph
+    source = save_tiny(model_type, tmp_path / "base", pre_ln=True)
+    logging.getLogger("petl_modules").setLevel(logging.ERROR)
+    check_onnx(petl_folder("adapter", source, tmp_path), tmp_path / "onnx")
