@@ -282,7 +282,19 @@ def test_onnx_export_takes_features_of_any_length_and_writes_the_processor(tiny_
     expected = classifier.classify_inputs(full[None], torch.ones(1))[0]
     longer = torch.cat([full, torch.randn(40, 128)])[None]  # the graph cuts it to 64 frames
     assert torch.allclose(onnx_probabilities(out, longer), expected, atol=1e-4)
-    assert export_cli.main([str(folder), str(out), "--format=onnx"]) == 0  # replaces its own export
+
+
+def test_out_dir_of_a_previous_peft_or_onnx_export_may_be_replaced(tmp_path):
+    for marker in ("classifier_head.json", "onnx_config.json"):
+        (tmp_path / marker).write_text("{}")
+        (tmp_path / "base").mkdir(exist_ok=True)
+        (tmp_path / "base" / "config.json").write_text("{}")
+        export_cli.check_out_dir(tmp_path)  # a previous export: no error
+        (tmp_path / marker).unlink()
+    (tmp_path / "onnx_config.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(PETLModelError, match="not a previous export"):
+        export_cli.check_out_dir(tmp_path)
 
 
 @pytest.mark.slow

@@ -171,7 +171,8 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
     except Exception as err:  # noqa: BLE001 (the exporter and onnxruntime raise many types)
         _remove(out_dir)
         logger.debug("ONNX export failed", exc_info=True)
-        raise PETLModelError(f"ONNX export of {where} failed: {type(err).__name__}: {err}") from err
+        text = str(err).split("## Exception summary", 1)[-1].strip()[:1500]
+        raise PETLModelError(f"ONNX export of {where} failed: {type(err).__name__}: {text}") from err
     if not difference <= TOLERANCE:
         _remove(out_dir)
         raise PETLModelError(

@@ -331,11 +331,13 @@ def read_adapter(adapter_dir):
 
 def check_adapter_config(adapter, where):
     """Raises ``PETLModelError`` naming every setting our LoRA cannot represent."""
+    def unset(value):  # None, false or empty (PEFT writes either for "not used")
+        return value is None or value is False or (isinstance(value, (dict, list, str)) and not value)
+
     problems = []
     for key, neutral in NEUTRAL.items():
         value = adapter.get(key, neutral)
-        if value != neutral and not (neutral is None and value in ({}, [], False)) \
-                and not (neutral in ({}, False) and value in (None, {}, False)):
+        if not unset(value) if unset(neutral) else value != neutral:
             reason = WHY_NOT.get(key, "a PEFT feature our LoRA does not have")
             problems.append(f"{key}={json.dumps(value)[:60]}: {reason}")
     for key in ("r", "lora_alpha"):
@@ -510,7 +512,13 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
                 shutil.copyfile(adapter_dir / name, reference / name)
             rename_adapter(reference, model, "5")
         theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(reference)).eval()
-        difference = hidden_parity(lobe, theirs, lobe.input_processor)
+        try:
+            difference = hidden_parity(lobe, theirs, lobe.input_processor)
+        except RuntimeError as err:  # e.g. AST inputs of another length than the base's positions
+            raise PETLModelError(
+                f"{where}: PeftModel cannot run the imported model's inputs ({err}); with AST, leave "
+                "--max_frames to the base's max_length (what the adapter was trained with)."
+            ) from None
     if not difference <= tolerance:
         raise PETLModelError(f"{where}: our LoRA does not reproduce PeftModel's output (last hidden "
                              f"states differ by {difference:.3g} > {tolerance:g}); nothing written.")
