@@ -17,8 +17,12 @@ training/      the recipe machinery: ``compose.py`` (yaml composition, option ch
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``audio.py``, ``augment.py``, ``cache.py``, ``tracking.py``,
                ``pretrained.py`` (the PETL model folder), ``recipe.yaml`` (shared by every recipe)
-tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``,
-               ``results``, ``demo``: the command lines a user runs
+sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA adapters, both ways),
+               ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head beside
+               an exported backbone)
+tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``
+               (plain transformers, ``--format=peft|onnx``), ``from_peft``, ``results``, ``demo``:
+               the command lines a user runs
 options        checking keyword options by name (unknown ones named with close matches)
 tiny           tiny random backbone configs (tests, demo, benchmark)
 synthetic      shared helpers of the recipes' ``*_synthetic.py`` generators, and finding them
