@@ -208,11 +208,11 @@ def test_import_of_a_peft_adapter_gives_peftmodel_outputs(model_type, tmp_path):
 
 
 def test_transformers4_names_round_trip_with_the_saved_head(tiny_ast, tmp_path):
-    folder = petl_folder("lora", tiny_ast, tmp_path)
+    folder = petl_folder("lora", tiny_ast, tmp_path, lora_targets="Wq,Wk,Wv,Wo")
     out = tmp_path / "peft4"
     export_petl_model(folder, out, format="peft", peft_names="4")
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["target_modules"] == ["query", "value"]
+    assert adapter["target_modules"] == ["attention.output.dense", "key", "query", "value"]
     from safetensors.torch import load_file
 
     assert "base_model.model.encoder.layer.0.attention.attention.query.lora_A.weight" in load_file(

@@ -292,8 +292,9 @@ def rename_adapter(out_dir, model, names):
     adapter = json.loads(config_path.read_text(encoding="utf-8"))
     modules = {re.sub(r"\.lora_A(\.default)?\.weight$", "", mapping[n])
                for n in short.values() if ".lora_A." in n}
-    # the shortest suffix that PEFT's name matching (module name ends with it) still tells apart
-    adapter["target_modules"] = sorted({".".join(m.split(".")[-2:]) if m.endswith("output.dense")
+    # PEFT matches a module whose name ends with a target: 4.x AST's attention output projection
+    # is attention.output.dense (its FFN's is output.dense)
+    adapter["target_modules"] = sorted({".".join(m.split(".")[-3:]) if m.endswith(".output.dense")
                                         else m.rsplit(".", 1)[1] for m in modules})
     config_path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
