@@ -30,7 +30,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from petl_modules.sharing.head import HEAD_CONFIG, HEAD_WEIGHTS, write_head
+from petl_modules.sharing.head import HEAD_CONFIG, HEAD_WEIGHTS, write_head  # noqa: F401 (names of its files)
 from petl_modules.training.pretrained import (
     PETLModelError,
     load_petl_model,

@@ -257,9 +257,10 @@ def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", 
     peft_model.eval()
     difference = hidden_parity(lobe, peft_model, lobe.input_processor)
     if not difference <= tolerance:
+        shutil.rmtree(out_dir / BASE_FOLDER, ignore_errors=True)
         raise PETLModelError(
             f"The PEFT adapter of {where} does not reproduce the model: last hidden states differ "
-            f"by {difference:.3g} (> {tolerance:g}) on generated audio. Nothing usable was written; "
+            f"by {difference:.3g} (> {tolerance:g}) on generated audio. Nothing was written; "
             "please report this with the model folder's petl_config.json."
         )
     peft_model.save_pretrained(out_dir)
@@ -452,7 +453,7 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
     prefix = lobe_prefix(fresh)
     points = {}
     for module in loras:
-        point, layer = fresh.locate(prefix + module, list(LORA_TARGETS))
+        point, _ = fresh.locate(prefix + module, list(LORA_TARGETS))
         if point is None:
             raise PETLModelError(f"{where}: LoRA on '{module}', outside the attention projections "
                                  "(q, k, v, o): our LoRA cannot hold it.")
