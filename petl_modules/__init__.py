@@ -14,11 +14,13 @@ methods/       the PETL methods, which never name a backbone family: ``adapted.p
                ``classifier.py`` (pooling + linear head)
 training/      the recipe machinery: ``compose.py`` (yaml composition, option checks),
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
+               ``launch.py`` (recipe commands as submitit jobs: local processes, Slurm arrays),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``audio.py``, ``augment.py``, ``cache.py``, ``tracking.py``,
                ``pretrained.py`` (the PETL model folder), ``recipe.yaml`` (shared by every recipe)
 tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``,
-               ``results``, ``demo``: the command lines a user runs
+               ``results``, ``demo``, ``sweep`` (many recipe runs from a sweep file): the command
+               lines a user runs
 options        checking keyword options by name (unknown ones named with close matches)
 tiny           tiny random backbone configs (tests, demo, benchmark)
 synthetic      shared helpers of the recipes' ``*_synthetic.py`` generators, and finding them

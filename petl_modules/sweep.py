@@ -387,18 +387,20 @@ def _last_line(path):
 class Progress:
     """Prints a line per state change: the time, the counts per state, the run and its new state."""
 
-    def __init__(self, runs, stream=sys.stdout):
+    def __init__(self, runs, stream=None):
         self.state = {}
         self.total = len(runs)
-        self.stream = stream
+        self.stream = stream or sys.stdout
 
     def counts(self):
         return "  ".join(f"{s} {sum(v == s for v in self.state.values())}" for s in STATES)
 
-    def set(self, name, state, note=""):
+    def set(self, name, state, note="", quiet=False):
         if self.state.get(name) == state:
             return
         self.state[name] = state
+        if quiet:  # the states found at start: summed up in one line
+            return
         print(f"[sweep] {time.strftime('%H:%M:%S')}  {self.counts()}  | {name}: {state}"
               + (f" ({note})" if note else ""), file=self.stream, flush=True)
 
@@ -428,10 +430,11 @@ def _resources(sweep, args):
     return resources
 
 
-def run_local(runs, sweep, resources, out=sys.stdout):
+def run_local(runs, sweep, resources, out=None):
     """Runs ``runs`` as local submitit jobs, at most ``max_parallel`` at once (runs that a
     process outside this sweep holds count too), one GPU each when GPUs are visible. Returns
     ``{run name: (state, note)}`` at the end."""
+    out = out or sys.stdout
     gpus = _visible_gpus()
     per_run = resources["gpus_per_run"]
     per_run = (1 if gpus else 0) if per_run is None else int(per_run)
@@ -444,7 +447,7 @@ def run_local(runs, sweep, resources, out=sys.stdout):
     for run in runs:
         run.gpus = per_run
         state = run_state(run.folder)
-        progress.set(run.name, state, "held by another process" if state == "running" else "")
+        progress.set(run.name, state, quiet=True)
         if state == "done":
             ended[run.name] = ("done", "")
         elif state == "running":
@@ -453,7 +456,8 @@ def run_local(runs, sweep, resources, out=sys.stdout):
             queue.append(run)
     by_name = {run.name: run for run in runs}
     free = list(gpus)
-    print(f"[sweep] {len(runs)} runs: {len(ended)} done, {len(external)} running elsewhere, "
+    print(f"[sweep] {len(runs)} runs: {len(ended)} done, {len(external)} running (held by another "
+          f"process: waited for), "
           f"{len(queue)} to run, {max_parallel} at once"
           + (f", {per_run} GPU each" if per_run else " (no GPU)") + f"; logs in {folder}", file=out,
           flush=True)
@@ -507,9 +511,10 @@ def run_local(runs, sweep, resources, out=sys.stdout):
 POLL_S = {"local": 2.0, "slurm": 60.0}
 
 
-def run_slurm(runs, sweep, resources, wait=True, out=sys.stdout):
+def run_slurm(runs, sweep, resources, wait=True, out=None):
     """Submits the runs that are neither done, running nor queued as one Slurm job array, then
     (``wait``) follows them until they end. Returns ``{run name: (state, note)}`` of ended runs."""
+    out = out or sys.stdout
     state_folder = sweep["root"] / STATE_FOLDER
     folder = state_folder / "submitit"
     params = launch.slurm_parameters({**resources, "gpus_per_run": _slurm_gpus(resources)},
@@ -525,11 +530,13 @@ def run_slurm(runs, sweep, resources, wait=True, out=sys.stdout):
             if job.state.split(" ")[0] in launch.SLURM_ACTIVE:
                 jobs[run.name] = job
                 state = "running"
-        progress.set(run.name, state, f"Slurm job {jobs[run.name].job_id}" if run.name in jobs else "")
+        progress.set(run.name, state, quiet=True)
         if state == "done":
             ended[run.name] = ("done", "")
         elif state == "pending":
             to_submit.append(run)
+    print(f"[sweep] {len(runs)} runs: {len(ended)} done, {len(jobs)} queued or running, "
+          f"{len(to_submit)} to submit", file=out, flush=True)
     if to_submit:
         executor = launch.slurm_executor(folder, params)
         with executor.batch():
@@ -566,9 +573,10 @@ def _slurm_gpus(resources):
 
 
 # ==================================================================== the report
-def write_report(sweep, out=sys.stdout):
+def write_report(sweep, out=None):
     """The results tool's table, CSV and plot of every run below the sweep's output folder, with
     the published numbers of the tables the sweep file names under ``compare:``."""
+    out = out or sys.stdout
     root = sweep["root"]
     runs, skipped = results_tool.collect([root], warn=lambda m: print(m, file=sys.stderr))
     rows = results_tool.summarise(runs)
@@ -623,7 +631,8 @@ def _extra_options(pairs):
     return options
 
 
-def main(argv=None, out=sys.stdout):
+def main(argv=None, out=None):
+    out = out or sys.stdout
     args = parse_args(argv)
     try:
         runs, sweep = plan(args.sweep_file, args.variant, args.data_root, args.output_folder,
@@ -657,8 +666,9 @@ def main(argv=None, out=sys.stdout):
     return 0
 
 
-def dry_run(runs, sweep, resources, launcher, out=sys.stdout):
+def dry_run(runs, sweep, resources, launcher, out=None):
     """Prints every run's state and command; for Slurm also the sbatch file of the array."""
+    out = out or sys.stdout
     states = {run.name: run_state(run.folder) for run in runs}
     for run in runs:
         run.gpus = _slurm_gpus(resources) if launcher == "slurm" else (

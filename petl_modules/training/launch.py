@@ -50,7 +50,8 @@ class RecipeRun(submitit.helpers.Checkpointable):
 
     def __call__(self):
         print(f"[sweep] {shlex.join(self.command)}", flush=True)
-        code = subprocess.call(self.command, cwd=self.cwd, env={**os.environ, **self.env})
+        # subprocess.run kills the recipe if this job is interrupted (requeue, cancel)
+        code = subprocess.run(self.command, cwd=self.cwd, env={**os.environ, **self.env}).returncode
         if code != 0:
             raise RecipeRunError(f"the recipe exited with code {code}: {shlex.join(self.command)}")
         return code
