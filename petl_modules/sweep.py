@@ -372,14 +372,16 @@ def _read_jobs(state_folder):
 
 
 def _last_line(path):
-    """The last non-empty line of a log file (shown beside a failure), or ''."""
+    """The recipe's last message in a job's log (its error, before submitit's own report of the
+    failure), or ''. Shown beside a failure; the log is only read as text."""
     try:
         with open(path, "rb") as stream:
-            stream.seek(max(0, os.path.getsize(path) - 4096))
+            stream.seek(max(0, os.path.getsize(path) - 16384))
             lines = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
     except OSError:
         return ""
-    lines = [line for line in lines if line]
+    ends = [k for k, line in enumerate(lines) if line.startswith(("submitit ERROR", "Traceback"))]
+    lines = [line for line in lines[:ends[0] if ends else len(lines)] if line]
     return lines[-1][:300] if lines else ""
 
 
@@ -424,9 +426,13 @@ def _resources(sweep, args):
     for key in DEFAULT_RESOURCES:
         if getattr(args, key, None) is not None:
             resources[key] = getattr(args, key)
-    for key in ("cpus_per_run", "time_min", "array_parallelism"):
-        if not isinstance(resources[key], int) or isinstance(resources[key], bool) or resources[key] < 1:
-            raise SweepError(f"resources.{key} must be a whole number >= 1, not {resources[key]!r}.")
+    for key, low in (("cpus_per_run", 1), ("time_min", 1), ("array_parallelism", 1),
+                     ("max_parallel", 1), ("gpus_per_run", 0), ("mem_gb", 1)):
+        value = resources[key]
+        if value is None and key in ("max_parallel", "gpus_per_run", "mem_gb"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise SweepError(f"resources.{key} (or --{key}) must be a whole number >= {low}, not {value!r}.")
     return resources
 
 
@@ -456,8 +462,8 @@ def run_local(runs, sweep, resources, out=None):
             queue.append(run)
     by_name = {run.name: run for run in runs}
     free = list(gpus)
-    print(f"[sweep] {len(runs)} runs: {len(ended)} done, {len(external)} running (held by another "
-          f"process: waited for), "
+    print(f"[sweep] {len(runs)} runs: {len(ended)} done, {len(external)} running in another process "
+          "(waited for), "
           f"{len(queue)} to run, {max_parallel} at once"
           + (f", {per_run} GPU each" if per_run else " (no GPU)") + f"; logs in {folder}", file=out,
           flush=True)
@@ -481,6 +487,8 @@ def run_local(runs, sweep, resources, out=None):
             if state == "done":
                 ended[name] = ("done", "")
                 progress.set(name, "done")
+            elif state == "running":  # another process took the folder over
+                external.add(name)
             else:
                 stdout, stderr = launch.job_logs(job)
                 code = launch.local_job_exit_code(job)
@@ -655,6 +663,10 @@ def main(argv=None, out=None):
     except SweepError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\n[sweep] Interrupted. Rerun the same command to resume: finished runs are skipped, "
+              "interrupted ones resume from their checkpoints.", file=out, flush=True)
+        return 130
     failed = {name: note for name, (state, note) in ended.items() if state == "failed"}
     write_report(sweep, out)
     if failed:

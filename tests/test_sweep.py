@@ -321,7 +321,7 @@ def test_local_sweep_killed_mid_way_and_rerun_finishes_every_run_once_at_most_n_
     second.wait(timeout=60)
     out = log.read_text()
     assert second.returncode == 0, out[-4000:]
-    assert f"4 runs: {4 - len(held)} done, 1 running (held by another process" in out
+    assert f"4 runs: {4 - len(held)} done, 1 running in another process (waited for)" in out
     assert "1 to run" in out  # the killed run; the paused one was waited for, not started again
     assert most <= 2
     for folder in folders:
@@ -335,6 +335,26 @@ def test_local_sweep_killed_mid_way_and_rerun_finishes_every_run_once_at_most_n_
     report = (tmp_path / "out" / "report.md").read_text()
     for method in ("linear", "bitfit"):  # each: 2 runs (seeds), 2 values
         assert re.search(rf"\| {method} \| [^|]+ \| FSC \| ast [^|]+ \| 2 \| 2 \|", report), report
+
+
+@pytest.mark.slow
+def test_a_failed_run_never_stops_the_others_and_is_listed_with_its_log(tmp_path, fsc_data, tiny_ast):
+    (tmp_path / "empty" / "ESC-50-master").mkdir(parents=True)  # no meta/esc50.csv: ESC-50 fails
+    path = write_sweep(
+        tmp_path, recipes={"FSC": str(fsc_data), "ESC50": str(tmp_path / "empty" / "ESC-50-master")},
+        folds=[1], overrides={"backbone_source": str(tiny_ast), "number_of_epochs": 1, "batch_size": 8,
+                              "num_workers": 0, "max_frames": 64},
+        resources={"max_parallel": 2})
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "petl_modules.sweep", str(path), "--poll_s=0.5"],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert (tmp_path / "out" / "FSC" / "linear" / "default" / "seed10" / "results.json").is_file()
+    failure = proc.stdout.split("1 run(s) failed")[1]
+    assert "ESC50/linear/default/seed10/fold1: log " in failure and "_log.err" in failure
+    assert "esc50.csv" in failure  # the recipe's own message, from the log
+    assert (tmp_path / "out" / "report.md").is_file()
 
 
 SCRIPT = """import sys, time
