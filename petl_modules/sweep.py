@@ -59,6 +59,7 @@ DEFAULT_RESOURCES = {
     "partition": None, "mem_gb": None, "account": None, "qos": None, "constraint": None,
 }
 STATES = ("done", "running", "failed", "pending")
+POLL_S = {"local": 2.0, "slurm": 60.0}  # seconds between state checks (--poll_s)
 
 
 class SweepError(ValueError):
@@ -462,11 +463,10 @@ def run_local(runs, sweep, resources, out=None):
             queue.append(run)
     by_name = {run.name: run for run in runs}
     free = list(gpus)
+    gpu_note = f", {per_run} GPU each" if per_run else " (no GPU)"
     print(f"[sweep] {len(runs)} runs: {len(ended)} done, {len(external)} running in another process "
-          "(waited for), "
-          f"{len(queue)} to run, {max_parallel} at once"
-          + (f", {per_run} GPU each" if per_run else " (no GPU)") + f"; logs in {folder}", file=out,
-          flush=True)
+          f"(waited for), {len(queue)} to run, {max_parallel} at once{gpu_note}; logs in {folder}",
+          file=out, flush=True)
     while queue or active or external:
         for name in sorted(external):  # runs of other processes: wait for their locks
             state = run_state(by_name[name].folder)
@@ -498,15 +498,14 @@ def run_local(runs, sweep, resources, out=None):
         while queue and len(active) + len(external) < max_parallel and len(free) >= per_run:
             run = queue.pop(0)
             state = run_state(run.folder)  # it may have changed since the plan
+            if state == "running":
+                external.add(run.name)
             if state != "pending":
-                (external.add(run.name) if state == "running" else ended.__setitem__(run.name, ("done", "")))
+                ended.update({run.name: ("done", "")} if state == "done" else {})
                 progress.set(run.name, state)
                 continue
             assigned, free = free[:per_run], free[per_run:]
-            executor = launch.local_executor(folder, resources["time_min"],
-                                             gpu=assigned[0] if per_run == 1 else None)
-            if per_run > 1:
-                executor.update_parameters(gpus_per_node=per_run, visible_gpus=tuple(assigned))
+            executor = launch.local_executor(folder, resources["time_min"], gpus=assigned)
             job = executor.submit(launch.RecipeRun(recipe_command(run), project_root(),
                                                    {"PYTHONUNBUFFERED": "1"}))
             active[run.name] = (job, assigned)
@@ -514,9 +513,6 @@ def run_local(runs, sweep, resources, out=None):
         if queue or active or external:
             time.sleep(POLL_S["local"])
     return ended
-
-
-POLL_S = {"local": 2.0, "slurm": 60.0}
 
 
 def run_slurm(runs, sweep, resources, wait=True, out=None):

@@ -159,6 +159,51 @@ def test_a_run_is_done_with_a_readable_results_json_running_while_a_live_process
     assert sweep.run_state(folder) == "done"
 
 
+# ==================================================================== local: throttle and GPUs
+class FakeJob:
+    """A local job that ends at its second check, writing its run's results.json."""
+
+    def __init__(self, run_folder, log):
+        self.run_folder, self.log, self.checks, self.job_id = run_folder, log, 0, "1"
+
+    def done(self):
+        self.checks += 1
+        if self.checks < 2:
+            return False
+        if not (self.run_folder / "results.json").is_file():
+            self.run_folder.mkdir(parents=True, exist_ok=True)
+            (self.run_folder / "results.json").write_text(json.dumps({
+                "dataset": "FSC", "method": "linear", "backbone": "ast", "total_params": 10,
+                "trainable_params": 1, "folds": [{"fold": None, "test_accuracy": 0.5}]}))
+            self.log["active"] -= 1
+        return True
+
+
+def test_local_launcher_gives_each_run_one_visible_gpu_and_runs_one_per_gpu_at_once(tmp_path, monkeypatch):
+    log = {"active": 0, "most": 0, "gpus": []}
+
+    class FakeExecutor:
+        def __init__(self, gpu):
+            self.gpu = gpu
+
+        def submit(self, recipe_run):
+            log["active"] += 1
+            log["most"] = max(log["most"], log["active"])
+            log["gpus"].append(self.gpu)
+            out = next(a for a in recipe_run.command if a.startswith("--output_folder="))
+            return FakeJob(Path(out.split("=", 1)[1]), log)
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(launch, "local_executor", lambda folder, timeout, gpus=(): FakeExecutor(gpus))
+    monkeypatch.setitem(sweep.POLL_S, "local", 0.01)
+    path = write_sweep(tmp_path, methods=["linear", "bitfit", "lora"], seeds=[1, 2])
+    runs, plan = sweep.plan(path)
+    ended = sweep.run_local(runs, plan, sweep._resources(plan, sweep.parse_args([str(path)])))
+    assert ended == {run.name: ("done", "") for run in runs}
+    assert log["most"] == 2 and sorted({tuple(g) for g in log["gpus"]}) == [(3,), (5,)] and len(log["gpus"]) == 6
+    assert all(r.gpus == 1 for r in runs)
+
+
 # ==================================================================== Slurm, without a cluster
 def test_dry_run_prints_every_command_and_the_sbatch_file_with_the_slurm_options(tmp_path, capsys):
     path = write_sweep(tmp_path, methods=["linear", "bitfit"], seeds=[1, 2],

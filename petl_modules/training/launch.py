@@ -58,12 +58,12 @@ class RecipeRun(submitit.helpers.Checkpointable):
 
 
 # ==================================================================== local processes
-def local_executor(folder, timeout_min, gpu=None):
-    """A ``LocalExecutor`` writing its logs in ``folder``; ``gpu`` (an index) makes the job see
-    that one GPU only (``CUDA_VISIBLE_DEVICES``), ``None`` none."""
+def local_executor(folder, timeout_min, gpus=()):
+    """A ``LocalExecutor`` writing its logs in ``folder``, whose job sees the GPUs of indices
+    ``gpus`` only (``CUDA_VISIBLE_DEVICES``; none when empty)."""
     executor = submitit.LocalExecutor(folder=str(folder))
-    gpus = {} if gpu is None else {"gpus_per_node": 1, "visible_gpus": (int(gpu),)}
-    executor.update_parameters(timeout_min=timeout_min, **gpus)
+    devices = {"gpus_per_node": len(gpus), "visible_gpus": tuple(int(g) for g in gpus)} if gpus else {}
+    executor.update_parameters(timeout_min=timeout_min, **devices)
     return executor
 
 
