@@ -491,9 +491,11 @@ def write_csv(rows, path):
 MARKERS = "osD^v<>pP*Xh"
 
 
-def plot(rows, path):
+def plot(rows, path, published=()):
     """Accuracy (%) against trainable parameters without the head (log x): one panel per
-    dataset, one marker per method, one colour per method variant; error bars are the std."""
+    dataset, one marker per method, one colour per method variant; error bars are the std.
+    ``published``: papers' numbers (``compare_published`` entries with a value), drawn as black
+    bars at our runs' parameter counts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,6 +514,9 @@ def plot(rows, path):
             ax.errorbar(max(1, r["trainable_params_without_head"]), 100 * r["test_accuracy_mean"],
                         yerr=100 * r["test_accuracy_std"], fmt=MARKERS[methods.index(r["base_method"]) % len(MARKERS)],
                         color=colours(index % 20), markersize=8, capsize=3, label=name)
+        for point in (p for p in published if p["dataset"] == dataset and p.get("params")):
+            ax.plot(max(1, point["params"]), point["paper"], "k_", markersize=16, mew=2,
+                    label="published (paper)")
         ax.set_xscale("log")
         ax.set_title(dataset.replace("$", r"\$"))
         ax.set_xlabel("trainable parameters (without head)")
@@ -625,6 +630,8 @@ def compare_published(published, table_name, runs):
                 std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
             out.append({
                 "label": row["label"], "dataset": dataset, "paper": paper, "mean": mean, "std": std,
+                "params": members[0].get("trainable_params_without_head", members[0]["trainable_params"])
+                if members else None,
                 "difference": None if mean is None or paper is None else mean - paper,
                 "runs": len(members), "values": len(values),
             })

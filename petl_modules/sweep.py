@@ -324,6 +324,15 @@ def plan(path, variant=None, data_root=None, output_folder=None, extra=None):
                          f"(keys: {', '.join(DEFAULT_RESOURCES)}).")
     compare = sweep.get("compare") or []
     sweep["compare"] = compare if isinstance(compare, list) else [compare]
+    if sweep["compare"]:
+        try:
+            tables = results_tool.load_published()["tables"]
+        except results_tool.ResultsError as err:
+            raise SweepError(f"{where}: compare: {err}") from None
+        unknown = [str(t) for t in sweep["compare"] if t not in tables]
+        if unknown:
+            raise SweepError(f"{where}: compare: no table {', '.join(unknown)} in "
+                             f"{results_tool.published_file()} (tables: {', '.join(tables)}).")
     return runs, sweep
 
 
@@ -585,15 +594,20 @@ def write_report(sweep, out=None):
     runs, skipped = results_tool.collect([root], warn=lambda m: print(m, file=sys.stderr))
     rows = results_tool.summarise(runs)
     report = results_tool.markdown_report(rows, skipped)
+    papers = []  # published accuracies (%) with a matching run: drawn in the plot
     if sweep["compare"]:
         published = results_tool.load_published()
         for table in sweep["compare"]:
             report += results_tool.published_markdown(published, table, runs)
+            spec = published["tables"][table]
+            if spec["metric"] == "test_accuracy" and float(spec.get("scale", 1)) == 100:
+                papers += [c for c in results_tool.compare_published(published, table, runs)
+                           if c["paper"] is not None]
     (root / "report.md").write_text(report)
     results_tool.write_csv(rows, root / "results.csv")
     written = [root / "report.md", root / "results.csv"]
     if rows:
-        results_tool.plot(rows, root / "results.png")
+        results_tool.plot(rows, root / "results.png", published=papers)
         written.append(root / "results.png")
     print(f"[sweep] Results of {len(runs)} run(s): {', '.join(map(str, written))}", file=out, flush=True)
 

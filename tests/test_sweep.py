@@ -295,6 +295,30 @@ def test_published_numbers_appear_beside_ours_with_the_difference_and_mean_std(t
     assert "| Linear | FSC | — | — | — | 0 | 0 |" in markdown
 
 
+def test_the_sweep_report_puts_the_papers_numbers_beside_ours_in_the_table_and_the_plot(
+        tmp_path, monkeypatch):
+    published = {"sources": {"p": {"citation": "Paper", "url": "https://arxiv.org/abs/0"}},
+                 "tables": {"t": {"source": "p", "metric": "test_accuracy", "scale": 100, "rows": [
+                     {"label": "Linear", "method": "linear", "backbone": "ast", "options": {},
+                      "values": {"FSC": 60.0}}]}}}
+    (tmp_path / "published.json").write_text(json.dumps(published))
+    monkeypatch.setattr(results_tool, "published_file", lambda: tmp_path / "published.json")
+    path = write_sweep(tmp_path, compare="t")
+    runs, plan = sweep.plan(path)
+    finished_run(runs[0].folder, "linear", [0.5, 0.6])
+    drawn, plot = [], results_tool.plot
+    monkeypatch.setattr(results_tool, "plot", lambda rows, out, published=(): drawn.append(
+        (rows, out, published)) or plot(rows, out, published))
+    sweep.write_report(plan)
+    report = (plan["root"] / "report.md").read_text()
+    assert "| Linear | FSC | 60.00 | 55.00 ± 5.00 | -5.00 | 1 | 2 |" in report
+    rows, out, points = drawn[0]
+    assert [(p["dataset"], p["paper"], p["params"]) for p in points] == [("FSC", 60.0, 10)]
+    assert out == plan["root"] / "results.png" and out.stat().st_size > 0
+    with pytest.raises(sweep.SweepError, match="compare: no table u"):
+        sweep.plan(write_sweep(tmp_path, compare=["t", "u"]))
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d["tables"]["t"]["rows"][0]["values"].update(FSC="75"), "values.FSC"),
     (lambda d: d["tables"]["t"].update(source="q"), "is not one of sources"),
