@@ -31,7 +31,7 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -78,8 +78,7 @@ class PlannedRun:
     fold: object  # None (official splits), a fold number, or "all"
     folder: Path
     data_folder: Path
-    gpus: int = 0
-    command: list = field(default_factory=list)
+    gpus: int = 0  # set by the launcher: > 1 runs the recipe through torchrun
 
 
 # ==================================================================== the sweep file
@@ -103,15 +102,6 @@ def _grid(value, where):
     return grid
 
 
-def _yaml_keys(path):
-    """The top-level keys of a repository yaml file (read as data: nothing is built)."""
-    import ruamel.yaml
-
-    with open(path) as stream:
-        tree = ruamel.yaml.YAML().load(stream) or {}
-    return tree
-
-
 def dataset_yaml(recipe):
     """``recipes/<recipe>/<dataset>.yaml``: the recipe folder's yaml with a ``dataset`` key."""
     folder = recipes_folder() / recipe
@@ -122,7 +112,7 @@ def dataset_yaml(recipe):
         raise SweepError(f"recipes: no recipe '{recipe}' (recipes/{recipe}/train.py).{hint} "
                          f"Available: {', '.join(available)}.")
     for path in sorted(folder.glob("*.yaml")):
-        if "dataset" in _yaml_keys(path):
+        if "dataset" in results_tool._yaml_tree(path):
             return path
     raise SweepError(f"recipes/{recipe} has no dataset yaml (a .yaml file with a 'dataset' key).")
 
@@ -237,12 +227,12 @@ def plan(path, variant=None, data_root=None, output_folder=None, extra=None):
     entries = sweep["methods"]
     if not isinstance(entries, list):
         raise SweepError(f"{where}: methods must be a list of method entries (see docs/sweeps.md).")
-    common_keys = set(_yaml_keys(COMMON_YAML))
+    common_keys = set(results_tool._yaml_tree(COMMON_YAML))
     runs, seen, all_known = [], {}, set()
     for recipe, recipe_entry in recipes.items():
         recipe = str(recipe)
         dataset_file = dataset_yaml(recipe)
-        dataset_tree = _yaml_keys(dataset_file)
+        dataset_tree = results_tool._yaml_tree(dataset_file)
         if isinstance(recipe_entry, dict):
             recipe_entry = dict(recipe_entry)
             data_folder = recipe_entry.pop("data_folder", None)
@@ -287,7 +277,7 @@ def plan(path, variant=None, data_root=None, output_folder=None, extra=None):
             name = str(entry.get("name") or method)
             if not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
                 raise SweepError(f"{entry_where}: name '{name}' must be a plain folder name.")
-            known = common_keys | set(_yaml_keys(method_file)) | set(dataset_tree)
+            known = common_keys | set(results_tool._yaml_tree(method_file)) | set(dataset_tree)
             all_known |= known
             entry_options = _mapping(entry.get("overrides"), f"{entry_where}.overrides")
             grid = {**common_grid, **_grid(entry.get("grid"), f"{entry_where}.grid")}
@@ -390,8 +380,8 @@ def _last_line(path):
             lines = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
     except OSError:
         return ""
-    ends = [k for k, line in enumerate(lines) if line.startswith(("submitit ERROR", "Traceback"))]
-    lines = [line for line in lines[:ends[0] if ends else len(lines)] if line]
+    reports = [k for k, line in enumerate(lines) if line.startswith("submitit ERROR")]
+    lines = [line for line in lines[:reports[-1] if reports else len(lines)] if line]
     return lines[-1][:300] if lines else ""
 
 
@@ -399,9 +389,8 @@ def _last_line(path):
 class Progress:
     """Prints a line per state change: the time, the counts per state, the run and its new state."""
 
-    def __init__(self, runs, stream=None):
+    def __init__(self, stream=None):
         self.state = {}
-        self.total = len(runs)
         self.stream = stream or sys.stdout
 
     def counts(self):
@@ -458,7 +447,7 @@ def run_local(runs, sweep, resources, out=None):
         raise SweepError(f"gpus_per_run={per_run} but {len(gpus)} GPU(s) are visible here.")
     max_parallel = resources["max_parallel"] or (max(1, len(gpus) // per_run) if per_run else 1)
     folder = sweep["root"] / STATE_FOLDER / "submitit"
-    progress = Progress(runs, out)
+    progress = Progress(out)
     queue, external, active, ended = [], set(), {}, {}
     for run in runs:
         run.gpus = per_run
@@ -533,7 +522,7 @@ def run_slurm(runs, sweep, resources, wait=True, out=None):
     params = launch.slurm_parameters({**resources, "gpus_per_run": _slurm_gpus(resources)},
                                      f"sweep-{sweep['root'].name}")
     recorded = _read_jobs(state_folder)
-    progress = Progress(runs, out)
+    progress = Progress(out)
     jobs, ended, to_submit = {}, {}, []
     for run in runs:
         run.gpus = _slurm_gpus(resources)

@@ -50,19 +50,19 @@ def test_papers_sweep_file_plans_with_and_without_its_reference_variant(path):
     reference, plan_ref = sweep.plan(path, variant="reference")
     assert len(reference) == len(runs) and plan_ref["root"] == Path(f"{plan['root']}-reference")
     assert all(r.options.get("init") == "reference" for r in reference
-               if "init" in sweep._yaml_keys(REPO / "hparams" / f"{r.method}.yaml"))
+               if "init" in results_tool._yaml_tree(REPO / "hparams" / f"{r.method}.yaml"))
     assert any(r.options != s.options for r, s in zip(reference, runs))
 
 
 def test_published_rows_name_methods_datasets_and_options_that_exist():
     published = results_tool.load_published()
-    datasets = {sweep._yaml_keys(sweep.dataset_yaml(r))["dataset"]
+    datasets = {results_tool._yaml_tree(sweep.dataset_yaml(r))["dataset"]
                 for r in (p.parent.name for p in (REPO / "recipes").glob("*/train.py"))}
-    common = set(sweep._yaml_keys(sweep.COMMON_YAML))
+    common = set(results_tool._yaml_tree(sweep.COMMON_YAML))
     for name, table in published["tables"].items():
         assert table["source"] in published["sources"] and table["rows"], name
         for row in table["rows"]:
-            keys = common | set(sweep._yaml_keys(REPO / "hparams" / f"{row['method']}.yaml"))
+            keys = common | set(results_tool._yaml_tree(REPO / "hparams" / f"{row['method']}.yaml"))
             assert set(row["options"]) <= keys, (name, row["label"])
             assert set(row["values"]) <= datasets, (name, row["label"])
 
