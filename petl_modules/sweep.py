@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -647,6 +648,10 @@ def main(argv=None, out=None):
         resources = _resources(sweep, args)
         if args.dry_run:
             return dry_run(runs, sweep, resources, args.launcher, out)
+        if args.launcher == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+            raise SweepError("--launcher=slurm needs Slurm's sbatch and srun on the PATH: run the "
+                             "command on the cluster's login node (--dry_run shows the sbatch file "
+                             "it would submit).")
         missing = sorted({str(r.data_folder) for r in runs if not r.data_folder.exists()})
         if missing:
             raise SweepError(f"data folder(s) not found: {', '.join(missing)}. Pass --data_root "

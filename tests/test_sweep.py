@@ -135,6 +135,16 @@ def test_an_unknown_variant_or_variant_option_is_refused(tmp_path):
         sweep.plan(path, variant="reference")
 
 
+def test_missing_data_folders_or_slurm_commands_are_reported_before_anything_runs(tmp_path, monkeypatch, capsys):
+    path = write_sweep(tmp_path, recipes={"FSC": "fluent_speech_commands_dataset", "ESC50": "ESC-50-master"})
+    assert sweep.main([str(path)]) == 2
+    assert f"data folder(s) not found: {tmp_path / 'data' / 'ESC-50-master'}" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert sweep.main([str(path), "--launcher=slurm"]) == 2
+    assert "needs Slurm's sbatch and srun on the PATH" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # ==================================================================== the state of a run
 def test_a_run_is_done_with_a_readable_results_json_running_while_a_live_process_holds_its_lock(tmp_path):
     folder = tmp_path / "run"
