@@ -14,6 +14,7 @@ methods/       the PETL methods, which never name a backbone family: ``adapted.p
                ``classifier.py`` (pooling + linear head)
 training/      the recipe machinery: ``compose.py`` (yaml composition, option checks),
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
+               ``launch.py`` (recipe commands as submitit jobs: local processes, Slurm arrays),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``audio.py``, ``augment.py``, ``cache.py``, ``tracking.py``,
                ``pretrained.py`` (the PETL model folder), ``recipe.yaml`` (shared by every recipe)
@@ -21,8 +22,8 @@ sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA ada
                ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head beside
                an exported backbone)
 tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``
-               (plain transformers, ``--format=peft|onnx``), ``from_peft``, ``results``, ``demo``:
-               the command lines a user runs
+               (plain transformers, ``--format=peft|onnx``), ``from_peft``, ``results``, ``demo``,
+               ``sweep`` (many recipe runs from a sweep file): the command lines a user runs
 options        checking keyword options by name (unknown ones named with close matches)
 tiny           tiny random backbone configs (tests, demo, benchmark)
 synthetic      shared helpers of the recipes' ``*_synthetic.py`` generators, and finding them

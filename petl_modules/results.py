@@ -491,9 +491,11 @@ def write_csv(rows, path):
 MARKERS = "osD^v<>pP*Xh"
 
 
-def plot(rows, path):
+def plot(rows, path, published=()):
     """Accuracy (%) against trainable parameters without the head (log x): one panel per
-    dataset, one marker per method, one colour per method variant; error bars are the std."""
+    dataset, one marker per method, one colour per method variant; error bars are the std.
+    ``published``: papers' numbers (``compare_published`` entries with a value), drawn as black
+    bars at our runs' parameter counts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,6 +514,9 @@ def plot(rows, path):
             ax.errorbar(max(1, r["trainable_params_without_head"]), 100 * r["test_accuracy_mean"],
                         yerr=100 * r["test_accuracy_std"], fmt=MARKERS[methods.index(r["base_method"]) % len(MARKERS)],
                         color=colours(index % 20), markersize=8, capsize=3, label=name)
+        for point in (p for p in published if p["dataset"] == dataset and p.get("params")):
+            ax.plot(max(1, point["params"]), point["paper"], "k_", markersize=16, mew=2,
+                    label="published (paper)")
         ax.set_xscale("log")
         ax.set_title(dataset.replace("$", r"\$"))
         ax.set_xlabel("trainable parameters (without head)")
@@ -528,6 +533,136 @@ def plot(rows, path):
     plt.close(fig)
 
 
+# ==================================================================== published numbers
+# sweeps/published.json: the papers' tables, as plain JSON data (see docs/sweeps.md). A row names
+# the runs it stands for (method, backbone family and the options that define it); a value is the
+# paper's number for one dataset, or null where it could not be read from the paper.
+def published_file():
+    """``<repository>/sweeps/published.json``."""
+    return project_root() / "sweeps" / "published.json"
+
+
+def _published_row(row, where):
+    if not isinstance(row, dict):
+        raise ResultsError(f"{where} is {_kind(row)}, not an object")
+    _name(row.get("label"), f"{where}.label")
+    _name(row.get("method"), f"{where}.method")
+    _name(row.get("backbone"), f"{where}.backbone")
+    _options(row.get("options", {}), f"{where}.options")
+    values = row.get("values")
+    if not isinstance(values, dict):
+        raise ResultsError(f"{where}.values is {_kind(values)}, not an object (dataset -> number or null)")
+    for dataset, value in values.items():
+        if value is not None:
+            _number_in(-math.inf, math.inf, "a number or null")(value, f"{where}.values.{dataset}")
+    return row
+
+
+def load_published(path=None):
+    """The published tables (``{"sources": ..., "tables": {name: table}}``), every field read
+    checked (types, not values' truth). Raises ResultsError naming the field."""
+    path = Path(path or published_file())
+    try:
+        if os.path.getsize(path) > MAX_RESULTS_BYTES:
+            raise ResultsError("too large")
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
+    except (OSError, ValueError, RecursionError) as err:
+        raise ResultsError(f"{path}: not readable as JSON ({err})") from None
+    try:
+        if not isinstance(data, dict) or not isinstance(data.get("tables"), dict) \
+                or not isinstance(data.get("sources"), dict):
+            raise ResultsError("must be an object with 'sources' and 'tables' objects")
+        for name, table in data["tables"].items():
+            where = f"tables.{name}"
+            if not isinstance(table, dict):
+                raise ResultsError(f"{where} is {_kind(table)}, not an object")
+            if table.get("source") not in data["sources"]:
+                raise ResultsError(f"{where}.source {_kind(table.get('source'))} is not one of sources")
+            _name(table.get("metric"), f"{where}.metric")
+            _number_in(0, math.inf, "a positive number")(table.get("scale", 1), f"{where}.scale")
+            if not isinstance(table.get("rows"), list):
+                raise ResultsError(f"{where}.rows is {_kind(table.get('rows'))}, not a list")
+            for k, row in enumerate(table["rows"]):
+                _published_row(row, f"{where}.rows[{k}]")
+    except ResultsError as err:
+        raise ResultsError(f"{path}: {err}") from None
+    return data
+
+
+_MISSING = object()
+
+
+def matches_published(run, row):
+    """True when ``run`` is one of the runs the published ``row`` stands for: same method and
+    backbone family, and every option the row names recorded with the row's value."""
+    if run["method"] != row["method"] or run["backbone"] != row["backbone"]:
+        return False
+    options = run["options"]
+    return all(_same(value, options.get(key, _MISSING)) for key, value in row.get("options", {}).items())
+
+
+def metric_values(runs, metric):
+    """Every fold's ``metric`` of ``runs`` (folds without it are left out)."""
+    return [fold[metric] for run in runs for fold in run["folds"] if fold.get(metric) is not None]
+
+
+def compare_published(published, table_name, runs):
+    """One dict per (published row, dataset): the paper's value, ours (mean and population std
+    over every fold and seed of the matching runs, in the paper's unit: ``scale``), their
+    difference (ours - paper), and how many runs and values. Raises ResultsError for an unknown
+    table."""
+    tables = published["tables"]
+    if table_name not in tables:
+        raise ResultsError(f"no table '{table_name}' in the published numbers "
+                           f"(tables: {', '.join(tables)})")
+    table = tables[table_name]
+    scale = float(table.get("scale", 1))
+    out = []
+    for row in table["rows"]:
+        mine = [run for run in runs if matches_published(run, row)]
+        for dataset, paper in row["values"].items():
+            members = [run for run in mine if run["dataset"] == dataset]
+            values = [scale * v for v in metric_values(members, table["metric"])]
+            mean = std = None
+            if values:
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+            out.append({
+                "label": row["label"], "dataset": dataset, "paper": paper, "mean": mean, "std": std,
+                "params": members[0].get("trainable_params_without_head", members[0]["trainable_params"])
+                if members else None,
+                "difference": None if mean is None or paper is None else mean - paper,
+                "runs": len(members), "values": len(values),
+            })
+    return out
+
+
+def published_markdown(published, table_name, runs):
+    """A markdown section: the published table beside ours, with the difference."""
+    comparison = compare_published(published, table_name, runs)
+    table = published["tables"][table_name]
+    source = published["sources"][table["source"]]
+    unit = " (%)" if float(table.get("scale", 1)) == 100 else ""
+    out = io.StringIO()
+    out.write(f"## Published: {_md(table.get('title', table_name))}\n\n"
+              f"Source: {_md(source.get('citation', table['source']))} ({_md(source.get('url', ''))}). "
+              f"{_md(table['metric'])}{unit}: paper, ours (mean ± std over folds and seeds), "
+              "difference (ours − paper); '—' where there is no number.")
+    if table.get("note"):
+        out.write(f" {_md(table['note'])}")
+    out.write("\n\n| row | dataset | paper | ours | difference | runs | folds x seeds |\n"
+              "|---|---|---:|---:|---:|---:|---:|\n")
+    for c in comparison:
+        paper = "—" if c["paper"] is None else f"{c['paper']:.2f}"
+        ours = "—" if c["mean"] is None else f"{c['mean']:.2f} ± {c['std']:.2f}"
+        diff = "—" if c["difference"] is None else f"{c['difference']:+.2f}"
+        out.write(f"| {_md(c['label'])} | {_md(c['dataset'])} | {paper} | {ours} | {diff} | "
+                  f"{c['runs']} | {c['values']} |\n")
+    out.write("\n")
+    return out.getvalue()
+
+
 # ==================================================================== command line
 def main(argv=None):
     parser = argparse.ArgumentParser(
@@ -538,6 +673,8 @@ def main(argv=None):
     parser.add_argument("--out", help="write the markdown report here (default: print it)")
     parser.add_argument("--csv", help="write one row per method x dataset x backbone here")
     parser.add_argument("--plot", help="write the accuracy-vs-parameters plot here (PNG, PDF, SVG)")
+    parser.add_argument("--compare", action="append", default=[], metavar="TABLE",
+                        help="add a published table of sweeps/published.json beside ours (repeatable)")
     args = parser.parse_args(argv)
     try:
         runs, skipped = collect(args.run_dirs, warn=lambda message: print(message, file=sys.stderr))
@@ -546,6 +683,13 @@ def main(argv=None):
         return 2
     rows = summarise(runs)
     report = markdown_report(rows, skipped)
+    try:
+        published = load_published() if args.compare else None
+        for table in args.compare:
+            report += published_markdown(published, table, runs)
+    except ResultsError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 2
     if args.out:
         Path(args.out).write_text(report)
     else:

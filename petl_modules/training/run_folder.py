@@ -220,3 +220,20 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def lock_holder(folder):
+    """Who holds the run lock of ``folder``: the holder's description (as ``RunLock`` names it in
+    its error) while a live process holds it, else None (never run, finished or killed: the OS
+    released the lock with its process). Probes by taking the lock for an instant, so it is
+    meant for folders of runs that are not being started by the caller at the same moment."""
+    folder = Path(folder)
+    if not (folder / LOCK_FILE).is_file():
+        return None
+    probe = RunLock(folder)
+    try:
+        probe.lock.acquire()
+    except Timeout:
+        return probe._holder()
+    probe.lock.release()
+    return None
