@@ -254,11 +254,12 @@ def build_cache(path, settings, petl_model, classifier, datasets, batch_size=8, 
     return computed
 
 
-def use_backbone_cache(hparams, datasets, device="cpu"):
+def use_backbone_cache(hparams, datasets, device="cpu", target="label_index"):
     """Builds (main process) or loads the cache of ``datasets`` and switches them to it.
 
     Each dataset gets the dynamic item ``cached`` (the utterance's vector) and the output keys
-    ``id``, ``cached``, ``label_index``: features and backbone no longer run during training.
+    ``id``, ``cached`` and ``target`` (``label_index``, or ``targets`` for multi-label):
+    features and backbone no longer run during training.
     ``ClassificationBrain`` reads ``cached`` when ``cache_backbone_outputs`` is on.
 
     Arguments
@@ -289,5 +290,5 @@ def use_backbone_cache(hparams, datasets, device="cpu"):
         return vectors[wav]
 
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), cached_pipeline)
-    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "cached", "label_index"])
+    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "cached", target])
     return path

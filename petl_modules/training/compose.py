@@ -93,6 +93,11 @@ OPTION_RANGES = {
     "ckpt_interval_minutes": (float, 0, False),
 }
 STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds"}
+# Options that take one of a few values.
+OPTION_VALUES = {
+    "task": ("single_label", "multilabel"),
+    "class_weights": (None, "balanced"),
+}
 
 
 def validate_options(values):
@@ -115,6 +120,10 @@ def validate_options(values):
         elif low is not None and (value <= low if key in STRICTLY_POSITIVE else value < low):
             bound = f"> {low}" if key in STRICTLY_POSITIVE else f">= {low}"
             problems.append(f"--{key}={value!r} is out of range: it must be {bound}")
+    for key, allowed in OPTION_VALUES.items():
+        if key in values and values[key] not in allowed:
+            shown = " | ".join("null" if a is None else str(a) for a in allowed)
+            problems.append(f"--{key}={values[key]!r} is not one of {shown}")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
 
