@@ -21,6 +21,11 @@ a file that the model uses is read (the first ``max_frames`` frames, or the firs
 name with the reason on stderr; the others are still classified (a failed batch is retried file by
 file) and the exit code is 1.
 
+A multi-label model (``task: multilabel``) gives each class its own probability (sigmoid) and
+predicts every class whose probability reaches that class's threshold (chosen on the validation
+split at training, kept in the model folder): ``labels`` lists them (the text output prints them
+all, ``;``-separated, or ``-`` for none); ``label``/``score`` stay the most probable class.
+
 Speed: ``--precision=bf16`` runs the model under bf16 autocast (on CPU where it has AVX512-BF16 or
 AMX, else fp32 with a warning; the class probabilities are computed in fp32); ``--compile`` runs it
 through ``torch.compile`` (eagerly, with a warning, where compilation fails). In Python:
@@ -66,6 +71,8 @@ class PETLClassifier(torch.nn.Module):
         self.config = config
         self.device = device
         self.labels = list(config["class_names"])
+        self.multilabel = config.get("task") == "multilabel"
+        self.thresholds = torch.tensor(config.get("thresholds") or [0.5] * len(self.labels))
         self.input_processor = self.mods["petl_model"].adapted_model.input_processor
         self.merged = []  # names of the LoRA modules folded into the backbone
         self.precision = "fp32"  # set_speed
@@ -147,7 +154,8 @@ class PETLClassifier(torch.nn.Module):
         with autocast_context(self.device, self.precision):
             hidden, mask = self.mods["petl_model"](inputs.to(self.device), lengths.to(self.device))
             logits = self.mods["classifier"](hidden, mask)
-        out_prob = torch.softmax(logits.float(), dim=-1)
+        logits = logits.float()
+        out_prob = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
         score, index = out_prob.max(dim=-1)
         return out_prob, score, index, [self.labels[i] for i in index.tolist()]
 
@@ -201,7 +209,8 @@ class PETLClassifier(torch.nn.Module):
                     continue
                 index = int(prob.argmax())
                 done[k] = {"file": str(path), "label": self.labels[index],
-                           "score": float(prob[index]), "probabilities": prob}
+                           "score": float(prob[index]), "probabilities": prob,
+                           "labels": self.labels_above_threshold(prob)}
 
         def flush():
             if not pending:
@@ -231,6 +240,14 @@ class PETLClassifier(torch.nn.Module):
                 flush()
         flush()
         return [done[k] for k in sorted(done)], [errors[k] for k in sorted(errors)]
+
+    def labels_above_threshold(self, probabilities):
+        """The predicted classes of ``[C]`` probabilities: every class at or above its threshold
+        (multi-label; most probable first), or the most probable one (single-label)."""
+        if not self.multilabel:
+            return [self.labels[int(probabilities.argmax())]]
+        above = (probabilities >= self.thresholds).nonzero().view(-1).tolist()
+        return [self.labels[i] for i in sorted(above, key=lambda i: -float(probabilities[i]))]
 
     def top_k(self, probabilities, k):
         """``[{"label", "score"}]`` of the ``k`` most probable classes of ``[C]`` probabilities."""
@@ -264,7 +281,8 @@ def parse_args(argv=None):
                         help="another local copy of the base checkpoint (default: the run's)")
     parser.add_argument("--top_k", type=int, default=1, help="how many classes to list per file")
     parser.add_argument("--json", action="store_true",
-                        help='print a JSON list of {"file", "label", "score", "top_k"}')
+                        help='print a JSON list of {"file", "label", "score", "top_k"} (multi-label '
+                             'models: and "labels", every class above its threshold)')
     parser.add_argument("--merge", action="store_true", help="fold LoRA into the backbone weights")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch_size", type=int, default=8, help="files per forward pass")
@@ -301,12 +319,19 @@ def main(argv=None):
     )
     rows = [{"file": r["file"], "label": r["label"], "score": r["score"],
              "top_k": classifier.top_k(r["probabilities"], args.top_k)} for r in results]
+    if classifier.multilabel:
+        for row, r in zip(rows, results):
+            row["labels"] = r["labels"]
     if args.json:
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
             others = "".join(f"  {t['label']} {t['score']:.4f}" for t in row["top_k"][1:])
-            print(f"{row['file']}\t{row['label']}\t{row['score']:.4f}{others}")
+            if classifier.multilabel:  # every class above its threshold, then the top scores
+                print(f"{row['file']}\t{';'.join(row['labels']) or '-'}\t{row['label']} "
+                      f"{row['score']:.4f}{others}")
+            else:
+                print(f"{row['file']}\t{row['label']}\t{row['score']:.4f}{others}")
     for path, reason in errors:
         print(f"Error: could not classify {path}: {reason}", file=sys.stderr)
     if errors and len(errors) < len(args.files):
