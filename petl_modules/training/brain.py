@@ -36,6 +36,7 @@ from speechbrain.utils.distributed import if_main_process, is_distributed_initia
 
 from petl_modules.training.augment import augment
 from petl_modules.training.cache import head_input
+from petl_modules.training.windows import WindowScores
 
 logger = logging.getLogger(__name__)
 
@@ -204,10 +205,30 @@ class ClassificationBrain(sb.Brain):
         labels = batch.label_index.data.view(-1).to(logits.device)
         logits = logits.float()  # the loss and the accuracy in fp32, also under bf16 autocast
         loss = F.cross_entropy(logits, labels)
+        if stage != sb.Stage.TRAIN and getattr(batch, "utterance", None) is not None:
+            # Sliding windows (eval_windows: sliding): scored per file when the stage ends.
+            self.windows.add(batch.utterance, batch.start, batch.end,
+                             self.window_probabilities(logits), labels)
+            return loss
         self.counts += torch.stack(
             [(logits.argmax(dim=-1) == labels).sum(), torch.tensor(labels.numel(), device=labels.device)]
         ).to(self.counts)
         return loss
+
+    def window_probabilities(self, logits):
+        """``[B, C]`` class probabilities of ``[B, C]`` window logits (softmax), pooled per file."""
+        return torch.softmax(logits, dim=-1)
+
+    def pooled_stats(self, windows):
+        """Loss and accuracy of the files of evaluated ``windows`` (``WindowScores``), their
+        probabilities pooled by ``window_pooling`` (mean | max; renormalised for the loss)."""
+        _, pooled, labels = windows.pooled(getattr(self.hparams, "window_pooling", "mean"))
+        labels = labels.view(-1)
+        if not len(labels):
+            return {"loss": 0.0, "accuracy": 0.0}
+        distribution = pooled / pooled.sum(dim=-1, keepdim=True)
+        loss = F.nll_loss(torch.log(distribution.clamp_min(torch.finfo(pooled.dtype).tiny)), labels)
+        return {"loss": float(loss), "accuracy": float((pooled.argmax(dim=-1) == labels).double().mean())}
 
     # ---------------------------------------------------------------- optimiser and schedule
     def fit(self, epoch_counter, train_set, valid_set=None, progressbar=None,
@@ -228,6 +249,9 @@ class ClassificationBrain(sb.Brain):
         """
         if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
             loader_kwargs["generator"] = torch.Generator().manual_seed(int(self.hparams.seed))
+        if stage == sb.Stage.TRAIN:
+            # Random crops (train_crop: random) are drawn per epoch: on_stage_start sets it.
+            self.train_crop = getattr(dataset, "train_crop", None)
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
     def on_fit_start(self):
@@ -274,6 +298,10 @@ class ClassificationBrain(sb.Brain):
 
     # ---------------------------------------------------------------- stages
     def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN and getattr(self, "train_crop", None) is not None:
+            self.train_crop.set_epoch(epoch)  # before the DataLoader workers copy the dataset
+        if stage != sb.Stage.TRAIN:
+            self.windows = WindowScores()
         if stage == sb.Stage.TRAIN and self.step > 0:
             return  # resumed mid-epoch: the counts so far came back with the checkpoint
         self.counts = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -288,6 +316,10 @@ class ClassificationBrain(sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         stats = {"loss": float(stage_loss), "accuracy": self._accuracy(stage)}
+        if stage != sb.Stage.TRAIN and len(self.windows):
+            stats = self.pooled_stats(self.windows)
+            if stage == sb.Stage.TEST:
+                self.test_windows = self.windows  # for window_results (Run.finish_fold)
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:

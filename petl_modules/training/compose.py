@@ -18,6 +18,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from petl_modules.backbones import FAMILIES, lobe_class
 from petl_modules.paths import hparams_folder
+from petl_modules.training.windows import EVAL_WINDOWS, TRAIN_CROPS, WINDOW_POOLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,16 @@ OPTION_RANGES = {
     "n_classes": (int, 2, False),
     "clip_seconds": (float, 0, True),
     "ckpt_interval_minutes": (float, 0, False),
+    "window_hop_seconds": (float, 0, True),
 }
-STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds"}
+STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds", "window_hop_seconds"}
+# Options that take one of a few values (petl_modules/training/windows.py).
+OPTION_VALUES = {
+    "train_crop": TRAIN_CROPS,
+    "eval_windows": EVAL_WINDOWS,
+    "window_pooling": WINDOW_POOLINGS,
+    "window_results": (True, False),
+}
 
 
 def validate_options(values):
@@ -115,6 +124,15 @@ def validate_options(values):
         elif low is not None and (value <= low if key in STRICTLY_POSITIVE else value < low):
             bound = f"> {low}" if key in STRICTLY_POSITIVE else f">= {low}"
             problems.append(f"--{key}={value!r} is out of range: it must be {bound}")
+    for key, allowed in OPTION_VALUES.items():
+        value = values.get(key, allowed[0])
+        if getattr(value, "tag", None) is not None and getattr(value.tag, "value", None):
+            continue  # computed by the yaml (checked once built)
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            problems.append(f"--{key}={value!r} is not one of {'|'.join(map(str, allowed))}")
+    if values.get("window_results") is True and values.get("eval_windows", "first") == "first":
+        problems.append("--window_results=True writes the results of sliding windows: add "
+                        "--eval_windows=sliding")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
 
