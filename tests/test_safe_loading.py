@@ -220,7 +220,7 @@ def test_weights_must_be_exactly_the_rebuilt_models_trained_tensors(change, mess
 
 def test_current_folder_is_plain_data_with_a_format_version(good_folder):
     config = json.loads((good_folder / CONFIG_FILE).read_text())
-    assert config["format_version"] == FORMAT_VERSION == 2
+    assert config["format_version"] == FORMAT_VERSION == 3
     assert "hyperparams" not in config
     assert not any(isinstance(v, str) and v.startswith("!") for v in config["options"].values())
     modules, _ = load_petl_model(good_folder, check=True)
