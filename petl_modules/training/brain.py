@@ -40,6 +40,7 @@ from speechbrain.utils.distributed import if_main_process, is_distributed_initia
 from petl_modules.training import metrics
 from petl_modules.training.augment import augment
 from petl_modules.training.cache import head_input
+from petl_modules.training.windows import WindowScores
 
 logger = logging.getLogger(__name__)
 
@@ -220,14 +221,23 @@ class ClassificationBrain(sb.Brain):
         logits = logits.float()  # the loss and the scores in fp32, also under bf16 autocast
         weights = getattr(self.hparams, "loss_weights", None)
         weights = None if weights is None else weights.to(logits.device)
+        # Sliding windows (eval_windows: sliding): scored per file when the stage ends.
+        windows = stage != sb.Stage.TRAIN and getattr(batch, "utterance", None) is not None
         if self.multilabel:
             targets = batch.targets.data.to(logits.device).float()
             loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
-            if stage != sb.Stage.TRAIN:
+            if windows:
+                self.windows.add(batch.utterance, batch.start, batch.end,
+                                 self.window_probabilities(logits), targets)
+            elif stage != sb.Stage.TRAIN:
                 self.outputs.append((targets.cpu(), torch.sigmoid(logits).detach().cpu()))
             return loss
         labels = batch.label_index.data.view(-1).to(logits.device)
         loss = F.cross_entropy(logits, labels, weight=weights)
+        if windows:
+            self.windows.add(batch.utterance, batch.start, batch.end,
+                             self.window_probabilities(logits), labels)
+            return loss
         predicted = logits.argmax(dim=-1)
         self.counts += torch.stack(
             [(predicted == labels).sum(), torch.tensor(labels.numel(), device=labels.device)]
@@ -235,6 +245,30 @@ class ClassificationBrain(sb.Brain):
         if stage == sb.Stage.TEST:
             self.outputs.append((labels.cpu(), predicted.detach().cpu()))
         return loss
+
+    def window_probabilities(self, logits):
+        """``[B, C]`` class probabilities of ``[B, C]`` window logits (softmax; multi-label: a
+        sigmoid per class), pooled per file."""
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+
+    def pooled_stats(self, windows):
+        """Loss and accuracy (multi-label: loss) of the files of evaluated ``windows``
+        (``WindowScores``), their probabilities pooled by ``window_pooling`` (mean | max;
+        renormalised for the loss); the files' pooled scores become the stage's ``outputs``."""
+        _, pooled, labels = windows.pooled(getattr(self.hparams, "window_pooling", "mean"))
+        if self.multilabel:
+            self.outputs = [(labels.float(), pooled)]
+            if not len(labels):
+                return {"loss": 0.0}
+            tiny = torch.finfo(pooled.dtype).eps
+            return {"loss": float(F.binary_cross_entropy(pooled.clamp(tiny, 1 - tiny), labels.float()))}
+        labels = labels.view(-1)
+        if not len(labels):
+            return {"loss": 0.0, "accuracy": 0.0}
+        self.outputs = [(labels, pooled.argmax(dim=-1))]
+        distribution = pooled / pooled.sum(dim=-1, keepdim=True)
+        loss = F.nll_loss(torch.log(distribution.clamp_min(torch.finfo(pooled.dtype).tiny)), labels)
+        return {"loss": float(loss), "accuracy": float((pooled.argmax(dim=-1) == labels).double().mean())}
 
     # ---------------------------------------------------------------- optimiser and schedule
     def fit(self, epoch_counter, train_set, valid_set=None, progressbar=None,
@@ -255,6 +289,9 @@ class ClassificationBrain(sb.Brain):
         """
         if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
             loader_kwargs["generator"] = torch.Generator().manual_seed(int(self.hparams.seed))
+        if stage == sb.Stage.TRAIN:
+            # Random crops (train_crop: random) are drawn per epoch: on_stage_start sets it.
+            self.train_crop = getattr(dataset, "train_crop", None)
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
     def on_fit_start(self):
@@ -302,6 +339,10 @@ class ClassificationBrain(sb.Brain):
     # ---------------------------------------------------------------- stages
     def on_stage_start(self, stage, epoch=None):
         self.outputs = []  # validation/test: (targets, scores) per batch, for the scores
+        if stage == sb.Stage.TRAIN and getattr(self, "train_crop", None) is not None:
+            self.train_crop.set_epoch(epoch)  # before the DataLoader workers copy the dataset
+        if stage != sb.Stage.TRAIN:
+            self.windows = WindowScores()
         if stage == sb.Stage.TRAIN and self.step > 0:
             return  # resumed mid-epoch: the counts so far came back with the checkpoint
         self.counts = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -314,13 +355,13 @@ class ClassificationBrain(sb.Brain):
             torch.distributed.all_reduce(counts)
         return float(counts[0] / counts[1]) if counts[1] > 0 else 0.0
 
-    def _stage_scores(self, stage):
+    def _stage_scores(self, stage, accuracy=None):
         """The stage's scores: accuracy (and, on test, macro F1 and the confusion matrix) for
         single-label; mAP, and on test micro/macro F1 at the thresholds of the best validation
         epoch, for multi-label (``petl_modules.training.metrics``). Validation of a multi-label
         run also chooses the per-class thresholds (kept in the checkpoint's meta)."""
         if not self.multilabel:
-            stats = {"accuracy": self._accuracy(stage)}
+            stats = {"accuracy": self._accuracy(stage) if accuracy is None else accuracy}
             if stage == sb.Stage.TEST and self.outputs:
                 labels, predicted = (torch.cat(part).numpy() for part in zip(*self.outputs))
                 scores = metrics.single_label_scores(labels, predicted, self.hparams.n_classes)
@@ -348,7 +389,12 @@ class ClassificationBrain(sb.Brain):
         return [metrics.DEFAULT_THRESHOLD] * n_classes
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        stats = {"loss": float(stage_loss), **self._stage_scores(stage)}
+        stats = {"loss": float(stage_loss)}
+        if stage != sb.Stage.TRAIN and len(self.windows):
+            stats = self.pooled_stats(self.windows)  # the files' scores, from their windows
+            if stage == sb.Stage.TEST:
+                self.test_windows = self.windows  # for window_results (Run.finish_fold)
+        stats.update(self._stage_scores(stage, stats.get("accuracy")))
         logged = {k: v for k, v in stats.items() if k != "confusion"}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats

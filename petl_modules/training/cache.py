@@ -15,7 +15,8 @@ One vector ``[D]`` per utterance; training then runs ``gamma * cached + beta`` a
 wav2vec2) caches the pooled output itself.
 
 Where it is wrong, the cache is refused (``check_cacheable``) before any data is read: data
-augmentation (the inputs change every epoch), any trainable backbone parameter besides the final
+augmentation and random training crops (the inputs change every epoch), sliding evaluation
+windows (one vector per file), any trainable backbone parameter besides the final
 LayerNorm or any inserted PETL module (another method), poolings other than mean/cls, and
 waveform lobes whose output depends on how an utterance is padded in its batch.
 
@@ -71,6 +72,16 @@ def check_cacheable(hparams):
     if hparams.get("augmentation") is not None:
         reasons.append(
             "data augmentation is on (the inputs differ at every epoch): add --augmentation=null"
+        )
+    if hparams.get("train_crop", "first") != "first":
+        reasons.append(
+            f"train_crop={hparams['train_crop']} takes another clip of every file at each epoch: "
+            "add --train_crop=first"
+        )
+    if hparams.get("eval_windows", "first") != "first":
+        reasons.append(
+            f"eval_windows={hparams['eval_windows']} evaluates many clips per file, the cache "
+            "holds one: add --eval_windows=first"
         )
     if hparams.get("apply_spec_augment"):
         reasons.append("apply_spec_augment=True masks the backbone's features at random")

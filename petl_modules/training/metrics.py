@@ -192,3 +192,9 @@ def write_confusion_matrix(folder, confusion, class_names, stem="confusion_matri
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return csv_path, png_path
+
+
+def default_window_pooling(task):
+    """How a file's sliding windows are pooled by default: ``max`` for multi-label (an event in
+    any window is in the file), ``mean`` for single-label."""
+    return "max" if task == "multilabel" else "mean"

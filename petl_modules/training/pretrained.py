@@ -13,9 +13,12 @@ Every run writes ``<experiment_folder>/petl_model/`` from its best validation ch
 checkpoint's ``model_type``) and ``backbone_source``, a ``fingerprint`` of the base checkpoint's
 weights (checked at load: a model is never put silently onto another backbone), the ``method`` (a
 name from the registry of method files, ``hparams/*.yaml``) and its ``options`` (plain values), the
-``input`` settings (the lobe's ``input_processor.config()``), the ``class_names`` in index order,
-the ``task`` (``single_label`` or ``multilabel``) with, for multi-label, the per-class decision
-``thresholds`` chosen on the validation split, and the names of the saved tensors.
+``input`` settings (the lobe's ``input_processor.config()``), the ``evaluation`` protocol the run
+was tested with (``eval_windows``, ``window_hop_seconds``, ``window_pooling``; ``classify``
+follows it; folders of format_version 1 and 2, which lack it, were tested on the first clip), the
+``class_names`` in index order, the ``task`` (``single_label`` or ``multilabel``; older folders:
+single_label) with, for multi-label, the per-class decision ``thresholds`` chosen on the
+validation split, and the names of the saved tensors.
 
 A folder may come from someone else, so loading it never executes anything it says: the config
 is read as JSON (at most 16 MiB) and checked against a schema (unknown keys, wrong types, YAML
@@ -51,19 +54,20 @@ from safetensors.torch import load_file, save_file
 from petl_modules.backbones import lobe_class
 from petl_modules.methods.adapted import PETLModule, petl_buffers
 from petl_modules.training.run_folder import current_umask, write_json_atomic
+from petl_modules.training.windows import EvalProtocol
 
 logger = logging.getLogger(__name__)
 
 FOLDER_NAME = "petl_model"
 CONFIG_FILE = "petl_config.json"
 WEIGHTS_FILE = "petl_weights.safetensors"
-FORMAT_VERSION = 3  # 2: no yaml text; the model is rebuilt from the method name + options;
-# 3: task and per-class thresholds (multi-label)
+FORMAT_VERSION = 3  # 2: no yaml text, the model rebuilt from method + options; 3: "evaluation",
+# "task" and "thresholds" (multi-label)
 
 # Run-only keys left out of the config's ``options`` (paths and plumbing, not the model).
 RUN_ONLY_KEYS = {
     "data_folder", "output_folder", "experiment_folder", "save_folder", "train_log",
-    "manifest_folder", "num_workers", "skip_bad_files",
+    "manifest_folder", "num_workers", "skip_bad_files", "window_results",
 }
 
 
@@ -260,6 +264,7 @@ def build_config(hparams, class_names, fingerprint=None, thresholds=None):
         "method": hparams["method"],
         "options": method_options(hparams),
         "input": processor.config() if hasattr(processor, "config") else None,
+        "evaluation": EvalProtocol.from_options(hparams).config(),
         "pooling": getattr(hparams["classifier"], "pooling", None),
         "dataset": hparams.get("dataset"),
         "fold": hparams.get("fold") if hparams.get("folds") else None,
@@ -317,6 +322,7 @@ CONFIG_SCHEMA = {
     "method": ((str,), True),
     "options": ((dict,), True),
     "input": ((dict, type(None)), False),
+    "evaluation": ((dict,), False),  # format_version 3
     "pooling": ((str, type(None)), False),
     "dataset": ((str, type(None)), False),
     "fold": ((int, str, type(None)), False),
@@ -423,6 +429,16 @@ def validate_config(config, path):
     for key in ("input", "fingerprint"):
         if isinstance(config.get(key), dict) and not _plain(config[key]):
             problems.append(f"'{key}' holds something other than plain values")
+    evaluation = config.get("evaluation")
+    if isinstance(evaluation, dict):
+        expected = set(EvalProtocol().config())
+        if set(evaluation) != expected:
+            problems.append(f"'evaluation' must hold exactly {', '.join(sorted(expected))}")
+        else:
+            try:
+                EvalProtocol.from_options(evaluation)
+            except (TypeError, ValueError) as err:
+                problems.append(f"evaluation: {err}")
     problems += _task_problems(config)
     if problems:
         raise PETLModelError(

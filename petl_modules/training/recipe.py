@@ -55,6 +55,13 @@ from petl_modules.training.run_folder import (
     run_identity,
     write_json_atomic,
 )
+from petl_modules.training.windows import (
+    WINDOW_RESULTS_FILE,
+    EvalProtocol,
+    TrainCrop,
+    clip_samples,
+    window_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +148,31 @@ def target_key(hparams):
     return "targets" if metrics.is_multilabel(hparams) else "label_index"
 
 
-def add_pipelines(datasets, input_processor, encoder, multilabel=False):
-    """Adds ``inputs`` (features of the audio file) and ``label_index`` (``targets``, multi-hot,
-    for multi-label) to every dataset."""
+def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabel=False):
+    """Adds ``inputs`` (features of the audio file, or of one clip of it) and ``label_index``
+    (``targets``, multi-hot, for multi-label) to every dataset of ``{split: dataset}``.
+
+    The training split takes a random clip per epoch with ``train_crop``
+    (``petl_modules.training.windows.TrainCrop``, kept as the dataset's ``train_crop``, where the
+    Brain sets its epoch); a dataset of sliding windows (``window_dataset``: ``start`` and ``end``
+    fields) reads each window and also outputs ``utterance``, ``start`` and ``end``; the others
+    read the first clip.
+    """
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("inputs")
     def audio_pipeline(wav):
         return load_input(wav, input_processor)  # reads only what the model uses
+
+    @sb.utils.data_pipeline.takes("id", "wav")
+    @sb.utils.data_pipeline.provides("inputs")
+    def crop_pipeline(uid, wav):
+        return load_input(wav, input_processor, start=train_crop(uid))
+
+    @sb.utils.data_pipeline.takes("wav", "start")
+    @sb.utils.data_pipeline.provides("inputs")
+    def window_pipeline(wav, start):
+        return load_input(wav, input_processor, start=int(start))
 
     @sb.utils.data_pipeline.takes("label")
     @sb.utils.data_pipeline.provides("label_index")
@@ -160,10 +184,25 @@ def add_pipelines(datasets, input_processor, encoder, multilabel=False):
     def multi_hot_pipeline(label):
         return metrics.multi_hot(metrics.labels_of(label, True), encoder.lab2ind, len(encoder))
 
-    sb.dataio.dataset.add_dynamic_item(list(datasets), audio_pipeline)
-    sb.dataio.dataset.add_dynamic_item(list(datasets), multi_hot_pipeline if multilabel else label_pipeline)
-    key = "targets" if multilabel else "label_index"
-    sb.dataio.dataset.set_output_keys(list(datasets), ["id", "inputs", key])
+    target = "targets" if multilabel else "label_index"
+    for split, dataset in datasets.items():
+        keys = ["id", "inputs", target]
+        if is_window_dataset(dataset):
+            dataset.add_dynamic_item(window_pipeline)
+            keys += ["utterance", "start", "end"]
+        elif split == "train" and train_crop is not None:
+            dataset.add_dynamic_item(crop_pipeline)
+            dataset.train_crop = train_crop
+        else:
+            dataset.add_dynamic_item(audio_pipeline)
+        dataset.add_dynamic_item(multi_hot_pipeline if multilabel else label_pipeline)
+        dataset.set_output_keys(keys)
+
+
+def is_window_dataset(dataset):
+    """Whether ``dataset`` holds sliding windows (``window_dataset``) rather than files."""
+    first = next(iter(dataset.data.values()), {})
+    return "start" in first and "utterance" in first
 
 
 # ==================================================================== parameters
@@ -392,6 +431,10 @@ class Run:
                 written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names)
                 logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
             save_run_petl_model(hparams, class_names, thresholds)
+            if hparams.get("window_results") and getattr(brain, "test_windows", None):
+                brain.test_windows.write_csv(
+                    folder / WINDOW_RESULTS_FILE, class_names,
+                    getattr(hparams["backbone"].input_processor, "sample_rate", 16000))
             write_json_atomic(folder / "fold_result.json", result)
         return result
 
@@ -452,8 +495,10 @@ def _distributed():
 def fold_datasets(datasets, hparams, run_opts):
     """Makes a fold's ``{"train", "valid", "test"}`` datasets (``wav`` and ``label`` fields, from
     the recipe's ``make_datasets``) ready for the Brain: labels checked and encoded (the encoder
-    saved in the experiment folder), the few-shot subset taken, the input pipelines added (or the
-    backbone output cache). Returns the datasets and the class names."""
+    saved in the experiment folder), the few-shot subset taken, validation and test cut into
+    sliding windows (``eval_windows: sliding``), the input pipelines added (random training crops
+    with ``train_crop: random``; or the backbone output cache). Returns the datasets and the class
+    names."""
     class_names = checked_class_names(datasets, hparams)
     multilabel = metrics.is_multilabel(hparams)
     encoder = CategoricalEncoder()
@@ -471,7 +516,15 @@ def fold_datasets(datasets, hparams, run_opts):
         hparams["loss_weights"] = metrics.balanced_class_weights(labels, class_names, multilabel)
         shown = ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, hparams["loss_weights"].tolist()))
         logger.info(f"class_weights=balanced: loss weights per class: {shown}")
-    add_pipelines(datasets.values(), hparams["backbone"].input_processor, encoder, multilabel)
+    processor = hparams["backbone"].input_processor
+    protocol = EvalProtocol.from_options(hparams)
+    if protocol.sliding:  # validation and test cover whole files
+        for split in ("valid", "test"):
+            datasets[split] = window_dataset(datasets[split], processor, protocol)
+    crop = None
+    if hparams.get("train_crop", "first") == "random":
+        crop = TrainCrop(hparams["seed"], clip_samples(processor))
+    add_pipelines(datasets, processor, encoder, train_crop=crop, multilabel=multilabel)
     if hparams.get("cache_backbone_outputs"):
         use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"),
                            target=target_key(hparams))
