@@ -12,6 +12,7 @@ import numpy as np
 from petl_modules.synthetic import class_signal, write_csv, write_wav
 
 RELEASE = "my_sounds"
+MULTILABEL_RELEASE = "my_tags"
 CLASSES = ["bird", "engine", "rain", "siren"]
 SPLITS = ("train", "valid", "test")
 
@@ -22,14 +23,15 @@ DEMO = {"per_class": 6, "release": RELEASE, "options": ["--time_mask=20"],
 
 
 def generate(root, per_class=1, seed=0, seconds=2.0, task="single_label"):
-    """Writes ``per_class`` recordings per class and split under ``root/my_sounds``.
+    """Writes ``per_class`` recordings per class and split under ``root/my_sounds`` (multilabel:
+    ``root/my_tags``).
 
     single_label: ``<split>/<class>/<k>.wav`` (the folder-per-class layout with split folders).
     multilabel: ``audio/<split>_<k>.wav`` and ``metadata.csv`` (``file_name,labels,split``): each
     recording holds its class and, every other one, the next class too (``bird;engine``).
     Returns the top folder (``--data_folder``).
     """
-    folder = Path(root) / RELEASE
+    folder = Path(root) / (RELEASE if task == "single_label" else MULTILABEL_RELEASE)
     rng = np.random.default_rng(seed)
     n = len(CLASSES)
     rows = []
