@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -329,10 +330,9 @@ def stratified_group_split(strata, groups, fraction, seed):
     groups, seeded: one of ``round(1 / fraction)`` stratified group folds."""
     if not 0 < float(fraction) < 1:
         raise DataError(f"A split fraction must be between 0 and 1 (exclusive), got {fraction}.")
-    k = max(2, round(1 / float(fraction)))
-    if len(set(groups)) < k:
-        k = len(set(groups))
-        if k < 2:
-            return []
+    # No more folds than groups, nor than examples of the largest class (scikit-learn needs it).
+    k = min(max(2, round(1 / float(fraction))), len(set(groups)), max(Counter(strata).values()))
+    if k < 2:
+        return []
     folds = stratified_group_folds(strata, groups, k, seed)
     return [i for i, fold in enumerate(folds) if fold == 0]

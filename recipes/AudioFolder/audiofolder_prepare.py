@@ -343,9 +343,10 @@ def dataset_rows(options):
                         "is used).")
 
     names = _class_names(options, rows)
-    rows, dropped = _keep_classes(rows, names, multilabel)
-    if dropped and options.get("class_names"):
-        logger.info(f"--class_names: {dropped} example(s) of other classes left out.")
+    if options.get("class_names"):  # else a class seen only outside train is reported below
+        rows, dropped = _keep_classes(rows, names, multilabel)
+        if dropped:
+            logger.info(f"--class_names: {dropped} example(s) of other classes left out.")
     folds = None
     if given_folds or num_folds:
         rows, folds, fold_problems = _assign_folds(rows, names, num_folds, options)
@@ -355,6 +356,14 @@ def dataset_rows(options):
         rows, split_problems = _assign_splits(rows, names, options)
         _report(split_problems, skip, "the splits")
         excluded += split_problems
+    trained = {name for row in rows if row.get("split") in ("train", None) for name in _labels(row)}
+    if not options.get("class_names"):  # a class whose examples were all left out (listed)
+        names = [name for name in names if name in trained]
+    unseen = [name for name in names if name not in trained]
+    if unseen:
+        raise DataError(f"--class_names lists {', '.join(unseen)}, with no training example in "
+                        f"{layout}: check the names (the data's classes are "
+                        f"{', '.join(sorted(trained))}).")
     if len(names) < 2:
         raise DataError(f"{layout} has {len(names)} class(es) ({', '.join(names) or 'none'}): "
                         "a classifier needs at least 2.")
