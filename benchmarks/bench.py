@@ -4,7 +4,8 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,reference] [--backbone_source=...]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,prepare,reference]
+        [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
         [--warmup=N] [--methods='lora|dense_moa N=15']   (extras: warm-up steps, method variants)
@@ -37,6 +38,11 @@ Suites and the ratios they give (``--json`` writes ``{"machine", "results", "rat
 - ``classify``: peak memory of ``PETLClassifier.classify_files`` (what ``python -m
   petl_modules.classify`` runs) on a generated one-hour 16 kHz file / on a 10 s file, same model
   (the linear probe on the benchmark's backbone): ``classify_memory_1h_vs_10s``.
+- ``prepare``: preparation of your own data (``recipes/AudioFolder``: layout, split, one header
+  read per file in parallel threads) on 20,000 generated 0.1 s files in 10 class folders
+  (``--quick``: 500), into a fresh manifest folder each time: ``prepare_files_per_s`` (a figure,
+  not a ratio). The files were just written, so they are in the OS file cache; a first read from
+  a cold disk is slower.
 
 Timings: median and min over ``--steps`` timed steps after warm-up. Peak memory: on CPU the peak
 resident set size during the timed train steps (Linux ``VmHWM``, reset before each block, after
@@ -87,7 +93,7 @@ from petl_modules.training.compose import compose_hparams, load_hparams  # noqa:
 from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
-SUITES = ("methods", "moa", "data", "cache", "merge", "classify")  # the default set
+SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "prepare")  # the default set
 ALL_SUITES = SUITES + ("reference",)
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
@@ -782,9 +788,38 @@ def suite_reference(args):
     return rows
 
 
+PREPARE_FILES = 20000
+
+
+def suite_prepare(args):
+    """Files per second of ``prepare_audiofolder`` on generated folder-per-class data."""
+    import numpy as np
+    import soundfile as sf
+
+    count = 500 if args.quick else PREPARE_FILES
+    root = args.workdir / f"prepare_{count}"
+    signal = (0.1 * np.random.default_rng(0).standard_normal(1600)).astype("float32")
+    for k in range(count):
+        path = root / f"class{k % 10}" / f"{k}.wav"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(path), signal, 16000, subtype="PCM_16")
+    recipe = _load_recipe("AudioFolder")
+    options = {"data_folder": str(root), "split_seed": 0, "valid_fraction": 0.1,
+               "test_fraction": 0.1}
+    times = []
+    for run in range(args.warmup + max(2, args.steps)):
+        start = time.perf_counter()
+        recipe.prepare_audiofolder(options, args.workdir / f"prepare_manifests_{run}")
+        times.append(time.perf_counter() - start)
+    kept = times[args.warmup:]
+    return [result("prepare", f"prepare {count} files (AudioFolder)", kept, None, None, files=count,
+                   files_per_s=count / statistics.median(kept))]
+
+
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
-                   "reference": suite_reference}
+                   "prepare": suite_prepare, "reference": suite_reference}
 
 
 # ==================================================================== ratios and report
@@ -824,6 +859,8 @@ def compute_ratios(rows):
     ratios["first_batch_10x_data"] = _ratio(data.get(10), data.get(1))
     memory = {r.get("seconds"): r["peak_mem_mb"] for r in rows if r["suite"] == "classify"}
     ratios["classify_memory_1h_vs_10s"] = _ratio(memory.get(3600), memory.get(10))
+    prepared = [r["files_per_s"] for r in rows if r["suite"] == "prepare"]
+    ratios["prepare_files_per_s"] = prepared[0] if prepared else None
     ratios["eager_vs_sdpa_full_ft_train_step"] = _ratio(
         _median(rows, "full_ft [eager attention]: train step"), _median(rows, "full_ft: train step"))
     peaks = {r["name"]: r["peak_mem_mb"] for r in rows if r["suite"] == "methods"}

@@ -3,7 +3,8 @@
 Two tasks (``task`` in ``recipe.yaml``):
 
 - ``single_label``: one class per example, softmax + cross-entropy; scored by accuracy and macro F1,
-  with a confusion matrix (``write_confusion_matrix``: CSV and PNG) of the test split;
+  with, on request (``confusion_matrix: True``), the test split's confusion matrix
+  (``write_confusion_matrix``: CSV and PNG);
 - ``multilabel``: any number of classes per example (``label`` holds them ``;``-separated), one
   sigmoid + binary cross-entropy per class; scored by mAP (the mean over classes of the average
   precision, as the AudioSet and FSD50K papers; classes without a positive example are left out of
@@ -179,7 +180,7 @@ def write_confusion_matrix(folder, confusion, class_names, stem="confusion_matri
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    size = max(4.0, 0.35 * len(class_names) + 2)
+    size = max(3.0, 0.25 * len(class_names) + 1.5)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(np.asarray(confusion), cmap="Blues")
     ticks = range(len(class_names))
@@ -188,8 +189,7 @@ def write_confusion_matrix(folder, confusion, class_names, stem="confusion_matri
     ax.set_yticks(ticks, labels, fontsize="small")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    fig.savefig(png_path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return csv_path, png_path
 

@@ -427,7 +427,7 @@ class Run:
         if if_main_process():
             from petl_modules.training.pretrained import save_run_petl_model
 
-            if stats.get("confusion") is not None:
+            if hparams.get("confusion_matrix") and stats.get("confusion") is not None:
                 written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names)
                 logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
             save_run_petl_model(hparams, class_names, thresholds)
