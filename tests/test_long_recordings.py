@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules.backbones.features import Waveform
@@ -89,6 +90,31 @@ def test_train_crop_reads_its_clip_from_the_file_at_the_epochs_start(tmp_path):
         assert torch.equal(load_input(path, processor, start=crop("utt")), whole[start: start + 8000])
         starts.append(start)
     assert starts[0] != starts[1]
+
+
+def test_training_loader_reads_each_epochs_crop_also_when_resumed_mid_epoch(tmp_path):
+    import speechbrain as sb
+    from speechbrain.dataio.encoder import CategoricalEncoder
+
+    from petl_modules.training.brain import ClassificationBrain
+    from petl_modules.training.recipe import add_pipelines
+
+    path = noise_wav(tmp_path / "long.wav", 1.0)
+    whole = load_audio(path)
+    dataset = DynamicItemDataset({"utt": {"wav": str(path), "label": "a"}})
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(["a"])
+    processor = Waveform(clip_samples=4000, normalize=False)
+    add_pipelines({"train": dataset}, processor, encoder, train_crop=TrainCrop(10, 4000))
+    brain = ClassificationBrain(modules={"head": torch.nn.Linear(1, 1)}, hparams={"seed": 10},
+                                run_opts={"device": "cpu", "noprogressbar": True})
+    loader = brain.make_dataloader(dataset, sb.Stage.TRAIN, batch_size=1)
+    for epoch, step in ((1, 0), (2, 0), (3, 5)):  # epoch 3: resumed after its batch 5
+        brain.step = step
+        brain.on_stage_start(sb.Stage.TRAIN, epoch)
+        (batch,) = list(loader)
+        start = crop_start(10, epoch, "utt", 4000, 16000)
+        assert torch.equal(batch.inputs.data[0], whole[start: start + 4000])
 
 
 @pytest.mark.parametrize("rate", [44100, 22050, 8000])
