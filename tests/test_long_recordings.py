@@ -205,12 +205,41 @@ def test_recipes_keep_the_first_clip_protocol_unless_their_yaml_says_otherwise(t
     assert checked >= 5  # the papers' recipes
 
 
-@pytest.mark.parametrize("option", [{"train_crop": "random"}, {"eval_windows": "sliding"}])
-def test_linear_probing_cache_refuses_crops_and_windows(option, tiny_ast, tmp_path):
-    hparams = build("linear", tiny_ast, tmp_path, cache_backbone_outputs=True, **option)
-    key, value = next(iter(option.items()))
-    with pytest.raises(CacheConfigError, match=f"{key}={value}.*--{key}=first"):
+def test_linear_probing_cache_refuses_random_crops(tiny_ast, tmp_path):
+    hparams = build("linear", tiny_ast, tmp_path, cache_backbone_outputs=True, train_crop="random")
+    with pytest.raises(CacheConfigError, match="train_crop=random.*--train_crop=first"):
         check_cacheable(hparams)
+
+
+def test_linear_probing_cache_holds_one_vector_per_window(tiny_ast, tmp_path):
+    from speechbrain.dataio.encoder import CategoricalEncoder
+
+    from petl_modules.training.cache import head_input, use_backbone_cache
+    from petl_modules.training.recipe import add_pipelines
+    from petl_modules.training.windows import window_dataset
+
+    hparams = build("linear", tiny_ast, tmp_path, cache_backbone_outputs=True, eval_windows="sliding",
+                    num_workers=0, manifest_folder=str(tmp_path / "manifests"))
+    files = {"a": noise_wav(tmp_path / "a.wav", 1.0, seed=1), "b": noise_wav(tmp_path / "b.wav", 0.3, seed=2)}
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(["x", "y"])
+    processor = hparams["backbone"].input_processor
+    protocol = EvalProtocol.from_options(hparams)
+    files_dataset = DynamicItemDataset({k: {"wav": str(p), "label": "x"} for k, p in files.items()})
+    plain = {"test": window_dataset(files_dataset, processor, protocol)}
+    cached = {"test": window_dataset(files_dataset, processor, protocol)}
+    add_pipelines(plain, processor, encoder)
+    add_pipelines(cached, processor, encoder)
+    cache_file = use_backbone_cache(hparams, cached)
+    assert sorted(torch.load(cache_file, weights_only=True)["wavs"]) == sorted(
+        [str(files["a"]), f"{files['a']}@5240", f"{files['a']}@5520", str(files["b"])])
+    model, head = hparams["petl_model"].eval(), hparams["classifier"].eval()
+    with torch.no_grad():
+        for window, vector in zip(plain["test"], cached["test"]):
+            assert (window["utterance"], window["start"]) == (vector["utterance"], vector["start"])
+            expected = head(*model(window["inputs"][None]))
+            torch.testing.assert_close(head(head_input(model, vector["cached"][None])), expected,
+                                       rtol=1e-5, atol=1e-5)
 
 
 # ==================================================================== the model folder and classify
