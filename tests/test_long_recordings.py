@@ -6,8 +6,6 @@ import copy
 import csv
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,11 +39,10 @@ from petl_modules.training.windows import (
     window_starts,
 )
 
-from conftest import REPO, read_results, run_train
+from conftest import REPO, read_results
 from test_distributed_resume_tracking import (  # the resume test's machinery
-    KILL_HARNESS,
-    best_checkpoint_tensors,
-    fold_metrics,
+    assert_same_run,
+    run_killed_and_resumed,
     tiny_ast_with_dropout,  # noqa: F401 (fixture)
 )
 
@@ -371,20 +368,10 @@ LONG_RUN = ["--number_of_epochs=2", "--batch_size=4", "--ckpt_interval_steps=3",
 @pytest.mark.slow
 def test_random_crops_and_sliding_windows_resume_bit_identically_and_classify_reproduces_the_test(
         long_fsc, tiny_ast_with_dropout, tmp_path):
-    reference = tmp_path / "uninterrupted"
-    run_train("FSC", "full_ft", long_fsc, tiny_ast_with_dropout, reference, *LONG_RUN)
-    out = tmp_path / "interrupted"
-    killed = run_train("FSC", "full_ft", long_fsc, tiny_ast_with_dropout, out, *LONG_RUN,
-                       check=False, launcher=[sys.executable, "-c", KILL_HARNESS])
-    assert killed.returncode == -9, killed.stdout[-3000:]
-    resumed = run_train("FSC", "full_ft", long_fsc, tiny_ast_with_dropout, out, *LONG_RUN)
-    assert "1 epoch(s) done; epoch 2 goes on after its batch 3" in resumed.stdout
-
-    # The resumed run read the same crops: same log, metrics and weights as the uninterrupted one.
-    assert (out / "train_log.txt").read_text() == (reference / "train_log.txt").read_text()
-    assert fold_metrics(out) == fold_metrics(reference)
-    expected, got = best_checkpoint_tensors(reference), best_checkpoint_tensors(out)
-    assert expected.keys() == got.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    # Killed in the middle of epoch 2 and resumed: the same crops, the same log and weights.
+    _, out, _ = run_killed_and_resumed("FSC", "full_ft", long_fsc, tiny_ast_with_dropout, tmp_path,
+                                       *LONG_RUN)
+    assert_same_run(out, tmp_path / "uninterrupted")
 
     # Per-window results: every window of every test file, pooled into the test accuracy.
     with open(out / "manifests" / "test.csv") as stream:
@@ -409,4 +396,3 @@ def test_random_crops_and_sliding_windows_resume_bit_identically_and_classify_re
     assert not errors
     assert sum(r["label"] == label for r, (_, label) in zip(found, split)) / len(split) \
         == pytest.approx(accuracy)
-    assert Path(out / "petl_model").is_dir()
