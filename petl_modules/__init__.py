@@ -15,7 +15,8 @@ methods/       the PETL methods, which never name a backbone family: ``adapted.p
 training/      the recipe machinery: ``compose.py`` (yaml composition, option checks),
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
-               lock), ``prepare.py``, ``audio.py``, ``augment.py``, ``cache.py``, ``tracking.py``,
+               lock), ``prepare.py``, ``audio.py``, ``windows.py`` (random crops, sliding
+               windows), ``augment.py``, ``cache.py``, ``tracking.py``,
                ``pretrained.py`` (the PETL model folder), ``recipe.yaml`` (shared by every recipe)
 tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``,
                ``results``, ``demo``: the command lines a user runs

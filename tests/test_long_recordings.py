@@ -6,13 +6,12 @@ import copy
 import csv
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules.backbones.features import Waveform
@@ -40,11 +39,10 @@ from petl_modules.training.windows import (
     window_starts,
 )
 
-from conftest import REPO, read_results, run_train
+from conftest import REPO, read_results
 from test_distributed_resume_tracking import (  # the resume test's machinery
-    KILL_HARNESS,
-    best_checkpoint_tensors,
-    fold_metrics,
+    assert_same_run,
+    run_killed_and_resumed,
     tiny_ast_with_dropout,  # noqa: F401 (fixture)
 )
 
@@ -89,6 +87,31 @@ def test_train_crop_reads_its_clip_from_the_file_at_the_epochs_start(tmp_path):
         assert torch.equal(load_input(path, processor, start=crop("utt")), whole[start: start + 8000])
         starts.append(start)
     assert starts[0] != starts[1]
+
+
+def test_training_loader_reads_each_epochs_crop_also_when_resumed_mid_epoch(tmp_path):
+    import speechbrain as sb
+    from speechbrain.dataio.encoder import CategoricalEncoder
+
+    from petl_modules.training.brain import ClassificationBrain
+    from petl_modules.training.recipe import add_pipelines
+
+    path = noise_wav(tmp_path / "long.wav", 1.0)
+    whole = load_audio(path)
+    dataset = DynamicItemDataset({"utt": {"wav": str(path), "label": "a"}})
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(["a"])
+    processor = Waveform(clip_samples=4000, normalize=False)
+    add_pipelines({"train": dataset}, processor, encoder, train_crop=TrainCrop(10, 4000))
+    brain = ClassificationBrain(modules={"head": torch.nn.Linear(1, 1)}, hparams={"seed": 10},
+                                run_opts={"device": "cpu", "noprogressbar": True})
+    loader = brain.make_dataloader(dataset, sb.Stage.TRAIN, batch_size=1)
+    for epoch, step in ((1, 0), (2, 0), (3, 5)):  # epoch 3: resumed after its batch 5
+        brain.step = step
+        brain.on_stage_start(sb.Stage.TRAIN, epoch)
+        (batch,) = list(loader)
+        start = crop_start(10, epoch, "utt", 4000, 16000)
+        assert torch.equal(batch.inputs.data[0], whole[start: start + 4000])
 
 
 @pytest.mark.parametrize("rate", [44100, 22050, 8000])
@@ -179,12 +202,41 @@ def test_recipes_keep_the_first_clip_protocol_unless_their_yaml_says_otherwise(t
     assert checked >= 5  # the papers' recipes
 
 
-@pytest.mark.parametrize("option", [{"train_crop": "random"}, {"eval_windows": "sliding"}])
-def test_linear_probing_cache_refuses_crops_and_windows(option, tiny_ast, tmp_path):
-    hparams = build("linear", tiny_ast, tmp_path, cache_backbone_outputs=True, **option)
-    key, value = next(iter(option.items()))
-    with pytest.raises(CacheConfigError, match=f"{key}={value}.*--{key}=first"):
+def test_linear_probing_cache_refuses_random_crops(tiny_ast, tmp_path):
+    hparams = build("linear", tiny_ast, tmp_path, cache_backbone_outputs=True, train_crop="random")
+    with pytest.raises(CacheConfigError, match="train_crop=random.*--train_crop=first"):
         check_cacheable(hparams)
+
+
+def test_linear_probing_cache_holds_one_vector_per_window(tiny_ast, tmp_path):
+    from speechbrain.dataio.encoder import CategoricalEncoder
+
+    from petl_modules.training.cache import head_input, use_backbone_cache
+    from petl_modules.training.recipe import add_pipelines
+    from petl_modules.training.windows import window_dataset
+
+    hparams = build("linear", tiny_ast, tmp_path, cache_backbone_outputs=True, eval_windows="sliding",
+                    num_workers=0, manifest_folder=str(tmp_path / "manifests"))
+    files = {"a": noise_wav(tmp_path / "a.wav", 1.0, seed=1), "b": noise_wav(tmp_path / "b.wav", 0.3, seed=2)}
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(["x", "y"])
+    processor = hparams["backbone"].input_processor
+    protocol = EvalProtocol.from_options(hparams)
+    files_dataset = DynamicItemDataset({k: {"wav": str(p), "label": "x"} for k, p in files.items()})
+    plain = {"test": window_dataset(files_dataset, processor, protocol)}
+    cached = {"test": window_dataset(files_dataset, processor, protocol)}
+    add_pipelines(plain, processor, encoder)
+    add_pipelines(cached, processor, encoder)
+    cache_file = use_backbone_cache(hparams, cached)
+    assert sorted(torch.load(cache_file, weights_only=True)["wavs"]) == sorted(
+        [str(files["a"]), f"{files['a']}@5240", f"{files['a']}@5520", str(files["b"])])
+    model, head = hparams["petl_model"].eval(), hparams["classifier"].eval()
+    with torch.no_grad():
+        for window, vector in zip(plain["test"], cached["test"]):
+            assert (window["utterance"], window["start"]) == (vector["utterance"], vector["start"])
+            expected = head(*model(window["inputs"][None]))
+            torch.testing.assert_close(head(head_input(model, vector["cached"][None])), expected,
+                                       rtol=1e-5, atol=1e-5)
 
 
 # ==================================================================== the model folder and classify
@@ -316,20 +368,10 @@ LONG_RUN = ["--number_of_epochs=2", "--batch_size=4", "--ckpt_interval_steps=3",
 @pytest.mark.slow
 def test_random_crops_and_sliding_windows_resume_bit_identically_and_classify_reproduces_the_test(
         long_fsc, tiny_ast_with_dropout, tmp_path):
-    reference = tmp_path / "uninterrupted"
-    run_train("FSC", "full_ft", long_fsc, tiny_ast_with_dropout, reference, *LONG_RUN)
-    out = tmp_path / "interrupted"
-    killed = run_train("FSC", "full_ft", long_fsc, tiny_ast_with_dropout, out, *LONG_RUN,
-                       check=False, launcher=[sys.executable, "-c", KILL_HARNESS])
-    assert killed.returncode == -9, killed.stdout[-3000:]
-    resumed = run_train("FSC", "full_ft", long_fsc, tiny_ast_with_dropout, out, *LONG_RUN)
-    assert "1 epoch(s) done; epoch 2 goes on after its batch 3" in resumed.stdout
-
-    # The resumed run read the same crops: same log, metrics and weights as the uninterrupted one.
-    assert (out / "train_log.txt").read_text() == (reference / "train_log.txt").read_text()
-    assert fold_metrics(out) == fold_metrics(reference)
-    expected, got = best_checkpoint_tensors(reference), best_checkpoint_tensors(out)
-    assert expected.keys() == got.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    # Killed in the middle of epoch 2 and resumed: the same crops, the same log and weights.
+    _, out, _ = run_killed_and_resumed("FSC", "full_ft", long_fsc, tiny_ast_with_dropout, tmp_path,
+                                       *LONG_RUN)
+    assert_same_run(out, tmp_path / "uninterrupted")
 
     # Per-window results: every window of every test file, pooled into the test accuracy.
     with open(out / "manifests" / "test.csv") as stream:
@@ -354,4 +396,3 @@ def test_random_crops_and_sliding_windows_resume_bit_identically_and_classify_re
     assert not errors
     assert sum(r["label"] == label for r, (_, label) in zip(found, split)) / len(split) \
         == pytest.approx(accuracy)
-    assert Path(out / "petl_model").is_dir()

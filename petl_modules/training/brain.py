@@ -18,6 +18,12 @@ gives the training DataLoader its own seeded generator, so that the global rando
 by ``petl_modules.training.checkpointing.RandomState``) is drawn from in the same order with or without an
 interruption. A resumed run thus ends with the same results as an uninterrupted one.
 
+Long recordings (``petl_modules/training/windows.py``): with ``train_crop: random`` the Brain sets
+the epoch of the training set's crops before each training epoch (also a resumed one), so every
+epoch reads its own crops; with ``eval_windows: sliding`` validation and test batches hold windows,
+whose class probabilities are pooled per file (``window_pooling``) when the stage ends: the loss
+and accuracy are the files'.
+
 Speed (SpeechBrain run options, on CPU as on GPU): ``--precision=bf16`` trains under
 ``torch.autocast(device, torch.bfloat16)`` (SpeechBrain's ``training_ctx``) and, unless
 ``--eval_precision`` is given, evaluates the same way; on a CPU without native bf16 (AVX512-BF16 or

@@ -60,6 +60,7 @@ from petl_modules.training.windows import (
     EvalProtocol,
     TrainCrop,
     clip_samples,
+    is_window_dataset,
     window_dataset,
 )
 
@@ -197,12 +198,6 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
             dataset.add_dynamic_item(audio_pipeline)
         dataset.add_dynamic_item(multi_hot_pipeline if multilabel else label_pipeline)
         dataset.set_output_keys(keys)
-
-
-def is_window_dataset(dataset):
-    """Whether ``dataset`` holds sliding windows (``window_dataset``) rather than files."""
-    first = next(iter(dataset.data.values()), {})
-    return "start" in first and "utterance" in first
 
 
 # ==================================================================== parameters

@@ -193,6 +193,12 @@ def window_dataset(dataset, processor, protocol):
     return DynamicItemDataset(rows)
 
 
+def is_window_dataset(dataset):
+    """Whether ``dataset`` holds sliding windows (``window_dataset``) rather than files."""
+    first = next(iter(dataset.data.values()), {})
+    return "start" in first and "utterance" in first
+
+
 # ==================================================================== scores of windows
 class WindowScores:
     """The class probabilities of evaluated windows, pooled per utterance at the end of a stage."""
