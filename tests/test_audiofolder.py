@@ -385,3 +385,52 @@ def test_bad_data_stops_the_recipe_with_one_line_before_the_model_is_built(tiny_
     message = run_in_process("AudioFolder", recipe_argv("linear", root, tiny_ast, tmp_path / "run"))
     assert isinstance(message, str) and message.startswith("Error in the data")
     assert "empty class folder" in message and not (tmp_path / "run").exists()
+
+
+class Identity:
+    """An input processor that hands the waveform through (``clip`` samples per clip)."""
+
+    sample_rate, min_samples = 16000, 0
+
+    def __init__(self, clip=None):
+        self.samples_needed = clip
+
+    def __call__(self, wav):
+        return wav
+
+
+def test_segments_are_read_cropped_and_windowed_within_their_bounds(tmp_path):
+    from speechbrain.dataio.dataset import DynamicItemDataset
+    from speechbrain.dataio.encoder import CategoricalEncoder
+
+    from petl_modules.training.audio import load_audio
+    from petl_modules.training.recipe import add_pipelines, segment_span
+    from petl_modules.training.windows import EvalProtocol, TrainCrop, window_dataset
+
+    path = wav(tmp_path / "long.wav", seconds=3.0)
+    full = load_audio(path)
+    rows = {"seg": {"wav": str(path), "label": "a", "seg_start": "1.0", "seg_end": "2.5",
+                    "duration": "1.500"},
+            "whole": {"wav": str(path), "label": "a", "seg_start": "", "seg_end": "",
+                      "duration": "3.000"}}
+    assert segment_span(rows["seg"]) == (16000, 40000) and segment_span(rows["whole"]) is None
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable(["a"])
+    datasets = {"test": DynamicItemDataset(rows), "train": DynamicItemDataset(rows)}
+    add_pipelines(datasets, Identity(8000), encoder, train_crop=TrainCrop(0, 8000))
+    with datasets["test"].output_keys_as(["id", "inputs"]):
+        read = {item["id"]: item["inputs"] for item in datasets["test"]}
+    assert torch_equal(read["seg"], full[16000:24000]) and torch_equal(read["whole"], full[:8000])
+    with datasets["train"].output_keys_as(["id", "inputs"]):
+        crop = next(item["inputs"] for item in datasets["train"] if item["id"] == "seg")
+    offset = next(k for k in range(16000, 32001) if torch_equal(full[k:k + 8000], crop))
+    assert 16000 <= offset <= 40000 - 8000
+    windows = window_dataset(DynamicItemDataset({"seg": rows["seg"]}), Identity(8000),
+                             EvalProtocol("sliding"), span=segment_span)
+    spans = [(row["start"], row["end"]) for row in windows.data.values()]
+    assert spans == [(16000, 24000), (20000, 28000), (24000, 32000), (28000, 36000),
+                     (32000, 40000)]
+
+
+def torch_equal(a, b):
+    return a.shape == b.shape and bool((a == b).all())

@@ -172,7 +172,7 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None, start=0):
 _warned_short = set()  # files already reported as too short (one warning per file and process)
 
 
-def load_input(path, input_processor, start=0):
+def load_input(path, input_processor, start=0, stop=None):
     """The model input of one audio file, or of one clip of it: what the data pipeline hands to
     the batch.
 
@@ -189,6 +189,9 @@ def load_input(path, input_processor, start=0):
     start : int or callable
         Where the clip starts (``load_audio``): 0 (the first clip), a window's first sample, or a
         random crop (``petl_modules.training.windows.TrainCrop``).
+    stop : int, optional
+        With a whole-number ``start``: the sample (at the processor's rate) where the audio used
+        ends, e.g. the end of a segment of a long file (``petl_modules.training.recipe.segment_span``).
 
     Returns
     -------
@@ -202,6 +205,8 @@ def load_input(path, input_processor, start=0):
     """
     wav = load_audio(path, getattr(input_processor, "sample_rate", 16000),
                      max_samples=getattr(input_processor, "samples_needed", None), start=start)
+    if stop is not None:
+        wav = wav[: max(1, int(stop) - int(start))]
     min_samples = getattr(input_processor, "min_samples", 0)
     if wav.shape[0] < min_samples:
         key = str(path)

@@ -21,6 +21,7 @@ can fix (data, checkpoints, output folder, full disk) leaves ``claimed_output_fo
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import math
@@ -157,8 +158,10 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     (``petl_modules.training.windows.TrainCrop``, kept as the dataset's ``train_crop``, where the
     Brain sets its epoch); a dataset of sliding windows (``window_dataset``: ``start`` and ``end``
     fields) reads each window and also outputs ``utterance``, ``start`` and ``end``; the others
-    read the first clip.
+    read the first clip. A dataset whose rows may be segments of long files (``SEGMENT_FIELDS``)
+    reads, crops and windows within each segment (``segment_span``).
     """
+    rate = getattr(input_processor, "sample_rate", 16000)
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("inputs")
@@ -170,10 +173,28 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     def crop_pipeline(uid, wav):
         return load_input(wav, input_processor, start=train_crop(uid))
 
-    @sb.utils.data_pipeline.takes("wav", "start")
+    @sb.utils.data_pipeline.takes("wav", "start", "end")
     @sb.utils.data_pipeline.provides("inputs")
-    def window_pipeline(wav, start):
-        return load_input(wav, input_processor, start=int(start))
+    def window_pipeline(wav, start, end):
+        return load_input(wav, input_processor, start=int(start), stop=int(end))
+
+    def segment_input(uid, wav, fields, crop):
+        span = segment_span(fields, rate)
+        if span is None:
+            return load_input(wav, input_processor, start=crop(uid) if crop else 0)
+        first, last = span
+        offset = crop(uid)(last - first) if crop else 0
+        return load_input(wav, input_processor, start=first + offset, stop=last)
+
+    @sb.utils.data_pipeline.takes("id", "wav", *SEGMENT_FIELDS)
+    @sb.utils.data_pipeline.provides("inputs")
+    def segment_pipeline(uid, wav, *values):
+        return segment_input(uid, wav, dict(zip(SEGMENT_FIELDS, values)), None)
+
+    @sb.utils.data_pipeline.takes("id", "wav", *SEGMENT_FIELDS)
+    @sb.utils.data_pipeline.provides("inputs")
+    def segment_crop_pipeline(uid, wav, *values):
+        return segment_input(uid, wav, dict(zip(SEGMENT_FIELDS, values)), train_crop)
 
     @sb.utils.data_pipeline.takes("label")
     @sb.utils.data_pipeline.provides("label_index")
@@ -188,16 +209,39 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     target = "targets" if multilabel else "label_index"
     for split, dataset in datasets.items():
         keys = ["id", "inputs", target]
+        segments = has_segments(dataset)
         if is_window_dataset(dataset):
             dataset.add_dynamic_item(window_pipeline)
             keys += ["utterance", "start", "end"]
         elif split == "train" and train_crop is not None:
-            dataset.add_dynamic_item(crop_pipeline)
+            dataset.add_dynamic_item(segment_crop_pipeline if segments else crop_pipeline)
             dataset.train_crop = train_crop
         else:
-            dataset.add_dynamic_item(audio_pipeline)
+            dataset.add_dynamic_item(segment_pipeline if segments else audio_pipeline)
         dataset.add_dynamic_item(multi_hot_pipeline if multilabel else label_pipeline)
         dataset.set_output_keys(keys)
+
+
+# Manifest columns of a row that is a segment of a long file: its first second (empty: 0), its end
+# (empty: the file's end) and its length in seconds (the manifest's duration).
+SEGMENT_FIELDS = ("seg_start", "seg_end", "duration")
+
+
+def has_segments(dataset):
+    """Whether some rows of ``dataset`` are segments of their files (``SEGMENT_FIELDS``)."""
+    first = next(iter(dataset.data.values()), {})
+    return all(field in first for field in SEGMENT_FIELDS) and any(
+        segment_span(fields) is not None for fields in dataset.data.values())
+
+
+def segment_span(fields, rate=16000):
+    """``(first sample, end sample)`` at ``rate`` of a row that is a segment of its file, or None
+    for a whole file (``seg_start`` and ``seg_end`` empty)."""
+    start, end = fields.get("seg_start"), fields.get("seg_end")
+    if start in (None, "") and end in (None, ""):
+        return None
+    first = round(float(start or 0) * rate)
+    return first, first + max(1, round(float(fields["duration"]) * rate))
 
 
 # ==================================================================== parameters
@@ -513,9 +557,14 @@ def fold_datasets(datasets, hparams, run_opts):
         logger.info(f"class_weights=balanced: loss weights per class: {shown}")
     processor = hparams["backbone"].input_processor
     protocol = EvalProtocol.from_options(hparams)
-    if protocol.sliding:  # validation and test cover whole files
+    rate = getattr(processor, "sample_rate", 16000)
+    if any(has_segments(d) for d in datasets.values()) and hparams.get("cache_backbone_outputs"):
+        raise DataError("cache_backbone_outputs=True does not handle segments of long files "
+                        "(start/end in the manifest): run without it.")
+    if protocol.sliding:  # validation and test cover whole files (or segments)
         for split in ("valid", "test"):
-            datasets[split] = window_dataset(datasets[split], processor, protocol)
+            span = functools.partial(segment_span, rate=rate) if has_segments(datasets[split]) else None
+            datasets[split] = window_dataset(datasets[split], processor, protocol, span=span)
     crop = None
     if hparams.get("train_crop", "first") == "random":
         crop = TrainCrop(hparams["seed"], clip_samples(processor))

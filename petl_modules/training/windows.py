@@ -175,10 +175,12 @@ def pool_windows(probabilities, pooling="mean"):
     return probabilities.mean(dim=0)
 
 
-def window_dataset(dataset, processor, protocol):
+def window_dataset(dataset, processor, protocol, span=None):
     """The sliding windows of ``dataset``'s files as a dataset: one row per window with the
     utterance's fields, its id in ``utterance`` and the window's ``start`` and ``end`` samples
-    (rows ``<id>@<k>``). Reads each file's header once."""
+    (rows ``<id>@<k>``). Reads each file's header once. ``span(fields)``, if given, returns the
+    ``(first sample, end sample)`` of a row that is a segment of its file (None: the whole file):
+    its windows cover the segment only."""
     rows = {}
     clip = clip_samples(processor)
     rate = getattr(processor, "sample_rate", 16000)
@@ -186,10 +188,12 @@ def window_dataset(dataset, processor, protocol):
     for uid in dataset.data_ids:
         # (SpeechBrain's filtered_sorted leaves an "id" key in the data: a reserved key.)
         fields = {key: value for key, value in dataset.data[uid].items() if key != "id"}
-        total = audio_length(fields["wav"], rate)
+        segment = span(fields) if span is not None else None
+        first, total = (0, audio_length(fields["wav"], rate)) if segment is None else \
+            (segment[0], segment[1] - segment[0])
         for k, start in enumerate(window_starts(total, clip, hop)):
             end = total if clip is None else min(total, start + clip)
-            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, start=start, end=end)
+            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, start=first + start, end=first + end)
     return DynamicItemDataset(rows)
 
 
