@@ -16,7 +16,8 @@ training/      the recipe machinery: ``compose.py`` (yaml composition, option ch
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``audio.py``, ``windows.py`` (random crops, sliding
-               windows), ``augment.py``, ``cache.py``, ``tracking.py``,
+               windows), ``metrics.py`` (single- and multi-label scores, thresholds, class
+               weights), ``augment.py``, ``cache.py``, ``tracking.py``,
                ``pretrained.py`` (the PETL model folder), ``recipe.yaml`` (shared by every recipe)
 tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``,
                ``results``, ``demo``: the command lines a user runs

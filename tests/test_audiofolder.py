@@ -262,6 +262,32 @@ def test_bad_data_is_named_with_the_fix_or_a_listed_exclusion(make, prepare_modu
         assert left_out not in text, text
 
 
+# (option, value, what the error says): found when the options are composed, before any data.
+BAD_OPTIONS = [
+    ("task", "regression", "--task='regression' is not one of single_label|multilabel"),
+    ("class_weights", "inverse", "--class_weights='inverse' is not one of null|balanced"),
+    ("num_folds", -1, "--num_folds=-1 is out of range"),
+    ("valid_fraction", 0, "--valid_fraction=0 is out of range: it must be > 0"),
+    ("split_seed", "abc", "--split_seed='abc' must be a whole number"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_OPTIONS, ids=[c[0] for c in BAD_OPTIONS])
+def test_wrong_options_are_named_before_any_data_is_read(key, value, message):
+    from petl_modules.training.compose import ConfigError, compose_hparams
+
+    with pytest.raises(ConfigError) as err:
+        compose_hparams(REPO / "hparams" / "linear.yaml", RECIPE / "audiofolder.yaml",
+                        {"data_folder": "/nowhere", key: value})
+    assert message in str(err.value)
+
+
+def test_fractions_that_leave_nothing_to_train_are_refused(prepare_module, tmp_path):
+    root = class_folders(tmp_path / "data", {"a": 3, "b": 3})
+    with pytest.raises(DataError, match="their sum must be below 1"):
+        prepare_module.dataset_rows(options(root, valid_fraction=0.5, test_fraction=0.5))
+
+
 # ==================================================================== scores
 def test_map_is_the_mean_of_per_class_average_precision_over_classes_with_positives():
     targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
@@ -434,3 +460,16 @@ def test_segments_are_read_cropped_and_windowed_within_their_bounds(tmp_path):
 
 def torch_equal(a, b):
     return a.shape == b.shape and bool((a == b).all())
+
+
+@pytest.mark.slow
+def test_demo_runs_audiofolder_multilabel(tmp_path, capsys):
+    from petl_modules import demo
+
+    results = demo.main(["--dataset=AudioFolder", "--task=multilabel", f"--output_folder={tmp_path}",
+                         "--number_of_epochs=1", "--per_class=1"])
+    assert 0.0 <= results["test_map_mean"] <= 1.0 and "test_accuracy" not in results
+    assert (tmp_path / "data" / "my_tags" / "metadata.csv").is_file()
+    assert "test mAP" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        demo.main(["--dataset=ESC50", "--task=multilabel", f"--output_folder={tmp_path / 'x'}"])

@@ -94,8 +94,14 @@ OPTION_RANGES = {
     "clip_seconds": (float, 0, True),
     "ckpt_interval_minutes": (float, 0, False),
     "window_hop_seconds": (float, 0, True),
+    # recipes/AudioFolder: splits and folds of data that come without them
+    "num_folds": (int, 0, False),
+    "valid_fraction": (float, 0, False),
+    "test_fraction": (float, 0, False),
+    "split_seed": (int, None, False),
 }
-STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds", "window_hop_seconds"}
+STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds", "window_hop_seconds", "valid_fraction",
+                     "test_fraction"}
 # Options that take one of a few values (petl_modules/training/windows.py).
 OPTION_VALUES = {
     "train_crop": TRAIN_CROPS,

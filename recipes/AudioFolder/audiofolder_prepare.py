@@ -314,6 +314,10 @@ def dataset_rows(options):
     """
     skip = bool(options.get("skip_bad_files"))
     multilabel = options.get("task") == "multilabel"
+    fractions = float(options.get("valid_fraction", 0.1)) + float(options.get("test_fraction", 0.1))
+    if fractions >= 1:
+        raise DataError(f"--valid_fraction + --test_fraction = {fractions:g} leaves nothing to train "
+                        "on: their sum must be below 1.")
     layout = detect_layout(options["data_folder"], options.get("manifest"))
     problems = []
     rows = read_manifest_rows(layout, problems) if layout.kind == "manifest" else \
