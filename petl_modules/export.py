@@ -13,7 +13,8 @@ from it), plus the task head in a side file::
     ├── config.json, model.safetensors   the merged backbone (plain transformers)
     ├── preprocessor_config.json          the base checkpoint's, when it has one
     ├── classifier_head.safetensors       the head: head.weight [C, D], head.bias [C]
-    └── classifier_head.json              class_names (index order), pooling, input settings, origin
+    └── classifier_head.json              class_names (index order), task (multi-label: sigmoid per
+                                          class and its thresholds), pooling, input settings, origin
 
 Only methods whose result is a plain backbone can be exported: linear, BitFit, full fine-tuning and
 LoRA (merged). Methods that add modules (adapters, prompts, prefixes, MoA) are refused: use their
@@ -109,6 +110,8 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
     os.chmod(out_dir / HEAD_WEIGHTS, 0o666 & ~current_umask())  # safetensors makes it owner-only
     side = {
         "class_names": config["class_names"],
+        "task": config.get("task", "single_label"),
+        "thresholds": config.get("thresholds"),
         "pooling": config.get("pooling"),
         "input": config.get("input"),
         "family": config["family"],

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 NOT_OPTIONS = {
     "seed", "fold", "folds", "method", "dataset", "backbone_source", "data_folder", "output_folder",
     "experiment_folder", "save_folder", "train_log", "manifest_folder", "num_workers",
-    "skip_bad_files", "n_classes", "class_names", "confusion_matrix",
+    "skip_bad_files", "n_classes", "class_names", "confusion_matrix", "manifest",
 }
 
 

@@ -67,7 +67,7 @@ FORMAT_VERSION = 3  # 2: no yaml text, the model rebuilt from method + options; 
 # Run-only keys left out of the config's ``options`` (paths and plumbing, not the model).
 RUN_ONLY_KEYS = {
     "data_folder", "output_folder", "experiment_folder", "save_folder", "train_log",
-    "manifest_folder", "num_workers", "skip_bad_files", "window_results",
+    "manifest_folder", "num_workers", "skip_bad_files", "window_results", "manifest",
 }
 
 
