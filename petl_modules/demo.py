@@ -18,7 +18,7 @@ generator's ``DEMO`` adds (e.g. the first fold of a multi-fold dataset): prepara
 checkpoints, test with the best checkpoint, ``results.json`` and the ``petl_model/`` folder, exactly
 as on real data. It ends by printing the command it ran, the test accuracy (mAP for multi-label)
 and where the outputs are. ``--task=multilabel`` asks a generator whose ``DEMO`` lists it in
-``tasks`` (AudioFolder) for multi-label data and runs the recipe with ``--task=multilabel``.
+``tasks`` for multi-label data and runs the recipe with ``--task=multilabel``.
 """
 
 import argparse
@@ -67,9 +67,10 @@ def parse_args(argv=None):
                         help="hub id or save_pretrained folder; default: a tiny random AST")
     parser.add_argument("--number_of_epochs", type=int, default=8, help="default 8")
     parser.add_argument("--seed", type=int, default=10, help="default 10")
+    multilabel = [name for name in datasets if "multilabel" in demo_settings(name).get("tasks", [])]
     parser.add_argument("--task", default="single_label", choices=["single_label", "multilabel"],
                         help="multilabel: several classes per file (datasets whose generator "
-                             "offers it: AudioFolder)")
+                             f"offers it: {', '.join(multilabel) or 'none'})")
     parser.add_argument("--per_class", type=int, default=None,
                         help="synthetic examples per class (per fold, speaker or split, as the "
                              "dataset's generator counts them); default: a few per dataset")
@@ -87,7 +88,7 @@ def parse_args(argv=None):
     tasks = demo_settings(args.dataset).get("tasks", ["single_label"])
     if args.task not in tasks:
         parser.error(f"--task={args.task}: the synthetic {args.dataset} is {' or '.join(tasks)}; "
-                     "--dataset=AudioFolder has multi-label data.")
+                     f"multi-label data: --dataset={' or '.join(multilabel) or '(none)'}.")
     return args
 
 

@@ -94,7 +94,7 @@ OPTION_RANGES = {
     "clip_seconds": (float, 0, True),
     "ckpt_interval_minutes": (float, 0, False),
     "window_hop_seconds": (float, 0, True),
-    # recipes/AudioFolder: splits and folds of data that come without them
+    # splits and folds made for data that come without them (the recipe for your own data)
     "num_folds": (int, 0, False),
     "valid_fraction": (float, 0, False),
     "test_fraction": (float, 0, False),

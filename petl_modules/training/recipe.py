@@ -353,7 +353,7 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
     run_opts : dict
         SpeechBrain's run options (``sb.parse_arguments``).
     options_from_data : callable, optional
-        For a dataset whose classes and folds are those of the data (recipes/AudioFolder): called
+        For a dataset whose classes and folds are those of the data (your own data): called
         with the composed options (plain values, nothing built) before the model is built, it
         returns options to set, e.g. ``{"class_names": [...], "n_classes": 3, "folds": [1, 2]}``
         (from listing folders or reading a manifest, no audio read; ``DataError`` for data it
