@@ -23,6 +23,7 @@ not grow with the file.
 import csv
 import functools
 import hashlib
+import logging
 import math
 from pathlib import Path
 
@@ -35,6 +36,8 @@ TRAIN_CROPS = ("first", "random")
 EVAL_WINDOWS = ("first", "sliding")
 WINDOW_POOLINGS = ("mean", "max")
 WINDOW_RESULTS_FILE = "test_windows.csv"
+
+logger = logging.getLogger(__name__)
 
 
 # ==================================================================== where clips start
@@ -183,6 +186,9 @@ def window_dataset(dataset, processor, protocol):
     clip = clip_samples(processor)
     rate = getattr(processor, "sample_rate", 16000)
     hop = protocol.hop(processor)
+    if clip is not None and hop > clip:
+        logger.warning(f"window_hop_seconds={protocol.hop_seconds} is longer than a clip "
+                       f"({clip / rate:.3f} s): the windows leave gaps in every long file.")
     for uid in dataset.data_ids:
         fields = dataset.data[uid]
         total = audio_length(fields["wav"], rate)
