@@ -213,7 +213,7 @@ class ClassificationBrain(sb.Brain):
         loss = F.cross_entropy(logits, labels)
         if stage != sb.Stage.TRAIN and getattr(batch, "utterance", None) is not None:
             # Sliding windows (eval_windows: sliding): scored per file when the stage ends.
-            self.windows.add(batch.utterance, batch.start, batch.end,
+            self.windows.add(batch.utterance, batch.window_start, batch.window_end,
                              self.window_probabilities(logits), labels)
             return loss
         self.counts += torch.stack(

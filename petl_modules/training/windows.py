@@ -36,6 +36,8 @@ TRAIN_CROPS = ("first", "random")
 EVAL_WINDOWS = ("first", "sliding")
 WINDOW_POOLINGS = ("mean", "max")
 WINDOW_RESULTS_FILE = "test_windows.csv"
+# The fields of a row of ``window_dataset`` besides the file's: its file's id, its samples.
+WINDOW_KEYS = ("utterance", "window_start", "window_end")
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +182,8 @@ def pool_windows(probabilities, pooling="mean"):
 
 def window_dataset(dataset, processor, protocol):
     """The sliding windows of ``dataset``'s files as a dataset: one row per window with the
-    utterance's fields, its id in ``utterance`` and the window's ``start`` and ``end`` samples
-    (rows ``<id>@<k>``). Reads each file's header once."""
+    utterance's fields, its id in ``utterance`` and where the window starts and ends (samples, end
+    excluded) in ``window_start`` and ``window_end`` (rows ``<id>@<k>``). Reads each header once."""
     rows = {}
     clip = clip_samples(processor)
     rate = getattr(processor, "sample_rate", 16000)
@@ -194,14 +196,14 @@ def window_dataset(dataset, processor, protocol):
         total = audio_length(fields["wav"], rate)
         for k, start in enumerate(window_starts(total, clip, hop)):
             end = total if clip is None else min(total, start + clip)
-            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, start=start, end=end)
+            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, window_start=start, window_end=end)
     return DynamicItemDataset(rows)
 
 
 def is_window_dataset(dataset):
     """Whether ``dataset`` holds sliding windows (``window_dataset``) rather than files."""
     first = next(iter(dataset.data.values()), {})
-    return "start" in first and "utterance" in first
+    return all(key in first for key in WINDOW_KEYS)
 
 
 # ==================================================================== scores of windows
