@@ -233,7 +233,7 @@ def test_linear_probing_cache_holds_one_vector_per_window(tiny_ast, tmp_path):
     model, head = hparams["petl_model"].eval(), hparams["classifier"].eval()
     with torch.no_grad():
         for window, vector in zip(plain["test"], cached["test"]):
-            assert (window["utterance"], window["start"]) == (vector["utterance"], vector["start"])
+            assert (window["utterance"], window["window_start"]) == (vector["utterance"], vector["window_start"])
             expected = head(*model(window["inputs"][None]))
             torch.testing.assert_close(head(head_input(model, vector["cached"][None])), expected,
                                        rtol=1e-5, atol=1e-5)

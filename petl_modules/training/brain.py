@@ -233,7 +233,7 @@ class ClassificationBrain(sb.Brain):
             targets = batch.targets.data.to(logits.device).float()
             loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
             if windows:
-                self.windows.add(batch.utterance, batch.start, batch.end,
+                self.windows.add(batch.utterance, batch.window_start, batch.window_end,
                                  self.window_probabilities(logits), targets)
             elif stage != sb.Stage.TRAIN:
                 self.outputs.append((targets.cpu(), torch.sigmoid(logits).detach().cpu()))
@@ -241,7 +241,7 @@ class ClassificationBrain(sb.Brain):
         labels = batch.label_index.data.view(-1).to(logits.device)
         loss = F.cross_entropy(logits, labels, weight=weights)
         if windows:
-            self.windows.add(batch.utterance, batch.start, batch.end,
+            self.windows.add(batch.utterance, batch.window_start, batch.window_end,
                              self.window_probabilities(logits), labels)
             return loss
         predicted = logits.argmax(dim=-1)

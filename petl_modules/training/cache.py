@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
 from petl_modules.methods.adapted import PETLModule
-from petl_modules.training.windows import is_window_dataset
+from petl_modules.training.windows import WINDOW_KEYS, is_window_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -299,15 +299,15 @@ def use_backbone_cache(hparams, datasets, device="cpu", target="label_index"):
     def cached_pipeline(wav):
         return vectors[wav]
 
-    @sb.utils.data_pipeline.takes("wav", "start")
+    @sb.utils.data_pipeline.takes("wav", "window_start")
     @sb.utils.data_pipeline.provides("cached")
     def cached_window_pipeline(wav, start):
-        return vectors[clip_key({"wav": wav, "start": start})]
+        return vectors[clip_key({"wav": wav, "window_start": start})]
 
     for dataset in datasets.values():
         if is_window_dataset(dataset):
             dataset.add_dynamic_item(cached_window_pipeline)
-            dataset.set_output_keys(["id", "cached", target, "utterance", "start", "end"])
+            dataset.set_output_keys(["id", "cached", target, *WINDOW_KEYS])
         else:
             dataset.add_dynamic_item(cached_pipeline)
             dataset.set_output_keys(["id", "cached", target])
@@ -317,5 +317,5 @@ def use_backbone_cache(hparams, datasets, device="cpu", target="label_index"):
 def clip_key(fields):
     """The cache key of a file's first clip (its ``wav``) or of one of its windows
     (``<wav>@<start>``; the window at 0 is the first clip)."""
-    start = int(fields.get("start", 0))
+    start = int(fields.get("window_start", 0))
     return fields["wav"] if start == 0 else f"{fields['wav']}@{start}"

@@ -57,6 +57,7 @@ from petl_modules.training.run_folder import (
     write_json_atomic,
 )
 from petl_modules.training.windows import (
+    WINDOW_KEYS,
     WINDOW_RESULTS_FILE,
     EvalProtocol,
     TrainCrop,
@@ -156,10 +157,10 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
 
     The training split takes a random clip per epoch with ``train_crop``
     (``petl_modules.training.windows.TrainCrop``, kept as the dataset's ``train_crop``, where the
-    Brain sets its epoch); a dataset of sliding windows (``window_dataset``: ``start`` and ``end``
-    fields) reads each window and also outputs ``utterance``, ``start`` and ``end``; the others
-    read the first clip. A dataset whose rows may be segments of long files (``SEGMENT_FIELDS``)
-    reads, crops and windows within each segment (``segment_span``).
+    Brain sets its epoch); a dataset of sliding windows (``window_dataset``) reads each window
+    and also outputs its ``WINDOW_KEYS`` (file id, start and end); the others read the first clip.
+    A dataset whose rows may be segments of long files (``SEGMENT_FIELDS``) reads, crops and
+    windows within each segment (``segment_span``).
     """
     rate = getattr(input_processor, "sample_rate", 16000)
 
@@ -173,7 +174,7 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     def crop_pipeline(uid, wav):
         return load_input(wav, input_processor, start=train_crop(uid))
 
-    @sb.utils.data_pipeline.takes("wav", "start", "end")
+    @sb.utils.data_pipeline.takes("wav", "window_start", "window_end")
     @sb.utils.data_pipeline.provides("inputs")
     def window_pipeline(wav, start, end):
         return load_input(wav, input_processor, start=int(start), stop=int(end))
@@ -212,7 +213,7 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
         segments = has_segments(dataset)
         if is_window_dataset(dataset):
             dataset.add_dynamic_item(window_pipeline)
-            keys += ["utterance", "start", "end"]
+            keys += list(WINDOW_KEYS)
         elif split == "train" and train_crop is not None:
             dataset.add_dynamic_item(segment_crop_pipeline if segments else crop_pipeline)
             dataset.train_crop = train_crop

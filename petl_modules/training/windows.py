@@ -23,6 +23,7 @@ not grow with the file.
 import csv
 import functools
 import hashlib
+import logging
 import math
 from pathlib import Path
 
@@ -35,6 +36,10 @@ TRAIN_CROPS = ("first", "random")
 EVAL_WINDOWS = ("first", "sliding")
 WINDOW_POOLINGS = ("mean", "max")
 WINDOW_RESULTS_FILE = "test_windows.csv"
+# The fields of a row of ``window_dataset`` besides the file's: its file's id, its samples.
+WINDOW_KEYS = ("utterance", "window_start", "window_end")
+
+logger = logging.getLogger(__name__)
 
 
 # ==================================================================== where clips start
@@ -177,14 +182,17 @@ def pool_windows(probabilities, pooling="mean"):
 
 def window_dataset(dataset, processor, protocol, span=None):
     """The sliding windows of ``dataset``'s files as a dataset: one row per window with the
-    utterance's fields, its id in ``utterance`` and the window's ``start`` and ``end`` samples
-    (rows ``<id>@<k>``). Reads each file's header once. ``span(fields)``, if given, returns the
-    ``(first sample, end sample)`` of a row that is a segment of its file (None: the whole file):
-    its windows cover the segment only."""
+    utterance's fields, its id in ``utterance`` and where the window starts and ends (samples, end
+    excluded) in ``window_start`` and ``window_end`` (rows ``<id>@<k>``). Reads each header once.
+    ``span(fields)``, if given, returns the ``(first sample, end sample)`` of a row that is a
+    segment of its file (None: the whole file): its windows cover the segment only."""
     rows = {}
     clip = clip_samples(processor)
     rate = getattr(processor, "sample_rate", 16000)
     hop = protocol.hop(processor)
+    if clip is not None and hop > clip:
+        logger.warning(f"window_hop_seconds={protocol.hop_seconds} is longer than a clip "
+                       f"({clip / rate:.3f} s): the windows leave gaps in every long file.")
     for uid in dataset.data_ids:
         # (SpeechBrain's filtered_sorted leaves an "id" key in the data: a reserved key.)
         fields = {key: value for key, value in dataset.data[uid].items() if key != "id"}
@@ -193,14 +201,15 @@ def window_dataset(dataset, processor, protocol, span=None):
             (segment[0], segment[1] - segment[0])
         for k, start in enumerate(window_starts(total, clip, hop)):
             end = total if clip is None else min(total, start + clip)
-            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, start=first + start, end=first + end)
+            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, window_start=first + start,
+                                      window_end=first + end)
     return DynamicItemDataset(rows)
 
 
 def is_window_dataset(dataset):
     """Whether ``dataset`` holds sliding windows (``window_dataset``) rather than files."""
     first = next(iter(dataset.data.values()), {})
-    return "start" in first and "utterance" in first
+    return all(key in first for key in WINDOW_KEYS)
 
 
 # ==================================================================== scores of windows
