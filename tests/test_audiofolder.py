@@ -8,6 +8,7 @@ naming the file, row or class, and with ``--skip_bad_files=True`` a listed exclu
 import csv
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,6 +366,13 @@ def test_single_label_folder_to_model_and_classify(tiny_ast, tmp_path, capsys):
     assert classify.main([str(tmp_path / "run" / "petl_model"),
                           str(data / "test" / "rain" / "rain_0.wav")]) == 0
     assert "rain_0.wav\t" in capsys.readouterr().out
+    # classify follows the run's evaluation (sliding windows, mean): the recipe's test accuracy.
+    model = classify.PETLClassifier.from_folder(tmp_path / "run" / "petl_model")
+    files = sorted((data / "test").rglob("*.wav"))
+    found, errors = model.classify_files(files)
+    assert not errors
+    hits = [row["label"] == Path(row["file"]).parent.name for row in found]
+    assert sum(hits) / len(hits) == pytest.approx(fold["test_accuracy"])
 
 
 @pytest.mark.slow
