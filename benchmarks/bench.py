@@ -4,7 +4,8 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,reference] [--backbone_source=...]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference]
+        [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
         [--warmup=N] [--methods='lora|dense_moa N=15']   (extras: warm-up steps, method variants)
@@ -36,7 +37,14 @@ Suites and the ratios they give (``--json`` writes ``{"machine", "results", "rat
   backbone: ``lora_merged_vs_plain``.
 - ``classify``: peak memory of ``PETLClassifier.classify_files`` (what ``python -m
   petl_modules.classify`` runs) on a generated one-hour 16 kHz file / on a 10 s file, same model
-  (the linear probe on the benchmark's backbone): ``classify_memory_1h_vs_10s``.
+  (the linear probe on the benchmark's backbone): ``classify_memory_1h_vs_10s``; the same with
+  sliding windows over the whole file (``eval_windows: sliding``, windows in batches of 8) on a
+  5-minute file / a 10 s file: ``classify_memory_5min_vs_10s_sliding``.
+- ``prepare``: preparation of your own data (``recipes/AudioFolder``: layout, split, one header
+  read per file in parallel threads) on 20,000 generated 0.1 s files in 10 class folders
+  (``--quick``: 500), into a fresh manifest folder each time: ``prepare_files_per_s`` (a figure,
+  not a ratio). The files were just written, so they are in the OS file cache; a first read from
+  a cold disk is slower.
 - ``onnx``: inference latency at batch 1 of the ONNX export (``petl_modules.sharing.onnx_export``:
   the conformer adapter model, features to probabilities) on onnxruntime's CPU provider with
   ``--threads`` threads / the same model in PyTorch eager, runs taken in turn:
@@ -91,7 +99,7 @@ from petl_modules.training.compose import compose_hparams, load_hparams  # noqa:
 from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
-SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx")  # the default set
+SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
 ALL_SUITES = SUITES + ("reference",)
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
@@ -113,6 +121,7 @@ RATIO_KEYS = (
     "first_batch_10x_data",
     "classify_memory_1h_vs_10s",
     "onnxruntime_vs_eager_batch1",
+    "classify_memory_5min_vs_10s_sliding",
 )
 TARGETS = {
     "soft_moa_n15_vs_adapter": "<= 1.15",
@@ -122,6 +131,7 @@ TARGETS = {
     "lora_merged_vs_plain": "<= 1.02",
     "first_batch_10x_data": "<= 1.2",
     "classify_memory_1h_vs_10s": "<= 1.2",
+    "classify_memory_5min_vs_10s_sliding": "<= 1.2",
 }
 # Dense bf16 peak FLOP/s of GPUs (vendor data sheets, without sparsity), for the MFU estimate.
 GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -665,9 +675,13 @@ def _write_noise_wav(path, seconds, sample_rate=16000, block_seconds=60):
 
 
 def suite_classify(args):
-    """Peak memory of classifying a one-hour file vs a 10 s file (``PETLClassifier.classify_files``,
-    the command line's path), the same linear-probe model; the two measured in turn."""
+    """Peak memory of classifying a long file vs a 10 s file (``PETLClassifier.classify_files``,
+    the command line's path), the same linear-probe model, with each evaluation protocol: the first
+    clip on a one-hour file, and sliding windows (half-clip hop, mean pooling, batches of 8
+    windows) on a 5-minute file (916 windows of 64 frames with ``--quick``; an hour would be
+    10,992), measured once; measured in turn."""
     from petl_modules.classify import PETLClassifier
+    from petl_modules.training.windows import EvalProtocol
 
     hparams = build_hparams(args, "linear")
     n_classes = int(hparams["n_classes"])
@@ -675,25 +689,31 @@ def suite_classify(args):
                                 {"class_names": [f"class{i}" for i in range(n_classes)]},
                                 device=args.device)
     classifier.to(args.device).eval()
-    files = {"10 s": _write_noise_wav(args.workdir / "classify_10s.wav", 10),
-             "1 h": _write_noise_wav(args.workdir / "classify_1h.wav", 3600)}
-    times = {name: [] for name in files}
-    peaks = {name: [] for name in files}
-    for _ in range(args.warmup + max(2, args.steps)):
-        for name, path in files.items():
+    seconds = {"10 s": 10, "1 h": 3600, "5 min": 300}
+    files = {name: _write_noise_wav(args.workdir / f"classify_{s}s.wav", s) for name, s in seconds.items()}
+    cases = [("first", "10 s"), ("first", "1 h"), ("sliding", "10 s"), ("sliding", "5 min")]
+    times = {case: [] for case in cases}
+    peaks = {case: [] for case in cases}
+    for repeat in range(args.warmup + max(2, args.steps)):
+        for protocol, name in cases:
+            if protocol == "sliding" and repeat != args.warmup:
+                continue  # once: hundreds of windows per file
+            classifier.protocol = EvalProtocol(protocol)
             with PeakMemory(args.device) as peak:
                 start = time.perf_counter()
-                found, errors = classifier.classify_files([path], batch_size=1)
+                found, errors = classifier.classify_files([files[name]], batch_size=8)
                 synchronize(args.device)
-                times[name].append(time.perf_counter() - start)
-            assert found and not errors, f"classify failed on {path}: {errors}"
-            peaks[name].append(peak.peak_mb)
+                times[protocol, name].append(time.perf_counter() - start)
+            assert found and not errors, f"classify failed on {files[name]}: {errors}"
+            peaks[protocol, name].append(peak.peak_mb)
     rows = []
-    for name in files:
-        measured = [p for p in peaks[name][args.warmup:] if p is not None]
-        rows.append(result("classify", f"classify one {name} file: peak memory",
-                           times[name][args.warmup:], max(measured) if measured else None, None,
-                           seconds=10 if name == "10 s" else 3600))
+    for protocol, name in cases:
+        skip = args.warmup if protocol == "first" else 0
+        measured = [p for p in peaks[protocol, name][skip:] if p is not None]
+        what = "first clip" if protocol == "first" else "sliding windows"
+        rows.append(result("classify", f"classify one {name} file ({what}): peak memory",
+                           times[protocol, name][skip:], max(measured) if measured else None,
+                           None, seconds=seconds[name], protocol=protocol))
     del classifier, hparams
     return rows
 
@@ -820,9 +840,38 @@ def suite_reference(args):
     return rows
 
 
+PREPARE_FILES = 20000
+
+
+def suite_prepare(args):
+    """Files per second of ``prepare_audiofolder`` on generated folder-per-class data."""
+    import numpy as np
+    import soundfile as sf
+
+    count = 500 if args.quick else PREPARE_FILES
+    root = args.workdir / f"prepare_{count}"
+    signal = (0.1 * np.random.default_rng(0).standard_normal(1600)).astype("float32")
+    for k in range(count):
+        path = root / f"class{k % 10}" / f"{k}.wav"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(path), signal, 16000, subtype="PCM_16")
+    recipe = _load_recipe("AudioFolder")
+    options = {"data_folder": str(root), "split_seed": 0, "valid_fraction": 0.1,
+               "test_fraction": 0.1}
+    times = []
+    for run in range(args.warmup + max(2, args.steps)):
+        start = time.perf_counter()
+        recipe.prepare_audiofolder(options, args.workdir / f"prepare_manifests_{run}")
+        times.append(time.perf_counter() - start)
+    kept = times[args.warmup:]
+    return [result("prepare", f"prepare {count} files (AudioFolder)", kept, None, None, files=count,
+                   files_per_s=count / statistics.median(kept))]
+
+
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
-                   "onnx": suite_onnx, "reference": suite_reference}
+                   "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference}
 
 
 # ==================================================================== ratios and report
@@ -860,8 +909,13 @@ def compute_ratios(rows):
         ratios["linear_cache_epoch_speedup"] = None
     data = {r.get("scale"): r["median_s"] for r in rows if r["suite"] == "data"}
     ratios["first_batch_10x_data"] = _ratio(data.get(10), data.get(1))
-    memory = {r.get("seconds"): r["peak_mem_mb"] for r in rows if r["suite"] == "classify"}
-    ratios["classify_memory_1h_vs_10s"] = _ratio(memory.get(3600), memory.get(10))
+    memory = {(r.get("protocol"), r.get("seconds")): r["peak_mem_mb"] for r in rows
+              if r["suite"] == "classify"}
+    ratios["classify_memory_1h_vs_10s"] = _ratio(memory.get(("first", 3600)), memory.get(("first", 10)))
+    ratios["classify_memory_5min_vs_10s_sliding"] = _ratio(memory.get(("sliding", 300)),
+                                                           memory.get(("sliding", 10)))
+    prepared = [r["files_per_s"] for r in rows if r["suite"] == "prepare"]
+    ratios["prepare_files_per_s"] = prepared[0] if prepared else None
     ratios["onnxruntime_vs_eager_batch1"] = _ratio(
         _median(rows, "adapter conformer Pfeiffer, batch 1: onnxruntime"),
         _median(rows, "adapter conformer Pfeiffer, batch 1: eager"))

@@ -16,7 +16,9 @@ training/      the recipe machinery: ``compose.py`` (yaml composition, option ch
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
                ``launch.py`` (recipe commands as submitit jobs: local processes, Slurm arrays),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
-               lock), ``prepare.py``, ``audio.py``, ``augment.py``, ``cache.py``, ``tracking.py``,
+               lock), ``prepare.py``, ``audio.py``, ``windows.py`` (random crops, sliding
+               windows), ``metrics.py`` (single- and multi-label scores, thresholds, class
+               weights), ``augment.py``, ``cache.py``, ``tracking.py``,
                ``pretrained.py`` (the PETL model folder), ``recipe.yaml`` (shared by every recipe)
 sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA adapters, both ways),
                ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head beside

@@ -14,12 +14,21 @@ Command line::
 
 Files are read as in training (``petl_modules.training.audio.load_input``: any format soundfile reads,
 mixed to mono, resampled to 16 kHz) and turned into inputs by the backbone lobe's own
-``input_processor`` (same clip length, normalisation and padding as the recipe). Only the part of
-a file that the model uses is read (the first ``max_frames`` frames, or the first
-``clip_seconds``), so memory does not grow with the file's length. A file that fails anywhere
+``input_processor`` (same clip length, normalisation and padding as the recipe). Files are
+classified with the evaluation protocol the run was tested with (the PETL model folder's
+``evaluation``, ``petl_modules.training.windows``): the first clip (the first ``max_frames``
+frames, or the first ``clip_seconds``), or sliding windows over the whole file whose class
+probabilities are pooled (mean or max), so that classify reproduces the recipe's test accuracy.
+Only the part of a file that a clip uses is read, and windows run in batches of ``--batch_size``,
+so memory does not grow with the file's length. A file that fails anywhere
 (missing, unreadable, empty, NaN/Inf samples, a processing error, non-finite scores) is reported by
 name with the reason on stderr; the others are still classified (a failed batch is retried file by
 file) and the exit code is 1.
+
+A multi-label model (``task: multilabel``) gives each class its own probability (sigmoid) and
+predicts every class whose probability reaches that class's threshold (chosen on the validation
+split at training, kept in the model folder): ``labels`` lists them (the text output prints them
+all, ``;``-separated, or ``-`` for none); ``label``/``score`` stay the most probable class.
 
 Speed: ``--precision=bf16`` runs the model under bf16 autocast (on CPU where it has AVX512-BF16 or
 AMX, else fp32 with a warning; the class probabilities are computed in fp32); ``--compile`` runs it
@@ -39,6 +48,7 @@ from tqdm import tqdm
 from petl_modules.training.audio import AudioError, load_audio, load_input
 from petl_modules.training.brain import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.training.pretrained import PETLModelError, load_petl_model, merge_petl_model
+from petl_modules.training.windows import EvalProtocol, clip_samples, pool_windows, window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +76,13 @@ class PETLClassifier(torch.nn.Module):
         self.config = config
         self.device = device
         self.labels = list(config["class_names"])
+        self.multilabel = config.get("task") == "multilabel"
+        self.thresholds = torch.tensor(config.get("thresholds") or [0.5] * len(self.labels))
         self.input_processor = self.mods["petl_model"].adapted_model.input_processor
         self.merged = []  # names of the LoRA modules folded into the backbone
         self.precision = "fp32"  # set_speed
+        # First clip or sliding windows, as the run was tested (format_version < 3: first clip).
+        self.protocol = EvalProtocol.from_options(config.get("evaluation") or {})
 
     def set_speed(self, precision="fp32", compile=False):
         """bf16 autocast (where the device supports it; else fp32, warned) and/or ``torch.compile``
@@ -116,9 +130,10 @@ class PETLClassifier(torch.nn.Module):
         return load_audio(path, getattr(self.input_processor, "sample_rate", 16000),
                           max_samples=getattr(self.input_processor, "samples_needed", None))
 
-    def load_input(self, path):
-        """The model input of ``path`` (``petl_modules.training.audio.load_input``)."""
-        return load_input(path, self.input_processor)
+    def load_input(self, path, start=0):
+        """The model input of ``path``, or of its window at sample ``start``
+        (``petl_modules.training.audio.load_input``)."""
+        return load_input(path, self.input_processor, start=start)
 
     def prepare_inputs(self, waveforms):
         """Per-utterance input processing, then the padding of the training batches.
@@ -136,9 +151,21 @@ class PETLClassifier(torch.nn.Module):
 
     # ---------------------------------------------------------------- classification
     @torch.no_grad()
-    def classify_waveforms(self, waveforms):
-        """Classifies a list of ``[S_i]`` 16 kHz waveforms of any lengths (see the class doc)."""
-        return self.classify_inputs(*self.prepare_inputs(waveforms))
+    def classify_waveforms(self, waveforms, batch_size=8):
+        """Classifies a list of ``[S_i]`` 16 kHz waveforms of any lengths (see the class doc);
+        with sliding windows, each waveform's windows in batches of ``batch_size``."""
+        if not self.protocol.sliding:
+            return self.classify_inputs(*self.prepare_inputs(waveforms))
+        clip, hop = clip_samples(self.input_processor), self.protocol.hop(self.input_processor)
+        pooled = []
+        for wav in waveforms:
+            starts = window_starts(wav.shape[-1], clip, hop)
+            windows = [wav[s: s + clip] if clip else wav for s in starts]
+            probabilities = torch.cat([
+                self.classify_inputs(*self.prepare_inputs(windows[i: i + batch_size]))[0].cpu()
+                for i in range(0, len(windows), batch_size)])
+            pooled.append(pool_windows(probabilities, self.protocol.pooling))
+        return self.predictions(torch.stack(pooled))
 
     @torch.no_grad()
     def classify_inputs(self, inputs, lengths):
@@ -147,7 +174,12 @@ class PETLClassifier(torch.nn.Module):
         with autocast_context(self.device, self.precision):
             hidden, mask = self.mods["petl_model"](inputs.to(self.device), lengths.to(self.device))
             logits = self.mods["classifier"](hidden, mask)
-        out_prob = torch.softmax(logits.float(), dim=-1)
+        logits = logits.float()
+        out_prob = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+        return self.predictions(out_prob)
+
+    def predictions(self, out_prob):
+        """``(out_prob [B, C], score [B], index [B], text_lab)`` of class probabilities."""
         score, index = out_prob.max(dim=-1)
         return out_prob, score, index, [self.labels[i] for i in index.tolist()]
 
@@ -172,36 +204,44 @@ class PETLClassifier(torch.nn.Module):
         samples = (wav_lens.float().cpu() * wavs.shape[1]).round().long().tolist()
         return self.classify_waveforms([w[:n] for w, n in zip(wavs, samples)])
 
-    def classify_file(self, path):
-        """Classifies one audio file (any format, rate and channel count soundfile reads)."""
-        return self.classify_inputs(*batch_pad_right([self.load_input(path)]))
+    def classify_file(self, path, batch_size=8):
+        """Classifies one audio file (any format, rate and channel count soundfile reads); with
+        sliding windows, its windows in batches of ``batch_size``."""
+        if not self.protocol.sliding:
+            return self.classify_inputs(*batch_pad_right([self.load_input(path)]))
+        starts = self.protocol.starts(path, self.input_processor)
+        probabilities = torch.cat([
+            self.classify_inputs(*batch_pad_right(
+                [self.load_input(path, start) for start in starts[i: i + batch_size]]))[0].cpu()
+            for i in range(0, len(starts), batch_size)])
+        return self.predictions(pool_windows(probabilities, self.protocol.pooling)[None])
 
     def classify_files(self, paths, batch_size=8, progressbar=False):
         """Classifies many files in batches; a file that fails is reported, never fatal.
 
-        A file fails when it cannot be read (missing, unreadable, empty, NaN/Inf samples), when
-        its processing raises, or when the model gives it non-finite scores. A batch whose forward
-        pass raises is retried file by file, so one bad file never costs the others' results.
+        A batch holds ``batch_size`` clips: files (first clip), or windows of one or more files
+        (sliding windows; a file's result pools its windows' probabilities). A file fails when it
+        cannot be read (missing, unreadable, empty, NaN/Inf samples), when its processing raises,
+        or when the model gives it non-finite scores. A batch whose forward pass raises is retried
+        clip by clip, so one bad file never costs the others' results.
 
         Returns
         -------
         (list of dict, list of (str, str))
-            Per classified file, in order: ``{"file", "label", "score", "probabilities" [C]}``;
+            Per classified file, in order: ``{"file", "label", "score", "probabilities" [C],
+            "labels"}`` (``labels``: ``labels_above_threshold``);
             and ``(file, reason)`` of each file that failed, in order.
         """
-        done, errors, pending = {}, {}, []
+        windows, errors, pending, names = {}, {}, [], {}  # windows: file -> [C] probabilities of each
 
         def run(items):
             inputs, lengths = batch_pad_right([features for _, _, features in items])
             out_prob = self.classify_inputs(inputs, lengths)[0].cpu()
             for (k, path, _), prob in zip(items, out_prob):
                 if not bool(torch.isfinite(prob).all()):
-                    errors[k] = (str(path), "the model gave non-finite scores for it (check the "
-                                            "file's content and the model folder)")
-                    continue
-                index = int(prob.argmax())
-                done[k] = {"file": str(path), "label": self.labels[index],
-                           "score": float(prob[index]), "probabilities": prob}
+                    errors.setdefault(k, (str(path), "the model gave non-finite scores for it "
+                                                     "(check the file's content and the model folder)"))
+                windows.setdefault(k, []).append(prob)
 
         def flush():
             if not pending:
@@ -211,26 +251,43 @@ class PETLClassifier(torch.nn.Module):
             except Exception as err:  # noqa: BLE001 (reported per file below)
                 if len(pending) == 1:
                     k, path, _ = pending[0]
-                    errors[k] = (str(path), _reason(err))
+                    errors.setdefault(k, (str(path), _reason(err)))
                 else:
-                    logger.warning(f"A batch of {len(pending)} files failed ({_reason(err)}); "
+                    logger.warning(f"A batch of {len(pending)} clips failed ({_reason(err)}); "
                                    "classifying them one by one.")
                     for item in pending:
                         try:
                             run([item])
                         except Exception as one:  # noqa: BLE001
-                            errors[item[0]] = (str(item[1]), _reason(one))
+                            errors.setdefault(item[0], (str(item[1]), _reason(one)))
             pending.clear()
 
         for k, path in enumerate(tqdm(paths, desc="classify", unit="file", disable=not progressbar)):
+            names[k] = str(path)
             try:
-                pending.append((k, path, self.load_input(path)))
+                for start in self.protocol.starts(path, self.input_processor):
+                    pending.append((k, path, self.load_input(path, start)))
+                    if len(pending) >= batch_size:
+                        flush()
             except Exception as err:  # noqa: BLE001 (AudioError, or the processor failing)
                 errors[k] = (str(path), _reason(err))
-            if len(pending) >= batch_size:
-                flush()
         flush()
-        return [done[k] for k in sorted(done)], [errors[k] for k in sorted(errors)]
+        done = []
+        for k in sorted(set(windows) - set(errors)):
+            prob = pool_windows(torch.stack(windows[k]), self.protocol.pooling)
+            index = int(prob.argmax())
+            done.append({"file": names[k], "label": self.labels[index],
+                         "score": float(prob[index]), "probabilities": prob,
+                         "labels": self.labels_above_threshold(prob)})
+        return done, [errors[k] for k in sorted(errors)]
+
+    def labels_above_threshold(self, probabilities):
+        """The predicted classes of ``[C]`` probabilities: every class at or above its threshold
+        (multi-label; most probable first), or the most probable one (single-label)."""
+        if not self.multilabel:
+            return [self.labels[int(probabilities.argmax())]]
+        above = (probabilities >= self.thresholds).nonzero().view(-1).tolist()
+        return [self.labels[i] for i in sorted(above, key=lambda i: -float(probabilities[i]))]
 
     def top_k(self, probabilities, k):
         """``[{"label", "score"}]`` of the ``k`` most probable classes of ``[C]`` probabilities."""
@@ -264,7 +321,8 @@ def parse_args(argv=None):
                         help="another local copy of the base checkpoint (default: the run's)")
     parser.add_argument("--top_k", type=int, default=1, help="how many classes to list per file")
     parser.add_argument("--json", action="store_true",
-                        help='print a JSON list of {"file", "label", "score", "top_k"}')
+                        help='print a JSON list of {"file", "label", "score", "top_k"} (multi-label '
+                             'models: and "labels", every class above its threshold)')
     parser.add_argument("--merge", action="store_true", help="fold LoRA into the backbone weights")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch_size", type=int, default=8, help="files per forward pass")
@@ -301,12 +359,19 @@ def main(argv=None):
     )
     rows = [{"file": r["file"], "label": r["label"], "score": r["score"],
              "top_k": classifier.top_k(r["probabilities"], args.top_k)} for r in results]
+    if classifier.multilabel:
+        for row, r in zip(rows, results):
+            row["labels"] = r["labels"]
     if args.json:
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
             others = "".join(f"  {t['label']} {t['score']:.4f}" for t in row["top_k"][1:])
-            print(f"{row['file']}\t{row['label']}\t{row['score']:.4f}{others}")
+            if classifier.multilabel:  # every class above its threshold, then the top scores
+                print(f"{row['file']}\t{';'.join(row['labels']) or '-'}\t{row['label']} "
+                      f"{row['score']:.4f}{others}")
+            else:
+                print(f"{row['file']}\t{row['label']}\t{row['score']:.4f}{others}")
     for path, reason in errors:
         print(f"Error: could not classify {path}: {reason}", file=sys.stderr)
     if errors and len(errors) < len(args.files):

@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python -m petl_modules.demo [--dataset=<recipe folder>] [--method=soft_moa]
         [--output_folder=results/demo] [--backbone_source=...] [--number_of_epochs=8] [--seed=10]
-        [--per_class=N]
+        [--per_class=N] [--task=single_label|multilabel]
 
 The datasets it offers are the recipe folders that hold a synthetic generator,
 ``recipes/<DATASET>/*_synthetic.py``, found on disk (``petl_modules.synthetic``: the recipes are
@@ -16,8 +16,9 @@ real checkpoint), and runs the real recipe command line
 ``python recipes/<DATASET>/train.py hparams/<method>.yaml ...`` in a subprocess, with the options the
 generator's ``DEMO`` adds (e.g. the first fold of a multi-fold dataset): preparation, training,
 checkpoints, test with the best checkpoint, ``results.json`` and the ``petl_model/`` folder, exactly
-as on real data. It ends by printing the command it ran, the test accuracy and where the outputs
-are.
+as on real data. It ends by printing the command it ran, the test accuracy (mAP for multi-label)
+and where the outputs are. ``--task=multilabel`` asks a generator whose ``DEMO`` lists it in
+``tasks`` for multi-label data and runs the recipe with ``--task=multilabel``.
 """
 
 import argparse
@@ -66,6 +67,10 @@ def parse_args(argv=None):
                         help="hub id or save_pretrained folder; default: a tiny random AST")
     parser.add_argument("--number_of_epochs", type=int, default=8, help="default 8")
     parser.add_argument("--seed", type=int, default=10, help="default 10")
+    multilabel = [name for name in datasets if "multilabel" in demo_settings(name).get("tasks", [])]
+    parser.add_argument("--task", default="single_label", choices=["single_label", "multilabel"],
+                        help="multilabel: several classes per file (datasets whose generator "
+                             f"offers it: {', '.join(multilabel) or 'none'})")
     parser.add_argument("--per_class", type=int, default=None,
                         help="synthetic examples per class (per fold, speaker or split, as the "
                              "dataset's generator counts them); default: a few per dataset")
@@ -80,6 +85,10 @@ def parse_args(argv=None):
                      f"{', '.join(methods)}.")
     if args.number_of_epochs < 1:
         parser.error("--number_of_epochs must be at least 1.")
+    tasks = demo_settings(args.dataset).get("tasks", ["single_label"])
+    if args.task not in tasks:
+        parser.error(f"--task={args.task}: the synthetic {args.dataset} is {' or '.join(tasks)}; "
+                     f"multi-label data: --dataset={' or '.join(multilabel) or '(none)'}.")
     return args
 
 
@@ -114,8 +123,9 @@ def main(argv=None):
     output = Path(args.output_folder).resolve()
 
     print(f"[demo] Writing a synthetic {args.dataset} in its release layout to {output / 'data'}")
+    task = {} if args.task == "single_label" else {"task": args.task}
     data = make_dataset(args.dataset, output / "data",
-                        per_class=args.per_class or settings["per_class"], seed=args.seed)
+                        per_class=args.per_class or settings["per_class"], seed=args.seed, **task)
     if args.backbone_source:
         backbone = args.backbone_source
         options = []
@@ -135,6 +145,7 @@ def main(argv=None):
         args.dataset, args.method, f"--data_folder={data}", f"--backbone_source={backbone}",
         f"--output_folder={run_folder}", f"--number_of_epochs={args.number_of_epochs}",
         f"--seed={args.seed}", *options, *settings["options"],
+        *[f"--task={args.task}" for _ in task],
     )
     print(f"[demo] Running: {shlex.join(command)}\n", flush=True)
     returncode = subprocess.call(command, cwd=project_root())
@@ -147,13 +158,20 @@ def main(argv=None):
     fold = results["folds"][0]
     n_classes = len(fold["class_names"])
     experiment = Path(fold["experiment_folder"])
-    real = recipe_command(args.dataset, args.method, f"--data_folder=/path/to/{settings['release']}")
+    real = recipe_command(args.dataset, args.method, f"--data_folder=/path/to/{Path(data).name}",
+                          *[f"--task={args.task}" for _ in task])
     real[0] = "python"
+    if task:
+        scores = (f"test mAP {results['test_map_mean']:.3f} (micro F1 {results['test_f1_micro']:.3f}, "
+                  f"macro F1 {results['test_f1_macro']:.3f}; {n_classes} classes), valid mAP "
+                  f"{fold['valid_map']:.3f}")
+    else:
+        scores = (f"test accuracy {results['test_accuracy_mean']:.3f} (chance {1 / n_classes:.3f}, "
+                  f"{n_classes} classes), valid accuracy {fold['valid_accuracy']:.3f}")
     print(
         f"\n[demo] Ran: {shlex.join(command)}\n"
-        f"[demo] {args.dataset} / {args.method}: test accuracy {results['test_accuracy_mean']:.3f} "
-        f"(chance {1 / n_classes:.3f}, {n_classes} classes), valid accuracy "
-        f"{fold['valid_accuracy']:.3f}; trainable parameters {results['trainable_params']:,} of "
+        f"[demo] {args.dataset} / {args.method}: {scores}; trainable parameters "
+        f"{results['trainable_params']:,} of "
         f"{results['total_params']:,} ({results['trainable_percent']:.2f}%).\n"
         f"[demo] Outputs: {run_folder / 'results.json'}, {experiment / 'train_log.txt'}, "
         f"{experiment / 'petl_model'}\n"

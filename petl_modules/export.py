@@ -19,7 +19,8 @@ from it), plus the task head in a side file::
     ├── config.json, model.safetensors   the merged backbone (plain transformers)
     ├── preprocessor_config.json          the base checkpoint's, when it has one
     ├── classifier_head.safetensors       the head: head.weight [C, D], head.bias [C]
-    └── classifier_head.json              class_names (index order), pooling, input settings, origin
+    └── classifier_head.json              class_names (index order), task (multi-label: sigmoid per
+                                          class and its thresholds), pooling, input settings, origin
 
 Only methods whose result is a plain backbone can be exported: linear, BitFit, full fine-tuning and
 LoRA (merged). Methods that add modules (adapters, prompts, prefixes, MoA) are refused: use their

@@ -1,4 +1,4 @@
-"""Collecting runs into a results table and an accuracy-vs-parameters plot.
+"""Collecting runs into a results table and a score-vs-parameters plot.
 
 Usage::
 
@@ -7,7 +7,9 @@ Usage::
 
 Every ``results.json`` below the given folders is read. Runs are grouped by method (with the
 options that differ from the method's defaults: ``lora (lora_targets=Wq,Wk,Wv,Wo)``), dataset and
-backbone; a group's test accuracy is the mean +- population std over all its folds and seeds.
+backbone; a group's test score is the mean +- population std over all its folds and seeds: the
+accuracy of single-label runs, the mAP of multi-label ones (``test_map``; ``task: multilabel``), each
+table cell naming which. Runs of the two kinds are never averaged together.
 Trainable parameters are shown without the head (what the papers count; the same on every dataset)
 and as a percentage of the backbone. A malformed or partial ``results.json`` (unreadable JSON, a
 missing field, a fold without test accuracy, fewer folds than the run asked for) is listed and
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 NOT_OPTIONS = {
     "seed", "fold", "folds", "method", "dataset", "backbone_source", "data_folder", "output_folder",
     "experiment_folder", "save_folder", "train_log", "manifest_folder", "num_workers",
-    "skip_bad_files", "n_classes",
+    "skip_bad_files", "n_classes", "class_names", "confusion_matrix", "manifest",
 }
 
 
@@ -159,10 +161,13 @@ RUN_SCHEMA = {
 }
 FOLD_SCHEMA = {
     "fold": (False, _fold_id),
-    "test_accuracy": (True, _accuracy),
+    # One of the two scores (check_run): accuracy (single-label) or mAP (multi-label).
+    "test_accuracy": (False, _accuracy),
+    "test_map": (False, _accuracy),
     "hparams": (False, _options),
 }
 REQUIRED = tuple(key for key, (required, _) in RUN_SCHEMA.items() if required)
+SCORES = {"test_accuracy": "accuracy", "test_map": "mAP"}  # fold key -> the metric's name
 
 
 def _apply(schema, record, where):
@@ -189,6 +194,9 @@ def check_run(run):
         if not isinstance(fold, dict):
             raise ResultsError(f"folds[{k}] is {_kind(fold)}, not an object")
         checked["folds"].append(_apply(FOLD_SCHEMA, fold, f"folds[{k}]."))
+        if not any(key in fold for key in SCORES):
+            raise ResultsError(f"folds[{k}].missing field(s) test_accuracy (or test_map, for a "
+                               "multi-label run)")
     ids = [fold.get("fold") for fold in checked["folds"]]
     repeated = sorted({str(i) for i in ids if ids.count(i) > 1})
     if repeated:
@@ -198,7 +206,8 @@ def check_run(run):
 
 def read_run(path):
     """A checked ``results.json``: the fields this tool reads (``check_run``), with
-    ``test_accuracies`` (one per fold) and ``options`` (the first fold's hparams) added.
+    ``metric`` (``accuracy`` or ``mAP``), ``test_scores`` (one per fold; for accuracy runs also
+    as ``test_accuracies``) and ``options`` (the first fold's hparams) added.
 
     Raises
     ------
@@ -225,7 +234,14 @@ def read_run(path):
     if missing:
         raise ResultsError(f"partial: {len(requested) - len(missing)} of {len(requested)} folds ran "
                            f"(missing {', '.join(map(str, missing))})")
-    run["test_accuracies"] = [fold["test_accuracy"] for fold in run["folds"]]
+    kinds = {next(key for key in SCORES if key in fold) for fold in run["folds"]}
+    if len(kinds) > 1:
+        raise ResultsError("folds mix test_accuracy and test_map (single- and multi-label)")
+    key = kinds.pop()
+    run["metric"] = SCORES[key]
+    run["test_scores"] = [fold[key] for fold in run["folds"]]
+    if key == "test_accuracy":
+        run["test_accuracies"] = run["test_scores"]
     run["options"] = run["folds"][0].get("hparams") or {}
     return run
 
@@ -384,14 +400,16 @@ def backbone_label(run):
 
 # ==================================================================== aggregation
 def summarise(runs):
-    """One row per (method label, dataset, backbone): accuracy mean/std over folds and seeds."""
+    """One row per (method label, dataset, backbone, metric): the test score's mean/std over folds
+    and seeds (``test_mean``/``test_std``; for accuracy also ``test_accuracy_mean``/``_std``)."""
     groups = {}
     for run in runs:
-        key = (method_label(run), settings_label(run), run["dataset"], backbone_label(run))
+        key = (method_label(run), settings_label(run), run["dataset"], backbone_label(run),
+               run["metric"])
         groups.setdefault(key, []).append(run)
     rows = []
-    for (label, settings, dataset, backbone), members in sorted(groups.items()):
-        values = [a for run in members for a in run["test_accuracies"]]
+    for (label, settings, dataset, backbone, metric), members in sorted(groups.items()):
+        values = [a for run in members for a in run["test_scores"]]
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
         first = members[0]
@@ -407,8 +425,11 @@ def summarise(runs):
             "backbone": backbone,
             "runs": len(members),
             "values": len(values),
-            "test_accuracy_mean": mean,
-            "test_accuracy_std": std,
+            "metric": metric,
+            "test_mean": mean,
+            "test_std": std,
+            "test_accuracy_mean": mean if metric == "accuracy" else None,
+            "test_accuracy_std": std if metric == "accuracy" else None,
             "trainable_params": trainable,
             "trainable_params_without_head": without_head,
             "trainable_percent": float(first.get("trainable_percent",
@@ -417,6 +438,12 @@ def summarise(runs):
             "total_params": first["total_params"],
         })
     return rows
+
+
+def score_text(row):
+    """``85.00 ± 1.20`` (percent), with `` mAP`` after a multi-label group's."""
+    text = f"{100 * row['test_mean']:.2f} ± {100 * row['test_std']:.2f}"
+    return text if row["metric"] == "accuracy" else f"{text} {row['metric']}"
 
 
 def row_name(row):
@@ -445,27 +472,27 @@ def markdown_report(rows, skipped):
     datasets = sorted({r["dataset"] for r in rows})
     for backbone in sorted({r["backbone"] for r in rows}):
         mine = [r for r in rows if r["backbone"] == backbone]
-        out.write(f"## Backbone: {_md(backbone)}\n\nTest accuracy (%), mean ± std over folds and seeds; "
-                  "trainable parameters without the head (% of the backbone).\n\n")
+        out.write(f"## Backbone: {_md(backbone)}\n\nTest accuracy (%; multi-label runs: mAP (%), "
+                  "marked mAP), mean ± std over folds and seeds; trainable parameters without the "
+                  "head (% of the backbone).\n\n")
         out.write("| method | trainable | " + " | ".join(map(_md, datasets)) + " |\n")
         out.write("|---|---:|" + "---:|" * len(datasets) + "\n")
-        for label in sorted({row_name(r) for r in mine}):
-            cells = {r["dataset"]: r for r in mine if row_name(r) == label}
+        for label, metric in sorted({(row_name(r), r["metric"]) for r in mine}):
+            cells = {r["dataset"]: r for r in mine if row_name(r) == label and r["metric"] == metric}
             any_row = next(iter(cells.values()))
             params = (f"{_count(any_row['trainable_params_without_head'])} "
                       f"({any_row['trainable_percent_without_head']:.2f}%)")
-            accs = [f"{100 * cells[d]['test_accuracy_mean']:.2f} ± {100 * cells[d]['test_accuracy_std']:.2f}"
-                    if d in cells else "—" for d in datasets]
+            accs = [score_text(cells[d]) if d in cells else "—" for d in datasets]
             out.write(f"| {_md(label)} | {params} | " + " | ".join(accs) + " |\n")
         out.write("\n")
     if rows:
         out.write("## All groups\n\n| method | other settings | dataset | backbone | runs | folds x seeds "
-                  "| test accuracy (%) | trainable (with head) | trainable % |\n"
+                  "| test score (%) | trainable (with head) | trainable % |\n"
                   "|---|---|---|---|---:|---:|---:|---:|---:|\n")
         for r in rows:
             out.write(f"| {_md(r['method'])} | {_md(r['settings'] or '—')} | {_md(r['dataset'])} | "
                       f"{_md(r['backbone'])} | {r['runs']} | {r['values']} | "
-                      f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
+                      f"{score_text(r)} | "
                       f"{r['trainable_params']:,} | {r['trainable_percent']:.4f} |\n")
         out.write("\n")
     if skipped:
@@ -476,9 +503,10 @@ def markdown_report(rows, skipped):
     return out.getvalue()
 
 
-CSV_FIELDS = ["method", "settings", "base_method", "dataset", "backbone", "runs", "values", "test_accuracy_mean",
-              "test_accuracy_std", "trainable_params", "trainable_params_without_head",
-              "trainable_percent", "trainable_percent_without_head", "total_params"]
+CSV_FIELDS = ["method", "settings", "base_method", "dataset", "backbone", "runs", "values", "metric",
+              "test_mean", "test_std", "test_accuracy_mean", "test_accuracy_std", "trainable_params",
+              "trainable_params_without_head", "trainable_percent", "trainable_percent_without_head",
+              "total_params"]
 
 
 def write_csv(rows, path):
@@ -511,8 +539,8 @@ def plot(rows, path, published=()):
             index = labels.index((row_name(r), r["backbone"]))
             name = row_name(r) if len({b for _, b in labels}) == 1 else f"{row_name(r)} {{{r['backbone']}}}"
             name = name.replace("$", r"\$")  # no mathtext from a results.json
-            ax.errorbar(max(1, r["trainable_params_without_head"]), 100 * r["test_accuracy_mean"],
-                        yerr=100 * r["test_accuracy_std"], fmt=MARKERS[methods.index(r["base_method"]) % len(MARKERS)],
+            ax.errorbar(max(1, r["trainable_params_without_head"]), 100 * r["test_mean"],
+                        yerr=100 * r["test_std"], fmt=MARKERS[methods.index(r["base_method"]) % len(MARKERS)],
                         color=colours(index % 20), markersize=8, capsize=3, label=name)
         for point in (p for p in published if p["dataset"] == dataset and p.get("params")):
             ax.plot(max(1, point["params"]), point["paper"], "k_", markersize=16, mew=2,
@@ -520,7 +548,8 @@ def plot(rows, path, published=()):
         ax.set_xscale("log")
         ax.set_title(dataset.replace("$", r"\$"))
         ax.set_xlabel("trainable parameters (without head)")
-        ax.set_ylabel("test accuracy (%)")
+        metrics = sorted({r["metric"] for r in rows if r["dataset"] == dataset})
+        ax.set_ylabel(f"test {' / '.join(metrics)} (%)")
         ax.grid(True, which="both", alpha=0.3)
     handles = {}
     for ax in axes[0]:
@@ -672,7 +701,8 @@ def main(argv=None):
     parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="folders to search")
     parser.add_argument("--out", help="write the markdown report here (default: print it)")
     parser.add_argument("--csv", help="write one row per method x dataset x backbone here")
-    parser.add_argument("--plot", help="write the accuracy-vs-parameters plot here (PNG, PDF, SVG)")
+    parser.add_argument("--plot", help="write the score-vs-parameters plot here (PNG, PDF, SVG): "
+                                       "accuracy, or mAP for multi-label runs")
     parser.add_argument("--compare", action="append", default=[], metavar="TABLE",
                         help="add a published table of sweeps/published.json beside ours (repeatable)")
     args = parser.parse_args(argv)

@@ -23,7 +23,9 @@ A generator module defines
   unchanged; returns the release's top folder;
 - ``DEMO``: the settings of ``python -m petl_modules.demo`` for that dataset: ``per_class``,
   ``release`` (the folder a user points ``--data_folder`` at), ``options`` (recipe options that keep
-  a run on a tiny backbone short) and, for one dataset, ``default: True``.
+  a run on a tiny backbone short), for one dataset ``default: True``, and optionally ``tasks``
+  (``["single_label", "multilabel"]``: ``generate`` then takes ``task=`` and the demo offers
+  ``--task=multilabel``).
 
 ``make_dataset(dataset, root, per_class, seed, **options)`` calls the dataset's ``generate``.
 """

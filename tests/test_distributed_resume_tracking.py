@@ -100,15 +100,16 @@ def tiny_ast_with_dropout(tmp_path_factory):
     return folder
 
 
-def test_run_killed_mid_epoch_resumes_with_the_same_command_and_ends_as_uninterrupted(
-        fsc_data, tiny_ast_with_dropout, tmp_path):
-    # 31 training utterances in batches of 4: 8 steps per epoch, a checkpoint every 3 steps.
-    options = ["--number_of_epochs=2", "--batch_size=4", "--ckpt_interval_steps=3"]
+def run_killed_and_resumed(recipe, method, data, backbone, tmp_path, *options):
+    """Runs a command uninterrupted (``tmp_path/uninterrupted``), then again in
+    ``tmp_path/interrupted``, SIGKILLed in the middle of epoch 2 (``KILL_HARNESS``), and reruns it
+    there; checks the kill left one intra-epoch checkpoint and no results, and that the rerun
+    resumed from it. Returns ``(uninterrupted folder, interrupted folder, the rerun's process)``."""
     reference = tmp_path / "uninterrupted"
-    run_train("FSC", "full_ft", fsc_data, tiny_ast_with_dropout, reference, *options)
+    run_train(recipe, method, data, backbone, reference, *options)
 
     out = tmp_path / "interrupted"
-    killed = run_train("FSC", "full_ft", fsc_data, tiny_ast_with_dropout, out, *options,
+    killed = run_train(recipe, method, data, backbone, out, *options,
                        check=False, launcher=[sys.executable, "-c", KILL_HARNESS])
     assert killed.returncode == -9, killed.stdout[-3000:]
     assert not (out / "results.json").exists()
@@ -116,18 +117,30 @@ def test_run_killed_mid_epoch_resumes_with_the_same_command_and_ends_as_uninterr
                    if "brain_intra_epoch_ckpt" in (c / "CKPT.yaml").read_text()]
     assert len(intra_epoch) == 1
 
-    resumed = run_train("FSC", "full_ft", fsc_data, tiny_ast_with_dropout, out, *options)
+    resumed = run_train(recipe, method, data, backbone, out, *options)
     assert "1 epoch(s) done; epoch 2 goes on after its batch 3" in resumed.stdout
     assert "Going into epoch 1" not in resumed.stdout
+    return reference, out, resumed
 
-    # Each epoch logged once, with the metrics of the uninterrupted run; same results and weights.
+
+def assert_same_run(out, reference):
+    """Each epoch logged once, with the same metrics; same results and tested weights."""
     assert (out / "train_log.txt").read_text() == (reference / "train_log.txt").read_text()
     assert fold_metrics(out) == fold_metrics(reference)
-    assert read_results(out)["seed"] == read_results(reference)["seed"] == 10
     expected = best_checkpoint_tensors(reference)
     got = best_checkpoint_tensors(out)
     assert expected.keys() == got.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_run_killed_mid_epoch_resumes_with_the_same_command_and_ends_as_uninterrupted(
+        fsc_data, tiny_ast_with_dropout, tmp_path):
+    # 31 training utterances in batches of 4: 8 steps per epoch, a checkpoint every 3 steps.
+    options = ["--number_of_epochs=2", "--batch_size=4", "--ckpt_interval_steps=3"]
+    reference, out, _ = run_killed_and_resumed("FSC", "full_ft", fsc_data, tiny_ast_with_dropout,
+                                               tmp_path, *options)
+    assert_same_run(out, reference)
+    assert read_results(out)["seed"] == read_results(reference)["seed"] == 10
 
     # Once finished, the same command does not run again (multi-fold runs: finished folds).
     again = run_train("FSC", "full_ft", fsc_data, tiny_ast_with_dropout, out, *options)

@@ -79,7 +79,7 @@ def probabilities(modules, wavs):
 
 @pytest.fixture(scope="module")
 def good_folder(tmp_path_factory, legacy):
-    """A current-format (format_version 2) LoRA folder on the legacy tiny base."""
+    """A current-format (format_version 3) LoRA folder on the legacy tiny base."""
     tmp = tmp_path_factory.mktemp("good")
     text = compose_hparams(REPO / "hparams" / "lora.yaml", FSC_YAML, {
         "data_folder": str(tmp), "output_folder": str(tmp / "out"), "backbone_source": str(legacy / "tiny_ast"),
@@ -168,6 +168,15 @@ CRAFTED_CONFIGS = [
      "arithmetic"),
     ("number_option_of_the_wrong_type", lambda m: option("max_frames", "64"), "whole number"),
     ("deeply_nested_json", lambda m: (lambda c: "[" * 100000 + "]" * 100000), "not valid JSON"),
+    # format_version 3: the task and a multi-label model's per-class thresholds.
+    ("unknown_task", lambda m: top("task", "regression"), "not one of"),
+    ("task_option_of_another_value", lambda m: option("task", "ranking"), "not one of"),
+    ("multilabel_without_thresholds", lambda m: top("task", "multilabel"), "needs 'thresholds'"),
+    ("threshold_out_of_range", lambda m: (lambda c: dict(c, task="multilabel",
+                                                        thresholds=[2.0] * 31)), "numbers in"),
+    ("thresholds_not_one_per_class", lambda m: (lambda c: dict(c, task="multilabel",
+                                                              thresholds=[0.5] * 3)), "31 class_names"),
+    ("thresholds_of_a_single_label_model", lambda m: top("thresholds", [0.5] * 31), "single_label"),
 ]
 
 
@@ -220,7 +229,7 @@ def test_weights_must_be_exactly_the_rebuilt_models_trained_tensors(change, mess
 
 def test_current_folder_is_plain_data_with_a_format_version(good_folder):
     config = json.loads((good_folder / CONFIG_FILE).read_text())
-    assert config["format_version"] == FORMAT_VERSION == 2
+    assert config["format_version"] == FORMAT_VERSION == 3
     assert "hyperparams" not in config
     assert not any(isinstance(v, str) and v.startswith("!") for v in config["options"].values())
     modules, _ = load_petl_model(good_folder, check=True)

@@ -32,6 +32,8 @@ def write_head(out_dir, modules, config, backbone_source, **extra):
     os.chmod(out_dir / HEAD_WEIGHTS, 0o666 & ~current_umask())  # safetensors makes it owner-only
     side = {
         "class_names": config["class_names"],
+        "task": config.get("task", "single_label"),
+        "thresholds": config.get("thresholds"),
         "pooling": config.get("pooling"),
         "input": config.get("input"),
         "family": config["family"],

@@ -1,10 +1,11 @@
 """Reading audio files: any format soundfile reads, mixed to mono, resampled to 16 kHz.
 
 torchaudio 2.11 needs torchcodec to load audio, so we read with soundfile (as SpeechBrain's
-``read_audio`` does) and resample with torchaudio. ``load_audio(path, max_samples=n)`` reads only
-the part of the file the first ``n`` samples come from (plus the resampling kernel's reach), so
-memory does not grow with the file; training, testing and ``classify`` read every file that way, so
-they see the same samples (equal to resampling the whole file up to float rounding, ~1e-7).
+``read_audio`` does) and resample with torchaudio. ``load_audio(path, max_samples=n, start=s)`` reads
+only the part of the file that samples ``s .. s + n`` come from (plus the resampling kernel's
+reach), so memory does not grow with the file; training (first clip or random crops), testing
+(first clip or sliding windows, ``petl_modules.training.windows``) and ``classify`` read every file
+that way, so they see the same samples (equal to resampling the whole file, up to float rounding).
 """
 
 import logging
@@ -43,15 +44,57 @@ def resample(wav, orig_freq, new_freq=SAMPLE_RATE):
 
 
 # ==================================================================== reading
-def frames_to_read(rate, max_samples, sample_rate=SAMPLE_RATE):
-    """Frames of a file at ``rate`` that give its first ``max_samples`` samples at ``sample_rate``
-    exactly (None: all)."""
-    if max_samples is None:
-        return None
+def resampled_length(frames, rate, sample_rate=SAMPLE_RATE):
+    """Samples at ``sample_rate`` of ``frames`` frames at ``rate`` (torchaudio's output length)."""
     if int(rate) == int(sample_rate):
-        return int(max_samples)
-    # The samples they come from, plus the reach of the resampling kernel (a few dozen samples).
-    return math.ceil(int(max_samples) * int(rate) / int(sample_rate)) + RESAMPLING_MARGIN
+        return int(frames)
+    return math.ceil(int(frames) * int(sample_rate) / int(rate))
+
+
+def span_to_read(rate, max_samples, start=0, sample_rate=SAMPLE_RATE):
+    """Which frames of a file at ``rate`` give samples ``start .. start + max_samples`` at
+    ``sample_rate`` exactly: ``(first frame, frames to read or None for all, resampled samples
+    to drop before start)``.
+
+    At another rate the read starts a few whole resampling periods (``rate / gcd`` input frames,
+    ``sample_rate / gcd`` output samples) before ``start``, so that the kernel sees the same input
+    around every kept sample as when the whole file is resampled.
+    """
+    start = int(start)
+    if int(rate) == int(sample_rate):
+        return start, None if max_samples is None else int(max_samples), 0
+    common = math.gcd(int(rate), int(sample_rate))
+    period_in, period_out = int(rate) // common, int(sample_rate) // common
+    period = max(0, start // period_out - math.ceil(RESAMPLING_MARGIN / period_in))
+    first = period * period_in
+    frames = None
+    if max_samples is not None:
+        # The samples they come from, plus the reach of the resampling kernel (a few dozen samples).
+        frames = math.ceil((start + int(max_samples)) * int(rate) / int(sample_rate)) \
+            + RESAMPLING_MARGIN - first
+    return first, frames, start - period * period_out
+
+
+def audio_length(path, sample_rate=SAMPLE_RATE):
+    """Samples of ``path`` at ``sample_rate``, from its header (nothing else is read).
+
+    Raises
+    ------
+    AudioError
+        Missing or unreadable file, naming it.
+    """
+    _check_exists(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # soundfile.LibsndfileError and friends
+        raise _unreadable(path, err) from None
+    return resampled_length(info.frames, info.samplerate, sample_rate)
+
+
+def _check_exists(path):
+    if not Path(path).is_file():
+        raise AudioError(f"Audio file not found: {path}. Check the path (for a dataset: restore "
+                         "the file from its release, or delete the manifests to prepare again).")
 
 
 def _unreadable(path, err):
@@ -78,7 +121,7 @@ def check_finite(data, path):
         )
 
 
-def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None):
+def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None, start=0):
     """Reads ``path`` as a mono float32 waveform at ``sample_rate``.
 
     Arguments
@@ -91,6 +134,10 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None):
         Return at most this many samples, reading only the part of the file they come from (plus
         the resampling kernel's reach): ``load_audio(path, sample_rate)[:max_samples]`` up to
         float rounding (exactly, at ``sample_rate``).
+    start : int or callable
+        The first sample (at ``sample_rate``) to return; a callable gets the file's length in
+        samples at ``sample_rate`` (from its header) and returns it (a random crop). The result is
+        ``load_audio(path, sample_rate)[start:start + max_samples]``, read as above.
 
     Returns
     -------
@@ -102,13 +149,15 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None):
     AudioError
         Naming the file, what is wrong with it, and the fix.
     """
-    if not Path(path).is_file():
-        raise AudioError(f"Audio file not found: {path}. Check the path (for a dataset: restore "
-                         "the file from its release, or delete the manifests to prepare again).")
+    _check_exists(path)
     try:
         with sf.SoundFile(str(path)) as stream:
             rate = stream.samplerate
-            frames = frames_to_read(rate, max_samples, sample_rate)
+            if callable(start):
+                start = start(resampled_length(stream.frames, rate, sample_rate))
+            first, frames, skip = span_to_read(rate, max_samples, start, sample_rate)
+            if first:
+                stream.seek(min(first, stream.frames))
             data = stream.read(-1 if frames is None else frames, dtype="float32", always_2d=True)
     except Exception as err:  # soundfile.LibsndfileError and friends
         raise _unreadable(path, err) from None
@@ -116,18 +165,19 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None):
         raise AudioError(f"Audio file {path} is empty (zero samples). Replace it, {SKIP_HINT}.")
     check_finite(data, path)
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
-    wav = resample(wav, rate, sample_rate)
+    wav = resample(wav, rate, sample_rate)[skip:]
     return wav if max_samples is None else wav[: int(max_samples)]
 
 
 _warned_short = set()  # files already reported as too short (one warning per file and process)
 
 
-def load_input(path, input_processor):
-    """The model input of one audio file: what the data pipeline hands to the batch.
+def load_input(path, input_processor, start=0, stop=None):
+    """The model input of one audio file, or of one clip of it: what the data pipeline hands to
+    the batch.
 
-    Reads only the part of the file that ``input_processor`` uses (its ``samples_needed``; the
-    rest of a long file is never read), pads a clip shorter than the backbone's minimum input
+    Reads only the part of the file that ``input_processor`` uses (its ``samples_needed`` from
+    ``start``; the rest of a long file is never read), pads a clip shorter than the backbone's minimum input
     (``min_samples``) with zeros and a warning naming the file, then runs the processor.
 
     Arguments
@@ -136,6 +186,12 @@ def load_input(path, input_processor):
         An audio file (any format ``petl_modules.training.audio.load_audio`` reads).
     input_processor : callable
         The lobe's ``input_processor`` (``ASTFbank``, ``Waveform``).
+    start : int or callable
+        Where the clip starts (``load_audio``): 0 (the first clip), a window's first sample, or a
+        random crop (``petl_modules.training.windows.TrainCrop``).
+    stop : int, optional
+        With a whole-number ``start``: the sample (at the processor's rate) where the audio used
+        ends, e.g. the end of a segment of a long file (``petl_modules.training.recipe.segment_span``).
 
     Returns
     -------
@@ -148,7 +204,9 @@ def load_input(path, input_processor):
         Missing, unreadable, empty file or non-finite samples, naming the file.
     """
     wav = load_audio(path, getattr(input_processor, "sample_rate", 16000),
-                     max_samples=getattr(input_processor, "samples_needed", None))
+                     max_samples=getattr(input_processor, "samples_needed", None), start=start)
+    if stop is not None:
+        wav = wav[: max(1, int(stop) - int(start))]
     min_samples = getattr(input_processor, "min_samples", 0)
     if wav.shape[0] < min_samples:
         key = str(path)

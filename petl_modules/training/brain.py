@@ -2,7 +2,10 @@
 
 Per stage it accumulates loss and accuracy; after validation it checkpoints with the validation
 accuracy as the key, so ``evaluate(..., max_key="valid_acc")`` tests the best epoch's weights
-(the reference tested the last epoch's). The optimiser and its schedule are the yaml's
+(the reference tested the last epoch's). A ``task: multilabel`` run trains a binary cross-entropy
+per class instead and checkpoints by validation mAP (``valid_map``, with the per-class thresholds
+chosen on that validation pass); ``selection_key(hparams)`` names the key of either kind, and
+``petl_modules.training.metrics`` computes the scores. The optimiser and its schedule are the yaml's
 (``petl_modules/training/recipe.yaml``): ``opt_class`` over ``param_groups`` (each module's
 trainable tensors at its own learning rate) and ``lr_scheduler`` stepped after every optimiser
 step, whose ``T_max`` (every step of the run) this Brain fills in once ``fit`` knows the epoch
@@ -14,6 +17,12 @@ loss; this Brain adds the epoch's training accuracy counts so far (in its own ch
 gives the training DataLoader its own seeded generator, so that the global random state (restored
 by ``petl_modules.training.checkpointing.RandomState``) is drawn from in the same order with or without an
 interruption. A resumed run thus ends with the same results as an uninterrupted one.
+
+Long recordings (``petl_modules/training/windows.py``): with ``train_crop: random`` the Brain sets
+the epoch of the training set's crops before each training epoch (also a resumed one), so every
+epoch reads its own crops; with ``eval_windows: sliding`` validation and test batches hold windows,
+whose class probabilities are pooled per file (``window_pooling``) when the stage ends: the loss
+and accuracy are the files'.
 
 Speed (SpeechBrain run options, on CPU as on GPU): ``--precision=bf16`` trains under
 ``torch.autocast(device, torch.bfloat16)`` (SpeechBrain's ``training_ctx``) and, unless
@@ -34,8 +43,10 @@ import torch.nn.functional as F
 import yaml
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
+from petl_modules.training import metrics
 from petl_modules.training.augment import augment
 from petl_modules.training.cache import head_input
+from petl_modules.training.windows import WindowScores
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +144,11 @@ def compile_with_fallback(module, name, **compile_kwargs):
     return EagerFallback(compiled, module, name)
 
 
+def selection_key(hparams):
+    """The checkpoint meta key of the best epoch: ``valid_map`` (multi-label) or ``valid_acc``."""
+    return "valid_map" if metrics.is_multilabel(hparams) else "valid_acc"
+
+
 @sb.utils.checkpoints.register_checkpoint_hooks
 class ClassificationBrain(sb.Brain):
     """Utterance classification: ``inputs`` -> backbone with PETL modules -> classifier.
@@ -200,14 +216,65 @@ class ClassificationBrain(sb.Brain):
         hidden, mask = self.modules.petl_model(inputs, lengths)
         return self.modules.classifier(hidden, mask)
 
+    @property
+    def multilabel(self):
+        return metrics.is_multilabel(self.hparams)
+
     def compute_objectives(self, logits, batch, stage):
+        """Single-label: cross-entropy; multi-label (``task: multilabel``): binary cross-entropy
+        per class on the multi-hot ``targets``. Weighted by ``loss_weights`` (``[C]``, from
+        ``class_weights: balanced``) when the run has them."""
+        logits = logits.float()  # the loss and the scores in fp32, also under bf16 autocast
+        weights = getattr(self.hparams, "loss_weights", None)
+        weights = None if weights is None else weights.to(logits.device)
+        # Sliding windows (eval_windows: sliding): scored per file when the stage ends.
+        windows = stage != sb.Stage.TRAIN and getattr(batch, "utterance", None) is not None
+        if self.multilabel:
+            targets = batch.targets.data.to(logits.device).float()
+            loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
+            if windows:
+                self.windows.add(batch.utterance, batch.window_start, batch.window_end,
+                                 self.window_probabilities(logits), targets)
+            elif stage != sb.Stage.TRAIN:
+                self.outputs.append((targets.cpu(), torch.sigmoid(logits).detach().cpu()))
+            return loss
         labels = batch.label_index.data.view(-1).to(logits.device)
-        logits = logits.float()  # the loss and the accuracy in fp32, also under bf16 autocast
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, weight=weights)
+        if windows:
+            self.windows.add(batch.utterance, batch.window_start, batch.window_end,
+                             self.window_probabilities(logits), labels)
+            return loss
+        predicted = logits.argmax(dim=-1)
         self.counts += torch.stack(
-            [(logits.argmax(dim=-1) == labels).sum(), torch.tensor(labels.numel(), device=labels.device)]
+            [(predicted == labels).sum(), torch.tensor(labels.numel(), device=labels.device)]
         ).to(self.counts)
+        if stage == sb.Stage.TEST:
+            self.outputs.append((labels.cpu(), predicted.detach().cpu()))
         return loss
+
+    def window_probabilities(self, logits):
+        """``[B, C]`` class probabilities of ``[B, C]`` window logits (softmax; multi-label: a
+        sigmoid per class), pooled per file."""
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+
+    def pooled_stats(self, windows):
+        """Loss and accuracy (multi-label: loss) of the files of evaluated ``windows``
+        (``WindowScores``), their probabilities pooled by ``window_pooling`` (mean | max;
+        renormalised for the loss); the files' pooled scores become the stage's ``outputs``."""
+        _, pooled, labels = windows.pooled(getattr(self.hparams, "window_pooling", "mean"))
+        if self.multilabel:
+            self.outputs = [(labels.float(), pooled)]
+            if not len(labels):
+                return {"loss": 0.0}
+            tiny = torch.finfo(pooled.dtype).eps
+            return {"loss": float(F.binary_cross_entropy(pooled.clamp(tiny, 1 - tiny), labels.float()))}
+        labels = labels.view(-1)
+        if not len(labels):
+            return {"loss": 0.0, "accuracy": 0.0}
+        self.outputs = [(labels, pooled.argmax(dim=-1))]
+        distribution = pooled / pooled.sum(dim=-1, keepdim=True)
+        loss = F.nll_loss(torch.log(distribution.clamp_min(torch.finfo(pooled.dtype).tiny)), labels)
+        return {"loss": float(loss), "accuracy": float((pooled.argmax(dim=-1) == labels).double().mean())}
 
     # ---------------------------------------------------------------- optimiser and schedule
     def fit(self, epoch_counter, train_set, valid_set=None, progressbar=None,
@@ -228,6 +295,9 @@ class ClassificationBrain(sb.Brain):
         """
         if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
             loader_kwargs["generator"] = torch.Generator().manual_seed(int(self.hparams.seed))
+        if stage == sb.Stage.TRAIN:
+            # Random crops (train_crop: random) are drawn per epoch: on_stage_start sets it.
+            self.train_crop = getattr(dataset, "train_crop", None)
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
     def on_fit_start(self):
@@ -274,6 +344,11 @@ class ClassificationBrain(sb.Brain):
 
     # ---------------------------------------------------------------- stages
     def on_stage_start(self, stage, epoch=None):
+        self.outputs = []  # validation/test: (targets, scores) per batch, for the scores
+        if stage == sb.Stage.TRAIN and getattr(self, "train_crop", None) is not None:
+            self.train_crop.set_epoch(epoch)  # before the DataLoader workers copy the dataset
+        if stage != sb.Stage.TRAIN:
+            self.windows = WindowScores()
         if stage == sb.Stage.TRAIN and self.step > 0:
             return  # resumed mid-epoch: the counts so far came back with the checkpoint
         self.counts = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -286,8 +361,47 @@ class ClassificationBrain(sb.Brain):
             torch.distributed.all_reduce(counts)
         return float(counts[0] / counts[1]) if counts[1] > 0 else 0.0
 
+    def _stage_scores(self, stage, accuracy=None):
+        """The stage's scores: accuracy (and, on test, macro F1 and the confusion matrix) for
+        single-label; mAP, and on test micro/macro F1 at the thresholds of the best validation
+        epoch, for multi-label (``petl_modules.training.metrics``). Validation of a multi-label
+        run also chooses the per-class thresholds (kept in the checkpoint's meta)."""
+        if not self.multilabel:
+            stats = {"accuracy": self._accuracy(stage) if accuracy is None else accuracy}
+            if stage == sb.Stage.TEST and self.outputs:
+                labels, predicted = (torch.cat(part).numpy() for part in zip(*self.outputs))
+                scores = metrics.single_label_scores(labels, predicted, self.hparams.n_classes)
+                stats.update(f1_macro=scores["f1_macro"], confusion=scores["confusion"])
+            return stats
+        if stage == sb.Stage.TRAIN or not self.outputs:
+            return {}
+        targets, scores = (torch.cat(part).numpy() for part in zip(*self.outputs))
+        if stage == sb.Stage.VALID:
+            self.thresholds = metrics.choose_thresholds(targets, scores)
+            return {"map": metrics.mean_average_precision(targets, scores)}
+        found = metrics.multilabel_scores(targets, scores, self.best_thresholds())
+        return {"map": found["map"], "f1_micro": found["f1_micro"], "f1_macro": found["f1_macro"]}
+
+    def best_thresholds(self):
+        """The per-class thresholds saved with the best validation checkpoint (the one tested);
+        ``DEFAULT_THRESHOLD`` for every class when there is none."""
+        n_classes = int(self.hparams.n_classes)
+        best = self.checkpointer.find_checkpoint(max_key=selection_key(self.hparams)) \
+            if self.checkpointer is not None else None
+        saved = best.meta.get("thresholds") if best is not None else None
+        if isinstance(saved, list) and len(saved) == n_classes and all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) for t in saved):
+            return [float(t) for t in saved]
+        return [metrics.DEFAULT_THRESHOLD] * n_classes
+
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        stats = {"loss": float(stage_loss), "accuracy": self._accuracy(stage)}
+        stats = {"loss": float(stage_loss)}
+        if stage != sb.Stage.TRAIN and len(self.windows):
+            stats = self.pooled_stats(self.windows)  # the files' scores, from their windows
+            if stage == sb.Stage.TEST:
+                self.test_windows = self.windows  # for window_results (Run.finish_fold)
+        stats.update(self._stage_scores(stage, stats.get("accuracy")))
+        logged = {k: v for k, v in stats.items() if k != "confusion"}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
@@ -296,17 +410,20 @@ class ClassificationBrain(sb.Brain):
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": lr},
                 train_stats=getattr(self, "train_stats", None),
-                valid_stats=stats,
+                valid_stats=logged,
             )
+            if self.multilabel:  # plain floats: SpeechBrain reads meta with a safe loader
+                meta = {"valid_map": stats["map"], "thresholds": self.thresholds}
+            else:
+                meta = {"valid_acc": stats["accuracy"]}
             self.checkpointer.save_and_keep_only(
-                meta={"valid_acc": stats["accuracy"], "epoch": int(epoch)},
-                max_keys=["valid_acc"],
+                meta={**meta, "epoch": int(epoch)}, max_keys=[selection_key(self.hparams)],
             )
         else:
             self.test_stats = stats
             self.hparams.train_logger.log_stats(
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
-                test_stats=stats,
+                test_stats=logged,
             )
 
     # ---------------------------------------------------------------- checkpoint of the Brain

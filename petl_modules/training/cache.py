@@ -15,7 +15,7 @@ One vector ``[D]`` per utterance; training then runs ``gamma * cached + beta`` a
 wav2vec2) caches the pooled output itself.
 
 Where it is wrong, the cache is refused (``check_cacheable``) before any data is read: data
-augmentation (the inputs change every epoch), any trainable backbone parameter besides the final
+augmentation and random training crops (the inputs change every epoch), any trainable backbone parameter besides the final
 LayerNorm or any inserted PETL module (another method), poolings other than mean/cls, and
 waveform lobes whose output depends on how an utterance is padded in its batch.
 
@@ -24,7 +24,9 @@ with the settings), keyed by the backbone's weight fingerprint
 (``petl_modules.training.pretrained.backbone_fingerprint``) and every setting that changes the cached
 vectors (input features, position embeddings, attention implementation, pooling). It maps audio
 files (the ``wav`` field the features are computed from) to vectors, so folds and later runs on
-the same manifests reuse it and only compute what is missing.
+the same manifests reuse it and only compute what is missing. The sliding windows of validation and
+test (``eval_windows: sliding``) are cached one vector per window, keyed ``<file>@<start sample>``
+(the first window, which is the first clip, under the file's name).
 """
 
 import hashlib
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
 from petl_modules.methods.adapted import PETLModule
+from petl_modules.training.windows import WINDOW_KEYS, is_window_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,11 @@ def check_cacheable(hparams):
     if hparams.get("augmentation") is not None:
         reasons.append(
             "data augmentation is on (the inputs differ at every epoch): add --augmentation=null"
+        )
+    if hparams.get("train_crop", "first") != "first":
+        reasons.append(
+            f"train_crop={hparams['train_crop']} takes another clip of every file at each epoch: "
+            "add --train_crop=first"
         )
     if hparams.get("apply_spec_augment"):
         reasons.append("apply_spec_augment=True masks the backbone's features at random")
@@ -226,7 +234,8 @@ def build_cache(path, settings, petl_model, classifier, datasets, batch_size=8, 
     vectors = load_cache(path)
     todo = []
     for dataset in datasets:
-        todo.append(dataset.filtered_sorted(key_test={"wav": lambda w: w not in vectors}))
+        missing = {uid for uid in dataset.data_ids if clip_key(dataset.data[uid]) not in vectors}
+        todo.append(dataset.filtered_sorted(key_test={"id": lambda uid: uid in missing}))
     if not sum(len(d) for d in todo):
         return 0
     was_training = petl_model.training
@@ -238,27 +247,29 @@ def build_cache(path, settings, petl_model, classifier, datasets, batch_size=8, 
         for dataset in todo:
             if not len(dataset):
                 continue
-            with dataset.output_keys_as(["wav", "inputs"]):
+            with dataset.output_keys_as(["id", "inputs"]):
                 loader = sb.dataio.dataloader.make_dataloader(
                     dataset, batch_size=batch_size, num_workers=num_workers)
                 for batch in loader:
                     inputs, lengths = batch.inputs
                     pooled = normalised_pooled(petl_model, classifier, inputs.to(device),
                                                lengths.to(device)).float().cpu()
-                    for wav, vector in zip(batch.wav, pooled):
-                        if wav not in vectors:
+                    for uid, vector in zip(batch.id, pooled):
+                        key = clip_key(dataset.data[uid])
+                        if key not in vectors:
                             computed += 1
-                        vectors[wav] = vector.clone()
+                        vectors[key] = vector.clone()
     petl_model.train(was_training)
     _save_cache(path, vectors, settings)
     return computed
 
 
-def use_backbone_cache(hparams, datasets, device="cpu"):
+def use_backbone_cache(hparams, datasets, device="cpu", target="label_index"):
     """Builds (main process) or loads the cache of ``datasets`` and switches them to it.
 
     Each dataset gets the dynamic item ``cached`` (the utterance's vector) and the output keys
-    ``id``, ``cached``, ``label_index``: features and backbone no longer run during training.
+    ``id``, ``cached`` and ``target`` (``label_index``, or ``targets`` for multi-label):
+    features and backbone no longer run during training.
     ``ClassificationBrain`` reads ``cached`` when ``cache_backbone_outputs`` is on.
 
     Arguments
@@ -288,6 +299,23 @@ def use_backbone_cache(hparams, datasets, device="cpu"):
     def cached_pipeline(wav):
         return vectors[wav]
 
-    sb.dataio.dataset.add_dynamic_item(list(datasets.values()), cached_pipeline)
-    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "cached", "label_index"])
+    @sb.utils.data_pipeline.takes("wav", "window_start")
+    @sb.utils.data_pipeline.provides("cached")
+    def cached_window_pipeline(wav, start):
+        return vectors[clip_key({"wav": wav, "window_start": start})]
+
+    for dataset in datasets.values():
+        if is_window_dataset(dataset):
+            dataset.add_dynamic_item(cached_window_pipeline)
+            dataset.set_output_keys(["id", "cached", target, *WINDOW_KEYS])
+        else:
+            dataset.add_dynamic_item(cached_pipeline)
+            dataset.set_output_keys(["id", "cached", target])
     return path
+
+
+def clip_key(fields):
+    """The cache key of a file's first clip (its ``wav``) or of one of its windows
+    (``<wav>@<start>``; the window at 0 is the first clip)."""
+    start = int(fields.get("window_start", 0))
+    return fields["wav"] if start == 0 else f"{fields['wav']}@{start}"

@@ -18,6 +18,8 @@ from hyperpyyaml import load_hyperpyyaml
 
 from petl_modules.backbones import FAMILIES, lobe_class
 from petl_modules.paths import hparams_folder
+from petl_modules.training.metrics import CLASS_WEIGHTS, TASKS
+from petl_modules.training.windows import EVAL_WINDOWS, TRAIN_CROPS, WINDOW_POOLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +93,25 @@ OPTION_RANGES = {
     "n_classes": (int, 2, False),
     "clip_seconds": (float, 0, True),
     "ckpt_interval_minutes": (float, 0, False),
+    "window_hop_seconds": (float, 0, True),
+    # splits and folds made for data that come without them (the recipe for your own data)
+    "num_folds": (int, 0, False),
+    "valid_fraction": (float, 0, False),
+    "test_fraction": (float, 0, False),
+    "split_seed": (int, None, False),
 }
-STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds"}
+STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds", "window_hop_seconds", "valid_fraction",
+                     "test_fraction"}
+# Options that take one of a few values (petl_modules/training/windows.py).
+OPTION_VALUES = {
+    "train_crop": TRAIN_CROPS,
+    "eval_windows": EVAL_WINDOWS,
+    "window_pooling": WINDOW_POOLINGS,
+    "window_results": (True, False),
+    # petl_modules/training/metrics.py
+    "task": TASKS,
+    "class_weights": CLASS_WEIGHTS,
+}
 
 
 def validate_options(values):
@@ -115,6 +134,16 @@ def validate_options(values):
         elif low is not None and (value <= low if key in STRICTLY_POSITIVE else value < low):
             bound = f"> {low}" if key in STRICTLY_POSITIVE else f">= {low}"
             problems.append(f"--{key}={value!r} is out of range: it must be {bound}")
+    for key, allowed in OPTION_VALUES.items():
+        value = values.get(key, allowed[0])
+        if getattr(value, "tag", None) is not None and getattr(value.tag, "value", None):
+            continue  # computed by the yaml (checked once built)
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            shown = "|".join("null" if a is None else str(a) for a in allowed)
+            problems.append(f"--{key}={value!r} is not one of {shown}")
+    if values.get("window_results") is True and values.get("eval_windows", "first") == "first":
+        problems.append("--window_results=True writes the results of sliding windows: add "
+                        "--eval_windows=sliding")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
 

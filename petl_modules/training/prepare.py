@@ -2,20 +2,25 @@
 
 A preparation script reads its release's own layout into rows (``ID``, ``wav`` relative to the
 dataset folder, ``label``, any extra columns such as ``fold``) and hands them to
-``write_manifests``, which checks every referenced file once (missing, unreadable, empty, NaN/Inf
-samples in float files, unknown label), reports all problems together, and writes SpeechBrain CSV
-manifests with ``$data_root`` paths. ``manifests_up_to_date`` lets the script return early when the
-manifests already exist for the same options.
+``write_manifests``, which checks every referenced file once, in parallel threads with a progress
+bar (missing, unreadable, empty, NaN/Inf samples in float files, unknown label, a segment past the
+end of its file), reports all problems together, and writes SpeechBrain CSV manifests with
+``$data_root`` paths. ``manifests_up_to_date`` lets the script return early when the manifests
+already exist for the same options. ``stratified_group_split`` and ``stratified_group_folds`` make
+seeded splits of data that comes without them.
 """
 
 import csv
 import json
 import logging
 import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +53,9 @@ def manifests_up_to_date(save_folder, names, options):
     return False
 
 
-def _check(path):
-    """``(duration_s, problem)`` of one audio file (header only)."""
+def _check(path, samples=True):
+    """``(duration_s, problem)`` of one audio file: its header, and the samples of a float file
+    (which only can hold NaN or Inf) unless ``samples`` is False."""
     if not Path(path).is_file():
         return None, "missing file"
     try:
@@ -59,7 +65,7 @@ def _check(path):
         return None, f"unreadable as audio ({reason})"
     if info.frames == 0 or info.samplerate == 0:
         return None, "empty (zero samples)"
-    if info.subtype in FLOAT_SUBTYPES and not _all_finite(path):
+    if samples and info.subtype in FLOAT_SUBTYPES and not _all_finite(path):
         return None, "non-finite samples (NaN or Inf)"
     return info.frames / info.samplerate, None
 
@@ -82,7 +88,38 @@ def _write_csv(path, rows, fields):
     os.replace(tmp, path)
 
 
-def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=False, labels=None):
+def check_files(paths, samples=True, workers=None):
+    """``{path: (duration_s, problem)}`` of every distinct file of ``paths`` (see ``_check``),
+    each read once, by ``workers`` threads (default: up to 8; soundfile releases the GIL while
+    it reads), with a progress bar."""
+    unique = list(dict.fromkeys(str(p) for p in paths))
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(tqdm(pool.map(lambda p: _check(p, samples), unique, chunksize=64),
+                            total=len(unique), desc="checking audio files", unit="file",
+                            disable=len(unique) < 200, mininterval=1.0))
+    return dict(zip(unique, results))
+
+
+SEGMENT_TOLERANCE_S = 0.01  # an end this close past the end of the file is its end
+
+
+def _segment_problem(row, duration):
+    """What is wrong with the ``seg_start``/``seg_end`` seconds of ``row`` in a file of
+    ``duration`` seconds (None if nothing), and the segment's duration."""
+    start, end = row.get("seg_start"), row.get("seg_end")
+    if start in (None, "") and end in (None, ""):
+        return None, duration
+    start = float(start or 0.0)
+    end = duration if end in (None, "") else float(end)
+    if end > duration + SEGMENT_TOLERANCE_S or start >= duration:
+        return (f"segment {start:g}-{end:g} s is past the end of the file ({duration:.3f} s)",
+                None)
+    return None, min(end, duration) - start
+
+
+def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=False, labels=None,
+                    excluded=(), headers_only=False):
     """Checks the files of ``splits`` and writes one ``<split>.csv`` manifest each.
 
     Arguments
@@ -102,6 +139,12 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
         out, listed in ``skipped_files.txt`` next to the manifests, and counted in the log.
     labels : collection, optional
         The known class labels; a row with another label is a problem.
+    excluded : list of str
+        Problems the caller found in the rows (already left out with ``skip_bad_files``): listed
+        first in ``skipped_files.txt``.
+    headers_only : bool
+        Read only each file's header: NaN/Inf samples of float files are then caught when their
+        batch is read (``petl_modules.training.audio.check_finite``), not here.
 
     Returns
     -------
@@ -111,13 +154,17 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
     save_folder = Path(save_folder)
     data_folder = Path(data_folder)
     save_folder.mkdir(parents=True, exist_ok=True)
-    problems, kept = [], {}
+    problems, kept = list(excluded), {}
+    checked = check_files([data_folder / row["wav"] for rows in splits.values() for row in rows],
+                          samples=not headers_only)
     for name, rows in splits.items():
         kept[name] = []
         for row in rows:
-            duration, problem = _check(data_folder / row["wav"])
+            duration, problem = checked[str(data_folder / row["wav"])]
             if problem is None and labels is not None and row["label"] not in labels:
                 problem = f"unknown label '{row['label']}'"
+            if problem is None:
+                problem, duration = _segment_problem(row, duration)
             if problem:
                 problems.append(f"{data_folder / row['wav']}: {problem} ({name} split, ID {row['ID']})")
                 continue
@@ -259,3 +306,36 @@ def prepare_once(data_folder, save_folder, release, marker, names, read_splits, 
     labels = set(class_names) if class_names is not None else None
     write_manifests(save_folder, read_splits(data_folder), data_folder, options, skip_bad_files,
                     labels=labels)
+
+
+# ==================================================================== seeded splits
+def stratified_group_folds(strata, groups, k, seed):
+    """The fold (0 .. k-1) of each example: ``k`` folds stratified by ``strata`` (one class per
+    example) that never share a group, seeded (scikit-learn's ``StratifiedGroupKFold``, or its
+    much faster ``StratifiedKFold`` when every example is a group of its own)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    folds = np.zeros(len(strata), dtype=int)
+    grouped = len(set(groups)) < len(groups)
+    splitter = (StratifiedGroupKFold if grouped else StratifiedKFold)(
+        n_splits=int(k), shuffle=True, random_state=int(seed))
+    with warnings.catch_warnings():  # a class rarer than k: the caller reports it by name
+        warnings.simplefilter("ignore", UserWarning)
+        for fold, (_, held) in enumerate(splitter.split(np.zeros(len(strata)), strata, groups)):
+            folds[held] = fold
+    return folds.tolist()
+
+
+def stratified_group_split(strata, groups, fraction, seed):
+    """Indices of about ``fraction`` of the examples, stratified by ``strata`` and by whole
+    groups, seeded: one of ``round(1 / fraction)`` stratified group folds."""
+    if not 0 < float(fraction) < 1:
+        raise DataError(f"A split fraction must be between 0 and 1 (exclusive), got {fraction}.")
+    # No more folds than groups, nor than examples of the largest class (scikit-learn needs it).
+    k = min(max(2, round(1 / float(fraction))), len(set(groups)), max(Counter(strata).values()))
+    if k < 2:
+        return []
+    folds = stratified_group_folds(strata, groups, k, seed)
+    return [i for i, fold in enumerate(folds) if fold == 0]

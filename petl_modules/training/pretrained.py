@@ -9,12 +9,16 @@ Every run writes ``<experiment_folder>/petl_model/`` from its best validation ch
                                  head (full fine-tuning: the trained layers), plus the running
                                  statistics of BatchNorms inside PETL modules
 
-``petl_config.json`` is plain JSON data (``format_version`` 2): the backbone ``family`` (and the
+``petl_config.json`` is plain JSON data (``format_version`` 3): the backbone ``family`` (and the
 checkpoint's ``model_type``) and ``backbone_source``, a ``fingerprint`` of the base checkpoint's
 weights (checked at load: a model is never put silently onto another backbone), the ``method`` (a
 name from the registry of method files, ``hparams/*.yaml``) and its ``options`` (plain values), the
-``input`` settings (the lobe's ``input_processor.config()``), the ``class_names`` in index order,
-and the names of the saved tensors.
+``input`` settings (the lobe's ``input_processor.config()``), the ``evaluation`` protocol the run
+was tested with (``eval_windows``, ``window_hop_seconds``, ``window_pooling``; ``classify``
+follows it; folders of format_version 1 and 2, which lack it, were tested on the first clip), the
+``class_names`` in index order, the ``task`` (``single_label`` or ``multilabel``; older folders:
+single_label) with, for multi-label, the per-class decision ``thresholds`` chosen on the
+validation split, and the names of the saved tensors.
 
 A folder may come from someone else, so loading it never executes anything it says: the config
 is read as JSON (at most 16 MiB) and checked against a schema (unknown keys, wrong types, YAML
@@ -50,18 +54,20 @@ from safetensors.torch import load_file, save_file
 from petl_modules.backbones import lobe_class
 from petl_modules.methods.adapted import PETLModule, petl_buffers
 from petl_modules.training.run_folder import current_umask, write_json_atomic
+from petl_modules.training.windows import EvalProtocol
 
 logger = logging.getLogger(__name__)
 
 FOLDER_NAME = "petl_model"
 CONFIG_FILE = "petl_config.json"
 WEIGHTS_FILE = "petl_weights.safetensors"
-FORMAT_VERSION = 2  # 2: no yaml text; the model is rebuilt from the method name + options
+FORMAT_VERSION = 3  # 2: no yaml text, the model rebuilt from method + options; 3: "evaluation",
+# "task" and "thresholds" (multi-label)
 
 # Run-only keys left out of the config's ``options`` (paths and plumbing, not the model).
 RUN_ONLY_KEYS = {
     "data_folder", "output_folder", "experiment_folder", "save_folder", "train_log",
-    "manifest_folder", "num_workers", "skip_bad_files",
+    "manifest_folder", "num_workers", "skip_bad_files", "window_results", "manifest",
 }
 
 
@@ -244,8 +250,10 @@ def folder_size(folder):
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
 
 
-def build_config(hparams, class_names, fingerprint=None):
+def build_config(hparams, class_names, fingerprint=None, thresholds=None):
     """The JSON config of a PETL model folder (see the module docstring): plain data only."""
+    from petl_modules.training.metrics import is_multilabel
+
     backbone = hparams["backbone"]
     processor = backbone.input_processor
     return {
@@ -256,15 +264,19 @@ def build_config(hparams, class_names, fingerprint=None):
         "method": hparams["method"],
         "options": method_options(hparams),
         "input": processor.config() if hasattr(processor, "config") else None,
+        "evaluation": EvalProtocol.from_options(hparams).config(),
         "pooling": getattr(hparams["classifier"], "pooling", None),
         "dataset": hparams.get("dataset"),
         "fold": hparams.get("fold") if hparams.get("folds") else None,
         "class_names": [str(name) for name in class_names],
+        "task": "multilabel" if is_multilabel(hparams) else "single_label",
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
     }
 
 
-def save_run_petl_model(hparams, class_names):
-    """Writes ``<experiment_folder>/petl_model/`` of a finished run and logs its size.
+def save_run_petl_model(hparams, class_names, thresholds=None):
+    """Writes ``<experiment_folder>/petl_model/`` of a finished run and logs its size
+    (``thresholds``: the per-class decision thresholds of a multi-label model).
 
     Called by ``Run.finish_fold`` on the main process, after the test, when the modules hold
     the best validation checkpoint's weights.
@@ -281,7 +293,7 @@ def save_run_petl_model(hparams, class_names):
         logger.error(f"Could not fingerprint {hparams['backbone_source']} ({err}); {folder} will "
                      "load onto any checkpoint of the same shape without a check.")
         fingerprint = None
-    config = build_config(hparams, class_names, fingerprint)
+    config = build_config(hparams, class_names, fingerprint, thresholds)
     config = save_petl_model(folder, hparams["modules"], config)
     backbone_bytes = fingerprint["bytes"] if fingerprint else sum(
         t.numel() * t.element_size() for t in hparams["backbone"].state_dict().values())
@@ -310,6 +322,7 @@ CONFIG_SCHEMA = {
     "method": ((str,), True),
     "options": ((dict,), True),
     "input": ((dict, type(None)), False),
+    "evaluation": ((dict,), False),  # format_version 3
     "pooling": ((str, type(None)), False),
     "dataset": ((str, type(None)), False),
     "fold": ((int, str, type(None)), False),
@@ -319,6 +332,10 @@ CONFIG_SCHEMA = {
     "trained_params": ((int,), False),
     # format_version 1 stored the run's composed yaml; it is kept as text and never parsed.
     "hyperparams": ((str,), False),
+    # format_version 3: single_label (the default of older folders) or multilabel, and the
+    # per-class thresholds of a multi-label model.
+    "task": ((str,), False),
+    "thresholds": ((list, type(None)), False),
 }
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 
@@ -412,6 +429,17 @@ def validate_config(config, path):
     for key in ("input", "fingerprint"):
         if isinstance(config.get(key), dict) and not _plain(config[key]):
             problems.append(f"'{key}' holds something other than plain values")
+    evaluation = config.get("evaluation")
+    if isinstance(evaluation, dict):
+        expected = set(EvalProtocol().config())
+        if set(evaluation) != expected:
+            problems.append(f"'evaluation' must hold exactly {', '.join(sorted(expected))}")
+        else:
+            try:
+                EvalProtocol.from_options(evaluation)
+            except (TypeError, ValueError) as err:
+                problems.append(f"evaluation: {err}")
+    problems += _task_problems(config)
     if problems:
         raise PETLModelError(
             f"{path} is not a valid PETL model config ({len(problems)} problem(s)):\n  "
@@ -419,6 +447,28 @@ def validate_config(config, path):
             + "\nIt was edited by hand or not written by PETL-AST; nothing in it was run."
         )
     return config
+
+
+def _task_problems(config):
+    """What is wrong with a config's ``task`` and ``thresholds`` (a multi-label model needs one
+    threshold in [0, 1] per class)."""
+    from petl_modules.training.metrics import TASKS
+
+    task = config.get("task", "single_label")
+    thresholds = config.get("thresholds")
+    if not isinstance(task, str):
+        return []  # reported as a wrong type
+    if task not in TASKS:
+        return [f"'task' is {task!r:.60}, not one of {', '.join(TASKS)}"]
+    if task == "single_label":
+        return [] if thresholds is None else ["'thresholds' given for a single_label model"]
+    names = config.get("class_names")
+    if not isinstance(thresholds, list) or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds):
+        return ["a multilabel model needs 'thresholds': a list of numbers in [0, 1]"]
+    if isinstance(names, list) and len(thresholds) != len(names):
+        return [f"'thresholds' has {len(thresholds)} values for {len(names)} class_names"]
+    return []
 
 
 def read_config(model_dir):

@@ -21,6 +21,7 @@ can fix (data, checkpoints, output folder, full disk) leaves ``claimed_output_fo
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import math
@@ -35,8 +36,9 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from petl_modules.training import tracking
+from petl_modules.training import metrics, tracking
 from petl_modules.training.audio import AudioError, load_input
+from petl_modules.training.brain import selection_key
 from petl_modules.training.cache import check_cacheable, use_backbone_cache
 from petl_modules.training.checkpointing import CheckpointError
 from petl_modules.training.compose import (
@@ -53,6 +55,15 @@ from petl_modules.training.run_folder import (
     check_run_identity,
     run_identity,
     write_json_atomic,
+)
+from petl_modules.training.windows import (
+    WINDOW_KEYS,
+    WINDOW_RESULTS_FILE,
+    EvalProtocol,
+    TrainCrop,
+    clip_samples,
+    is_window_dataset,
+    window_dataset,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,13 +88,14 @@ def checked_class_names(datasets, hparams):
         of classes other than ``n_classes``.
     """
     given = hparams.get("class_names")
-    names = [str(n) for n in given] if given else class_names_of([datasets["train"]])
+    multilabel = metrics.is_multilabel(hparams)
+    names = [str(n) for n in given] if given else class_names_of([datasets["train"]], multilabel)
     known = set(names)
     strays = []
     for split, dataset in datasets.items():
         with dataset.output_keys_as(["id", "label"]):
             strays += [(split, item["id"], item["label"]) for item in dataset
-                       if item["label"] not in known]
+                       if not set(metrics.labels_of(item["label"], multilabel)) <= known]
     where = hparams.get("manifest_folder")
     if strays:
         listed = "\n  ".join(f"{split}: {uid} has label '{label}'" for split, uid, label in strays[:10])
@@ -102,12 +114,14 @@ def checked_class_names(datasets, hparams):
     return names
 
 
-def class_names_of(datasets):
-    """Sorted class names found in the ``label`` field of ``datasets``."""
+def class_names_of(datasets, multilabel=False):
+    """Sorted class names found in the ``label`` field of ``datasets`` (``;``-separated names
+    for multi-label)."""
     names = set()
     for dataset in datasets:
         with dataset.output_keys_as(["label"]):
-            names.update(item["label"] for item in dataset)
+            for item in dataset:
+                names.update(metrics.labels_of(item["label"], multilabel))
     return sorted(names)
 
 
@@ -131,22 +145,104 @@ def few_shot_subset(dataset, samples_per_class, seed):
     return dataset.filtered_sorted(key_test={"id": lambda i: i in keep})
 
 
-def add_pipelines(datasets, input_processor, encoder):
-    """Adds ``inputs`` (features of the audio file) and ``label_index`` to every dataset."""
+def target_key(hparams):
+    """The batch key of the training target: ``label_index`` (a class index) or, for
+    multi-label, ``targets`` (a multi-hot ``[C]`` vector)."""
+    return "targets" if metrics.is_multilabel(hparams) else "label_index"
+
+
+def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabel=False):
+    """Adds ``inputs`` (features of the audio file, or of one clip of it) and ``label_index``
+    (``targets``, multi-hot, for multi-label) to every dataset of ``{split: dataset}``.
+
+    The training split takes a random clip per epoch with ``train_crop``
+    (``petl_modules.training.windows.TrainCrop``, kept as the dataset's ``train_crop``, where the
+    Brain sets its epoch); a dataset of sliding windows (``window_dataset``) reads each window
+    and also outputs its ``WINDOW_KEYS`` (file id, start and end); the others read the first clip.
+    A dataset whose rows may be segments of long files (``SEGMENT_FIELDS``) reads, crops and
+    windows within each segment (``segment_span``).
+    """
+    rate = getattr(input_processor, "sample_rate", 16000)
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("inputs")
     def audio_pipeline(wav):
         return load_input(wav, input_processor)  # reads only what the model uses
 
+    @sb.utils.data_pipeline.takes("id", "wav")
+    @sb.utils.data_pipeline.provides("inputs")
+    def crop_pipeline(uid, wav):
+        return load_input(wav, input_processor, start=train_crop(uid))
+
+    @sb.utils.data_pipeline.takes("wav", "window_start", "window_end")
+    @sb.utils.data_pipeline.provides("inputs")
+    def window_pipeline(wav, start, end):
+        return load_input(wav, input_processor, start=int(start), stop=int(end))
+
+    def segment_input(uid, wav, fields, crop):
+        span = segment_span(fields, rate)
+        if span is None:
+            return load_input(wav, input_processor, start=crop(uid) if crop else 0)
+        first, last = span
+        offset = crop(uid)(last - first) if crop else 0
+        return load_input(wav, input_processor, start=first + offset, stop=last)
+
+    @sb.utils.data_pipeline.takes("id", "wav", *SEGMENT_FIELDS)
+    @sb.utils.data_pipeline.provides("inputs")
+    def segment_pipeline(uid, wav, *values):
+        return segment_input(uid, wav, dict(zip(SEGMENT_FIELDS, values)), None)
+
+    @sb.utils.data_pipeline.takes("id", "wav", *SEGMENT_FIELDS)
+    @sb.utils.data_pipeline.provides("inputs")
+    def segment_crop_pipeline(uid, wav, *values):
+        return segment_input(uid, wav, dict(zip(SEGMENT_FIELDS, values)), train_crop)
+
     @sb.utils.data_pipeline.takes("label")
     @sb.utils.data_pipeline.provides("label_index")
     def label_pipeline(label):
         return encoder.encode_label_torch(label)
 
-    sb.dataio.dataset.add_dynamic_item(list(datasets), audio_pipeline)
-    sb.dataio.dataset.add_dynamic_item(list(datasets), label_pipeline)
-    sb.dataio.dataset.set_output_keys(list(datasets), ["id", "inputs", "label_index"])
+    @sb.utils.data_pipeline.takes("label")
+    @sb.utils.data_pipeline.provides("targets")
+    def multi_hot_pipeline(label):
+        return metrics.multi_hot(metrics.labels_of(label, True), encoder.lab2ind, len(encoder))
+
+    target = "targets" if multilabel else "label_index"
+    for split, dataset in datasets.items():
+        keys = ["id", "inputs", target]
+        segments = has_segments(dataset)
+        if is_window_dataset(dataset):
+            dataset.add_dynamic_item(window_pipeline)
+            keys += list(WINDOW_KEYS)
+        elif split == "train" and train_crop is not None:
+            dataset.add_dynamic_item(segment_crop_pipeline if segments else crop_pipeline)
+            dataset.train_crop = train_crop
+        else:
+            dataset.add_dynamic_item(segment_pipeline if segments else audio_pipeline)
+        dataset.add_dynamic_item(multi_hot_pipeline if multilabel else label_pipeline)
+        dataset.set_output_keys(keys)
+
+
+# Manifest columns of a row that is a segment of a long file: its first second (empty: 0), its end
+# (empty: the file's end) and its length in seconds (the manifest's duration).
+SEGMENT_FIELDS = ("seg_start", "seg_end", "duration")
+
+
+def has_segments(dataset):
+    """Whether some rows of ``dataset`` are segments of their files (``SEGMENT_FIELDS``)."""
+    first = next(iter(dataset.data.values()), {})
+    return all(field in first for field in SEGMENT_FIELDS) and any(
+        segment_span(fields) is not None for fields in dataset.data.values())
+
+
+def segment_span(fields, rate=16000):
+    """``(first sample, end sample)`` at ``rate`` of a row that is a segment of its file, or None
+    for a whole file (``seg_start`` and ``seg_end`` empty)."""
+    start, end = fields.get("seg_start"), fields.get("seg_end")
+    if start in (None, "") and end in (None, ""):
+        return None
+    first = round(float(start or 0) * rate)
+    return first, first + max(1, round(float(fields["duration"]) * rate))
 
 
 # ==================================================================== parameters
@@ -220,22 +316,30 @@ def aggregate_results(output_folder, header):
     folds.sort(key=lambda r: (r["fold"] is not None, r["fold"] or 0))
     results = dict(header)
     results["folds"] = folds
-    test = [r["test_accuracy"] for r in folds]
-    valid = [r["valid_accuracy"] for r in folds]
+    # Single-label runs score by accuracy, multi-label runs by mAP (and F1), never both.
+    main = "test_map" if folds and "test_map" in folds[0] else "test_accuracy"
+    test = [r[main] for r in folds]
     if test:
         mean = sum(test) / len(test)
-        results["test_accuracy_mean"] = mean
-        results["test_accuracy_std"] = math.sqrt(sum((t - mean) ** 2 for t in test) / len(test))
-        results["test_accuracy"] = mean
-        results["valid_accuracy"] = sum(valid) / len(valid)
+        results[f"{main}_mean"] = mean
+        results[f"{main}_std"] = math.sqrt(sum((t - mean) ** 2 for t in test) / len(test))
+    for key in FOLD_SCORES:
+        values = [r.get(key) for r in folds]
+        if values and all(isinstance(v, (int, float)) for v in values):
+            results[key] = sum(values) / len(values)
     write_json_atomic(output_folder / "results.json", results)
     return results
+
+
+# The scores of a fold_result.json that results.json averages over the folds.
+FOLD_SCORES = ("valid_accuracy", "test_accuracy", "valid_map", "test_map", "test_f1_micro",
+               "test_f1_macro")
 
 
 
 
 # ==================================================================== the run flow
-def load_run(hparams_file, dataset_yaml, overrides, run_opts):
+def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=None):
     """Composes the run's yaml files (``compose_hparams``), checks its options and builds the first
     fold's objects, so that a wrong option fails here, before any data is read.
 
@@ -249,6 +353,12 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts):
         The ``--key=value`` options (``sb.parse_arguments``).
     run_opts : dict
         SpeechBrain's run options (``sb.parse_arguments``).
+    options_from_data : callable, optional
+        For a dataset whose classes and folds are those of the data (your own data): called
+        with the composed options (plain values, nothing built) before the model is built, it
+        returns options to set, e.g. ``{"class_names": [...], "n_classes": 3, "folds": [1, 2]}``
+        (from listing folders or reading a manifest, no audio read; ``DataError`` for data it
+        cannot use). They win over the files and the command line.
 
     Returns
     -------
@@ -257,12 +367,18 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts):
     """
     try:
         yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
+        if options_from_data is not None:
+            found = options_from_data(ruamel.yaml.YAML().load(yaml_text))
+            given = ruamel.yaml.YAML().load(overrides) if isinstance(overrides, str) else overrides
+            yaml_text = compose_hparams(hparams_file, dataset_yaml, dict(given or {}, **found))
         folds = fold_list(ruamel.yaml.YAML().load(yaml_text))  # plain keys: nothing built yet
         hparams = load_fold_hparams(yaml_text, folds[0])  # builds the model: options checked
         validate_options(scalar_hparams(hparams))  # values the yaml computed
         if hparams.get("cache_backbone_outputs"):
             check_cacheable(hparams)
         tracking.check_wandb(hparams)
+    except DataError as err:
+        sys.exit(f"Error in the data: {err}")
     except (ConfigError, ValueError, TypeError, OSError) as err:
         sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {_message(err)}")
     return Run(yaml_text, folds, hparams, run_opts)
@@ -328,22 +444,38 @@ class Run:
         """Records a tested fold: its PETL model folder (``petl_model/``, the best checkpoint's
         weights, which ``evaluate`` recovered) and, last, its ``fold_result.json``, which marks it
         finished. Returns the fold's result."""
-        best = hparams["checkpointer"].find_checkpoint(max_key="valid_acc")
-        result = {
-            "fold": fold,
-            "valid_accuracy": float(best.meta["valid_acc"]) if best else None,
+        key = selection_key(hparams)
+        best = hparams["checkpointer"].find_checkpoint(max_key=key)
+        stats = brain.test_stats
+        folder = Path(hparams["experiment_folder"])
+        result = {"fold": fold}
+        thresholds = None
+        if metrics.is_multilabel(hparams):
+            thresholds = brain.best_thresholds()
+            result.update(valid_map=float(best.meta[key]) if best else None, test_map=stats["map"],
+                          test_f1_micro=stats["f1_micro"], test_f1_macro=stats["f1_macro"])
+        else:
+            result.update(valid_accuracy=float(best.meta[key]) if best else None,
+                          test_accuracy=stats["accuracy"], test_f1_macro=stats.get("f1_macro"))
+        result.update({
             "best_epoch": int(best.meta.get("epoch", 0)) if best else None,
-            "test_accuracy": brain.test_stats["accuracy"],
-            "test_loss": brain.test_stats["loss"],
-            "experiment_folder": str(Path(hparams["experiment_folder"])),
+            "test_loss": stats["loss"],
+            "experiment_folder": str(folder),
             "class_names": list(class_names),
             "hparams": scalar_hparams(hparams),
-        }
+        })
         if if_main_process():
             from petl_modules.training.pretrained import save_run_petl_model
 
-            save_run_petl_model(hparams, class_names)
-            write_json_atomic(Path(hparams["experiment_folder"]) / "fold_result.json", result)
+            if hparams.get("confusion_matrix") and stats.get("confusion") is not None:
+                written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names)
+                logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
+            save_run_petl_model(hparams, class_names, thresholds)
+            if hparams.get("window_results") and getattr(brain, "test_windows", None):
+                brain.test_windows.write_csv(
+                    folder / WINDOW_RESULTS_FILE, class_names,
+                    getattr(hparams["backbone"].input_processor, "sample_rate", 16000))
+            write_json_atomic(folder / "fold_result.json", result)
         return result
 
     def write_results(self):
@@ -352,10 +484,12 @@ class Run:
         if not if_main_process():
             return None
         results = aggregate_results(self.output_folder, self.header)
+        main, name = ("test_map", "mAP") if "test_map_mean" in results else ("test_accuracy", "accuracy")
+        extra = (f" (micro F1 {results['test_f1_micro']:.4f}, macro F1 {results['test_f1_macro']:.4f})"
+                 if "test_f1_micro" in results else "")
         logger.info(
-            f"Test accuracy {results['test_accuracy_mean']:.4f} +- "
-            f"{results['test_accuracy_std']:.4f} over {len(results['folds'])} fold(s); "
-            f"results in {self.output_folder / 'results.json'}"
+            f"Test {name} {results[f'{main}_mean']:.4f} +- {results[f'{main}_std']:.4f}{extra} over "
+            f"{len(results['folds'])} fold(s); results in {self.output_folder / 'results.json'}"
         )
         return results
 
@@ -401,9 +535,12 @@ def _distributed():
 def fold_datasets(datasets, hparams, run_opts):
     """Makes a fold's ``{"train", "valid", "test"}`` datasets (``wav`` and ``label`` fields, from
     the recipe's ``make_datasets``) ready for the Brain: labels checked and encoded (the encoder
-    saved in the experiment folder), the few-shot subset taken, the input pipelines added (or the
-    backbone output cache). Returns the datasets and the class names."""
+    saved in the experiment folder), the few-shot subset taken, validation and test cut into
+    sliding windows (``eval_windows: sliding``), the input pipelines added (random training crops
+    with ``train_crop: random``; or the backbone output cache). Returns the datasets and the class
+    names."""
     class_names = checked_class_names(datasets, hparams)
+    multilabel = metrics.is_multilabel(hparams)
     encoder = CategoricalEncoder()
     encoder.update_from_iterable(class_names)
     encoder.expect_len(len(class_names))
@@ -413,9 +550,29 @@ def fold_datasets(datasets, hparams, run_opts):
         datasets["train"] = few_shot_subset(
             datasets["train"], int(hparams["few_shot_samples"]), hparams["seed"]
         )
-    add_pipelines(datasets.values(), hparams["backbone"].input_processor, encoder)
+    if hparams.get("class_weights") == "balanced":
+        with datasets["train"].output_keys_as(["label"]):
+            labels = [metrics.labels_of(item["label"], multilabel) for item in datasets["train"]]
+        hparams["loss_weights"] = metrics.balanced_class_weights(labels, class_names, multilabel)
+        shown = ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, hparams["loss_weights"].tolist()))
+        logger.info(f"class_weights=balanced: loss weights per class: {shown}")
+    processor = hparams["backbone"].input_processor
+    protocol = EvalProtocol.from_options(hparams)
+    rate = getattr(processor, "sample_rate", 16000)
+    if any(has_segments(d) for d in datasets.values()) and hparams.get("cache_backbone_outputs"):
+        raise DataError("cache_backbone_outputs=True does not handle segments of long files "
+                        "(start/end in the manifest): run without it.")
+    if protocol.sliding:  # validation and test cover whole files (or segments)
+        for split in ("valid", "test"):
+            span = functools.partial(segment_span, rate=rate) if has_segments(datasets[split]) else None
+            datasets[split] = window_dataset(datasets[split], processor, protocol, span=span)
+    crop = None
+    if hparams.get("train_crop", "first") == "random":
+        crop = TrainCrop(hparams["seed"], clip_samples(processor))
+    add_pipelines(datasets, processor, encoder, train_crop=crop, multilabel=multilabel)
     if hparams.get("cache_backbone_outputs"):
-        use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"))
+        use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"),
+                           target=target_key(hparams))
     return datasets, class_names
 
 

@@ -46,6 +46,7 @@ PLUMBING = {
     "ckpt_interval_steps", "use_wandb", "wandb_project", "wandb_entity", "wandb_run_name",
     "backbone_source",  # a local copy of the same checkpoint is the same run: the fingerprint decides
     "fold",  # each fold has its own experiment folder (fold_<k>/): folds of one run share the output
+    "window_results",  # an extra file of the test; the results are the same
 }
 # Options the optimiser state and learning-rate schedule in the checkpoints were made with.
 SCHEDULE = {"lr", "head_lr", "number_of_epochs"}

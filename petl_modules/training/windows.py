@@ -1,0 +1,268 @@
+"""Long recordings: random training crops and sliding evaluation windows, in one place.
+
+A backbone sees a clip of fixed length: ``max_frames`` fbank frames (AST) or ``clip_seconds``
+(waveform and Whisper lobes), i.e. the input processor's ``samples_needed`` samples. The papers'
+protocol, the default of their five recipes, keeps the first clip of every file for training and
+testing. Options of every recipe (``petl_modules/training/recipe.yaml``):
+
+- ``train_crop: random``: at every epoch each training example is a clip at a random place in its
+  file, drawn from (seed, epoch, utterance id) alone (``crop_start``), so that a run resumed after
+  an interruption, or run on any number of processes, reads exactly the same crops;
+- ``eval_windows: sliding``: validation, test and ``classify`` cover the whole file with clips
+  every ``window_hop_seconds`` (null: half a clip), the last one ending where the file ends
+  (``window_starts``); the windows' class probabilities are pooled into the file's
+  (``window_pooling``: mean, or max for events);
+- ``window_results: True``: the test's per-window probabilities go to
+  ``<experiment_folder>/test_windows.csv``.
+
+A file no longer than a clip is one window, padded as in the first-clip protocol. Every window is
+read on its own (``petl_modules.training.audio.load_input(path, processor, start)``): memory does
+not grow with the file.
+"""
+
+import csv
+import functools
+import hashlib
+import logging
+import math
+from pathlib import Path
+
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+
+from petl_modules.training.audio import audio_length
+
+TRAIN_CROPS = ("first", "random")
+EVAL_WINDOWS = ("first", "sliding")
+WINDOW_POOLINGS = ("mean", "max")
+WINDOW_RESULTS_FILE = "test_windows.csv"
+# The fields of a row of ``window_dataset`` besides the file's: its file's id, its samples.
+WINDOW_KEYS = ("utterance", "window_start", "window_end")
+
+logger = logging.getLogger(__name__)
+
+
+# ==================================================================== where clips start
+def clip_samples(processor):
+    """Samples one clip of ``processor`` reads (None: whole utterances, e.g. ``clip_seconds: null``)."""
+    needed = getattr(processor, "samples_needed", None)
+    return None if needed is None else int(needed)
+
+
+def crop_start(seed, epoch, utterance, clip, total):
+    """The first sample of the random training crop of ``utterance`` at ``epoch``: uniform over the
+    ``total - clip + 1`` places a clip fits, drawn from a hash of (seed, epoch, utterance) alone
+    (the same in every process, DataLoader worker and resumed run); 0 when the file is no longer
+    than a clip.
+
+    Example
+    -------
+    >>> crop_start(10, 1, "utt1", 100, 1000) == crop_start(10, 1, "utt1", 100, 1000)
+    True
+    >>> crop_start(10, 1, "utt1", 100, 50)
+    0
+    """
+    if clip is None or total <= clip:
+        return 0
+    digest = hashlib.sha256(f"{int(seed)}/{int(epoch)}/{utterance}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (int(total) - int(clip) + 1)
+
+
+def window_starts(total, clip, hop):
+    """First samples of the sliding windows over ``total`` samples: every ``hop`` samples while a
+    whole clip fits, then one ending at the file's end if the grid misses it; ``[0]`` for a file no
+    longer than a clip (or ``clip`` None: whole utterances).
+
+    Example
+    -------
+    >>> window_starts(1000, 400, 200)  # 1000 = 400 + 3 x 200: the grid ends with the file
+    [0, 200, 400, 600]
+    >>> window_starts(1100, 400, 200)  # the last window ends with the file
+    [0, 200, 400, 600, 700]
+    >>> window_starts(300, 400, 200)
+    [0]
+    """
+    if clip is None or total <= clip:
+        return [0]
+    starts = list(range(0, int(total) - int(clip) + 1, int(hop)))
+    if starts[-1] + clip < total:
+        starts.append(int(total) - int(clip))
+    return starts
+
+
+class TrainCrop:
+    """The random training crops of a run: ``crop(utterance)`` is the ``start`` that
+    ``load_input`` takes (a function of the file's length). The Brain sets the epoch before each
+    training epoch starts (``set_epoch``), before the DataLoader workers copy this object.
+
+    Arguments
+    ---------
+    seed : int
+        The run's seed.
+    clip : int or None
+        Samples of one clip (``clip_samples(processor)``).
+    """
+
+    def __init__(self, seed, clip):
+        self.seed, self.clip, self.epoch = int(seed), clip, 1
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __call__(self, utterance):
+        return functools.partial(crop_start, self.seed, self.epoch, utterance, self.clip)
+
+
+# ==================================================================== the evaluation protocol
+class EvalProtocol:
+    """How a file is evaluated: its first clip, or sliding windows pooled into one prediction.
+
+    Arguments
+    ---------
+    windows : str
+        ``first`` (the papers' protocol) or ``sliding``.
+    hop_seconds : float or None
+        Seconds between window starts (None: half a clip).
+    pooling : str
+        ``mean`` or ``max`` of the windows' class probabilities.
+    """
+
+    def __init__(self, windows="first", hop_seconds=None, pooling="mean"):
+        if windows not in EVAL_WINDOWS:
+            raise ValueError(f"eval_windows={windows!r}: use one of {', '.join(EVAL_WINDOWS)}.")
+        if pooling not in WINDOW_POOLINGS:
+            raise ValueError(f"window_pooling={pooling!r}: use one of {', '.join(WINDOW_POOLINGS)}.")
+        number = isinstance(hop_seconds, (int, float)) and not isinstance(hop_seconds, bool)
+        if hop_seconds is not None and not (number and math.isfinite(hop_seconds) and hop_seconds > 0):
+            raise ValueError(f"window_hop_seconds={hop_seconds!r} must be a positive number or null.")
+        self.windows = windows
+        self.hop_seconds = None if hop_seconds is None else float(hop_seconds)
+        self.pooling = pooling
+
+    @classmethod
+    def from_options(cls, options):
+        """The protocol of a run's options (``eval_windows``, ``window_hop_seconds``,
+        ``window_pooling``; absent ones: the first clip, as in PETL model folders of
+        format_version 1 and 2)."""
+        return cls(options.get("eval_windows", "first"), options.get("window_hop_seconds"),
+                   options.get("window_pooling", "mean"))
+
+    def config(self):
+        """The protocol as plain data, under the recipe's option names (``petl_config.json``)."""
+        return {"eval_windows": self.windows, "window_hop_seconds": self.hop_seconds,
+                "window_pooling": self.pooling}
+
+    @property
+    def sliding(self):
+        return self.windows == "sliding"
+
+    def hop(self, processor):
+        """Samples between window starts for ``processor`` (half a clip by default)."""
+        clip = clip_samples(processor)
+        if self.hop_seconds is not None:
+            return max(1, round(self.hop_seconds * getattr(processor, "sample_rate", 16000)))
+        return max(1, (clip or 1) // 2)
+
+    def starts(self, path, processor):
+        """First samples of the windows of the file ``path`` (its header only is read); ``[0]``
+        for the first-clip protocol (nothing is read)."""
+        if not self.sliding:
+            return [0]
+        total = audio_length(path, getattr(processor, "sample_rate", 16000))
+        return window_starts(total, clip_samples(processor), self.hop(processor))
+
+
+def pool_windows(probabilities, pooling="mean"):
+    """``[W, C]`` class probabilities of a file's windows -> ``[C]``: their mean, or their maximum
+    per class (``max``: an event heard in any window)."""
+    if pooling == "max":
+        return probabilities.max(dim=0).values
+    return probabilities.mean(dim=0)
+
+
+def window_dataset(dataset, processor, protocol, span=None):
+    """The sliding windows of ``dataset``'s files as a dataset: one row per window with the
+    utterance's fields, its id in ``utterance`` and where the window starts and ends (samples, end
+    excluded) in ``window_start`` and ``window_end`` (rows ``<id>@<k>``). Reads each header once.
+    ``span(fields)``, if given, returns the ``(first sample, end sample)`` of a row that is a
+    segment of its file (None: the whole file): its windows cover the segment only."""
+    rows = {}
+    clip = clip_samples(processor)
+    rate = getattr(processor, "sample_rate", 16000)
+    hop = protocol.hop(processor)
+    if clip is not None and hop > clip:
+        logger.warning(f"window_hop_seconds={protocol.hop_seconds} is longer than a clip "
+                       f"({clip / rate:.3f} s): the windows leave gaps in every long file.")
+    for uid in dataset.data_ids:
+        # (SpeechBrain's filtered_sorted leaves an "id" key in the data: a reserved key.)
+        fields = {key: value for key, value in dataset.data[uid].items() if key != "id"}
+        segment = span(fields) if span is not None else None
+        first, total = (0, audio_length(fields["wav"], rate)) if segment is None else \
+            (segment[0], segment[1] - segment[0])
+        for k, start in enumerate(window_starts(total, clip, hop)):
+            end = total if clip is None else min(total, start + clip)
+            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, window_start=first + start,
+                                      window_end=first + end)
+    return DynamicItemDataset(rows)
+
+
+def is_window_dataset(dataset):
+    """Whether ``dataset`` holds sliding windows (``window_dataset``) rather than files."""
+    first = next(iter(dataset.data.values()), {})
+    return all(key in first for key in WINDOW_KEYS)
+
+
+# ==================================================================== scores of windows
+class WindowScores:
+    """The class probabilities of evaluated windows, pooled per utterance at the end of a stage."""
+
+    def __init__(self):
+        self.utterances, self.starts, self.ends, self.probabilities, self.labels = [], [], [], [], []
+
+    def add(self, utterances, starts, ends, probabilities, labels):
+        """One batch of windows: their utterance ids, start/end samples, ``[B, C]`` probabilities,
+        ``[B]`` label indices."""
+        self.utterances += list(utterances)
+        self.starts += [int(s) for s in starts]
+        self.ends += [int(e) for e in ends]
+        self.probabilities.append(probabilities.detach().float().cpu())
+        self.labels.append(labels.detach().cpu())
+
+    def __len__(self):
+        return len(self.utterances)
+
+    def pooled(self, pooling="mean"):
+        """``(utterance ids, pooled probabilities [U, C], label indices [U])``, utterances in the
+        order they first came."""
+        probabilities = torch.cat(self.probabilities)
+        labels = torch.cat(self.labels)
+        rows = {}
+        for k, utterance in enumerate(self.utterances):
+            rows.setdefault(utterance, []).append(k)
+        ids = list(rows)
+        pooled = torch.stack([pool_windows(probabilities[rows[u]], pooling) for u in ids])
+        return ids, pooled, labels[[rows[u][0] for u in ids]]
+
+    def write_csv(self, path, class_names, sample_rate=16000):
+        """One row per window: ``utterance, window, start_s, end_s, label, prediction, score``
+        and the probability of every class (multi-label: ``label`` lists the file's classes,
+        ``;``-separated, and ``prediction`` is the most probable class)."""
+        probabilities = torch.cat(self.probabilities)
+        labels = torch.cat(self.labels)
+        if labels.dim() > 1:  # multi-hot targets [N, C]
+            names = [";".join(class_names[i] for i in row.nonzero().view(-1).tolist()) for row in labels]
+        else:
+            names = [class_names[i] for i in labels.tolist()]
+        windows = {}
+        with open(Path(path), "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["utterance", "window", "start_s", "end_s", "label", "prediction",
+                             "score", *class_names])
+            for k, utterance in enumerate(self.utterances):
+                index = windows[utterance] = windows.get(utterance, -1) + 1
+                prob = probabilities[k]
+                best = int(prob.argmax())
+                writer.writerow([utterance, index, f"{self.starts[k] / sample_rate:.3f}",
+                                 f"{self.ends[k] / sample_rate:.3f}", names[k],
+                                 class_names[best], f"{float(prob[best]):.6f}",
+                                 *(f"{float(p):.6f}" for p in prob)])
