@@ -36,6 +36,7 @@ import torch
 from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
+from petl_modules.sharing.hub import resolve_model_dir
 from petl_modules.training.audio import AudioError, load_audio, load_input
 from petl_modules.training.brain import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.training.pretrained import PETLModelError, load_petl_model, merge_petl_model
@@ -86,7 +87,8 @@ class PETLClassifier(torch.nn.Module):
         Arguments
         ---------
         model_dir : str or Path
-            A ``petl_model/`` folder (or the experiment folder holding one).
+            A ``petl_model/`` folder (or the experiment folder holding one), or a Hugging Face Hub
+            repo id (``owner/name[@revision]``, ``petl_modules.sharing.hub.resolve_model_dir``).
         backbone_source : str, optional
             Another local copy of the base checkpoint (its weights' fingerprint must match).
         device : str
@@ -103,6 +105,7 @@ class PETLClassifier(torch.nn.Module):
         >>> clf.classify_file("turn_on_the_lights.wav")[3]  # doctest: +SKIP
         ['activate,lights,none']
         """
+        model_dir = resolve_model_dir(model_dir)  # a local folder, or a Hub repo id's snapshot
         modules, config = load_petl_model(model_dir, backbone_source, device=device, check=check)
         classifier = cls(modules, config, device)
         if merge:
@@ -258,7 +261,8 @@ def parse_args(argv=None):
         description="Classify audio files with a trained PETL model folder (petl_model/).",
     )
     parser.add_argument("model_dir", metavar="MODEL_DIR",
-                        help="a petl_model/ folder (or the experiment folder holding it)")
+                        help="a petl_model/ folder (or the experiment folder holding it), or a "
+                             "Hugging Face Hub repo id (owner/name[@revision])")
     parser.add_argument("files", metavar="FILE", nargs="+", help="audio files (any format soundfile reads)")
     parser.add_argument("--backbone_source", default=None,
                         help="another local copy of the base checkpoint (default: the run's)")

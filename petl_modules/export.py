@@ -27,6 +27,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from petl_modules.sharing.hub import resolve_model_dir
 from petl_modules.training.pretrained import (
     PETLModelError,
     load_petl_model,
@@ -82,6 +83,7 @@ def export_petl_model(model_dir, out_dir, backbone_source=None):
         something else (``check_out_dir``).
     """
     check_out_dir(out_dir)
+    model_dir = resolve_model_dir(model_dir)  # a local folder, or a Hub repo id's snapshot
     modules, config = load_petl_model(model_dir, backbone_source)
     merged = merge_petl_model(modules)
     leftover = unmerged_petl_modules(modules["petl_model"])
@@ -128,7 +130,8 @@ def main(argv=None):
         description="Export a PETL model folder as a plain transformers save_pretrained folder "
                     "(LoRA / BitFit / full fine-tuning merged) plus its head and labels.",
     )
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a petl_model/ folder")
+    parser.add_argument("model_dir", metavar="MODEL_DIR",
+                        help="a petl_model/ folder, or a Hub repo id (owner/name[@revision])")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
     parser.add_argument("--backbone_source", default=None,
                         help="another local copy of the base checkpoint (default: the run's)")

@@ -326,8 +326,8 @@ class Run:
 
     def finish_fold(self, fold, hparams, brain, class_names):
         """Records a tested fold: its PETL model folder (``petl_model/``, the best checkpoint's
-        weights, which ``evaluate`` recovered) and, last, its ``fold_result.json``, which marks it
-        finished. Returns the fold's result."""
+        weights, which ``evaluate`` recovered, with the fold's ``metrics.json``) and, last, its
+        ``fold_result.json``, which marks it finished. Returns the fold's result."""
         best = hparams["checkpointer"].find_checkpoint(max_key="valid_acc")
         result = {
             "fold": fold,
@@ -340,9 +340,11 @@ class Run:
             "hparams": scalar_hparams(hparams),
         }
         if if_main_process():
+            from petl_modules.training.model_metrics import write_metrics
             from petl_modules.training.pretrained import save_run_petl_model
 
-            save_run_petl_model(hparams, class_names)
+            folder = save_run_petl_model(hparams, class_names)
+            write_metrics(folder, result, dataset=hparams.get("dataset"))
             write_json_atomic(Path(hparams["experiment_folder"]) / "fold_result.json", result)
         return result
 

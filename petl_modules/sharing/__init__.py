@@ -1,0 +1,1 @@
+"""Sharing trained models: export formats, the Hugging Face Hub, several tasks on one backbone."""
