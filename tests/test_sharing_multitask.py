@@ -1,0 +1,141 @@
+"""Several tasks on one frozen backbone: every method whose backbone stays frozen, stacked with
+the others on AST and on wav2vec2 (both layer layouts), gives each task its model's own outputs;
+what cannot share the backbone is refused with the reason."""
+
+import json
+import re
+
+import pytest
+import soundfile
+import torch
+
+from petl_modules import classify as classify_cli
+from petl_modules.classify import PETLClassifier
+from petl_modules.training.pretrained import (
+    PETLModelError,
+    backbone_fingerprint,
+    build_config,
+    save_petl_model,
+)
+
+from conftest import METHOD_FILES, REPO
+from test_after_training import build, other_ast, pretend_trained, tiny_options, waveforms  # noqa: F401
+
+
+def trains_backbone(method):
+    """Whether the method file trains backbone tensors beyond LayerNorms (BitFit's biases, full
+    fine-tuning's layers), read off its ``trainable`` line."""
+    text = (REPO / "hparams" / f"{method}.yaml").read_text()
+    trainable = re.search(r"^\s+trainable: (.*)$", text, re.M).group(1)
+    return any(spec in trainable for spec in ("biases", "top_layers", "[all"))
+
+
+FROZEN = [m for m in METHOD_FILES if not trains_backbone(m)]
+CHANGING = [m for m in METHOD_FILES if trains_backbone(m)]
+# Variants that take the other code paths: a sequential adapter before its sublayer (run on its own
+# rows), Houlsby bottlenecks, Convpass experts, shallow prompts (another sequence length), LoRA
+# on every projection.
+VARIANTS = [("adapter", {"seq_or_par": "sequential", "placement": "before", "apply_residual": True}),
+            ("adapter", {"adapter_type": "Houlsby", "adapter_block": "bottleneck"}),
+            ("soft_moa", {"adapter_block": "convpass", "adapter_type": "Houlsby"}),
+            ("prompt_tuning", {"deep_prompt": False, "prompt_len": 4}),
+            ("lora", {"lora_targets": "Wq,Wk,Wv,Wo"})]
+
+
+def make_folder(method, source, tmp_path, seed, **options):
+    """A pretend-trained petl_model/ folder of ``method`` on ``source``."""
+    folder = tmp_path / f"{method}_{seed}"
+    torch.manual_seed(seed)
+    hparams, _ = build(method, source, folder, **tiny_options(method, **options))
+    pretend_trained(hparams, hparams["backbone"].input_processor)
+    classes = [f"{method}{seed}-{i}" for i in range(31)]
+    save_petl_model(folder / "petl_model", hparams["modules"],
+                    build_config(hparams, classes, backbone_fingerprint(source)))
+    return str(folder / "petl_model")
+
+
+def alone(folder, wavs):
+    return PETLClassifier.from_folder(folder).classify_waveforms(wavs)[0]
+
+
+@pytest.fixture(scope="module")
+def sources(tiny_ast, waveform_checkpoints):
+    return {"ast": str(tiny_ast), "wav2vec2_post_ln": waveform_checkpoints["wav2vec2", "post_ln"],
+            "wav2vec2_pre_ln": waveform_checkpoints["wav2vec2", "pre_ln"]}
+
+
+@pytest.mark.parametrize("family", ["ast", "wav2vec2_post_ln", "wav2vec2_pre_ln"])
+def test_every_frozen_backbone_method_gives_its_own_outputs_on_one_backbone(family, sources,
+                                                                           tmp_path):
+    source = sources[family]
+    tasks = [(m, {}) for m in FROZEN] + VARIANTS
+    folders = [make_folder(m, source, tmp_path, seed, **opts) for seed, (m, opts) in enumerate(tasks)]
+    several = PETLClassifier.from_folders(folders)
+    wavs = waveforms(3)
+    every = several.classify_waveforms(wavs)
+    for folder in folders:
+        expected = alone(folder, wavs)
+        assert torch.allclose(every[folder][0], expected, atol=1e-5), folder
+    # A mixed batch: each file names its task.
+    wavs = waveforms(len(folders), seed=5)
+    names = list(reversed(folders))
+    for k, (name, row) in enumerate(zip(names, several.classify_mixed(wavs, names))):
+        assert row["task"] == name
+        assert torch.allclose(row["probabilities"], alone(name, wavs)[k], atol=1e-5)
+
+
+def test_one_backbone_is_kept_for_all_tasks(tiny_ast, tmp_path):
+    folders = [make_folder(m, tiny_ast, tmp_path, seed) for seed, m in enumerate(FROZEN)]
+    several = PETLClassifier.from_folders(folders)
+    total = sum(p.numel() for p in several.parameters())
+    backbone = sum(p.numel() for p in build("linear", tiny_ast, tmp_path / "b", max_frames=64)[0]
+                   ["backbone"].parameters())
+    trained = sum(c["trained_params"] for c in several.configs)
+    assert total == backbone + trained
+
+
+@pytest.mark.parametrize("method", CHANGING)
+def test_methods_that_train_the_backbone_are_refused_with_the_reason(method, tiny_ast, tmp_path):
+    folders = [make_folder("lora", tiny_ast, tmp_path, 0), make_folder(method, tiny_ast, tmp_path, 1)]
+    with pytest.raises(PETLModelError, match=f"'{method}' model .* trains backbone tensors"):
+        PETLClassifier.from_folders(folders)
+
+
+def test_other_bases_inputs_and_wavlm_lora_are_refused_with_the_reason(tiny_ast, other_ast,
+                                                                       waveform_checkpoints,
+                                                                       tmp_path):
+    lora = make_folder("lora", tiny_ast, tmp_path, 0)
+    with pytest.raises(PETLModelError, match="same base checkpoint"):
+        PETLClassifier.from_folders([lora, make_folder("adapter", other_ast, tmp_path, 1)])
+    with pytest.raises(PETLModelError, match="input settings"):
+        PETLClassifier.from_folders([lora, make_folder("adapter", tiny_ast, tmp_path, 2,
+                                                       max_frames=80)])
+    with pytest.raises(PETLModelError, match="build the backbone differently"):
+        PETLClassifier.from_folders([lora, make_folder("adapter", tiny_ast, tmp_path, 3,
+                                                       position_embeddings="zeros")])
+    wavlm = waveform_checkpoints["wavlm", "post_ln"]
+    with pytest.raises(PETLModelError, match="WavLM"):
+        PETLClassifier.from_folders([make_folder("adapter", wavlm, tmp_path, 4),
+                                     make_folder("lora", wavlm, tmp_path, 5)])
+
+
+def test_classify_cli_gives_every_file_every_tasks_answer(tiny_ast, tmp_path, capsys):
+    folders = [make_folder("lora", tiny_ast, tmp_path, 0), make_folder("soft_moa", tiny_ast, tmp_path, 1)]
+    files = []
+    for k, wav in enumerate(waveforms(2)):
+        files.append(str(tmp_path / f"{k}.wav"))
+        soundfile.write(files[-1], wav.numpy(), 16000)
+    argv = [a for f in folders for a in ("--model", f)] + ["--json", "--top_k=2", "--", *files]
+    assert classify_cli.main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in rows] == files
+    for folder in folders:
+        one = PETLClassifier.from_folder(folder)
+        for row, path in zip(rows, files):
+            expected = one.classify_file(path)[0][0]
+            assert row["tasks"][folder]["label"] == one.labels[int(expected.argmax())]
+            assert row["tasks"][folder]["score"] == pytest.approx(float(expected.max()), abs=1e-5)
+            assert len(row["tasks"][folder]["top_k"]) == 2
+    assert classify_cli.main(["--model", folders[0], "--model", str(tmp_path / "nope"), "--",
+                              files[0]]) == 2
+    assert "not an existing folder" in capsys.readouterr().err
