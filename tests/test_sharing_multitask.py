@@ -54,73 +54,87 @@ def make_folder(method, source, tmp_path, seed, **options):
     return str(folder / "petl_model")
 
 
-def alone(folder, wavs):
-    return PETLClassifier.from_folder(folder).classify_waveforms(wavs)[0]
+def check_outputs(folders):
+    """Every task on every file, then a mixed batch, against each model alone (1e-5)."""
+    several = PETLClassifier.from_folders(folders)
+    wavs, mixed = waveforms(3), waveforms(len(folders), seed=5)
+    every = several.classify_waveforms(wavs)
+    names = list(reversed(folders))
+    rows = several.classify_mixed(mixed, names)
+    for folder in folders:
+        one = PETLClassifier.from_folder(folder)
+        assert torch.allclose(every[folder][0], one.classify_waveforms(wavs)[0], atol=1e-5), folder
+        expected = one.classify_waveforms(mixed)[0]
+        for k, (name, row) in enumerate(zip(names, rows)):
+            if name == folder:
+                assert row["task"] == name
+                assert torch.allclose(row["probabilities"], expected[k], atol=1e-5), folder
+    return several
 
 
 @pytest.fixture(scope="module")
-def sources(tiny_ast, waveform_checkpoints):
-    return {"ast": str(tiny_ast), "wav2vec2_post_ln": waveform_checkpoints["wav2vec2", "post_ln"],
-            "wav2vec2_pre_ln": waveform_checkpoints["wav2vec2", "pre_ln"]}
+def ast_folders(tiny_ast, tmp_path_factory):
+    """Three tasks on the tiny AST that take the three paths of a router and two sequence
+    lengths: LoRA (reads the frozen output), a sequential adapter before its sublayer (runs the
+    sublayer on its own rows), shallow prompts (more tokens: another stack)."""
+    tmp = tmp_path_factory.mktemp("multitask")
+    return [make_folder("lora", tiny_ast, tmp, 0), make_folder("adapter", tiny_ast, tmp, 1, **VARIANTS[0][1]),
+            make_folder("prompt_tuning", tiny_ast, tmp, 2, **VARIANTS[3][1])]
 
 
+def test_tasks_on_one_backbone_give_their_models_outputs(ast_folders):
+    check_outputs(ast_folders)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["ast", "wav2vec2_post_ln", "wav2vec2_pre_ln"])
-def test_every_frozen_backbone_method_gives_its_own_outputs_on_one_backbone(family, sources,
+def test_every_frozen_backbone_method_gives_its_own_outputs_on_one_backbone(family, tiny_ast,
+                                                                           waveform_checkpoints,
                                                                            tmp_path):
-    source = sources[family]
+    source = {"ast": str(tiny_ast), "wav2vec2_post_ln": waveform_checkpoints["wav2vec2", "post_ln"],
+              "wav2vec2_pre_ln": waveform_checkpoints["wav2vec2", "pre_ln"]}[family]
     tasks = [(m, {}) for m in FROZEN] + VARIANTS
-    folders = [make_folder(m, source, tmp_path, seed, **opts) for seed, (m, opts) in enumerate(tasks)]
-    several = PETLClassifier.from_folders(folders)
-    wavs = waveforms(3)
-    every = several.classify_waveforms(wavs)
-    for folder in folders:
-        expected = alone(folder, wavs)
-        assert torch.allclose(every[folder][0], expected, atol=1e-5), folder
-    # A mixed batch: each file names its task.
-    wavs = waveforms(len(folders), seed=5)
-    names = list(reversed(folders))
-    for k, (name, row) in enumerate(zip(names, several.classify_mixed(wavs, names))):
-        assert row["task"] == name
-        assert torch.allclose(row["probabilities"], alone(name, wavs)[k], atol=1e-5)
+    check_outputs([make_folder(m, source, tmp_path, seed, **opts)
+                   for seed, (m, opts) in enumerate(tasks)])
 
 
-def test_one_backbone_is_kept_for_all_tasks(tiny_ast, tmp_path):
-    folders = [make_folder(m, tiny_ast, tmp_path, seed) for seed, m in enumerate(FROZEN)]
-    several = PETLClassifier.from_folders(folders)
+def test_one_backbone_is_kept_for_all_tasks(ast_folders, tiny_ast, tmp_path):
+    several = PETLClassifier.from_folders(ast_folders)
     total = sum(p.numel() for p in several.parameters())
-    backbone = sum(p.numel() for p in build("linear", tiny_ast, tmp_path / "b", max_frames=64)[0]
+    backbone = sum(p.numel() for p in build("linear", tiny_ast, tmp_path, max_frames=64)[0]
                    ["backbone"].parameters())
-    trained = sum(c["trained_params"] for c in several.configs)
-    assert total == backbone + trained
+    assert total == backbone + sum(c["trained_params"] for c in several.configs)
 
 
 @pytest.mark.parametrize("method", CHANGING)
-def test_methods_that_train_the_backbone_are_refused_with_the_reason(method, tiny_ast, tmp_path):
-    folders = [make_folder("lora", tiny_ast, tmp_path, 0), make_folder(method, tiny_ast, tmp_path, 1)]
+def test_methods_that_train_the_backbone_are_refused_with_the_reason(method, ast_folders, tiny_ast,
+                                                                    tmp_path):
+    folders = [ast_folders[0], make_folder(method, tiny_ast, tmp_path, 1)]
     with pytest.raises(PETLModelError, match=f"'{method}' model .* trains backbone tensors"):
         PETLClassifier.from_folders(folders)
 
 
-def test_other_bases_inputs_and_wavlm_lora_are_refused_with_the_reason(tiny_ast, other_ast,
+def test_other_bases_inputs_and_wavlm_lora_are_refused_with_the_reason(ast_folders, tiny_ast,
+                                                                       other_ast,
                                                                        waveform_checkpoints,
                                                                        tmp_path):
-    lora = make_folder("lora", tiny_ast, tmp_path, 0)
+    lora = ast_folders[0]
     with pytest.raises(PETLModelError, match="same base checkpoint"):
-        PETLClassifier.from_folders([lora, make_folder("adapter", other_ast, tmp_path, 1)])
+        PETLClassifier.from_folders([lora, make_folder("linear", other_ast, tmp_path, 1)])
     with pytest.raises(PETLModelError, match="input settings"):
-        PETLClassifier.from_folders([lora, make_folder("adapter", tiny_ast, tmp_path, 2,
+        PETLClassifier.from_folders([lora, make_folder("linear", tiny_ast, tmp_path, 2,
                                                        max_frames=80)])
     with pytest.raises(PETLModelError, match="build the backbone differently"):
-        PETLClassifier.from_folders([lora, make_folder("adapter", tiny_ast, tmp_path, 3,
+        PETLClassifier.from_folders([lora, make_folder("linear", tiny_ast, tmp_path, 3,
                                                        position_embeddings="zeros")])
     wavlm = waveform_checkpoints["wavlm", "post_ln"]
     with pytest.raises(PETLModelError, match="WavLM"):
-        PETLClassifier.from_folders([make_folder("adapter", wavlm, tmp_path, 4),
+        PETLClassifier.from_folders([make_folder("linear", wavlm, tmp_path, 4),
                                      make_folder("lora", wavlm, tmp_path, 5)])
 
 
-def test_classify_cli_gives_every_file_every_tasks_answer(tiny_ast, tmp_path, capsys):
-    folders = [make_folder("lora", tiny_ast, tmp_path, 0), make_folder("soft_moa", tiny_ast, tmp_path, 1)]
+def test_classify_cli_gives_every_file_every_tasks_answer(ast_folders, tmp_path, capsys):
+    folders = ast_folders[:2]
     files = []
     for k, wav in enumerate(waveforms(2)):
         files.append(str(tmp_path / f"{k}.wav"))
