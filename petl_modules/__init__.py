@@ -16,9 +16,13 @@ training/      the recipe machinery: ``compose.py`` (yaml composition, option ch
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``audio.py``, ``augment.py``, ``cache.py``, ``tracking.py``,
-               ``pretrained.py`` (the PETL model folder), ``recipe.yaml`` (shared by every recipe)
+               ``pretrained.py`` (the PETL model folder), ``model_metrics.py`` (its optional
+               ``metrics.json``), ``recipe.yaml`` (shared by every recipe)
+sharing/       sharing trained models: ``hub.py`` (Hub repo ids where a folder is expected),
+               ``model_card.py`` (the card ``push`` uploads), ``multitask.py`` (several tasks'
+               PETL modules on one frozen backbone: ``TaskRouter`` at the insertion points)
 tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``,
-               ``results``, ``demo``: the command lines a user runs
+               ``push``, ``results``, ``demo``: the command lines a user runs
 options        checking keyword options by name (unknown ones named with close matches)
 tiny           tiny random backbone configs (tests, demo, benchmark)
 synthetic      shared helpers of the recipes' ``*_synthetic.py`` generators, and finding them
@@ -26,5 +30,6 @@ paths          where the repository's ``hparams/`` and ``recipes/`` are
 
 The lobes import ``methods/adapted.py`` (``PETLModule``, the token-mask context) and ``prompt.py``
 imports the base contract's prefix-attention hook; nothing in ``backbones/`` or ``methods/``
-imports ``training/`` or the tools, and no module imports another in a cycle.
+imports ``training/``, ``sharing/`` or the tools; ``sharing/`` imports the layers below it, never
+the tools; and no module imports another in a cycle.
 """
