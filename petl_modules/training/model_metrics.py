@@ -15,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from petl_modules.training.pretrained import schema_problems
 from petl_modules.training.run_folder import write_json_atomic
 
 METRICS_FILE = "metrics.json"
@@ -70,15 +71,7 @@ def validate_metrics(metrics, path):
     """Raises ``MetricsError`` naming every key of ``metrics`` that the schema does not allow."""
     if not isinstance(metrics, dict):
         raise MetricsError(f"{path}: expected a JSON object, found {type(metrics).__name__}.")
-    problems = [f"unknown key '{key}'" for key in sorted(set(metrics) - set(METRICS_SCHEMA))]
-    for key, (types, required) in METRICS_SCHEMA.items():
-        if key not in metrics:
-            if required:
-                problems.append(f"missing key '{key}'")
-            continue
-        value = metrics[key]
-        if not isinstance(value, types) or isinstance(value, bool):
-            problems.append(f"'{key}' is {type(value).__name__} ({value!r:.60})")
+    problems = schema_problems(metrics, METRICS_SCHEMA)
     version = metrics.get("format_version")
     if isinstance(version, int) and version > METRICS_VERSION:
         problems.append(f"format_version {version} is newer than this version reads "
