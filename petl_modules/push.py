@@ -58,7 +58,7 @@ def push_petl_model(model_dir, repo_id, private=False, commit_message=None):
     """
     if split_repo_id(repo_id) is None or "@" in repo_id:
         raise PETLModelError(f"'{repo_id}' is not a Hub repo id: use owner/name (e.g. "
-                             "my-lab/ast-fsc-lora).")
+                             "my-lab/ast-lora).")
     with tempfile.TemporaryDirectory(prefix="petl_push_") as staging:
         config, _, names = stage_folder(model_dir, repo_id, staging)
         if not is_hub_id(config["backbone_source"]):
