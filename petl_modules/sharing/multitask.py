@@ -401,7 +401,7 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
         _check_frozen(config, shared)
     routed, classifiers, layouts = {}, [], []
     for task, config in enumerate(configs):
-        modules, _ = load_petl_model(config["model_dir"], backbone_source, check=check)
+        modules, _ = load_petl_model(config["model_dir"], source, check=check)  # same weights
         lobe = modules["petl_model"].adapted_model
         layouts.append(token_layout(lobe))
         for name, module in _trained_backbone_modules(lobe).items():
