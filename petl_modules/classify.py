@@ -43,6 +43,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
 from petl_modules.sharing.hub import resolve_model_dir
+from petl_modules.sharing.multitask import load_multitask
 from petl_modules.training.audio import AudioError, load_audio, load_input
 from petl_modules.training.brain import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.training.pretrained import PETLModelError, load_petl_model, merge_petl_model
@@ -308,8 +309,6 @@ class MultiTaskClassifier(torch.nn.Module):
     @classmethod
     def from_folders(cls, model_dirs, backbone_source=None, device="cpu", check=True):
         """See ``PETLClassifier.from_folders``."""
-        from petl_modules.sharing.multitask import load_multitask
-
         names = [str(d) for d in model_dirs]
         model, configs = load_multitask([resolve_model_dir(d) for d in model_dirs],
                                         backbone_source, device=device, check=check)

@@ -153,3 +153,22 @@ def test_classify_cli_gives_every_file_every_tasks_answer(ast_folders, tmp_path,
     assert classify_cli.main(["--model", folders[0], "--model", str(tmp_path / "nope"), "--",
                               files[0]]) == 2
     assert "not an existing folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_multitask_benchmark_reports_its_ratios(tmp_path):
+    from test_bench import load_bench
+
+    bench = load_bench()
+    threads = torch.get_num_threads()
+    try:
+        out = bench.main(["--quick", "--suite=multitask", "--threads=1", "--steps=1", "--warmup=0"])
+    finally:
+        torch.set_num_threads(threads)
+    assert {r["key"] for r in out["results"]} == {"one", "separate", "every", "mixed"}
+    for key in ("multitask_every_task_vs_one_task", "multitask_every_task_vs_separate_models",
+                "multitask_mixed_batch_vs_one_task", "multitask_weights_vs_one_model"):
+        assert out["ratios"][key] > 0, key
+    # Four separate models hold four backbones; one backbone holds every task.
+    assert out["ratios"]["separate_models_weights_vs_one_model"] > 3.5
+    assert out["ratios"]["multitask_weights_vs_one_model"] < 1.5
