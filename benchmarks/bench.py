@@ -46,7 +46,8 @@ counts weights, gradients, optimiser state and activations), on CUDA ``max_memor
 
 - ``multitask`` (not in the default set: a batch of 32 on AST-base takes minutes on a CPU): four
   tasks of different methods (``MULTITASK``) on one frozen backbone
-  (``petl_modules.sharing.multitask``) against one task's model and four separate models, in turn:
+  (``petl_modules.sharing.multitask``) against one task's model and four separate models, in turn
+  (time ratios: the median over rounds of the ratio within a round; memory measured apart):
   ``multitask_every_task_vs_one_task``, ``multitask_every_task_vs_separate_models``,
   ``multitask_mixed_batch_vs_one_task``, ``multitask_weights_vs_one_model`` and the memory ratios.
 - ``reference`` (not in the default set; needs the reference's own environment): the eight pairs
@@ -726,21 +727,21 @@ def suite_multitask(args):
     weights = {"one": _weights_mb(separate[0]), "separate": sum(_weights_mb(c) for c in separate),
                "every": _weights_mb(several), "mixed": _weights_mb(several)}
     times = {key: [] for key in runs}
-    activations = {key: [] for key in runs}
     for _ in range(args.warmup + args.steps):  # in turn: the same machine load for each
         for key, (_, run) in runs.items():
-            with PeakMemory(args.device) as peak:
-                before = (torch.cuda.memory_allocated() / 2**20 if args.device == "cuda"
-                          else _read_status_mb("VmRSS") - PeakMemory.baseline_mb)
-                times[key] += timed(run, 1, 0, args.device)
-            if peak.peak_mb is not None:
-                activations[key].append(max(0.0, peak.peak_mb - before))
+            times[key] += timed(run, 1, 0, args.device)
+    activations = {}
+    for key, (_, run) in runs.items():  # apart: freeing memory before a block slows its start
+        with PeakMemory(args.device) as peak:
+            before = (torch.cuda.memory_allocated() / 2**20 if args.device == "cuda"
+                      else _read_status_mb("VmRSS") - PeakMemory.baseline_mb)
+            run()
+        activations[key] = None if peak.peak_mb is None else max(0.0, peak.peak_mb - before)
     rows = []
     for key, (name, _) in runs.items():
-        measured = activations[key][args.warmup:]
-        rows.append(result("multitask", name, times[key][args.warmup:],
-                           max(measured) if measured else None, None, key=key, batch=batch,
-                           weights_mb=round(weights[key], 1)))
+        rows.append(result("multitask", name, times[key][args.warmup:], activations[key], None,
+                           key=key, batch=batch, weights_mb=round(weights[key], 1),
+                           round_s=times[key][args.warmup:]))
     del separate, several
     return rows
 
@@ -919,9 +920,14 @@ def compute_ratios(rows):
     multitask = {r["key"]: r for r in rows if r["suite"] == "multitask"}
     if multitask:
         one, four, every, mixed = (multitask[k] for k in ("one", "separate", "every", "mixed"))
-        ratios["multitask_every_task_vs_one_task"] = _ratio(every["median_s"], one["median_s"])
-        ratios["multitask_every_task_vs_separate_models"] = _ratio(every["median_s"], four["median_s"])
-        ratios["multitask_mixed_batch_vs_one_task"] = _ratio(mixed["median_s"], one["median_s"])
+
+        def paired(num, den):  # the median over rounds of the ratio within each round
+            return statistics.median(a / b for a, b in zip(num["round_s"], den["round_s"]))
+
+        ratios["multitask_every_task_vs_one_task"] = paired(every, one)
+        ratios["multitask_every_task_vs_separate_models"] = paired(every, four)
+        ratios["multitask_mixed_batch_vs_one_task"] = paired(mixed, one)
+        ratios["separate_models_vs_one_task"] = paired(four, one)
         ratios["multitask_weights_vs_one_model"] = _ratio(every["weights_mb"], one["weights_mb"])
         ratios["separate_models_weights_vs_one_model"] = _ratio(four["weights_mb"], one["weights_mb"])
         for key, r in (("every_task", every), ("mixed_batch", mixed)):
