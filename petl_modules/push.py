@@ -65,7 +65,8 @@ def push_petl_model(model_dir, repo_id, private=False, commit_message=None):
             logger.warning(f"The model was trained on a local checkpoint "
                            f"({config['backbone_source']}): users of {repo_id} will need a copy of "
                            "it (--backbone_source).")
-        huggingface_hub.create_repo(repo_id, private=private, exist_ok=True)
+        # private=None: a new repo gets the account's default visibility; an existing one keeps its own.
+        huggingface_hub.create_repo(repo_id, private=True if private else None, exist_ok=True)
         return huggingface_hub.upload_folder(
             repo_id=repo_id, folder_path=staging, allow_patterns=names,
             commit_message=commit_message or f"Upload {config['method']} PETL model",
