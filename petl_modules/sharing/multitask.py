@@ -101,52 +101,6 @@ def join_rows(pieces):
     raise TypeError(f"Cannot join outputs of type {type(first).__name__} across tasks.")
 
 
-def _tensors(value):
-    """The tensors in ``value`` (recursively in tuples, lists and dicts)."""
-    if torch.is_tensor(value):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
-
-
-def _shares_storage(output, inputs):
-    """Whether a tensor of ``output`` shares memory with a tensor of ``inputs`` (e.g. a dropout in
-    eval mode returns its input)."""
-    held = {t.untyped_storage().data_ptr() for t in _tensors(inputs)}
-    return any(t.untyped_storage().data_ptr() in held for t in _tensors(output))
-
-
-def _fits(out, piece, total, span):
-    """Whether ``piece`` has the shape and dtype of the rows ``span`` of ``out`` (a module that
-    adds tokens, e.g. shallow prompts, does not)."""
-    if torch.is_tensor(out):
-        per = out.shape[0] // total
-        return (torch.is_tensor(piece) and piece.dtype == out.dtype
-                and piece.shape == out[span[0] * per: span[1] * per].shape)
-    if isinstance(out, tuple):
-        return isinstance(piece, tuple) and len(piece) == len(out) and all(
-            (item is None) == (part is None) and (item is None or _fits(item, part, total, span))
-            for item, part in zip(out, piece))
-    return False
-
-
-def _write_rows(out, piece, total, span):
-    """Copies ``piece`` into the rows ``span`` of ``out`` (a batch of ``total`` rows; tensors,
-    recursively in tuples; None skipped)."""
-    if torch.is_tensor(out):
-        per = out.shape[0] // total
-        target = out[span[0] * per: span[1] * per]
-        if target.data_ptr() != piece.data_ptr():
-            target.copy_(piece)
-    elif isinstance(out, tuple):
-        for item, part in zip(out, piece):
-            if item is not None:
-                _write_rows(item, part, total, span)
-
-
 class _SharedSublayer(torch.nn.Module):
     """A task module's view of the shared frozen module: the precomputed output of its rows when
     called on the very input it was computed for, else the frozen module itself (not registered:
@@ -221,10 +175,6 @@ class TaskRouter(PETLModule):
             out = self._run(self.pretrained_module, args, kwargs, total, mask,
                             [segments[i] for i in shared], [spans[i] for i in shared])
             shared_rows = sum(segments[i][1] for i in shared)
-        # When every row went through the frozen module, the readers' rows are written into its
-        # output (inference only, never into a tensor the inputs share) instead of joining pieces.
-        in_place = (len(shared) == len(segments) and not torch.is_grad_enabled()
-                    and not _shares_storage(out, (args, kwargs)))
         pieces, offset = [], 0
         for i, ((task, count), kind) in enumerate(zip(segments, kinds)):
             if kind in (None, "reader"):
@@ -240,16 +190,12 @@ class TaskRouter(PETLModule):
                 first = inputs[0][0] if inputs[0] else next(iter(inputs[1].values()))
                 view.pending = (first, rows)
                 try:
-                    piece = self._call(own, inputs, mask, total, [segments[i]], [spans[i]])
+                    pieces.append(self._call(own, inputs, mask, total, [segments[i]], [spans[i]]))
                 finally:
                     view.pending = None
-                in_place = in_place and _fits(out, piece, total, spans[i])
-                if in_place:
-                    _write_rows(out, piece, total, spans[i])
-                pieces.append(piece)
             else:
                 pieces.append(self._run(own, args, kwargs, total, mask, [segments[i]], [spans[i]]))
-        return out if in_place else join_rows(pieces)
+        return join_rows(pieces)
 
     @staticmethod
     def _run(module, args, kwargs, total, mask, segments, spans):
