@@ -4,7 +4,7 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask]
         [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
@@ -55,6 +55,12 @@ resident set size during the timed train steps (Linux ``VmHWM``, reset before ea
 freeing what the previous block left) above the process's RSS before any model was built (so it
 counts weights, gradients, optimiser state and activations), on CUDA ``max_memory_allocated``.
 
+- ``multitask`` (not in the default set: a batch of 32 on AST-base takes minutes on a CPU): four
+  tasks of different methods (``MULTITASK``) on one frozen backbone
+  (``petl_modules.sharing.multitask``) against one task's model and four separate models, in turn
+  (time ratios: the median over rounds of the ratio within a round; memory measured apart):
+  ``multitask_every_task_vs_one_task``, ``multitask_every_task_vs_separate_models``,
+  ``multitask_mixed_batch_vs_one_task``, ``multitask_weights_vs_one_model`` and the memory ratios.
 - ``reference`` (not in the default set; needs the reference's own environment): the eight pairs
   of ``REFERENCE_PAIRS``, the original PETL_AST model (``../shared/reference-bench/bench_ref.py``
   run by ``--reference_python`` on the checkout ``--reference_git``) and ours, interleaved
@@ -100,7 +106,7 @@ from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
-ALL_SUITES = SUITES + ("reference",)
+ALL_SUITES = SUITES + ("reference", "multitask")
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
     ("full_ft", "full-FT"),
@@ -132,6 +138,8 @@ TARGETS = {
     "first_batch_10x_data": "<= 1.2",
     "classify_memory_1h_vs_10s": "<= 1.2",
     "classify_memory_5min_vs_10s_sliding": "<= 1.2",
+    "multitask_every_task_vs_one_task": "<= 1.5 (out of reach: 4x the tokens, see README)",
+    "multitask_weights_vs_one_model": "<= 1.2",
 }
 # Dense bf16 peak FLOP/s of GPUs (vendor data sheets, without sparsity), for the MFU estimate.
 GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -718,6 +726,83 @@ def suite_classify(args):
     return rows
 
 
+# Four tasks of different methods on one AST-base backbone (one sequence length: prompt tuning,
+# which adds tokens, would run as its own stack; see benchmarks/README.md).
+MULTITASK = [("lora", "lora", {}), ("adapter conformer Pfeiffer", "adapter", {}),
+             ("soft_moa N=7", "soft_moa", {}), ("prefix_tuning", "prefix_tuning", {})]
+MULTITASK_BATCH = 32
+
+
+def _weights_mb(module):
+    """MB of the distinct parameters and buffers of ``module`` (shared tensors counted once)."""
+    seen, total = set(), 0
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total / 2**20
+
+
+def suite_multitask(args):
+    """Several tasks on one frozen backbone (``PETLClassifier.from_folders``) against one task's
+    model and four separate models, inference on a batch of 32 (``--batch_size`` with --quick),
+    timed in turn: every file for every task (the tasks' copies of the batch stacked), and a mixed
+    batch in which each file names one task. Memory: distinct weights, and the activation peak of
+    a forward (CPU: peak RSS above the RSS before it; CUDA: peak allocated above the allocated)."""
+    from speechbrain.utils.data_utils import batch_pad_right
+
+    from petl_modules.classify import PETLClassifier
+    from petl_modules.training.pretrained import backbone_fingerprint, build_config, save_petl_model
+
+    batch = args.batch_size if args.quick else MULTITASK_BATCH
+    fingerprint = backbone_fingerprint(args.backbone_source)
+    folders = []
+    for k, (_, method, overrides) in enumerate(MULTITASK):
+        hparams = build_hparams(args, method, overrides)
+        classes = [f"class{i}" for i in range(int(hparams["n_classes"]))]
+        folders.append(args.workdir / "multitask" / f"task{k}")
+        save_petl_model(folders[-1], hparams["modules"], build_config(hparams, classes, fingerprint))
+        del hparams
+    separate = [PETLClassifier.from_folder(f, device=args.device).set_speed(args.precision)
+                for f in folders]
+    several = PETLClassifier.from_folders(folders, device=args.device).set_speed(args.precision)
+    generator = torch.Generator().manual_seed(0)
+    wavs = [0.1 * torch.randn(int(args.frames / 100 * 16000), generator=generator)
+            for _ in range(batch)]
+    inputs, lengths = batch_pad_right([several.input_processor(w) for w in wavs])
+    mixed_tasks = torch.arange(batch) % len(MULTITASK)
+    runs = {  # key: (name, run)
+        "one": (f"one task (lora), a batch of {batch}",
+                lambda: separate[0].classify_inputs(inputs, lengths)),
+        "separate": (f"four separate models, a batch of {batch} each",
+                     lambda: [c.classify_inputs(inputs, lengths) for c in separate]),
+        "every": ("four tasks on one backbone, every file for every task",
+                  lambda: several.classify_inputs(inputs, lengths)),
+        "mixed": ("four tasks on one backbone, mixed batch (each file names one task)",
+                  lambda: several.run(inputs, lengths, mixed_tasks)),
+    }
+    weights = {"one": _weights_mb(separate[0]), "separate": sum(_weights_mb(c) for c in separate),
+               "every": _weights_mb(several), "mixed": _weights_mb(several)}
+    times = {key: [] for key in runs}
+    for _ in range(args.warmup + args.steps):  # in turn: the same machine load for each
+        for key, (_, run) in runs.items():
+            times[key] += timed(run, 1, 0, args.device)
+    activations = {}
+    for key, (_, run) in runs.items():  # apart: freeing memory before a block slows its start
+        with PeakMemory(args.device) as peak:
+            before = (torch.cuda.memory_allocated() / 2**20 if args.device == "cuda"
+                      else _read_status_mb("VmRSS") - PeakMemory.baseline_mb)
+            run()
+        activations[key] = None if peak.peak_mb is None else max(0.0, peak.peak_mb - before)
+    rows = []
+    for key, (name, _) in runs.items():
+        rows.append(result("multitask", name, times[key][args.warmup:], activations[key], None,
+                           key=key, batch=batch, weights_mb=round(weights[key], 1),
+                           round_s=times[key][args.warmup:]))
+    del separate, several
+    return rows
+
+
 def reference_environment(args):
     """``(script, reason)``: the reference's ``bench_ref.py`` if its environment is usable, else
     None and why not (the suite is then skipped with that message)."""
@@ -871,7 +956,8 @@ def suite_prepare(args):
 
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
-                   "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference}
+                   "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference,
+                   "multitask": suite_multitask}
 
 
 # ==================================================================== ratios and report
@@ -926,6 +1012,23 @@ def compute_ratios(rows):
                          ("lora", "lora")):
         ratios[f"gradient_checkpointing_peak_mem_{method}"] = _ratio(
             peaks.get(f"{base} [gradient checkpointing]: train step"), peaks.get(f"{base}: train step"))
+    multitask = {r["key"]: r for r in rows if r["suite"] == "multitask"}
+    if multitask:
+        one, four, every, mixed = (multitask[k] for k in ("one", "separate", "every", "mixed"))
+
+        def paired(num, den):  # the median over rounds of the ratio within each round
+            return statistics.median(a / b for a, b in zip(num["round_s"], den["round_s"]))
+
+        ratios["multitask_every_task_vs_one_task"] = paired(every, one)
+        ratios["multitask_every_task_vs_separate_models"] = paired(every, four)
+        ratios["multitask_mixed_batch_vs_one_task"] = paired(mixed, one)
+        ratios["separate_models_vs_one_task"] = paired(four, one)
+        ratios["multitask_weights_vs_one_model"] = _ratio(every["weights_mb"], one["weights_mb"])
+        ratios["separate_models_weights_vs_one_model"] = _ratio(four["weights_mb"], one["weights_mb"])
+        for key, r in (("every_task", every), ("mixed_batch", mixed)):
+            if r["peak_mem_mb"] is not None and one["peak_mem_mb"] is not None:
+                ratios[f"multitask_{key}_memory_vs_one_model"] = _ratio(
+                    r["weights_mb"] + r["peak_mem_mb"], one["weights_mb"] + one["peak_mem_mb"])
     for r in rows:
         if r["suite"] == "reference":
             key = "reference_{}_{}_{}".format(
@@ -997,6 +1100,12 @@ def render(machine, rows, ratios):
                       ["ours", "reference", "trainable", "reference train step (s)",
                        "train fp32", "forward fp32", "train bf16 / ref fp32",
                        "forward bf16 / ref fp32"], lines), ""]
+    multitask = [r for r in rows if r["suite"] == "multitask"]
+    if multitask:
+        parts += [f"## multitask (batch of {multitask[0]['batch']}, inference)", "", markdown_table(
+            ["name", "median (s)", "min (s)", "weights (MB)", "activation peak (MB)"],
+            [[r["name"], r["median_s"], r["min_s"], r["weights_mb"], r["peak_mem_mb"]]
+             for r in multitask]), ""]
     for suite in SUITES[1:]:
         found = [r for r in rows if r["suite"] == suite]
         if found:

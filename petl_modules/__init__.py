@@ -19,13 +19,17 @@ training/      the recipe machinery: ``compose.py`` (yaml composition, option ch
                lock), ``prepare.py``, ``audio.py``, ``windows.py`` (random crops, sliding
                windows), ``metrics.py`` (single- and multi-label scores, thresholds, class
                weights), ``augment.py``, ``cache.py``, ``tracking.py``,
-               ``pretrained.py`` (the PETL model folder), ``recipe.yaml`` (shared by every recipe)
-sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA adapters, both ways),
-               ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head beside
-               an exported backbone)
+               ``pretrained.py`` (the PETL model folder), ``model_metrics.py`` (its optional
+               ``metrics.json``), ``recipe.yaml`` (shared by every recipe)
+sharing/       sharing and serving trained models: ``peft_lora.py`` (PEFT LoRA adapters, both
+               ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head
+               beside an exported backbone), ``hub.py`` (Hub repo ids where a folder is expected),
+               ``model_card.py`` (the card ``push`` uploads), ``multitask.py`` (several tasks'
+               PETL modules on one frozen backbone: ``TaskRouter`` at the insertion points)
 tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``
-               (plain transformers, ``--format=peft|onnx``), ``from_peft``, ``results``, ``demo``,
-               ``sweep`` (many recipe runs from a sweep file): the command lines a user runs
+               (plain transformers, ``--format=peft|onnx``), ``from_peft``, ``push``, ``results``,
+               ``demo``, ``sweep`` (many recipe runs from a sweep file): the command lines a user
+               runs
 options        checking keyword options by name (unknown ones named with close matches)
 tiny           tiny random backbone configs (tests, demo, benchmark)
 synthetic      shared helpers of the recipes' ``*_synthetic.py`` generators, and finding them
@@ -33,5 +37,6 @@ paths          where the repository's ``hparams/`` and ``recipes/`` are
 
 The lobes import ``methods/adapted.py`` (``PETLModule``, the token-mask context) and ``prompt.py``
 imports the base contract's prefix-attention hook; nothing in ``backbones/`` or ``methods/``
-imports ``training/`` or the tools, and no module imports another in a cycle.
+imports ``training/``, ``sharing/`` or the tools; ``sharing/`` imports the layers below it, never
+the tools; and no module imports another in a cycle.
 """

@@ -11,6 +11,12 @@ Command line::
 
     python -m petl_modules.classify MODEL_DIR FILE... [--backbone_source=...] [--top_k=K] [--json]
         [--merge] [--device=...] [--batch_size=N] [--precision=fp32|bf16] [--compile]
+    python -m petl_modules.classify --model A --model B ... [options] -- FILE...
+
+``MODEL_DIR`` is a local folder or a Hugging Face Hub repo id (``petl_modules.sharing.hub``).
+With ``--model`` (once per task), folders trained on the same base checkpoint share one frozen
+backbone and every file gets every task's answer (``PETLClassifier.from_folders``,
+``petl_modules.sharing.multitask``).
 
 Files are read as in training (``petl_modules.training.audio.load_input``: any format soundfile reads,
 mixed to mono, resampled to 16 kHz) and turned into inputs by the backbone lobe's own
@@ -45,6 +51,8 @@ import torch
 from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
+from petl_modules.sharing.hub import resolve_model_dir
+from petl_modules.sharing.multitask import load_multitask
 from petl_modules.training.audio import AudioError, load_audio, load_input
 from petl_modules.training.brain import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.training.pretrained import PETLModelError, load_petl_model, merge_petl_model
@@ -100,7 +108,8 @@ class PETLClassifier(torch.nn.Module):
         Arguments
         ---------
         model_dir : str or Path
-            A ``petl_model/`` folder (or the experiment folder holding one).
+            A ``petl_model/`` folder (or the experiment folder holding one), or a Hugging Face Hub
+            repo id (``owner/name[@revision]``, ``petl_modules.sharing.hub.resolve_model_dir``).
         backbone_source : str, optional
             Another local copy of the base checkpoint (its weights' fingerprint must match).
         device : str
@@ -117,11 +126,26 @@ class PETLClassifier(torch.nn.Module):
         >>> clf.classify_file("turn_on_the_lights.wav")[3]  # doctest: +SKIP
         ['activate,lights,none']
         """
+        model_dir = resolve_model_dir(model_dir)  # a local folder, or a Hub repo id's snapshot
         modules, config = load_petl_model(model_dir, backbone_source, device=device, check=check)
         classifier = cls(modules, config, device)
         if merge:
             classifier.merged = merge_petl_model(modules)
         return classifier
+
+    @classmethod
+    def from_folders(cls, model_dirs, backbone_source=None, device="cpu", check=True):
+        """Several PETL model folders (or Hub repo ids) trained on the same base checkpoint, on
+        ONE frozen backbone: a ``MultiTaskClassifier`` (every file gets every task's answer in one
+        pass; see ``petl_modules.sharing.multitask``).
+
+        Example
+        -------
+        >>> tasks = PETLClassifier.from_folders(["intent/petl_model", "emotion/petl_model"])  # doctest: +SKIP
+        >>> tasks.classify_file("utterance.wav")["emotion/petl_model"][3]  # doctest: +SKIP
+        ['neutral']
+        """
+        return MultiTaskClassifier.from_folders(model_dirs, backbone_source, device, check)
 
     # ---------------------------------------------------------------- inputs
     def load_audio(self, path):
@@ -236,12 +260,11 @@ class PETLClassifier(torch.nn.Module):
 
         def run(items):
             inputs, lengths = batch_pad_right([features for _, _, features in items])
-            out_prob = self.classify_inputs(inputs, lengths)[0].cpu()
-            for (k, path, _), prob in zip(items, out_prob):
-                if not bool(torch.isfinite(prob).all()):
-                    errors.setdefault(k, (str(path), "the model gave non-finite scores for it "
-                                                     "(check the file's content and the model folder)"))
-                windows.setdefault(k, []).append(prob)
+            for (k, path, _), row in zip(items, self.clip_scores(inputs, lengths)):
+                if isinstance(row, str):
+                    errors.setdefault(k, (str(path), row))
+                else:
+                    windows.setdefault(k, []).append(row)
 
         def flush():
             if not pending:
@@ -272,32 +295,214 @@ class PETLClassifier(torch.nn.Module):
             except Exception as err:  # noqa: BLE001 (AudioError, or the processor failing)
                 errors[k] = (str(path), _reason(err))
         flush()
-        done = []
-        for k in sorted(set(windows) - set(errors)):
-            prob = pool_windows(torch.stack(windows[k]), self.protocol.pooling)
-            index = int(prob.argmax())
-            done.append({"file": names[k], "label": self.labels[index],
-                         "score": float(prob[index]), "probabilities": prob,
-                         "labels": self.labels_above_threshold(prob)})
+        done = [{"file": names[k], **self.file_result(windows[k])}
+                for k in sorted(set(windows) - set(errors))]
         return done, [errors[k] for k in sorted(errors)]
 
     def labels_above_threshold(self, probabilities):
         """The predicted classes of ``[C]`` probabilities: every class at or above its threshold
         (multi-label; most probable first), or the most probable one (single-label)."""
-        if not self.multilabel:
-            return [self.labels[int(probabilities.argmax())]]
-        above = (probabilities >= self.thresholds).nonzero().view(-1).tolist()
-        return [self.labels[i] for i in sorted(above, key=lambda i: -float(probabilities[i]))]
+        return predicted_labels(self.labels, probabilities, self.multilabel, self.thresholds)
+
+    def clip_scores(self, inputs, lengths):
+        """Per clip (file or window) of a processed batch: its ``[C]`` probabilities, or why it has
+        none (str: non-finite scores)."""
+        return [prob if bool(torch.isfinite(prob).all()) else NON_FINITE
+                for prob in self.classify_inputs(inputs, lengths)[0].cpu()]
+
+    def file_result(self, clips):
+        """A file's result from its clips' probabilities (one clip, or its windows pooled as the
+        run was tested): ``{"label", "score", "probabilities" [C], "labels"}``."""
+        prob = pool_windows(torch.stack(clips), self.protocol.pooling)
+        index = int(prob.argmax())
+        return {"label": self.labels[index], "score": float(prob[index]), "probabilities": prob,
+                "labels": self.labels_above_threshold(prob)}
 
     def top_k(self, probabilities, k):
         """``[{"label", "score"}]`` of the ``k`` most probable classes of ``[C]`` probabilities."""
-        scores, indices = probabilities.topk(min(int(k), len(self.labels)))
-        return [{"label": self.labels[i], "score": float(s)}
-                for s, i in zip(scores.tolist(), indices.tolist())]
+        return top_classes(self.labels, probabilities, k)
 
     def forward(self, wavs, wav_lens=None):
         """Same as ``classify_batch``."""
         return self.classify_batch(wavs, wav_lens)
+
+
+class MultiTaskClassifier(torch.nn.Module):
+    """Several tasks' PETL models on one frozen backbone (``PETLClassifier.from_folders``).
+
+    The frozen computation runs once per batch for all tasks and each task's answer equals its
+    model's alone (``petl_modules.sharing.multitask``). Tasks are named by the folder or repo id
+    given for them (``names``).
+
+    - ``classify_file(path)``, ``classify_batch(wavs, wav_lens)``, ``classify_waveforms(list)``:
+      ``{task: (out_prob [B, C_t], score [B], index [B], text_lab)}``, every file for every task.
+    - ``classify_mixed(waveforms, tasks)``: each file names its task; ``[{"task", "label",
+      "score", "probabilities"}]`` in the files' order.
+    - ``classify_files(paths)``: ``[{"file", "tasks": {task: {"label", "score",
+      "probabilities"}}}]`` and the files that failed, as ``PETLClassifier.classify_files``.
+    """
+
+    # The audio reading, batching and speed settings of one model are those of several.
+    load_audio = PETLClassifier.load_audio
+    load_input = PETLClassifier.load_input
+    prepare_inputs = PETLClassifier.prepare_inputs
+    set_speed = PETLClassifier.set_speed
+    classify_files = PETLClassifier.classify_files
+
+    def __init__(self, model, configs, names, device="cpu"):
+        super().__init__()
+        self.mods = torch.nn.ModuleDict({"multitask": model})
+        self.configs = configs
+        self.names = [str(n) for n in names]
+        self.labels = {n: list(c["class_names"]) for n, c in zip(self.names, configs)}
+        self.multilabel = {n: c.get("task") == "multilabel" for n, c in zip(self.names, configs)}
+        self.thresholds = {n: torch.tensor(c.get("thresholds") or [0.5] * len(c["class_names"]))
+                           for n, c in zip(self.names, configs)}
+        self.input_processor = model.lobe.input_processor
+        self.device = device
+        self.precision = "fp32"
+        # One evaluation protocol for every task (first clip or sliding windows, as each was tested).
+        protocols = [EvalProtocol.from_options(c.get("evaluation") or {}) for c in configs]
+        differing = [n for n, p in zip(self.names, protocols) if p.config() != protocols[0].config()]
+        if differing:
+            raise PETLModelError(
+                f"The tasks were tested with different evaluation protocols ({self.names[0]}: "
+                f"{protocols[0].config()}; {differing[0]}: "
+                f"{protocols[self.names.index(differing[0])].config()}); one pass cannot follow both. "
+                "Classify them separately.")
+        self.protocol = protocols[0]
+
+    @classmethod
+    def from_folders(cls, model_dirs, backbone_source=None, device="cpu", check=True):
+        """See ``PETLClassifier.from_folders``."""
+        names = [str(d) for d in model_dirs]
+        model, configs = load_multitask([resolve_model_dir(d) for d in model_dirs],
+                                        backbone_source, device=device, check=check)
+        return cls(model, configs, names, device)
+
+    def task_index(self, task):
+        """The index of ``task`` (a name or an index), with a clear error."""
+        if isinstance(task, int) and 0 <= task < len(self.names):
+            return task
+        if str(task) in self.names:
+            return self.names.index(str(task))
+        raise ValueError(f"Unknown task {task!r}: the tasks are {', '.join(self.names)} "
+                         f"(or 0 to {len(self.names) - 1}).")
+
+    @torch.no_grad()
+    def run(self, inputs, lengths, tasks):
+        """``{task index: (rows, out_prob [n_t, C_t])}`` of processed inputs whose rows belong to
+        ``tasks [N]``."""
+        with autocast_context(self.device, self.precision):
+            found = self.mods["multitask"](inputs.to(self.device), lengths.to(self.device), tasks)
+        return {t: (rows, torch.sigmoid(logits.float()) if self.multilabel[self.names[t]]
+                    else torch.softmax(logits.float(), dim=-1))
+                for t, (rows, logits) in found.items()}
+
+    def _first_clip_only(self, what):
+        if self.protocol.sliding:
+            raise PETLModelError(
+                f"{what} classifies the first clip, but these tasks were tested with sliding "
+                "windows over the whole file: use classify_files (or the command line), which "
+                "follows the protocol.")
+
+    @torch.no_grad()
+    def classify_inputs(self, inputs, lengths):
+        """Every task on every row of processed inputs (see the class doc)."""
+        count = inputs.shape[0]
+        stacked = inputs.repeat(len(self.names), *[1] * (inputs.dim() - 1))
+        tasks = torch.arange(len(self.names)).repeat_interleave(count)
+        out = {}
+        for task, (_, prob) in sorted(self.run(stacked, lengths.repeat(len(self.names)), tasks).items()):
+            name = self.names[task]
+            score, index = prob.max(dim=-1)
+            out[name] = (prob, score, index, [self.labels[name][i] for i in index.tolist()])
+        return out
+
+    @torch.no_grad()
+    def classify_waveforms(self, waveforms):
+        """Every task on a list of ``[S_i]`` 16 kHz waveforms (first-clip tasks)."""
+        self._first_clip_only("classify_waveforms")
+        return self.classify_inputs(*self.prepare_inputs(waveforms))
+
+    def classify_batch(self, wavs, wav_lens=None):
+        """Every task on a padded ``[B, S]`` batch (``wav_lens`` relative, default 1.0)."""
+        return PETLClassifier.classify_batch(self, wavs, wav_lens)
+
+    def classify_file(self, path):
+        """Every task on one audio file (first-clip tasks; ``classify_files`` follows any protocol)."""
+        self._first_clip_only("classify_file")
+        return self.classify_inputs(*batch_pad_right([self.load_input(path)]))
+
+    @torch.no_grad()
+    def classify_mixed(self, waveforms, tasks):
+        """A mixed batch: ``waveforms[i]`` is classified by task ``tasks[i]`` (name or index)."""
+        if len(tasks) != len(waveforms):
+            raise ValueError(f"{len(waveforms)} waveforms but {len(tasks)} tasks: name one task "
+                             "per waveform.")
+        self._first_clip_only("classify_mixed")
+        indices = torch.tensor([self.task_index(t) for t in tasks], dtype=torch.long)
+        rows = [None] * len(waveforms)
+        for task, (found, prob) in self.run(*self.prepare_inputs(waveforms), indices).items():
+            name = self.names[task]
+            for row, p in zip(found.tolist(), prob.cpu()):
+                index = int(p.argmax())
+                rows[row] = {"task": name, "label": self.labels[name][index],
+                             "score": float(p[index]), "probabilities": p,
+                             "labels": predicted_labels(self.labels[name], p, self.multilabel[name],
+                                                        self.thresholds[name])}
+        return rows
+
+    def clip_scores(self, inputs, lengths):
+        """Per clip of a processed batch: ``{task: [C_t] probabilities}``, or why it has none
+        (``classify_files``)."""
+        results = self.classify_inputs(inputs, lengths)
+        rows = []
+        for k in range(inputs.shape[0]):
+            probs = {name: results[name][0][k].cpu() for name in self.names}
+            finite = all(bool(torch.isfinite(p).all()) for p in probs.values())
+            rows.append(probs if finite else NON_FINITE)
+        return rows
+
+    def file_result(self, clips):
+        """A file's result from its clips: ``{"tasks": {task: {"label", "score", "probabilities",
+        "labels"}}}``, windows pooled as the tasks were tested."""
+        tasks = {}
+        for name in self.names:
+            prob = pool_windows(torch.stack([clip[name] for clip in clips]), self.protocol.pooling)
+            index = int(prob.argmax())
+            tasks[name] = {"label": self.labels[name][index], "score": float(prob[index]),
+                           "probabilities": prob,
+                           "labels": predicted_labels(self.labels[name], prob, self.multilabel[name],
+                                                      self.thresholds[name])}
+        return {"tasks": tasks}
+
+    def top_k(self, task, probabilities, k):
+        """``[{"label", "score"}]`` of the ``k`` most probable classes of ``task``."""
+        return top_classes(self.labels[self.names[self.task_index(task)]], probabilities, k)
+
+    def forward(self, wavs, wav_lens=None):
+        """Same as ``classify_batch``."""
+        return self.classify_batch(wavs, wav_lens)
+
+
+def top_classes(labels, probabilities, k):
+    """``[{"label", "score"}]`` of the ``k`` most probable of ``labels`` (``[C]`` probabilities)."""
+    scores, indices = probabilities.topk(min(int(k), len(labels)))
+    return [{"label": labels[i], "score": float(s)} for s, i in zip(scores.tolist(), indices.tolist())]
+
+
+def predicted_labels(labels, probabilities, multilabel, thresholds):
+    """The predicted classes of ``[C]`` probabilities: every class at or above its threshold
+    (multi-label; most probable first), or the most probable one (single-label)."""
+    if not multilabel:
+        return [labels[int(probabilities.argmax())]]
+    above = (probabilities >= thresholds).nonzero().view(-1).tolist()
+    return [labels[i] for i in sorted(above, key=lambda i: -float(probabilities[i]))]
+
+
+NON_FINITE = ("the model gave non-finite scores for it (check the file's content and the model "
+              "folder)")
 
 
 def _reason(err):
@@ -315,7 +520,8 @@ def parse_args(argv=None):
         description="Classify audio files with a trained PETL model folder (petl_model/).",
     )
     parser.add_argument("model_dir", metavar="MODEL_DIR",
-                        help="a petl_model/ folder (or the experiment folder holding it)")
+                        help="a petl_model/ folder (or the experiment folder holding it), or a "
+                             "Hugging Face Hub repo id (owner/name[@revision])")
     parser.add_argument("files", metavar="FILE", nargs="+", help="audio files (any format soundfile reads)")
     parser.add_argument("--backbone_source", default=None,
                         help="another local copy of the base checkpoint (default: the run's)")
@@ -343,6 +549,9 @@ def parse_args(argv=None):
 def main(argv=None):
     """Runs the command line; returns the exit code (0; 1 when a file could not be classified;
     2 when the model folder cannot be loaded)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--model" or a.startswith("--model=") for a in argv):
+        return main_several(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.disable(logging.INFO)  # no "Setting seed" chatter from rebuilding the model
@@ -379,6 +588,67 @@ def main(argv=None):
               "were.", file=sys.stderr)
     elif errors:
         print(f"No file could be classified ({len(errors)} given).", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def parse_several_args(argv):
+    """The command line of several tasks: ``--model A --model B ... [options] -- FILE...``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m petl_modules.classify --model A --model B ... --",
+        description="Classify audio files with several PETL model folders trained on the same "
+                    "base checkpoint, on one frozen backbone: every file gets every task's answer.",
+    )
+    parser.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
+                        help="a petl_model/ folder or Hub repo id (once per task)")
+    parser.add_argument("files", metavar="FILE", nargs="+", help="audio files (any format soundfile reads)")
+    parser.add_argument("--backbone_source", default=None,
+                        help="another local copy of the base checkpoint (default: the runs')")
+    parser.add_argument("--top_k", type=int, default=1, help="how many classes to list per task")
+    parser.add_argument("--json", action="store_true",
+                        help='print a JSON list of {"file", "tasks": {MODEL_DIR: {"label", '
+                             '"score", "top_k"}}}')
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch_size", type=int, default=8, help="files per forward pass")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: autocast (CPU with AVX512-BF16/AMX or GPU; else fp32, warned)")
+    args = parser.parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        parser.error("--top_k and --batch_size must be at least 1.")
+    return args
+
+
+def main_several(argv):
+    """``main`` with ``--model`` given (several tasks on one backbone); same exit codes."""
+    args = parse_several_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.disable(logging.INFO)
+    try:
+        classifier = PETLClassifier.from_folders(args.model, args.backbone_source, device=args.device)
+    except (PETLModelError, OSError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 2
+    classifier.set_speed(args.precision)
+    results, errors = classifier.classify_files(
+        args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
+    )
+    rows = [{"file": r["file"], "tasks": {
+        name: {"label": t["label"], "score": t["score"],
+               "top_k": classifier.top_k(name, t["probabilities"], args.top_k),
+               **({"labels": t["labels"]} if classifier.multilabel[name] else {})}
+        for name, t in r["tasks"].items()}} for r in results]
+    if args.json:
+        print(json.dumps(rows, indent=2, allow_nan=False))
+    else:
+        for row in rows:
+            for name, task in row["tasks"].items():
+                others = "".join(f"  {t['label']} {t['score']:.4f}" for t in task["top_k"][1:])
+                if classifier.multilabel[name]:  # every class above its threshold, then the top
+                    print(f"{row['file']}\t{name}\t{';'.join(task['labels']) or '-'}\t"
+                          f"{task['label']} {task['score']:.4f}{others}")
+                else:
+                    print(f"{row['file']}\t{name}\t{task['label']}\t{task['score']:.4f}{others}")
+    for path, reason in errors:
+        print(f"Error: could not classify {path}: {reason}", file=sys.stderr)
     return 1 if errors else 0
 
 

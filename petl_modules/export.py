@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from petl_modules.sharing.head import HEAD_CONFIG, HEAD_WEIGHTS, write_head  # noqa: F401 (names of its files)
+from petl_modules.sharing.hub import resolve_model_dir
 from petl_modules.training.pretrained import (
     PETLModelError,
     load_petl_model,
@@ -104,6 +105,7 @@ def export_petl_model(model_dir, out_dir, backbone_source=None, format="transfor
     if format not in FORMATS:
         raise PETLModelError(f"Unknown format '{format}': use one of {', '.join(FORMATS)}.")
     check_out_dir(out_dir)
+    model_dir = resolve_model_dir(model_dir)  # a local folder, or a Hub repo id's snapshot
     modules, config = load_petl_model(model_dir, backbone_source)
     if format == "peft":
         from petl_modules.sharing.peft_lora import export_peft
@@ -144,7 +146,8 @@ def main(argv=None):
                     "(LoRA / BitFit / full fine-tuning merged) plus its head and labels (default), "
                     "a PEFT LoRA adapter (--format=peft) or an ONNX model (--format=onnx).",
     )
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a petl_model/ folder")
+    parser.add_argument("model_dir", metavar="MODEL_DIR",
+                        help="a petl_model/ folder, or a Hub repo id (owner/name[@revision])")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
     parser.add_argument("--format", default="transformers", choices=FORMATS,
                         help="transformers (default), peft (LoRA models) or onnx (every method)")

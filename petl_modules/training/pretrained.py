@@ -368,6 +368,22 @@ OPTION_CHOICES = {"attn_implementation": ("sdpa", "eager")}
 MAX_CONFIG_BYTES = 16 * 2 ** 20  # a config is a few KB; never read a huge file into memory
 
 
+def schema_problems(data, schema):
+    """What in the JSON object ``data`` breaks ``schema`` (``{key: (types, required)}``): unknown
+    and missing keys, values of other types (a bool is no int); a list of str."""
+    problems = [f"unknown key '{key}'" for key in sorted(set(data) - set(schema))]
+    for key, (types, required) in schema.items():
+        if key not in data:
+            if required:
+                problems.append(f"missing key '{key}'")
+            continue
+        value = data[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            problems.append(f"'{key}' is {type(value).__name__} ({value!r:.60}), expected {allowed}")
+    return problems
+
+
 def validate_config(config, path):
     """Checks a ``petl_config.json`` against the schema; raises ``PETLModelError`` naming every
     problem (unknown or missing keys, wrong types, YAML tags, a newer format)."""
@@ -380,18 +396,7 @@ def validate_config(config, path):
             f"{path} has format_version {version}, written by a newer version of PETL-AST; this "
             f"version reads up to {FORMAT_VERSION}. Update PETL-AST (git pull) to load it."
         )
-    problems = []
-    for key in sorted(set(config) - set(CONFIG_SCHEMA)):
-        problems.append(f"unknown key '{key}'")
-    for key, (types, required) in CONFIG_SCHEMA.items():
-        if key not in config:
-            if required:
-                problems.append(f"missing key '{key}'")
-            continue
-        value = config[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            problems.append(f"'{key}' is {type(value).__name__} ({value!r:.60}), expected {allowed}")
+    problems = schema_problems(config, CONFIG_SCHEMA)
     if isinstance(version, int) and version < 1:
         problems.append(f"format_version {version} is not a version (1 or more)")
     if isinstance(config.get("method"), str) and not config["method"].isidentifier():

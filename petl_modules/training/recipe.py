@@ -442,8 +442,8 @@ class Run:
 
     def finish_fold(self, fold, hparams, brain, class_names):
         """Records a tested fold: its PETL model folder (``petl_model/``, the best checkpoint's
-        weights, which ``evaluate`` recovered) and, last, its ``fold_result.json``, which marks it
-        finished. Returns the fold's result."""
+        weights, which ``evaluate`` recovered, with the fold's ``metrics.json``) and, last, its
+        ``fold_result.json``, which marks it finished. Returns the fold's result."""
         key = selection_key(hparams)
         best = hparams["checkpointer"].find_checkpoint(max_key=key)
         stats = brain.test_stats
@@ -465,12 +465,14 @@ class Run:
             "hparams": scalar_hparams(hparams),
         })
         if if_main_process():
+            from petl_modules.training.model_metrics import write_metrics
             from petl_modules.training.pretrained import save_run_petl_model
 
             if hparams.get("confusion_matrix") and stats.get("confusion") is not None:
                 written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names)
                 logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
-            save_run_petl_model(hparams, class_names, thresholds)
+            model_folder = save_run_petl_model(hparams, class_names, thresholds)
+            write_metrics(model_folder, result, dataset=hparams.get("dataset"))
             if hparams.get("window_results") and getattr(brain, "test_windows", None):
                 brain.test_windows.write_csv(
                     folder / WINDOW_RESULTS_FILE, class_names,
