@@ -85,7 +85,9 @@ def petl_folder(method, source, tmp_path, name="petl_model", **options):
             for param in module.parameters():
                 if param.requires_grad:
                     param.add_(0.1 * torch.randn_like(param))
-    config = build_config(hparams, [f"c{i}" for i in range(31)], backbone_fingerprint(source))
+    thresholds = [0.5 - 0.01 * i for i in range(31)] if options.get("task") == "multilabel" else None
+    config = build_config(hparams, [f"c{i}" for i in range(31)], backbone_fingerprint(source),
+                          thresholds)
     save_petl_model(tmp_path / name, hparams["modules"], config)
     return tmp_path / name
 
@@ -335,3 +337,13 @@ def test_onnx_export_of_every_backbone_family(model_type, tmp_path):
     source = save_tiny(model_type, tmp_path / "base", pre_ln=True)
     logging.getLogger("petl_modules").setLevel(logging.ERROR)
     check_onnx(petl_folder("adapter", source, tmp_path), tmp_path / "onnx")
+
+
+@pytest.mark.slow
+def test_onnx_export_of_a_multilabel_model_gives_its_sigmoid_scores(tiny_ast, tmp_path):
+    """A multi-label model exports with its per-class sigmoid (not a softmax), and the config
+    beside it carries the task, the thresholds and the evaluation protocol a deployment follows."""
+    folder = petl_folder("adapter", tiny_ast, tmp_path, task="multilabel", eval_windows="sliding")
+    check_onnx(folder, tmp_path / "onnx")
+    side = json.loads((tmp_path / "onnx" / "onnx_config.json").read_text())
+    assert side["task"] == "multilabel" and side["evaluation"]["eval_windows"] == "sliding"

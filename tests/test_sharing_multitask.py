@@ -172,3 +172,48 @@ def test_quick_multitask_benchmark_reports_its_ratios(tmp_path):
     # Four separate models hold four backbones; one backbone holds every task.
     assert out["ratios"]["separate_models_weights_vs_one_model"] > 3.5
     assert out["ratios"]["multitask_weights_vs_one_model"] < 1.5
+
+
+def write_wavs(tmp_path, count=3, seconds=2.0):
+    """Files long enough for several 64-frame windows."""
+    paths = []
+    for k, wav in enumerate(waveforms(count, seconds=seconds, seed=9)):
+        path = tmp_path / f"clip{k}.wav"
+        soundfile.write(str(path), wav.numpy(), 16000)
+        paths.append(str(path))
+    return paths
+
+
+def test_multilabel_and_sliding_window_tasks_follow_their_models(tiny_ast, tmp_path):
+    """A multi-label task keeps its sigmoid and thresholds, and tasks tested with sliding windows
+    pool their windows as each model alone does (classify_files, the command line's path)."""
+    sliding = dict(eval_windows="sliding", window_pooling="max")
+    labels = make_folder("lora", tiny_ast, tmp_path, 1, task="multilabel", **sliding)
+    single = make_folder("adapter", tiny_ast, tmp_path, 2, **sliding)
+    config_path = tmp_path / "lora_1" / "petl_model" / "petl_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["task"] == "multilabel" and config["evaluation"]["eval_windows"] == "sliding"
+    config["thresholds"] = [0.3 + 0.01 * i for i in range(len(config["class_names"]))]
+    config_path.write_text(json.dumps(config))
+    files = write_wavs(tmp_path)
+    several = PETLClassifier.from_folders([labels, single])
+    found, errors = several.classify_files(files, batch_size=4)
+    assert not errors and len(found) == len(files)
+    for folder in (labels, single):
+        alone, alone_errors = PETLClassifier.from_folder(folder).classify_files(files, batch_size=3)
+        assert not alone_errors
+        for row, expected in zip(found, alone):
+            task = row["tasks"][folder]
+            assert torch.allclose(task["probabilities"], expected["probabilities"], atol=1e-5)
+            assert task["labels"] == expected["labels"]
+    multi = found[0]["tasks"][labels]["probabilities"]
+    assert not torch.isclose(multi.sum(), torch.tensor(1.0))  # sigmoid scores, not a softmax
+    with pytest.raises(PETLModelError, match="sliding windows"):
+        several.classify_waveforms(waveforms(1))
+
+
+def test_tasks_of_different_evaluation_protocols_are_refused(tiny_ast, tmp_path):
+    first = make_folder("lora", tiny_ast, tmp_path, 1)
+    windows = make_folder("lora", tiny_ast, tmp_path, 2, eval_windows="sliding")
+    with pytest.raises(PETLModelError, match="different evaluation protocols"):
+        PETLClassifier.from_folders([first, windows])

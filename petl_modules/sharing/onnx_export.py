@@ -53,25 +53,28 @@ SHORT_FRACTION = 0.6
 
 
 class ProbabilityModel(torch.nn.Module):
-    """Backbone + PETL modules + head + softmax, from model inputs to ``[B, C]`` probabilities.
+    """Backbone + PETL modules + head + softmax (a multi-label model: a sigmoid per class), from
+    model inputs to ``[B, C]`` probabilities.
 
     Spectrogram inputs ``[B, T, F]`` are cut or zero-padded to ``frames`` (the processor's fixed
     length) inside the model; waveforms ``[B, S]`` take relative ``lengths [B]`` (the lobe cuts and
     pads them to its clip). The same computation as ``PETLClassifier.classify_inputs``.
     """
 
-    def __init__(self, petl_model, classifier, frames=None):
+    def __init__(self, petl_model, classifier, frames=None, multilabel=False):
         super().__init__()
         self.petl_model = petl_model
         self.classifier = classifier
         self.frames = frames
+        self.multilabel = multilabel
 
     def forward(self, input_values, lengths=None):
         if self.frames is not None:  # a negative pad cuts
             input_values = torch.nn.functional.pad(
                 input_values, (0, 0, 0, self.frames - input_values.shape[1]))
         hidden, mask = self.petl_model(input_values, lengths)
-        return torch.softmax(self.classifier(hidden, mask).float(), dim=-1)
+        logits = self.classifier(hidden, mask).float()
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
 
 
 def fixed_frames(lobe):
@@ -158,7 +161,8 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lobe = modules["petl_model"].adapted_model
-    model = ProbabilityModel(modules["petl_model"], modules["classifier"], fixed_frames(lobe)).eval()
+    model = ProbabilityModel(modules["petl_model"], modules["classifier"], fixed_frames(lobe),
+                             multilabel=config.get("task") == "multilabel").eval()
     waveform = lobe.input_kind == "waveform"
     path = out_dir / MODEL_FILE
     for stale in (path, out_dir / f"{MODEL_FILE}.data", out_dir / CONFIG_FILE):
@@ -195,6 +199,11 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
         "input": config.get("input"),
         "frames": fixed_frames(lobe),
         "class_names": config["class_names"],
+        # multi-label: a sigmoid per class, predicted where it reaches the class's threshold
+        "task": config.get("task", "single_label"),
+        "thresholds": config.get("thresholds"),
+        # how the run was tested: the first clip, or sliding windows whose probabilities are pooled
+        "evaluation": config.get("evaluation"),
         "pooling": config.get("pooling"),
         "family": config["family"],
         "method": config["method"],
