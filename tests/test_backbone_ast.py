@@ -9,7 +9,6 @@ from petl_modules.backbones import Backbone
 from petl_modules.backbones.ast import ASTBackbone
 from petl_modules.methods.adapted import AdaptedBackbone, PETLModule
 from petl_modules.methods.classifier import Classifier
-from petl_modules.tiny import tiny_ast_config
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import shutil
 
 import pytest
 
-from petl_modules.synthetic import make_dataset
 from petl_modules.training.compose import ConfigError, compose_hparams
 from petl_modules.training.prepare import DataError
 
