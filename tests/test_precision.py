@@ -108,9 +108,12 @@ def load_bench():
 def test_reference_suite_skips_with_a_clear_message_without_the_reference_environment(tmp_path, capsys):
     bench = load_bench()
     threads = torch.get_num_threads()
+    script = tmp_path / "bench_ref.py"  # wherever the checkout is, a script exists: python is missing
+    script.write_text("")
     try:
         out = bench.main(["--suite=reference", "--quick", f"--json={tmp_path / 'out.json'}",
-                          f"--reference_python={tmp_path / 'no_python'}", "--reference_git=/nowhere"])
+                          f"--reference_python={tmp_path / 'no_python'}", "--reference_git=/nowhere",
+                          f"--reference_script={script}"])
     finally:
         torch.set_num_threads(threads)
     assert out["results"] == []
