@@ -514,6 +514,25 @@ def _reason(err):
 
 
 # ==================================================================== command line
+def add_common_arguments(parser, per="file"):
+    """The files and options of both command lines (one model; several tasks)."""
+    parser.add_argument("files", metavar="FILE", nargs="+", help="audio files (any format soundfile reads)")
+    parser.add_argument("--backbone_source", default=None,
+                        help="another local copy of the base checkpoint (default: the run's)")
+    parser.add_argument("--top_k", type=int, default=1, help=f"how many classes to list per {per}")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch_size", type=int, default=8, help="files per forward pass")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: autocast (CPU with AVX512-BF16/AMX or GPU; else fp32, warned)")
+
+
+def check_counts(parser, args):
+    for name in ("top_k", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    return args
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m petl_modules.classify",
@@ -522,73 +541,16 @@ def parse_args(argv=None):
     parser.add_argument("model_dir", metavar="MODEL_DIR",
                         help="a petl_model/ folder (or the experiment folder holding it), or a "
                              "Hugging Face Hub repo id (owner/name[@revision])")
-    parser.add_argument("files", metavar="FILE", nargs="+", help="audio files (any format soundfile reads)")
-    parser.add_argument("--backbone_source", default=None,
-                        help="another local copy of the base checkpoint (default: the run's)")
-    parser.add_argument("--top_k", type=int, default=1, help="how many classes to list per file")
+    add_common_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help='print a JSON list of {"file", "label", "score", "top_k"} (multi-label '
                              'models: and "labels", every class above its threshold)')
     parser.add_argument("--merge", action="store_true", help="fold LoRA into the backbone weights")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch_size", type=int, default=8, help="files per forward pass")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="bf16: autocast (CPU with AVX512-BF16/AMX or GPU; else fp32, warned)")
     parser.add_argument("--compile", nargs="?", const="True", default="False",
                         choices=["True", "False", "true", "false"],
                         help="--compile or --compile=True: torch.compile the model (eager, warned, "
                              "where it fails)")
-    args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error(f"--top_k must be at least 1, got {args.top_k}.")
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}.")
-    return args
-
-
-def main(argv=None):
-    """Runs the command line; returns the exit code (0; 1 when a file could not be classified;
-    2 when the model folder cannot be loaded)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a == "--model" or a.startswith("--model=") for a in argv):
-        return main_several(argv)
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.disable(logging.INFO)  # no "Setting seed" chatter from rebuilding the model
-    try:
-        classifier = PETLClassifier.from_folder(
-            args.model_dir, args.backbone_source, device=args.device, merge=args.merge
-        )
-    except (PETLModelError, OSError) as err:
-        print(f"Error: {err}", file=sys.stderr)
-        return 2
-    classifier.set_speed(args.precision, args.compile.lower() == "true")
-    results, errors = classifier.classify_files(
-        args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
-    )
-    rows = [{"file": r["file"], "label": r["label"], "score": r["score"],
-             "top_k": classifier.top_k(r["probabilities"], args.top_k)} for r in results]
-    if classifier.multilabel:
-        for row, r in zip(rows, results):
-            row["labels"] = r["labels"]
-    if args.json:
-        print(json.dumps(rows, indent=2, allow_nan=False))
-    else:
-        for row in rows:
-            others = "".join(f"  {t['label']} {t['score']:.4f}" for t in row["top_k"][1:])
-            if classifier.multilabel:  # every class above its threshold, then the top scores
-                print(f"{row['file']}\t{';'.join(row['labels']) or '-'}\t{row['label']} "
-                      f"{row['score']:.4f}{others}")
-            else:
-                print(f"{row['file']}\t{row['label']}\t{row['score']:.4f}{others}")
-    for path, reason in errors:
-        print(f"Error: could not classify {path}: {reason}", file=sys.stderr)
-    if errors and len(errors) < len(args.files):
-        print(f"{len(errors)} of {len(args.files)} file(s) could not be classified; the others "
-              "were.", file=sys.stderr)
-    elif errors:
-        print(f"No file could be classified ({len(errors)} given).", file=sys.stderr)
-    return 1 if errors else 0
+    return check_counts(parser, parser.parse_args(argv))
 
 
 def parse_several_args(argv):
@@ -600,56 +562,101 @@ def parse_several_args(argv):
     )
     parser.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
                         help="a petl_model/ folder or Hub repo id (once per task)")
-    parser.add_argument("files", metavar="FILE", nargs="+", help="audio files (any format soundfile reads)")
-    parser.add_argument("--backbone_source", default=None,
-                        help="another local copy of the base checkpoint (default: the runs')")
-    parser.add_argument("--top_k", type=int, default=1, help="how many classes to list per task")
+    add_common_arguments(parser, per="task")
     parser.add_argument("--json", action="store_true",
                         help='print a JSON list of {"file", "tasks": {MODEL_DIR: {"label", '
-                             '"score", "top_k"}}}')
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch_size", type=int, default=8, help="files per forward pass")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="bf16: autocast (CPU with AVX512-BF16/AMX or GPU; else fp32, warned)")
-    args = parser.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        parser.error("--top_k and --batch_size must be at least 1.")
-    return args
+                             '"score", "top_k"}}} (multi-label tasks: and "labels")')
+    return check_counts(parser, parser.parse_args(argv))
+
+
+def answer(result, labels_top_k, multilabel):
+    """One model's printed answer for a file: ``{"label", "score", "top_k"}`` (+ ``"labels"``,
+    every class above its threshold, for a multi-label model)."""
+    row = {"label": result["label"], "score": result["score"],
+           "top_k": labels_top_k(result["probabilities"])}
+    if multilabel:
+        row["labels"] = result["labels"]
+    return row
+
+
+def answer_text(row):
+    """``label<TAB>score  other score...``; multi-label: ``labels<TAB>label score ...``."""
+    others = "".join(f"  {t['label']} {t['score']:.4f}" for t in row["top_k"][1:])
+    if "labels" in row:
+        return f"{';'.join(row['labels']) or '-'}\t{row['label']} {row['score']:.4f}{others}"
+    return f"{row['label']}\t{row['score']:.4f}{others}"
+
+
+def report_errors(errors, total):
+    """The files that could not be classified, on stderr; returns the exit code (0 or 1)."""
+    for path, reason in errors:
+        print(f"Error: could not classify {path}: {reason}", file=sys.stderr)
+    if errors and len(errors) < total:
+        print(f"{len(errors)} of {total} file(s) could not be classified; the others were.",
+              file=sys.stderr)
+    elif errors:
+        print(f"No file could be classified ({len(errors)} given).", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def load_for_command_line(load):
+    """``load()``'s classifier, or None after printing why (the caller exits with 2)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.disable(logging.INFO)  # no "Setting seed" chatter from rebuilding the model
+    try:
+        return load()
+    except (PETLModelError, OSError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return None
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit code (0; 1 when a file could not be classified;
+    2 when the model folder cannot be loaded)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--model" or a.startswith("--model=") for a in argv):
+        return main_several(argv)
+    args = parse_args(argv)
+    classifier = load_for_command_line(lambda: PETLClassifier.from_folder(
+        args.model_dir, args.backbone_source, device=args.device, merge=args.merge))
+    if classifier is None:
+        return 2
+    classifier.set_speed(args.precision, args.compile.lower() == "true")
+    results, errors = classifier.classify_files(
+        args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
+    )
+    rows = [{"file": r["file"], **answer(r, lambda p: classifier.top_k(p, args.top_k),
+                                          classifier.multilabel)} for r in results]
+    if args.json:
+        print(json.dumps(rows, indent=2, allow_nan=False))
+    else:
+        for row in rows:
+            print(f"{row['file']}\t{answer_text(row)}")
+    return report_errors(errors, len(args.files))
 
 
 def main_several(argv):
     """``main`` with ``--model`` given (several tasks on one backbone); same exit codes."""
     args = parse_several_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.disable(logging.INFO)
-    try:
-        classifier = PETLClassifier.from_folders(args.model, args.backbone_source, device=args.device)
-    except (PETLModelError, OSError) as err:
-        print(f"Error: {err}", file=sys.stderr)
+    classifier = load_for_command_line(lambda: PETLClassifier.from_folders(
+        args.model, args.backbone_source, device=args.device))
+    if classifier is None:
         return 2
     classifier.set_speed(args.precision)
     results, errors = classifier.classify_files(
         args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
     )
     rows = [{"file": r["file"], "tasks": {
-        name: {"label": t["label"], "score": t["score"],
-               "top_k": classifier.top_k(name, t["probabilities"], args.top_k),
-               **({"labels": t["labels"]} if classifier.multilabel[name] else {})}
+        name: answer(t, lambda p, name=name: classifier.top_k(name, p, args.top_k),
+                     classifier.multilabel[name])
         for name, t in r["tasks"].items()}} for r in results]
     if args.json:
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
             for name, task in row["tasks"].items():
-                others = "".join(f"  {t['label']} {t['score']:.4f}" for t in task["top_k"][1:])
-                if classifier.multilabel[name]:  # every class above its threshold, then the top
-                    print(f"{row['file']}\t{name}\t{';'.join(task['labels']) or '-'}\t"
-                          f"{task['label']} {task['score']:.4f}{others}")
-                else:
-                    print(f"{row['file']}\t{name}\t{task['label']}\t{task['score']:.4f}{others}")
-    for path, reason in errors:
-        print(f"Error: could not classify {path}: {reason}", file=sys.stderr)
-    return 1 if errors else 0
+                print(f"{row['file']}\t{name}\t{answer_text(task)}")
+    return report_errors(errors, len(args.files))
 
 
 if __name__ == "__main__":
