@@ -349,6 +349,19 @@ def token_count(hparams, batch):
 
 
 # ==================================================================== suites
+def time_steps(args, brain, batch):
+    """Timings (``timed``) of a train step and of an evaluation forward pass of ``batch``."""
+    brain.modules.train()
+    train = timed(lambda: brain.fit_batch(batch), args.steps, args.warmup, args.device)
+    brain.modules.eval()
+
+    def forward():
+        with torch.no_grad(), brain.evaluation_ctx:
+            brain.compute_forward(batch, sb.Stage.TEST)
+
+    return train, timed(forward, args.steps, args.warmup, args.device)
+
+
 def suite_methods(args):
     """Train step and forward of every method variant (see ``METHODS``)."""
     rows, table = [], []
@@ -360,16 +373,8 @@ def suite_methods(args):
         report = parameter_report(hparams["modules"])
         brain = make_brain(args, hparams)
         batch = random_batch(args, hparams)
-        brain.modules.train()
         with PeakMemory(args.device) as memory:
-            train = timed(lambda: brain.fit_batch(batch), args.steps, args.warmup, args.device)
-        brain.modules.eval()
-
-        def forward():
-            with torch.no_grad(), brain.training_ctx:
-                brain.compute_forward(batch, sb.Stage.TEST)
-
-        infer = timed(forward, args.steps, args.warmup, args.device)
+            train, infer = time_steps(args, brain, batch)
         tokens = token_count(hparams, batch)
         fwd_flops, train_flops = model_flops(hparams, hparams["method"], tokens, args.batch_size)
         extra = {"trainable_percent": report["trainable_percent"],
@@ -859,15 +864,7 @@ def measure_ours(args, name, precisions):
     found = {}
     for precision in precisions:
         brain = make_brain(args, hparams, precision)
-        brain.modules.train()
-        train = timed(lambda: brain.fit_batch(batch), args.steps, args.warmup, args.device)
-        brain.modules.eval()
-
-        def forward():
-            with torch.no_grad(), brain.evaluation_ctx:
-                brain.compute_forward(batch, sb.Stage.TEST)
-
-        infer = timed(forward, args.steps, args.warmup, args.device)
+        train, infer = time_steps(args, brain, batch)
         found[precision] = (statistics.median(train), statistics.median(infer))
         del brain
     trainable = parameter_report(hparams["modules"])["trainable_params"]
