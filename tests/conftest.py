@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random checkpoints saved with save_pretrained, synthetic datasets, and a
 runner for the real recipe command lines. Nothing here touches the network."""
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -50,6 +51,18 @@ def ast_base_folder(tmp_path_factory):
 # layer-norm CNN (do_stable_layer_norm, feat_extract_norm).
 WAVEFORM_LAYOUTS = {"post_ln": (False, "group"), "pre_ln": (True, "layer")}
 WAVEFORM_CHECKPOINTS = [(t, layout) for t in WAVEFORM_MODELS for layout in WAVEFORM_LAYOUTS]
+# Tensors with a zero gradient by construction, not by a defect: a bias right before a BatchNorm
+# in training mode (the conformer adapter's depthwise conv, as the reference; the paper's parameter
+# counts include it) is removed again by the batch mean. Its gradient is zero up to rounding, so
+# whether it is exactly zero (and whether the tensor moves) depends on the order of the sums.
+ZERO_GRADIENT_BY_CONSTRUCTION = ("*.depthwise.bias",)
+
+
+def zero_gradient_by_construction(name):
+    """Whether trainable tensor ``name`` gets no gradient by construction (see above)."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in ZERO_GRADIENT_BY_CONSTRUCTION)
+
+
 # Every method file (hparams/*.yaml): the lists of methods in tests come from the files.
 METHOD_FILES = sorted(p.stem for p in (REPO / "hparams").glob("*.yaml"))
 
@@ -65,6 +78,21 @@ def waveform_checkpoints(tmp_path_factory):
         config = tiny_waveform_config(model_type, *WAVEFORM_LAYOUTS[layout])
         WAVEFORM_MODELS[model_type][1](config).save_pretrained(folder)
         folders[model_type, layout] = str(folder)
+    return folders
+
+
+# Every registered backbone family, each wav2vec2-family model in both layer layouts: names of
+# ``tiny_backbones`` (test_matrix's test_every_registered_model_type_is_in_the_matrix keeps it whole).
+TINY_BACKBONES = (["ast"] + [f"{model_type}-{layout}" for model_type, layout in WAVEFORM_CHECKPOINTS]
+                  + ["data2vec-audio", "whisper"])
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tiny_ast, waveform_checkpoints, tiny_data2vec_audio, tiny_whisper):
+    """``{TINY_BACKBONES name: folder}`` of the tiny random checkpoints."""
+    folders = {"ast": str(tiny_ast), "data2vec-audio": str(tiny_data2vec_audio),
+               "whisper": str(tiny_whisper)}
+    folders.update({f"{t}-{layout}": f for (t, layout), f in waveform_checkpoints.items()})
     return folders
 
 

@@ -7,6 +7,8 @@ import torch
 from petl_modules.backbones import Backbone
 from petl_modules.methods.adapted import AdaptedBackbone
 
+from conftest import zero_gradient_by_construction
+
 D, LAYERS = 768, 12  # AST-base
 LN = 2 * D  # one LayerNorm (weight + bias)
 
@@ -51,7 +53,9 @@ def unchanged_after_steps(model, steps=1, frames=64, lr=1e-2):
 
     With an identity start (a zero up-projection, LoRA's zero B) the tensors before the zero one
     get an exactly zero gradient at the first step, so identity-start methods need 2 steps; the
-    reference's bottleneck (zero down and up) would stay dead whatever the number of steps."""
+    reference's bottleneck (zero down and up) would stay dead whatever the number of steps.
+    Tensors with no gradient by construction (``conftest.ZERO_GRADIENT_BY_CONSTRUCTION``) are
+    left out: whether rounding moves them says nothing."""
     torch.manual_seed(1)
     model.train()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -65,4 +69,5 @@ def unchanged_after_steps(model, steps=1, frames=64, lr=1e-2):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return sorted(n for n, p in params.items() if torch.equal(p.detach(), before[n]))
+    return sorted(n for n, p in params.items()
+                  if torch.equal(p.detach(), before[n]) and not zero_gradient_by_construction(n))

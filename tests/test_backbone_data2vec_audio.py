@@ -5,7 +5,6 @@ module layout it relies on, every method file training every tensor, batch invar
 utterances, family defaults, the trainable counts of the data2vec-audio-base shape, and (slow) a
 recipe end to end."""
 
-import fnmatch
 import math
 from pathlib import Path
 
@@ -21,13 +20,10 @@ from petl_modules.methods.adapted import AdaptedBackbone
 from petl_modules.tiny import tiny_data2vec_audio_config
 from petl_modules.training.compose import compose_hparams, load_hparams
 
-from conftest import REPO
+from conftest import REPO, zero_gradient_by_construction
 from waveform_helpers import padded_batch
 
 METHODS = sorted(p.stem for p in (REPO / "hparams").glob("*.yaml"))
-# A bias right before a BatchNorm in training mode (the conformer adapter's depthwise conv) gets
-# no gradient by construction (as in tests/test_matrix.py).
-ZERO_GRADIENT_BY_CONSTRUCTION = ("*.depthwise.bias",)
 ATOL = 1e-5
 
 
@@ -207,8 +203,7 @@ def test_every_method_file_trains_every_tensor(method, tiny_data2vec_audio, tmp_
         loss.backward()
         nonzero.update(n for n, p in params.items() if p.grad is not None and bool((p.grad != 0).any()))
         optimizer.step()
-    dead = sorted(n for n in set(params) - nonzero
-                  if not any(fnmatch.fnmatch(n, p) for p in ZERO_GRADIENT_BY_CONSTRUCTION))
+    dead = sorted(n for n in set(params) - nonzero if not zero_gradient_by_construction(n))
     assert not dead, f"{method}: {len(dead)} of {len(params)} trainable tensors got no gradient: {dead}"
 
 
