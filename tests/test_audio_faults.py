@@ -223,7 +223,9 @@ def test_partial_read_gives_the_samples_of_the_whole_file(rate, kind, tmp_path):
     assert part.shape[0] == processor.samples_needed
     # torchaudio's convolution rounds differently with the input's length: ~1e-7
     assert torch.allclose(part, whole[: processor.samples_needed], atol=1e-6, rtol=0)
-    assert torch.allclose(load_input(path, processor), processor(whole), atol=1e-4, rtol=0)
+    # The log of the mel energies magnifies those ~1e-7 where a band's energy is small: 1.2e-4
+    # seen on an AMD EPYC at 8 kHz (on the normalised fbank, whose values span about -1.3..1.5).
+    assert torch.allclose(load_input(path, processor), processor(whole), atol=1e-3, rtol=0)
     for n in (1, 401, 16000, 16001, 50_000):  # any cut, including stride boundaries
         assert torch.allclose(load_audio(path, max_samples=n), whole[:n], atol=1e-6, rtol=0)
     assert torch.equal(load_input(path, processor), load_input(path, processor))
