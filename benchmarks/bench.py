@@ -4,7 +4,7 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile]
         [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
@@ -69,6 +69,13 @@ counts weights, gradients, optimiser state and activations), on CUDA ``max_memor
   ours at fp32 and at bf16 (autocast) against the reference's fp32. Skipped, with the reason,
   when the reference environment is absent.
 
+- ``compile`` (not in the default set: compiling takes minutes per method on a CPU): eager
+  against ``torch.compile`` (what ``--compile`` does in training and ``classify``) for the
+  reference pairs' methods (``--methods`` picks others): the first compiled train step and forward
+  (compilation included) timed apart, then train steps and forwards of the two in turn;
+  ``compile_vs_eager_<method>_train_step`` and ``..._forward``, and whether a module fell back to
+  eager mode.
+
 ``--precision=bf16`` runs under ``torch.autocast`` on CPU too, where the CPU has native bf16
 (AVX512-BF16 or AMX); elsewhere it warns and measures fp32.
 """
@@ -106,7 +113,7 @@ from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
-ALL_SUITES = SUITES + ("reference", "multitask")
+ALL_SUITES = SUITES + ("reference", "multitask", "compile")
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
     ("full_ft", "full-FT"),
@@ -141,6 +148,9 @@ TARGETS = {
     "multitask_every_task_vs_one_task": "<= 1.5 (out of reach: 4x the tokens, see README)",
     "multitask_weights_vs_one_model": "<= 1.2",
 }
+# The reference suite's targets, per phase and precision of ours (against the reference's fp32).
+REFERENCE_TARGETS = {("train_step", "fp32"): "<= 1.0", ("train_step", "bf16"): "<= 0.6",
+                     ("forward", "fp32"): "<= 0.8", ("forward", "bf16"): "<= 0.8"}
 # Dense bf16 peak FLOP/s of GPUs (vendor data sheets, without sparsity), for the MFU estimate.
 GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
                  "A10": 125e12}
@@ -305,14 +315,17 @@ def build_hparams(args, method_file, overrides=None, dataset_yaml=FSC_YAML, **ex
     return load_hparams(compose_hparams(REPO / "hparams" / f"{method_file}.yaml", dataset_yaml, options))
 
 
-def make_brain(args, hparams, precision=None):
-    """A ``ClassificationBrain`` on the run's modules, optimiser and scheduler ready."""
+def make_brain(args, hparams, precision=None, compile=False):
+    """A ``ClassificationBrain`` on the run's modules, optimiser and scheduler ready; with
+    ``compile``, its modules ``torch.compile``-d as ``--compile`` does when ``fit`` starts."""
     brain = ClassificationBrain(
         modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
         run_opts={"device": args.device, "precision": precision or args.precision,
-                  "noprogressbar": True},
+                  "noprogressbar": True, "compile": compile},
         checkpointer=None,
     )
+    if compile:
+        brain._compile()  # what on_fit_start runs (EagerFallback around each compiled module)
     brain.init_optimizers()
     brain.on_stage_start(sb.Stage.TRAIN)
     return brain
@@ -364,7 +377,7 @@ def time_steps(args, brain, batch):
 
 def suite_methods(args):
     """Train step and forward of every method variant (see ``METHODS``)."""
-    rows, table = [], []
+    rows = []
     methods = METHODS if not args.quick else [m for m in METHODS if m[0] in QUICK_METHODS]
     if args.methods:
         methods = [m for m in METHODS if m[0] in args.methods]
@@ -922,6 +935,68 @@ def suite_reference(args):
     return rows
 
 
+def suite_compile(args):
+    """Eager against ``torch.compile`` (``--compile``, inductor), per method: the reference
+    pairs' models (``--methods`` picks any variants). The first compiled train step and forward
+    are timed on their own (they include compilation), then eager and compiled steps are timed
+    after warm-up, train steps and forwards of the two in turn."""
+    from petl_modules.training.brain import EagerFallback
+
+    names = [m for m in args.methods] if args.methods else [ours for ours, _ in REFERENCE_PAIRS]
+    if args.quick and not args.methods:
+        names = names[:2]
+    rows = []
+    for name in names:
+        (_, method_file, overrides), = [m for m in METHODS if m[0] == name]
+        torch._dynamo.reset()  # a fresh compile cache per method (no cache-limit fallbacks)
+        hparams = build_hparams(args, method_file, overrides)
+        batch = random_batch(args, hparams)
+        eager = make_brain(args, hparams)
+        compiled = make_brain(args, hparams, compile=True)  # the same modules, compiled
+        compiled.modules.train()
+        start = time.perf_counter()
+        compiled.fit_batch(batch)
+        synchronize(args.device)
+        first_train = time.perf_counter() - start
+        compiled.modules.eval()
+        start = time.perf_counter()
+        with torch.no_grad(), compiled.evaluation_ctx:
+            compiled.compute_forward(batch, sb.Stage.TEST)
+        synchronize(args.device)
+        first_forward = time.perf_counter() - start
+        one = argparse.Namespace(**{**vars(args), "steps": 1, "warmup": 0})
+        for _ in range(args.warmup):
+            for brain in (eager, compiled):
+                time_steps(one, brain, batch)
+        times = {"eager": {"train": [], "forward": []}, "compiled": {"train": [], "forward": []}}
+        for _ in range(args.steps):  # a train step and a forward of each, in turn
+            for kind, brain in (("eager", eager), ("compiled", compiled)):
+                train, forward = time_steps(one, brain, batch)
+                times[kind]["train"] += train
+                times[kind]["forward"] += forward
+        fell_back = sorted(key for key, module in compiled.modules.items()
+                           if isinstance(module, EagerFallback) and module.failed)
+        trainable = parameter_report(hparams["modules"])["trainable_params"]
+        for kind in ("eager", "compiled"):
+            for phase in ("train", "forward"):
+                rows.append(result(
+                    "compile", f"{name}: {'train step' if phase == 'train' else 'forward'} {kind}",
+                    times[kind][phase], None, trainable, pair=name, kind=kind, phase=phase,
+                    **({"first_call_s": first_train if phase == "train" else first_forward,
+                        "fell_back": fell_back} if kind == "compiled" else {})))
+        print(f"  {name}: first compiled train step {first_train:.1f} s, forward {first_forward:.1f} s;"
+              f" train eager {statistics.median(times['eager']['train']):.3f} s, compiled "
+              f"{statistics.median(times['compiled']['train']):.3f} s; forward eager "
+              f"{statistics.median(times['eager']['forward']):.3f} s, compiled "
+              f"{statistics.median(times['compiled']['forward']):.3f} s"
+              + (f"; fell back to eager: {', '.join(fell_back)}" if fell_back else ""),
+              file=sys.stderr, flush=True)
+        del eager, compiled, hparams, batch
+        gc.collect()
+    torch._dynamo.reset()
+    return rows
+
+
 PREPARE_FILES = 20000
 
 
@@ -954,7 +1029,7 @@ def suite_prepare(args):
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
                    "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference,
-                   "multitask": suite_multitask}
+                   "multitask": suite_multitask, "compile": suite_compile}
 
 
 # ==================================================================== ratios and report
@@ -1026,12 +1101,27 @@ def compute_ratios(rows):
             if r["peak_mem_mb"] is not None and one["peak_mem_mb"] is not None:
                 ratios[f"multitask_{key}_memory_vs_one_model"] = _ratio(
                     r["weights_mb"] + r["peak_mem_mb"], one["weights_mb"] + one["peak_mem_mb"])
+    compiled = {(r["pair"], r["phase"], r["kind"]): r["median_s"] for r in rows if r["suite"] == "compile"}
+    for (pair, phase, kind), seconds in compiled.items():
+        if kind == "compiled":
+            key = "compile_vs_eager_{}_{}".format(pair.replace(" ", "_").replace("=", ""),
+                                                  "train_step" if phase == "train" else phase)
+            ratios[key] = _ratio(seconds, compiled.get((pair, phase, "eager")))
     for r in rows:
         if r["suite"] == "reference":
             key = "reference_{}_{}_{}".format(
                 r["pair"].replace(" ", "_").replace("=", ""), r["phase"].replace(" ", "_"), r["precision"])
             ratios[key] = r["ratio_median"]
     return ratios
+
+
+def target_of(key):
+    """The target of a ratio key, or ''."""
+    if key.startswith("reference_"):
+        for (phase, precision), target in REFERENCE_TARGETS.items():
+            if key.endswith(f"_{phase}_{precision}"):
+                return target
+    return TARGETS.get(key, "")
 
 
 def _fmt(value, digits=3):
@@ -1097,6 +1187,18 @@ def render(machine, rows, ratios):
                       ["ours", "reference", "trainable", "reference train step (s)",
                        "train fp32", "forward fp32", "train bf16 / ref fp32",
                        "forward bf16 / ref fp32"], lines), ""]
+    compiled = [r for r in rows if r["suite"] == "compile" and r["kind"] == "compiled"]
+    if compiled:
+        def eager_of(r):
+            return next(e["median_s"] for e in rows if e["suite"] == "compile" and e["kind"] == "eager"
+                        and e["pair"] == r["pair"] and e["phase"] == r["phase"])
+
+        parts += ["## compile: torch.compile / eager (medians; first call includes compilation)", "",
+                  markdown_table(["method", "phase", "eager (s)", "compiled (s)", "compiled / eager",
+                                  "first compiled call (s)", "fell back to eager"],
+                                 [[r["pair"], r["phase"], eager_of(r), r["median_s"],
+                                   _ratio(r["median_s"], eager_of(r)), r["first_call_s"],
+                                   ", ".join(r["fell_back"]) or "no"] for r in compiled]), ""]
     multitask = [r for r in rows if r["suite"] == "multitask"]
     if multitask:
         parts += [f"## multitask (batch of {multitask[0]['batch']}, inference)", "", markdown_table(
@@ -1112,7 +1214,7 @@ def render(machine, rows, ratios):
                  for r in found]), ""]
     parts += ["## ratios", "", markdown_table(
         ["ratio", "value", "target"],
-        [[k, v, TARGETS.get(k, "")] for k, v in ratios.items()]), ""]
+        [[k, v, target_of(k)] for k, v in ratios.items()]), ""]
     return "\n".join(parts)
 
 

@@ -23,7 +23,6 @@ reduction rate that leaves a bottleneck, a number of unfrozen layers the 2-layer
 and a SpecAugment time mask shorter than the clips.
 """
 
-import fnmatch
 import functools
 import importlib.util
 import math
@@ -38,16 +37,12 @@ import torch
 from petl_modules.synthetic import make_dataset
 from petl_modules.training.brain import ClassificationBrain
 
-from conftest import REPO, WAVEFORM_CHECKPOINTS
+from conftest import REPO, TINY_BACKBONES as BACKBONES, zero_gradient_by_construction
 
 pytestmark = pytest.mark.slow
 
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/train.py"))
 METHODS = sorted(p.stem for p in (REPO / "hparams").glob("*.yaml"))
-# Every registered family: AST, the wav2vec2 family in both layer layouts, data2vec-audio, Whisper
-# (test_every_registered_model_type_is_in_the_matrix keeps it so).
-BACKBONES = (["ast"] + [f"{model_type}-{layout}" for model_type, layout in WAVEFORM_CHECKPOINTS]
-             + ["data2vec-audio", "whisper"])
 # config.json model_type, if not the backbone name up to its layout suffix
 MODEL_TYPES = {"ast": "audio-spectrogram-transformer", "data2vec-audio": "data2vec-audio"}
 
@@ -68,10 +63,6 @@ TINY_UNFROZEN_LAYERS = "--unfrozen_layers=1"
 # biases) maps silence to exactly zero activations, so some tensors get no gradient in two steps.
 # A 0.2 s mask keeps the augmentation in every step without blanking the clip.
 SHORT_TIME_MASK = "--time_mask=20"
-# Tensors with a zero gradient by construction, not by a defect of the run: a bias right before a
-# BatchNorm in training mode (the conformer adapter's depthwise conv, as the reference; the paper's
-# parameter counts include it) is removed again by the batch mean.
-ZERO_GRADIENT_BY_CONSTRUCTION = ("*.depthwise.bias",)
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,14 +116,6 @@ def matrix_data(tmp_path_factory):
     return data
 
 
-@pytest.fixture(scope="module")
-def matrix_backbones(tiny_ast, waveform_checkpoints, tiny_data2vec_audio, tiny_whisper):
-    folders = {"ast": str(tiny_ast), "data2vec-audio": str(tiny_data2vec_audio),
-               "whisper": str(tiny_whisper)}
-    folders.update({f"{t}-{layout}": f for (t, layout), f in waveform_checkpoints.items()})
-    return folders
-
-
 class GradientRecorder:
     """Wraps ``ClassificationBrain.fit_batch`` and ``optimizers_step`` to record, per run, the
     training losses, the trainable tensors of the Brain's modules, the tensors the optimiser
@@ -167,12 +150,12 @@ class GradientRecorder:
         monkeypatch.setattr(ClassificationBrain, "optimizers_step", recording_optimizers_step)
 
 
-def matrix_argv(recipe, backbone, method, matrix_data, matrix_backbones, output_folder):
+def matrix_argv(recipe, backbone, method, matrix_data, tiny_backbones, output_folder):
     data_folder, manifest_folder = matrix_data[recipe]
     method_file = REPO / "hparams" / f"{method}.yaml"
     argv = [
         str(method_file), f"--data_folder={data_folder}",
-        f"--backbone_source={matrix_backbones[backbone]}", f"--output_folder={output_folder}",
+        f"--backbone_source={tiny_backbones[backbone]}", f"--output_folder={output_folder}",
         f"--manifest_folder={manifest_folder}", *SMALL_RUN,
     ]
     method_keys = _yaml_keys(method_file)
@@ -192,13 +175,13 @@ def matrix_argv(recipe, backbone, method, matrix_data, matrix_backbones, output_
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_backbone_method_trains_every_tensor(recipe, backbone, method, matrix_data,
-                                                    matrix_backbones, tmp_path, monkeypatch):
+                                                    tiny_backbones, tmp_path, monkeypatch):
     # SpeechBrain describes the environment (pip freeze, git) in every experiment folder: seconds
     # of subprocesses per run, nothing a run's result depends on.
     monkeypatch.setattr(speechbrain.utils.logger, "get_environment_description",
                         lambda: "(environment description skipped by tests/test_matrix.py)\n")
     recorder = GradientRecorder(monkeypatch)
-    argv = matrix_argv(recipe, backbone, method, matrix_data, matrix_backbones, tmp_path / "run")
+    argv = matrix_argv(recipe, backbone, method, matrix_data, tiny_backbones, tmp_path / "run")
     try:
         results = load_recipe(recipe).main(argv)
     except SystemExit as stop:
@@ -214,8 +197,7 @@ def test_recipe_backbone_method_trains_every_tensor(recipe, backbone, method, ma
     assert results["trainable_params"] == recorder.trainable_numel, "reported != trained count"
     left_out = sorted(recorder.trainable - recorder.optimised)
     assert not left_out, f"trainable but not given to the optimiser: {left_out}"
-    dead = sorted(n for n in recorder.trainable - recorder.nonzero
-                  if not any(fnmatch.fnmatch(n, p) for p in ZERO_GRADIENT_BY_CONSTRUCTION))
+    dead = sorted(n for n in recorder.trainable - recorder.nonzero if not zero_gradient_by_construction(n))
     assert not dead, f"{len(dead)} of {len(recorder.trainable)} trainable tensors never got a " \
                      f"non-zero gradient in {recorder.steps} steps: {dead}"
 
