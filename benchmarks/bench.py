@@ -942,7 +942,7 @@ def suite_compile(args):
     after warm-up, train steps and forwards of the two in turn."""
     from petl_modules.training.brain import EagerFallback
 
-    names = [m for m in args.methods] if args.methods else [ours for ours, _ in REFERENCE_PAIRS]
+    names = list(args.methods) if args.methods else [ours for ours, _ in REFERENCE_PAIRS]
     if args.quick and not args.methods:
         names = names[:2]
     rows = []

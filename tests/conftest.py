@@ -87,6 +87,21 @@ TINY_BACKBONES = (["ast"] + [f"{model_type}-{layout}" for model_type, layout in 
                   + ["data2vec-audio", "whisper"])
 
 
+def tiny_method_options(method_file, backbone):
+    """Options a method file needs on the tiny checkpoints of ``backbone`` (a TINY_BACKBONES name):
+    their hidden sizes, 64 (AST) and 32 (wav2vec2 family), leave no bottleneck at a method file's
+    default reduction rate (96, 128: a configuration error), so 16; full_ft on the wav2vec2
+    family unfreezes the top 3 layers (family default) of checkpoints that have 2, so the top one."""
+    import ruamel.yaml
+
+    with open(method_file) as stream:
+        keys = set(ruamel.yaml.YAML().load(stream))
+    options = {"reduction_rate": 16} if "reduction_rate" in keys else {}
+    if "unfrozen_layers" in keys and backbone != "ast":
+        options["unfrozen_layers"] = 1
+    return options
+
+
 @pytest.fixture(scope="session")
 def tiny_backbones(tiny_ast, waveform_checkpoints, tiny_data2vec_audio, tiny_whisper):
     """``{TINY_BACKBONES name: folder}`` of the tiny random checkpoints."""

@@ -37,7 +37,7 @@ import torch
 from petl_modules.synthetic import make_dataset
 from petl_modules.training.brain import ClassificationBrain
 
-from conftest import REPO, TINY_BACKBONES as BACKBONES, zero_gradient_by_construction
+from conftest import REPO, TINY_BACKBONES as BACKBONES, tiny_method_options, zero_gradient_by_construction
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +52,6 @@ SMALL_RUN = [
     "--number_of_epochs=1", "--debug", "--debug_batches=2", "--debug_epochs=1",
     "--ckpt_interval_minutes=0",
 ]
-# Hidden sizes of the tiny checkpoints are 64 (AST) and 32 (wav2vec2 family): a method file's
-# default reduction rate (96, 128) would leave no bottleneck (a configuration error).
-TINY_REDUCTION_RATE = "--reduction_rate=16"
-# full_ft on the wav2vec2 family unfreezes the top 3 layers (family default); the tiny checkpoints
-# have 2 (asking for 3 is a configuration error): unfreeze the top one, the lower one stays frozen.
-TINY_UNFROZEN_LAYERS = "--unfrozen_layers=1"
 # ESC-50 / UrbanSound8K SpecAugment: a time mask of up to 80 frames (0.8 s) is longer than the
 # 0.5 s clips; on waveforms it often silences a whole clip, and a random tiny checkpoint (zero
 # biases) maps silence to exactly zero activations, so some tensors get no gradient in two steps.
@@ -158,11 +152,7 @@ def matrix_argv(recipe, backbone, method, matrix_data, tiny_backbones, output_fo
         f"--backbone_source={tiny_backbones[backbone]}", f"--output_folder={output_folder}",
         f"--manifest_folder={manifest_folder}", *SMALL_RUN,
     ]
-    method_keys = _yaml_keys(method_file)
-    if "reduction_rate" in method_keys:
-        argv.append(TINY_REDUCTION_RATE)
-    if "unfrozen_layers" in method_keys and backbone != "ast":
-        argv.append(TINY_UNFROZEN_LAYERS)
+    argv += [f"--{key}={value}" for key, value in tiny_method_options(method_file, backbone).items()]
     dataset_keys = _yaml_keys(next((REPO / "recipes" / recipe).glob("*.yaml")))
     if "folds" in dataset_keys:
         argv.append("--fold=1")
