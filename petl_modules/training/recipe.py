@@ -469,7 +469,8 @@ class Run:
             from petl_modules.training.pretrained import save_run_petl_model
 
             if hparams.get("confusion_matrix") and stats.get("confusion") is not None:
-                written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names)
+                title = f"{hparams['dataset']} {hparams['method']}" + (f", fold {fold}" if fold else "")
+                written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names, title=title)
                 logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
             model_folder = save_run_petl_model(hparams, class_names, thresholds)
             write_metrics(model_folder, result, dataset=hparams.get("dataset"))
