@@ -8,7 +8,9 @@ over every method file and every backbone family are slow.
 
 import json
 import logging
+import os
 import re
+import stat
 
 import numpy as np
 import peft
@@ -172,6 +174,22 @@ def test_peft_lora_is_a_no_op_on_wavlm_which_is_why_it_is_refused(waveform_check
             if "lora_B" in name:
                 param.normal_()
         assert torch.equal(model.eval()(inputs).last_hidden_state, before)
+
+
+@pytest.mark.parametrize("format,method", [
+    ("transformers", "lora"), ("peft", "lora"), pytest.param("onnx", "adapter", marks=pytest.mark.slow)])
+def test_exported_files_are_readable_as_the_umask_says(format, method, tiny_ast, tmp_path):
+    """safetensors (under transformers' and PEFT's save_pretrained) writes owner-only files; an
+    export's files all get the mode the umask gives new files."""
+    folder = petl_folder(method, tiny_ast, tmp_path)
+    previous = os.umask(0o027)
+    try:
+        export_petl_model(folder, tmp_path / "exported", format=format)
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path / "exported")): stat.S_IMODE(p.stat().st_mode)
+             for p in (tmp_path / "exported").rglob("*") if p.is_file()}
+    assert modes and modes == dict.fromkeys(modes, 0o640), modes
 
 
 # ==================================================================== PEFT import

@@ -76,6 +76,15 @@ def current_umask():
     return mask
 
 
+def readable_as_umask(folder):
+    """Gives every file under ``folder`` the mode the umask gives new files (safetensors, and so
+    transformers' and PEFT's ``save_pretrained``, write owner-only files)."""
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 class RunFolderError(ValueError):
     """An output folder that belongs to another run, or is in use."""
 
