@@ -263,6 +263,40 @@ def test_bad_data_is_named_with_the_fix_or_a_listed_exclusion(make, prepare_modu
         assert left_out not in text, text
 
 
+def bad_files(root):
+    """An unreadable file and one of zero samples among good ones."""
+    (root / "a" / "a_0.wav").write_bytes(b"not audio")
+    sf.write(str(root / "b" / "b_0.wav"), np.zeros(0, dtype=np.float32), 16000)
+    return ["a_0.wav: unreadable as audio", "b_0.wav: empty (zero samples)"]
+
+
+def test_bad_layout_and_bad_files_are_reported_in_one_pass(prepare_module, tmp_path):
+    root = class_folders(tmp_path / "folders", {"a": 3, "b": 3})
+    (root / "c").mkdir()
+    files = bad_files(root)
+    with pytest.raises(DataError) as err:
+        prepare_module.dataset_rows(options(root))  # what the recipe reads before the model
+    text = str(err.value)
+    assert text.startswith("3 problem(s)") and "c: empty class folder" in text
+    assert all(problem in text for problem in files), text
+    listed = manifest(tmp_path / "listed", [(f"{k}.wav", "ab"[k % 2]) for k in range(6)]
+                      + [("e.wav", ""), ("missing.wav", "a")])
+    with pytest.raises(DataError) as err:
+        prepare_module.dataset_rows(options(listed))
+    text = str(err.value)
+    assert text.startswith("2 problem(s)") and "empty label cell" in text
+    assert "missing.wav: missing file" in text
+
+
+def test_errors_about_own_data_speak_of_the_users_data_not_a_release(prepare_module, tmp_path):
+    root = class_folders(tmp_path / "data", {"a": 3, "b": 3})
+    bad_files(root)
+    with pytest.raises(DataError) as err:
+        prepare_module.prepare_audiofolder(options(root), tmp_path / "save")
+    text = str(err.value)
+    assert "release" not in text and "Fix or replace these files in your data" in text
+
+
 # (option, value, what the error says): found when the options are composed, before any data.
 BAD_OPTIONS = [
     ("task", "regression", "--task='regression' is not one of single_label|multilabel"),
