@@ -47,6 +47,7 @@ PLUMBING = {
     "backbone_source",  # a local copy of the same checkpoint is the same run: the fingerprint decides
     "fold",  # each fold has its own experiment folder (fold_<k>/): folds of one run share the output
     "window_results",  # an extra file of the test; the results are the same
+    "dataset_name",  # the data's name in results tables: a label
 }
 # Options the optimiser state and learning-rate schedule in the checkpoints were made with.
 SCHEDULE = {"lr", "head_lr", "number_of_epochs"}
