@@ -34,9 +34,14 @@ options        checking keyword options by name (unknown ones named with close m
 tiny           tiny random backbone configs (tests, demo, benchmark)
 synthetic      shared helpers of the recipes' ``*_synthetic.py`` generators, and finding them
 paths          where the repository's ``hparams/`` and ``recipes/`` are
+quiet          third-party log lines that say nothing about our runs, silenced by name on import
 
 The lobes import ``methods/adapted.py`` (``PETLModule``, the token-mask context) and ``prompt.py``
 imports the base contract's prefix-attention hook; nothing in ``backbones/`` or ``methods/``
 imports ``training/``, ``sharing/`` or the tools; ``sharing/`` imports the layers below it, never
 the tools; and no module imports another in a cycle.
 """
+
+from petl_modules import quiet as _quiet  # noqa: E402 (before any module imports the loggers' modules)
+
+_quiet.install()

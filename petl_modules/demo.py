@@ -12,7 +12,7 @@ not an installed package; ``petl_modules.paths.recipes_folder()``, ``$PETL_AST_R
 ``--dataset`` it runs the one whose generator's ``DEMO`` says ``default: True``. It writes a small
 synthetic copy of the dataset in its official release layout (class-specific tones and chirps,
 learnable), saves a small random AST with ``save_pretrained`` (unless ``--backbone_source`` names a
-real checkpoint), and runs the real recipe command line
+real checkpoint; the random one checks the plumbing only: it knows nothing about audio), and runs the real recipe command line
 ``python recipes/<DATASET>/train.py hparams/<method>.yaml ...`` in a subprocess, with the options the
 generator's ``DEMO`` adds (e.g. the first fold of a multi-fold dataset): preparation, training,
 checkpoints, test with the best checkpoint, ``results.json`` and the ``petl_model/`` folder, exactly
@@ -131,7 +131,8 @@ def main(argv=None):
         options = []
     else:
         backbone = tiny_backbone(output / "backbone")
-        print(f"[demo] Saved a tiny random AST (hidden 64, 2 layers) to {backbone}")
+        print(f"[demo] Saved a tiny random AST (hidden 64, 2 layers) to {backbone}: a plumbing "
+              "check, whose random weights know nothing about audio")
         options = TINY_OPTIONS + [f"--{key}={value}" for key, value in TINY_METHOD_OPTIONS.items()
                                   if key in method_keys(args.method)]
     run_folder = output / "run"
@@ -177,6 +178,11 @@ def main(argv=None):
         f"{experiment / 'petl_model'}\n"
         f"[demo] On the real dataset: {shlex.join(real)}"
     )
+    if not args.backbone_source:
+        print("[demo] The tiny random backbone checks the plumbing only: the score above says the "
+              "recipe runs end to end, not what a method reaches. On real data (a release or your "
+              "own, docs/own_data.md) use a pre-trained checkpoint: the default AST, as the "
+              "command above, or --backbone_source.")
     return results
 
 

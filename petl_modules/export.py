@@ -39,6 +39,7 @@ from petl_modules.training.pretrained import (
     merge_petl_model,
     unmerged_petl_modules,
 )
+from petl_modules.training.run_folder import readable_as_umask
 
 FORMATS = ("transformers", "peft", "onnx")
 # A folder holding one of these (and nothing but regular files, and a PEFT export's base/ folder)
@@ -104,7 +105,14 @@ def export_petl_model(model_dir, out_dir, backbone_source=None, format="transfor
     """
     if format not in FORMATS:
         raise PETLModelError(f"Unknown format '{format}': use one of {', '.join(FORMATS)}.")
-    check_out_dir(out_dir)
+    check_out_dir(out_dir)  # new, empty or a previous export: every file in it is the export's
+    side = _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset)
+    readable_as_umask(out_dir)
+    return side
+
+
+def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset):
+    """The files of ``export_petl_model``; returns its side JSON."""
     model_dir = resolve_model_dir(model_dir)  # a local folder, or a Hub repo id's snapshot
     modules, config = load_petl_model(model_dir, backbone_source)
     if format == "peft":

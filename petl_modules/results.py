@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 # Options that never name a different model or training set-up (paths, plumbing, repetitions).
 NOT_OPTIONS = {
-    "seed", "fold", "folds", "method", "dataset", "backbone_source", "data_folder", "output_folder",
-    "experiment_folder", "save_folder", "train_log", "manifest_folder", "num_workers",
+    "seed", "fold", "folds", "method", "dataset", "dataset_name", "backbone_source", "data_folder",
+    "output_folder", "experiment_folder", "save_folder", "train_log", "manifest_folder", "num_workers",
     "skip_bad_files", "n_classes", "class_names", "confusion_matrix", "manifest",
 }
 
@@ -148,6 +148,7 @@ def _options(value, what):
 # field -> (required, check)
 RUN_SCHEMA = {
     "dataset": (True, _name),
+    "dataset_name": (False, _name),  # the column (own data: the data folder's name); else dataset
     "method": (True, _name),
     "backbone": (True, _name),
     "model_type": (False, _optional_string),
@@ -404,8 +405,8 @@ def summarise(runs):
     and seeds (``test_mean``/``test_std``; for accuracy also ``test_accuracy_mean``/``_std``)."""
     groups = {}
     for run in runs:
-        key = (method_label(run), settings_label(run), run["dataset"], backbone_label(run),
-               run["metric"])
+        key = (method_label(run), settings_label(run), run.get("dataset_name") or run["dataset"],
+               backbone_label(run), run["metric"])
         groups.setdefault(key, []).append(run)
     rows = []
     for (label, settings, dataset, backbone, metric), members in sorted(groups.items()):

@@ -263,6 +263,56 @@ def test_bad_data_is_named_with_the_fix_or_a_listed_exclusion(make, prepare_modu
         assert left_out not in text, text
 
 
+def bad_files(root):
+    """An unreadable file and one of zero samples among good ones."""
+    (root / "a" / "a_0.wav").write_bytes(b"not audio")
+    sf.write(str(root / "b" / "b_0.wav"), np.zeros(0, dtype=np.float32), 16000)
+    return ["a_0.wav: unreadable as audio", "b_0.wav: empty (zero samples)"]
+
+
+def test_bad_layout_and_bad_files_are_reported_in_one_pass(prepare_module, tmp_path):
+    root = class_folders(tmp_path / "folders", {"a": 3, "b": 3})
+    (root / "c").mkdir()
+    files = bad_files(root)
+    with pytest.raises(DataError) as err:
+        prepare_module.dataset_rows(options(root))  # what the recipe reads before the model
+    text = str(err.value)
+    assert text.startswith("3 problem(s)") and "c: empty class folder" in text
+    assert all(problem in text for problem in files), text
+    listed = manifest(tmp_path / "listed", [(f"{k}.wav", "ab"[k % 2]) for k in range(6)]
+                      + [("e.wav", ""), ("missing.wav", "a")])
+    with pytest.raises(DataError) as err:
+        prepare_module.dataset_rows(options(listed))
+    text = str(err.value)
+    assert text.startswith("2 problem(s)") and "empty label cell" in text
+    assert "missing.wav: missing file" in text
+
+
+def test_errors_about_own_data_speak_of_the_users_data_not_a_release(prepare_module, tmp_path):
+    root = class_folders(tmp_path / "data", {"a": 3, "b": 3})
+    bad_files(root)
+    with pytest.raises(DataError) as err:
+        prepare_module.prepare_audiofolder(options(root), tmp_path / "save")
+    text = str(err.value)
+    assert "release" not in text and "Fix or replace these files in your data" in text
+
+
+@pytest.mark.parametrize("recipe, yaml_name, data_folder, expected", [
+    ("AudioFolder", "audiofolder.yaml", "/data/bird_calls/", "bird_calls"),  # own data: its folder
+    ("FSC", "fsc.yaml", "/data/fluent_speech_commands_dataset", "FSC"),  # a release: the dataset
+])
+def test_dataset_name_defaults_to_the_folder_of_own_data_and_to_the_dataset_of_a_release(
+        recipe, yaml_name, data_folder, expected, tiny_ast):
+    from petl_modules.training.compose import compose_hparams, load_hparams, scalar_hparams
+    from petl_modules.training.recipe import dataset_name
+
+    options = scalar_hparams(load_hparams(compose_hparams(
+        REPO / "hparams" / "linear.yaml", REPO / "recipes" / recipe / yaml_name,
+        {"data_folder": data_folder, "backbone_source": str(tiny_ast), "max_frames": 64})))
+    assert dataset_name(options) == expected and options["dataset"] == recipe
+    assert dataset_name({**options, "dataset_name": "chosen"}) == "chosen"  # --dataset_name=chosen
+
+
 # (option, value, what the error says): found when the options are composed, before any data.
 BAD_OPTIONS = [
     ("task", "regression", "--task='regression' is not one of single_label|multilabel"),
@@ -354,6 +404,7 @@ def test_single_label_folder_to_model_and_classify(tiny_ast, tmp_path, capsys):
     data = make_dataset("AudioFolder", tmp_path, per_class=2, seconds=1.0)
     results = run_in_process("AudioFolder", recipe_argv("adapter", data, tiny_ast, tmp_path / "run"))
     assert isinstance(results, dict), results
+    assert results["dataset"] == "AudioFolder" and results["dataset_name"] == data.name
     (fold,) = results["folds"]
     assert {"valid_accuracy", "test_accuracy", "test_f1_macro"} <= set(fold)
     assert fold["class_names"] == ["bird", "engine", "rain", "siren"]

@@ -41,6 +41,7 @@ def test_demo_command_line_runs_fsc_and_prints_command_accuracy_and_outputs(tmp_
     assert f"{out / 'run' / 'results.json'}" in printed
     assert ("On the real dataset: python recipes/FSC/train.py hparams/soft_moa.yaml "
             "--data_folder=/path/to/fluent_speech_commands_dataset") in printed
+    assert "The tiny random backbone checks the plumbing only" in printed
 
 
 # The datasets come from the recipe folders (recipes/<DATASET>/*_synthetic.py); FSC, the default,

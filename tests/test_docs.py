@@ -65,6 +65,25 @@ def test_docs_folder_has_the_guides():
                  "differences.md", "extending.md"):
         assert name in names, f"docs/{name} is missing"
 
+def test_each_guide_has_one_title_and_no_link_calls_it_by_another_guides_title():
+    titles = {}
+    for doc in DOCS:
+        found = re.findall(r"^# (.+)$", FENCE.sub("", doc.read_text(encoding="utf-8")), re.M)
+        assert len(found) == 1, (rel(doc), found)
+        titles[doc.name] = found[0].split(":")[0].strip().lower()  # "Training", "Sweeps", ...
+    assert len(set(titles.values())) == len(titles), titles
+    for doc in [README, *DOCS]:
+        text = FENCE.sub("", doc.read_text(encoding="utf-8"))
+        for words, target in re.findall(r"\[([^\]]*)\]\(([^)\s#]+\.md)[^)]*\)", text):
+            page = (doc.parent / target).resolve()
+            if page not in DOCS:
+                continue
+            page = page.name
+            others = [name for name, title in titles.items()
+                      if name != page and words.strip().lower() == title]
+            assert not others, f"{rel(doc)} links {target} as '{words}', the title of {others}"
+
+
 
 @pytest.mark.parametrize("doc", USER_DOCS, ids=rel)
 def test_every_relative_link_points_to_an_existing_file_and_heading(doc):

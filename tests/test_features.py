@@ -6,7 +6,7 @@ import torch
 import torchaudio
 import transformers
 
-from petl_modules.backbones.features import AST_MEAN, AST_STD, ASTFbank
+from petl_modules.backbones.features import AST_MEAN, AST_STD, ASTFbank, WhisperLogMel
 from petl_modules.synthetic import write_wav
 from petl_modules.training.audio import load_audio
 
@@ -39,6 +39,35 @@ def test_fbank_pads_short_audio_with_the_normalised_zero(wave):
     feats = ASTFbank(max_frames=300)(wave[:8000])  # 0.5 s -> 48 frames, the rest padding
     assert feats.shape == (300, 128)
     assert torch.allclose(feats[100:], torch.full_like(feats[100:], (0 - AST_MEAN) / (2 * AST_STD)))
+
+
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 2.0])  # shorter than, as long as, longer than 1 s
+def test_fbank_padding_of_unpadded_features_is_the_processors(wave, seconds):
+    """What an ONNX client feeds (the normalised fbank of the whole clip), cut or padded with
+    ``pad_frames``, is exactly the processor's output: a padded frame is the normalised zero."""
+    fbank = ASTFbank(max_frames=98)  # 1 s: 400 + 97 * 160 samples
+    clip = wave[: round(16000 * seconds)]
+    unpadded = fbank.unpadded(clip)
+    assert unpadded.shape == (1 + (clip.shape[0] - 400) // 160, 128)
+    assert fbank.padding_value == pytest.approx((0 - AST_MEAN) / (2 * AST_STD)) and fbank.padding_value > 0.46
+    assert torch.equal(fbank.pad_frames(unpadded[None], 98)[0], fbank(clip))
+
+
+def test_whisper_padding_of_fewer_frames_is_the_extractors_silence_but_at_the_boundary():
+    """Whisper's processor pads the waveform; features of a shorter clip padded to the clip with
+    ``pad_frames`` equal them except in the 2 padded frames whose STFT window still holds the
+    clip's last samples."""
+    processor = WhisperLogMel(32000)  # 2 s, 200 frames
+    generator = torch.Generator().manual_seed(0)
+    time = torch.arange(8000) / 16000
+    wav = 0.3 * torch.sin(2 * torch.pi * 440 * time) * torch.exp(-3 * time)
+    wav = wav + 0.01 * torch.randn(8000, generator=generator)  # never reaches the clamp floor
+    short = processor.extractor(wav.numpy(), sampling_rate=16000, return_tensors="pt").input_features
+    short = short[0].T[:50]  # the extractor pads to 30 s: the first 50 frames are the clip's
+    padded = processor.pad_frames(short[None], processor.frames)[0]
+    differing = (padded - processor(wav)).abs().amax(dim=1) > 1e-5
+    assert differing.nonzero().flatten().tolist() == [50, 51]
 
 
 @pytest.mark.parametrize("rate,channels,subtype", [

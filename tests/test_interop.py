@@ -1,16 +1,21 @@
 """Sharing and serving: PEFT adapters both ways, ONNX with its onnxruntime parity check.
 
 Oracles: ``peft.PeftModel.from_pretrained`` on the base transformers model (last hidden states
-equal to ours at 1e-5), and our own PyTorch model for ONNX (the export checks onnxruntime itself;
-the tests check what it wrote). Tiny random backbones saved with save_pretrained; the ONNX runs
+equal to ours at 1e-5), and ``classify`` for ONNX (the export checks onnxruntime itself; the tests
+check what it wrote, and run docs/interop.md's client, which computes its features itself). Tiny random backbones saved with save_pretrained; the ONNX runs
 over every method file and every backbone family are slow.
 """
 
 import json
 import logging
+import os
+import re
+import stat
 
+import numpy as np
 import peft
 import pytest
+import soundfile
 import torch
 import transformers
 from speechbrain.utils.data_utils import batch_pad_right
@@ -171,6 +176,22 @@ def test_peft_lora_is_a_no_op_on_wavlm_which_is_why_it_is_refused(waveform_check
         assert torch.equal(model.eval()(inputs).last_hidden_state, before)
 
 
+@pytest.mark.parametrize("format,method", [
+    ("transformers", "lora"), ("peft", "lora"), pytest.param("onnx", "adapter", marks=pytest.mark.slow)])
+def test_exported_files_are_readable_as_the_umask_says(format, method, tiny_ast, tmp_path):
+    """safetensors (under transformers' and PEFT's save_pretrained) writes owner-only files; an
+    export's files all get the mode the umask gives new files."""
+    folder = petl_folder(method, tiny_ast, tmp_path)
+    previous = os.umask(0o027)
+    try:
+        export_petl_model(folder, tmp_path / "exported", format=format)
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path / "exported")): stat.S_IMODE(p.stat().st_mode)
+             for p in (tmp_path / "exported").rglob("*") if p.is_file()}
+    assert modes and modes == dict.fromkeys(modes, 0o640), modes
+
+
 # ==================================================================== PEFT import
 def peft_adapter(source, folder, **config):
     """A LoRA adapter trained 'elsewhere': PEFT's own model on ``source``, random A and B."""
@@ -277,13 +298,56 @@ def test_onnx_export_takes_features_of_any_length_and_writes_the_processor(tiny_
     assert export_cli.main([str(folder), str(out), "--format=onnx"]) == 0
     side = json.loads((out / "onnx_config.json").read_text())
     assert side["input"]["type"] == "ast_fbank" and side["input"]["max_frames"] == 64
-    assert side["parity"]["max_abs_difference"] <= 1e-4 and len(side["parity"]["cases"]) == 4
+    assert side["parity"]["max_abs_difference"] <= 1e-4
+    # batches of 1 and 3 of clips shorter than, as long as and longer than the trained length
+    assert [(c["fraction"], c["batch"]) for c in side["parity"]["cases"]] == [
+        (0.6, 1), (0.6, 3), (1.0, 1), (1.0, 3), (1.5, 1), (1.5, 3)]
+    assert [c["length"] for c in side["parity"]["cases"][::2]] == [37, 64, 96]  # frames fed
+    assert side["padding_value"] == pytest.approx((0 - side["input"]["mean"]) / (2 * side["input"]["std"]))
     classifier = PETLClassifier.from_folder(folder)
     wav = 0.1 * torch.randn(16000 * 2)
     full = classifier.input_processor(wav)  # [64, 128]: cut to max_frames
     expected = classifier.classify_inputs(full[None], torch.ones(1))[0]
     longer = torch.cat([full, torch.randn(40, 128)])[None]  # the graph cuts it to 64 frames
     assert torch.allclose(onnx_probabilities(out, longer), expected, atol=1e-4)
+
+
+def docs_onnx_client(out, wav_path):
+    """The ONNX client of docs/interop.md (torchaudio's Kaldi fbank, numpy or transformers'
+    WhisperFeatureExtractor computing the features, a plain onnxruntime session; none of our code)
+    run as it is written, on the export ``out`` and the file ``wav_path``: its probabilities."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "interop.md").read_text(), re.S)
+    code = next(block for block in blocks if "onnxruntime.InferenceSession" in block)
+    for written, path in (('"exported/fsc_adapter_onnx"', out), ('"utterance.wav"', wav_path)):
+        assert code.count(written) == 1, written
+        code = code.replace(written, repr(str(path)))
+    namespace = {}
+    exec(compile(code, "docs/interop.md", "exec"), namespace)
+    return namespace["probabilities"]
+
+
+@pytest.mark.parametrize("model_type", [
+    "audio-spectrogram-transformer", pytest.param("wav2vec2", marks=pytest.mark.slow),
+    pytest.param("data2vec-audio", marks=pytest.mark.slow), pytest.param("whisper", marks=pytest.mark.slow)])
+def test_onnx_client_of_the_docs_gets_classify_answers_on_any_clip_length(model_type, tmp_path):
+    """docs/interop.md's onnxruntime client, computing the features itself, gets classify's
+    probabilities on clips shorter than, as long as and longer than the trained 0.64 s (64
+    frames). Before the fix the graph padded AST's normalised fbank with 0 (up to 0.11 apart)."""
+    source = save_tiny(model_type, tmp_path / "base")
+    folder = petl_folder("adapter", source, tmp_path)
+    out = tmp_path / "onnx"
+    export_petl_model(folder, out, format="onnx")
+    classifier = PETLClassifier.from_folder(folder)
+    trained = 400 + 63 * 160  # 64 frames of 25 ms every 10 ms: 10,480 samples (waveforms: 10,240)
+    generator = np.random.default_rng(0)
+    for samples in (4000, trained, 3 * trained):  # short, exact, long
+        wav_path = tmp_path / f"clip_{samples}.wav"
+        soundfile.write(wav_path, (0.1 * generator.standard_normal(samples)).astype(np.float32),
+                        16000, subtype="FLOAT")
+        found = docs_onnx_client(out, wav_path)[0]
+        expected = classifier.classify_file(wav_path)[0][0].numpy()
+        assert np.abs(found - expected).max() <= 1e-5, (samples, float(np.abs(found - expected).max()))
+        assert found.argmax() == expected.argmax()
 
 
 def test_out_dir_of_a_previous_peft_or_onnx_export_may_be_replaced(tmp_path):

@@ -162,6 +162,22 @@ def test_strings_that_would_break_the_table_or_the_plot_are_shown_as_text(tmp_pa
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_own_datasets_get_a_column_each_by_their_dataset_name(tmp_path):
+    """Runs on two own datasets (``dataset`` AudioFolder for both) are two columns, named by
+    ``dataset_name``; a run written before the field existed falls back to ``dataset``."""
+    write(tmp_path / "birds", changed(dataset="AudioFolder", dataset_name="birds"))
+    write(tmp_path / "words", changed(dataset="AudioFolder", dataset_name="words"))
+    write(tmp_path / "older", changed(dataset="AudioFolder"))
+    write(tmp_path / "fsc", valid_run(0.8, dataset_name="FSC"))
+    bad = write(tmp_path / "bad", changed(dataset_name=""))
+    runs, skipped = results_cli.collect([tmp_path])
+    assert skipped == [(str(bad), 'dataset_name is "" (a string), not a non-empty string')]
+    assert sorted(r["dataset"] for r in results_cli.summarise(runs)) == [
+        "AudioFolder", "FSC", "birds", "words"]
+    table = results_cli.markdown_report(results_cli.summarise(runs), [])
+    assert "| AudioFolder | FSC | birds | words |" in table
+
+
 # ==================================================================== labels from what a run recorded
 def checkpoint_config(family, folder):
     """A backbone folder holding only a config (all that composition reads of a checkpoint)."""

@@ -14,6 +14,7 @@ file, and returns the processor's output: the data pipeline and ``classify`` cal
 
 import logging
 
+import numpy
 import torch
 import torchaudio
 import transformers
@@ -37,7 +38,8 @@ class ASTFbank:
     """Kaldi-compatible log-mel filterbank, as the AST feature extractor computes it.
 
     128 bins, 25 ms Hanning window, 10 ms shift, htk_compat, no dither, no energy; padded with zeros
-    or cut to ``max_frames``; then normalised as ``(x - mean) / (2 * std)``.
+    or cut to ``max_frames``; then normalised as ``(x - mean) / (2 * std)`` (so padded frames are
+    ``padding_value``, not 0).
 
     Arguments
     ---------
@@ -81,7 +83,13 @@ class ASTFbank:
         Only the first ``samples_needed`` samples are used; input shorter than one window
         (``min_samples``) is padded with zeros.
         """
-        wav = pad_to_minimum(wav.reshape(-1)[: self.samples_needed], self.min_samples)
+        features = self.unpadded(wav.reshape(-1)[: self.samples_needed])
+        return self.pad_frames(features[None], self.max_frames)[0]
+
+    def unpadded(self, wav):
+        """``[S]`` waveform -> ``[frames, num_mel_bins]`` normalised features of all of it, one
+        frame per 10 ms (what an ONNX client computes and feeds; any number of frames)."""
+        wav = pad_to_minimum(wav.reshape(-1), self.min_samples)
         fbank = torchaudio.compliance.kaldi.fbank(
             wav.reshape(1, -1).float(),
             sample_frequency=self.sample_rate,
@@ -92,11 +100,25 @@ class ASTFbank:
             dither=0.0,
             frame_shift=10.0,
         )
-        fbank = fbank[: self.max_frames]
-        missing = self.max_frames - fbank.shape[0]
-        if missing > 0:
-            fbank = torch.nn.functional.pad(fbank, (0, 0, 0, missing))
+        return self.normalise(fbank)
+
+    def normalise(self, fbank):
+        """Log-mel fbank -> the backbone's input scale ``(x - mean) / (2 * std)``."""
         return (fbank - self.mean) / (2 * self.std)
+
+    @property
+    def padding_value(self):
+        """A padded frame after normalisation: the fbank is padded with zeros BEFORE it is
+        normalised (as transformers' ``ASTFeatureExtractor``), so a padded frame is not 0 but
+        ``(0 - mean) / (2 * std)`` (0.467 with the AudioSet statistics)."""
+        zero = numpy.float32(0.0)  # float32 arithmetic, as normalise on a tensor (also when traced)
+        return float((zero - numpy.float32(self.mean)) / numpy.float32(2 * self.std))
+
+    def pad_frames(self, features, frames):
+        """``[B, T, mel]`` normalised features cut or padded (``padding_value``) to ``[B, frames,
+        mel]``: the processor's own padding, also traced into the ONNX graph."""
+        return torch.nn.functional.pad(features, (0, 0, 0, frames - features.shape[1]),
+                                       value=self.padding_value)  # a negative pad cuts
 
     def config(self):
         """The settings that rebuild this processor (for saved models and caches)."""
@@ -247,6 +269,21 @@ class WhisperLogMel:
             truncation=True, return_attention_mask=False, return_tensors="pt",
         ).input_features[0]
         return features.transpose(0, 1).contiguous().float()
+
+    @staticmethod
+    def pad_frames(features, frames):
+        """``[B, T, mel]`` features cut or padded to ``[B, frames, mel]`` (ONNX inputs of another
+        length than the clip's). The processor pads the waveform with silence, whose log-mel the
+        extractor clamps to its floor: ``max(log10 maximum - 8, -10)``, scaled ``(x + 4) / 4``,
+        i.e. ``max(features' maximum - 2, -1.5)``, the padding here. It differs from the
+        extractor's padding only in the first two padded frames (their STFT window still holds the
+        clip's last samples).
+        Exact input: the features of ``clip_samples``, as ``__call__`` computes them."""
+        missing = frames - features.shape[1]
+        padded = torch.nn.functional.pad(features, (0, 0, 0, missing))  # a negative pad cuts
+        floor = (features.amax(dim=(1, 2), keepdim=True) - 2.0).clamp(min=-1.5)
+        is_padding = (torch.arange(frames, device=features.device) >= features.shape[1])[None, :, None]
+        return torch.where(is_padding, floor, padded)
 
     def config(self):
         """The settings that rebuild this processor (for saved models and caches)."""

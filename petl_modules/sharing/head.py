@@ -11,12 +11,11 @@ imported again.
 """
 
 import json
-import os
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from petl_modules.training.run_folder import current_umask, write_json_atomic
+from petl_modules.training.run_folder import write_json_atomic
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"
@@ -29,7 +28,6 @@ def write_head(out_dir, modules, config, backbone_source, **extra):
     out_dir = Path(out_dir)
     head = {k: v.detach().cpu().contiguous() for k, v in modules["classifier"].state_dict().items()}
     save_file(head, str(out_dir / HEAD_WEIGHTS), metadata={"format": "pt"})
-    os.chmod(out_dir / HEAD_WEIGHTS, 0o666 & ~current_umask())  # safetensors makes it owner-only
     side = {
         "class_names": config["class_names"],
         "task": config.get("task", "single_label"),

@@ -10,13 +10,18 @@
 Every method exports (LoRA merged first; adapters, prompts, prefixes, MoA and the conformer block
 as they are). Inputs, with dynamic ``batch`` and length axes:
 
-- spectrogram backbones (AST, Whisper): ``input_values [batch, frames, mel]``, the input
-  processor's features (``onnx_config.json`` ``input``); the graph cuts or zero-pads ``frames``
-  to the length the model was trained on (AST ``max_frames``), so unpadded features of any length
-  are accepted (Optimum fixes AST's time axis instead);
+- spectrogram backbones (AST, Whisper): ``input_values [batch, frames, mel]``. The graph cuts or
+  pads ``frames`` to the length the model was trained on (AST ``max_frames``, Whisper's clip) as
+  the input processor pads (its ``pad_frames``): AST's fbank is padded with zeros BEFORE it is
+  normalised, so a padded frame is ``padding_value`` (0.467 with the AudioSet statistics), not 0,
+  and the normalised fbank of a clip of any length gives ``classify``'s answer (Optimum fixes AST's
+  time axis instead). Whisper's extractor pads the waveform to the clip: its features of
+  ``clip_samples`` are exact (fewer frames are padded with the extractor's silence, which differs
+  in the two frames past the clip's end);
 - waveform backbones (wav2vec2, HuBERT, WavLM, data2vec-audio): ``input_values [batch, samples]``
-  (normalised per utterance when the processor says ``normalize``) and ``lengths [batch]``, each
-  utterance's valid length relative to ``samples`` (SpeechBrain's convention; 1.0 when unpadded).
+  (cut to the clip, then normalised per utterance when the processor says ``normalize``) and
+  ``lengths [batch]``, each utterance's valid length relative to ``samples`` (SpeechBrain's
+  convention; 1.0 when unpadded).
 
 The exporter is torch's dynamo-based ``torch.onnx.export(..., dynamo=True)`` (needs onnxscript),
 for every method and family: it traces with symbolic shapes, so sizes computed from the input (the
@@ -27,10 +32,12 @@ TorchScript-based exporter (``dynamo=False``, deprecated in torch 2.9+) records 
 example took: traced on an unpadded batch, a conformer adapter on wav2vec2-large's layout lost its
 padding mask and drifted on padded batches (6e-5 on a tiny random model, growing with the weights).
 
-Parity check (always run, before the model is kept): onnxruntime (CPU) and PyTorch (eager) on
-generated audio at two lengths (the full input and about 60 % of it) and two batch sizes (1 and 3;
-waveform batches with different valid lengths); the maximum absolute difference of the probabilities
-must be at most 1e-4, else the export fails and its files are removed.
+Parity check (always run, before the model is kept): onnxruntime (CPU) fed generated clips as a
+client feeds them (AST: the normalised fbank of the whole clip, unpadded) against PyTorch (eager)
+fed as ``classify`` feeds it (the input processor's padded output), on clips shorter than, as long
+as and longer than the trained length (0.6, 1.0, 1.5 times), in batches of 1 and 3 (waveform
+batches with different valid lengths); the maximum absolute difference of the probabilities must
+be at most 1e-4, else the export fails and its files are removed.
 """
 
 import logging
@@ -49,16 +56,18 @@ CONFIG_FILE = "onnx_config.json"
 OPSET = 18
 TOLERANCE = 1e-4
 BATCH_SIZES = (1, 3)
-SHORT_FRACTION = 0.6
+# clips shorter than, as long as and longer than the trained length
+LENGTH_FRACTIONS = (0.6, 1.0, 1.5)
 
 
 class ProbabilityModel(torch.nn.Module):
     """Backbone + PETL modules + head + softmax (a multi-label model: a sigmoid per class), from
     model inputs to ``[B, C]`` probabilities.
 
-    Spectrogram inputs ``[B, T, F]`` are cut or zero-padded to ``frames`` (the processor's fixed
-    length) inside the model; waveforms ``[B, S]`` take relative ``lengths [B]`` (the lobe cuts and
-    pads them to its clip). The same computation as ``PETLClassifier.classify_inputs``.
+    Spectrogram inputs ``[B, T, F]`` are cut or padded to ``frames`` (the processor's fixed length)
+    inside the model by the input processor's own ``pad_frames`` (AST: the normalised zero,
+    ``padding_value``); waveforms ``[B, S]`` take relative ``lengths [B]`` (the lobe cuts and pads
+    them to its clip). The same computation as ``PETLClassifier.classify_inputs``.
     """
 
     def __init__(self, petl_model, classifier, frames=None, multilabel=False):
@@ -67,11 +76,11 @@ class ProbabilityModel(torch.nn.Module):
         self.classifier = classifier
         self.frames = frames
         self.multilabel = multilabel
+        self.pad_frames = getattr(petl_model.adapted_model.input_processor, "pad_frames", None)
 
     def forward(self, input_values, lengths=None):
-        if self.frames is not None:  # a negative pad cuts
-            input_values = torch.nn.functional.pad(
-                input_values, (0, 0, 0, self.frames - input_values.shape[1]))
+        if self.frames is not None:
+            input_values = self.pad_frames(input_values, self.frames)
         hidden, mask = self.petl_model(input_values, lengths)
         logits = self.classifier(hidden, mask).float()
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
@@ -86,41 +95,51 @@ def fixed_frames(lobe):
 
 
 def generated_inputs(lobe, batch, fraction, seed=0):
-    """``(inputs, lengths or None)`` of ``batch`` generated utterances through the lobe's own input
-    processor, ``fraction`` of the full length (waveforms: valid lengths 1.0, 0.8, 0.6, ...)."""
+    """Generated utterances of ``fraction`` of the trained length (AST ``max_frames``, the clip;
+    waveforms: valid lengths 1.0, 0.8, 0.6, ... of it) as an ONNX client feeds them and as
+    ``classify`` feeds the model: ``(client, classify)``, each ``(inputs, lengths or None)``.
+
+    A client feeds AST the normalised fbank of the whole clip (fewer or more frames than
+    ``max_frames``); the other processors' outputs are what a client computes (Whisper's extractor
+    pads the waveform to the clip; a waveform is cut to the clip, then normalised).
+    """
     processor = lobe.input_processor
     generator = torch.Generator().manual_seed(seed)
-    if lobe.input_kind == "spectrogram":
-        frames = fixed_frames(lobe)
-        count = max(1, round(frames * fraction))
-        wav = 0.1 * torch.randn(processor.samples_needed, generator=generator)
-        features = [processor(wav * (1 + k)) for k in range(batch)]
-        return torch.stack(features)[:, :count].contiguous(), None
     samples = round((processor.samples_needed or 16000) * fraction)
+    if lobe.input_kind == "spectrogram":
+        wavs = [0.1 * (1 + k) * torch.randn(samples, generator=generator) for k in range(batch)]
+        client = getattr(processor, "unpadded", processor)
+        return ((torch.stack([client(w) for w in wavs]), None),
+                (torch.stack([processor(w) for w in wavs]), None))
     valid = [max(processor.min_samples, round(samples * (1 - 0.2 * k))) for k in range(batch)]
     wavs = [processor(0.1 * torch.randn(n, generator=generator)) for n in valid]
     inputs = torch.zeros(batch, max(len(w) for w in wavs))
     for k, wav in enumerate(wavs):
         inputs[k, : len(wav)] = wav
-    return inputs, torch.tensor([len(w) / inputs.shape[1] for w in wavs])
+    inputs = (inputs, torch.tensor([len(w) / inputs.shape[1] for w in wavs]))
+    return inputs, inputs
 
 
 def parity(session, model, lobe):
-    """Max abs difference of the probabilities of onnxruntime's ``session`` and ``model`` (eager)
-    over the generated inputs (two lengths, two batch sizes), with each case's difference."""
+    """Max abs difference of the probabilities of onnxruntime's ``session`` fed as a client feeds
+    it and ``model`` (eager) fed as ``classify`` feeds it, over generated clips shorter than, as
+    long as and longer than the trained length, in batches of 1 and 3; with each case's
+    difference."""
     cases = []
-    for fraction in (1.0, SHORT_FRACTION):
+    for fraction in LENGTH_FRACTIONS:
         for batch in BATCH_SIZES:
-            inputs, lengths = generated_inputs(lobe, batch, fraction, seed=batch)
+            (inputs, lengths), (reference, reference_lengths) = generated_inputs(
+                lobe, batch, fraction, seed=batch)
             feed = {"input_values": inputs.numpy()}
             if lengths is not None:
                 feed["lengths"] = lengths.numpy()
             with torch.no_grad():
-                expected = model(inputs, lengths)
+                expected = model(reference, reference_lengths)
             found = torch.from_numpy(session.run(["probabilities"], feed)[0])
             difference = float((found - expected).abs().max()) if found.shape == expected.shape \
                 else math.inf
-            cases.append({"batch": batch, "length": int(inputs.shape[1]), "max_abs_difference": difference})
+            cases.append({"batch": batch, "fraction": fraction, "length": int(inputs.shape[1]),
+                          "max_abs_difference": difference})
     return max(c["max_abs_difference"] for c in cases), cases
 
 
@@ -128,7 +147,7 @@ def export_graph(model, lobe, path, opset=OPSET):
     """``torch.onnx.export`` (dynamo) of a ``ProbabilityModel`` of ``lobe`` to ``path``, with
     dynamic batch and length axes; returns the example inputs it traced."""
     waveform = lobe.input_kind == "waveform"
-    example = generated_inputs(lobe, 2, 1.0)
+    example = generated_inputs(lobe, 2, 1.0)[0]
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
     shapes = {"input_values": {0: batch, 1: length}}
     if waveform:
@@ -198,6 +217,8 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
         "outputs": [{"name": "probabilities", "axes": ["batch", "classes"]}],
         "input": config.get("input"),
         "frames": fixed_frames(lobe),
+        # AST: the value of a padded frame (the normalised zero), to batch clips of unequal length
+        "padding_value": getattr(lobe.input_processor, "padding_value", None),
         "class_names": config["class_names"],
         # multi-label: a sigmoid per class, predicted where it reaches the class's threshold
         "task": config.get("task", "single_label"),

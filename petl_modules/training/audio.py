@@ -93,8 +93,8 @@ def audio_length(path, sample_rate=SAMPLE_RATE):
 
 def _check_exists(path):
     if not Path(path).is_file():
-        raise AudioError(f"Audio file not found: {path}. Check the path (for a dataset: restore "
-                         "the file from its release, or delete the manifests to prepare again).")
+        raise AudioError(f"Audio file not found: {path}. Check the path (put the file back, or "
+                         "delete the manifests to prepare the data again).")
 
 
 def _unreadable(path, err):
@@ -102,7 +102,7 @@ def _unreadable(path, err):
     reason = str(reason).rstrip(". ")
     return AudioError(
         f"Cannot read audio file {path}: {reason}. Check that it is a valid audio file "
-        f"(re-extract it from the dataset release), {SKIP_HINT}."
+        f"(replace it with a good copy), {SKIP_HINT}."
     )
 
 
@@ -116,8 +116,8 @@ def check_finite(data, path):
         first = int(np.flatnonzero(~per_frame)[0]) if values.ndim else 0
         raise AudioError(
             f"Audio file {path} holds non-finite samples ({bad} NaN/Inf, the first at sample "
-            f"{first}); it would turn every weight into NaN. Replace the file (re-extract it from "
-            f"the dataset release), {SKIP_HINT}."
+            f"{first}); it would turn every weight into NaN. Replace the file with a good copy, "
+            f"{SKIP_HINT}."
         )
 
 

@@ -34,10 +34,12 @@ Brain's modules with ``torch.compile`` (SpeechBrain's ``_compile``); a module wh
 forward fails runs eagerly from then on, with a warning (``EagerFallback``).
 """
 
+import contextlib
 import logging
 import math
 
 import speechbrain as sb
+import speechbrain.core
 import torch
 import torch.nn.functional as F
 import yaml
@@ -94,6 +96,36 @@ def autocast_context(device, precision):
     from speechbrain.utils.autocast import AMPConfig, TorchAutocast
 
     return TorchAutocast(device_type=torch.device(device).type, dtype=AMPConfig.from_name(precision).dtype)
+
+
+# ==================================================================== progress bars
+def progress_name(stage, epoch=None, epochs=None, fold=None):
+    """The name of a stage's progress bar: ``fold 3, epoch 2/10, train`` (no fold: ``epoch 2/10,
+    valid``; test: ``fold 3, test``)."""
+    parts = [f"fold {fold}"] if isinstance(fold, int) else []
+    if stage != sb.Stage.TEST and epoch is not None:
+        parts.append(f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}")
+    return ", ".join(parts + [stage.name.lower()])
+
+
+@contextlib.contextmanager
+def named_progress_bars(brain):
+    """Within the block, each progress bar ``sb.Brain`` draws is named ``brain.progress_name``.
+
+    SpeechBrain makes its train, valid and test bars with ``speechbrain.core.tqdm`` and no
+    description, right after ``on_stage_start``, which sets the name; the block gives that
+    function a default ``desc`` and puts SpeechBrain's own back at the end."""
+    made = speechbrain.core.tqdm
+
+    def named(*args, **kwargs):
+        kwargs.setdefault("desc", getattr(brain, "progress_name", None))
+        return made(*args, **kwargs)
+
+    speechbrain.core.tqdm = named
+    try:
+        yield
+    finally:
+        speechbrain.core.tqdm = made
 
 
 class EagerFallback(torch.nn.Module):
@@ -279,12 +311,19 @@ class ClassificationBrain(sb.Brain):
     # ---------------------------------------------------------------- optimiser and schedule
     def fit(self, epoch_counter, train_set, valid_set=None, progressbar=None,
             train_loader_kwargs={}, valid_loader_kwargs={}):
-        """As ``sb.Brain.fit``; records the optimiser steps per epoch for the per-step schedule."""
+        """As ``sb.Brain.fit``; records the optimiser steps per epoch for the per-step schedule and
+        names the progress bars (``progress_name``)."""
         if not isinstance(train_set, torch.utils.data.DataLoader):
             train_set = self.make_dataloader(train_set, stage=sb.Stage.TRAIN, **train_loader_kwargs)
         self.steps_per_epoch = math.ceil(len(train_set) / self.grad_accumulation_factor)
-        super().fit(epoch_counter, train_set, valid_set, progressbar,
-                    train_loader_kwargs, valid_loader_kwargs)
+        with named_progress_bars(self):
+            super().fit(epoch_counter, train_set, valid_set, progressbar,
+                        train_loader_kwargs, valid_loader_kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """As ``sb.Brain.evaluate``, its progress bar named (``progress_name``)."""
+        with named_progress_bars(self):
+            return super().evaluate(*args, **kwargs)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """As ``sb.Brain.make_dataloader``; the training loader gets its own generator (``seed``).
@@ -344,6 +383,8 @@ class ClassificationBrain(sb.Brain):
 
     # ---------------------------------------------------------------- stages
     def on_stage_start(self, stage, epoch=None):
+        self.progress_name = progress_name(stage, epoch, getattr(self.hparams, "number_of_epochs", None),
+                                           getattr(self.hparams, "fold", None))
         self.outputs = []  # validation/test: (targets, scores) per batch, for the scores
         if stage == sb.Stage.TRAIN and getattr(self, "train_crop", None) is not None:
             self.train_crop.set_epoch(epoch)  # before the DataLoader workers copy the dataset

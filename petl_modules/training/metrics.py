@@ -165,9 +165,9 @@ def single_label_scores(labels, predicted, n_classes):
 
 
 # ==================================================================== confusion matrix files
-def write_confusion_matrix(folder, confusion, class_names, stem="confusion_matrix"):
-    """Writes ``<stem>.csv`` (rows: true class, columns: predicted class) and ``<stem>.png`` in
-    ``folder``; returns their paths."""
+def write_confusion_matrix(folder, confusion, class_names, stem="confusion_matrix", title=None):
+    """Writes ``<stem>.csv`` (rows: true class, columns: predicted class) and ``<stem>.png``
+    (``confusion_figure``) in ``folder``; returns their paths."""
     folder = Path(folder)
     csv_path, png_path = folder / f"{stem}.csv", folder / f"{stem}.png"
     with open(csv_path, "w", newline="") as stream:
@@ -175,23 +175,46 @@ def write_confusion_matrix(folder, confusion, class_names, stem="confusion_matri
         writer.writerow(["true \\ predicted", *class_names])
         for name, row in zip(class_names, confusion):
             writer.writerow([name, *row])
+    import matplotlib.pyplot as plt
+
+    figure = confusion_figure(confusion, class_names, title)
+    figure.savefig(png_path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return csv_path, png_path
+
+
+def confusion_figure(confusion, class_names, title=None):
+    """The confusion matrix as a matplotlib figure (scikit-learn's ``ConfusionMatrixDisplay``):
+    the count in each non-empty cell, a colour bar, a title with the accuracy and the number of
+    clips, the class names on both axes; cells and fonts sized so that labels stay apart up to
+    50 classes and more."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
-    size = max(3.0, 0.25 * len(class_names) + 1.5)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(np.asarray(confusion), cmap="Blues")
-    ticks = range(len(class_names))
+    matrix = np.asarray(confusion)
+    classes = len(class_names)
+    cell = min(0.8, max(0.3, 6.0 / max(classes, 1)))  # inches per class
+    side = cell * classes + 3.0  # room for the labels and the colour bar
+    figure, axes = plt.subplots(figsize=(side + 1.0, side))
     labels = [str(n).replace("$", r"\$") for n in class_names]  # no mathtext from class names
-    ax.set_xticks(ticks, labels, rotation=90, fontsize="small")
-    ax.set_yticks(ticks, labels, fontsize="small")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.savefig(png_path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return csv_path, png_path
+    display = ConfusionMatrixDisplay(matrix, display_labels=labels)
+    display.plot(ax=axes, cmap="Blues", colorbar=True, values_format="d", xticks_rotation="vertical",
+                 text_kw={"fontsize": min(12.0, cell * 72 * 0.4)})
+    for text, count in zip(display.text_.ravel(), matrix.ravel()):
+        if count == 0:
+            text.set_text("")  # empty cells blank: the counts that matter stand out
+    font = min(11.0, cell * 72 * 0.45)
+    axes.tick_params(labelsize=font)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    total = int(matrix.sum())
+    accuracy = float(np.trace(matrix) / total) if total else 0.0
+    heading = f"{title}: " if title else "Confusion matrix: "
+    axes.set_title(f"{heading}test accuracy {accuracy:.3f} on {total} clips")
+    return figure
 
 
 def default_window_pooling(task):

@@ -118,8 +118,11 @@ def _segment_problem(row, duration):
     return None, min(end, duration) - start
 
 
+RELEASE_FIX = "Fix or restore these files from the release"
+
+
 def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=False, labels=None,
-                    excluded=(), headers_only=False):
+                    excluded=(), headers_only=False, fix=RELEASE_FIX):
     """Checks the files of ``splits`` and writes one ``<split>.csv`` manifest each.
 
     Arguments
@@ -145,6 +148,8 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
     headers_only : bool
         Read only each file's header: NaN/Inf samples of float files are then caught when their
         batch is read (``petl_modules.training.audio.check_finite``), not here.
+    fix : str
+        What the error tells the user to do with the files (a release: restore them from it).
 
     Returns
     -------
@@ -177,9 +182,9 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise DataError(
             f"{len(problems)} problem(s) in the dataset at {data_folder}:\n  {listed}{more}\n"
-            f"The full list is in {save_folder / PROBLEMS_FILE}. Fix or restore these files from the "
-            "release, or rerun with --skip_bad_files=True to leave them out (they are then listed "
-            f"in {save_folder / SKIPPED_FILE})."
+            f"The full list is in {save_folder / PROBLEMS_FILE}. {fix}, or rerun with "
+            "--skip_bad_files=True to leave them out (they are then listed in "
+            f"{save_folder / SKIPPED_FILE})."
         )
     if problems:
         (save_folder / SKIPPED_FILE).write_text("\n".join(problems) + "\n")

@@ -384,6 +384,12 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
     return Run(yaml_text, folds, hparams, run_opts)
 
 
+def dataset_name(hparams):
+    """The data's name in results tables: ``dataset_name`` (a recipe's dataset by default), or,
+    when it is null (own data), the data folder's name."""
+    return hparams.get("dataset_name") or Path(str(hparams["data_folder"])).resolve().name
+
+
 class Run:
     """A run of a recipe command: its composed yaml, its folds (``[None]`` for official splits),
     the first fold's objects (``hparams``) and the header of its results.json."""
@@ -393,6 +399,7 @@ class Run:
         self.output_folder = Path(hparams["output_folder"])
         self.header = {
             "dataset": hparams["dataset"],
+            "dataset_name": dataset_name(hparams),  # the results table's column
             "method": hparams["method"],
             "backbone": hparams["backbone"].family,
             "model_type": hparams["backbone"].config.model_type,  # wav2vec2 family: hubert, wavlm, ...
@@ -469,7 +476,8 @@ class Run:
             from petl_modules.training.pretrained import save_run_petl_model
 
             if hparams.get("confusion_matrix") and stats.get("confusion") is not None:
-                written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names)
+                title = f"{hparams['dataset']} {hparams['method']}" + (f", fold {fold}" if fold else "")
+                written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names, title=title)
                 logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
             model_folder = save_run_petl_model(hparams, class_names, thresholds)
             write_metrics(model_folder, result, dataset=hparams.get("dataset"))

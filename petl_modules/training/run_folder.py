@@ -47,6 +47,7 @@ PLUMBING = {
     "backbone_source",  # a local copy of the same checkpoint is the same run: the fingerprint decides
     "fold",  # each fold has its own experiment folder (fold_<k>/): folds of one run share the output
     "window_results",  # an extra file of the test; the results are the same
+    "dataset_name",  # the data's name in results tables: a label
 }
 # Options the optimiser state and learning-rate schedule in the checkpoints were made with.
 SCHEDULE = {"lr", "head_lr", "number_of_epochs"}
@@ -74,6 +75,15 @@ def current_umask():
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def readable_as_umask(folder):
+    """Gives every file under ``folder`` the mode the umask gives new files (safetensors, and so
+    transformers' and PEFT's ``save_pretrained``, write owner-only files)."""
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 class RunFolderError(ValueError):

@@ -37,6 +37,7 @@ from petl_modules.training.prepare import (
     MAX_LISTED,
     SKIPPED_FILE,
     DataError,
+    check_files,
     manifests_up_to_date,
     stratified_group_folds,
     stratified_group_split,
@@ -221,14 +222,23 @@ def _labels(row):
     return row["label"].split(LABEL_SEPARATOR)
 
 
-def _report(problems, skip, what):
-    """Raises ``DataError`` listing ``problems`` unless ``skip`` (then they are exclusions)."""
+def _report(problems, skip, what, layout=None, rows=()):
+    """Raises ``DataError`` listing ``problems`` unless ``skip`` (then they are exclusions). The
+    error also lists the problems of the audio files of ``rows`` (headers only, as preparation
+    checks them), so that bad layout and bad files are reported in one pass."""
     if problems and not skip:
+        problems = problems + _file_problems(layout, rows) if layout is not None else problems
         listed = "\n  ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise DataError(f"{len(problems)} problem(s) in {what}:\n  {listed}{more}\nFix the data, or "
                         f"rerun with --skip_bad_files=True to leave these out (they are then listed "
                         f"in {SKIPPED_FILE} next to the manifests).")
+
+
+def _file_problems(layout, rows):
+    """``<path>: <problem>`` of the rows' audio files that are missing, unreadable or empty."""
+    checked = check_files([layout.root / row["wav"] for row in rows], samples=False)
+    return [f"{path}: {problem}" for path, (_, problem) in checked.items() if problem]
 
 
 def _one_split_per(rows, key, what, problems):
@@ -322,7 +332,7 @@ def dataset_rows(options):
     problems = []
     rows = read_manifest_rows(layout, problems) if layout.kind == "manifest" else \
         read_folder_rows(layout, problems)
-    _report(problems, skip, str(layout))
+    _report(problems, skip, str(layout), layout, rows)
     if not multilabel:
         several = [r for r in rows if len(_labels(r)) > 1]
         if several:
@@ -354,11 +364,11 @@ def dataset_rows(options):
     folds = None
     if given_folds or num_folds:
         rows, folds, fold_problems = _assign_folds(rows, names, num_folds, options)
-        _report(fold_problems, skip, "the folds")
+        _report(fold_problems, skip, "the folds", layout, rows)
         excluded += fold_problems
     else:
         rows, split_problems = _assign_splits(rows, names, options)
-        _report(split_problems, skip, "the splits")
+        _report(split_problems, skip, "the splits", layout, rows)
         excluded += split_problems
     trained = {name for row in rows if row.get("split") in ("train", None) for name in _labels(row)}
     if not options.get("class_names"):  # a class whose examples were all left out (listed)
@@ -513,7 +523,8 @@ def prepare_audiofolder(options, save_folder):
                       "group": r.get("group") or "", "seg_start": r.get("start"),
                       "seg_end": r.get("end")} for r in rows]
     write_manifests(save_folder, {MANIFEST: manifest_rows}, layout.root, prepare_options,
-                    options.get("skip_bad_files"), excluded=found["excluded"], headers_only=True)
+                    options.get("skip_bad_files"), excluded=found["excluded"], headers_only=True,
+                    fix="Fix or replace these files in your data")
     written = _read_written(Path(save_folder) / f"{MANIFEST}.csv", part)
     splits = [f"fold {f}" for f in found["folds"]] if found["folds"] else ["train", "valid", "test"]
     for row in written:
