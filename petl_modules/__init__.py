@@ -12,7 +12,8 @@ methods/       the PETL methods, which never name a backbone family: ``adapted.p
                ``PETLModule`` and the token-mask context the lobes set), ``adapters.py``,
                ``lora.py``, ``prompt.py`` (prompt and prefix tuning), ``moa.py`` (Dense/Soft-MoA),
                ``classifier.py`` (pooling + linear head)
-training/      the recipe machinery: ``compose.py`` (yaml composition, option checks),
+training/      the recipe machinery: ``arguments.py`` (the recipes' command line, each argument
+               kept whole), ``compose.py`` (yaml composition, option checks),
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
                ``launch.py`` (recipe commands as submitit jobs: local processes, Slurm arrays),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
