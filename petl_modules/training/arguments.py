@@ -30,6 +30,7 @@ Example
 ("'8'", "[1, 'a b']", '8')
 """
 
+import functools
 import math
 import re
 import sys
@@ -76,6 +77,20 @@ def read_value(text):
         return yaml.load(text)
     except ruamel.yaml.YAMLError:
         return text
+
+
+def yaml_code(text):
+    """Whether ``text``, read as YAML, holds a tag, an anchor or an alias: what HyperPyYAML would
+    evaluate (``!apply:``, ``!new:``, ``!ref <a> * 2``) or link, rather than plain data."""
+    try:
+        for event in ruamel.yaml.YAML().parse(text):
+            if isinstance(event, ruamel.yaml.events.AliasEvent):
+                return True
+            if getattr(event, "anchor", None) is not None or getattr(event, "tag", None) is not None:
+                return True
+    except ruamel.yaml.YAMLError:
+        return False
+    return False
 
 
 def _explicit_tag(node):
@@ -161,8 +176,10 @@ def _run_option_parser():
     return parser
 
 
+@functools.lru_cache(maxsize=None)
 def run_option_names():
-    """``{name: nargs}`` of SpeechBrain's run options (nargs 0: a flag; '*': a list)."""
+    """``{name: nargs}`` of SpeechBrain's run options (nargs 0: a flag; '*': a list); read
+    only."""
     names = {}
     for action in _run_option_parser()._actions:
         for option in action.option_strings:
