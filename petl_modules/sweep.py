@@ -288,11 +288,6 @@ def read_setup(value, where):
     return {k: setup.get(k) or [] for k in SETUP_KEYS}
 
 
-def _run_options():
-    """SpeechBrain's run options a sweep may set (``--ckpt_interval_steps``, ``--precision``, ...)."""
-    return run_option_names()
-
-
 def plan(path, variant=None, data_root=None, output_folder=None, extra=None):
     """Every run of the sweep file ``path`` (``PlannedRun``), checked before anything runs.
 
@@ -352,7 +347,8 @@ def plan(path, variant=None, data_root=None, output_folder=None, extra=None):
     entries = sweep["methods"]
     if not isinstance(entries, list):
         raise SweepError(f"{where}: methods must be a list of method entries (see docs/sweeps.md).")
-    common_keys = set(results_tool._yaml_tree(COMMON_YAML)) | set(_run_options())
+    # the yaml keys, and SpeechBrain's run options (--ckpt_interval_steps, --precision, ...)
+    common_keys = set(results_tool._yaml_tree(COMMON_YAML)) | set(run_option_names())
     runs, seen, all_known, problems = [], {}, set(), []
     _check_values(common, f"{where}: overrides (or --set)", problems)
     _check_values(variant_options, f"{where}: variants.{variant}.overrides", problems)
@@ -492,7 +488,7 @@ def recipe_command(run):
             f"--data_folder={run.data_folder}", f"--output_folder={run.folder}", f"--seed={run.seed}"]
     if run.fold is not None:
         args.append(f"--fold={run.fold}")
-    flags = _run_options()
+    flags = run_option_names()  # SpeechBrain's run options: {name: nargs}
     for key, value in run.options.items():
         if flags.get(key) == 0:  # a SpeechBrain flag (--debug): given or not
             args += [f"--{key}"] if value else []
@@ -543,6 +539,7 @@ def _read_jobs(state_folder):
 # own lines.
 _NOISE = re.compile(r"(\d+%\|)|(\bit/s\]|s/it\])|^(submitit (INFO|WARNING|DEBUG)|srun: |slurmstepd|\[sweep\])")
 _ERROR = re.compile(r"^(Error\b|[A-Za-z_.]*(Error|Exception)\b.*:)")
+_STOPPED = re.compile(r"Stopped on SIG[A-Z0-9]+ at ")  # petl_modules.training.brain, on a signal
 # slurmstepd's line when Slurm ended a job: "*** JOB 12 ON node CANCELLED AT ... DUE TO TIME LIMIT ***"
 _SLURM_CAUSES = {"": "cancelled", "TIME LIMIT": "reached its time limit", "PREEMPTION": "preempted",
                  "NODE FAILURE": "its node failed"}
@@ -550,33 +547,42 @@ _SLURM_END = re.compile(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ CANCELLED AT \S+(?: DUE
 
 
 def read_log(path):
-    """``(the recipe's error line or '', Slurm's own account of the end or '')`` from the end of
-    a job's log, read as text: the last error line (``Error...``, ``XxxError: ...``) before
-    submitit's report, else the last line that is neither a progress bar nor submitit's or
-    Slurm's own."""
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(max(0, os.path.getsize(path) - 65536))
-            text = stream.read().decode("utf-8", "replace")
-    except OSError:
-        return "", ""
-    lines = [line.strip() for line in re.split(r"[\r\n]+", text)]
+    """``(message, Slurm's account of the end)`` from the end of a job's log, read as text. The
+    message is the recipe's last error line (``Error...``, ``XxxError: ...``) or its line saying
+    where it stopped on a signal; else ``''``. Slurm's account: ``reached its time limit``,
+    ``cancelled``, ... from slurmstepd's line, else ``''``."""
+    lines = _log_lines(path)
     ended = ""
     for line in lines:
         match = _SLURM_END.search(line)
         if match and match.group(1) != "JOB REQUEUE":  # a requeue is not an end
             ended = _SLURM_CAUSES.get(match.group(1) or "", f"cancelled ({(match.group(1) or '').lower()})")
+    said = [line for line in lines if _ERROR.search(line) or _STOPPED.search(line)]
+    message = re.sub(r"^[\w.]+ - (?=Stopped on )", "", said[-1]) if said else ""  # logger's name
+    return message.rstrip(".")[:300], ended
+
+
+def _log_lines(path):
+    """The lines of the end of a log before submitit's report of a failure, without progress
+    bars, tracebacks' headers, submitit's and Slurm's own lines."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(max(0, os.path.getsize(path) - 65536))
+            text = stream.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text)]
     reports = [k for k, line in enumerate(lines) if line.startswith("submitit ERROR")]
+    slurm_lines = [line for line in lines if _SLURM_END.search(line)]
     lines = [line for line in lines[:reports[-1] if reports else len(lines)]
              if line and not _NOISE.search(line) and not line.startswith("Traceback")]
-    errors = [line for line in lines if _ERROR.search(line)]
-    message = (errors or lines or [""])[-1]
-    return message[:300], ended
+    return lines + slurm_lines
 
 
 def _last_line(path):
-    """The recipe's last message in a job's log (its error), or ''."""
-    return read_log(path)[0]
+    """The recipe's error line in a job's log, else its last line, or ''."""
+    lines = [line for line in _log_lines(path) if not _SLURM_END.search(line)]
+    return read_log(path)[0] or (lines[-1][:300] if lines else "")
 
 
 # ==================================================================== running
@@ -591,8 +597,9 @@ class Progress:
     def counts(self):
         return "  ".join(f"{s} {sum(v == s for v in self.state.values())}" for s in STATES)
 
-    def set(self, name, state, note="", quiet=False):
-        if self.state.get(name) == state and self.note.get(name) == note:
+    def set(self, name, state, note="", quiet=False, force=False):
+        """A line when the state of ``name`` changes (or, ``force``, when its note does)."""
+        if self.state.get(name) == state and (not force or self.note.get(name) == note):
             return
         self.state[name], self.note[name] = state, note
         if quiet:  # the states found at start: summed up in one line
@@ -882,7 +889,7 @@ def run_slurm(runs, sweep, resources, wait=True, out=None, cluster=None, max_arr
                     if reason in slurm.NEVER_STARTS:
                         note += (f": it will not start, {slurm.NEVER_STARTS[reason]}; scancel it and "
                                  "change the resources")
-                progress.set(name, slurm.queue_state(state), note)
+                progress.set(name, slurm.queue_state(state), note, force=reason in slurm.NEVER_STARTS)
                 continue
             state = run_state(by_name[name].folder)
             if state == "done":
@@ -928,6 +935,8 @@ def _failure_note(folder, job, sacct_state, exit_code):
             cause += f" (exit code {exit_code})"
     else:
         cause = slurm_end or "left the queue without results.json"
+    if not message and (sacct_state in (None, "FAILED", "COMPLETED")) and not slurm_end:
+        message = _last_line(stderr)  # no error line: the recipe's last words
     return f"Slurm job {job} {cause}" + (f": {message}" if message else "") + f"; log {stderr}"
 
 

@@ -10,27 +10,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from petl_modules import sweep
 from petl_modules.training import launch, slurm
 
 from conftest import REPO
-from slurm_helpers import ScriptedCluster, fake_submission, recorded
-
-
-def write_sweep(folder, **content):
-    data = folder / "data" / "fluent_speech_commands_dataset"
-    data.mkdir(parents=True, exist_ok=True)
-    body = {"output_folder": str(folder / "out"), "data_root": str(folder / "data"),
-            "recipes": {"FSC": "fluent_speech_commands_dataset"}, "methods": ["linear"]}
-    body.update(content)
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
+from sweep_helpers import ScriptedCluster, fake_submission, recorded, write_sweep
 
 
 def finish(folder):
@@ -98,6 +87,11 @@ def test_the_cause_of_an_end_is_read_from_the_log_without_progress_bars_or_submi
                                    "reached its time limit")
     log.write_text(recorded("log_cancelled.txt"))
     assert sweep.read_log(log) == ("", "cancelled")
+    log.write_text("torchvision is not available - cannot save figures\n"  # a warning: no reason
+                   "brain - Stopped on SIGTERM at epoch 2, after batch 4: checkpoint saved in x/save. "
+                   "Rerun the same command to resume (a Slurm requeue does).\n")
+    assert sweep.read_log(log)[0] == ("Stopped on SIGTERM at epoch 2, after batch 4: checkpoint saved "
+                                      "in x/save. Rerun the same command to resume (a Slurm requeue does)")
 
 
 # ==================================================================== the partition
@@ -181,7 +175,7 @@ def test_runs_are_followed_through_queue_requeue_and_the_ends_slurm_gives_them(t
 
     queues = ["", *polls(
         {0: "PENDING|Priority", 1: "PENDING|Priority", 2: "PENDING|Priority", 3: "PENDING|Priority"},
-        {0: "RUNNING|None", 1: "RUNNING|None", 2: "PENDING|Resources", 3: "PENDING|Resources"})]
+        {0: "RUNNING|None", 1: "RUNNING|None", 2: "PENDING|PartitionTimeLimit", 3: "PENDING|Resources"})]
     # poll 3: 0 requeued (scontrol requeue), 1 finished, 2 cancelled, 3 running
     queues.append(lambda: finish(folders[1]) or polls({0: "PENDING|BeginTime", 3: "RUNNING|None"})[0])
     queues += polls({0: "RUNNING|None"})  # 3 has left the queue: sacct does not know yet
@@ -197,6 +191,9 @@ def test_runs_are_followed_through_queue_requeue_and_the_ends_slurm_gives_them(t
     assert f"{names[0]}: running (Slurm job 4242_0)" in out
     assert f"{names[0]}: queued (Slurm job 4242_0, BeginTime)" in out  # requeued: followed on
     assert f"{names[0]}: done" in out and f"{names[1]}: done" in out
+    assert f"{names[2]}: queued (Slurm job 4242_2, PartitionTimeLimit: it will not start, the time " \
+           "limit is above the partition's MaxTime; scancel it and change the resources)" in out
+    assert "Priority" not in out  # a reason that changes alone makes no line
     assert f"{names[2]}: Slurm job 4242_2 cancelled: Error in the data: no such file x.wav; log " \
            f"{submitit_folder / '4242_2_0_log.err'}" in out
     assert f"{names[3]}: Slurm job 4242_3 reached its time limit" in out
@@ -402,7 +399,7 @@ def test_the_job_wrapper_passes_sigterm_on_waits_for_the_recipe_and_exits_withou
                                 str(got)], cwd=REPO, stdout=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONPATH=str(REPO)))
     while not ready.exists() and wrapper.poll() is None:
-        pass
+        time.sleep(0.05)
     wrapper.send_signal(signal.SIGTERM)  # to the wrapper only: it passes it on
     out, _ = wrapper.communicate(timeout=60)
     assert got.read_text() == str(int(signal.SIGTERM))

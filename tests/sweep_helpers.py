@@ -1,12 +1,27 @@
-"""A Slurm cluster for unit tests: its commands answer with output recorded on a real one
-(``tests/data/slurm``, see its README), and stand-in ``sbatch``/``srun`` for submitit."""
+"""What the sweep tests share: a sweep file in a folder, and a Slurm cluster whose commands answer
+with output recorded on a real one (``tests/data/slurm``, see its README), with stand-in
+``sbatch``/``srun`` for submitit."""
 
 import os
 from pathlib import Path
 
+import yaml
+
 from petl_modules.training import slurm
 
 RECORDED = Path(__file__).resolve().parent / "data" / "slurm"
+
+
+def write_sweep(folder, **content):
+    """A sweep file in ``folder`` (its data folder made, so that a real launch accepts it)."""
+    data = folder / "data" / "fluent_speech_commands_dataset"
+    data.mkdir(parents=True, exist_ok=True)
+    body = {"output_folder": str(folder / "out"), "data_root": str(folder / "data"),
+            "recipes": {"FSC": "fluent_speech_commands_dataset"}, "methods": ["linear"]}
+    body.update(content)
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
 
 
 def recorded(name):
