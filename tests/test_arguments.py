@@ -94,7 +94,7 @@ def test_checkpoint_minutes_take_fractions_and_torch_launch_rank_is_accepted():
 @pytest.mark.parametrize("argv, message", [
     ([METHOD, "--seed"], "--seed needs a value: --seed=VALUE"),
     ([METHOD, "--seed=1", "--seed=2"], "--seed is given twice"),
-    ([METHOD, "--data_folder", "/a", "b"], "'b' is not an option"),
+    ([METHOD, "--data_folder", "/a", "b"], "'b' (after /a) is not an option"),
     ([METHOD, "--precision=fp8"], "argument --precision: invalid choice: 'fp8'"),
     ([METHOD, "--dev=cpu"], None),  # no abbreviation: an override named 'dev' (the yaml refuses it)
     ([METHOD, "--device"], "--device needs a value"),

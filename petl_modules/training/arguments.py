@@ -200,9 +200,10 @@ def split_arguments(argv):
             if hparams_file is None and arg not in ("-", "--") and not arg.startswith("-"):
                 hparams_file = arg
                 continue
+            after = f" (after {argv[k - 2]})" if k > 1 else ""
             raise CommandLineError(
-                f"'{arg}' is not an option (write --key=value; a value holding spaces goes in "
-                f"one argument: --key='a b'){_after(argv, k - 1)}.")
+                f"'{arg}'{after} is not an option: write --key=value (a value holding spaces goes "
+                "in one argument: --key='a b').")
         name, sep, value = arg[2:].partition("=")
         if name in LAUNCHER_OPTIONS:
             if not sep and k < len(argv) and argv[k].isdigit():
@@ -241,12 +242,9 @@ def split_arguments(argv):
         overrides[name] = value
     if hparams_file is None:
         raise CommandLineError("no method file: the first argument is hparams/<method>.yaml "
-                               "(e.g. python recipes/FSC/train.py hparams/lora.yaml --data_folder=...).")
+                               "(python recipes/<DATASET>/train.py hparams/<method>.yaml "
+                               "--data_folder=...).")
     return hparams_file, run_args, overrides
-
-
-def _after(argv, index):
-    return f" (after {argv[index - 1]})" if index > 0 else ""
 
 
 def parse_run_options(hparams_file, run_args):
