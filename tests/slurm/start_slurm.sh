@@ -21,13 +21,16 @@ NODE=$(hostname -s)
 fail() { echo "Slurm cannot start: $*" >&2; exit 1; }
 log() { echo "[slurm] $*"; }
 
-stop_all() {
+stop_all() {  # the daemons this script started (their pid files), each waited for
     for daemon in slurmd slurmctld slurmdbd; do
-        pkill_file="$STATE/$daemon.pid"
-        if [ -f "$pkill_file" ]; then
-            kill "$(cat "$pkill_file")" 2>/dev/null && log "stopped $daemon"
-            rm -f "$pkill_file"
+        pid_file="$STATE/$daemon.pid"
+        [ -f "$pid_file" ] || continue
+        pid=$(cat "$pid_file")
+        if kill "$pid" 2>/dev/null; then
+            for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            log "stopped $daemon"
         fi
+        rm -f "$pid_file"
     done
 }
 
