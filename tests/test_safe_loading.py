@@ -18,6 +18,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules import classify as classify_cli
 from petl_modules import export as export_cli
+from petl_modules.classify import PETLClassifier
 from petl_modules.training.compose import compose_hparams, load_hparams
 from petl_modules.training.pretrained import (
     CONFIG_FILE,
@@ -30,9 +31,8 @@ from petl_modules.training.pretrained import (
 )
 
 from conftest import REPO
-from legacy_helpers import fill, tiny_base, waveforms
+from legacy_helpers import BASES, fill, waveforms
 
-LEGACY = REPO / "tests" / "data" / "legacy_v1"
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 
 
@@ -46,35 +46,52 @@ class Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+LEGACY_VERSIONS = (1, 2, 3)
+
+
+def legacy_expected(version):
+    return json.loads((REPO / "tests" / "data" / f"legacy_v{version}" / f"expected_v{version}.json")
+                      .read_text())
+
+
+# (format version, folder name) of every kept folder of an older format.
+LEGACY_FOLDERS = [(v, name) for v in LEGACY_VERSIONS for name in sorted(legacy_expected(v)["shapes"])]
+
+
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory):
-    """The folders of format_version 1 (their JSON as the old code wrote it, their tensors
-    regenerated as its script filled them) and their base, a hidden-32 1-layer AST
-    (``tiny_ast/``)."""
-    root = tmp_path_factory.mktemp("legacy_v1")
-    tiny_base(root / "tiny_ast")
-    expected = json.loads((LEGACY / "expected_v1.json").read_text())
-    for method, shapes in expected["shapes"].items():
-        folder = root / f"petl_model_v1_{method}"
-        folder.mkdir()
-        shutil.copy(LEGACY / folder.name / CONFIG_FILE, folder / CONFIG_FILE)
-        tensors = {name: torch.zeros(shape, dtype=torch.long if name.endswith("num_batches_tracked")
-                                     else torch.float32) for name, shape in shapes.items()}
-        save_file(fill(tensors, seed=1, scale=0.05), str(folder / WEIGHTS_FILE))
+    """The folders of format_version 1 to 3 (their JSON as the code of their format wrote it, their
+    tensors regenerated as its script filled them) and their bases: a hidden-32 1-layer AST
+    (``tiny_ast/``) and, for some folders of formats 2 and 3, a hidden-32 1-layer wav2vec2
+    (``tiny_wav2vec2/``)."""
+    root = tmp_path_factory.mktemp("legacy")
+    for name, make in BASES.items():
+        make(root / f"tiny_{name}")
+    for version in LEGACY_VERSIONS:
+        expected = legacy_expected(version)
+        for name, shapes in expected["shapes"].items():
+            folder = root / f"petl_model_v{version}_{name}"
+            folder.mkdir()
+            source = REPO / "tests" / "data" / f"legacy_v{version}" / folder.name / CONFIG_FILE
+            shutil.copy(source, folder / CONFIG_FILE)
+            tensors = {n: torch.zeros(shape, dtype=torch.long if n.endswith("num_batches_tracked")
+                                      else torch.float32) for n, shape in shapes.items()}
+            save_file(fill(tensors, seed=1, scale=0.05), str(folder / WEIGHTS_FILE))
     return root
 
 
-def legacy_waveforms():
-    expected = json.loads((LEGACY / "expected_v1.json").read_text())
-    return waveforms(expected["seconds"]), expected["probabilities"]
+def legacy_base(legacy, version, name):
+    """The base checkpoint folder of a legacy folder."""
+    return str(legacy / f"tiny_{legacy_expected(version).get('bases', {}).get(name, 'ast')}")
 
 
-def probabilities(modules, wavs):
+def probabilities(modules, wavs, multilabel=False):
     processor = modules["petl_model"].adapted_model.input_processor
     inputs, lengths = batch_pad_right([processor(w) for w in wavs])
     with torch.no_grad():
         hidden, mask = modules["petl_model"](inputs, lengths)
-        return torch.softmax(modules["classifier"](hidden, mask), dim=-1)
+        logits = modules["classifier"](hidden, mask)
+        return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
 
 
 @pytest.fixture(scope="module")
@@ -236,13 +253,19 @@ def test_current_folder_is_plain_data_with_a_format_version(good_folder):
     assert modules["classifier"].head.out_features == 31
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "prompt_tuning"])
-def test_folder_written_by_format_version_1_still_loads_with_the_same_outputs(method, legacy):
-    wavs, expected = legacy_waveforms()
-    modules, config = load_petl_model(legacy / f"petl_model_v1_{method}",
-                                      backbone_source=str(legacy / "tiny_ast"))
-    assert config["format_version"] == 1
-    assert torch.allclose(probabilities(modules, wavs), torch.tensor(expected[method]), atol=1e-6)
+@pytest.mark.parametrize("version, name", LEGACY_FOLDERS, ids=[f"v{v}-{n}" for v, n in LEGACY_FOLDERS])
+def test_folder_written_by_an_older_format_still_loads_with_the_same_outputs(version, name, legacy):
+    expected = legacy_expected(version)
+    folder = legacy / f"petl_model_v{version}_{name}"
+    modules, config = load_petl_model(folder, backbone_source=legacy_base(legacy, version, name))
+    assert config["format_version"] == version
+    multilabel = config.get("task") == "multilabel"
+    found = probabilities(modules, waveforms(expected["seconds"]), multilabel)
+    assert torch.allclose(found, torch.tensor(expected["probabilities"][name]), atol=1e-6)
+    if name in expected.get("classified", {}):  # format 3: classify follows the folder's protocol
+        classifier = PETLClassifier.from_folder(folder, backbone_source=legacy_base(legacy, version, name))
+        out_prob = classifier.classify_waveforms(waveforms(expected["long_seconds"], seed=1))[0]
+        assert torch.allclose(out_prob, torch.tensor(expected["classified"][name]), atol=1e-6)
 
 
 def test_format_version_1_yaml_text_is_never_parsed(tmp_path, legacy):
