@@ -5,7 +5,7 @@ import transformers
 
 from petl_modules.backbones.base import Backbone, read_config, register
 from petl_modules.backbones.features import ASTFbank
-from petl_modules.methods.adapted import checkpoint_contexts, token_mask
+from petl_modules.contract import checkpoint_contexts, token_mask
 
 
 @register("audio-spectrogram-transformer", "ast")

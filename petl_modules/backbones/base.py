@@ -22,7 +22,6 @@ LoRA needs no hook: it is an ``nn.Linear`` look-alike whose ``weight`` is the me
 
 
 import fnmatch
-import functools
 import inspect
 import json
 import logging
@@ -31,10 +30,15 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import transformers
 
-from petl_modules.methods.adapted import PETLModule
+# The hooks of the methods live in the contract below backbones and methods (re-exported here).
+from petl_modules.contract import (  # noqa: F401
+    PETLModule,
+    attend_with_prefix,
+    prefix_attention,
+    prefix_key_width,
+)
 from petl_modules.options import check_options
 
 logger = logging.getLogger(__name__)
@@ -96,101 +100,6 @@ def lobe_class(source):
 def _layer_index(name):
     match = re.search(r"layers\.(\d+)", name)
     return int(match.group(1)) if match else None
-
-
-# ==================================================================== hooks of the methods
-def _projections(attention):
-    """``(q, k, v, o, heads)`` of an attention module with ``q_proj``, ``k_proj``, ``v_proj``,
-    ``o_proj``/``out_proj`` and ``num_attention_heads``/``num_heads`` (TypeError otherwise)."""
-    heads = getattr(attention, "num_attention_heads", None) or getattr(attention, "num_heads", None)
-    out = getattr(attention, "o_proj", None) or getattr(attention, "out_proj", None)
-    found = [getattr(attention, n, None) for n in ("q_proj", "k_proj", "v_proj")] + [out]
-    if any(m is None for m in found) or not heads:
-        raise TypeError(
-            f"Prefix tuning cannot wrap {type(attention).__name__}: it needs q_proj, k_proj, "
-            "v_proj, o_proj/out_proj and num_attention_heads/num_heads (attach it at the "
-            "'attention' point), or the backbone's lobe file must register attend_with_prefix "
-            "and prefix_key_width for this attention class."
-        )
-    return (*found, int(heads))
-
-
-@functools.singledispatch
-def prefix_key_width(attention):
-    """Width of the projected keys (= values) of ``attention``: the size of a prefix token."""
-    return _projections(attention)[1].out_features
-
-
-def _insert(sequence, tokens, start):
-    """``sequence [B, T, W]`` with ``tokens [P, W]`` inserted at ``start`` -> ``[B, T + P, W]``."""
-    tokens = tokens.to(sequence.dtype).unsqueeze(0).expand(sequence.shape[0], -1, -1)
-    return torch.cat([sequence[:, :start], tokens, sequence[:, start:]], dim=1)
-
-
-def _extend_mask(mask, count, start):
-    """``mask [..., T]`` (bool: True = attend; or additive) with ``count`` attended key columns
-    at ``start`` -> ``[..., T + count]``."""
-    if mask is None:
-        return None
-    shape = (*mask.shape[:-1], count)
-    fill = torch.ones(shape, dtype=torch.bool, device=mask.device) if mask.dtype == torch.bool \
-        else torch.zeros(shape, dtype=mask.dtype, device=mask.device)
-    return torch.cat([mask[..., :start], fill, mask[..., start:]], dim=-1)
-
-
-def prefix_attention(attention, hidden, prefix_keys, prefix_values, start, mask=None):
-    """Multi-head attention of ``attention``'s q/k/v/o projections with extra keys and values.
-
-    Arguments
-    ---------
-    attention : torch.nn.Module
-        With the projections of ``_projections``; optional ``scaling`` and
-        ``attention_dropout``/``dropout`` (used in train mode).
-    hidden : torch.Tensor
-        ``[B, T, D]`` input of the sublayer.
-    prefix_keys, prefix_values : torch.Tensor
-        ``[P, W]`` inserted after the first ``start`` projected keys and values.
-    start : int
-        Keys kept before the prefix.
-    mask : torch.Tensor, optional
-        ``[B, 1|H, T, T]`` boolean (True = attend) or additive, over the host's keys; the prefix
-        keys are attended by every query.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[B, T, D]`` after the output projection.
-    """
-    q_proj, k_proj, v_proj, o_proj, heads = _projections(attention)
-    batch, length, _ = hidden.shape
-
-    def split(x):  # [B, T, H * d] -> [B, H, T, d]
-        return x.view(batch, x.shape[1], heads, -1).transpose(1, 2)
-
-    key = split(_insert(k_proj(hidden), prefix_keys, start))
-    value = split(_insert(v_proj(hidden), prefix_values, start))
-    dropout = getattr(attention, "attention_dropout", getattr(attention, "dropout", 0.0))
-    out = F.scaled_dot_product_attention(
-        split(q_proj(hidden)), key, value,
-        attn_mask=_extend_mask(mask, prefix_keys.shape[0], start),
-        dropout_p=float(dropout) if attention.training and isinstance(dropout, (int, float)) else 0.0,
-        scale=getattr(attention, "scaling", None),
-    )
-    return o_proj(out.transpose(1, 2).reshape(batch, length, -1))
-
-
-@functools.singledispatch
-def attend_with_prefix(attention, hidden, prefix_keys, prefix_values, start, *args, **kwargs):
-    """Runs the attention sublayer ``attention`` as its host layer calls it (``hidden [B, T, D]``
-    and the host's ``*args, **kwargs``), with ``prefix_keys``/``prefix_values [P, W]`` inserted
-    after the first ``start`` keys and values; returns what the host expects from the sublayer.
-
-    Default: transformers' convention, ``attention_mask`` (first positional or keyword) boolean or
-    additive ``[B, 1, T, T]``, returning ``(output [B, T, D], None)``. A lobe whose attention is
-    called otherwise registers its own (``@attend_with_prefix.register(ItsAttention)``).
-    """
-    mask = kwargs.get("attention_mask", args[0] if args else None)
-    return prefix_attention(attention, hidden, prefix_keys, prefix_values, start, mask), None
 
 
 class Backbone(torch.nn.Module):

@@ -7,15 +7,9 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from petl_modules.backbones.base import (
-    Backbone,
-    attend_with_prefix,
-    prefix_attention,
-    read_config,
-    register,
-)
+from petl_modules.backbones.base import Backbone, read_config, register
 from petl_modules.backbones.features import Waveform
-from petl_modules.methods.adapted import checkpoint_contexts, token_mask
+from petl_modules.contract import attend_with_prefix, checkpoint_contexts, prefix_attention, token_mask
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +87,7 @@ class Wav2Vec2Backbone(Backbone):
     layer here (same result as the transformers model, pinned by tests) so that PETL modules may
     add tokens (prompts), and WavLM's relative position bias and the padding masks follow them.
     With an attention mask, the PETL modules inside the layers see the same padding
-    (``petl_modules.methods.adapted.token_mask``: convolutions and Soft-MoA routing skip it), so that an
+    (``petl_modules.contract.token_mask``: convolutions and Soft-MoA routing skip it), so that an
     utterance gets the same output alone or padded in a batch.
 
     Both layer layouts (``config.do_stable_layer_norm``) map to the same insertion points:

@@ -24,7 +24,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from petl_modules.backbones.base import Backbone, read_config, register
 from petl_modules.backbones.features import WhisperLogMel
-from petl_modules.methods.adapted import checkpoint_contexts, token_mask
+from petl_modules.contract import checkpoint_contexts, token_mask
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import torch
 from speechbrain.nnet.adapters import replace_module
 
 from petl_modules.backbones import lobe_class
-from petl_modules.methods.adapted import _TOKEN_MASK, PETLModule, token_mask
+from petl_modules.contract import _TOKEN_MASK, PETLModule, token_mask
 from petl_modules.methods.adapters import Adapter
 from petl_modules.methods.lora import LoRA
 from petl_modules.methods.moa import MixtureOfAdapters

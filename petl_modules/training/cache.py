@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
-from petl_modules.methods.adapted import PETLModule
+from petl_modules.contract import PETLModule
 from petl_modules.training.windows import WINDOW_KEYS, is_window_dataset
 
 logger = logging.getLogger(__name__)

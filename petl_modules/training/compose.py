@@ -222,9 +222,10 @@ def compose_hparams(method_file, dataset_file, overrides=None, family=None):
         )
     merged = _load_tree(COMMON_YAML)
     method = _load_tree(method_file)
-    if "method" not in method or "petl_model" not in method:
+    if "method" not in method or "method_config" not in method:
         raise ConfigError(
-            f"'{method_file}' is not a method file: it must define 'method' and 'petl_model'. "
+            f"'{method_file}' is not a method file: it must define 'method' and 'method_config' "
+            "(the method's config class, see docs/extending.md). "
             f"Pass one of hparams/{{{','.join(_method_files())}}} as the first argument."
         )
     dataset = _load_tree(dataset_file)

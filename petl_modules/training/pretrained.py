@@ -52,7 +52,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from petl_modules.backbones import lobe_class
-from petl_modules.methods.adapted import PETLModule, petl_buffers
+from petl_modules.contract import PETLModule, petl_buffers
 from petl_modules.training.run_folder import current_umask, write_json_atomic
 from petl_modules.training.windows import EvalProtocol
 

@@ -36,6 +36,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from petl_modules.methods.config import MethodConfig
 from petl_modules.training import metrics, tracking
 from petl_modules.training.audio import AudioError, load_input
 from petl_modules.training.brain import selection_key
@@ -373,6 +374,7 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
             yaml_text = compose_hparams(hparams_file, dataset_yaml, dict(given or {}, **found))
         folds = fold_list(ruamel.yaml.YAML().load(yaml_text))  # plain keys: nothing built yet
         hparams = load_fold_hparams(yaml_text, folds[0])  # builds the model: options checked
+        check_method_config(hparams, hparams_file)
         validate_options(scalar_hparams(hparams))  # values the yaml computed
         if hparams.get("cache_backbone_outputs"):
             check_cacheable(hparams)
@@ -382,6 +384,18 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
     except (ConfigError, ValueError, TypeError, OSError) as err:
         sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {_message(err)}")
     return Run(yaml_text, folds, hparams, run_opts)
+
+
+def check_method_config(hparams, hparams_file):
+    """Raises ``ConfigError`` unless the run's ``method_config`` is the config of its ``method``
+    (what its PETL model folder records)."""
+    config = hparams.get("method_config")
+    if not isinstance(config, MethodConfig) or config.name != hparams["method"]:
+        found = type(config).__name__ if config is not None else "nothing"
+        raise ConfigError(
+            f"{hparams_file} says 'method: {hparams['method']}' but its method_config is {found}: "
+            f"it must build the config class registered as '{hparams['method']}' "
+            "(method_config: !new:petl_modules.methods...; see docs/extending.md).")
 
 
 class Run:

@@ -27,11 +27,12 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from petl_modules.files import current_umask, write_json_atomic  # noqa: F401 (also used from here)
 
 logger = logging.getLogger(__name__)
 
@@ -50,30 +51,6 @@ PLUMBING = {
 }
 # Options the optimiser state and learning-rate schedule in the checkpoints were made with.
 SCHEDULE = {"lr", "head_lr", "number_of_epochs"}
-
-
-def write_json_atomic(path, obj):
-    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename; the file gets the
-    permissions the user's umask gives new files (``mkstemp`` alone would make it owner-only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(obj, stream, indent=2)
-            stream.write("\n")
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask():
-    """The process's umask (read without changing it for long)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 class RunFolderError(ValueError):
