@@ -40,3 +40,5 @@ imports the base contract's prefix-attention hook; nothing in ``backbones/`` or 
 imports ``training/``, ``sharing/`` or the tools; ``sharing/`` imports the layers below it, never
 the tools; and no module imports another in a cycle.
 """
+
+__version__ = "0.2.0"

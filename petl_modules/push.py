@@ -24,10 +24,11 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub import errors
 
-from petl_modules.sharing.hub import split_repo_id
+from petl_modules.model.folder import read_config
+from petl_modules.model.hub import split_repo_id
+from petl_modules.model.metrics_file import METRICS_FILE, MetricsError, read_metrics
+from petl_modules.model.spec import CONFIG_FILE, WEIGHTS_FILE, PETLModelError
 from petl_modules.sharing.model_card import is_hub_id, model_card
-from petl_modules.training.model_metrics import METRICS_FILE, MetricsError, read_metrics
-from petl_modules.training.pretrained import CONFIG_FILE, WEIGHTS_FILE, PETLModelError, read_config
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,24 @@
 """Shared fixtures: tiny random checkpoints saved with save_pretrained, synthetic datasets, and a
 runner for the real recipe command lines. Nothing here touches the network."""
 
+import atexit
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # Before huggingface_hub is imported: it reads these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Saving a model folder records its local base checkpoint in the user's cache
+# (petl_modules.model.bases): the tests' records go to a folder of their own, removed at exit.
+if "PETL_AST_HOME" not in os.environ:
+    os.environ["PETL_AST_HOME"] = tempfile.mkdtemp(prefix="petl_ast_home_")
+    atexit.register(shutil.rmtree, os.environ["PETL_AST_HOME"], True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -31,8 +31,6 @@ from petl_modules.training.pretrained import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     PETLModelError,
-    backbone_fingerprint,
-    build_config,
     folder_size,
     load_petl_model,
     merge_petl_model,
@@ -152,8 +150,7 @@ def test_reloaded_petl_model_gives_the_trained_models_probabilities(method, tiny
     processor = hparams["backbone"].input_processor
     pretend_trained(hparams, processor)
     expected = probabilities(hparams["modules"], processor, waveforms())
-    config = build_config(hparams, [f"c{i}" for i in range(31)], backbone_fingerprint(tiny_ast))
-    save_petl_model(tmp_path / "petl_model", hparams["modules"], config)
+    save_petl_model(tmp_path / "petl_model", hparams, [f"c{i}" for i in range(31)])
     modules, loaded = load_petl_model(tmp_path / "petl_model")
     assert torch.allclose(probabilities(modules, processor, waveforms()), expected, atol=1e-6)
     assert loaded["class_names"][3] == "c3"
@@ -192,9 +189,8 @@ def test_petl_model_loads_on_a_local_copy_of_its_base_checkpoint(lora_run, tiny_
 
 def test_petl_model_of_ast_base_conformer_adapter_is_under_3_mb(ast_base_folder, tmp_path):
     hparams, text = build("adapter", ast_base_folder, tmp_path)
-    config = save_petl_model(tmp_path / "petl_model", hparams["modules"],
-                             build_config(hparams, [str(i) for i in range(31)]))
-    assert config["trained_params"] == 270_720 + 1_536 + 768 * 31 + 31
+    _, trained = save_petl_model(tmp_path / "petl_model", hparams, [str(i) for i in range(31)])
+    assert trained == 270_720 + 1_536 + 768 * 31 + 31
     assert folder_size(tmp_path / "petl_model") < 3_000_000
 
 
@@ -322,8 +318,7 @@ def test_export_loads_with_automodel_and_starts_a_new_run(lora_run, fsc_data, tm
 
 def test_export_refuses_adapters_and_points_to_the_petl_model_folder(tiny_ast, tmp_path):
     hparams, text = build("adapter", tiny_ast, tmp_path, **tiny_options("adapter"))
-    config = build_config(hparams, [str(i) for i in range(31)], backbone_fingerprint(tiny_ast))
-    save_petl_model(tmp_path / "petl_model", hparams["modules"], config)
+    save_petl_model(tmp_path / "petl_model", hparams, [str(i) for i in range(31)])
     with pytest.raises(PETLModelError, match="PETL model folder") as error:
         export_petl_model(tmp_path / "petl_model", tmp_path / "exported")
     assert "petl_modules.classify" in str(error.value) and "'adapter'" in str(error.value)
@@ -382,8 +377,7 @@ def test_export_of_a_waveform_backbone_keeps_its_feature_extractor_settings(tmp_
     transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(source)
     hparams, text = build("lora", source, tmp_path, reduction_rate=8, init="reference")
     pretend_trained(hparams, hparams["backbone"].input_processor)
-    config = build_config(hparams, [str(i) for i in range(31)], backbone_fingerprint(source))
-    save_petl_model(tmp_path / "petl_model", hparams["modules"], config)
+    save_petl_model(tmp_path / "petl_model", hparams, [str(i) for i in range(31)])
     export_petl_model(tmp_path / "petl_model", tmp_path / "exported")
     exported = transformers.AutoModel.from_pretrained(tmp_path / "exported")
     merge_petl_model(hparams["modules"])

@@ -437,7 +437,7 @@ def test_segments_are_read_cropped_and_windowed_within_their_bounds(tmp_path):
     from speechbrain.dataio.dataset import DynamicItemDataset
     from speechbrain.dataio.encoder import CategoricalEncoder
 
-    from petl_modules.training.audio import load_audio
+    from petl_modules.model.audio import load_audio
     from petl_modules.training.recipe import add_pipelines, segment_span
     from petl_modules.training.windows import EvalProtocol, TrainCrop, window_dataset
 

@@ -18,7 +18,7 @@ from petl_modules.methods.adapted import AdaptedBackbone
 from petl_modules.methods.adapters import Adapter
 from petl_modules.methods.lora import LoRA
 from petl_modules.methods.prompt import PrefixTuning, prompt_tuning
-from petl_modules.training.pretrained import backbone_fingerprint
+from petl_modules.backbones.base import checkpoint_fingerprint
 
 METHODS = Path(__file__).resolve().parents[1] / "petl_modules" / "methods"
 
@@ -178,6 +178,7 @@ class PlainLobe(Backbone):
         self.embed = torch.nn.Linear(4, 8)
         make = FusedAttention if fused else PlainAttention
         self.layers = torch.nn.ModuleList(Layer(8, make(8, 2)) for _ in range(2))
+        self.remember_checkpoint(*self.checkpoint_state(source))
 
     @classmethod
     def checkpoint_state(cls, source):
@@ -197,7 +198,8 @@ def trainable(model):
 def test_a_non_transformers_lobe_is_found_and_fingerprinted_through_the_contract(plain_checkpoint):
     assert lobe_class(plain_checkpoint) is PlainLobe
     assert isinstance(Backbone(str(plain_checkpoint)), PlainLobe)
-    assert backbone_fingerprint(str(plain_checkpoint))["tensors"] == 1  # its checkpoint_state
+    assert checkpoint_fingerprint(str(plain_checkpoint))["tensors"] == 1  # its checkpoint_state
+    assert Backbone(str(plain_checkpoint)).fingerprint() == checkpoint_fingerprint(str(plain_checkpoint))
 
 
 def test_a_non_transformers_lobe_hosts_lora_adapters_prompts_and_prefixes(plain_checkpoint):

@@ -21,14 +21,18 @@ LoRA needs no hook: it is an ``nn.Linear`` look-alike whose ``weight`` is the me
 """
 
 
+import contextlib
 import fnmatch
+import hashlib
 import inspect
 import json
 import logging
+import random
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 
@@ -85,6 +89,20 @@ def checkpoint_model_type(source):
     return model_type
 
 
+def lobe_for(family, model_type=None):
+    """The lobe class of a checkpoint of ``model_type`` (its ``config.json``'s), or, when that is
+    None (a checkpoint without a transformers config), of the backbone ``family``."""
+    if model_type is not None and model_type in FAMILIES and FAMILIES[model_type].family == family:
+        return FAMILIES[model_type]
+    found = {cls for cls in FAMILIES.values() if cls.family == family}
+    if model_type is None and len(found) == 1:
+        return found.pop()
+    raise ValueError(
+        f"No backbone lobe for family '{family}'" + (f" and model_type '{model_type}'" if model_type else "")
+        + f": this version of PETL-AST supports the model types {', '.join(sorted(FAMILIES))}."
+    )
+
+
 def lobe_class(source):
     """The lobe class of the checkpoint ``source``, from its config's ``model_type``."""
     model_type = checkpoint_model_type(source)
@@ -95,6 +113,70 @@ def lobe_class(source):
             f"support. Supported model types: {supported}."
         )
     return FAMILIES[model_type]
+
+
+def state_fingerprint(state, missing=(), exclude=()):
+    """The fingerprint of a checkpoint's weights ``state`` (``{name: tensor}``, as its lobe loads
+    them): SHA-256 over every tensor's name, dtype, shape and bytes in name order, leaving out
+    ``missing`` (tensors the checkpoint lacks, initialised at random on loading) and ``exclude``.
+
+    Returns
+    -------
+    dict
+        ``kind`` (``tensors``), ``sha256`` (hex digest), ``tensors`` (how many were hashed),
+        ``excluded`` (names left out) and ``bytes`` (size of the weights).
+    """
+    excluded = set(missing) | set(exclude)
+    digest = hashlib.sha256()
+    count = total = 0
+    for name, tensor in sorted(state.items()):
+        total += tensor.numel() * tensor.element_size()
+        if name in excluded:
+            continue
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy())
+        count += 1
+    return {"kind": "tensors", "sha256": digest.hexdigest(), "tensors": count,
+            "excluded": sorted(excluded), "bytes": total}
+
+
+def checkpoint_fingerprint(source, exclude=()):
+    """The fingerprint of the checkpoint ``source``'s weights, loaded here by its lobe's format
+    (``checkpoint_state``); a lobe that loaded ``source`` gives the same with ``fingerprint()``,
+    without loading it again."""
+    with quiet_transformers(), preserved_rng():
+        state, missing = lobe_class(str(source)).checkpoint_state(str(source))
+    return state_fingerprint(state, missing, exclude)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silences transformers' loading progress bars and reports inside the block."""
+    verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Restores the python/numpy/torch random states after the block (loading a checkpoint draws
+    the tensors it lacks from them; a run must draw the same numbers whether or not it loaded)."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 def _layer_index(name):
@@ -119,6 +201,10 @@ class Backbone(torch.nn.Module):
 
     INSERTION_POINTS = {}
     family = None
+    # The lobe's options that define the model (``Option``s, recorded in a model folder); the
+    # others (attention kernel, gradient checkpointing, training-time masking) only change how it
+    # runs. ``model_options`` gives their values.
+    MODEL_OPTIONS = {}
     # What ``forward`` takes: "spectrogram" (features [B, T, F]) or "waveform" ([B, S]); read by
     # augmentation and the output cache instead of the family.
     input_kind = None
@@ -134,6 +220,50 @@ class Backbone(torch.nn.Module):
         super().__init__()
         self.finetuned_prefixes = []
         self._check_other_options(other_options or {})
+
+    def model_options(self):
+        """``{option: value}`` of ``MODEL_OPTIONS`` as this lobe was built."""
+        return {name: getattr(self, name) for name in self.MODEL_OPTIONS}
+
+    # ---------------------------------------------------------------- the checkpoint's weights
+    def remember_checkpoint(self, state, missing=()):
+        """Called by a lobe right after loading its checkpoint, before changing any of its
+        tensors: ``state`` (``{name: tensor}``, e.g. the loaded model's ``state_dict()``) is
+        fingerprinted as loaded (``fingerprint``), so that nothing loads the checkpoint a second
+        time to identify it; ``missing``: names the checkpoint lacked."""
+        self._checkpoint_state = dict(state)  # the loaded tensors, not copies
+        self._checkpoint_missing = set(missing)
+        self._fingerprint = state_fingerprint(self._checkpoint_state, self._checkpoint_missing)
+
+    def fingerprint(self, exclude=()):
+        """The fingerprint (``state_fingerprint``) of the checkpoint's weights as the lobe loaded
+        them, ``exclude`` left out too; the same as ``checkpoint_fingerprint(source)``."""
+        if not hasattr(self, "_fingerprint"):
+            raise ValueError(f"The {self.family} lobe did not record its checkpoint's weights "
+                             "(its __init__ must call remember_checkpoint after loading).")
+        if set(exclude) <= self._checkpoint_missing:
+            return dict(self._fingerprint)
+        if self._checkpoint_state is None:
+            raise ValueError("The lobe's checkpoint tensors were released (release_checkpoint): "
+                             "take the fingerprint before.")
+        return state_fingerprint(self._checkpoint_state, self._checkpoint_missing, exclude)
+
+    def changed_from_checkpoint(self):
+        """Whether the wrapped model's weights now differ from the checkpoint's as loaded (names,
+        shapes, values; e.g. AST's position embeddings fitted to another ``max_frames``)."""
+        own, loaded = self.pretrained_model().state_dict(), self._checkpoint_state
+        if loaded is None:
+            raise ValueError("The lobe's checkpoint tensors were released (release_checkpoint).")
+        if set(own) != set(loaded):
+            return True
+        return any(name not in self._checkpoint_missing and (
+            own[name].shape != loaded[name].shape or not torch.equal(own[name], loaded[name]))
+            for name in own)
+
+    def release_checkpoint(self):
+        """Lets go of the tensors as loaded (``fingerprint`` keeps its value): a lobe that changed
+        some (AST's position embeddings) no longer holds the originals."""
+        self._checkpoint_state = None
 
     @classmethod
     def options(cls):
@@ -339,8 +469,9 @@ class Backbone(torch.nn.Module):
     @classmethod
     def checkpoint_state(cls, source):
         """``(state {name: tensor}, missing)`` of the weights of ``source`` as the lobe's format
-        loads them (the fingerprint hashes them); ``missing``: names the checkpoint lacks
-        (initialised at random on loading), left out of the fingerprint."""
+        loads them (``checkpoint_fingerprint`` hashes them, as ``fingerprint`` does those a lobe
+        loaded); ``missing``: names the checkpoint lacks (initialised at random on loading), left
+        out of the fingerprint."""
         model, info = transformers.AutoModel.from_pretrained(str(source), output_loading_info=True)
         return model.state_dict(), set(info.get("missing_keys", ()))
 

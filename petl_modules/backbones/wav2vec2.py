@@ -10,8 +10,12 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from petl_modules.backbones.base import Backbone, read_config, register
 from petl_modules.backbones.features import Waveform
 from petl_modules.contract import attend_with_prefix, checkpoint_contexts, prefix_attention, token_mask
+from petl_modules.options import Option
 
 logger = logging.getLogger(__name__)
+
+CLIP_SECONDS = Option(float, None, "every utterance cut and zero-padded to this duration (null: "
+                      "whole utterances)", minimum=0, exclusive_minimum=True, nullable=True)
 
 WAVEFORM_MODELS = {
     "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
@@ -132,6 +136,7 @@ class Wav2Vec2Backbone(Backbone):
 
     family = "wav2vec2"
     input_kind = "waveform"
+    MODEL_OPTIONS = {"clip_seconds": CLIP_SECONDS}
 
     def __init__(
         self,
@@ -149,7 +154,9 @@ class Wav2Vec2Backbone(Backbone):
         model_class = self._model_class(config)
         if attn_implementation == "sdpa" and not model_class._supports_sdpa:
             attn_implementation = "eager"  # WavLM: F.multi_head_attention_forward only
-        self.model = model_class.from_pretrained(source, attn_implementation=attn_implementation)
+        self.model, info = model_class.from_pretrained(source, attn_implementation=attn_implementation,
+                                                       output_loading_info=True)
+        self.remember_checkpoint(self.model.state_dict(), info.get("missing_keys", ()))
         self.config = self.model.config
         if getattr(self.config, "add_adapter", False):
             raise ValueError(
@@ -178,6 +185,7 @@ class Wav2Vec2Backbone(Backbone):
             extractor = (True, cnn_layer_norm, 16000)
         do_normalize, self.use_attention_mask, sample_rate = extractor
         self.use_attention_mask = bool(self.use_attention_mask)
+        self.clip_seconds = clip_seconds
         self.clip_samples = None if clip_seconds is None else round(float(clip_seconds) * sample_rate)
         self.input_processor = Waveform(self.clip_samples, normalize=do_normalize, sample_rate=sample_rate)
 

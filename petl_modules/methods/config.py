@@ -82,6 +82,9 @@ class MethodConfig:
 
     name: ClassVar[str] = None
     summary: ClassVar[str] = ""
+    # The keys of the method's non-tensor state (``state``), kept in a model folder beside its
+    # config; none for the methods so far.
+    state_keys: ClassVar[tuple] = ()
 
     def __post_init__(self):
         owner = self.owner()
@@ -130,16 +133,24 @@ class MethodConfig:
         raise NotImplementedError
 
     def state(self, petl_model):
-        """The method's non-tensor state to keep in a model folder beside its config (plain JSON
-        values, e.g. the seed of fixed random tensors); ``{}`` for every method so far. A model
-        folder stores it as ``method.state`` and ``build`` receives it back (``restore``)."""
+        """The method's non-tensor state to keep in a model folder beside its config: plain JSON
+        values under ``state_keys`` (e.g. the seed of fixed random tensors); ``{}`` for every
+        method so far. A model folder stores it as ``method.state``; ``restore`` puts it back
+        after ``build``. (Tensors that are not trained but must be kept, e.g. shared random
+        projections, are buffers of the method's modules: the weights file holds them.)"""
         return {}
 
     def restore(self, petl_model, state):
-        """Puts back the state ``state`` saved by ``state`` (after ``build``)."""
-        if state:
-            raise OptionError(f"{self.owner()} keeps no state, but the model folder gives "
-                              f"{', '.join(sorted(state))}.")
+        """Puts back the state that ``state`` returned (after ``build``); nothing by default."""
+
+    @classmethod
+    def check_state(cls, state):
+        """Raises ``OptionError`` unless ``state`` holds only the method's ``state_keys``."""
+        unknown = sorted(set(state) - set(cls.state_keys))
+        if unknown:
+            kept = (f"its state keys are {', '.join(cls.state_keys)}" if cls.state_keys
+                    else "it keeps no state")
+            raise OptionError(f"{cls.owner()} has no state {', '.join(map(repr, unknown))}: {kept}.")
 
 
 def build_petl_model(backbone, config):

@@ -37,8 +37,8 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from petl_modules.methods.config import MethodConfig
+from petl_modules.model.audio import AudioError, load_input
 from petl_modules.training import metrics, tracking
-from petl_modules.training.audio import AudioError, load_input
 from petl_modules.training.brain import selection_key
 from petl_modules.training.cache import check_cacheable, use_backbone_cache
 from petl_modules.training.checkpointing import CheckpointError
@@ -479,7 +479,7 @@ class Run:
             "hparams": scalar_hparams(hparams),
         })
         if if_main_process():
-            from petl_modules.training.model_metrics import write_metrics
+            from petl_modules.model.metrics_file import write_metrics
             from petl_modules.training.pretrained import save_run_petl_model
 
             if hparams.get("confusion_matrix") and stats.get("confusion") is not None:
@@ -616,15 +616,10 @@ def _disk_full(err):
 
 
 def _claim_output_folder(lock, hparams):
-    """Locks the output folder for this run and checks (or records) the run's identity."""
-    from petl_modules.training.pretrained import backbone_fingerprint
-
+    """Locks the output folder for this run and checks (or records) the run's identity (with the
+    fingerprint the lobe took of its checkpoint while loading it)."""
     lock.acquire()
-    try:
-        fingerprint = backbone_fingerprint(hparams["backbone_source"])["sha256"]
-    except (OSError, ValueError):
-        fingerprint = None  # reported when the PETL model folder is saved
-    identity = run_identity(scalar_hparams(hparams), fingerprint)
+    identity = run_identity(scalar_hparams(hparams), hparams["backbone"].fingerprint()["sha256"])
     check_run_identity(hparams["output_folder"], identity)
 
 
