@@ -19,6 +19,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 from petl_modules import classify as classify_cli
 from petl_modules import export as export_cli
 from petl_modules.classify import PETLClassifier
+from petl_modules.model import PETLModel
 from petl_modules.training.compose import compose_hparams, load_hparams
 from petl_modules.training.pretrained import (
     CONFIG_FILE,
@@ -319,6 +320,18 @@ def test_folder_written_by_an_older_format_still_loads_with_the_same_outputs(ver
         classifier = PETLClassifier.from_folder(folder, backbone_source=legacy_base(legacy, version, name))
         out_prob = classifier.classify_waveforms(waveforms(expected["long_seconds"], seed=1))[0]
         assert torch.allclose(out_prob, torch.tensor(expected["classified"][name]), atol=1e-6)
+
+
+@pytest.mark.parametrize("version, name", LEGACY_FOLDERS, ids=[f"v{v}-{n}" for v, n in LEGACY_FOLDERS])
+def test_an_older_folder_saved_again_is_format_4_with_the_same_outputs(version, name, legacy, tmp_path):
+    expected = legacy_expected(version)
+    base = legacy_base(legacy, version, name)
+    PETLModel.from_pretrained(legacy / f"petl_model_v{version}_{name}", base).save_pretrained(tmp_path / "v4")
+    text = (tmp_path / "v4" / CONFIG_FILE).read_text()
+    assert json.loads(text)["format_version"] == 4 and "/tmp" not in text  # the old path is gone
+    modules, config = load_petl_model(tmp_path / "v4", backbone_source=base)
+    found = probabilities(modules, waveforms(expected["seconds"]), config["task"] == "multilabel")
+    assert torch.allclose(found, torch.tensor(expected["probabilities"][name]), atol=1e-6)
 
 
 def test_format_version_1_yaml_text_is_never_parsed(tmp_path, legacy):

@@ -28,10 +28,12 @@ import torch
 from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
+from petl_modules.backbones import Backbone
+from petl_modules.backbones.base import preserved_rng, quiet_transformers
 from petl_modules.model.audio import AudioError, load_audio, load_input
 from petl_modules.model.bases import remember_local_base
 from petl_modules.model.folder import (
-    build_modules,
+    attach_modules,
     folder_view,
     load_model,
     merge_petl_model,
@@ -39,8 +41,9 @@ from petl_modules.model.folder import (
 )
 from petl_modules.model.hub import resolve_model_dir
 from petl_modules.model.precision import autocast_context, compile_with_fallback, resolve_precision
-from petl_modules.model.spec import PETLModelError
-from petl_modules.model.windows import clip_samples, pool_windows, window_starts
+from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
+from petl_modules.model.task import Task
+from petl_modules.model.windows import EvalProtocol, clip_samples, pool_windows, window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class PETLModel(torch.nn.Module):
     """A trained PETL model ready for inference: backbone + PETL modules + head, eval mode.
 
     Build it with ``PETLModel.from_pretrained`` (a model folder or a Hub repo id) or
-    ``PETLModel.build`` (a new model from its ``ModelSpec``).
+    ``PETLModel.create`` (a new model from a base checkpoint and a method config).
 
     Arguments
     ---------
@@ -116,16 +119,30 @@ class PETLModel(torch.nn.Module):
         return model
 
     @classmethod
-    def build(cls, spec, backbone_source=None, device="cpu"):
-        """A new model of ``spec`` on its base checkpoint (``backbone_source``, default
-        ``spec.backbone.source()``), its trained tensors at their initial values."""
-        source = spec.backbone.source(backbone_source)
-        spec.check()
-        modules = build_modules(spec, source)
-        modules["petl_model"].adapted_model.release_checkpoint()
+    def create(cls, backbone_source, method, class_names, pooling="mean", task=None, evaluation=None,
+               device="cpu", **backbone_options):
+        """A new model in plain Python: the base checkpoint ``backbone_source`` (a Hub id or a local
+        folder, loaded once, with its lobe's ``backbone_options``, e.g. ``max_frames=400``), a
+        method config (``petl_modules.methods.method_config("lora", {...})``), a head over
+        ``class_names`` with ``pooling``, a ``Task`` and an ``EvalProtocol`` (default: single-label,
+        first clip). Its trained tensors are at their initial values: train it, or load trained
+        ones; ``save_pretrained`` writes it as a model folder.
+
+        Example
+        -------
+        >>> from petl_modules.methods import method_config
+        >>> model = PETLModel.create("MIT/ast-finetuned-audioset-10-10-0.4593",  # doctest: +SKIP
+        ...                          method_config("lora"), ["yes", "no"], max_frames=100)
+        """
+        with quiet_transformers(), preserved_rng():
+            lobe = Backbone(str(backbone_source), **backbone_options)
+        spec = ModelSpec(BackboneRef.of(lobe, backbone_source), method, list(class_names), pooling,
+                         task or Task(), evaluation or EvalProtocol()).check()
+        modules = attach_modules(spec, lobe)
+        lobe.release_checkpoint()
         for module in modules.values():
             module.to(device).eval()
-        return cls(spec, modules, device, None, source)
+        return cls(spec, modules, device, None, str(backbone_source))
 
     def save_pretrained(self, folder):
         """Writes the model as a PETL model folder (``petl_config.json`` format 4 and
