@@ -142,13 +142,22 @@ def state_fingerprint(state, missing=(), exclude=()):
             "excluded": sorted(excluded), "bytes": total}
 
 
+def file_fingerprint(path):
+    """The fingerprint of a checkpoint file's bytes (``kind: file``), for a lobe whose checkpoint
+    is one released file (a ``.pt`` without a transformers ``config.json``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(2 ** 20), b""):
+            digest.update(block)
+    return {"kind": "file", "sha256": digest.hexdigest(), "excluded": [],
+            "bytes": Path(path).stat().st_size}
+
+
 def checkpoint_fingerprint(source, exclude=()):
-    """The fingerprint of the checkpoint ``source``'s weights, loaded here by its lobe's format
-    (``checkpoint_state``); a lobe that loaded ``source`` gives the same with ``fingerprint()``,
-    without loading it again."""
-    with quiet_transformers(), preserved_rng():
-        state, missing = lobe_class(str(source)).checkpoint_state(str(source))
-    return state_fingerprint(state, missing, exclude)
+    """The fingerprint of the checkpoint ``source``'s weights as its lobe's format reads them
+    (``Backbone.checkpoint_fingerprint``); a lobe that loaded ``source`` gives the same with
+    ``fingerprint()``, without loading it again."""
+    return lobe_class(str(source)).checkpoint_fingerprint(str(source), exclude)
 
 
 @contextlib.contextmanager
@@ -235,13 +244,19 @@ class Backbone(torch.nn.Module):
         self._checkpoint_missing = set(missing)
         self._fingerprint = state_fingerprint(self._checkpoint_state, self._checkpoint_missing)
 
+    def remember_checkpoint_file(self, path):
+        """``remember_checkpoint`` for a lobe whose checkpoint is one released file: its bytes are
+        fingerprinted (``file_fingerprint``; ``kind: file``)."""
+        self._checkpoint_state, self._checkpoint_missing = None, set()
+        self._fingerprint = file_fingerprint(path)
+
     def fingerprint(self, exclude=()):
         """The fingerprint (``state_fingerprint``) of the checkpoint's weights as the lobe loaded
         them, ``exclude`` left out too; the same as ``checkpoint_fingerprint(source)``."""
         if not hasattr(self, "_fingerprint"):
             raise ValueError(f"The {self.family} lobe did not record its checkpoint's weights "
                              "(its __init__ must call remember_checkpoint after loading).")
-        if set(exclude) <= self._checkpoint_missing:
+        if set(exclude) <= self._checkpoint_missing or self._fingerprint["kind"] == "file":
             return dict(self._fingerprint)
         if self._checkpoint_state is None:
             raise ValueError("The lobe's checkpoint tensors were released (release_checkpoint): "
@@ -466,6 +481,14 @@ class Backbone(torch.nn.Module):
     # ---------------------------------------------------------------- checkpoint format
     # Defaults for transformers ``save_pretrained`` folders (shared by the transformers lobes); a
     # lobe of another checkpoint format overrides these three in its own file.
+    @classmethod
+    def checkpoint_fingerprint(cls, source, exclude=()):
+        """The fingerprint of ``source`` read here (``state_fingerprint`` of ``checkpoint_state``);
+        a lobe of a one-file checkpoint overrides it with ``file_fingerprint``."""
+        with quiet_transformers(), preserved_rng():
+            state, missing = cls.checkpoint_state(source)
+        return state_fingerprint(state, missing, exclude)
+
     @classmethod
     def checkpoint_state(cls, source):
         """``(state {name: tensor}, missing)`` of the weights of ``source`` as the lobe's format
