@@ -43,18 +43,27 @@ through ``torch.compile`` (eagerly, with a warning, where compilation fails). In
 """
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 
-from petl_modules.model.multitask import MultiTaskClassifier  # noqa: F401 (from_folders' class)
-from petl_modules.model.petl_model import (  # noqa: F401 (the API, also imported from here)
-    PETLClassifier,
-    PETLModel,
-    predicted_labels,
-    top_classes,
-)
-from petl_modules.model.spec import PETLModelError
+# The classifier API, importable from here; imported when first used, so that the command line
+# answers --help and argument errors without importing torch and transformers (seconds).
+_API = {
+    "PETLClassifier": "petl_modules.model.petl_model",
+    "PETLModel": "petl_modules.model.petl_model",
+    "predicted_labels": "petl_modules.model.petl_model",
+    "top_classes": "petl_modules.model.petl_model",
+    "MultiTaskClassifier": "petl_modules.model.multitask",
+    "PETLModelError": "petl_modules.model.spec",
+}
+
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)
 
 
 # ==================================================================== command line
@@ -145,6 +154,8 @@ def report_errors(errors, total):
 
 def load_for_command_line(load):
     """``load()``'s classifier, or None after printing why (the caller exits with 2)."""
+    from petl_modules.model.spec import PETLModelError
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.disable(logging.INFO)  # no "Setting seed" chatter from rebuilding the model
     try:
@@ -161,6 +172,8 @@ def main(argv=None):
     if any(a == "--model" or a.startswith("--model=") for a in argv):
         return main_several(argv)
     args = parse_args(argv)
+    from petl_modules.model.petl_model import PETLClassifier
+
     classifier = load_for_command_line(lambda: PETLClassifier.from_folder(
         args.model_dir, args.backbone_source, device=args.device, merge=args.merge))
     if classifier is None:
@@ -182,6 +195,8 @@ def main(argv=None):
 def main_several(argv):
     """``main`` with ``--model`` given (several tasks on one backbone); same exit codes."""
     args = parse_several_args(argv)
+    from petl_modules.model.petl_model import PETLClassifier
+
     classifier = load_for_command_line(lambda: PETLClassifier.from_folders(
         args.model, args.backbone_source, device=args.device))
     if classifier is None:

@@ -25,6 +25,7 @@ from petl_modules import results as results_cli
 from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS
 from petl_modules.classify import PETLClassifier
 from petl_modules.export import HEAD_CONFIG, HEAD_WEIGHTS, export_petl_model
+from petl_modules.model.folder import read_config, trained_tensor_names
 from petl_modules.synthetic import class_signal
 from petl_modules.training.compose import compose_hparams, load_hparams
 from petl_modules.training.pretrained import (
@@ -131,17 +132,24 @@ def test_run_writes_a_petl_model_folder_of_only_the_trained_tensors(lora_run):
     folder = lora_run / "petl_model"
     config = json.loads((folder / CONFIG_FILE).read_text())
     tensors = load_file(str(folder / WEIGHTS_FILE))
-    assert set(tensors) == set(config["parameters"]) | set(config["buffers"])
-    assert sum(tensors[n].numel() for n in config["parameters"]) == results["trainable_params"]
-    assert all(".lora_" in n or ".layernorm." in n or n.startswith("classifier.")
-               for n in config["parameters"])
-    assert config["family"] == "ast" and config["backbone_source"] == results["backbone_source"]
-    assert config["method"] == "lora"
-    assert config["options"]["lora_targets"] == "Wq,Wv" and config["options"]["reduction_rate"] == 16
-    assert config["input"]["max_frames"] == 64 and config["input"]["type"] == "ast_fbank"
+    parameters, buffers = trained_tensor_names(PETLClassifier.from_folder(folder).mods)
+    assert set(tensors) == set(parameters) | set(buffers)
+    assert sum(tensors[n].numel() for n in parameters) == results["trainable_params"]
+    assert read_config(folder)["trained_params"] == results["trainable_params"]
+    assert all(".lora_" in n or ".layernorm." in n or n.startswith("classifier.") for n in parameters)
+    backbone = config["backbone"]
+    assert backbone["family"] == "ast" and backbone["hub_id"] is None
+    assert backbone["local_name"] == Path(results["backbone_source"]).name  # not its path
+    assert config["method"] == {"name": "lora", "state": {}, "config": {
+        "lora_targets": "Wq,Wv", "reduction_rate": 16, "lora_alpha": 8, "init": "identity"}}
+    assert backbone["options"] == {"max_frames": 64, "position_embeddings": "adapt"}
+    assert backbone["input"]["max_frames"] == 64 and backbone["input"]["type"] == "ast_fbank"
     assert config["class_names"] == results["folds"][0]["class_names"]
     assert "activate,lights,kitchen" in config["class_names"]  # FSC labels are the intents
-    assert len(config["fingerprint"]["sha256"]) == 64
+    assert len(backbone["fingerprint"]["sha256"]) == 64
+    # Only what defines the model: nothing of how it was trained (lr, epochs, paths, dataset).
+    assert set(config) == {"format_version", "library", "backbone", "method", "head", "task",
+                           "evaluation", "class_names"}
 
 
 @pytest.mark.parametrize("method", METHOD_FILES)

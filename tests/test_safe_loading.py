@@ -334,6 +334,19 @@ def test_an_older_folder_saved_again_is_format_4_with_the_same_outputs(version, 
     assert torch.allclose(found, torch.tensor(expected["probabilities"][name]), atol=1e-6)
 
 
+def test_an_older_folder_is_pushed_as_format_4_without_the_paths_it_recorded(legacy, tmp_path):
+    from petl_modules import push
+
+    folder = legacy / "petl_model_v3_lora"
+    assert '"backbone_source": "/' in (folder / CONFIG_FILE).read_text()
+    (tmp_path / "staged").mkdir()
+    _, card, names = push.stage_folder(folder, "my-lab/x", tmp_path / "staged")
+    config = json.loads((tmp_path / "staged" / CONFIG_FILE).read_text())
+    assert config["format_version"] == 4 and config["backbone"]["local_name"] == "tiny_ast"
+    assert "/tmp" not in (tmp_path / "staged" / CONFIG_FILE).read_text() and "/tmp" not in card.content
+    load_petl_model(tmp_path / "staged", backbone_source=str(legacy / "tiny_ast"))
+
+
 def test_format_version_1_yaml_text_is_never_parsed(tmp_path, legacy):
     marker = tmp_path / "pwned"
     folder = tmp_path / "v1"

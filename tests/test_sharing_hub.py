@@ -190,6 +190,7 @@ def test_push_creates_the_repo_and_uploads_the_folder_with_its_card(lora_folder,
     assert sorted(kwargs["allow_patterns"]) == sorted(files) == sorted(
         [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, "README.md"])
     assert files[WEIGHTS_FILE] == (lora_folder / WEIGHTS_FILE).read_bytes()
+    assert json.loads(files[CONFIG_FILE]) == json.loads((lora_folder / CONFIG_FILE).read_text())
     assert b"library_name: petl-ast" in files["README.md"] and COMMAND.encode() in files["README.md"]
     assert not (lora_folder / "README.md").exists()  # the user's folder is left as it was
     assert "Pushed to https://hf.co/my-lab/tiny-lora" in capsys.readouterr().out

@@ -82,8 +82,9 @@ class BackboneRef:
                    **identify(source))
 
     def name(self):
-        """How messages name the base: its Hub id, local name or (formats 1-3) recorded source."""
-        return self.hub_id or self.path or self.local_name
+        """How messages and model cards name the base: its Hub id or its local name (never a
+        path of the machine that trained it)."""
+        return self.hub_id or self.local_name or self.path
 
     def lobe_class(self):
         return lobe_for(self.family, self.model_type)
