@@ -57,7 +57,7 @@ counts weights, gradients, optimiser state and activations), on CUDA ``max_memor
 
 - ``multitask`` (not in the default set: a batch of 32 on AST-base takes minutes on a CPU): four
   tasks of different methods (``MULTITASK``) on one frozen backbone
-  (``petl_modules.sharing.multitask``) against one task's model and four separate models, in turn
+  (``petl_modules.model.multitask``) against one task's model and four separate models, in turn
   (time ratios: the median over rounds of the ratio within a round; memory measured apart):
   ``multitask_every_task_vs_one_task``, ``multitask_every_task_vs_separate_models``,
   ``multitask_mixed_batch_vs_one_task``, ``multitask_weights_vs_one_model`` and the memory ratios.

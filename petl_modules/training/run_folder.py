@@ -65,7 +65,7 @@ def run_identity(options, fingerprint=None):
     options : dict
         The run's plain options (``petl_modules.training.compose.scalar_hparams``).
     fingerprint : str, optional
-        sha256 of the base checkpoint's weights (``petl_modules.training.pretrained.backbone_fingerprint``).
+        sha256 of the base checkpoint's weights (``petl_modules.backbones.base.Backbone.fingerprint``).
     """
     return {
         "options": {k: v for k, v in sorted(options.items())
