@@ -61,3 +61,16 @@ def waveforms(seconds, seed=0):
     """The inputs the expected probabilities were computed on."""
     generator = torch.Generator().manual_seed(seed)
     return [0.1 * torch.randn(int(16000 * s), generator=generator) for s in seconds]
+
+
+def probabilities(modules, wavs, multilabel=False):
+    """Class probabilities ``[B, C]`` of ``{"petl_model", "classifier"}`` on the waveforms ``wavs``
+    (sigmoid per class for a multi-label model, else softmax)."""
+    from speechbrain.utils.data_utils import batch_pad_right
+
+    processor = modules["petl_model"].adapted_model.input_processor
+    inputs, lengths = batch_pad_right([processor(w) for w in wavs])
+    with torch.no_grad():
+        hidden, mask = modules["petl_model"](inputs, lengths)
+        logits = modules["classifier"](hidden, mask)
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)

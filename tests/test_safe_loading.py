@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules import classify as classify_cli
 from petl_modules import export as export_cli
@@ -31,7 +30,7 @@ from petl_modules.training.pretrained import (
 )
 
 from conftest import REPO
-from legacy_helpers import BASES, fill, waveforms
+from legacy_helpers import BASES, fill, probabilities, waveforms
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 
@@ -85,18 +84,9 @@ def legacy_base(legacy, version, name):
     return str(legacy / f"tiny_{legacy_expected(version).get('bases', {}).get(name, 'ast')}")
 
 
-def probabilities(modules, wavs, multilabel=False):
-    processor = modules["petl_model"].adapted_model.input_processor
-    inputs, lengths = batch_pad_right([processor(w) for w in wavs])
-    with torch.no_grad():
-        hidden, mask = modules["petl_model"](inputs, lengths)
-        logits = modules["classifier"](hidden, mask)
-        return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
-
-
 @pytest.fixture(scope="module")
 def good_folder(tmp_path_factory, legacy):
-    """A current-format (format_version 3) LoRA folder on the legacy tiny base."""
+    """A current-format (format_version 4) LoRA folder on the legacy tiny base."""
     tmp = tmp_path_factory.mktemp("good")
     text = compose_hparams(REPO / "hparams" / "lora.yaml", FSC_YAML, {
         "data_folder": str(tmp), "output_folder": str(tmp / "out"), "backbone_source": str(legacy / "tiny_ast"),

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # legacy_helpers (tests/)
-from legacy_helpers import BASES, fill, waveforms  # noqa: E402
+from legacy_helpers import BASES, fill, probabilities, waveforms  # noqa: E402
 
 import petl_modules  # noqa: E402
 from petl_modules.training import pretrained  # noqa: E402
@@ -45,17 +45,6 @@ FORMAT3_ONLY = {
     "multilabel_sliding": ("adapter", "ast", {"task": "multilabel", "eval_windows": "sliding",
                                               "window_hop_seconds": 0.32, "window_pooling": "max"}),
 }
-
-
-def probabilities(modules, wavs, multilabel):
-    processor = modules["petl_model"].adapted_model.input_processor
-    from speechbrain.utils.data_utils import batch_pad_right
-
-    inputs, lengths = batch_pad_right([processor(w) for w in wavs])
-    with torch.no_grad():
-        hidden, mask = modules["petl_model"](inputs, lengths)
-        logits = modules["classifier"](hidden, mask)
-    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
 
 
 def main():
