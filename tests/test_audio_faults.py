@@ -5,7 +5,6 @@ Everything runs in-process on generated files and tiny random checkpoints (``tin
 ``tiny_wav2vec2``); the classify tests save a linear-probe PETL model folder without training.
 """
 
-import inspect
 import json
 import logging
 
