@@ -85,7 +85,7 @@ def test_a_misspelt_option_names_the_close_match_and_an_unknown_method_too():
 
 
 def test_checks_across_options():
-    with pytest.raises(OptionError, match="prompt_len=23 of the prefix_tuning method is odd"):
+    with pytest.raises(OptionError, match="prompt_len=23 is odd: prefix tuning splits"):
         method_config("prefix_tuning", {"prompt_len": 23})
     with pytest.raises(OptionError, match="lora_targets: unknown target 'Wx'"):
         method_config("lora", {"lora_targets": "Wq,Wx"})

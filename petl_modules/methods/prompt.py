@@ -195,9 +195,8 @@ class PrefixTuningConfig(MethodConfig):
     def check(self):
         if self.prompt_len % 2:
             raise OptionError(
-                f"prompt_len={self.prompt_len} of {self.owner()} is odd: prefix tuning splits the "
-                f"prefix equally between keys and values. Use an even length, e.g. "
-                f"--prompt_len={self.prompt_len + 1}.")
+                f"prompt_len={self.prompt_len} is odd: prefix tuning splits the prefix equally "
+                f"between keys and values. Use an even length, e.g. --prompt_len={self.prompt_len + 1}.")
 
     def build(self, backbone):
         return adapted(backbone, PrefixTuning, ["attention"], ["final_norm"], prompt_len=self.prompt_len)
