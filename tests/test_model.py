@@ -22,6 +22,8 @@ from petl_modules.model.task import Task
 from petl_modules.model.windows import EvalProtocol
 from petl_modules.training.pretrained import save_petl_model
 
+from conftest import REPO, TINY_RUN
+from recipe_helpers import run_in_process
 from test_after_training import build, pretend_trained, tiny_options, waveforms
 
 CLASSES = [f"c{i}" for i in range(31)]
@@ -141,8 +143,8 @@ def test_a_moved_or_replaced_base_is_not_taken_from_the_record(adapter_folder, t
         PETLModel.from_pretrained(tmp_path / "model")
 
 
-@pytest.mark.parametrize("several", [False, True], ids=["one model", "several tasks"])
-def test_the_base_checkpoint_is_loaded_once(adapter_folder, tmp_path, monkeypatch, several):
+def count_loads(monkeypatch):
+    """The sources ``ASTModel.from_pretrained`` (the AST lobe's load) is called with, from now on."""
     loads = []
     load = transformers.ASTModel.from_pretrained.__func__
 
@@ -151,6 +153,12 @@ def test_the_base_checkpoint_is_loaded_once(adapter_folder, tmp_path, monkeypatc
         return load(cls, *args, **kwargs)
 
     monkeypatch.setattr(transformers.ASTModel, "from_pretrained", classmethod(counted))
+    return loads
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one model", "several tasks"])
+def test_the_base_checkpoint_is_loaded_once(adapter_folder, tmp_path, monkeypatch, several):
+    loads = count_loads(monkeypatch)
     if several:
         other = tmp_path / "other"
         PETLModel.from_pretrained(adapter_folder).save_pretrained(other)
@@ -159,3 +167,15 @@ def test_the_base_checkpoint_is_loaded_once(adapter_folder, tmp_path, monkeypatc
     else:
         PETLModel.from_pretrained(adapter_folder)
     assert len(loads) == 1, loads
+
+
+@pytest.mark.slow
+def test_a_run_loads_its_base_checkpoint_once(fsc_data, tiny_ast, tmp_path, monkeypatch):
+    """Build, run identity, backbone fingerprint and the saved model folder: one load."""
+    loads = count_loads(monkeypatch)
+    results = run_in_process("FSC", [str(REPO / "hparams" / "lora.yaml"), f"--data_folder={fsc_data}",
+                                     f"--backbone_source={tiny_ast}", f"--output_folder={tmp_path / 'out'}",
+                                     "--reduction_rate=16", *TINY_RUN])
+    assert isinstance(results, dict), results
+    assert len(loads) == 1, loads
+    assert (tmp_path / "out" / "petl_model" / CONFIG_FILE).is_file()
