@@ -10,7 +10,8 @@ in a temporary folder, so that its ``__pycache__`` can be cleared without touchi
 tree). Commands run as a user types them, in the checkout, with ``PYTHONPATH`` set to it:
 
 - ``train``: ``python recipes/FSC/train.py hparams/lora.yaml ...`` (one epoch, batch 8, no
-  workers, on a synthetic FSC release of 31 files) until its first training step starts; a
+  workers, on a synthetic FSC release of 31 files; the tiny base with ``--max_frames=64
+  --reduction_rate=16``) until its first training step starts; a
   probe (``sitecustomize`` in a temporary folder ahead of the checkout on ``PYTHONPATH``) notes
   the time when ``ClassificationBrain.fit_batch`` is first entered and ends the process;
 - ``classify``: ``python -m petl_modules.classify PETL_MODEL one.wav``, start to exit, on a
@@ -81,9 +82,12 @@ def run(cmd, cwd, env, timeout=1800):
     return proc.stdout
 
 
-def environment(checkout, probe_dir=None, probe_file=None):
+def environment(checkout, work, probe_file=None):
+    """The commands' environment: the checkout (and, timing a first step, the probe) on
+    PYTHONPATH; model folders record their local bases in ``work/home``, not in ``~``."""
     env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", PETL_AST_HOME=str(Path(work) / "home"))
+    probe_dir = Path(work) / "probe" if probe_file else None
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in (probe_dir, checkout) if p])
     env.pop("PETL_STARTUP_PROBE", None)
     if probe_file:
@@ -111,7 +115,7 @@ transformers.ASTModel(transformers.ASTConfig()).save_pretrained("{work / 'base'}
 root = make_dataset("FSC", "{work / 'data'}", per_class=1)
 print(root)
 '''
-    data = run([sys.executable, "-c", script], checkout, environment(checkout)).strip().splitlines()[-1]
+    data = run([sys.executable, "-c", script], checkout, environment(checkout, work)).strip().splitlines()[-1]
     wav = next(Path(data).rglob("*.wav"))
     shutil.copy(wav, work / "one.wav")
     info = {"data": data, "wav": str(work / "one.wav")}
@@ -126,21 +130,21 @@ def train_command(checkout, info, base, work, output, epochs=1):
             f"--number_of_epochs={epochs}", "--batch_size=8", "--num_workers=0", *BASES[base]]
 
 
-def first_step_seconds(checkout, info, base, work, probe_dir):
+def first_step_seconds(checkout, info, base, work):
     output = Path(tempfile.mkdtemp(prefix="run_", dir=work))
     probe = output / "probe.txt"
     start = time.time()
     run(train_command(checkout, info, base, work, output / "out"), checkout,
-        environment(checkout, probe_dir, probe))
+        environment(checkout, work, probe))
     seconds = float(probe.read_text()) - start
     shutil.rmtree(output, ignore_errors=True)
     return seconds
 
 
-def classify_seconds(checkout, info, model):
+def classify_seconds(checkout, info, model, work):
     start = time.time()
     run([sys.executable, "-m", "petl_modules.classify", str(model), info["wav"]], checkout,
-        environment(checkout))
+        environment(checkout, work))
     return time.time() - start
 
 
@@ -165,7 +169,7 @@ def main(argv=None):
             output = work / f"model_{k}_{base}"
             if not (output / "petl_model").is_dir():
                 shutil.rmtree(output, ignore_errors=True)
-                run(train_command(checkout, info, base, work, output), checkout, environment(checkout))
+                run(train_command(checkout, info, base, work, output), checkout, environment(checkout, work))
             models[k, base] = output / "petl_model"
     times = {}
     for round_ in range(args.rounds):
@@ -176,8 +180,8 @@ def main(argv=None):
                         if state == "cold":
                             clear_bytecode(checkout)
                         else:  # warm: right after a run of the same command
-                            measure(what, checkout, info, base, work, probe_dir, models[k, base])
-                        seconds = measure(what, checkout, info, base, work, probe_dir, models[k, base])
+                            measure(what, checkout, info, base, work, models[k, base])
+                        seconds = measure(what, checkout, info, base, work, models[k, base])
                         times.setdefault(f"{what}|{base}|{state}|{k}", []).append(round(seconds, 2))
                         print(f"round {round_ + 1} {what} {base} {state} {checkout}: {seconds:.2f} s",
                               flush=True)
@@ -197,10 +201,10 @@ def main(argv=None):
         print(f"checkout {k + 1}: {checkout}")
 
 
-def measure(what, checkout, info, base, work, probe_dir, model):
+def measure(what, checkout, info, base, work, model):
     if what == "train":
-        return first_step_seconds(checkout, info, base, work, probe_dir)
-    return classify_seconds(checkout, info, model)
+        return first_step_seconds(checkout, info, base, work)
+    return classify_seconds(checkout, info, model, work)
 
 
 if __name__ == "__main__":
