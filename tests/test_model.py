@@ -55,6 +55,7 @@ def test_from_pretrained_classifies_files_and_waveforms_as_the_classifier_api(ad
     lengths = torch.tensor([len(model.load_audio(p)) / wavs.shape[1] for p in wav_files])
     out_prob, score, index, labels = model(wavs, lengths)
     assert out_prob.shape == (3, 31) and labels == [CLASSES[i] for i in index.tolist()]
+    assert torch.allclose(model([model.load_audio(p) for p in wav_files])[0], out_prob, atol=1e-6)
     rows = model.classify(wav_files + [Path("missing.wav")])
     assert [r["file"] for r in rows] == [str(p) for p in wav_files] + ["missing.wav"]
     assert "missing.wav" in rows[-1]["error"] and "label" not in rows[-1]

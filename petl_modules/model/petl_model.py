@@ -360,7 +360,10 @@ class PETLModel(torch.nn.Module):
         return top_classes(self.labels, probabilities, k)
 
     def forward(self, wavs, wav_lens=None):
-        """Same as ``classify_batch``."""
+        """``classify_batch`` of a padded ``[B, S]`` batch, or ``classify_waveforms`` of a list of
+        ``[S_i]`` waveforms: ``(out_prob [B, C], score [B], index [B], text_lab)``."""
+        if isinstance(wavs, (list, tuple)):
+            return self.classify_waveforms(list(wavs))
         return self.classify_batch(wavs, wav_lens)
 
 
