@@ -15,7 +15,10 @@ tree). Commands run as a user types them, in the checkout, with ``PYTHONPATH`` s
   probe (``sitecustomize`` in a temporary folder ahead of the checkout on ``PYTHONPATH``) notes
   the time when ``ClassificationBrain.fit_batch`` is first entered and ends the process;
 - ``classify``: ``python -m petl_modules.classify PETL_MODEL one.wav``, start to exit, on a
-  ``petl_model/`` that the same checkout trained (one epoch, not timed).
+  ``petl_model/`` that the same checkout trained (one epoch, not timed);
+- ``load``: the part of ``classify`` this package decides, without Python's and the libraries'
+  imports: ``PETLClassifier.from_folder(PETL_MODEL)`` timed inside a fresh process (reading the
+  folder, loading and fingerprinting the base, building the model, loading its tensors).
 
 On the ``tiny`` base (``petl_modules.tiny``'s AST, 64 frames) and the AST-base shape (random
 weights, 400 frames; written once, ~350 MB). ``cold``: the first run after the checkout's
@@ -141,6 +144,15 @@ def first_step_seconds(checkout, info, base, work):
     return seconds
 
 
+LOAD = ("import sys, time\nfrom petl_modules.classify import PETLClassifier\nstart = time.time()\n"
+        "PETLClassifier.from_folder(sys.argv[1])\nprint(time.time() - start)\n")
+
+
+def load_seconds(checkout, model, work):
+    out = run([sys.executable, "-c", LOAD, str(model)], checkout, environment(checkout, work))
+    return float(out.strip().splitlines()[-1])
+
+
 def classify_seconds(checkout, info, model, work):
     start = time.time()
     run([sys.executable, "-m", "petl_modules.classify", str(model), info["wav"]], checkout,
@@ -154,6 +166,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "petl_startup"))
     parser.add_argument("--bases", default="tiny,base")
+    parser.add_argument("--what", default="train,classify,load", help="the commands to time")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -161,7 +174,7 @@ def main(argv=None):
     probe_dir.mkdir(exist_ok=True)
     (probe_dir / "sitecustomize.py").write_text(PROBE)
     checkouts = [str(Path(c).resolve()) for c in args.checkouts]
-    bases = args.bases.split(",")
+    bases, commands = args.bases.split(","), args.what.split(",")
     info = prepare(work, checkouts[0])
     models = {}
     for k, checkout in enumerate(checkouts):  # a petl_model/ per checkout and base (not timed)
@@ -174,7 +187,7 @@ def main(argv=None):
     times = {}
     for round_ in range(args.rounds):
         for base in bases:
-            for what in ("train", "classify"):
+            for what in commands:
                 for state in ("cold", "warm"):
                     for k, checkout in enumerate(checkouts):
                         if state == "cold":
@@ -185,12 +198,15 @@ def main(argv=None):
                         times.setdefault(f"{what}|{base}|{state}|{k}", []).append(round(seconds, 2))
                         print(f"round {round_ + 1} {what} {base} {state} {checkout}: {seconds:.2f} s",
                               flush=True)
+    previous = json.loads((work / "startup.json").read_text()) if (work / "startup.json").is_file() else {}
+    if previous.get("checkouts") == checkouts:  # another command's times of the same checkouts: kept
+        times = {**previous["times"], **times}
     (work / "startup.json").write_text(json.dumps({"checkouts": checkouts, "times": times}, indent=1))
     print()
     print("| command | base | state | " + " | ".join(f"checkout {k + 1}" for k in range(len(checkouts))) + " |")
     print("|---|---|---|" + "---|" * len(checkouts))
     for base in bases:
-        for what in ("train", "classify"):
+        for what in commands:
             for state in ("cold", "warm"):
                 cells = []
                 for k in range(len(checkouts)):
@@ -204,6 +220,8 @@ def main(argv=None):
 def measure(what, checkout, info, base, work, model):
     if what == "train":
         return first_step_seconds(checkout, info, base, work)
+    if what == "load":
+        return load_seconds(checkout, model, work)
     return classify_seconds(checkout, info, model, work)
 
 
