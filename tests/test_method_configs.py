@@ -67,11 +67,12 @@ def test_a_value_of_another_type_is_refused_naming_the_option(name, option):
             method_config(name, {option: value})
 
 
-@pytest.mark.parametrize("name, option", OPTIONS, ids=[f"{n}.{o}" for n, o in OPTIONS])
+RANGED = [(n, o) for n, o in OPTIONS if METHODS[n].options()[o].minimum is not None]
+
+
+@pytest.mark.parametrize("name, option", RANGED, ids=[f"{n}.{o}" for n, o in RANGED])
 def test_a_number_below_its_range_is_refused_naming_the_bound(name, option):
     spec = METHODS[name].options()[option]
-    if spec.minimum is None:
-        pytest.skip("no range")
     with pytest.raises(OptionError, match=rf"{option}=.* is out of range: it must be >"):
         method_config(name, {option: spec.minimum - 1})
 
