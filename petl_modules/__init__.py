@@ -33,7 +33,8 @@ model/         a trained model as a self-contained artifact: ``spec.py`` (``Mode
                ``petl_config.json`` format 4), ``folder.py`` (build, save, load, merge),
                ``petl_model.py`` (``PETLModel``, ``PETLClassifier``), ``multitask.py`` (several
                tasks on one backbone), ``bases.py`` (naming and finding base checkpoints),
-               ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py``,
+               ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py`` (the
+               task kinds: loss, outputs, scores, result fields; one class each), ``scores.py``,
                ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
 sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA adapters, both
                ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head
@@ -46,7 +47,7 @@ training/      the recipe machinery: ``arguments.py`` (the recipes' command line
                ``stop_signals.py`` (a checkpoint and a clean exit on SIGUSR2/SIGTERM),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``windows.py`` (random crops, window datasets),
-               ``metrics.py`` (single- and multi-label scores, thresholds, class weights),
+               ``metrics.py`` (score files: the confusion matrix),
                ``augment.py``, ``cache.py``, ``tracking.py``, ``pretrained.py`` (what of a run
                defines its model folder), ``recipe.yaml`` (shared by every recipe)
 tools          ``classify`` (``python -m petl_modules.classify``), ``export`` (plain transformers,

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import ruamel.yaml
 
+from petl_modules.model.task import TASKS
 from petl_modules.paths import hparams_folder, project_root
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,6 @@ def _number_in(low, high, meaning):
     return check
 
 
-_accuracy = _number_in(0, 1, "a fraction in [0, 1]")
 _percent = _number_in(0, math.inf, "a percentage (a number >= 0)")
 
 
@@ -160,15 +160,23 @@ RUN_SCHEMA = {
     "requested_folds": (False, _fold_ids),
     "folds": (True, None),  # checked with FOLD_SCHEMA
 }
+def _score_check(task):
+    """The check of a task kind's main score: a number in its ``score_range``."""
+    low, high = task.score_range
+    meaning = "a fraction in [0, 1]" if (low, high) == (0, 1) else f"a number in [{low:g}, {high:g}]"
+    return _number_in(low, high, meaning)
+
+
+# The main test score of each task kind (petl_modules.model.task): fold key -> the metric's name.
+SCORES = {task.test_key: task.metric_name for task in TASKS.values()}
 FOLD_SCHEMA = {
     "fold": (False, _fold_id),
-    # One of the two scores (check_run): accuracy (single-label) or mAP (multi-label).
-    "test_accuracy": (False, _accuracy),
-    "test_map": (False, _accuracy),
+    # One of the task kinds' scores (check_run): accuracy (single-label), mAP (multi-label), ...
+    **{task.test_key: (False, _score_check(task)) for task in TASKS.values()},
     "hparams": (False, _options),
 }
 REQUIRED = tuple(key for key, (required, _) in RUN_SCHEMA.items() if required)
-SCORES = {"test_accuracy": "accuracy", "test_map": "mAP"}  # fold key -> the metric's name
+TASKS_BY_KEY = {task.test_key: task.kind for task in TASKS.values()}
 
 
 def _apply(schema, record, where):
@@ -196,8 +204,10 @@ def check_run(run):
             raise ResultsError(f"folds[{k}] is {_kind(fold)}, not an object")
         checked["folds"].append(_apply(FOLD_SCHEMA, fold, f"folds[{k}]."))
         if not any(key in fold for key in SCORES):
-            raise ResultsError(f"folds[{k}].missing field(s) test_accuracy (or test_map, for a "
-                               "multi-label run)")
+            first, *others = SCORES
+            raise ResultsError(f"folds[{k}].missing field(s) {first} (or "
+                               + ", ".join(f"{key}, for a {TASKS_BY_KEY[key]} run" for key in others)
+                               + ")")
     ids = [fold.get("fold") for fold in checked["folds"]]
     repeated = sorted({str(i) for i in ids if ids.count(i) > 1})
     if repeated:
@@ -207,8 +217,8 @@ def check_run(run):
 
 def read_run(path):
     """A checked ``results.json``: the fields this tool reads (``check_run``), with
-    ``metric`` (``accuracy`` or ``mAP``), ``test_scores`` (one per fold; for accuracy runs also
-    as ``test_accuracies``) and ``options`` (the first fold's hparams) added.
+    ``metric`` (the run's task's: ``accuracy``, ``mAP``), ``test_scores`` (one per fold) and
+    ``options`` (the first fold's hparams) added.
 
     Raises
     ------
@@ -237,12 +247,11 @@ def read_run(path):
                            f"(missing {', '.join(map(str, missing))})")
     kinds = {next(key for key in SCORES if key in fold) for fold in run["folds"]}
     if len(kinds) > 1:
-        raise ResultsError("folds mix test_accuracy and test_map (single- and multi-label)")
+        raise ResultsError(f"folds mix {' and '.join(sorted(kinds))} "
+                           f"({' and '.join(TASKS_BY_KEY[k] for k in sorted(kinds))})")
     key = kinds.pop()
     run["metric"] = SCORES[key]
     run["test_scores"] = [fold[key] for fold in run["folds"]]
-    if key == "test_accuracy":
-        run["test_accuracies"] = run["test_scores"]
     run["options"] = run["folds"][0].get("hparams") or {}
     return run
 

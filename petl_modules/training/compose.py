@@ -17,9 +17,10 @@ import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from petl_modules.backbones import FAMILIES, lobe_class
+from petl_modules.model.task import TASKS
 from petl_modules.model.windows import EVAL_WINDOWS, WINDOW_POOLINGS
 from petl_modules.paths import hparams_folder
-from petl_modules.training.metrics import CLASS_WEIGHTS, TASKS
+from petl_modules.training.metrics import CLASS_WEIGHTS
 from petl_modules.training.windows import TRAIN_CROPS
 
 logger = logging.getLogger(__name__)
@@ -96,9 +97,7 @@ OPTION_VALUES = {
     "eval_windows": EVAL_WINDOWS,
     "window_pooling": WINDOW_POOLINGS,
     "window_results": (True, False),
-    # petl_modules/training/metrics.py
-    "task": TASKS,
-    "class_weights": CLASS_WEIGHTS,
+    "class_weights": CLASS_WEIGHTS,  # petl_modules/training/metrics.py
 }
 
 
@@ -122,7 +121,7 @@ def validate_options(values):
         elif low is not None and (value <= low if key in STRICTLY_POSITIVE else value < low):
             bound = f"> {low}" if key in STRICTLY_POSITIVE else f">= {low}"
             problems.append(f"--{key}={value!r} is out of range: it must be {bound}")
-    for key, allowed in OPTION_VALUES.items():
+    for key, allowed in {**OPTION_VALUES, "task": tuple(TASKS)}.items():  # kinds registered so far
         value = values.get(key, allowed[0])
         if getattr(value, "tag", None) is not None and getattr(value.tag, "value", None):
             continue  # computed by the yaml (checked once built)

@@ -32,7 +32,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from petl_modules.training.metrics import LABEL_SEPARATOR
+from petl_modules.model.task import LABEL_SEPARATOR
 from petl_modules.training.prepare import (
     MAX_LISTED,
     SKIPPED_FILE,
