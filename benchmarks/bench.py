@@ -817,7 +817,6 @@ def suite_multitask(args):
         rows.append(result("multitask", name, times[key][args.warmup:], activations[key], None,
                            key=key, batch=batch, weights_mb=round(weights[key], 1),
                            round_s=times[key][args.warmup:]))
-    del separate, several
     return rows
 
 

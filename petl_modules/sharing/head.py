@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from petl_modules.files import current_umask, write_json_atomic
+from petl_modules.files import write_json_atomic
 from petl_modules.model.task import Task
 
 HEAD_WEIGHTS = "classifier_head.safetensors"

@@ -34,7 +34,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import if_main_process
 
 from petl_modules.methods.config import MethodConfig
 from petl_modules.model.audio import AudioError, load_input
