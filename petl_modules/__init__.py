@@ -14,7 +14,8 @@ top layer (``tests/test_layers.py`` reads every module's imports against this ta
 options        typed option definitions (``Option``), checking keyword options by name (unknown
                ones named with close matches)
 files          JSON files of runs and model folders (atomic writes, bounded reads, schema checks)
-paths          where the repository's ``hparams/`` and ``recipes/`` are (training and tools only)
+paths          where the repository's ``hparams/`` and ``recipes/`` are, their yaml read as
+               plain trees (training and tools only)
 quiet          third-party log lines that say nothing about our runs, silenced by name on import
 contract       what the lobes and the methods share: ``PETLModule``, the token mask, the
                prefix-attention hooks
