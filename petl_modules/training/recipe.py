@@ -56,6 +56,8 @@ from petl_modules.training.run_folder import (
     run_identity,
     write_json_atomic,
 )
+from petl_modules.training.mixup import RawClip, WaveformMixup, mix_waveforms, mixup_options
+from petl_modules.training.sampling import use_class_balanced_sampling
 from petl_modules.training.windows import (
     WINDOW_KEYS,
     WINDOW_RESULTS_FILE,
@@ -151,7 +153,8 @@ def target_key(hparams):
     return "targets" if metrics.is_multilabel(hparams) else "label_index"
 
 
-def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabel=False):
+def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabel=False,
+                  waveform_mixup=None):
     """Adds ``inputs`` (features of the audio file, or of one clip of it) and ``label_index``
     (``targets``, multi-hot, for multi-label) to every dataset of ``{split: dataset}``.
 
@@ -160,7 +163,9 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     Brain sets its epoch); a dataset of sliding windows (``window_dataset``) reads each window
     and also outputs its ``WINDOW_KEYS`` (file id, start and end); the others read the first clip.
     A dataset whose rows may be segments of long files (``SEGMENT_FIELDS``) reads, crops and
-    windows within each segment (``segment_span``).
+    windows within each segment (``segment_span``). With ``waveform_mixup``
+    (``petl_modules.training.mixup.WaveformMixup``) each training clip's audio is mixed with its
+    partner's before the features, and the training batches also hold ``mixed_targets``.
     """
     rate = getattr(input_processor, "sample_rate", 16000)
 
@@ -179,13 +184,13 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     def window_pipeline(wav, start, end):
         return load_input(wav, input_processor, start=int(start), stop=int(end))
 
-    def segment_input(uid, wav, fields, crop):
+    def segment_input(uid, wav, fields, crop, processor=input_processor):
         span = segment_span(fields, rate)
         if span is None:
-            return load_input(wav, input_processor, start=crop(uid) if crop else 0)
+            return load_input(wav, processor, start=crop(uid) if crop else 0)
         first, last = span
         offset = crop(uid)(last - first) if crop else 0
-        return load_input(wav, input_processor, start=first + offset, stop=last)
+        return load_input(wav, processor, start=first + offset, stop=last)
 
     @sb.utils.data_pipeline.takes("id", "wav", *SEGMENT_FIELDS)
     @sb.utils.data_pipeline.provides("inputs")
@@ -207,11 +212,40 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     def multi_hot_pipeline(label):
         return metrics.multi_hot(metrics.labels_of(label, True), encoder.lab2ind, len(encoder))
 
+    def mixed_pipeline(dataset):
+        raw = RawClip(input_processor)
+
+        def read(uid):
+            fields = dataset.data[uid]
+            return segment_input(uid, fields["wav"], fields, train_crop, raw)
+
+        def soft(uid):
+            names = metrics.labels_of(dataset.data[uid]["label"], multilabel)
+            return metrics.multi_hot(names, encoder.lab2ind, len(encoder))
+
+        @sb.utils.data_pipeline.takes("id")
+        @sb.utils.data_pipeline.provides("inputs", "mixed_targets")
+        def pipeline(uid):
+            partner, lam = waveform_mixup(uid)
+            own = read(uid)
+            if lam >= 1.0:
+                yield input_processor(own)
+                yield soft(uid)
+                return
+            yield input_processor(mix_waveforms(own, read(partner), lam))
+            yield lam * soft(uid) + (1.0 - lam) * soft(partner)
+        return pipeline
+
     target = "targets" if multilabel else "label_index"
     for split, dataset in datasets.items():
         keys = ["id", "inputs", target]
         segments = has_segments(dataset)
-        if is_window_dataset(dataset):
+        if split == "train" and waveform_mixup is not None:
+            dataset.add_dynamic_item(mixed_pipeline(dataset))
+            keys.append("mixed_targets")
+            dataset.train_crop = train_crop
+            dataset.epoch_hooks = [waveform_mixup]
+        elif is_window_dataset(dataset):
             dataset.add_dynamic_item(window_pipeline)
             keys += list(WINDOW_KEYS)
         elif split == "train" and train_crop is not None:
@@ -333,7 +367,12 @@ def aggregate_results(output_folder, header):
 
 # The scores of a fold_result.json that results.json averages over the folds.
 FOLD_SCORES = ("valid_accuracy", "test_accuracy", "valid_map", "test_map", "test_f1_micro",
-               "test_f1_macro")
+               "test_f1_macro", "test_mauc", "test_d_prime")
+
+
+def _finite_or_none(value):
+    """A score as a plain float, or None where it is undefined (NaN: JSON has no NaN)."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 
@@ -460,7 +499,9 @@ class Run:
         if metrics.is_multilabel(hparams):
             thresholds = brain.best_thresholds()
             result.update(valid_map=float(best.meta[key]) if best else None, test_map=stats["map"],
-                          test_f1_micro=stats["f1_micro"], test_f1_macro=stats["f1_macro"])
+                          test_f1_micro=stats["f1_micro"], test_f1_macro=stats["f1_macro"],
+                          test_mauc=_finite_or_none(stats.get("mauc")),
+                          test_d_prime=_finite_or_none(stats.get("d_prime")))
         else:
             result.update(valid_accuracy=float(best.meta[key]) if best else None,
                           test_accuracy=stats["accuracy"], test_f1_macro=stats.get("f1_macro"))
@@ -479,6 +520,10 @@ class Run:
                 title = f"{hparams['dataset']} {hparams['method']}" + (f", fold {fold}" if fold else "")
                 written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names, title=title)
                 logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
+            if thresholds is not None and stats.get("per_class"):
+                written = metrics.write_per_class_scores(folder / metrics.PER_CLASS_FILE,
+                                                         stats["per_class"], class_names, thresholds)
+                logger.info(f"Test scores per class (AP, AUC, F1): {written}")
             model_folder = save_run_petl_model(hparams, class_names, thresholds)
             write_metrics(model_folder, result, dataset=hparams.get("dataset"))
             if hparams.get("window_results") and getattr(brain, "test_windows", None):
@@ -579,7 +624,13 @@ def fold_datasets(datasets, hparams, run_opts):
     crop = None
     if hparams.get("train_crop", "first") == "random":
         crop = TrainCrop(hparams["seed"], clip_samples(processor))
-    add_pipelines(datasets, processor, encoder, train_crop=crop, multilabel=multilabel)
+    if hparams.get("sampling", "random") == "class_balanced":
+        use_class_balanced_sampling(datasets["train"], class_names, multilabel)
+    kind, alpha, prob = mixup_options(hparams)
+    mixup = WaveformMixup(datasets["train"].data_ids, hparams["seed"], alpha, prob) \
+        if kind == "waveform" else None
+    add_pipelines(datasets, processor, encoder, train_crop=crop, multilabel=multilabel,
+                  waveform_mixup=mixup)
     if hparams.get("cache_backbone_outputs"):
         use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"),
                            target=target_key(hparams))
