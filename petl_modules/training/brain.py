@@ -463,7 +463,8 @@ class ClassificationBrain(sb.Brain):
             self.thresholds = metrics.choose_thresholds(targets, scores)
             return {"map": metrics.mean_average_precision(targets, scores)}
         found = metrics.multilabel_scores(targets, scores, self.best_thresholds())
-        return {**found, "per_class": {k: found.pop(k) for k in ("ap", "auc", "f1", "positives")}}
+        per_class = {k: found.pop(k) for k in ("ap", "auc", "f1", "positives")}
+        return {**found, "per_class": per_class}
 
     def best_thresholds(self):
         """The per-class thresholds saved with the best validation checkpoint (the one tested);

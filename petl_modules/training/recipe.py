@@ -48,7 +48,7 @@ from petl_modules.training.compose import (
     scalar_hparams,
     validate_options,
 )
-from petl_modules.training.prepare import DataError
+from petl_modules.training.prepare import DATA_REPORT_FILE, DataError
 from petl_modules.training.run_folder import (
     RunFolderError,
     RunLock,
@@ -423,6 +423,18 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
     return Run(yaml_text, folds, hparams, run_opts)
 
 
+def data_report(hparams):
+    """What the data's preparation reported for results.json (``DATA_REPORT_FILE`` next to the
+    manifests, e.g. the clips missing from a copy of the data): a dict, empty if none."""
+    path = Path(hparams["manifest_folder"]) / DATA_REPORT_FILE
+    try:
+        with open(path) as stream:
+            report = json.load(stream)
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
 def dataset_name(hparams):
     """The data's name in results tables: ``dataset_name`` (a recipe's dataset by default), or,
     when it is null (own data), the data folder's name."""
@@ -538,7 +550,7 @@ class Run:
         others). Returns its content."""
         if not if_main_process():
             return None
-        results = aggregate_results(self.output_folder, self.header)
+        results = aggregate_results(self.output_folder, {**self.header, **data_report(self.hparams)})
         main, name = ("test_map", "mAP") if "test_map_mean" in results else ("test_accuracy", "accuracy")
         extra = (f" (micro F1 {results['test_f1_micro']:.4f}, macro F1 {results['test_f1_macro']:.4f})"
                  if "test_f1_micro" in results else "")
