@@ -525,14 +525,21 @@ class ClassificationBrain(sb.Brain):
         """SpeechBrain's Brain state (step, running loss), plus mid-epoch the accuracy counts."""
         super()._save(path)
         if self.step > 0:
+            # Mid-epoch: also how the training stream of tar shards was split (shards.py).
+            streams = [hook.state() for hook in getattr(self, "epoch_hooks", ()) if hasattr(hook, "state")]
             with open(path, "a", encoding="utf-8") as stream:
-                yaml.safe_dump({"train_counts": [float(c) for c in self.counts]}, stream)
+                yaml.safe_dump({"train_counts": [float(c) for c in self.counts],
+                                **({"data_stream": streams[0]} if streams else {})}, stream)
 
     @sb.utils.checkpoints.mark_as_loader
     def _recover(self, path, end_of_epoch):
         super()._recover(path, end_of_epoch)
         with open(path, encoding="utf-8") as stream:
-            counts = yaml.safe_load(stream).get("train_counts")
+            saved = yaml.safe_load(stream)
+        counts = saved.get("train_counts")
+        for hook in getattr(self, "epoch_hooks", ()) if not end_of_epoch else ():
+            if hasattr(hook, "check_state"):
+                hook.check_state(saved.get("data_stream"))
         if counts is None or end_of_epoch or not if_main_process():
             counts = [0.0, 0.0]  # under DDP the main process holds the sum (_save_intra_epoch_ckpt)
         self.counts = torch.tensor(counts, dtype=torch.float64, device=self.device)

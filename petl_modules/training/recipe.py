@@ -129,10 +129,18 @@ def class_names_of(datasets, multilabel=False):
 
 def few_shot_subset(dataset, samples_per_class, seed):
     """Keeps ``samples_per_class`` random items of each class (seeded, balanced)."""
-    by_class = {}
     with dataset.output_keys_as(["id", "label"]):
-        for item in dataset:
-            by_class.setdefault(item["label"], []).append(item["id"])
+        keep = few_shot_ids(((item["id"], item["label"]) for item in dataset), samples_per_class,
+                            seed)
+    return dataset.filtered_sorted(key_test={"id": lambda i: i in keep})
+
+
+def few_shot_ids(examples, samples_per_class, seed):
+    """The ids ``few_shot_subset`` keeps of ``(id, label)`` pairs: ``samples_per_class`` per
+    label, drawn with ``seed`` (a label with fewer keeps all, with a warning)."""
+    by_class = {}
+    for uid, label in examples:
+        by_class.setdefault(label, []).append(uid)
     rng = random.Random(seed)
     keep = []
     for label in sorted(by_class):
@@ -143,8 +151,7 @@ def few_shot_subset(dataset, samples_per_class, seed):
                 "training examples; keeping all of them."
             )
         keep += rng.sample(ids, min(samples_per_class, len(ids)))
-    keep = set(keep)
-    return dataset.filtered_sorted(key_test={"id": lambda i: i in keep})
+    return set(keep)
 
 
 def target_key(hparams):
@@ -405,10 +412,13 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
         What every later step reads. A wrong option exits (``sys.exit``) with one line naming it.
     """
     try:
-        yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
-        if options_from_data is not None:
+        given = ruamel.yaml.YAML().load(overrides) if isinstance(overrides, str) else overrides
+        if (given or {}).get("shards"):  # the classes, folds and data options of the shards
+            yaml_text = _compose_from_shards(hparams_file, dataset_yaml, dict(given))
+        else:
+            yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
+        if options_from_data is not None and not (given or {}).get("shards"):
             found = options_from_data(ruamel.yaml.YAML().load(yaml_text))
-            given = ruamel.yaml.YAML().load(overrides) if isinstance(overrides, str) else overrides
             yaml_text = compose_hparams(hparams_file, dataset_yaml, dict(given or {}, **found))
         folds = fold_list(ruamel.yaml.YAML().load(yaml_text))  # plain keys: nothing built yet
         hparams = load_fold_hparams(yaml_text, folds[0])  # builds the model: options checked
@@ -423,9 +433,27 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
     return Run(yaml_text, folds, hparams, run_opts)
 
 
+def _compose_from_shards(hparams_file, dataset_yaml, given):
+    """``compose_hparams`` for a run that reads ``--shards``: class names, their number and the
+    folds come from the shards' index (as a recipe's ``options_from_data`` would give them),
+    ``data_folder`` too unless given; the run's data options are checked against the shards'."""
+    from petl_modules.training.shards import check_run_against_index, read_index, run_options_from_index
+
+    index = read_index(given["shards"])
+    given.setdefault("data_folder", index["data_folder"])
+    yaml_text = compose_hparams(hparams_file, dataset_yaml, dict(given, **run_options_from_index(index)))
+    check_run_against_index(index, ruamel.yaml.YAML().load(yaml_text), given["shards"])
+    return yaml_text
+
+
 def data_report(hparams):
     """What the data's preparation reported for results.json (``DATA_REPORT_FILE`` next to the
-    manifests, e.g. the clips missing from a copy of the data): a dict, empty if none."""
+    manifests, e.g. the clips missing from a copy of the data; for a run from ``--shards``, the
+    report the shards were written with): a dict, empty if none."""
+    if hparams.get("shards"):
+        from petl_modules.training.shards import read_index
+
+        return dict(read_index(hparams["shards"]).get("data_report") or {})
     path = Path(hparams["manifest_folder"]) / DATA_REPORT_FILE
     try:
         with open(path) as stream:
@@ -460,6 +488,22 @@ class Run:
             "requested_folds": [f for f in folds if f is not None],
         }
         self.header.update(parameter_report(hparams["modules"]))  # the same model in every fold
+
+    def prepare(self, prepare):
+        """Runs the recipe's ``prepare(hparams)`` on the main process (SpeechBrain's
+        ``run_on_main``); nothing to prepare for a run that reads ``--shards``."""
+        if not self.hparams.get("shards"):
+            run_on_main(prepare, kwargs={"hparams": self.hparams})
+
+    def datasets(self, make_datasets, hparams, fold):
+        """``fold_datasets(make_datasets(hparams, fold), ...)``: the fold's datasets ready for the
+        Brain, and the class names; read from the tar shards instead with ``--shards``
+        (``petl_modules.training.shards.shard_datasets``)."""
+        if hparams.get("shards"):
+            from petl_modules.training.shards import shard_datasets
+
+            return shard_datasets(hparams, fold)
+        return fold_datasets(make_datasets(hparams, fold), hparams, self.run_opts)
 
     def experiment_folder(self, fold):
         """The experiment folder of ``fold``: ``<output_folder>/fold_<k>`` (as
