@@ -434,16 +434,19 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
 
 
 def _compose_from_shards(hparams_file, dataset_yaml, given):
-    """``compose_hparams`` for a run that reads ``--shards``: class names, their number and the
-    folds come from the shards' index (as a recipe's ``options_from_data`` would give them),
-    ``data_folder`` too unless given; the run's data options are checked against the shards'."""
+    """``compose_hparams`` for a run that reads ``--shards``: class names, their number, the
+    folds and the data options the shards were written with (``--subset``, ``--task``, ...) come
+    from the shards' index, ``data_folder`` too unless given; a data option given on the command
+    line with another value is an error."""
     from petl_modules.training.shards import check_run_against_index, read_index, run_options_from_index
 
     index = read_index(given["shards"])
     given.setdefault("data_folder", index["data_folder"])
-    yaml_text = compose_hparams(hparams_file, dataset_yaml, dict(given, **run_options_from_index(index)))
-    check_run_against_index(index, ruamel.yaml.YAML().load(yaml_text), given["shards"])
-    return yaml_text
+    keys = ruamel.yaml.YAML().load(compose_hparams(hparams_file, dataset_yaml, given))
+    check_run_against_index(index, dict(given, dataset=keys.get("dataset")), given["shards"])
+    found = {**index.get("data_options", {}), **run_options_from_index(index)}
+    found = {k: v for k, v in found.items() if k in keys and (k not in given or k == "class_names")}
+    return compose_hparams(hparams_file, dataset_yaml, dict(given, **found))
 
 
 def data_report(hparams):

@@ -35,8 +35,9 @@ warning says the rest of the epoch differs). Each worker reads its shards front 
 at most ``shuffle_buffer`` clips (their compressed bytes) in memory.
 
 Validation and test run in full on every process (as the recipes' loose-file evaluation),
-``eval_windows: sliding`` included. Refused with shards, with the reason: ``mixup: waveform`` (its
-partner is any clip, which a stream cannot reach) and ``cache_backbone_outputs``.
+``eval_windows: sliding`` included. ``mixup: waveform`` mixes each training clip with another clip
+of its batch (from loose files the partner is any training clip: a stream cannot reach any clip).
+Refused with shards, with the reason: ``cache_backbone_outputs`` (its cache is built from files).
 """
 
 import csv
@@ -52,6 +53,7 @@ from speechbrain.dataio.batch import PaddedBatch
 
 from petl_modules.training import metrics
 from petl_modules.training.audio import load_input
+from petl_modules.training.mixup import RawClip, mix_waveforms, mixup_options
 from petl_modules.training.prepare import DataError
 from petl_modules.training.windows import WINDOW_KEYS, EvalProtocol, TrainCrop, clip_samples, window_starts
 
@@ -121,8 +123,9 @@ def run_options_from_index(index):
 
 
 def check_run_against_index(index, options, folder):
-    """Raises ``ShardError`` naming every data option (``data_options`` of the index: those that
-    decided the clips and labels of the shards) whose value in the run differs."""
+    """Raises ``ShardError`` naming every data option of ``options`` (those given on the command
+    line) that the index records (``data_options``: those that decided the clips and labels of the
+    shards) with another value, or another dataset."""
     problems = []
     if options.get("dataset") != index["dataset"]:
         problems.append(f"they hold {index['dataset']}, not {options.get('dataset')}")
@@ -388,11 +391,16 @@ class ShardDataset(torch.utils.data.IterableDataset):
         ``sampling: class_balanced``'s drawing weights.
     keep : array of bool, optional
         The clips ``few_shot_samples`` keeps.
+    mixup : tuple, optional
+        ``(alpha, prob)`` of ``mixup: waveform``: each training clip's audio is mixed with another
+        clip of its batch (a seeded draw per batch) before the features, and the batch gets
+        ``mixed_targets``.
     """
 
     def __init__(self, table, processor, batch_size, train, seed, shuffle_buffer, n_classes,
-                 train_crop=None, protocol=None, weights=None, keep=None):
+                 train_crop=None, protocol=None, weights=None, keep=None, mixup=None):
         super().__init__()
+        self.mixup = mixup
         self.table, self.processor, self.batch_size, self.train = table, processor, batch_size, train
         self.seed, self.shuffle_buffer, self.n_classes = int(seed), int(shuffle_buffer), n_classes
         self.train_crop, self.protocol, self.weights, self.keep = train_crop, protocol, weights, keep
@@ -466,6 +474,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         ordered = [int(i) for i in dict.fromkeys(share.tolist()) if int(i) in remaining]
         reader = read_clips(self.table, ordered)
         held, copies = {}, {}
+        processor = RawClip(self.processor) if self.mixup else self.processor
         for batch in batches:
             items = []
             for i in batch.tolist():
@@ -474,11 +483,34 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     held[clip] = data
                 k = copies.get(i, 0)
                 copies[i] = k + 1
-                items.append(self._item(i, held[i], k))
+                items.append(self._item(i, held[i], k, processor))
                 remaining[i] -= 1
                 if remaining[i] == 0:
                     del held[i]
+            if self.mixup:
+                items = self._mixed(items, int(batch[0]), copies[int(batch[0])])
             yield PaddedBatch(items)
+
+    def _mixed(self, items, first, copy):
+        """``mixup: waveform`` from shards: each clip's audio mixed with another clip of the batch
+        (partners and weights drawn from seed, epoch and the batch's first clip), then the
+        features; ``mixed_targets`` with the same weights."""
+        alpha, prob = self.mixup
+        rng = np.random.default_rng([self.seed, self.epoch, 4, first, copy])
+        partners = rng.permutation(len(items))
+        lams = rng.beta(alpha, alpha, size=len(items))
+        lams = np.where(rng.random(len(items)) < prob, lams, 1.0)
+        key = "targets" if self.table.multilabel else "label_index"
+        soft = [it[key] if self.table.multilabel else
+                torch.nn.functional.one_hot(it[key].view(-1), self.n_classes)[0].float()
+                for it in items]
+        mixed = []
+        for k, item in enumerate(items):
+            j, lam = int(partners[k]), float(lams[k])
+            wav = mix_waveforms(item["inputs"], items[j]["inputs"], lam)
+            mixed.append(dict(item, inputs=self.processor(wav),
+                              mixed_targets=lam * soft[k] + (1.0 - lam) * soft[j]))
+        return mixed
 
     def _eval_batches(self, clips):
         items = []
@@ -513,17 +545,18 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return {"targets": target}
         return {"label_index": torch.tensor([int(labels[0])])}
 
-    def _item(self, i, data, copy):
+    def _item(self, i, data, copy, processor=None):
+        processor = processor or self.processor
         uid = self.table.ids[i]
         source, span = self._source(i, data), self._span(i)
         crop = None
         if self.train_crop is not None:
             crop = self.train_crop(uid if copy == 0 else f"{uid}#{copy}")
         if span is None:
-            inputs = load_input(source, self.processor, start=crop or 0)
+            inputs = load_input(source, processor, start=crop or 0)
         else:
             offset = crop(span[1] - span[0]) if crop else 0
-            inputs = load_input(source, self.processor, start=span[0] + offset, stop=span[1])
+            inputs = load_input(source, processor, start=span[0] + offset, stop=span[1])
         return {"id": uid, "inputs": inputs, **self._target(i)}
 
     def _eval_items(self, i, data):
@@ -577,10 +610,7 @@ def shard_datasets(hparams, fold):
 
     folder = Path(hparams["shards"])
     index = read_index(folder)
-    if hparams.get("mixup") == "waveform":
-        raise ShardError("--mixup=waveform mixes each clip with any other training clip, which a "
-                         "stream of shards cannot reach: use --mixup=features with --shards (it "
-                         "mixes the clips of a batch), or train from the audio files.")
+    kind, alpha, prob = mixup_options(hparams)
     class_names = list(index["class_names"])
     multilabel = metrics.is_multilabel(hparams)
     parts = split_parts(index, fold)
@@ -610,7 +640,8 @@ def shard_datasets(hparams, fold):
               "seed": hparams["seed"], "shuffle_buffer": int(hparams.get("shuffle_buffer", 1000)),
               "n_classes": len(class_names)}
     datasets = {"train": ShardDataset(train, train=True, train_crop=crop, weights=weights,
-                                      keep=keep, **common)}
+                                      keep=keep, mixup=(alpha, prob) if kind == "waveform" else None,
+                                      **common)}
     for split in ("valid", "test"):
         datasets[split] = ShardDataset(tables[split], train=False, protocol=protocol, **common)
     logger.info(f"Reading {folder}: " + ", ".join(

@@ -409,8 +409,8 @@ def prepare_audioset(options, save_folder, class_names):
         json.dump(prepare_options, stream, indent=2)
     logger.info(f"Wrote manifests to {save_folder}: "
                 + ", ".join(f"{s} {len(found[s])}" for s in SPLITS)
-                + f" clips; {time.perf_counter() - started:.1f} s, peak memory "
-                  f"{peak_memory_mb():.0f} MB")
+                + f" clips in {time.perf_counter() - started:.1f} s (the process's peak memory so "
+                  f"far: {peak_memory_mb():.0f} MB)")
 
 
 def _check_headers(found, root, check):
