@@ -90,11 +90,12 @@ def test_batch_sizes_fill_batches_first_and_never_leave_one_empty():
         equal_batch_counts([[3], [1]], 1)
 
 
-def test_round_robin_counts_the_batches_each_worker_delivered():
-    assert round_robin_done([3, 2], 0) == [0, 0]
-    assert round_robin_done([3, 2], 3) == [2, 1]
-    assert round_robin_done([3, 1], 3) == [2, 1]
-    assert round_robin_done([3, 1], 4) == [3, 1]
+def test_round_robin_counts_the_batches_each_worker_delivered_and_who_is_next():
+    assert round_robin_done([3, 2], 0) == ([0, 0], 0)
+    assert round_robin_done([3, 2], 3) == ([2, 1], 1)
+    assert round_robin_done([3, 1], 3) == ([2, 1], 0)
+    assert round_robin_done([3, 1], 4) == ([3, 1], 0)
+    assert round_robin_done([2, 2, 2], 4) == ([2, 1, 1], 1)
 
 
 def test_class_balanced_draws_as_many_clips_as_there_are_favouring_rare_ones():
@@ -113,7 +114,7 @@ def test_class_balanced_draws_as_many_clips_as_there_are_favouring_rare_ones():
 def fsd_shards(tmp_path_factory):
     """A synthetic FSD50K release (multi-label) written as shards of 4 clips."""
     root = tmp_path_factory.mktemp("fsd_shards")
-    data = make_dataset("FSD50K", root / "data", per_class=1, seconds=0.4, n_classes=5)
+    data = make_dataset("FSD50K", root / "data", per_class=2, seconds=0.3, n_classes=6)
     write_shards("FSD50K", root / "shards", {"data_folder": str(data)}, samples_per_shard=4,
                  workers=1)
     return data, root / "shards"
@@ -171,13 +172,15 @@ def test_an_epoch_yields_every_training_clip_once_in_a_seeded_order(fsd_shards, 
     assert [b[0] for b in epoch(dataset, workers, epoch=2)] != [b[0] for b in first]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_resumed_epoch_yields_exactly_the_batches_left(fsd_shards, workers):
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers,done", [(1, 2), (2, 2), (2, 3), (3, 1), (3, 5)])
+def test_resumed_epoch_yields_exactly_the_batches_left(fsd_shards, workers, done):
     _, folder = fsd_shards
-    full = epoch(shard_dataset(folder), workers, epoch=3)
-    rest = epoch(shard_dataset(folder), workers, epoch=3, done=2)
-    assert [b[0] for b in rest] == [b[0] for b in full[2:]]
-    assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(rest, full[2:]))
+    full = epoch(shard_dataset(folder, batch_size=2), workers, epoch=3)
+    rest = epoch(shard_dataset(folder, batch_size=2), workers, epoch=3, done=done)
+    assert len(full) > done + 2
+    assert [b[0] for b in rest] == [b[0] for b in full[done:]]
+    assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(rest, full[done:]))
 
 
 def test_a_resumed_epoch_does_not_read_the_shards_it_finished(fsd_shards, monkeypatch):

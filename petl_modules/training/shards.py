@@ -245,8 +245,9 @@ def equal_batch_counts(counts, batch_size):
 
 
 def round_robin_done(batches, done):
-    """How many of its own batches each worker has delivered once the DataLoader (which takes
-    the workers' batches in turn, skipping workers that have none left) has yielded ``done``."""
+    """``(delivered, next_worker)``: how many of its own batches each worker has delivered once
+    the DataLoader (which takes the workers' batches in turn, skipping workers that have none
+    left) has yielded ``done``, and the worker whose batch comes next (0 when none is left)."""
     delivered = [0] * len(batches)
     turn = 0
     while done > 0 and turn < max(batches, default=0):
@@ -255,7 +256,17 @@ def round_robin_done(batches, done):
                 delivered[worker] += 1
                 done -= 1
         turn += 1
-    return delivered
+    waiting = [w for w, count in enumerate(batches) if delivered[w] < count]
+    behind = [w for w in waiting if delivered[w] == min(delivered[v] for v in waiting)]
+    return delivered, (behind[0] if behind else 0)
+
+
+def resumed_worker(batches, done, loader_worker):
+    """The worker of the plan whose batches DataLoader worker ``loader_worker`` yields in an
+    epoch resumed after ``done`` batches. A DataLoader starts its turns at its worker 0: the plan's
+    workers are rotated so that its worker 0 plays the one whose batch comes next, which keeps
+    the order of the batches left exactly that of an uninterrupted epoch."""
+    return (loader_worker + round_robin_done(batches, done)[1]) % len(batches)
 
 
 def buffer_order(count, size, rng):
@@ -324,7 +335,7 @@ class EpochPlan:
             rng = np.random.default_rng([self.seed, self.epoch, 3, rank, worker])
             share = share[buffer_order(len(share), self.buffer_size, rng)]
         sizes = batch_sizes(len(share), self.batches[rank][worker], self.batch_size)
-        skip = round_robin_done(self.batches[rank], done)[worker]
+        skip = round_robin_done(self.batches[rank], done)[0][worker]
         bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         return [share[bounds[b]:bounds[b + 1]] for b in range(skip, len(sizes))]
 
@@ -461,6 +472,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         worker = 0 if info is None else info.id
         plan = self.plan(1 if info is None else info.num_workers)
         if self.train:
+            worker = resumed_worker(plan.batches[self.rank], self.done, worker)
             batches = plan.worker_batches(self.rank, worker, self.done)
             return self._batches(batches, plan.worker_share(self.rank, worker))
         return self._eval_batches(plan.worker_share(0, worker))

@@ -123,7 +123,7 @@ def check_subset(subset):
 def options_from_data(options):
     """The classes of ``class_labels_indices.csv`` (``recipe.load_run``): ``class_names`` in
     index order and ``n_classes``; checks ``--subset`` first. No audio is read."""
-    check_subset(options.get("subset"))
+    check_subset(options.get("subset", "balanced"))
     names = [name for _, name in read_classes(options["data_folder"])]
     return {"class_names": names, "n_classes": len(names)}
 
@@ -232,6 +232,17 @@ class AudioIndex:
         return [f"{self.find(stem)}" for stem in list(self.stems)[:count]]
 
 
+def nothing_found(index, pattern):
+    """The error of a pattern that finds no file."""
+    found = ", ".join(index.examples()) or "none"
+    return DataError(
+        f"No audio file named after a segment was found with {pattern} ({len(index)} audio files "
+        f"found; e.g. {found}). The files must be named by a pattern of the segment lists: pass "
+        f"--audio_pattern=<one of {', '.join(AUDIO_PATTERNS)}> or a format string such as "
+        "'{ytid}_{start_int}', and --audio_folder=<the folder holding them> if they are not "
+        "below the data folder.")
+
+
 def detect_pattern(index, segment_paths, sample=2000):
     """The preset of ``AUDIO_PATTERNS`` that finds most of the first ``sample`` segments of each
     list; raises ``DataError`` (with examples) when none finds any."""
@@ -244,13 +255,7 @@ def detect_pattern(index, segment_paths, sample=2000):
                 hits[name] += file_stem(pattern, ytid, start, end, path, line) in index.stems
     best = max(hits, key=hits.get)
     if hits[best] == 0:
-        found = ", ".join(index.examples()) or "none"
-        raise DataError(
-            f"No audio file named after a segment was found ({len(index)} audio files found; "
-            f"e.g. {found}). The files must be named by a pattern of the segment lists: pass "
-            f"--audio_pattern=<one of {', '.join(AUDIO_PATTERNS)}> or a format string such as "
-            "'{ytid}_{start_int}', and --audio_folder=<the folder holding them> if they are not "
-            "below the data folder.")
+        raise nothing_found(index, "any preset")
     logger.info(f"Audio files named as {best} ('{AUDIO_PATTERNS[best]}.<ext>'): it finds "
                 f"{hits[best]} of the first segments listed (other patterns: "
                 + ", ".join(f"{n} {h}" for n, h in hits.items() if n != best) + ").")
@@ -377,6 +382,8 @@ def prepare_audioset(options, save_folder, class_names):
                 found[split].append((ytid, where, float(end) - float(start),
                                      LABEL_SEPARATOR.join(names[k] for k in classes_of)))
     _write_missing_table(save_folder / MISSING_CLIPS, counts, classes, names)
+    if not any(found.values()):
+        raise nothing_found(index, f"--audio_pattern='{pattern}'")
     report = counts.report(threshold)
     over = [s for s in SPLITS if report[s]["fraction"] > threshold]
     if over:
