@@ -18,7 +18,9 @@ training/      the recipe machinery: ``compose.py`` (yaml composition, option ch
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``audio.py``, ``windows.py`` (random crops, sliding
                windows), ``metrics.py`` (single- and multi-label scores, thresholds, class
-               weights), ``augment.py``, ``cache.py``, ``tracking.py``,
+               weights, d-prime), ``sampling.py`` (class-balanced sampling), ``mixup.py``,
+               ``shards.py`` (reading tar shards: ``--shards``), ``augment.py``, ``cache.py``,
+               ``tracking.py``,
                ``pretrained.py`` (the PETL model folder), ``model_metrics.py`` (its optional
                ``metrics.json``), ``recipe.yaml`` (shared by every recipe)
 sharing/       sharing and serving trained models: ``peft_lora.py`` (PEFT LoRA adapters, both
@@ -28,8 +30,8 @@ sharing/       sharing and serving trained models: ``peft_lora.py`` (PEFT LoRA a
                PETL modules on one frozen backbone: ``TaskRouter`` at the insertion points)
 tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``
                (plain transformers, ``--format=peft|onnx``), ``from_peft``, ``push``, ``results``,
-               ``demo``, ``sweep`` (many recipe runs from a sweep file): the command lines a user
-               runs
+               ``demo``, ``sweep`` (many recipe runs from a sweep file), ``shard`` (a recipe's
+               prepared data as tar shards): the command lines a user runs
 options        checking keyword options by name (unknown ones named with close matches)
 tiny           tiny random backbone configs (tests, demo, benchmark)
 synthetic      shared helpers of the recipes' ``*_synthetic.py`` generators, and finding them

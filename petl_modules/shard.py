@@ -324,7 +324,8 @@ def parse_args(argv=None):
         prog="python -m petl_modules.shard",
         description="Write a recipe's prepared data as tar shards (WebDataset format) for "
                     "--shards=OUT. Other --key=value options are the recipe's (its data options).")
-    parser.add_argument("recipe", help="a folder of recipes/ (e.g. AudioSet, ESC50)")
+    recipes = sorted(p.parent.name for p in recipes_folder().glob("*/train.py"))
+    parser.add_argument("recipe", help=f"a folder of recipes/: {', '.join(recipes)}")
     parser.add_argument("out", help="the folder to write the shards and their index into")
     parser.add_argument("--audio", default="original", choices=AUDIO_MODES,
                         help="original: each file's bytes as they came (default); flac: the "

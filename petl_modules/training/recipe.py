@@ -6,10 +6,10 @@ A recipe's ``main`` reads in the order of SpeechBrain's templates, each step a c
     sb.utils.distributed.ddp_init_group(run_opts)
     run = load_run(hparams_file, DATASET_YAML, overrides, run_opts)  # compose, check, build
     with claimed_output_folder(run):                 # lock, run identity, experiment folder
-        run_on_main(prepare, kwargs={"hparams": run.hparams})
+        run.prepare(prepare)                         # run_on_main; nothing to do with --shards
         for fold in run.unfinished_folds():
             hparams = run.fold_hparams(fold)         # the fold's objects and experiment folder
-            datasets, class_names = fold_datasets(make_datasets(hparams, fold), hparams, run_opts)
+            datasets, class_names = run.datasets(make_datasets, hparams, fold)  # fold_datasets
             brain = Brain(...); brain.fit(...); brain.evaluate(..., max_key="valid_acc")
             run.finish_fold(fold, hparams, brain, class_names)  # petl_model/, fold_result.json
         return run.write_results()                   # results.json

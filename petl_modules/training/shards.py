@@ -416,6 +416,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.seed, self.shuffle_buffer, self.n_classes = int(seed), int(shuffle_buffer), n_classes
         self.train_crop, self.protocol, self.weights, self.keep = train_crop, protocol, weights, keep
         self.epoch, self.done = 1, 0
+        self.held_peak_bytes = 0  # the most clip bytes held at once (this process's iterations)
         self.processes, self.rank = 1, 0
         if train and torch.distributed.is_available() and torch.distributed.is_initialized():
             self.processes, self.rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
@@ -485,7 +486,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         remaining = {int(i): int(n) for i, n in zip(*np.unique(needed, return_counts=True))}
         ordered = [int(i) for i in dict.fromkeys(share.tolist()) if int(i) in remaining]
         reader = read_clips(self.table, ordered)
-        held, copies = {}, {}
+        held, copies, held_bytes = {}, {}, 0
         processor = RawClip(self.processor) if self.mixup else self.processor
         for batch in batches:
             items = []
@@ -493,12 +494,14 @@ class ShardDataset(torch.utils.data.IterableDataset):
                 while i not in held:
                     clip, data = next(reader)
                     held[clip] = data
+                    held_bytes += len(data)
+                    self.held_peak_bytes = max(self.held_peak_bytes, held_bytes)
                 k = copies.get(i, 0)
                 copies[i] = k + 1
                 items.append(self._item(i, held[i], k, processor))
                 remaining[i] -= 1
                 if remaining[i] == 0:
-                    del held[i]
+                    held_bytes -= len(held.pop(i))
             if self.mixup:
                 items = self._mixed(items, int(batch[0]), copies[int(batch[0])])
             yield PaddedBatch(items)
