@@ -12,9 +12,12 @@ methods/       the PETL methods, which never name a backbone family: ``adapted.p
                ``PETLModule`` and the token-mask context the lobes set), ``adapters.py``,
                ``lora.py``, ``prompt.py`` (prompt and prefix tuning), ``moa.py`` (Dense/Soft-MoA),
                ``classifier.py`` (pooling + linear head)
-training/      the recipe machinery: ``compose.py`` (yaml composition, option checks),
+training/      the recipe machinery: ``arguments.py`` (the recipes' command line, each argument
+               kept whole), ``compose.py`` (yaml composition, option checks),
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
                ``launch.py`` (recipe commands as submitit jobs: local processes, Slurm arrays),
+               ``slurm.py`` (what squeue, sacct and scontrol say: states, partition limits),
+               ``stop_signals.py`` (a checkpoint and a clean exit on SIGUSR2/SIGTERM),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``audio.py``, ``windows.py`` (random crops, sliding
                windows), ``metrics.py`` (single- and multi-label scores, thresholds, class

@@ -332,6 +332,8 @@ def parse_args(argv=None):
                              "clip as 16 kHz mono 16-bit FLAC")
     parser.add_argument("--samples_per_shard", type=int, default=1000, help="clips per tar file (1000)")
     parser.add_argument("--workers", type=int, default=None, help="writing processes (every core)")
+    from petl_modules.training.arguments import read_value
+
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for item in rest:
@@ -340,7 +342,7 @@ def parse_args(argv=None):
         key, value = item[2:].split("=", 1)
         if key in overrides:
             parser.error(f"--{key} is given twice")
-        overrides[key] = ruamel.yaml.YAML(typ="safe").load(value) if value.strip() else None
+        overrides[key] = read_value(value)
     if "data_folder" not in overrides:
         parser.error("--data_folder=<the dataset's folder> is required")
     args.overrides = overrides

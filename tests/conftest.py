@@ -24,6 +24,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+
+# ==================================================================== the real-Slurm check
+# Tests marked `slurm` submit jobs to a real Slurm (tests/slurm/start_slurm.sh starts one, as
+# root). They run only when asked: `pytest --slurm` or PETL_SLURM_TESTS=1 (tests/slurm/check.sh
+# does both), so plain `pytest` and `pytest -m "not slow"` stay as they are.
+def pytest_addoption(parser):
+    parser.addoption("--slurm", action="store_true",
+                     help="also run the tests marked slurm (a real single-node Slurm: tests/slurm/)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slurm") or os.environ.get("PETL_SLURM_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="real Slurm: run tests/slurm/check.sh (or pytest --slurm)")
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)
+
 # Small recipe settings shared by the recipe tests (tiny backbone, short inputs, one epoch).
 TINY_RUN = ["--number_of_epochs=1", "--batch_size=8", "--num_workers=0", "--max_frames=64"]
 

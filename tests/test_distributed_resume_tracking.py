@@ -5,6 +5,7 @@ Every run is the real recipe command line on the tiny AST and the synthetic FSC 
 
 import json
 import shutil
+import signal
 import struct
 import sys
 
@@ -40,6 +41,26 @@ def killing_fit_batch(self, batch):
     return fit_batch(self, batch)
 sb.Brain._save_intra_epoch_ckpt, sb.Brain.fit_batch = counting_save, killing_fit_batch
 sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+# Runs a recipe command as `python -c SIGNAL_HARNESS SIGNUM N train.py ...`: the process sends
+# itself SIGNUM while its N-th training batch runs (as Slurm does before a time limit, SIGUSR2, or
+# on preemption and `scontrol requeue`, SIGTERM).
+SIGNAL_HARNESS = """
+import os, runpy, sys
+import speechbrain as sb
+signum, at = int(sys.argv[1]), int(sys.argv[2])
+seen = {"batches": 0}
+fit_batch = sb.Brain.fit_batch
+def signalling_fit_batch(self, batch):
+    seen["batches"] += 1
+    if seen["batches"] == at:
+        os.kill(os.getpid(), signum)
+    return fit_batch(self, batch)
+sb.Brain.fit_batch = signalling_fit_batch
+sys.argv = sys.argv[3:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -218,3 +239,28 @@ def test_wandb_offline_run_logs_epoch_and_test_metrics_beside_the_file_log(
     assert [r["test/accuracy"] for r in rows if "test/accuracy" in r] == [fold["test_accuracy"]]
     # The file log is written all the same.
     assert "test accuracy" in (out / "train_log.txt").read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGTERM], ids=["SIGUSR2", "SIGTERM"])
+def test_run_signalled_mid_epoch_checkpoints_at_the_next_step_exits_and_resumes_as_uninterrupted(
+        signum, fsc_data, tiny_ast_with_dropout, tmp_path):
+    # 31 training utterances in batches of 4: 8 steps per epoch; no timed checkpoints, so the one
+    # within epoch 2 is the signal's. The signal arrives during batch 13 = epoch 2, batch 5.
+    options = ["--number_of_epochs=2", "--batch_size=4", "--ckpt_interval_minutes=0"]
+    reference = tmp_path / "uninterrupted"
+    run_train("FSC", "full_ft", fsc_data, tiny_ast_with_dropout, reference, *options)
+
+    out = tmp_path / "signalled"
+    stopped = run_train("FSC", "full_ft", fsc_data, tiny_ast_with_dropout, out, *options, check=False,
+                        launcher=[sys.executable, "-c", SIGNAL_HARNESS, str(int(signum)), "13"])
+    assert stopped.returncode == 128 + signum, stopped.stdout[-3000:]
+    assert f"Stopped on {signal.Signals(signum).name} at epoch 2, after batch 5: checkpoint saved" \
+        in stopped.stdout
+    assert not (out / "results.json").exists()
+    intra_epoch = [c for c in (out / "save").glob("CKPT+*")
+                   if "brain_intra_epoch_ckpt" in (c / "CKPT.yaml").read_text()]
+    assert len(intra_epoch) == 1
+
+    resumed = run_train("FSC", "full_ft", fsc_data, tiny_ast_with_dropout, out, *options)
+    assert "1 epoch(s) done; epoch 2 goes on after its batch 5" in resumed.stdout
+    assert_same_run(out, reference)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from petl_modules import results as results_tool
 from petl_modules import sweep
@@ -23,20 +22,9 @@ from petl_modules.training import launch
 from petl_modules.training.run_folder import HOLDER_FILE, lock_holder
 
 from conftest import METHOD_FILES, REPO
+from sweep_helpers import ScriptedCluster, fake_submission, write_sweep
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
-
-
-def write_sweep(folder, **content):
-    """A sweep file in ``folder`` (its data folder made, so that a real launch accepts it)."""
-    data = folder / "data" / "fluent_speech_commands_dataset"
-    data.mkdir(parents=True, exist_ok=True)
-    body = {"output_folder": str(folder / "out"), "data_root": str(folder / "data"),
-            "recipes": {"FSC": "fluent_speech_commands_dataset"}, "methods": ["linear"]}
-    body.update(content)
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
 
 
 # ==================================================================== the papers' sweep files
@@ -141,7 +129,7 @@ def test_missing_data_folders_or_slurm_commands_are_reported_before_anything_run
     assert f"data folder(s) not found: {tmp_path / 'data' / 'ESC-50-master'}" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     assert sweep.main([str(path), "--launcher=slurm"]) == 2
-    assert "needs Slurm's sbatch and srun on the PATH" in capsys.readouterr().err
+    assert "needs Slurm's sbatch, srun and squeue on the PATH" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -217,9 +205,9 @@ def test_local_launcher_gives_each_run_one_visible_gpu_and_runs_one_per_gpu_at_o
 # ==================================================================== Slurm, without a cluster
 def test_dry_run_prints_every_command_and_the_sbatch_file_with_the_slurm_options(tmp_path, capsys):
     path = write_sweep(tmp_path, methods=["linear", "bitfit"], seeds=[1, 2],
-                       resources={"partition": "a100", "cpus_per_run": 6, "array_parallelism": 3})
+                       resources={"partition": "gpu", "cpus_per_run": 6, "array_parallelism": 3})
     code = sweep.main([str(path), "--launcher=slurm", "--dry_run", "--gpus_per_run=2", "--time_min=90",
-                       "--set", "number_of_epochs=3"])
+                       "--set", "number_of_epochs=3"], cluster=ScriptedCluster("gpu"))
     out = capsys.readouterr().out
     assert code == 0
     runs, _ = sweep.plan(path, extra={"number_of_epochs": 3})
@@ -227,48 +215,35 @@ def test_dry_run_prints_every_command_and_the_sbatch_file_with_the_slurm_options
         run.gpus = 2
         assert shlex.join(sweep.recipe_command(run)) in out
     assert "--nproc_per_node=2" in out and "--number_of_epochs=3" in out
-    for option in ("--array=0-3%3", "--partition=a100", "--gpus-per-node=2", "--cpus-per-task=6",
+    for option in ("--array=0-3%3", "--partition=gpu", "--gpus-per-node=2", "--cpus-per-task=6",
                    "--time=90", "--signal=USR2@120", "--ntasks-per-node=1", "--job-name=sweep-out"):
         assert f"#SBATCH {option}\n" in out, option
     assert not (tmp_path / "out").exists()  # nothing ran
 
 
-FAKE_SLURM = {
-    "srun": "#!/bin/sh\nexit 0\n",
-    "sbatch": '#!/bin/sh\ncp "$1" "$FAKE_SLURM_DIR/submitted.$(ls $FAKE_SLURM_DIR | wc -l).sbatch"\n'
-              'echo "Submitted batch job 4242"\n',
-    # every task of job 4242 is queued
-    "sacct": '#!/bin/sh\necho "JobID|State|NodeList"\nfor i in 0 1 2 3; do echo "4242_$i|PENDING|"; done\n',
-}
-
-
 def test_slurm_launcher_submits_one_job_array_through_submitit_and_a_rerun_leaves_queued_runs(
         tmp_path, monkeypatch, capsys):
-    bin_folder = tmp_path / "bin"
-    bin_folder.mkdir()
-    for name, text in FAKE_SLURM.items():
-        (bin_folder / name).write_text(text)
-        (bin_folder / name).chmod(0o755)
-    record = tmp_path / "record"
-    record.mkdir()
-    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_SLURM_DIR", str(record))
+    record = fake_submission(tmp_path, monkeypatch)
     path = write_sweep(tmp_path, methods=["linear", "bitfit"], seeds=[1, 2],
-                       resources={"partition": "gpu", "time_min": 30})
-    assert sweep.main([str(path), "--launcher=slurm", "--no_wait", "--cpus_per_run=4"]) == 0
+                       resources={"partition": "debug", "time_min": 30, "gpus_per_run": 0})
+    cluster = ScriptedCluster("cpu", max_array_size=1001)
+    assert sweep.main([str(path), "--launcher=slurm", "--no_wait", "--cpus_per_run=2"], cluster=cluster) == 0
     submitted = sorted(record.glob("*.sbatch"))
     assert len(submitted) == 1
     text = submitted[0].read_text()
-    for option in ("--array=0-3%4", "--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=4", "--time=30"):
+    for option in ("--array=0-3%4", "--partition=debug", "--cpus-per-task=2", "--time=30"):
         assert f"#SBATCH {option}\n" in text, option
+    assert "--gpus-per-node" not in text and "--gres" not in text
     jobs = json.loads((tmp_path / "out" / sweep.STATE_FOLDER / sweep.JOBS_FILE).read_text())
     runs, _ = sweep.plan(path)
     assert jobs == {run.name: f"4242_{k}" for k, run in enumerate(runs)}
-    assert "4 run(s) submitted" in capsys.readouterr().out
-    # Rerun: sacct says the four are queued: nothing is submitted again.
-    assert sweep.main([str(path), "--launcher=slurm", "--no_wait"]) == 0
+    assert "4 run(s) submitted as 1 job array(s) (4242)" in capsys.readouterr().out
+    # Rerun: squeue lists the four as queued: nothing is submitted again.
+    queued = "".join(f"4242_{k}|PENDING|Priority\n" for k in range(4))
+    cluster = ScriptedCluster("cpu", queues=[queued])
+    assert sweep.main([str(path), "--launcher=slurm", "--no_wait", "--cpus_per_run=2"], cluster=cluster) == 0
     assert len(list(record.glob("*.sbatch"))) == 1
-    assert "0 run(s) submitted" in capsys.readouterr().out
+    assert "4 runs: 0 done, 4 queued, 0 running, 0 to submit" in capsys.readouterr().out
 
 
 # ==================================================================== published numbers
@@ -354,12 +329,15 @@ def lock_holders(folders):
 @pytest.mark.slow
 def test_local_sweep_killed_mid_way_and_rerun_finishes_every_run_once_at_most_n_at_once(
         tmp_path, fsc_data, tiny_ast):
-    """2 methods x 2 seeds on FSC, at most 2 at once. Once a run has finished and two hold their
+    """2 methods x 2 seeds on FSC (one method with an option in its folder names), at most 2 at
+    once. Once a run has finished and two hold their
     locks, the sweep is killed (SIGKILL), one running recipe is killed with it and the other is
     paused; the rerun counts the paused one as running (its lock is held), resumes the killed one
     and runs the last; every epoch of every run is trained once, every run tested once."""
+    # bitfit's runs have an option in their folder names (.../bitfit/lr=0.004/seed1): they train there
     path = write_sweep(
-        tmp_path, recipes={"FSC": str(fsc_data)}, methods=["linear", "bitfit"], seeds=[1, 2],
+        tmp_path, recipes={"FSC": str(fsc_data)},
+        methods=["linear", {"method": "bitfit", "overrides": {"lr": 0.004}}], seeds=[1, 2],
         overrides={"backbone_source": str(tiny_ast), "number_of_epochs": EPOCHS, "batch_size": 8,
                    "num_workers": 0, "max_frames": 64, "ckpt_interval_minutes": 0},
         resources={"max_parallel": 2})
@@ -411,9 +389,11 @@ def test_local_sweep_killed_mid_way_and_rerun_finishes_every_run_once_at_most_n_
         tests = (folder / "train_log.txt").read_text().count("test loss")
         assert tests == 1, folder
     assert "All 4 run(s) done." in out
+    assert [r.name for r in runs][2:] == ["FSC/bitfit/lr=0.004/seed1", "FSC/bitfit/lr=0.004/seed2"]
+    assert not list((tmp_path / "out").glob("FSC/bitfit/lr 0.004*"))  # SpeechBrain's parser's folder
     report = (tmp_path / "out" / "report.md").read_text()
     for method in ("linear", "bitfit"):  # each: 2 runs (seeds), 2 values
-        assert re.search(rf"\| {method} \| [^|]+ \| FSC \| ast [^|]+ \| 2 \| 2 \|", report), report
+        assert re.search(rf"\| {method}[^|]* \| [^|]+ \| FSC \| ast [^|]+ \| 2 \| 2 \|", report), report
 
 
 @pytest.mark.slow
@@ -431,7 +411,7 @@ def test_a_failed_run_never_stops_the_others_and_is_listed_with_its_log(tmp_path
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert (tmp_path / "out" / "FSC" / "linear" / "default" / "seed10" / "results.json").is_file()
     failure = proc.stdout.split("1 run(s) failed")[1]
-    assert "ESC50/linear/default/seed10/fold1: log " in failure and "_log.err" in failure
+    assert "ESC50/linear/default/seed10/fold1: " in failure and "_log.err" in failure
     assert "esc50.csv" in failure  # the recipe's own message, from the log
     assert (tmp_path / "out" / "report.md").is_file()
 
@@ -459,4 +439,4 @@ def test_a_preempted_job_is_requeued_and_runs_its_command_again(tmp_path):
     assert job.done()
     assert starts.read_text().splitlines() == ["start", "start"]
     assert launch.local_job_exit_code(job) == 0
-    assert "Requeued job" in launch.job_logs(job)[0].read_text()
+    assert "Requeued job" in launch.local_job_logs(job)[0].read_text()

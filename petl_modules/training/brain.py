@@ -16,7 +16,10 @@ restores the modules, optimiser, scheduler, epoch counter, DataLoader position, 
 loss; this Brain adds the epoch's training accuracy counts so far (in its own checkpoint file) and
 gives the training DataLoader its own seeded generator, so that the global random state (restored
 by ``petl_modules.training.checkpointing.RandomState``) is drawn from in the same order with or without an
-interruption. A resumed run thus ends with the same results as an uninterrupted one.
+interruption. A resumed run thus ends with the same results as an uninterrupted one. SIGUSR2 or
+SIGTERM (a cluster's time-limit warning, preemption, requeue) while it trains or evaluates stops it
+cleanly (``petl_modules.training.stop_signals``): an intra-epoch checkpoint at the next optimiser
+step, then exit; during validation or testing, exit at the next batch.
 
 Long recordings (``petl_modules/training/windows.py``): with ``train_crop: random`` the Brain sets
 the epoch of the training set's crops before each training epoch (also a resumed one), so every
@@ -50,6 +53,7 @@ from petl_modules.training.augment import augment
 from petl_modules.training.cache import head_input
 from petl_modules.training.mixup import BatchMixup, mixup_options, soft_targets
 from petl_modules.training.sampling import weighted_sampler
+from petl_modules.training.stop_signals import RunInterrupted, StopSignals, signal_name
 from petl_modules.training.windows import WindowScores
 
 logger = logging.getLogger(__name__)
@@ -344,14 +348,53 @@ class ClassificationBrain(sb.Brain):
         if not isinstance(train_set, torch.utils.data.DataLoader):
             train_set = self.make_dataloader(train_set, stage=sb.Stage.TRAIN, **train_loader_kwargs)
         self.steps_per_epoch = math.ceil(len(train_set) / self.grad_accumulation_factor)
-        with named_progress_bars(self):
+        with named_progress_bars(self), StopSignals() as self._stop:
             super().fit(epoch_counter, train_set, valid_set, progressbar,
                         train_loader_kwargs, valid_loader_kwargs)
 
     def evaluate(self, *args, **kwargs):
-        """As ``sb.Brain.evaluate``, its progress bar named (``progress_name``)."""
-        with named_progress_bars(self):
+        """As ``sb.Brain.evaluate``, its progress bar named (``progress_name``); SIGUSR2/SIGTERM
+        stop it at the next batch."""
+        with named_progress_bars(self), StopSignals() as self._stop:
             return super().evaluate(*args, **kwargs)
+
+    # ---------------------------------------------------------------- stopping on a signal
+    def _stop_signal(self):
+        """The stop signal any process caught (0: none); a collective call under DDP."""
+        stop = getattr(self, "_stop", None)
+        signum = (stop.signum or 0) if stop is not None else 0
+        if is_distributed_initialized():
+            flag = torch.tensor([signum], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        return signum
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """SpeechBrain's interval, or a stop signal at an optimiser step boundary (the
+        checkpoint is then saved and the run exits: ``_save_intra_epoch_ckpt``)."""
+        at_step = self.step % self.grad_accumulation_factor == 0
+        self._stopping = self._stop_signal() if at_step else 0
+        if self._stopping:
+            if self.checkpointer is None:
+                raise self._interrupted(self._stopping, saved=False)
+            return True
+        return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
+
+    def evaluate_batch(self, batch, stage):
+        signum = self._stop_signal()
+        if signum:
+            raise self._interrupted(signum, saved=False)
+        return super().evaluate_batch(batch, stage)
+
+    def _interrupted(self, signum, saved):
+        """``RunInterrupted`` for ``signum``, the main process logging where the run stopped."""
+        where = f"epoch {self.hparams.epoch_counter.current}, after batch {self.step}"
+        done = (f"checkpoint saved in {self.checkpointer.checkpoints_dir}" if saved
+                else "it resumes from its latest checkpoint")
+        if if_main_process():
+            logger.warning(f"Stopped on {signal_name(signum)} at {where}: {done}. Rerun the same "
+                           "command to resume (a Slurm requeue does).")
+        return RunInterrupted(signum)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """As ``sb.Brain.make_dataloader``; the training loader gets its own generator (``seed``).
@@ -519,6 +562,8 @@ class ClassificationBrain(sb.Brain):
             if not if_main_process():
                 self.counts.zero_()
         super()._save_intra_epoch_ckpt()
+        if getattr(self, "_stopping", 0):
+            raise self._interrupted(self._stopping, saved=True)
 
     @sb.utils.checkpoints.mark_as_saver
     def _save(self, path):

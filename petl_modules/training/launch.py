@@ -2,10 +2,17 @@
 
 The sweep tool (``petl_modules.sweep``) decides what runs; this module only hands commands to
 submitit, which owns the scheduling: ``LocalExecutor`` (one process per job, started at once:
-the caller throttles) and ``SlurmExecutor`` (``batch()`` makes one job array). A job is a
-``RecipeRun``: the recipe command in a subprocess. It is ``submitit.helpers.Checkpointable``, so a
-Slurm job that is preempted or reaches its time limit is requeued with the same command, and the
-recipe resumes from its latest checkpoint (``ckpt_interval_minutes``, end of every epoch).
+the caller throttles) and ``SlurmExecutor`` (``batch()`` makes one job array; ``submit_arrays``
+makes as many as the cluster's ``MaxArraySize`` needs). A job is a ``RecipeRun``: the recipe
+command in a subprocess. It is ``submitit.helpers.Checkpointable``, so a Slurm job that is
+preempted or reaches its time limit is requeued with the same command, and the recipe resumes from
+its latest checkpoint (``ckpt_interval_minutes``, end of every epoch).
+
+Signals: Slurm sends SIGUSR2 (``--signal``, 120 s before the time limit) and SIGTERM (preemption,
+``scontrol requeue``, ``scancel``) to every process of the job. ``RecipeRun`` passes them on to the
+recipe (which checkpoints at its next step and exits, ``petl_modules.training.stop_signals``),
+waits for it, then: after SIGUSR2 it lets submitit requeue the job; after SIGTERM it exits without
+a result, and Slurm requeues the job or ends it as it decided.
 
 Whether a run succeeded is read from its output folder (``results.json``), never from submitit's
 result pickles. The pickles submitit writes in its folder are the sweep's own jobs.
@@ -17,20 +24,21 @@ Example
 "print('hello')"
 """
 
+import contextlib
+import io
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
 from submitit.slurm.slurm import _make_sbatch_string
 
-# Slurm job states in which a job still holds (or waits for) a place: its run is not to be
-# submitted again (sacct's names, as submitit reports them).
-SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
-                "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
-
+from petl_modules.training.stop_signals import STOP_SIGNALS
 
 class RecipeRunError(RuntimeError):
     """The recipe command exited with an error (its log says why)."""
@@ -50,8 +58,35 @@ class RecipeRun(submitit.helpers.Checkpointable):
 
     def __call__(self):
         print(f"[sweep] {shlex.join(self.command)}", flush=True)
-        # subprocess.run kills the recipe if this job is interrupted (requeue, cancel)
-        code = subprocess.run(self.command, cwd=self.cwd, env={**os.environ, **self.env}).returncode
+        process = subprocess.Popen(self.command, cwd=self.cwd, env={**os.environ, **self.env})
+        caught = []
+
+        def pass_on(signum, frame):
+            caught.append(signum)
+            try:
+                process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {number: signal.signal(number, pass_on) for number in STOP_SIGNALS}
+        try:
+            code = process.wait()
+        except BaseException:
+            process.kill()  # this job is interrupted otherwise (Ctrl-C): the recipe goes with it
+            process.wait()
+            raise
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        if caught and code != 0:
+            print(f"[sweep] The recipe stopped on {signal.Signals(caught[0]).name} (exit code "
+                  f"{code}); it resumes from its checkpoint when the job runs again.", flush=True)
+            handler = previous.get(signal.SIGUSR2)
+            if signal.SIGUSR2 in caught and callable(handler):
+                handler(signal.SIGUSR2, None)  # submitit: requeue this job, then exit
+            sys.exit(code if code > 0 else 128 - code)  # no result: Slurm requeues or ends the job
         if code != 0:
             raise RecipeRunError(f"the recipe exited with code {code}: {shlex.join(self.command)}")
         return code
@@ -74,9 +109,15 @@ def local_job_exit_code(job):
 
 
 # ==================================================================== Slurm
-def slurm_parameters(resources, job_name):
-    """submitit's Slurm parameters (sbatch's names) from the sweep's ``resources``: partition,
-    GPUs per run, CPUs per run, time, array parallelism, memory, account, QoS, constraint."""
+class SubmissionError(RuntimeError):
+    """sbatch refused a job array (the message is sbatch's own)."""
+
+
+def slurm_parameters(resources, job_name, setup=None):
+    """submitit's Slurm parameters (sbatch's names) from the sweep's checked ``resources``:
+    partition, GPUs per run (``--gpus-per-node=[type:]N``, or ``--gres`` as given), CPUs per run,
+    time, array parallelism, memory, account, QoS, constraint; and the sweep file's ``setup``
+    (``sbatch``: extra ``--option[=value]``s, ``commands``: shell lines run before the recipe)."""
     params = {
         "job_name": job_name,
         "time": int(resources["time_min"]),
@@ -86,13 +127,25 @@ def slurm_parameters(resources, job_name):
         "array_parallelism": int(resources["array_parallelism"]),
         "signal_delay_s": 120,  # SIGUSR2 that long before the limit: the job requeues itself
     }
-    if int(resources["gpus_per_run"]) > 0:
-        params["gpus_per_node"] = int(resources["gpus_per_run"])
+    if resources.get("gres"):
+        params["gres"] = str(resources["gres"])
+    elif int(resources["gpus_per_run"]) > 0:
+        gpus = int(resources["gpus_per_run"])
+        params["gpus_per_node"] = f"{resources['gpu_type']}:{gpus}" if resources.get("gpu_type") else gpus
     if resources.get("mem_gb"):
         params["mem"] = f"{int(resources['mem_gb'])}GB"
     for key in ("partition", "account", "qos", "constraint"):
         if resources.get(key):
             params[key] = str(resources[key])
+    setup = setup or {}
+    if setup.get("commands"):
+        params["setup"] = list(setup["commands"])
+    if setup.get("sbatch"):
+        extra = {}
+        for option in setup["sbatch"]:
+            name, sep, value = option[2:].partition("=")
+            extra[name] = value if sep else True
+        params["additional_parameters"] = extra
     return params
 
 
@@ -111,11 +164,39 @@ def slurm_script(folder, params, array_size):
     return _make_sbatch_string(command=command, folder=str(folder), map_count=array_size, **params)
 
 
-def slurm_job(folder, job_id):
-    """A handle on an earlier Slurm job of the sweep (its state is read with ``sacct``)."""
-    return submitit.SlurmJob(folder=str(folder), job_id=str(job_id))
+def submit_arrays(executor, runs, sizes):
+    """Submits ``runs`` (``RecipeRun``s) as job arrays of ``sizes`` (in order; ``sum(sizes) ==
+    len(runs)``); returns their job ids (``<array>_<task>``; submitit submits an array of one as
+    a plain job: ``<job>``), one per run.
+
+    Raises
+    ------
+    SubmissionError
+        sbatch refused an array: its error lines (``sbatch: error: ...``). Arrays submitted
+        before it stay submitted; the ids of their runs are in ``err.submitted``.
+    """
+    ids, start = [], 0
+    for size in sizes:
+        try:  # submitit prints sbatch's refusal too: it is in the error
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                jobs = [executor.submit(run) for run in runs[start:start + size]]
+        except (FailedJobError, FailedSubmissionError) as err:
+            lines = [" ".join(line.split()) for line in str(err).splitlines()]
+            said = [line for line in lines if "error" in line.lower()] or lines[-1:]
+            failure = SubmissionError(" ".join(dict.fromkeys(said)) or "sbatch failed")
+            failure.submitted = ids
+            raise failure from None
+        ids += [str(job.job_id) for job in jobs]
+        start += size
+    return ids
 
 
-def job_logs(job):
-    """``(stdout, stderr)`` log paths of a submitted job."""
+def job_logs(folder, job_id):
+    """``(stdout, stderr)`` log paths of the job ``job_id`` submitted from ``folder``."""
+    paths = JobPaths(str(folder), job_id=str(job_id), task_id=0)
+    return Path(paths.stdout), Path(paths.stderr)
+
+
+def local_job_logs(job):
+    """``(stdout, stderr)`` log paths of a local job."""
     return Path(job.paths.stdout), Path(job.paths.stderr)

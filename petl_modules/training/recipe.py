@@ -2,7 +2,7 @@
 
 A recipe's ``main`` reads in the order of SpeechBrain's templates, each step a call here::
 
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = parse_arguments(argv)  # arguments.py: each kept whole
     sb.utils.distributed.ddp_init_group(run_opts)
     run = load_run(hparams_file, DATASET_YAML, overrides, run_opts)  # compose, check, build
     with claimed_output_folder(run):                 # lock, run identity, experiment folder
@@ -392,13 +392,14 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
     Arguments
     ---------
     hparams_file : str
-        The method file (``hparams/<method>.yaml``), as ``sb.parse_arguments`` returns it.
+        The method file (``hparams/<method>.yaml``), as ``parse_arguments`` returns it.
     dataset_yaml : Path
         The recipe's dataset yaml.
-    overrides : str
-        The ``--key=value`` options (``sb.parse_arguments``).
+    overrides : dict or str
+        The ``--key=value`` options (``petl_modules.training.arguments.parse_arguments``: ``{key:
+        value}``; a yaml string as SpeechBrain's parser gives is read too).
     run_opts : dict
-        SpeechBrain's run options (``sb.parse_arguments``).
+        SpeechBrain's run options (``parse_arguments``).
     options_from_data : callable, optional
         For a dataset whose classes and folds are those of the data (your own data): called
         with the composed options (plain values, nothing built) before the model is built, it

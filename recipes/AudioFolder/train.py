@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from audiofolder_prepare import MANIFEST, detect_layout, options_from_data, prepare_audiofolder  # noqa: E402
 
 from petl_modules.training import recipe  # noqa: E402
+from petl_modules.training.arguments import parse_arguments  # noqa: E402
 from petl_modules.training.brain import ClassificationBrain, selection_key  # noqa: E402
 from petl_modules.training.compose import scalar_hparams  # noqa: E402
 from petl_modules.training.recipe import load_manifest, rotating_fold_datasets  # noqa: E402
@@ -50,7 +51,7 @@ def make_datasets(hparams, fold):
 def main(argv=None):
     """The recipe, in SpeechBrain's template order, on the command line ``argv`` (default
     ``sys.argv[1:]``); returns the content of results.json."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     # compose, read the classes and folds of the data (no audio read), check, build
     run = recipe.load_run(hparams_file, DATASET_YAML, overrides, run_opts, options_from_data)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fsc_prepare import MARKER, RELEASE, prepare_fsc  # noqa: E402
 
 from petl_modules.training import recipe  # noqa: E402
+from petl_modules.training.arguments import parse_arguments  # noqa: E402
 from petl_modules.training.brain import ClassificationBrain  # noqa: E402
 from petl_modules.training.prepare import resolve_data_folder  # noqa: E402
 from petl_modules.training.recipe import load_manifest  # noqa: E402
@@ -45,7 +46,7 @@ def make_datasets(hparams, fold):
 def main(argv=None):
     """The recipe, in SpeechBrain's template order, on the command line ``argv`` (default
     ``sys.argv[1:]``); returns the content of results.json."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
+    hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     run = recipe.load_run(hparams_file, DATASET_YAML, overrides, run_opts)  # compose, check, build
     with recipe.claimed_output_folder(run):  # this run's alone; errors as one line
