@@ -68,7 +68,7 @@ counts weights, gradients, optimiser state and activations), on CUDA ``max_memor
 
 - ``multitask`` (not in the default set: a batch of 32 on AST-base takes minutes on a CPU): four
   tasks of different methods (``MULTITASK``) on one frozen backbone
-  (``petl_modules.sharing.multitask``) against one task's model and four separate models, in turn
+  (``petl_modules.model.multitask``) against one task's model and four separate models, in turn
   (time ratios: the median over rounds of the ratio within a round; memory measured apart):
   ``multitask_every_task_vs_one_task``, ``multitask_every_task_vs_separate_models``,
   ``multitask_mixed_batch_vs_one_task``, ``multitask_weights_vs_one_model`` and the memory ratios.
@@ -893,12 +893,13 @@ def suite_classify(args):
     windows) on a 5-minute file (916 windows of 64 frames with ``--quick``; an hour would be
     10,992), measured once; measured in turn."""
     from petl_modules.classify import PETLClassifier
-    from petl_modules.training.windows import EvalProtocol
+    from petl_modules.model.windows import EvalProtocol
+    from petl_modules.training.pretrained import run_spec
 
     hparams = build_hparams(args, "linear")
     n_classes = int(hparams["n_classes"])
-    classifier = PETLClassifier({"petl_model": hparams["petl_model"], "classifier": hparams["classifier"]},
-                                {"class_names": [f"class{i}" for i in range(n_classes)]},
+    classifier = PETLClassifier(run_spec(hparams, [f"class{i}" for i in range(n_classes)]),
+                                {"petl_model": hparams["petl_model"], "classifier": hparams["classifier"]},
                                 device=args.device)
     classifier.to(args.device).eval()
     seconds = {"10 s": 10, "1 h": 3600, "5 min": 300}
@@ -956,16 +957,15 @@ def suite_multitask(args):
     from speechbrain.utils.data_utils import batch_pad_right
 
     from petl_modules.classify import PETLClassifier
-    from petl_modules.training.pretrained import backbone_fingerprint, build_config, save_petl_model
+    from petl_modules.training.pretrained import save_petl_model
 
     batch = args.batch_size if args.quick else MULTITASK_BATCH
-    fingerprint = backbone_fingerprint(args.backbone_source)
     folders = []
     for k, (_, method, overrides) in enumerate(MULTITASK):
         hparams = build_hparams(args, method, overrides)
         classes = [f"class{i}" for i in range(int(hparams["n_classes"]))]
         folders.append(args.workdir / "multitask" / f"task{k}")
-        save_petl_model(folders[-1], hparams["modules"], build_config(hparams, classes, fingerprint))
+        save_petl_model(folders[-1], hparams, classes)
         del hparams
     separate = [PETLClassifier.from_folder(f, device=args.device).set_speed(args.precision)
                 for f in folders]
@@ -1085,7 +1085,7 @@ def suite_reference(args):
     pairs = REFERENCE_PAIRS
     if args.methods:
         pairs = [p for p in pairs if p[0] in args.methods]
-    from petl_modules.training.brain import resolve_precision
+    from petl_modules.model.precision import resolve_precision
 
     precisions = ["fp32"]
     if resolve_precision("bf16", args.device) == "bf16":
@@ -1126,7 +1126,7 @@ def suite_compile(args):
     pairs' models (``--methods`` picks any variants). The first compiled train step and forward
     are timed on their own (they include compilation), then eager and compiled steps are timed
     after warm-up, train steps and forwards of the two in turn."""
-    from petl_modules.training.brain import EagerFallback
+    from petl_modules.model.precision import EagerFallback
 
     names = list(args.methods) if args.methods else [ours for ours, _ in REFERENCE_PAIRS]
     if args.quick and not args.methods:
@@ -1579,7 +1579,7 @@ def parse_args(argv=None):
             parser.error(f"unknown method variant(s) {unknown}; known: {' | '.join(known)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device=cuda but torch sees no GPU")
-    from petl_modules.training.brain import resolve_precision
+    from petl_modules.model.precision import resolve_precision
 
     args.precision = resolve_precision(args.precision, args.device)  # no bf16: fp32, warned
     if args.reference_script is None:

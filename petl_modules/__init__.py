@@ -1,17 +1,43 @@
 """PETL-AST: parameter-efficient transfer learning of audio encoders, as SpeechBrain building blocks.
 
-The package in layers:
+The package in layers, lowest first. A module imports only from its own part of the package or
+from a lower layer; parts that share a layer never import each other, except the tools of the
+top layer (``tests/test_layers.py`` reads every module's imports against this table):
 
+    1  options, files, paths, quiet
+    2  contract
+    3  backbones | methods
+    4  model
+    5  sharing | training
+    6  classify, export, from_peft, push, results, demo, sweep, tiny, synthetic
+
+options        typed option definitions (``Option``), checking keyword options by name (unknown
+               ones named with close matches)
+files          JSON files of runs and model folders (atomic writes, bounded reads, schema checks)
+paths          where the repository's ``hparams/`` and ``recipes/`` are (training and tools only)
+quiet          third-party log lines that say nothing about our runs, silenced by name on import
+contract       what the lobes and the methods share: ``PETLModule``, the token mask, the
+               prefix-attention hooks
 backbones/     the backbone lobes, one file per family behind one contract (``base.py``: registry,
                insertion points, trainable specs, eval-mode policy, input processor, checkpoint
-               format, the prefix-attention hook): ``ast.py``, ``wav2vec2.py`` (wav2vec2, HuBERT,
-               WavLM), ``data2vec_audio.py``, ``whisper.py``; ``features.py``, the per-utterance
-               input processors (Kaldi fbank, waveform, Whisper log-mel)
-methods/       the PETL methods, which never name a backbone family: ``adapted.py``
-               (``AdaptedBackbone``: attaches PETL modules at insertion points, decides what trains;
-               ``PETLModule`` and the token-mask context the lobes set), ``adapters.py``,
-               ``lora.py``, ``prompt.py`` (prompt and prefix tuning), ``moa.py`` (Dense/Soft-MoA),
-               ``classifier.py`` (pooling + linear head)
+               format and fingerprint): ``ast.py``, ``wav2vec2.py`` (wav2vec2, HuBERT, WavLM),
+               ``data2vec_audio.py``, ``whisper.py``; ``features.py``, the per-utterance input
+               processors (Kaldi fbank, waveform, Whisper log-mel)
+methods/       the PETL methods, which never name a backbone family: one config class per method
+               (``config.py``: ``MethodConfig``, the registry ``METHODS``) and its modules:
+               ``selective.py`` (linear, BitFit, full fine-tuning), ``lora.py``, ``adapters.py``,
+               ``prompt.py`` (prompt and prefix tuning), ``moa.py`` (Dense/Soft-MoA);
+               ``adapted.py`` (``AdaptedBackbone``: attaches PETL modules at insertion points,
+               decides what trains), ``classifier.py`` (pooling + linear head)
+model/         a trained model as a self-contained artifact: ``spec.py`` (``ModelSpec``,
+               ``petl_config.json`` format 4), ``folder.py`` (build, save, load, merge),
+               ``petl_model.py`` (``PETLModel``, ``PETLClassifier``), ``multitask.py`` (several
+               tasks on one backbone), ``bases.py`` (naming and finding base checkpoints),
+               ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py``,
+               ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
+sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA adapters, both
+               ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head
+               beside an exported backbone), ``model_card.py`` (the card ``push`` uploads)
 training/      the recipe machinery: ``arguments.py`` (the recipes' command line, each argument
                kept whole), ``compose.py`` (yaml composition, option checks),
                ``recipe.py`` (the run flow the recipes call, folds, results.json), ``brain.py``,
@@ -19,33 +45,21 @@ training/      the recipe machinery: ``arguments.py`` (the recipes' command line
                ``slurm.py`` (what squeue, sacct and scontrol say: states, partition limits),
                ``stop_signals.py`` (a checkpoint and a clean exit on SIGUSR2/SIGTERM),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
-               lock), ``prepare.py``, ``audio.py``, ``windows.py`` (random crops, sliding
-               windows), ``metrics.py`` (single- and multi-label scores, thresholds, class
-               weights, d-prime), ``sampling.py`` (class-balanced sampling), ``mixup.py``,
-               ``shards.py`` (reading tar shards: ``--shards``), ``augment.py``, ``cache.py``,
-               ``tracking.py``,
-               ``pretrained.py`` (the PETL model folder), ``model_metrics.py`` (its optional
-               ``metrics.json``), ``recipe.yaml`` (shared by every recipe)
-sharing/       sharing and serving trained models: ``peft_lora.py`` (PEFT LoRA adapters, both
-               ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head
-               beside an exported backbone), ``hub.py`` (Hub repo ids where a folder is expected),
-               ``model_card.py`` (the card ``push`` uploads), ``multitask.py`` (several tasks'
-               PETL modules on one frozen backbone: ``TaskRouter`` at the insertion points)
-tools          ``classify`` (``PETLClassifier``, ``python -m petl_modules.classify``), ``export``
-               (plain transformers, ``--format=peft|onnx``), ``from_peft``, ``push``, ``results``,
-               ``demo``, ``sweep`` (many recipe runs from a sweep file), ``shard`` (a recipe's
-               prepared data as tar shards): the command lines a user runs
-options        checking keyword options by name (unknown ones named with close matches)
-tiny           tiny random backbone configs (tests, demo, benchmark)
-synthetic      shared helpers of the recipes' ``*_synthetic.py`` generators, and finding them
-paths          where the repository's ``hparams/`` and ``recipes/`` are
-quiet          third-party log lines that say nothing about our runs, silenced by name on import
-
-The lobes import ``methods/adapted.py`` (``PETLModule``, the token-mask context) and ``prompt.py``
-imports the base contract's prefix-attention hook; nothing in ``backbones/`` or ``methods/``
-imports ``training/``, ``sharing/`` or the tools; ``sharing/`` imports the layers below it, never
-the tools; and no module imports another in a cycle.
+               lock), ``prepare.py``, ``windows.py`` (random crops, window datasets),
+               ``metrics.py`` (single- and multi-label scores, thresholds, class weights,
+               d-prime), ``sampling.py`` (class-balanced sampling), ``mixup.py``, ``shards.py``
+               (reading tar shards: ``--shards``),
+               ``augment.py``, ``cache.py``, ``tracking.py``, ``pretrained.py`` (what of a run
+               defines its model folder), ``recipe.yaml`` (shared by every recipe)
+tools          ``classify`` (``python -m petl_modules.classify``), ``export`` (plain transformers,
+               ``--format=peft|onnx``), ``from_peft``, ``push``, ``results``, ``demo``, ``sweep``
+               (many recipe runs from a sweep file), ``shard`` (a recipe's prepared data as tar
+               shards): the command lines a user runs; ``tiny``
+               (tiny random backbone configs: tests, demo, benchmark) and ``synthetic`` (the
+               recipes' ``*_synthetic.py`` generators' helpers)
 """
+
+__version__ = "0.2.0"
 
 from petl_modules import quiet as _quiet  # noqa: E402 (before any module imports the loggers' modules)
 

@@ -31,15 +31,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from petl_modules.files import readable_as_umask
+from petl_modules.model.folder import load_petl_model, merge_petl_model, unmerged_petl_modules
+from petl_modules.model.hub import resolve_model_dir
+from petl_modules.model.spec import PETLModelError
 from petl_modules.sharing.head import HEAD_CONFIG, HEAD_WEIGHTS, write_head  # noqa: F401 (names of its files)
-from petl_modules.sharing.hub import resolve_model_dir
-from petl_modules.training.pretrained import (
-    PETLModelError,
-    load_petl_model,
-    merge_petl_model,
-    unmerged_petl_modules,
-)
-from petl_modules.training.run_folder import readable_as_umask
 
 FORMATS = ("transformers", "peft", "onnx")
 # A folder holding one of these (and nothing but regular files, and a PEFT export's base/ folder)

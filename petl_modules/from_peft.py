@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from petl_modules.training.pretrained import PETLModelError
+from petl_modules.model.spec import PETLModelError
 
 
 def class_names_argument(value):

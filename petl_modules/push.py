@@ -5,8 +5,9 @@ Usage::
     python -m petl_modules.push MODEL_DIR REPO_ID [--private] [--commit_message=...] [--dry_run]
 
 ``MODEL_DIR`` is a local ``petl_model/`` folder (or the experiment folder holding one); it is
-checked as loading checks it (``read_config``) before anything is sent. One commit uploads
-``petl_config.json``, ``petl_weights.safetensors``, ``metrics.json`` (when the run wrote one) and
+checked as loading checks it (``read_spec``) before anything is sent. One commit uploads
+``petl_config.json`` (as format 4: a folder of an older format is uploaded without the local paths
+it recorded), ``petl_weights.safetensors``, ``metrics.json`` (when the run wrote one) and
 ``README.md``, the model card (``petl_modules.sharing.model_card``). The repo is created when it
 does not exist (``--private`` makes a new repo private). Log in first (``hf auth login``, or
 ``HF_TOKEN``). ``--dry_run`` prints the card and the file list and uploads nothing.
@@ -24,10 +25,12 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub import errors
 
-from petl_modules.sharing.hub import split_repo_id
+from petl_modules.files import write_json_atomic
+from petl_modules.model.folder import folder_view, read_spec
+from petl_modules.model.hub import split_repo_id
+from petl_modules.model.metrics_file import METRICS_FILE, MetricsError, read_metrics
+from petl_modules.model.spec import CONFIG_FILE, WEIGHTS_FILE, PETLModelError
 from petl_modules.sharing.model_card import is_hub_id, model_card
-from petl_modules.training.model_metrics import METRICS_FILE, MetricsError, read_metrics
-from petl_modules.training.pretrained import CONFIG_FILE, WEIGHTS_FILE, PETLModelError, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +38,17 @@ logger = logging.getLogger(__name__)
 def stage_folder(model_dir, repo_id, out_dir):
     """Copies what is uploaded into ``out_dir`` and writes the card there; returns
     ``(config, card, [file names])``."""
-    config = read_config(model_dir)
-    folder = Path(config["model_dir"])
+    spec, folder = read_spec(model_dir)
+    config = folder_view(spec, folder)
     try:
         metrics = read_metrics(folder)
     except MetricsError as err:
         raise PETLModelError(f"{err} Remove or repair it before pushing.") from None
     names = [CONFIG_FILE, WEIGHTS_FILE] + ([METRICS_FILE] if metrics is not None else [])
-    for name in names:
+    for name in names[1:]:
         shutil.copyfile(folder / name, Path(out_dir) / name)
+    # The config as format 4 (a folder of an older format loses the paths it recorded).
+    write_json_atomic(Path(out_dir) / CONFIG_FILE, spec.to_json())
     card = model_card(config, metrics, repo_id)
     card.save(Path(out_dir) / "README.md")
     return config, card, names + ["README.md"]

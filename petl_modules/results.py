@@ -327,7 +327,7 @@ def _warn_once(message):
 def default_options(method, dataset, family):
     """``(defaults, method_keys)``: the plain option values a run of ``method`` on ``dataset``
     with a ``family`` backbone gets without command-line options (its composition, per-family
-    defaults included), and the names of the method's own options (its file's keys).
+    defaults included), and the names of the method's own options (its config class's).
 
     Keys whose composed value is derived (``!ref``) or an object are not options: they are left
     out, so a run is never labelled by them (what they derive from is)."""
@@ -352,9 +352,16 @@ def default_options(method, dataset, family):
                 tree = ruamel.yaml.YAML().load(text) or {}
                 defaults = {k: v for k, v in ((k, _plain(v)) for k, v in tree.items())
                             if v is not None or tree[k] is None}
-                method_keys = set(_yaml_tree(method_file)) - {"family_defaults"}
+                method_keys = method_options(method)
         _DEFAULTS[key] = defaults, (method_keys | MODEL_KEYS) - NOT_OPTIONS
     return _DEFAULTS[key]
+
+
+def method_options(method):
+    """The names of ``method``'s own options: its config class's fields (``petl_modules.methods``)."""
+    from petl_modules.methods import METHODS  # imports torch: only when a table is made
+
+    return set(METHODS[method].options()) if method in METHODS else set()
 
 
 def _show(value):

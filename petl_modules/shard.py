@@ -194,7 +194,7 @@ def _write_shard(task):
     import soundfile as sf
     import webdataset as wds
 
-    from petl_modules.training.audio import load_audio
+    from petl_modules.model.audio import load_audio
 
     path, first_key, rows, audio = task
     path = Path(path)

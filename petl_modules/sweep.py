@@ -58,7 +58,8 @@ from petl_modules.training.arguments import (
     split_arguments,
     yaml_code,
 )
-from petl_modules.training.run_folder import lock_holder, write_json_atomic
+from petl_modules.files import write_json_atomic
+from petl_modules.training.run_folder import lock_holder
 
 COMMON_YAML = Path(__file__).resolve().parent / "training" / "recipe.yaml"
 STATE_FOLDER = ".sweep"  # inside the sweep's output folder: submitit logs, Slurm job ids

@@ -5,8 +5,6 @@ Saved with ``save_pretrained``, they exercise the real loading path of every lob
 
 import transformers
 
-from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS
-
 
 def tiny_ast_config(**overrides):
     """A small random AST config for tests and the demo (hidden 64, 2 layers, 4 heads)."""
@@ -47,7 +45,7 @@ def tiny_waveform_config(model_type="wav2vec2", pre_ln=False, feat_extract_norm=
     options = dict(TINY_WAVEFORM, num_conv_pos_embeddings=16, do_stable_layer_norm=pre_ln,
                    feat_extract_norm=feat_extract_norm)
     options.update(overrides)
-    return WAVEFORM_MODELS[model_type][0](**options)
+    return transformers.AutoConfig.for_model(model_type, **options)
 
 
 def tiny_data2vec_audio_config(**overrides):

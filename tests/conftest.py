@@ -1,22 +1,31 @@
 """Shared fixtures: tiny random checkpoints saved with save_pretrained, synthetic datasets, and a
 runner for the real recipe command lines. Nothing here touches the network."""
 
+import atexit
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # Before huggingface_hub is imported: it reads these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Saving a model folder records its local base checkpoint in the user's cache
+# (petl_modules.model.bases): the tests' records go to a folder of their own, removed at exit.
+if "PETL_AST_HOME" not in os.environ:
+    os.environ["PETL_AST_HOME"] = tempfile.mkdtemp(prefix="petl_ast_home_")
+    atexit.register(shutil.rmtree, os.environ["PETL_AST_HOME"], True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS  # noqa: E402
+from petl_modules.methods import METHODS  # noqa: E402
 from petl_modules.synthetic import make_dataset  # noqa: E402
 from petl_modules.tiny import tiny_ast_config, tiny_waveform_config
 
@@ -81,8 +90,9 @@ def zero_gradient_by_construction(name):
     return any(fnmatch.fnmatch(name, pattern) for pattern in ZERO_GRADIENT_BY_CONSTRUCTION)
 
 
-# Every method file (hparams/*.yaml): the lists of methods in tests come from the files.
-METHOD_FILES = sorted(p.stem for p in (REPO / "hparams").glob("*.yaml"))
+# Every registered method (each has its method file, hparams/<name>.yaml: test_method_configs):
+# the lists of methods in tests come from the registry.
+METHOD_FILES = sorted(METHODS)
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +120,7 @@ def tiny_method_options(method_file, backbone):
     their hidden sizes, 64 (AST) and 32 (wav2vec2 family), leave no bottleneck at a method file's
     default reduction rate (96, 128: a configuration error), so 16; full_ft on the wav2vec2
     family unfreezes the top 3 layers (family default) of checkpoints that have 2, so the top one."""
-    import ruamel.yaml
-
-    with open(method_file) as stream:
-        keys = set(ruamel.yaml.YAML().load(stream))
+    keys = set(METHODS[Path(method_file).stem].options())
     options = {"reduction_rate": 16} if "reduction_rate" in keys else {}
     if "unfrozen_layers" in keys and backbone != "ast":
         options["unfrozen_layers"] = 1

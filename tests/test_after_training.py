@@ -25,14 +25,13 @@ from petl_modules import results as results_cli
 from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS
 from petl_modules.classify import PETLClassifier
 from petl_modules.export import HEAD_CONFIG, HEAD_WEIGHTS, export_petl_model
+from petl_modules.model.folder import read_config, trained_tensor_names
 from petl_modules.synthetic import class_signal
 from petl_modules.training.compose import compose_hparams, load_hparams
 from petl_modules.training.pretrained import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     PETLModelError,
-    backbone_fingerprint,
-    build_config,
     folder_size,
     load_petl_model,
     merge_petl_model,
@@ -133,17 +132,24 @@ def test_run_writes_a_petl_model_folder_of_only_the_trained_tensors(lora_run):
     folder = lora_run / "petl_model"
     config = json.loads((folder / CONFIG_FILE).read_text())
     tensors = load_file(str(folder / WEIGHTS_FILE))
-    assert set(tensors) == set(config["parameters"]) | set(config["buffers"])
-    assert sum(tensors[n].numel() for n in config["parameters"]) == results["trainable_params"]
-    assert all(".lora_" in n or ".layernorm." in n or n.startswith("classifier.")
-               for n in config["parameters"])
-    assert config["family"] == "ast" and config["backbone_source"] == results["backbone_source"]
-    assert config["method"] == "lora"
-    assert config["options"]["lora_targets"] == "Wq,Wv" and config["options"]["reduction_rate"] == 16
-    assert config["input"]["max_frames"] == 64 and config["input"]["type"] == "ast_fbank"
+    parameters, buffers = trained_tensor_names(PETLClassifier.from_folder(folder).mods)
+    assert set(tensors) == set(parameters) | set(buffers)
+    assert sum(tensors[n].numel() for n in parameters) == results["trainable_params"]
+    assert read_config(folder)["trained_params"] == results["trainable_params"]
+    assert all(".lora_" in n or ".layernorm." in n or n.startswith("classifier.") for n in parameters)
+    backbone = config["backbone"]
+    assert backbone["family"] == "ast" and backbone["hub_id"] is None
+    assert backbone["local_name"] == Path(results["backbone_source"]).name  # not its path
+    assert config["method"] == {"name": "lora", "state": {}, "config": {
+        "lora_targets": "Wq,Wv", "reduction_rate": 16, "lora_alpha": 8, "init": "identity"}}
+    assert backbone["options"] == {"max_frames": 64, "position_embeddings": "adapt"}
+    assert backbone["input"]["max_frames"] == 64 and backbone["input"]["type"] == "ast_fbank"
     assert config["class_names"] == results["folds"][0]["class_names"]
     assert "activate,lights,kitchen" in config["class_names"]  # FSC labels are the intents
-    assert len(config["fingerprint"]["sha256"]) == 64
+    assert len(backbone["fingerprint"]["sha256"]) == 64
+    # Only what defines the model: nothing of how it was trained (lr, epochs, paths, dataset).
+    assert set(config) == {"format_version", "library", "backbone", "method", "head", "task",
+                           "evaluation", "class_names"}
 
 
 @pytest.mark.parametrize("method", METHOD_FILES)
@@ -152,8 +158,7 @@ def test_reloaded_petl_model_gives_the_trained_models_probabilities(method, tiny
     processor = hparams["backbone"].input_processor
     pretend_trained(hparams, processor)
     expected = probabilities(hparams["modules"], processor, waveforms())
-    config = build_config(hparams, [f"c{i}" for i in range(31)], backbone_fingerprint(tiny_ast))
-    save_petl_model(tmp_path / "petl_model", hparams["modules"], config)
+    save_petl_model(tmp_path / "petl_model", hparams, [f"c{i}" for i in range(31)])
     modules, loaded = load_petl_model(tmp_path / "petl_model")
     assert torch.allclose(probabilities(modules, processor, waveforms()), expected, atol=1e-6)
     assert loaded["class_names"][3] == "c3"
@@ -192,9 +197,8 @@ def test_petl_model_loads_on_a_local_copy_of_its_base_checkpoint(lora_run, tiny_
 
 def test_petl_model_of_ast_base_conformer_adapter_is_under_3_mb(ast_base_folder, tmp_path):
     hparams, text = build("adapter", ast_base_folder, tmp_path)
-    config = save_petl_model(tmp_path / "petl_model", hparams["modules"],
-                             build_config(hparams, [str(i) for i in range(31)]))
-    assert config["trained_params"] == 270_720 + 1_536 + 768 * 31 + 31
+    _, trained = save_petl_model(tmp_path / "petl_model", hparams, [str(i) for i in range(31)])
+    assert trained == 270_720 + 1_536 + 768 * 31 + 31
     assert folder_size(tmp_path / "petl_model") < 3_000_000
 
 
@@ -322,8 +326,7 @@ def test_export_loads_with_automodel_and_starts_a_new_run(lora_run, fsc_data, tm
 
 def test_export_refuses_adapters_and_points_to_the_petl_model_folder(tiny_ast, tmp_path):
     hparams, text = build("adapter", tiny_ast, tmp_path, **tiny_options("adapter"))
-    config = build_config(hparams, [str(i) for i in range(31)], backbone_fingerprint(tiny_ast))
-    save_petl_model(tmp_path / "petl_model", hparams["modules"], config)
+    save_petl_model(tmp_path / "petl_model", hparams, [str(i) for i in range(31)])
     with pytest.raises(PETLModelError, match="PETL model folder") as error:
         export_petl_model(tmp_path / "petl_model", tmp_path / "exported")
     assert "petl_modules.classify" in str(error.value) and "'adapter'" in str(error.value)
@@ -373,7 +376,9 @@ def test_results_table_csv_and_plot_skip_malformed_and_partial_files(tmp_path):
 def test_results_of_real_runs_are_tabulated(lora_run, tmp_path):
     assert cli(results_cli.main, lora_run, "--csv", tmp_path / "r.csv") == 0
     row = next(csv.DictReader(open(tmp_path / "r.csv")))
-    assert row["method"] == "lora (lr=0.05, reduction_rate=16)" and row["dataset"] == "FSC"
+    # The method's options label the method (its config's fields); lr is a training setting.
+    assert row["method"] == "lora (reduction_rate=16)" and row["dataset"] == "FSC"
+    assert "lr=0.05" in row["settings"].split(", ")
     assert float(row["test_accuracy_mean"]) == pytest.approx(read_results(lora_run)["test_accuracy"])
 
 
@@ -382,8 +387,7 @@ def test_export_of_a_waveform_backbone_keeps_its_feature_extractor_settings(tmp_
     transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(source)
     hparams, text = build("lora", source, tmp_path, reduction_rate=8, init="reference")
     pretend_trained(hparams, hparams["backbone"].input_processor)
-    config = build_config(hparams, [str(i) for i in range(31)], backbone_fingerprint(source))
-    save_petl_model(tmp_path / "petl_model", hparams["modules"], config)
+    save_petl_model(tmp_path / "petl_model", hparams, [str(i) for i in range(31)])
     export_petl_model(tmp_path / "petl_model", tmp_path / "exported")
     exported = transformers.AutoModel.from_pretrained(tmp_path / "exported")
     merge_petl_model(hparams["modules"])

@@ -5,7 +5,6 @@ Everything runs in-process on generated files and tiny random checkpoints (``tin
 ``tiny_wav2vec2``); the classify tests save a linear-probe PETL model folder without training.
 """
 
-import inspect
 import json
 import logging
 
@@ -18,11 +17,11 @@ from petl_modules import classify as classify_cli
 from petl_modules.backbones import Backbone
 from petl_modules.backbones.features import ASTFbank, Waveform
 from petl_modules.classify import PETLClassifier
-from petl_modules.training import audio as audio_module
-from petl_modules.training.audio import AudioError, load_audio, load_input
+from petl_modules.model import audio as audio_module
+from petl_modules.model.audio import AudioError, load_audio, load_input
 from petl_modules.training.compose import compose_hparams, load_hparams
 from petl_modules.training.prepare import DataError, write_manifests
-from petl_modules.training.pretrained import backbone_fingerprint, build_config, save_petl_model
+from petl_modules.training.pretrained import save_petl_model
 
 from conftest import REPO
 
@@ -83,10 +82,7 @@ def linear_model_folder(tiny_ast, folder, max_frames=64):
     with torch.no_grad():
         for param in hparams["classifier"].parameters():
             param.normal_(std=0.5)
-    # build_config takes the composed yaml text in format_version 1 only.
-    extra = [text] if "yaml_text" in inspect.signature(build_config).parameters else []
-    config = build_config(hparams, *extra, CLASSES, backbone_fingerprint(tiny_ast))
-    save_petl_model(folder / "petl_model", hparams["modules"], config)
+    save_petl_model(folder / "petl_model", hparams, CLASSES)
     return folder / "petl_model"
 
 
@@ -157,7 +153,7 @@ def test_processors_say_their_minimum_and_how_much_audio_they_use():
 def test_10ms_clip_is_padded_with_one_warning_naming_the_file(tmp_path, caplog):
     path = write(tmp_path / "click.wav", noise(0.01))  # 160 samples
     fbank = ASTFbank(max_frames=64)
-    with caplog.at_level(logging.WARNING, logger="petl_modules.training.audio"):
+    with caplog.at_level(logging.WARNING, logger="petl_modules.model.audio"):
         features = load_input(path, fbank)
         again = load_input(path, fbank)  # the next epoch: no second warning
     assert features.shape == (64, 128) and torch.isfinite(features).all()

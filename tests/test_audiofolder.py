@@ -411,7 +411,7 @@ def test_single_label_folder_to_model_and_classify(tiny_ast, tmp_path, capsys):
     for name in ("confusion_matrix.csv", "confusion_matrix.png", "label_encoder.txt"):
         assert (tmp_path / "run" / name).is_file()
     config = json.loads((tmp_path / "run" / "petl_model" / "petl_config.json").read_text())
-    assert config["task"] == "single_label" and config["thresholds"] is None
+    assert config["task"] == {"kind": "single_label", "thresholds": None}
     assert config["evaluation"]["eval_windows"] == "sliding"
     assert config["evaluation"]["window_pooling"] == "mean"
     assert classify.main([str(tmp_path / "run" / "petl_model"),
@@ -439,7 +439,7 @@ def test_multilabel_run_reports_map_and_f1_and_classify_lists_labels(tiny_ast, t
     assert "test_accuracy" not in fold and "test_accuracy" not in results
     assert {"test_map", "test_map_mean", "test_f1_micro", "test_f1_macro"} <= set(results)
     config = json.loads((tmp_path / "run" / "petl_model" / "petl_config.json").read_text())
-    assert config["task"] == "multilabel" and len(config["thresholds"]) == 4
+    assert config["task"]["kind"] == "multilabel" and len(config["task"]["thresholds"]) == 4
     assert config["evaluation"]["window_pooling"] == "max"
     assert classify.main([str(tmp_path / "run" / "petl_model"), "--json",
                           str(data / "audio" / "test_bird_1.wav")]) == 0
@@ -488,7 +488,7 @@ def test_segments_are_read_cropped_and_windowed_within_their_bounds(tmp_path):
     from speechbrain.dataio.dataset import DynamicItemDataset
     from speechbrain.dataio.encoder import CategoricalEncoder
 
-    from petl_modules.training.audio import load_audio
+    from petl_modules.model.audio import load_audio
     from petl_modules.training.recipe import add_pipelines, segment_span
     from petl_modules.training.windows import EvalProtocol, TrainCrop, window_dataset
 

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 import transformers
 
 from petl_modules.backbones import FAMILIES, Backbone, lobe_class
-from petl_modules.backbones.base import attend_with_prefix, prefix_key_width
+from petl_modules.backbones.base import attend_with_prefix, checkpoint_fingerprint, prefix_key_width
 from petl_modules.methods.adapted import AdaptedBackbone
 from petl_modules.methods.adapters import Adapter
 from petl_modules.methods.lora import LoRA
 from petl_modules.methods.prompt import PrefixTuning, prompt_tuning
-from petl_modules.training.pretrained import backbone_fingerprint
+
+from conftest import TINY_BACKBONES
 
 METHODS = Path(__file__).resolve().parents[1] / "petl_modules" / "methods"
 
@@ -178,6 +179,7 @@ class PlainLobe(Backbone):
         self.embed = torch.nn.Linear(4, 8)
         make = FusedAttention if fused else PlainAttention
         self.layers = torch.nn.ModuleList(Layer(8, make(8, 2)) for _ in range(2))
+        self.remember_checkpoint(*self.checkpoint_state(source))
 
     @classmethod
     def checkpoint_state(cls, source):
@@ -197,7 +199,8 @@ def trainable(model):
 def test_a_non_transformers_lobe_is_found_and_fingerprinted_through_the_contract(plain_checkpoint):
     assert lobe_class(plain_checkpoint) is PlainLobe
     assert isinstance(Backbone(str(plain_checkpoint)), PlainLobe)
-    assert backbone_fingerprint(str(plain_checkpoint))["tensors"] == 1  # its checkpoint_state
+    assert checkpoint_fingerprint(str(plain_checkpoint))["tensors"] == 1  # its checkpoint_state
+    assert Backbone(str(plain_checkpoint)).fingerprint() == checkpoint_fingerprint(str(plain_checkpoint))
 
 
 def test_a_non_transformers_lobe_hosts_lora_adapters_prompts_and_prefixes(plain_checkpoint):
@@ -266,3 +269,18 @@ def test_a_misspelt_backbone_option_names_the_close_match(tiny_ast):
                                                  "did you mean max_frames"):
         Backbone(str(tiny_ast), max_frame=64)
     Backbone(str(tiny_ast), max_frames=64, clip_seconds=1.0)  # another family's option: ignored
+
+
+@pytest.mark.parametrize("backbone", TINY_BACKBONES)
+def test_a_lobe_fingerprints_its_checkpoint_while_loading_it_as_a_second_load_would(backbone, tiny_backbones):
+    """The base is loaded once per run or classify: the lobe hashes the tensors it loaded, before
+    it changes any (AST's position embeddings fitted to 64 frames), and gets what loading the
+    checkpoint again would give."""
+    source = tiny_backbones[backbone]
+    lobe = Backbone(source, max_frames=64, clip_seconds=0.5)
+    assert lobe.fingerprint() == checkpoint_fingerprint(source)
+    assert lobe.model_options() == {name: getattr(lobe, name) for name in type(lobe).MODEL_OPTIONS}
+    assert set(type(lobe).MODEL_OPTIONS) <= set(type(lobe).options())
+    excluded = sorted(type(lobe).checkpoint_state(source)[0])[:1]  # left out when first taken
+    assert lobe.fingerprint(exclude=excluded) == checkpoint_fingerprint(source, exclude=excluded)
+    assert lobe.fingerprint(exclude=excluded) != lobe.fingerprint()

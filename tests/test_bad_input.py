@@ -190,12 +190,12 @@ def test_full_disk_is_a_clear_error_that_says_a_rerun_resumes(fsc_data, tiny_ast
                                                               monkeypatch):
     import errno
 
-    import petl_modules.training.pretrained
+    import petl_modules.model.folder
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(petl_modules.training.pretrained, "save_file", full)
+    monkeypatch.setattr(petl_modules.model.folder, "save_file", full)
     out = run_in_process("FSC", fsc_args(fsc_data, tiny_ast, tmp_path / "out"))
     assert isinstance(out, str) and out.startswith("Error: no space left on the disk"), out
     assert "rerun the same command" in out

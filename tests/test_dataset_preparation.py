@@ -14,7 +14,7 @@ import soundfile as sf
 
 import petl_modules.training.prepare
 from petl_modules.synthetic import generator_module, make_dataset, official_class_names, write_wav
-from petl_modules.training.audio import load_audio
+from petl_modules.model.audio import load_audio
 from petl_modules.training.compose import ConfigError
 from petl_modules.training.prepare import DataError
 from petl_modules.training.recipe import few_shot_subset, fold_list, load_manifest, rotating_folds

@@ -8,7 +8,7 @@ import transformers
 
 from petl_modules.backbones.features import AST_MEAN, AST_STD, ASTFbank, WhisperLogMel
 from petl_modules.synthetic import write_wav
-from petl_modules.training.audio import load_audio
+from petl_modules.model.audio import load_audio
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import peft
@@ -38,8 +39,6 @@ from petl_modules.tiny import (
 from petl_modules.training.compose import compose_hparams, load_hparams
 from petl_modules.training.pretrained import (
     PETLModelError,
-    backbone_fingerprint,
-    build_config,
     load_petl_model,
     save_petl_model,
 )
@@ -91,9 +90,7 @@ def petl_folder(method, source, tmp_path, name="petl_model", **options):
                 if param.requires_grad:
                     param.add_(0.1 * torch.randn_like(param))
     thresholds = [0.5 - 0.01 * i for i in range(31)] if options.get("task") == "multilabel" else None
-    config = build_config(hparams, [f"c{i}" for i in range(31)], backbone_fingerprint(source),
-                          thresholds)
-    save_petl_model(tmp_path / name, hparams["modules"], config)
+    save_petl_model(tmp_path / name, hparams, [f"c{i}" for i in range(31)], thresholds)
     return tmp_path / name
 
 
@@ -132,7 +129,7 @@ def test_peft_export_equals_peftmodel_from_pretrained(model_type, layout, tmp_pa
     ours, theirs, modules, adapter = ours_and_peft(folder, out)
     assert torch.allclose(ours, theirs, atol=1e-5), float((ours - theirs).abs().max())
     lora = next(m for n, m in modules["petl_model"].named_modules() if n.endswith("q_proj"))
-    config = json.loads((folder / "petl_config.json").read_text())["options"]
+    config = json.loads((folder / "petl_config.json").read_text())["method"]["config"]
     # PEFT's scaling lora_alpha / r is ours, lora_alpha / reduction_rate
     assert adapter["lora_alpha"] / adapter["r"] == pytest.approx(
         config["lora_alpha"] / config["reduction_rate"], rel=1e-12)
@@ -218,9 +215,13 @@ def test_import_of_a_peft_adapter_gives_peftmodel_outputs(model_type, tmp_path):
                                "--class_names=yes,no,maybe"]) == 0
     config = json.loads((out / "petl_config.json").read_text())
     hidden = transformers.AutoConfig.from_pretrained(source).hidden_size
-    assert config["options"]["reduction_rate"] == hidden // 4
-    assert config["options"]["lora_alpha"] / config["options"]["reduction_rate"] == 8 / 4
+    lora = config["method"]["config"]
+    assert config["format_version"] == 4 and config["method"]["name"] == "lora"
+    assert lora["reduction_rate"] == hidden // 4
+    assert lora["lora_alpha"] / lora["reduction_rate"] == 8 / 4
     assert config["class_names"] == ["yes", "no", "maybe"]
+    assert config["backbone"]["local_name"] == Path(source).name  # no path of this machine
+    assert str(tmp_path) not in (out / "petl_config.json").read_text()
     modules, _ = load_petl_model(out)
     lobe = modules["petl_model"].adapted_model
     theirs = peft.PeftModel.from_pretrained(transformers.AutoModel.from_pretrained(source), str(adapter))

@@ -2,7 +2,6 @@
 epoch, utterance), sliding evaluation windows over the whole file, pooled; the PETL model folder
 records the protocol and classify follows it, reading the windows in batches."""
 
-import copy
 import csv
 import json
 import shutil
@@ -16,15 +15,15 @@ from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules.backbones.features import Waveform
 from petl_modules.classify import PETLClassifier
+from petl_modules.model.audio import audio_length, load_audio, load_input
+from petl_modules.model.folder import read_config
 from petl_modules.synthetic import make_dataset
-from petl_modules.training.audio import audio_length, load_audio, load_input
 from petl_modules.training.cache import CacheConfigError, check_cacheable
 from petl_modules.training.compose import ConfigError, compose_hparams, load_hparams
 from petl_modules.training.pretrained import (
     CONFIG_FILE,
     FORMAT_VERSION,
     PETLModelError,
-    build_config,
     load_petl_model,
     save_petl_model,
 )
@@ -252,8 +251,7 @@ def sliding_folder(tmp_path_factory, tiny_ast):
             for param in module.parameters():
                 if param.requires_grad:
                     param.add_(0.3 * torch.randn_like(param))
-    save_petl_model(tmp / "petl_model", hparams["modules"],
-                    build_config(hparams, [f"c{i}" for i in range(31)]))
+    save_petl_model(tmp / "petl_model", hparams, [f"c{i}" for i in range(31)])
     return tmp / "petl_model"
 
 
@@ -278,7 +276,7 @@ def window_by_window(classifier, path, pooling="mean"):
 
 def test_model_folder_records_the_protocol_and_classify_pools_the_windows(sliding_folder, audio_files):
     config = json.loads((sliding_folder / CONFIG_FILE).read_text())
-    assert config["format_version"] == FORMAT_VERSION == 3
+    assert config["format_version"] == FORMAT_VERSION == 4
     assert config["evaluation"] == {"eval_windows": "sliding", "window_hop_seconds": 0.3,
                                     "window_pooling": "mean"}
     classifier = PETLClassifier.from_folder(sliding_folder)
@@ -333,15 +331,13 @@ def test_max_pooling_and_an_invalid_protocol_in_a_folder(sliding_folder, audio_f
 
 
 def test_folder_of_format_version_2_classifies_the_first_clip_as_before(sliding_folder, audio_files,
-                                                                       tmp_path):
+                                                                       tiny_ast, tmp_path):
     folder = tmp_path / "v2"
     shutil.copytree(sliding_folder, folder)
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    v2 = copy.deepcopy(config)
-    v2["format_version"] = 2
-    del v2["evaluation"]
-    for key in ("train_crop", "eval_windows", "window_hop_seconds", "window_pooling"):
-        del v2["options"][key]  # keys format_version 2 did not have
+    view = read_config(folder)  # the folder's model as format_version 2 wrote it: no evaluation
+    v2 = {"format_version": 2, "backbone_source": str(tiny_ast), "parameters": [], "buffers": [],
+          **{key: view[key] for key in ("family", "model_type", "fingerprint", "method", "options",
+                                        "input", "pooling", "class_names")}}
     (folder / CONFIG_FILE).write_text(json.dumps(v2))
     classifier = PETLClassifier.from_folder(folder)
     assert not classifier.protocol.sliding

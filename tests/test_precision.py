@@ -13,24 +13,24 @@ import pytest
 import torch
 
 from petl_modules.methods.moa import DenseMoA, SoftMoA
-from petl_modules.training import brain as brain_module
-from petl_modules.training.brain import EagerFallback, compile_with_fallback, resolve_precision
+from petl_modules.model import precision as precision_module
+from petl_modules.model.precision import EagerFallback, compile_with_fallback, resolve_precision
 
 from conftest import METHOD_FILES, REPO, TINY_BACKBONES, read_results, tiny_method_options
 
 
 def test_bf16_kept_where_supported_and_fp32_with_a_warning_elsewhere(monkeypatch, caplog):
-    monkeypatch.setattr(brain_module, "bf16_supported", lambda device="cpu": True)
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda device="cpu": True)
     assert resolve_precision("bf16", "cpu") == "bf16"
     assert resolve_precision(None, "cpu") == "fp32"
-    monkeypatch.setattr(brain_module, "bf16_supported", lambda device="cpu": False)
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda device="cpu": False)
     with caplog.at_level(logging.WARNING):
         assert resolve_precision("bf16", "cpu") == "fp32"
     assert "no native bf16 support" in caplog.text and "running in fp32 instead" in caplog.text
 
 
 def test_bf16_detection_returns_a_bool():
-    assert isinstance(brain_module.bf16_supported("cpu"), bool)
+    assert isinstance(precision_module.bf16_supported("cpu"), bool)
 
 
 @pytest.mark.parametrize("cls", [SoftMoA, DenseMoA])
@@ -153,7 +153,7 @@ def _run_demo(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not brain_module.bf16_supported("cpu"), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not precision_module.bf16_supported("cpu"), reason="this CPU has no native bf16")
 def test_demo_in_bf16_reaches_its_fp32_test_accuracy(tmp_path):
     printed, out = _run_demo(tmp_path)
     fp32 = read_results(out / "run")["test_accuracy_mean"]

@@ -247,7 +247,7 @@ LABEL_CASES = {
         "prompt_tuning", "FSC", "ast", {"pooling": "speech"}, ("prompt_tuning (pooling=speech)", "")),
     "LoRA options on ESC-50 folds, a batch size": (
         "lora", "ESC50", "ast", {"reduction_rate": 64, "lr": 0.01, "batch_size": 8},
-        ("lora (lr=0.01, reduction_rate=64)", "batch_size=8")),
+        ("lora (reduction_rate=64)", "batch_size=8, lr=0.01")),
 }
 
 

@@ -56,14 +56,15 @@ def test_recipe_main_reads_top_to_bottom_in_speechbrain_template_order(recipe):
 def test_misspelt_option_in_a_custom_method_yaml_fails_at_build_naming_the_close_match(
         tiny_ast, tmp_path):
     text = (REPO / "hparams" / "adapter.yaml").read_text()
-    assert "reduction_rate: !ref <reduction_rate>" in text
+    assert "    reduction_rate: !ref <reduction_rate>" in text  # of the method's config
     method_file = tmp_path / "my_adapter.yaml"
-    method_file.write_text(text.replace("reduction_rate: !ref <reduction_rate>", "reduction_rat: 8"))
+    method_file.write_text(text.replace("    reduction_rate: !ref <reduction_rate>", "    reduction_rat: 8"))
     message = run_in_process("FSC", [
         str(method_file), f"--data_folder={tmp_path / 'no_data'}", f"--backbone_source={tiny_ast}",
         f"--output_folder={tmp_path / 'out'}", *TINY_RUN])
     assert isinstance(message, str) and message.startswith("Error in the configuration")
-    assert message.endswith("unknown option 'reduction_rat' of Adapter; did you mean reduction_rate?")
+    assert message.endswith("unknown option 'reduction_rat' of the adapter method; did you mean "
+                            "reduction_rate?")
     assert "\n" not in message and not (tmp_path / "out").exists()  # refused before anything
 
 

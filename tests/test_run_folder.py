@@ -155,11 +155,10 @@ def test_run_on_a_folder_in_use_is_refused_naming_the_holder(fsc_data, tiny_ast,
 def test_fingerprinting_the_backbone_leaves_the_random_state_alone(tiny_ast):
     import torch
 
-    from petl_modules.training.pretrained import _FINGERPRINTS, backbone_fingerprint
+    from petl_modules.backbones.base import checkpoint_fingerprint
 
-    _FINGERPRINTS.clear()
     torch.manual_seed(3)
-    backbone_fingerprint(str(tiny_ast))
+    checkpoint_fingerprint(str(tiny_ast))
     after = torch.rand(3)
     torch.manual_seed(3)
     assert torch.equal(torch.rand(3), after)

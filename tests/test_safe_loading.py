@@ -14,25 +14,24 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules import classify as classify_cli
 from petl_modules import export as export_cli
+from petl_modules.classify import PETLClassifier
+from petl_modules.model import PETLModel
 from petl_modules.training.compose import compose_hparams, load_hparams
 from petl_modules.training.pretrained import (
     CONFIG_FILE,
     FORMAT_VERSION,
     WEIGHTS_FILE,
     PETLModelError,
-    build_config,
     load_petl_model,
     save_petl_model,
 )
 
 from conftest import REPO
-from legacy_helpers import fill, tiny_base, waveforms
+from legacy_helpers import BASES, fill, probabilities, waveforms
 
-LEGACY = REPO / "tests" / "data" / "legacy_v1"
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 
 
@@ -46,47 +45,54 @@ class Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+LEGACY_VERSIONS = (1, 2, 3)
+
+
+def legacy_expected(version):
+    return json.loads((REPO / "tests" / "data" / f"legacy_v{version}" / f"expected_v{version}.json")
+                      .read_text())
+
+
+# (format version, folder name) of every kept folder of an older format.
+LEGACY_FOLDERS = [(v, name) for v in LEGACY_VERSIONS for name in sorted(legacy_expected(v)["shapes"])]
+
+
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory):
-    """The folders of format_version 1 (their JSON as the old code wrote it, their tensors
-    regenerated as its script filled them) and their base, a hidden-32 1-layer AST
-    (``tiny_ast/``)."""
-    root = tmp_path_factory.mktemp("legacy_v1")
-    tiny_base(root / "tiny_ast")
-    expected = json.loads((LEGACY / "expected_v1.json").read_text())
-    for method, shapes in expected["shapes"].items():
-        folder = root / f"petl_model_v1_{method}"
-        folder.mkdir()
-        shutil.copy(LEGACY / folder.name / CONFIG_FILE, folder / CONFIG_FILE)
-        tensors = {name: torch.zeros(shape, dtype=torch.long if name.endswith("num_batches_tracked")
-                                     else torch.float32) for name, shape in shapes.items()}
-        save_file(fill(tensors, seed=1, scale=0.05), str(folder / WEIGHTS_FILE))
+    """The folders of format_version 1 to 3 (their JSON as the code of their format wrote it, their
+    tensors regenerated as its script filled them) and their bases: a hidden-32 1-layer AST
+    (``tiny_ast/``) and, for some folders of formats 2 and 3, a hidden-32 1-layer wav2vec2
+    (``tiny_wav2vec2/``)."""
+    root = tmp_path_factory.mktemp("legacy")
+    for name, make in BASES.items():
+        make(root / f"tiny_{name}")
+    for version in LEGACY_VERSIONS:
+        expected = legacy_expected(version)
+        for name, shapes in expected["shapes"].items():
+            folder = root / f"petl_model_v{version}_{name}"
+            folder.mkdir()
+            source = REPO / "tests" / "data" / f"legacy_v{version}" / folder.name / CONFIG_FILE
+            shutil.copy(source, folder / CONFIG_FILE)
+            tensors = {n: torch.zeros(shape, dtype=torch.long if n.endswith("num_batches_tracked")
+                                      else torch.float32) for n, shape in shapes.items()}
+            save_file(fill(tensors, seed=1, scale=0.05), str(folder / WEIGHTS_FILE))
     return root
 
 
-def legacy_waveforms():
-    expected = json.loads((LEGACY / "expected_v1.json").read_text())
-    return waveforms(expected["seconds"]), expected["probabilities"]
-
-
-def probabilities(modules, wavs):
-    processor = modules["petl_model"].adapted_model.input_processor
-    inputs, lengths = batch_pad_right([processor(w) for w in wavs])
-    with torch.no_grad():
-        hidden, mask = modules["petl_model"](inputs, lengths)
-        return torch.softmax(modules["classifier"](hidden, mask), dim=-1)
+def legacy_base(legacy, version, name):
+    """The base checkpoint folder of a legacy folder."""
+    return str(legacy / f"tiny_{legacy_expected(version).get('bases', {}).get(name, 'ast')}")
 
 
 @pytest.fixture(scope="module")
 def good_folder(tmp_path_factory, legacy):
-    """A current-format (format_version 3) LoRA folder on the legacy tiny base."""
+    """A current-format (format_version 4) LoRA folder on the legacy tiny base."""
     tmp = tmp_path_factory.mktemp("good")
     text = compose_hparams(REPO / "hparams" / "lora.yaml", FSC_YAML, {
         "data_folder": str(tmp), "output_folder": str(tmp / "out"), "backbone_source": str(legacy / "tiny_ast"),
         "max_frames": 64, "reduction_rate": 8})
     hparams = load_hparams(text)
-    save_petl_model(tmp / "petl_model", hparams["modules"],
-                    build_config(hparams, [f"c{i}" for i in range(31)]))
+    save_petl_model(tmp / "petl_model", hparams, [f"c{i}" for i in range(31)])
     return tmp / "petl_model"
 
 
@@ -113,9 +119,24 @@ def loaders(folder, tmp_path):
     ]
 
 
-def option(key, value):
+def section(name, key, value):
+    """An edit setting ``config[name][key]`` (a section of format 4)."""
     def edit(config):
-        config["options"][key] = value
+        config[name][key] = value
+        return config
+    return edit
+
+
+def method_option(key, value):
+    def edit(config):
+        config["method"]["config"][key] = value
+        return config
+    return edit
+
+
+def backbone_option(key, value):
+    def edit(config):
+        config["backbone"]["options"][key] = value
         return config
     return edit
 
@@ -128,55 +149,61 @@ def top(key, value):
 
 
 # (case id, edit of petl_config.json, what the error message says). The marker is created by any
-# of them only if the folder's content were executed.
+# of them only if the folder's content were executed. Every value is checked against the method's
+# or the lobe's option definitions (or the schema); nothing reaches a YAML parser.
 CRAFTED_CONFIGS = [
-    ("apply_tag_in_option", lambda m: option("lora_targets", f"!apply:os.system ['touch {m}']"),
-     "YAML tag"),
-    ("new_tag_in_option", lambda m: option("init", f"!new:pathlib.Path.touch ['{m}']"), "YAML tag"),
-    ("name_tag_in_option", lambda m: option("init", "!name:os.system"), "YAML tag"),
-    ("module_tag_in_option", lambda m: option("init", "!module:os"), "YAML tag"),
-    ("tag_in_a_list_option", lambda m: option("folds", [1, f"!apply:os.system ['touch {m}']"]),
-     "YAML tag"),
-    ("option_naming_an_object", lambda m: option("petl_model", "x"), "names an object"),
-    ("dunder_option", lambda m: option("__set_seed", 1), "not an option name"),
-    ("nested_option", lambda m: option("lr", {"a": 1}), "not a plain value"),
+    ("apply_tag_in_option", lambda m: method_option("lora_targets", f"!apply:os.system ['touch {m}']"),
+     "unknown target"),
+    ("new_tag_in_option", lambda m: method_option("init", f"!new:pathlib.Path.touch ['{m}']"),
+     "is not valid"),
+    ("name_tag_in_option", lambda m: method_option("init", "!name:os.system"), "is not valid"),
+    ("module_tag_in_option", lambda m: method_option("init", "!module:os"), "is not valid"),
+    ("tag_in_a_list_option", lambda m: method_option("folds", [1, f"!apply:os.system ['touch {m}']"]),
+     "unknown option 'folds'"),
+    ("option_naming_an_object", lambda m: method_option("petl_model", "x"), "unknown option 'petl_model'"),
+    ("dunder_option", lambda m: method_option("__set_seed", 1), "unknown option '__set_seed'"),
+    ("nested_option", lambda m: method_option("reduction_rate", {"a": 1}), "is not valid"),
     ("unknown_top_level_key", lambda m: top("preprocess", f"!apply:os.system ['touch {m}']"),
      "unknown key 'preprocess'"),
-    ("method_outside_the_registry", lambda m: top("method", "nonexistent"), "not one of"),
-    ("method_as_a_dotted_path", lambda m: top("method", "os.system"), "not a method name"),
+    ("method_outside_the_registry", lambda m: section("method", "name", "nonexistent"), "not one of"),
+    ("method_as_a_dotted_path", lambda m: section("method", "name", "os.system"), "not a method name"),
     ("missing_method", lambda m: (lambda c: {k: v for k, v in c.items() if k != "method"}),
      "missing key 'method'"),
+    ("state_of_a_method_without_state", lambda m: section("method", "state", {"seed": 1}),
+     "keeps no state"),
     ("newer_format", lambda m: top("format_version", FORMAT_VERSION + 1), "newer version"),
     ("class_names_not_strings", lambda m: top("class_names", [1, 2]), "list of strings"),
     ("too_few_class_names", lambda m: top("class_names", ["a", "b"]), "class_names"),
     ("not_an_object", lambda m: (lambda c: [c]), "expected a JSON object"),
-    ("nan_constant", lambda m: (lambda c: json.dumps(c).replace('"lr": 0.005', '"lr": NaN')),
+    ("nan_constant", lambda m: (lambda c: json.dumps(c).replace('"lora_alpha": 8', '"lora_alpha": NaN')),
      "not valid JSON"),
     ("yaml_instead_of_json", lambda m: (lambda c: f"method: !apply:os.system ['touch {m}']\n"),
      "not valid JSON"),
-    # A path of the run in the options: rebuilding would create it (Checkpointer makes its folder).
-    ("save_folder_outside_the_target", lambda m: option("save_folder", str(m)),
-     "not a model option"),
-    ("train_log_outside_the_target", lambda m: option("train_log", str(m)), "not a model option"),
-    # transformers fetches and runs an attention kernel from the hub for 'org/repo' values.
+    # Paths of a run are no model option: a folder gives none (rebuilding never creates folders).
+    ("save_folder_as_an_option", lambda m: backbone_option("save_folder", str(m)),
+     "unknown option 'save_folder'"),
+    # transformers fetches and runs an attention kernel from the hub for 'org/repo' values: the
+    # attention implementation is no model option.
     ("hub_kernel_attention",
-     lambda m: option("attn_implementation", "kernels-community/flash-attn"),
-     "attn_implementation"),
-    # HyperPyYAML evaluates the arithmetic of text interpolated into a !ref (9**9**9 never ends).
-    ("arithmetic_in_a_string_option", lambda m: option("dataset", "2**64-1"), "arithmetic"),
-    ("reference_in_a_string_option", lambda m: option("dataset", "<backbone_source>"),
-     "arithmetic"),
-    ("number_option_of_the_wrong_type", lambda m: option("max_frames", "64"), "whole number"),
-    ("deeply_nested_json", lambda m: (lambda c: "[" * 100000 + "]" * 100000), "not valid JSON"),
-    # format_version 3: the task and a multi-label model's per-class thresholds.
-    ("unknown_task", lambda m: top("task", "regression"), "not one of"),
-    ("task_option_of_another_value", lambda m: option("task", "ranking"), "not one of"),
-    ("multilabel_without_thresholds", lambda m: top("task", "multilabel"), "needs 'thresholds'"),
-    ("threshold_out_of_range", lambda m: (lambda c: dict(c, task="multilabel",
-                                                        thresholds=[2.0] * 31)), "numbers in"),
-    ("thresholds_not_one_per_class", lambda m: (lambda c: dict(c, task="multilabel",
-                                                              thresholds=[0.5] * 3)), "31 class_names"),
-    ("thresholds_of_a_single_label_model", lambda m: top("thresholds", [0.5] * 31), "single_label"),
+     lambda m: backbone_option("attn_implementation", "kernels-community/flash-attn"),
+     "unknown option 'attn_implementation'"),
+    ("number_option_of_the_wrong_type", lambda m: backbone_option("max_frames", "64"), "is not valid"),
+    ("base_named_by_a_path", lambda m: section("backbone", "local_name", "../../etc"),
+     "not a plain folder name"),
+    ("base_named_twice", lambda m: section("backbone", "hub_id", "someone/model"), "exactly one"),
+    ("unknown_family", lambda m: section("backbone", "family", "rnn"), "No backbone lobe"),
+    ("malformed_fingerprint", lambda m: section("backbone", "fingerprint", {"sha256": "abc"}),
+     "SHA-256"),
+    ("unknown_task", lambda m: section("task", "kind", "regression"), "not one of"),
+    ("unknown_task_key", lambda m: section("task", "loss", "focal"), "unknown key 'loss'"),
+    ("multilabel_without_thresholds", lambda m: section("task", "kind", "multilabel"),
+     "needs 'thresholds'"),
+    ("threshold_out_of_range", lambda m: top("task", {"kind": "multilabel", "thresholds": [2.0] * 31}),
+     "numbers in"),
+    ("thresholds_not_one_per_class", lambda m: top("task", {"kind": "multilabel",
+                                                             "thresholds": [0.5] * 3}), "31 class_names"),
+    ("thresholds_of_a_single_label_model", lambda m: section("task", "thresholds", [0.5] * 31),
+     "single_label"),
 ]
 
 
@@ -227,22 +254,87 @@ def test_weights_must_be_exactly_the_rebuilt_models_trained_tensors(change, mess
         load_petl_model(folder, check=False)
 
 
-def test_current_folder_is_plain_data_with_a_format_version(good_folder):
+def test_current_folder_holds_only_what_defines_the_model(good_folder, legacy):
     config = json.loads((good_folder / CONFIG_FILE).read_text())
-    assert config["format_version"] == FORMAT_VERSION == 3
-    assert "hyperparams" not in config
-    assert not any(isinstance(v, str) and v.startswith("!") for v in config["options"].values())
+    assert config["format_version"] == FORMAT_VERSION == 4
+    assert set(config) == {"format_version", "library", "backbone", "method", "head", "task",
+                           "evaluation", "class_names"}
+    assert config["method"] == {"name": "lora", "config": {"lora_targets": "Wq,Wv", "reduction_rate": 8,
+                                                           "lora_alpha": 8, "init": "identity"},
+                                "state": {}}
+    assert config["backbone"]["options"] == {"max_frames": 64, "position_embeddings": "adapt"}
+    assert config["backbone"]["local_name"] == "tiny_ast" and config["backbone"]["hub_id"] is None
+    assert str(legacy) not in (good_folder / CONFIG_FILE).read_text()  # no path of this machine
     modules, _ = load_petl_model(good_folder, check=True)
     assert modules["classifier"].head.out_features == 31
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "prompt_tuning"])
-def test_folder_written_by_format_version_1_still_loads_with_the_same_outputs(method, legacy):
-    wavs, expected = legacy_waveforms()
-    modules, config = load_petl_model(legacy / f"petl_model_v1_{method}",
-                                      backbone_source=str(legacy / "tiny_ast"))
-    assert config["format_version"] == 1
-    assert torch.allclose(probabilities(modules, wavs), torch.tensor(expected[method]), atol=1e-6)
+def test_class_names_are_labels_whatever_they_look_like(good_folder, tmp_path):
+    marker = tmp_path / "pwned"
+    names = [f"!apply:pathlib.Path.touch ['{marker}']", "<backbone_source>", "9**9**9"] + \
+        [f"c{i}" for i in range(28)]
+    folder = crafted(good_folder, tmp_path, edit_config=top("class_names", names))
+    classifier = PETLClassifier.from_folder(folder)
+    assert classifier.labels == names and not marker.exists()
+
+
+def test_a_legacy_folder_reads_the_model_options_and_never_the_others(legacy, tmp_path):
+    """Format 1-3 folders kept every option of their run: the model's are checked, the others
+    (paths, tracking, even text HyperPyYAML would have run) are never read."""
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "v3"
+    shutil.copytree(legacy / "petl_model_v3_lora", folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["options"].update(wandb_project=f"!apply:pathlib.Path.touch ['{marker}']",
+                             dataset="9**9**9", save_folder=str(marker), attn_implementation="org/kernel")
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    load_petl_model(folder, backbone_source=str(legacy / "tiny_ast"))
+    assert not marker.exists()
+    config["options"]["init"] = f"!new:pathlib.Path.touch ['{marker}']"
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PETLModelError, match="init=.* is not valid"):
+        load_petl_model(folder, backbone_source=str(legacy / "tiny_ast"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("version, name", LEGACY_FOLDERS, ids=[f"v{v}-{n}" for v, n in LEGACY_FOLDERS])
+def test_folder_written_by_an_older_format_still_loads_with_the_same_outputs(version, name, legacy):
+    expected = legacy_expected(version)
+    folder = legacy / f"petl_model_v{version}_{name}"
+    modules, config = load_petl_model(folder, backbone_source=legacy_base(legacy, version, name))
+    assert config["format_version"] == version
+    multilabel = config.get("task") == "multilabel"
+    found = probabilities(modules, waveforms(expected["seconds"]), multilabel)
+    assert torch.allclose(found, torch.tensor(expected["probabilities"][name]), atol=1e-6)
+    if name in expected.get("classified", {}):  # format 3: classify follows the folder's protocol
+        classifier = PETLClassifier.from_folder(folder, backbone_source=legacy_base(legacy, version, name))
+        out_prob = classifier.classify_waveforms(waveforms(expected["long_seconds"], seed=1))[0]
+        assert torch.allclose(out_prob, torch.tensor(expected["classified"][name]), atol=1e-6)
+
+
+@pytest.mark.parametrize("version, name", LEGACY_FOLDERS, ids=[f"v{v}-{n}" for v, n in LEGACY_FOLDERS])
+def test_an_older_folder_saved_again_is_format_4_with_the_same_outputs(version, name, legacy, tmp_path):
+    expected = legacy_expected(version)
+    base = legacy_base(legacy, version, name)
+    PETLModel.from_pretrained(legacy / f"petl_model_v{version}_{name}", base).save_pretrained(tmp_path / "v4")
+    text = (tmp_path / "v4" / CONFIG_FILE).read_text()
+    assert json.loads(text)["format_version"] == 4 and "/tmp" not in text  # the old path is gone
+    modules, config = load_petl_model(tmp_path / "v4", backbone_source=base)
+    found = probabilities(modules, waveforms(expected["seconds"]), config["task"] == "multilabel")
+    assert torch.allclose(found, torch.tensor(expected["probabilities"][name]), atol=1e-6)
+
+
+def test_an_older_folder_is_pushed_as_format_4_without_the_paths_it_recorded(legacy, tmp_path):
+    from petl_modules import push
+
+    folder = legacy / "petl_model_v3_lora"
+    assert '"backbone_source": "/' in (folder / CONFIG_FILE).read_text()
+    (tmp_path / "staged").mkdir()
+    _, card, names = push.stage_folder(folder, "my-lab/x", tmp_path / "staged")
+    config = json.loads((tmp_path / "staged" / CONFIG_FILE).read_text())
+    assert config["format_version"] == 4 and config["backbone"]["local_name"] == "tiny_ast"
+    assert "/tmp" not in (tmp_path / "staged" / CONFIG_FILE).read_text() and "/tmp" not in card.content
+    load_petl_model(tmp_path / "staged", backbone_source=str(legacy / "tiny_ast"))
 
 
 def test_format_version_1_yaml_text_is_never_parsed(tmp_path, legacy):
@@ -258,7 +350,7 @@ def test_format_version_1_yaml_text_is_never_parsed(tmp_path, legacy):
 
 # ==================================================================== beyond the config's content
 def test_huge_config_is_refused_without_reading_it(good_folder, tmp_path):
-    from petl_modules.training.pretrained import MAX_CONFIG_BYTES
+    from petl_modules.model.folder import MAX_CONFIG_BYTES
 
     folder = crafted(good_folder, tmp_path)
     with open(folder / CONFIG_FILE, "r+b") as stream:

@@ -14,21 +14,19 @@ from petl_modules import classify as classify_cli
 from petl_modules import export as export_cli
 from petl_modules import push as push_cli
 from petl_modules.classify import PETLClassifier
-from petl_modules.sharing.hub import resolve_model_dir, split_repo_id
-from petl_modules.sharing.model_card import model_card
-from petl_modules.training.model_metrics import (
+from petl_modules.model.folder import read_config
+from petl_modules.model.hub import resolve_model_dir, split_repo_id
+from petl_modules.model.metrics_file import (
     METRICS_FILE,
     MetricsError,
     read_metrics,
     write_metrics,
 )
+from petl_modules.sharing.model_card import model_card
 from petl_modules.training.pretrained import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     PETLModelError,
-    backbone_fingerprint,
-    build_config,
-    read_config,
     save_petl_model,
 )
 
@@ -45,9 +43,8 @@ def lora_folder(tmp_path_factory, tiny_ast):
     tmp = tmp_path_factory.mktemp("hub_lora")
     hparams, _ = build("lora", tiny_ast, tmp, **tiny_options("lora"))
     pretend_trained(hparams, hparams["backbone"].input_processor)
-    config = build_config(hparams, [f"c{i}" for i in range(31)], backbone_fingerprint(tiny_ast))
     folder = tmp / "petl_model"
-    save_petl_model(folder, hparams["modules"], config)
+    save_petl_model(folder, hparams, [f"c{i}" for i in range(31)])
     write_metrics(folder, {"fold": None, "test_accuracy": 0.875, "test_loss": 0.5,
                            "valid_accuracy": 0.9, "best_epoch": 3}, dataset="FSC", command=COMMAND)
     return folder
@@ -193,6 +190,7 @@ def test_push_creates_the_repo_and_uploads_the_folder_with_its_card(lora_folder,
     assert sorted(kwargs["allow_patterns"]) == sorted(files) == sorted(
         [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, "README.md"])
     assert files[WEIGHTS_FILE] == (lora_folder / WEIGHTS_FILE).read_bytes()
+    assert json.loads(files[CONFIG_FILE]) == json.loads((lora_folder / CONFIG_FILE).read_text())
     assert b"library_name: petl-ast" in files["README.md"] and COMMAND.encode() in files["README.md"]
     assert not (lora_folder / "README.md").exists()  # the user's folder is left as it was
     assert "Pushed to https://hf.co/my-lab/tiny-lora" in capsys.readouterr().out

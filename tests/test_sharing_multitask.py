@@ -2,8 +2,8 @@
 the others on AST and on wav2vec2 (both layer layouts), gives each task its model's own outputs;
 what cannot share the backbone is refused with the reason."""
 
+import inspect
 import json
-import re
 
 import pytest
 import soundfile
@@ -11,23 +11,22 @@ import torch
 
 from petl_modules import classify as classify_cli
 from petl_modules.classify import PETLClassifier
+from petl_modules.methods import METHODS
+from petl_modules.model.folder import read_config
 from petl_modules.training.pretrained import (
     PETLModelError,
-    backbone_fingerprint,
-    build_config,
     save_petl_model,
 )
 
-from conftest import METHOD_FILES, REPO
+from conftest import METHOD_FILES
 from test_after_training import build, other_ast, pretend_trained, tiny_options, waveforms  # noqa: F401
 
 
 def trains_backbone(method):
-    """Whether the method file trains backbone tensors beyond LayerNorms (BitFit's biases, full
-    fine-tuning's layers), read off its ``trainable`` line."""
-    text = (REPO / "hparams" / f"{method}.yaml").read_text()
-    trainable = re.search(r"^\s+trainable: (.*)$", text, re.M).group(1)
-    return any(spec in trainable for spec in ("biases", "top_layers", "[all"))
+    """Whether the method trains backbone tensors beyond LayerNorms (BitFit's biases, full
+    fine-tuning's layers), read off the ``trainable`` specs its config's ``build`` gives."""
+    text = inspect.getsource(METHODS[method].build)
+    return any(spec in text for spec in ('"biases"', "top_layers", '"all"'))
 
 
 FROZEN = [m for m in METHOD_FILES if not trains_backbone(m)]
@@ -42,15 +41,15 @@ VARIANTS = [("adapter", {"seq_or_par": "sequential", "placement": "before", "app
             ("lora", {"lora_targets": "Wq,Wk,Wv,Wo"})]
 
 
-def make_folder(method, source, tmp_path, seed, **options):
-    """A pretend-trained petl_model/ folder of ``method`` on ``source``."""
+def make_folder(method, source, tmp_path, seed, thresholds=None, **options):
+    """A pretend-trained petl_model/ folder of ``method`` on ``source`` (``thresholds``: of a
+    multi-label model)."""
     folder = tmp_path / f"{method}_{seed}"
     torch.manual_seed(seed)
     hparams, _ = build(method, source, folder, **tiny_options(method, **options))
     pretend_trained(hparams, hparams["backbone"].input_processor)
     classes = [f"{method}{seed}-{i}" for i in range(31)]
-    save_petl_model(folder / "petl_model", hparams["modules"],
-                    build_config(hparams, classes, backbone_fingerprint(source)))
+    save_petl_model(folder / "petl_model", hparams, classes, thresholds)
     return str(folder / "petl_model")
 
 
@@ -188,13 +187,12 @@ def test_multilabel_and_sliding_window_tasks_follow_their_models(tiny_ast, tmp_p
     """A multi-label task keeps its sigmoid and thresholds, and tasks tested with sliding windows
     pool their windows as each model alone does (classify_files, the command line's path)."""
     sliding = dict(eval_windows="sliding", window_pooling="max")
-    labels = make_folder("lora", tiny_ast, tmp_path, 1, task="multilabel", **sliding)
+    thresholds = [0.3 + 0.01 * i for i in range(31)]
+    labels = make_folder("lora", tiny_ast, tmp_path, 1, thresholds, task="multilabel", **sliding)
     single = make_folder("adapter", tiny_ast, tmp_path, 2, **sliding)
-    config_path = tmp_path / "lora_1" / "petl_model" / "petl_config.json"
-    config = json.loads(config_path.read_text())
+    config = read_config(labels)
     assert config["task"] == "multilabel" and config["evaluation"]["eval_windows"] == "sliding"
-    config["thresholds"] = [0.3 + 0.01 * i for i in range(len(config["class_names"]))]
-    config_path.write_text(json.dumps(config))
+    assert config["thresholds"] == thresholds
     files = write_wavs(tmp_path)
     several = PETLClassifier.from_folders([labels, single])
     found, errors = several.classify_files(files, batch_size=4)

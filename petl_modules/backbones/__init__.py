@@ -12,6 +12,6 @@
 
 from petl_modules.backbones import ast, wav2vec2, whisper  # noqa: F401  (each registers its model types
 from petl_modules.backbones import data2vec_audio  # noqa: F401  (registers data2vec-audio)
-from petl_modules.backbones.base import FAMILIES, Backbone, lobe_class, read_config, register
+from petl_modules.backbones.base import FAMILIES, Backbone, lobe_class, lobe_for, read_config, register
 
-__all__ = ["FAMILIES", "Backbone", "lobe_class", "read_config", "register"]
+__all__ = ["FAMILIES", "Backbone", "lobe_class", "lobe_for", "read_config", "register"]

@@ -4,8 +4,9 @@ import torch
 import transformers
 
 from petl_modules.backbones.base import Backbone, read_config, register
+from petl_modules.options import Option
 from petl_modules.backbones.features import ASTFbank
-from petl_modules.methods.adapted import checkpoint_contexts, token_mask
+from petl_modules.contract import checkpoint_contexts, token_mask
 
 
 @register("audio-spectrogram-transformer", "ast")
@@ -51,6 +52,12 @@ class ASTBackbone(Backbone):
     }
     family = "ast"
     input_kind = "spectrogram"
+    MODEL_OPTIONS = {
+        "max_frames": Option(int, 1024, "input frames (10 ms each); the position embeddings are "
+                             "fitted to them", minimum=1),
+        "position_embeddings": Option(str, "adapt", "adapt (cut or interpolate the pretrained ones) "
+                                      "| zeros (the reference)", choices=("adapt", "zeros")),
+    }
     PROMPT_POSITION = (1, 1)  # after the CLS token, in place of the distillation token
 
     def __init__(
@@ -69,14 +76,16 @@ class ASTBackbone(Backbone):
             )
         self.source = str(source)
         try:
-            self.model = transformers.ASTModel.from_pretrained(
-                source, attn_implementation=attn_implementation
+            self.model, info = transformers.ASTModel.from_pretrained(
+                source, attn_implementation=attn_implementation, output_loading_info=True
             )
         except OSError as err:
             read_config(source)  # raises the clear message when the checkpoint is unreachable
             raise err
+        self.remember_checkpoint(self.model.state_dict(), info.get("missing_keys", ()))
         self.config = self.model.config
-        self.position_embeddings_mode = position_embeddings
+        self.max_frames = int(max_frames)
+        self.position_embeddings = position_embeddings
         self._resize_position_embeddings(int(max_frames), position_embeddings)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing:

@@ -21,20 +21,28 @@ LoRA needs no hook: it is an ``nn.Linear`` look-alike whose ``weight`` is the me
 """
 
 
+import contextlib
 import fnmatch
-import functools
+import hashlib
 import inspect
 import json
 import logging
+import random
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 import transformers
 
-from petl_modules.methods.adapted import PETLModule
+# The hooks of the methods live in the contract below backbones and methods (re-exported here).
+from petl_modules.contract import (  # noqa: F401
+    PETLModule,
+    attend_with_prefix,
+    prefix_attention,
+    prefix_key_width,
+)
 from petl_modules.options import check_options
 
 logger = logging.getLogger(__name__)
@@ -81,6 +89,20 @@ def checkpoint_model_type(source):
     return model_type
 
 
+def lobe_for(family, model_type=None):
+    """The lobe class of a checkpoint of ``model_type`` (its ``config.json``'s), or, when that is
+    None (a checkpoint without a transformers config), of the backbone ``family``."""
+    if model_type is not None and model_type in FAMILIES and FAMILIES[model_type].family == family:
+        return FAMILIES[model_type]
+    found = {cls for cls in FAMILIES.values() if cls.family == family}
+    if model_type is None and len(found) == 1:
+        return found.pop()
+    raise ValueError(
+        f"No backbone lobe for family '{family}'" + (f" and model_type '{model_type}'" if model_type else "")
+        + f": this version of PETL-AST supports the model types {', '.join(sorted(FAMILIES))}."
+    )
+
+
 def lobe_class(source):
     """The lobe class of the checkpoint ``source``, from its config's ``model_type``."""
     model_type = checkpoint_model_type(source)
@@ -93,104 +115,82 @@ def lobe_class(source):
     return FAMILIES[model_type]
 
 
-def _layer_index(name):
-    match = re.search(r"layers\.(\d+)", name)
-    return int(match.group(1)) if match else None
-
-
-# ==================================================================== hooks of the methods
-def _projections(attention):
-    """``(q, k, v, o, heads)`` of an attention module with ``q_proj``, ``k_proj``, ``v_proj``,
-    ``o_proj``/``out_proj`` and ``num_attention_heads``/``num_heads`` (TypeError otherwise)."""
-    heads = getattr(attention, "num_attention_heads", None) or getattr(attention, "num_heads", None)
-    out = getattr(attention, "o_proj", None) or getattr(attention, "out_proj", None)
-    found = [getattr(attention, n, None) for n in ("q_proj", "k_proj", "v_proj")] + [out]
-    if any(m is None for m in found) or not heads:
-        raise TypeError(
-            f"Prefix tuning cannot wrap {type(attention).__name__}: it needs q_proj, k_proj, "
-            "v_proj, o_proj/out_proj and num_attention_heads/num_heads (attach it at the "
-            "'attention' point), or the backbone's lobe file must register attend_with_prefix "
-            "and prefix_key_width for this attention class."
-        )
-    return (*found, int(heads))
-
-
-@functools.singledispatch
-def prefix_key_width(attention):
-    """Width of the projected keys (= values) of ``attention``: the size of a prefix token."""
-    return _projections(attention)[1].out_features
-
-
-def _insert(sequence, tokens, start):
-    """``sequence [B, T, W]`` with ``tokens [P, W]`` inserted at ``start`` -> ``[B, T + P, W]``."""
-    tokens = tokens.to(sequence.dtype).unsqueeze(0).expand(sequence.shape[0], -1, -1)
-    return torch.cat([sequence[:, :start], tokens, sequence[:, start:]], dim=1)
-
-
-def _extend_mask(mask, count, start):
-    """``mask [..., T]`` (bool: True = attend; or additive) with ``count`` attended key columns
-    at ``start`` -> ``[..., T + count]``."""
-    if mask is None:
-        return None
-    shape = (*mask.shape[:-1], count)
-    fill = torch.ones(shape, dtype=torch.bool, device=mask.device) if mask.dtype == torch.bool \
-        else torch.zeros(shape, dtype=mask.dtype, device=mask.device)
-    return torch.cat([mask[..., :start], fill, mask[..., start:]], dim=-1)
-
-
-def prefix_attention(attention, hidden, prefix_keys, prefix_values, start, mask=None):
-    """Multi-head attention of ``attention``'s q/k/v/o projections with extra keys and values.
-
-    Arguments
-    ---------
-    attention : torch.nn.Module
-        With the projections of ``_projections``; optional ``scaling`` and
-        ``attention_dropout``/``dropout`` (used in train mode).
-    hidden : torch.Tensor
-        ``[B, T, D]`` input of the sublayer.
-    prefix_keys, prefix_values : torch.Tensor
-        ``[P, W]`` inserted after the first ``start`` projected keys and values.
-    start : int
-        Keys kept before the prefix.
-    mask : torch.Tensor, optional
-        ``[B, 1|H, T, T]`` boolean (True = attend) or additive, over the host's keys; the prefix
-        keys are attended by every query.
+def state_fingerprint(state, missing=(), exclude=()):
+    """The fingerprint of a checkpoint's weights ``state`` (``{name: tensor}``, as its lobe loads
+    them): SHA-256 over every tensor's name, dtype, shape and bytes in name order, leaving out
+    ``missing`` (tensors the checkpoint lacks, initialised at random on loading) and ``exclude``.
 
     Returns
     -------
-    torch.Tensor
-        ``[B, T, D]`` after the output projection.
+    dict
+        ``kind`` (``tensors``), ``sha256`` (hex digest), ``tensors`` (how many were hashed),
+        ``excluded`` (names left out) and ``bytes`` (size of the weights).
     """
-    q_proj, k_proj, v_proj, o_proj, heads = _projections(attention)
-    batch, length, _ = hidden.shape
-
-    def split(x):  # [B, T, H * d] -> [B, H, T, d]
-        return x.view(batch, x.shape[1], heads, -1).transpose(1, 2)
-
-    key = split(_insert(k_proj(hidden), prefix_keys, start))
-    value = split(_insert(v_proj(hidden), prefix_values, start))
-    dropout = getattr(attention, "attention_dropout", getattr(attention, "dropout", 0.0))
-    out = F.scaled_dot_product_attention(
-        split(q_proj(hidden)), key, value,
-        attn_mask=_extend_mask(mask, prefix_keys.shape[0], start),
-        dropout_p=float(dropout) if attention.training and isinstance(dropout, (int, float)) else 0.0,
-        scale=getattr(attention, "scaling", None),
-    )
-    return o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+    excluded = set(missing) | set(exclude)
+    digest = hashlib.sha256()
+    count = total = 0
+    for name, tensor in sorted(state.items()):
+        total += tensor.numel() * tensor.element_size()
+        if name in excluded:
+            continue
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy())
+        count += 1
+    return {"kind": "tensors", "sha256": digest.hexdigest(), "tensors": count,
+            "excluded": sorted(excluded), "bytes": total}
 
 
-@functools.singledispatch
-def attend_with_prefix(attention, hidden, prefix_keys, prefix_values, start, *args, **kwargs):
-    """Runs the attention sublayer ``attention`` as its host layer calls it (``hidden [B, T, D]``
-    and the host's ``*args, **kwargs``), with ``prefix_keys``/``prefix_values [P, W]`` inserted
-    after the first ``start`` keys and values; returns what the host expects from the sublayer.
+def file_fingerprint(path):
+    """The fingerprint of a checkpoint file's bytes (``kind: file``), for a lobe whose checkpoint
+    is one released file (a ``.pt`` without a transformers ``config.json``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(2 ** 20), b""):
+            digest.update(block)
+    return {"kind": "file", "sha256": digest.hexdigest(), "excluded": [],
+            "bytes": Path(path).stat().st_size}
 
-    Default: transformers' convention, ``attention_mask`` (first positional or keyword) boolean or
-    additive ``[B, 1, T, T]``, returning ``(output [B, T, D], None)``. A lobe whose attention is
-    called otherwise registers its own (``@attend_with_prefix.register(ItsAttention)``).
-    """
-    mask = kwargs.get("attention_mask", args[0] if args else None)
-    return prefix_attention(attention, hidden, prefix_keys, prefix_values, start, mask), None
+
+def checkpoint_fingerprint(source, exclude=()):
+    """The fingerprint of the checkpoint ``source``'s weights as its lobe's format reads them
+    (``Backbone.checkpoint_fingerprint``); a lobe that loaded ``source`` gives the same with
+    ``fingerprint()``, without loading it again."""
+    return lobe_class(str(source)).checkpoint_fingerprint(str(source), exclude)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silences transformers' loading progress bars and reports inside the block."""
+    verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Restores the python/numpy/torch random states after the block (loading a checkpoint draws
+    the tensors it lacks from them; a run must draw the same numbers whether or not it loaded)."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+
+
+def _layer_index(name):
+    match = re.search(r"layers\.(\d+)", name)
+    return int(match.group(1)) if match else None
 
 
 class Backbone(torch.nn.Module):
@@ -210,6 +210,10 @@ class Backbone(torch.nn.Module):
 
     INSERTION_POINTS = {}
     family = None
+    # The lobe's options that define the model (``Option``s, recorded in a model folder); the
+    # others (attention kernel, gradient checkpointing, training-time masking) only change how it
+    # runs. ``model_options`` gives their values.
+    MODEL_OPTIONS = {}
     # What ``forward`` takes: "spectrogram" (features [B, T, F]) or "waveform" ([B, S]); read by
     # augmentation and the output cache instead of the family.
     input_kind = None
@@ -225,6 +229,56 @@ class Backbone(torch.nn.Module):
         super().__init__()
         self.finetuned_prefixes = []
         self._check_other_options(other_options or {})
+
+    def model_options(self):
+        """``{option: value}`` of ``MODEL_OPTIONS`` as this lobe was built."""
+        return {name: getattr(self, name) for name in self.MODEL_OPTIONS}
+
+    # ---------------------------------------------------------------- the checkpoint's weights
+    def remember_checkpoint(self, state, missing=()):
+        """Called by a lobe right after loading its checkpoint, before changing any of its
+        tensors: ``state`` (``{name: tensor}``, e.g. the loaded model's ``state_dict()``) is
+        fingerprinted as loaded (``fingerprint``), so that nothing loads the checkpoint a second
+        time to identify it; ``missing``: names the checkpoint lacked."""
+        self._checkpoint_state = dict(state)  # the loaded tensors, not copies
+        self._checkpoint_missing = set(missing)
+        self._fingerprint = state_fingerprint(self._checkpoint_state, self._checkpoint_missing)
+
+    def remember_checkpoint_file(self, path):
+        """``remember_checkpoint`` for a lobe whose checkpoint is one released file: its bytes are
+        fingerprinted (``file_fingerprint``; ``kind: file``)."""
+        self._checkpoint_state, self._checkpoint_missing = None, set()
+        self._fingerprint = file_fingerprint(path)
+
+    def fingerprint(self, exclude=()):
+        """The fingerprint (``state_fingerprint``) of the checkpoint's weights as the lobe loaded
+        them, ``exclude`` left out too; the same as ``checkpoint_fingerprint(source)``."""
+        if not hasattr(self, "_fingerprint"):
+            raise ValueError(f"The {self.family} lobe did not record its checkpoint's weights "
+                             "(its __init__ must call remember_checkpoint after loading).")
+        if set(exclude) <= self._checkpoint_missing or self._fingerprint["kind"] == "file":
+            return dict(self._fingerprint)
+        if self._checkpoint_state is None:
+            raise ValueError("The lobe's checkpoint tensors were released (release_checkpoint): "
+                             "take the fingerprint before.")
+        return state_fingerprint(self._checkpoint_state, self._checkpoint_missing, exclude)
+
+    def changed_from_checkpoint(self):
+        """Whether the wrapped model's weights now differ from the checkpoint's as loaded (names,
+        shapes, values; e.g. AST's position embeddings fitted to another ``max_frames``)."""
+        own, loaded = self.pretrained_model().state_dict(), self._checkpoint_state
+        if loaded is None:
+            raise ValueError("The lobe's checkpoint tensors were released (release_checkpoint).")
+        if set(own) != set(loaded):
+            return True
+        return any(name not in self._checkpoint_missing and (
+            own[name].shape != loaded[name].shape or not torch.equal(own[name], loaded[name]))
+            for name in own)
+
+    def release_checkpoint(self):
+        """Lets go of the tensors as loaded (``fingerprint`` keeps its value): a lobe that changed
+        some (AST's position embeddings) no longer holds the originals."""
+        self._checkpoint_state = None
 
     @classmethod
     def options(cls):
@@ -428,10 +482,19 @@ class Backbone(torch.nn.Module):
     # Defaults for transformers ``save_pretrained`` folders (shared by the transformers lobes); a
     # lobe of another checkpoint format overrides these three in its own file.
     @classmethod
+    def checkpoint_fingerprint(cls, source, exclude=()):
+        """The fingerprint of ``source`` read here (``state_fingerprint`` of ``checkpoint_state``);
+        a lobe of a one-file checkpoint overrides it with ``file_fingerprint``."""
+        with quiet_transformers(), preserved_rng():
+            state, missing = cls.checkpoint_state(source)
+        return state_fingerprint(state, missing, exclude)
+
+    @classmethod
     def checkpoint_state(cls, source):
         """``(state {name: tensor}, missing)`` of the weights of ``source`` as the lobe's format
-        loads them (the fingerprint hashes them); ``missing``: names the checkpoint lacks
-        (initialised at random on loading), left out of the fingerprint."""
+        loads them (``checkpoint_fingerprint`` hashes them, as ``fingerprint`` does those a lobe
+        loaded); ``missing``: names the checkpoint lacks (initialised at random on loading), left
+        out of the fingerprint."""
         model, info = transformers.AutoModel.from_pretrained(str(source), output_loading_info=True)
         return model.state_dict(), set(info.get("missing_keys", ()))
 

@@ -8,7 +8,7 @@ DataLoader workers can carry them.
 Each processor says how much audio it uses: ``samples_needed`` (samples from the start of an
 utterance; None: all) and ``min_samples`` (the backbone's shortest input; shorter clips are padded
 with zeros). ``load_input(path, processor)`` reads only ``samples_needed`` samples of a file
-(``petl_modules.training.audio.load_audio``'s partial read), pads short clips with a warning naming the
+(``petl_modules.model.audio.load_audio``'s partial read), pads short clips with a warning naming the
 file, and returns the processor's output: the data pipeline and ``classify`` call it per file.
 """
 

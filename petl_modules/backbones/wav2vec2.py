@@ -7,17 +7,15 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from petl_modules.backbones.base import (
-    Backbone,
-    attend_with_prefix,
-    prefix_attention,
-    read_config,
-    register,
-)
+from petl_modules.backbones.base import Backbone, read_config, register
 from petl_modules.backbones.features import Waveform
-from petl_modules.methods.adapted import checkpoint_contexts, token_mask
+from petl_modules.contract import attend_with_prefix, checkpoint_contexts, prefix_attention, token_mask
+from petl_modules.options import Option
 
 logger = logging.getLogger(__name__)
+
+CLIP_SECONDS = Option(float, None, "every utterance cut and zero-padded to this duration (null: "
+                      "whole utterances)", minimum=0, exclusive_minimum=True, nullable=True)
 
 WAVEFORM_MODELS = {
     "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model),
@@ -93,7 +91,7 @@ class Wav2Vec2Backbone(Backbone):
     layer here (same result as the transformers model, pinned by tests) so that PETL modules may
     add tokens (prompts), and WavLM's relative position bias and the padding masks follow them.
     With an attention mask, the PETL modules inside the layers see the same padding
-    (``petl_modules.methods.adapted.token_mask``: convolutions and Soft-MoA routing skip it), so that an
+    (``petl_modules.contract.token_mask``: convolutions and Soft-MoA routing skip it), so that an
     utterance gets the same output alone or padded in a batch.
 
     Both layer layouts (``config.do_stable_layer_norm``) map to the same insertion points:
@@ -138,6 +136,7 @@ class Wav2Vec2Backbone(Backbone):
 
     family = "wav2vec2"
     input_kind = "waveform"
+    MODEL_OPTIONS = {"clip_seconds": CLIP_SECONDS}
 
     def __init__(
         self,
@@ -155,7 +154,9 @@ class Wav2Vec2Backbone(Backbone):
         model_class = self._model_class(config)
         if attn_implementation == "sdpa" and not model_class._supports_sdpa:
             attn_implementation = "eager"  # WavLM: F.multi_head_attention_forward only
-        self.model = model_class.from_pretrained(source, attn_implementation=attn_implementation)
+        self.model, info = model_class.from_pretrained(source, attn_implementation=attn_implementation,
+                                                       output_loading_info=True)
+        self.remember_checkpoint(self.model.state_dict(), info.get("missing_keys", ()))
         self.config = self.model.config
         if getattr(self.config, "add_adapter", False):
             raise ValueError(
@@ -184,6 +185,7 @@ class Wav2Vec2Backbone(Backbone):
             extractor = (True, cnn_layer_norm, 16000)
         do_normalize, self.use_attention_mask, sample_rate = extractor
         self.use_attention_mask = bool(self.use_attention_mask)
+        self.clip_seconds = clip_seconds
         self.clip_samples = None if clip_seconds is None else round(float(clip_seconds) * sample_rate)
         self.input_processor = Waveform(self.clip_samples, normalize=do_normalize, sample_rate=sample_rate)
 

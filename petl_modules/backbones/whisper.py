@@ -24,7 +24,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from petl_modules.backbones.base import Backbone, read_config, register
 from petl_modules.backbones.features import WhisperLogMel
-from petl_modules.methods.adapted import checkpoint_contexts, token_mask
+from petl_modules.contract import checkpoint_contexts, token_mask
+from petl_modules.options import Option
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,9 @@ class WhisperBackbone(Backbone):
 
     family = "whisper"
     input_kind = "spectrogram"  # log-mel features [B, frames, mel]: SpecAugment masks them as AST's
+    MODEL_OPTIONS = {"clip_seconds": Option(float, None, "every utterance cut and zero-padded to this "
+                                            "duration (null: the full 30 s input)", minimum=0,
+                                            exclusive_minimum=True, nullable=True)}
     PROMPT_POSITION = (0, 0)  # no special token: prompts are prepended
     INSERTION_POINTS = {
         "embeddings": ["input_dropout"],
@@ -199,6 +203,7 @@ class WhisperBackbone(Backbone):
         super().__init__(other_options)
         self.source = str(source)
         self.model, info = load_encoder(source, attn_implementation=attn_implementation)
+        self.remember_checkpoint(self.model.state_dict(), info.get("missing_keys", ()))
         missing = sorted(set(info.get("missing_keys", ())))
         if missing:
             raise ValueError(
@@ -216,6 +221,7 @@ class WhisperBackbone(Backbone):
         extractor = read_whisper_feature_extractor(source, self.config.num_mel_bins)
         strides = self.model.conv1.stride[0] * self.model.conv2.stride[0]
         full = self.config.max_source_positions * strides * extractor.hop_length  # 30 s
+        self.clip_seconds = clip_seconds
         self.clip_samples = full if clip_seconds is None else round(float(clip_seconds) * extractor.sampling_rate)
         if not 0 < self.clip_samples <= full:
             raise ValueError(

@@ -25,122 +25,25 @@ an insertion point (all parameters of the matched modules), ``final_norm_bias``,
 transformer layers) or ``all``.
 """
 
-import contextlib
-import contextvars
 import logging
 
 import torch
 from speechbrain.nnet.adapters import AdaptedModel, replace_module
 from speechbrain.utils import checkpoints
 
+# The contract the lobes share with the methods (re-exported here, their home before).
+from petl_modules.contract import (  # noqa: F401
+    _TOKEN_MASK,
+    PETLModule,
+    checkpoint_contexts,
+    current_token_mask,
+    petl_buffers,
+    recomputing,
+    token_mask,
+)
 from petl_modules.options import check_options, keyword_names
 
 logger = logging.getLogger(__name__)
-
-
-# The padding of the token sequence that PETL modules see, set by the lobe around its layers
-# (``token_mask``), and whether a checkpointed layer is being recomputed in backward.
-_TOKEN_MASK = contextvars.ContextVar("petl_token_mask", default=None)
-_RECOMPUTING = contextvars.ContextVar("petl_recomputing", default=False)
-
-
-@contextlib.contextmanager
-def token_mask(mask):
-    """Within the block, PETL modules treat the tokens where ``mask [B, T]`` (bool) is False as
-    padding. The lobe sets it around its transformer layers; None, or a mask without padding
-    (dropped here, except while ``torch.export`` traces), means every token is valid.
-
-    Example
-    -------
-    >>> with token_mask(torch.tensor([[True, False]])):
-    ...     current_token_mask(torch.zeros(1, 2, 4)).tolist()
-    [[True, False]]
-    """
-    if mask is not None:
-        mask = mask.bool()
-        # An exported graph (ONNX) keeps the mask: whether it has padding depends on the input.
-        if not torch.compiler.is_exporting() and bool(mask.all()):
-            mask = None
-    reset = _TOKEN_MASK.set(mask)
-    try:
-        yield
-    finally:
-        _TOKEN_MASK.reset(reset)
-
-
-def current_token_mask(x):
-    """The padding mask ``[B, T]`` of the tokens ``x [B, T, ...]`` a PETL module is called on, or
-    None when every token is valid (see ``token_mask``)."""
-    mask = _TOKEN_MASK.get()
-    if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(
-            f"The token mask {list(mask.shape)} set by the backbone lobe does not fit the "
-            f"{list(x.shape[:2])} tokens a PETL module receives: the lobe must set the mask of "
-            "the sequence its layers run on (petl_modules.methods.adapted.token_mask)."
-        )
-    return mask
-
-
-def recomputing():
-    """Whether a checkpointed layer is being recomputed in backward (``checkpoint_contexts``):
-    stateful modules (BatchNorm running statistics) must not update a second time."""
-    return _RECOMPUTING.get()
-
-
-@contextlib.contextmanager
-def _recomputation(mask):
-    reset_mask, reset_flag = _TOKEN_MASK.set(mask), _RECOMPUTING.set(True)
-    try:
-        yield
-    finally:
-        _RECOMPUTING.reset(reset_flag)
-        _TOKEN_MASK.reset(reset_mask)
-
-
-def checkpoint_contexts():
-    """``context_fn`` of ``torch.utils.checkpoint.checkpoint`` (non-reentrant) for a layer holding
-    PETL modules: its recomputation in backward sees the forward's token mask and ``recomputing()``.
-    """
-    return contextlib.nullcontext(), _recomputation(_TOKEN_MASK.get())
-
-
-class PETLModule(torch.nn.Module):
-    """Base of every module a PETL method inserts into a backbone.
-
-    A PETL module trains (its own parameters, and train/eval mode follows the Brain) even when the
-    backbone around it is frozen and kept in eval mode. A wrapper keeps the module it wraps as
-    ``self.pretrained_module`` (SpeechBrain's convention); that one stays frozen and in eval mode.
-
-    Modules whose tokens interact (convolutions over the sequence, routing over the tokens) read
-    the padding with ``current_token_mask``. ``start_warnings`` names the settings that start the
-    model away from the pretrained one (``AdaptedBackbone`` logs each once per build).
-    """
-
-    def start_warnings(self):
-        """Messages (str) about settings that make this module change the pretrained model's
-        output at the start of training, each naming the option that avoids it."""
-        return []
-
-
-
-
-def petl_buffers(model):
-    """``{name: buffer}`` of the state buffers of PETL modules in ``model`` (e.g. the running
-    statistics of a conformer adapter's BatchNorm); the pretrained modules they wrap excluded.
-
-    They are trained state too, though not ``requires_grad``: checkpoints and PETL model folders
-    keep them beside the trained parameters.
-    """
-    state = model.state_dict(keep_vars=True)
-    found = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, PETLModule):
-            continue
-        for buffer_name, _ in module.named_buffers():
-            full = f"{name}.{buffer_name}" if name else buffer_name
-            if not buffer_name.startswith("pretrained_module.") and full in state:
-                found[full] = state[full]
-    return found
 
 
 @checkpoints.register_checkpoint_hooks

@@ -22,7 +22,7 @@ sequential  after    ``A_r(f(x))``                    sequential adapter (main t
 sequential  before   ``f(A_r(x))``
 =========== ======== ================================ =========================================
 
-Padding (``petl_modules.methods.adapted.current_token_mask``, set by the lobe) is zeroed before the
+Padding (``petl_modules.contract.current_token_mask``, set by the lobe) is zeroed before the
 conformer and Convpass convolutions over the tokens and left out of the conformer's BatchNorm
 statistics (``MaskedBatchNorm1d``, which also updates its running statistics once per step under
 gradient checkpointing). Settings that start the model away from the pretrained one (sequential
@@ -42,10 +42,14 @@ the first step. ``reference`` reproduces the start of the reference code's runs,
 re-initialised every Linear missing from the checkpoint with N(0, 0.02) and a zero bias.
 """
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from petl_modules.methods.adapted import PETLModule, current_token_mask, recomputing
+from petl_modules.contract import PETLModule, current_token_mask, recomputing
+from petl_modules.methods.config import MethodConfig, adapted, register_method
+from petl_modules.options import option
 
 ADAPTER_BLOCKS = ("bottleneck", "conformer", "convpass")
 ADAPTER_TYPES = ("Pfeiffer", "Houlsby")
@@ -114,7 +118,7 @@ class MaskedBatchNorm1d(torch.nn.BatchNorm1d):
 
     In training, the batch statistics (used to normalise, and to update the running statistics)
     are taken over the valid positions of ``mask [B, T]`` only. When a checkpointed layer is
-    recomputed in backward (``petl_modules.methods.adapted.recomputing``), the batch statistics are used
+    recomputed in backward (``petl_modules.contract.recomputing``), the batch statistics are used
     again but the running statistics are not updated a second time. Without a mask and outside a
     recomputation it is ``nn.BatchNorm1d`` exactly; in eval mode (running statistics) every
     position is normalised on its own, so padding cannot matter.
@@ -450,3 +454,48 @@ def adapter_trainable(adapter_type, location="FFN"):
     ['final_norm', 'input_norm:ffn']
     """
     return ["final_norm"] + [LOCATION_NORMS[loc] for loc in adapter_locations(adapter_type, location)]
+
+
+def init_option():
+    """The ``init`` option of the methods that insert adapter blocks or LoRA updates."""
+    return option("identity", "identity: the last projection zero, the model starts as the "
+                  "pretrained one; reference: N(0, 0.02), as the reference runs", choices=INITS)
+
+
+def reduction_rate_option(default):
+    """The ``reduction_rate`` option: the bottleneck width ``r = round(hidden / reduction_rate)``."""
+    return option(default, "bottleneck width r = round(hidden / reduction_rate)", kind=float,
+                  minimum=0, exclusive_minimum=True)
+
+
+@register_method
+@dataclasses.dataclass
+class AdapterConfig(MethodConfig):
+    """Adapter tuning: a block beside (parallel) or after (sequential) the FFN and/or MHSA
+    sublayer of every layer; the final LayerNorm and the LayerNorm before each adapted sublayer
+    (pre-LN backbones) train too."""
+
+    name = "adapter"
+    summary = ("adapter blocks beside/after the FFN and/or MHSA sublayers + the LayerNorm before each "
+               "adapted sublayer in pre-LN backbones")
+
+    adapter_block: str = option("conformer", "the block", choices=ADAPTER_BLOCKS)
+    adapter_type: str = option("Pfeiffer", "Pfeiffer: one location; Houlsby: MHSA and FFN",
+                               choices=ADAPTER_TYPES)
+    location: str = option("FFN", "Pfeiffer's location", choices=LOCATIONS)
+    seq_or_par: str = option("parallel", "beside (parallel) or after (sequential) the sublayer",
+                             choices=SEQ_OR_PAR)
+    placement: str = option("auto", "whether the block reads the sublayer's input (before) or output "
+                            "(after); auto: before if parallel, after if sequential", choices=PLACEMENTS)
+    apply_residual: bool = option(False, "add the adapter's input to its output")
+    reduction_rate: float = reduction_rate_option(96)
+    kernel_size: int = option(31, "depthwise kernel of the conformer block", minimum=1)
+    init: str = init_option()
+
+    def build(self, backbone):
+        return adapted(
+            backbone, Adapter, adapter_points(self.adapter_type, self.location),
+            adapter_trainable(self.adapter_type, self.location), adapter_block=self.adapter_block,
+            reduction_rate=self.reduction_rate, kernel_size=self.kernel_size,
+            seq_or_par=self.seq_or_par, placement=self.placement,
+            apply_residual=self.apply_residual, init=self.init)

@@ -16,19 +16,22 @@ the model starts as the pretrained one and learns from the first step. ``referen
 N(0, 0.02), the effective start of the reference runs (transformers re-initialised them).
 """
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from speechbrain.nnet.adapters import replace_module
 
-from petl_modules.methods.adapted import PETLModule
+from petl_modules.contract import PETLModule
 from petl_modules.methods.adapters import (
     INITS,
     bottleneck_width,
     check_choice,
     reference_init_warning,
 )
+from petl_modules.methods.config import MethodConfig, adapted, register_method
+from petl_modules.options import OptionError, option
 
 LORA_TARGETS = ("q", "k", "v", "o")
 
@@ -165,3 +168,30 @@ def lora_points(lora_targets):
     if not points:
         raise ValueError("lora_targets is empty: name at least one of Wq, Wk, Wv, Wo.")
     return points
+
+
+@register_method
+@dataclasses.dataclass
+class LoraConfig(MethodConfig):
+    """LoRA on the attention projections ``lora_targets`` of every layer; the final LayerNorm
+    trains too."""
+
+    name = "lora"
+    summary = "low-rank updates s·B·A of the attention projections"
+
+    lora_targets: str = option("Wq,Wv", "projections adapted: any of Wq, Wk, Wv, Wo, comma-separated")
+    reduction_rate: float = option(128, "rank r = round(hidden / reduction_rate)", kind=float,
+                                   minimum=0, exclusive_minimum=True)
+    lora_alpha: float = option(8, "scaling s = lora_alpha / reduction_rate", kind=float)
+    init: str = option("identity", "identity: A random, B zero; reference: A, B ~ N(0, 0.02), as "
+                       "the reference runs", choices=INITS)
+
+    def check(self):
+        try:
+            lora_points(self.lora_targets)
+        except ValueError as err:
+            raise OptionError(str(err)) from None
+
+    def build(self, backbone):
+        return adapted(backbone, LoRA, lora_points(self.lora_targets), ["final_norm"],
+                       reduction_rate=self.reduction_rate, lora_alpha=self.lora_alpha, init=self.init)

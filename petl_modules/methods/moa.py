@@ -15,7 +15,7 @@ point): ``out = f(x) + MoA(x)`` with ``x`` the output of the LayerNorm before ``
   the combine-weighted average of all slot outputs. ``normalize``: the logits use l2-normalised
   tokens and slot embeddings (over D) times a learned scale (the Soft MoE paper's option).
 
-Padding (``petl_modules.methods.adapted.current_token_mask``, set by the lobe) is kept out: padded tokens
+Padding (``petl_modules.contract.current_token_mask``, set by the lobe) is kept out: padded tokens
 get no dispatch weight and no combined output, and are zeroed before a Convpass expert's
 convolution over the tokens, so that an utterance gets the same output alone or in a batch.
 
@@ -23,20 +23,29 @@ Pfeiffer mixtures sit at one location (``location``: MHSA as the paper, or FFN),
 the LayerNorm before each adapted sublayer trains too (``petl_modules.methods.adapters.adapter_trainable``).
 """
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 
-from petl_modules.methods.adapted import PETLModule, current_token_mask
+from petl_modules.contract import PETLModule, current_token_mask
 from petl_modules.methods.adapters import (
+    ADAPTER_TYPES,
     INITS,
+    LOCATIONS,
     QuickGELU,
+    adapter_points,
+    adapter_trainable,
     bottleneck_width,
     check_choice,
+    init_option,
     mask_padding,
+    reduction_rate_option,
     reference_init_warning,
 )
+from petl_modules.methods.config import MethodConfig, adapted, register_method
+from petl_modules.options import option
 
 EXPERT_BLOCKS = ("bottleneck", "convpass")
 MOA_KINDS = ("dense", "soft")
@@ -257,3 +266,59 @@ class MixtureOfAdapters(PETLModule):
         if isinstance(out, tuple):
             return (out[0] + self.moa(x, mask), *out[1:])
         return out + self.moa(x, mask)
+
+
+@dataclasses.dataclass
+class MoAConfig(MethodConfig):
+    """The options both mixtures share (``DenseMoAConfig``, ``SoftMoAConfig``)."""
+
+    kind = None  # dense | soft
+
+    num_adapters: int = option(7, "N experts per location", minimum=1)
+    adapter_block: str = option("bottleneck", "the experts' block", choices=EXPERT_BLOCKS)
+    reduction_rate: float = reduction_rate_option(128)
+    adapter_type: str = option("Pfeiffer", "Pfeiffer: one location; Houlsby: MHSA and FFN",
+                               choices=ADAPTER_TYPES)
+    location: str = option("MHSA", "Pfeiffer's location", choices=LOCATIONS)
+    init: str = init_option()
+
+    def moa_options(self):
+        """The keyword options of ``MixtureOfAdapters`` besides ``kind``."""
+        return {"num_adapters": self.num_adapters, "adapter_block": self.adapter_block,
+                "reduction_rate": self.reduction_rate, "init": self.init}
+
+    def build(self, backbone):
+        return adapted(backbone, MixtureOfAdapters, adapter_points(self.adapter_type, self.location),
+                       adapter_trainable(self.adapter_type, self.location), kind=self.kind,
+                       **self.moa_options())
+
+
+@register_method
+@dataclasses.dataclass
+class DenseMoAConfig(MoAConfig):
+    """Dense-MoA: N adapters and a softmax token router per location, in parallel with the sublayer;
+    the LayerNorm before it (pre-LN backbones) and the final LayerNorm train too."""
+
+    name = "dense_moa"
+    kind = "dense"
+    summary = "N adapters + a softmax token router per location + the LayerNorm before it in pre-LN backbones"
+
+
+@register_method
+@dataclasses.dataclass
+class SoftMoAConfig(MoAConfig):
+    """Soft-MoA: N adapters as the experts of a Soft MoE (``num_slots`` slots each) per location, in
+    parallel with the sublayer; the LayerNorm before it (pre-LN backbones) and the final LayerNorm
+    train too."""
+
+    name = "soft_moa"
+    kind = "soft"
+    summary = ("N adapters + slot embeddings Φ (Soft MoE) per location + the LayerNorm before it in "
+               "pre-LN backbones")
+
+    num_slots: int = option(1, "p slots per expert", minimum=1)
+    normalize: bool = option(False, "l2-normalise tokens and slot embeddings in the logits, with a "
+                             "learned scale")
+
+    def moa_options(self):
+        return dict(super().moa_options(), num_slots=self.num_slots, normalize=self.normalize)

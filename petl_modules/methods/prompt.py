@@ -12,20 +12,22 @@ distillation token, as the reference; a backbone without special tokens: ``(0, 0
   value vectors join the projected keys and values (after the first ``keep``); the queries, and
   so the sequence length, are unchanged. ``PrefixTuning`` wraps the whole attention sublayer and
   has the backbone contract recompute it with the extra keys and values
-  (``petl_modules.backbones.base.attend_with_prefix``), because host attentions reshape keys and
+  (``petl_modules.contract.attend_with_prefix``), because host attentions reshape keys and
   values with the query's length. No family is named here.
 
 Tokens start uniform in ``+-sqrt(3 / D)`` (Xavier for a ``D x D`` matrix), which on AST-base equals
 the reference's VPT bound ``sqrt(6 / (3 * 16 * 16 + 768))``.
 """
 
+import dataclasses
 import math
 
 import torch
 
-from petl_modules.backbones.base import attend_with_prefix, prefix_key_width
-from petl_modules.methods.adapted import PETLModule
+from petl_modules.contract import PETLModule, attend_with_prefix, prefix_key_width
 from petl_modules.methods.adapters import join_output, split_output
+from petl_modules.methods.config import MethodConfig, adapted, register_method
+from petl_modules.options import OptionError, option
 
 
 def _tokens(count, hidden_size):
@@ -145,7 +147,7 @@ class PrefixTuning(PETLModule):
     ``keep`` projected keys and values (``prompt_position``); queries and output length unchanged.
 
     The attention is recomputed by the backbone contract's hook
-    ``petl_modules.backbones.base.attend_with_prefix``, chosen by the wrapped module's class: by
+    ``petl_modules.contract.attend_with_prefix``, chosen by the wrapped module's class: by
     default from its ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``/``out_proj`` Linear layers,
     returning ``(output, None)`` as transformers' attention modules return ``(output, weights)``;
     a lobe whose attention is called otherwise registers its own. The key width comes from
@@ -177,3 +179,42 @@ class PrefixTuning(PETLModule):
         host expects from its attention sublayer (``(output [B, T, D], None)`` by default)."""
         return attend_with_prefix(self.pretrained_module, hidden, self.prefix_keys,
                                   self.prefix_values, self.start, *args, **kwargs)
+
+
+@register_method
+@dataclasses.dataclass
+class PrefixTuningConfig(MethodConfig):
+    """Prefix tuning: ``prompt_len / 2`` learned keys and values per layer; the final LayerNorm
+    trains too."""
+
+    name = "prefix_tuning"
+    summary = "P/2 key and P/2 value vectors per layer"
+
+    prompt_len: int = option(24, "P: P/2 keys and P/2 values per layer (even)", minimum=2)
+
+    def check(self):
+        if self.prompt_len % 2:
+            raise OptionError(
+                f"prompt_len={self.prompt_len} is odd: prefix tuning splits the prefix equally "
+                f"between keys and values. Use an even length, e.g. --prompt_len={self.prompt_len + 1}.")
+
+    def build(self, backbone):
+        return adapted(backbone, PrefixTuning, ["attention"], ["final_norm"], prompt_len=self.prompt_len)
+
+
+@register_method
+@dataclasses.dataclass
+class PromptTuningConfig(MethodConfig):
+    """Prompt tuning: ``prompt_len`` prompts after the embeddings and, deep, fresh ones before
+    every later layer; the final LayerNorm trains too."""
+
+    name = "prompt_tuning"
+    summary = "P prompt tokens after the embeddings, and fresh ones before every later layer when deep"
+
+    prompt_len: int = option(25, "P prompts per layer (deep) or in all (shallow)", minimum=1)
+    deep_prompt: bool = option(True, "fresh prompts before every later layer (False: only after the "
+                               "embeddings)")
+
+    def build(self, backbone):
+        return adapted(backbone, prompt_tuning, prompt_points(self.deep_prompt), ["final_norm"],
+                       prompt_len=self.prompt_len)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from petl_modules.training.run_folder import write_json_atomic
+from petl_modules.files import current_umask, write_json_atomic
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"

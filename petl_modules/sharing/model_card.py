@@ -11,7 +11,7 @@ import re
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from petl_modules.paths import hparams_folder
+from petl_modules.methods import METHODS
 
 LIBRARY_NAME = "petl-ast"
 CITATIONS = """\
@@ -33,10 +33,7 @@ CITATIONS = """\
   archivePrefix = {arXiv}
 }"""
 
-# Options worth a line in the card, per method (the rest are in petl_config.json).
-METHOD_OPTIONS = ("lora_targets", "reduction_rate", "lora_alpha", "adapter_block", "adapter_type",
-                  "location", "seq_or_par", "kernel_size", "num_adapters", "num_slots",
-                  "prompt_len", "deep_prompt", "unfrozen_layers")
+# The backbone's options worth a line in the card beside the method's own (its config class's).
 SIZE_OPTIONS = ("max_frames", "clip_seconds")
 
 
@@ -46,11 +43,8 @@ def is_hub_id(source):
 
 
 def method_keys(method):
-    """Top-level keys of our method file ``hparams/<method>.yaml`` (its own options)."""
-    path = hparams_folder() / f"{method}.yaml"
-    if not path.is_file():
-        return set()
-    return set(re.findall(r"^(\w+):", path.read_text(encoding="utf-8"), re.M))
+    """The options of ``method`` (its config class's fields, ``petl_modules.methods``), in order."""
+    return list(METHODS[method].options()) if method in METHODS else []
 
 
 def _score(value):
@@ -63,9 +57,9 @@ def model_card(config, metrics=None, repo_id=None):
     Arguments
     ---------
     config : dict
-        Its checked ``petl_config.json`` (``petl_modules.training.pretrained.read_config``).
+        Its checked ``petl_config.json``, flat (``petl_modules.model.folder.read_config``).
     metrics : dict, optional
-        Its checked ``metrics.json`` (``petl_modules.training.model_metrics.read_metrics``).
+        Its checked ``metrics.json`` (``petl_modules.model.metrics_file.read_metrics``).
     repo_id : str, optional
         Where it is pushed (for the usage lines).
 
@@ -99,9 +93,9 @@ def model_card(config, metrics=None, repo_id=None):
         model_name=name,
         eval_results=eval_results,
     )
-    options, own = config.get("options", {}), method_keys(method)
-    settings = ", ".join(f"{k}={options[k]}" for k in METHOD_OPTIONS + SIZE_OPTIONS
-                         if options.get(k) is not None and (k in own or k in SIZE_OPTIONS))
+    options = config.get("options", {})
+    settings = ", ".join(f"{k}={options[k]}" for k in [*method_keys(method), *SIZE_OPTIONS]
+                         if options.get(k) is not None)
     fold = metrics.get("fold", config.get("fold"))
     trained = config.get("trained_params")
     where = repo_id or "<this repo id>"

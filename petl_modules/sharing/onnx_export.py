@@ -46,8 +46,8 @@ from pathlib import Path
 
 import torch
 
-from petl_modules.training.pretrained import PETLModelError
-from petl_modules.training.run_folder import write_json_atomic
+from petl_modules.files import write_json_atomic
+from petl_modules.model.spec import PETLModelError
 
 logger = logging.getLogger(__name__)
 

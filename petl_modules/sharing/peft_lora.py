@@ -45,20 +45,13 @@ from pathlib import Path
 import torch
 
 from petl_modules.backbones import lobe_class, read_config
-from petl_modules.backbones.base import checkpoint_model_type
+from petl_modules.backbones.base import checkpoint_model_type, preserved_rng, quiet_transformers
 from petl_modules.methods.adapters import bottleneck_width
-from petl_modules.methods.lora import LORA_TARGETS, LoRA
+from petl_modules.methods.lora import LORA_TARGETS, LoRA, LoraConfig
+from petl_modules.model.bases import remember_local_base
+from petl_modules.model.folder import attach_modules, save_model_folder, unmerged_petl_modules
+from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
 from petl_modules.sharing.head import read_head, write_head
-from petl_modules.training.pretrained import (
-    PETLModelError,
-    _preserved_rng,
-    _quiet_transformers,
-    backbone_fingerprint,
-    build_config,
-    rebuild_modules,
-    save_petl_model,
-    unmerged_petl_modules,
-)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -121,19 +114,8 @@ def base_lobe(options, source):
     position embeddings fitted to ``max_frames``), without PETL modules, in eval mode."""
     lobe_cls = lobe_class(source)
     kwargs = {k: options[k] for k in lobe_cls.options() if k in options}
-    with _preserved_rng(), _quiet_transformers():
+    with preserved_rng(), quiet_transformers():
         return lobe_cls(source, **kwargs).eval()
-
-
-def base_changed(model, source):
-    """Whether ``model``'s weights differ from the checkpoint ``source`` (names, shapes, values)."""
-    with _preserved_rng(), _quiet_transformers():
-        state, missing = lobe_class(source).checkpoint_state(source)
-    own = model.state_dict()
-    if set(own) != set(state):
-        return True
-    return any(name not in missing and (own[name].shape != state[name].shape
-                                        or not torch.equal(own[name], state[name])) for name in own)
 
 
 def transformers4_names(model, names):
@@ -230,7 +212,7 @@ def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base_reference = source
-    if base_changed(base, source):
+    if fresh.changed_from_checkpoint():
         base.save_pretrained(out_dir / BASE_FOLDER)
         fresh.copy_preprocessor_config(source, out_dir / BASE_FOLDER)
         base_reference = str((out_dir / BASE_FOLDER).resolve())
@@ -422,7 +404,7 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
     Returns
     -------
     dict
-        The written ``petl_config.json``.
+        The written model's config, flat (``ModelSpec.view``).
     """
     import peft
 
@@ -447,8 +429,8 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
     options = {"max_frames": max_frames, "clip_seconds": clip_seconds, "position_embeddings": "adapt"}
     if options["max_frames"] is None:
         options["max_frames"] = int(getattr(read_config(source), "max_length", 1024) or 1024)
-    fresh = base_lobe(options, source)
-    model = fresh.pretrained_model()
+    fresh = base_lobe(options, source)  # the base, loaded once
+    model = copy.deepcopy(fresh.pretrained_model())  # the plain model PEFT's adapter goes on
     loras, saved = split_adapter_state(state, model, where)
     prefix = lobe_prefix(fresh)
     points = {}
@@ -479,14 +461,10 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
     if ranks != {rank}:
         raise PETLModelError(f"{where}: tensors of rank {sorted(ranks)} but r={rank} in its config.")
     rate = reduction_rate_for(fresh.hidden_size, rank, where)
-    options.update(
-        backbone_source=source, n_classes=len(class_names), pooling=pooling, seed=int(seed),
-        dataset=None, batch_size=1, number_of_epochs=1,  # keys recipe.yaml refers to; no run
-        lora_targets=",".join(f"W{p}" for p in LORA_TARGETS if p in points),
-        reduction_rate=rate, lora_alpha=float(adapter["lora_alpha"]) * rate / rank,
-    )
-    modules, hparams = rebuild_modules({"method": "lora", "options": options, "model_dir": str(adapter_dir)},
-                                       source)
+    method = LoraConfig(lora_targets=",".join(f"W{p}" for p in LORA_TARGETS if p in points),
+                        reduction_rate=rate, lora_alpha=float(adapter["lora_alpha"]) * rate / rank)
+    spec = ModelSpec(BackboneRef.of(fresh, source), method, list(class_names), pooling).check()
+    modules = attach_modules(spec, fresh)
     lobe = modules["petl_model"].adapted_model
     with torch.no_grad():
         for module, tensors in loras.items():
@@ -504,7 +482,7 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
             modules["classifier"].head.reset_parameters()
     for module in modules.values():
         module.eval()
-    with tempfile.TemporaryDirectory(prefix="petl_peft_") as scratch, _quiet_transformers():
+    with tempfile.TemporaryDirectory(prefix="petl_peft_") as scratch, quiet_transformers():
         reference = adapter_dir
         if any(".lora_" in k and transformers5_name(model, k.split("base_model.model.")[-1]) !=
                k.split("base_model.model.")[-1] for k in state):  # 4.x names: PEFT on 5 finds none
@@ -513,7 +491,7 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
             for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
                 shutil.copyfile(adapter_dir / name, reference / name)
             rename_adapter(reference, model, "5")
-        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(reference)).eval()
+        theirs = peft.PeftModel.from_pretrained(model, str(reference)).eval()
         try:
             difference = hidden_parity(lobe, theirs, lobe.input_processor)
         except RuntimeError as err:  # e.g. AST inputs of another length than the base's positions
@@ -524,5 +502,6 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
     if not difference <= tolerance:
         raise PETLModelError(f"{where}: our LoRA does not reproduce PeftModel's output (last hidden "
                              f"states differ by {difference:.3g} > {tolerance:g}); nothing written.")
-    config = build_config(hparams, class_names, backbone_fingerprint(source))
-    return save_petl_model(out_dir, modules, config)
+    save_model_folder(out_dir, spec, modules)
+    remember_local_base(source, spec.backbone.sha256())
+    return spec.view(out_dir, source)

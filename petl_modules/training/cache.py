@@ -21,7 +21,7 @@ waveform lobes whose output depends on how an utterance is padded in its batch.
 
 The cache lives beside the manifests, ``<manifest_folder>/backbone_cache/<key>.pt`` (+ ``.json``
 with the settings), keyed by the backbone's weight fingerprint
-(``petl_modules.training.pretrained.backbone_fingerprint``) and every setting that changes the cached
+(``petl_modules.backbones.base.Backbone.fingerprint``) and every setting that changes the cached
 vectors (input features, position embeddings, attention implementation, pooling). It maps audio
 files (the ``wav`` field the features are computed from) to vectors, so folds and later runs on
 the same manifests reuse it and only compute what is missing. The sliding windows of validation and
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
-from petl_modules.methods.adapted import PETLModule
+from petl_modules.contract import PETLModule
 from petl_modules.training.windows import WINDOW_KEYS, is_window_dataset
 
 logger = logging.getLogger(__name__)
@@ -163,16 +163,14 @@ def head_input(petl_model, cached):
 # ==================================================================== the file
 def cache_settings(hparams):
     """Everything the cached vectors depend on (the cache key is their hash)."""
-    from petl_modules.training.pretrained import backbone_fingerprint
-
     lobe = hparams["backbone"]
     return {
         "format": CACHE_FORMAT,
         "backbone_source": str(hparams["backbone_source"]),
-        "fingerprint": backbone_fingerprint(hparams["backbone_source"])["sha256"],
+        "fingerprint": lobe.fingerprint()["sha256"],
         "family": lobe.family,
         "input": lobe.input_processor.config(),
-        "position_embeddings": getattr(lobe, "position_embeddings_mode", None),
+        "position_embeddings": getattr(lobe, "position_embeddings", None),
         "attn_implementation": str(hparams.get("attn_implementation")),
         "pooling": hparams.get("pooling", "mean"),
     }

@@ -43,7 +43,7 @@ from speechbrain.utils import _workarounds, checkpoints
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, is_distributed_initialized
 
-from petl_modules.methods.adapted import petl_buffers
+from petl_modules.contract import petl_buffers
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Composing a run's configuration: recipe.yaml < method file < dataset file < command line.
 
-One piece of code composes configuration (``compose_hparams``); the model of a PETL model folder
-is composed the same way from the registry's method file and the folder's plain options
-(``compose_model_hparams``). Nothing here builds objects but ``load_hparams``.
+One piece of code composes configuration (``compose_hparams``); nothing here builds objects but
+``load_hparams``. (A PETL model folder is rebuilt without any of this, from its method's config
+class: ``petl_modules.model``.)
 """
 
 import difflib
@@ -17,11 +17,12 @@ import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from petl_modules.backbones import FAMILIES, lobe_class
+from petl_modules.model.windows import EVAL_WINDOWS, WINDOW_POOLINGS
 from petl_modules.paths import hparams_folder
 from petl_modules.training.metrics import CLASS_WEIGHTS, TASKS
 from petl_modules.training.mixup import MIXUPS
 from petl_modules.training.sampling import SAMPLINGS
-from petl_modules.training.windows import EVAL_WINDOWS, TRAIN_CROPS, WINDOW_POOLINGS
+from petl_modules.training.windows import TRAIN_CROPS
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +67,6 @@ def _load_text(text, name):
 
 def _method_files():
     return sorted(p.name for p in hparams_folder().glob("*.yaml"))
-
-
-def method_registry():
-    """``{method name: method file}``: the ``method`` key of every ``hparams/*.yaml``.
-
-    The only way a PETL model folder names the code that rebuilds it.
-    """
-    registry = {}
-    for path in sorted(hparams_folder().glob("*.yaml")):
-        name = _load_tree(path).get("method")
-        if isinstance(name, str):
-            registry.setdefault(name, path)
-    return registry
 
 
 # Options whose values are checked before anything is built: (kind, minimum, allow None).
@@ -233,9 +221,10 @@ def compose_hparams(method_file, dataset_file, overrides=None, family=None):
         )
     merged = _load_tree(COMMON_YAML)
     method = _load_tree(method_file)
-    if "method" not in method or "petl_model" not in method:
+    if "method" not in method or "method_config" not in method:
         raise ConfigError(
-            f"'{method_file}' is not a method file: it must define 'method' and 'petl_model'. "
+            f"'{method_file}' is not a method file: it must define 'method' and 'method_config' "
+            "(the method's config class, see docs/extending.md). "
             f"Pass one of hparams/{{{','.join(_method_files())}}} as the first argument."
         )
     dataset = _load_tree(dataset_file)
@@ -275,53 +264,6 @@ def _dump(tree):
     text = io.StringIO()
     ruamel.yaml.YAML().dump(tree, text)
     return text.getvalue()
-
-
-OBJECT_TAGS = ("!new:", "!name:", "!module:", "!copy", "!include", "!tuple")
-
-
-def compose_model_hparams(method, options):
-    """Composes recipe.yaml < the registry's file of ``method`` < ``options`` (plain values).
-
-    Used to rebuild a PETL model folder: the code comes from our own method file, the folder only
-    gives values. An option may set a value key (a plain or computed one), never an object
-    (``!new:``, ``!name:``, ... or a mapping), and its value must be plain data.
-
-    Raises
-    ------
-    ConfigError
-        Unknown method, an option naming an object, or a value that is not plain data.
-    """
-    registry = method_registry()
-    if method not in registry:
-        raise ConfigError(
-            f"the method '{method}' is not one of this installation's method files "
-            f"({', '.join(sorted(registry))}); it was trained with a method file you do not have."
-        )
-    merged = _load_tree(COMMON_YAML)
-    for key, value in _load_tree(registry[method]).items():
-        if key != FAMILY_DEFAULTS:
-            merged[key] = value
-    plain = (str, int, float, bool, type(None))
-    for key, value in options.items():
-        if key == "method":
-            continue
-        node = merged.get(key)
-        tag = getattr(getattr(node, "tag", None), "value", None) or ""
-        if key.startswith("__") or isinstance(node, dict) or tag.startswith(OBJECT_TAGS):
-            raise ConfigError(f"the option '{key}' names an object of the model, not a value")
-        items = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, plain) for v in items) or any(
-                isinstance(v, str) and v.lstrip().startswith(("!", "&", "*", "%")) for v in items):
-            raise ConfigError(f"the option '{key}' is not a plain value: {value!r:.80}")
-        merged[key] = list(value) if isinstance(value, list) else value
-    text = _dump(merged)
-    reread = _load_text(text, "the rebuilt configuration")
-    for key in options:
-        node = reread.get(key)
-        if key != "method" and getattr(getattr(node, "tag", None), "value", None):
-            raise ConfigError(f"the option '{key}' would be read as a yaml tag")
-    return text
 
 
 def load_hparams(yaml_text, **overrides):

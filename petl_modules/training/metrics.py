@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from petl_modules.model.task import DEFAULT_THRESHOLD, TASKS  # noqa: F401 (the model's; used from here too)
+
 logger = logging.getLogger(__name__)
 
-TASKS = ("single_label", "multilabel")
 CLASS_WEIGHTS = (None, "balanced")
 LABEL_SEPARATOR = ";"  # the classes of one multi-label example, in a manifest's label column
-DEFAULT_THRESHOLD = 0.5  # a class without a positive validation example keeps this one
 
 
 def is_multilabel(hparams):

@@ -165,7 +165,7 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
         first in ``skipped_files.txt``.
     headers_only : bool
         Read only each file's header: NaN/Inf samples of float files are then caught when their
-        batch is read (``petl_modules.training.audio.check_finite``), not here.
+        batch is read (``petl_modules.model.audio.check_finite``), not here.
     fix : str
         What the error tells the user to do with the files (a release: restore them from it).
 

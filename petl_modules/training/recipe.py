@@ -36,8 +36,9 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
+from petl_modules.methods.config import MethodConfig
+from petl_modules.model.audio import AudioError, load_input
 from petl_modules.training import metrics, tracking
-from petl_modules.training.audio import AudioError, load_input
 from petl_modules.training.brain import selection_key
 from petl_modules.training.cache import check_cacheable, use_backbone_cache
 from petl_modules.training.checkpointing import CheckpointError
@@ -423,6 +424,7 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
             yaml_text = compose_hparams(hparams_file, dataset_yaml, dict(given or {}, **found))
         folds = fold_list(ruamel.yaml.YAML().load(yaml_text))  # plain keys: nothing built yet
         hparams = load_fold_hparams(yaml_text, folds[0])  # builds the model: options checked
+        check_method_config(hparams, hparams_file)
         validate_options(scalar_hparams(hparams))  # values the yaml computed
         if hparams.get("cache_backbone_outputs"):
             check_cacheable(hparams)
@@ -471,6 +473,18 @@ def dataset_name(hparams):
     """The data's name in results tables: ``dataset_name`` (a recipe's dataset by default), or,
     when it is null (own data), the data folder's name."""
     return hparams.get("dataset_name") or Path(str(hparams["data_folder"])).resolve().name
+
+
+def check_method_config(hparams, hparams_file):
+    """Raises ``ConfigError`` unless the run's ``method_config`` is the config of its ``method``
+    (what its PETL model folder records)."""
+    config = hparams.get("method_config")
+    if not isinstance(config, MethodConfig) or config.name != hparams["method"]:
+        found = type(config).__name__ if config is not None else "nothing"
+        raise ConfigError(
+            f"{hparams_file} says 'method: {hparams['method']}' but its method_config is {found}: "
+            f"it must build the config class registered as '{hparams['method']}' "
+            "(method_config: !new:petl_modules.methods...; see docs/extending.md).")
 
 
 class Run:
@@ -573,7 +587,7 @@ class Run:
             "hparams": scalar_hparams(hparams),
         })
         if if_main_process():
-            from petl_modules.training.model_metrics import write_metrics
+            from petl_modules.model.metrics_file import write_metrics
             from petl_modules.training.pretrained import save_run_petl_model
 
             if hparams.get("confusion_matrix") and stats.get("confusion") is not None:
@@ -721,15 +735,10 @@ def _disk_full(err):
 
 
 def _claim_output_folder(lock, hparams):
-    """Locks the output folder for this run and checks (or records) the run's identity."""
-    from petl_modules.training.pretrained import backbone_fingerprint
-
+    """Locks the output folder for this run and checks (or records) the run's identity (with the
+    fingerprint the lobe took of its checkpoint while loading it)."""
     lock.acquire()
-    try:
-        fingerprint = backbone_fingerprint(hparams["backbone_source"])["sha256"]
-    except (OSError, ValueError):
-        fingerprint = None  # reported when the PETL model folder is saved
-    identity = run_identity(scalar_hparams(hparams), fingerprint)
+    identity = run_identity(scalar_hparams(hparams), hparams["backbone"].fingerprint()["sha256"])
     check_run_identity(hparams["output_folder"], identity)
 
 

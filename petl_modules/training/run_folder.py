@@ -27,11 +27,12 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from petl_modules.files import current_umask, write_json_atomic  # noqa: F401 (also used from here)
 
 logger = logging.getLogger(__name__)
 
@@ -53,39 +54,6 @@ PLUMBING = {
 SCHEDULE = {"lr", "head_lr", "number_of_epochs"}
 
 
-def write_json_atomic(path, obj):
-    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename; the file gets the
-    permissions the user's umask gives new files (``mkstemp`` alone would make it owner-only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(obj, stream, indent=2)
-            stream.write("\n")
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask():
-    """The process's umask (read without changing it for long)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def readable_as_umask(folder):
-    """Gives every file under ``folder`` the mode the umask gives new files (safetensors, and so
-    transformers' and PEFT's ``save_pretrained``, write owner-only files)."""
-    mode = 0o666 & ~current_umask()
-    for path in Path(folder).rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            os.chmod(path, mode)
-
-
 class RunFolderError(ValueError):
     """An output folder that belongs to another run, or is in use."""
 
@@ -98,7 +66,7 @@ def run_identity(options, fingerprint=None):
     options : dict
         The run's plain options (``petl_modules.training.compose.scalar_hparams``).
     fingerprint : str, optional
-        sha256 of the base checkpoint's weights (``petl_modules.training.pretrained.backbone_fingerprint``).
+        sha256 of the base checkpoint's weights (``petl_modules.backbones.base.Backbone.fingerprint``).
     """
     return {
         "options": {k: v for k, v in sorted(options.items())

@@ -52,7 +52,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from petl_modules.training import metrics
-from petl_modules.training.audio import load_input
+from petl_modules.model.audio import load_input
 from petl_modules.training.mixup import RawClip, mix_waveforms, mixup_options
 from petl_modules.training.prepare import DataError
 from petl_modules.training.windows import WINDOW_KEYS, EvalProtocol, TrainCrop, clip_samples, window_starts
@@ -581,7 +581,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             yield {"id": uid, "inputs": load_input(source, self.processor, start=first, stop=last),
                    **self._target(i)}
             return
-        from petl_modules.training.audio import audio_length
+        from petl_modules.model.audio import audio_length
 
         rate = getattr(self.processor, "sample_rate", 16000)
         first, total = (0, audio_length(source, rate)) if span is None else (span[0], span[1] - span[0])

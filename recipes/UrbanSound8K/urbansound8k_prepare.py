@@ -3,7 +3,7 @@
 The release (``UrbanSound8K``) holds ``metadata/UrbanSound8K.csv`` (header
 ``slice_file_name,fsID,start,end,salience,fold,classID,class``) and slices of up to 4 s under
 ``audio/fold<k>/``, in many formats (8 to 96 kHz, mono or stereo, 8-bit unsigned to 24-bit PCM
-and float): ``petl_modules.training.audio.load_audio`` reads them all as 16 kHz mono. The label is the
+and float): ``petl_modules.model.audio.load_audio`` reads them all as 16 kHz mono. The label is the
 ``class``; the fold split (10 folds) is applied when the recipe loads the manifest.
 """
 

@@ -194,7 +194,7 @@ def load_input(path, input_processor, start=0, stop=None):
     Arguments
     ---------
     path : str or Path
-        An audio file (any format ``petl_modules.training.audio.load_audio`` reads).
+        An audio file (any format ``petl_modules.model.audio.load_audio`` reads).
     input_processor : callable
         The lobe's ``input_processor`` (``ASTFbank``, ``Waveform``).
     start : int or callable
@@ -211,7 +211,7 @@ def load_input(path, input_processor, start=0, stop=None):
 
     Raises
     ------
-    petl_modules.training.audio.AudioError
+    petl_modules.model.audio.AudioError
         Missing, unreadable, empty file or non-finite samples, naming the file.
     """
     wav = load_audio(path, getattr(input_processor, "sample_rate", 16000),

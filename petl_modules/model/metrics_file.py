@@ -10,13 +10,11 @@ checked against ``METRICS_SCHEMA``); the model card (``petl_modules.sharing.mode
      "command": "python recipes/FSC/train.py hparams/lora.yaml --data_folder=..."}
 """
 
-import json
 import shlex
 import sys
 from pathlib import Path
 
-from petl_modules.training.pretrained import schema_problems
-from petl_modules.training.run_folder import write_json_atomic
+from petl_modules.files import read_json, schema_problems, write_json_atomic
 
 METRICS_FILE = "metrics.json"
 METRICS_VERSION = 1
@@ -98,15 +96,4 @@ def read_metrics(folder):
     path = Path(folder) / METRICS_FILE
     if not path.is_file():
         return None
-    if path.stat().st_size > MAX_METRICS_BYTES:
-        raise MetricsError(f"{path} is larger than {MAX_METRICS_BYTES} bytes; not read.")
-
-    def no_constants(name):
-        raise ValueError(f"the JSON constant {name} is not allowed")
-
-    try:
-        with open(path, encoding="utf-8") as stream:
-            metrics = json.load(stream, parse_constant=no_constants)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise MetricsError(f"{path} is not valid JSON ({type(err).__name__}).") from None
-    return validate_metrics(metrics, path)
+    return validate_metrics(read_json(path, f"a {METRICS_FILE}", MetricsError, MAX_METRICS_BYTES), path)

@@ -6,7 +6,7 @@ path always wins; anything else that is a valid repo id is fetched with
 ``huggingface_hub.snapshot_download``, which keeps it in the Hugging Face cache (``HF_HOME`` /
 ``HF_HUB_CACHE``) and, with ``HF_HUB_OFFLINE=1``, reads only the cache. Only the files of a PETL
 model folder are fetched (``HUB_FILES``); they are then read as data like any local folder
-(``petl_modules.training.pretrained.read_config``).
+(``petl_modules.model.folder.read_spec``).
 
 Example
 -------
@@ -22,8 +22,8 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub import constants, errors
 
-from petl_modules.training.model_metrics import METRICS_FILE
-from petl_modules.training.pretrained import CONFIG_FILE, WEIGHTS_FILE, PETLModelError
+from petl_modules.model.metrics_file import METRICS_FILE
+from petl_modules.model.spec import CONFIG_FILE, WEIGHTS_FILE, PETLModelError
 
 # What a PETL model folder holds on the Hub (README.md: the model card).
 HUB_FILES = [CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, "README.md"]

@@ -31,24 +31,32 @@ attention reads its projections' weights rather than calling them.
 
 import contextlib
 import contextvars
+import copy
 import logging
 
 import torch
 from speechbrain.nnet.adapters import replace_module
+from speechbrain.utils.data_utils import batch_pad_right
 
-from petl_modules.backbones import lobe_class
-from petl_modules.methods.adapted import _TOKEN_MASK, PETLModule, token_mask
+from petl_modules.backbones.base import preserved_rng, quiet_transformers
+from petl_modules.contract import _TOKEN_MASK, PETLModule, token_mask
 from petl_modules.methods.adapters import Adapter
 from petl_modules.methods.lora import LoRA
 from petl_modules.methods.moa import MixtureOfAdapters
 from petl_modules.methods.prompt import PrefixTuning, ShallowPrompt
-from petl_modules.training.pretrained import (
-    PETLModelError,
+from petl_modules.model.folder import (
+    attach_modules,
     check_fingerprint,
-    load_petl_model,
-    read_config,
-    rebuild_modules,
+    folder_view,
+    load_trained_state,
+    read_spec,
+    trained_tensor_names,
 )
+from petl_modules.model.hub import resolve_model_dir
+from petl_modules.model.petl_model import NON_FINITE, PETLModel, predicted_labels, top_classes
+from petl_modules.model.precision import autocast_context
+from petl_modules.model.spec import PETLModelError
+from petl_modules.model.windows import EvalProtocol, pool_windows
 
 logger = logging.getLogger(__name__)
 
@@ -246,50 +254,43 @@ def _trained_backbone_modules(lobe):
     return found
 
 
-def check_shareable(configs, backbone_source=None):
-    """Raises ``PETLModelError`` unless the PETL model folders ``configs`` can share one frozen
+def check_shareable(specs, folders):
+    """Raises ``PETLModelError`` unless the models ``specs`` (of ``folders``) can share one frozen
     backbone: same family, base checkpoint (fingerprint), input settings and backbone options."""
-    first = configs[0]
-    names = [c["model_dir"] for c in configs]
-    for config in configs[1:]:
-        for key, what in (("family", "backbone family"), ("input", "input settings")):
-            if config.get(key) != first.get(key):
+    first, name = specs[0].backbone, folders[0]
+    for spec, folder in zip(specs[1:], folders[1:]):
+        mine = spec.backbone
+        for what, a, b in (("backbone family", mine.family, first.family),
+                           ("input settings", mine.input, first.input)):
+            if a != b:
                 raise PETLModelError(
-                    f"{config['model_dir']} and {first['model_dir']} differ in their {what} "
-                    f"({config.get(key)} vs {first.get(key)}): tasks share one backbone only "
-                    "with the same inputs. Classify them separately (one --model each run)."
+                    f"{folder} and {name} differ in their {what} ({a} vs {b}): tasks share one "
+                    "backbone only with the same inputs. Classify them separately (one --model each run)."
                 )
-        mine, theirs = config.get("fingerprint") or {}, first.get("fingerprint") or {}
-        if mine.get("sha256") != theirs.get("sha256") or (not mine and config["backbone_source"]
-                                                          != first["backbone_source"]):
+        if mine.sha256() != first.sha256() or (not mine.sha256() and mine.name() != first.name()):
             raise PETLModelError(
-                f"{config['model_dir']} was trained on '{config['backbone_source']}' and "
-                f"{first['model_dir']} on '{first['backbone_source']}', and the fingerprints of "
-                "their weights differ: tasks share one frozen backbone only when they were "
-                "trained on the same base checkpoint. Classify them separately."
+                f"{folder} was trained on '{mine.name()}' and {name} on '{first.name()}', and the "
+                "fingerprints of their weights differ: tasks share one frozen backbone only when "
+                "they were trained on the same base checkpoint. Classify them separately."
             )
-    lobe = lobe_class(str(backbone_source or first["backbone_source"]))
-    keys = [k for k in lobe.options() if k != "gradient_checkpointing"]
-    for config in configs[1:]:
-        differ = {k: (config["options"].get(k), first["options"].get(k)) for k in keys
-                  if config["options"].get(k) != first["options"].get(k)}
+        differ = {k: (mine.options.get(k), first.options.get(k)) for k in first.options
+                  if mine.options.get(k) != first.options.get(k)}
         if differ:
             shown = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differ.items())
             raise PETLModelError(
-                f"{config['model_dir']} and {first['model_dir']} build the backbone differently "
-                f"({shown}): tasks share one frozen backbone only when it is the same. Classify "
-                "them separately."
+                f"{folder} and {name} build the backbone differently ({shown}): tasks share one "
+                "frozen backbone only when it is the same. Classify them separately."
             )
-    if len(set(names)) != len(names):
-        raise PETLModelError(f"The same model folder is given twice ({names}).")
+    if len(set(map(str, folders))) != len(folders):
+        raise PETLModelError(f"The same model folder is given twice ({[str(f) for f in folders]}).")
 
 
-def _check_frozen(config, shared):
+def _check_frozen(spec, folder, modules, shared):
     """Raises ``PETLModelError`` when a task's model trains backbone tensors other than
     LayerNorms (they would change the shared frozen computation)."""
     own = set(dict(shared.named_parameters()))
     changed = []
-    for name in config["parameters"]:
+    for name in trained_tensor_names(modules)[0]:
         key, _, rest = name.partition(".")
         if key != "petl_model" or not rest.startswith("adapted_model."):
             continue
@@ -300,16 +301,16 @@ def _check_frozen(config, shared):
                 changed.append(plain)
     if changed:
         raise PETLModelError(
-            f"The '{config['method']}' model of {config['model_dir']} trains backbone tensors "
-            f"({len(changed)}, e.g. {changed[0]}): its backbone is not the shared frozen one, so "
-            "it cannot join other tasks (full fine-tuning and BitFit change the backbone). Load "
-            "it alone with PETLClassifier.from_folder."
+            f"The '{spec.method.name}' model of {folder} trains backbone tensors ({len(changed)}, "
+            f"e.g. {changed[0]}): its backbone is not the shared frozen one, so it cannot join "
+            "other tasks (full fine-tuning and BitFit change the backbone). Load it alone with "
+            "PETLModel.from_pretrained."
         )
-    if getattr(shared, "model_type", None) == "wavlm" and any(".lora_" in n for n in config["parameters"]):
+    if getattr(shared, "model_type", None) == "wavlm" and any(isinstance(m, LoRA) for m in modules["petl_model"].modules()):
         raise PETLModelError(
-            f"The LoRA model of {config['model_dir']} is on WavLM, whose attention reads its "
-            "projections' weights instead of calling them: several tasks' LoRA updates cannot "
-            "share one call. Load it alone with PETLClassifier.from_folder."
+            f"The LoRA model of {folder} is on WavLM, whose attention reads its projections' "
+            "weights instead of calling them: several tasks' LoRA updates cannot share one call. "
+            "Load it alone with PETLModel.from_pretrained."
         )
 
 
@@ -364,14 +365,14 @@ class MultiTaskModel(torch.nn.Module):
 
 
 def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
-    """Loads PETL model folders of one base checkpoint onto ONE frozen backbone.
+    """Loads PETL model folders of one base checkpoint onto ONE frozen backbone (loaded once).
 
     Arguments
     ---------
     model_dirs : list of str or Path
         Local ``petl_model/`` folders (Hub repo ids are resolved by the caller).
     backbone_source : str, optional
-        Another local copy of the base checkpoint.
+        A copy of the base checkpoint.
     device : str
         Where to put the model.
     check : bool
@@ -380,7 +381,7 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
     Returns
     -------
     (MultiTaskModel, list of dict)
-        The model (eval mode, on ``device``) and each task's config.
+        The model (eval mode, on ``device``) and each task's config (``ModelSpec.view``).
 
     Raises
     ------
@@ -389,29 +390,193 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
     """
     if len(model_dirs) < 1:
         raise PETLModelError("Give at least one model folder.")
-    configs = [read_config(d) for d in model_dirs]
-    check_shareable(configs, backbone_source)
-    source = str(backbone_source or configs[0]["backbone_source"])
+    read = [read_spec(d) for d in model_dirs]
+    specs, folders = [r[0] for r in read], [r[1] for r in read]
+    check_shareable(specs, folders)
+    source = specs[0].backbone.source(backbone_source, where=str(folders[0]))
+    with quiet_transformers(), preserved_rng():
+        shared = specs[0].backbone.lobe_class()(source, **specs[0].backbone.options)
     if check:
-        check_fingerprint(configs[0], source)
-    base, _ = rebuild_modules(configs[0], source)  # the base checkpoint's weights, fresh modules
-    shared = strip_petl_modules(base["petl_model"].adapted_model)
+        for spec, folder in zip(specs, folders):
+            check_fingerprint(spec, shared, folder)
+    shared.release_checkpoint()
     shared.requires_grad_(False)
-    for config in configs:
-        _check_frozen(config, shared)
     routed, classifiers, layouts = {}, [], []
-    for task, config in enumerate(configs):
-        modules, _ = load_petl_model(config["model_dir"], source, check=check)  # same weights
-        lobe = modules["petl_model"].adapted_model
+    for task, (spec, folder) in enumerate(zip(specs, folders)):
+        # The task's modules on a copy of the backbone, then moved onto the shared one.
+        modules = attach_modules(spec, copy.deepcopy(shared))
+        petl_model, classifier = modules["petl_model"], modules["classifier"]
+        _check_frozen(spec, folder, modules, shared)
+        load_trained_state(modules, folder, spec)
+        lobe = petl_model.adapted_model
         layouts.append(token_layout(lobe))
         for name, module in _trained_backbone_modules(lobe).items():
             routed.setdefault(name, {})[task] = module
         for name, module in _outermost_petl_modules(lobe).items():
-            module.pretrained_module = shared.get_submodule(name)  # let go of the task's backbone
+            module.pretrained_module = shared.get_submodule(name)  # let go of the task's copy
             routed.setdefault(name, {})[task] = module
-        classifiers.append(modules["classifier"])
-        del modules, lobe  # the task's own copy of the backbone goes with them
+        classifiers.append(classifier.eval())
+        del modules, petl_model, lobe  # the task's copy of the backbone goes with them
     for name in sorted(routed, key=lambda n: -n.count(".")):  # inner points first
         replace_module(shared, name, TaskRouter(shared.get_submodule(name), routed[name]))
     model = MultiTaskModel(shared, classifiers, layouts).to(device).eval()
-    return model, configs
+    return model, [folder_view(spec, folder, source) for spec, folder in zip(specs, folders)]
+
+
+class MultiTaskClassifier(torch.nn.Module):
+    """Several tasks' PETL models on one frozen backbone (``PETLModel.from_folders``).
+
+    The frozen computation runs once per batch for all tasks and each task's answer equals its
+    model's alone (this module). Tasks are named by the folder or repo id
+    given for them (``names``).
+
+    - ``classify_file(path)``, ``classify_batch(wavs, wav_lens)``, ``classify_waveforms(list)``:
+      ``{task: (out_prob [B, C_t], score [B], index [B], text_lab)}``, every file for every task.
+    - ``classify_mixed(waveforms, tasks)``: each file names its task; ``[{"task", "label",
+      "score", "probabilities"}]`` in the files' order.
+    - ``classify_files(paths)``: ``[{"file", "tasks": {task: {"label", "score",
+      "probabilities"}}}]`` and the files that failed, as ``PETLModel.classify_files``.
+    """
+
+    # The audio reading, batching and speed settings of one model are those of several.
+    load_audio = PETLModel.load_audio
+    load_input = PETLModel.load_input
+    prepare_inputs = PETLModel.prepare_inputs
+    set_speed = PETLModel.set_speed
+    classify_files = PETLModel.classify_files
+
+    def __init__(self, model, configs, names, device="cpu"):
+        super().__init__()
+        self.mods = torch.nn.ModuleDict({"multitask": model})
+        self.configs = configs
+        self.names = [str(n) for n in names]
+        self.labels = {n: list(c["class_names"]) for n, c in zip(self.names, configs)}
+        self.multilabel = {n: c.get("task") == "multilabel" for n, c in zip(self.names, configs)}
+        self.thresholds = {n: torch.tensor(c.get("thresholds") or [0.5] * len(c["class_names"]))
+                           for n, c in zip(self.names, configs)}
+        self.input_processor = model.lobe.input_processor
+        self.device = device
+        self.precision = "fp32"
+        # One evaluation protocol for every task (first clip or sliding windows, as each was tested).
+        protocols = [EvalProtocol.from_options(c.get("evaluation") or {}) for c in configs]
+        differing = [n for n, p in zip(self.names, protocols) if p.config() != protocols[0].config()]
+        if differing:
+            raise PETLModelError(
+                f"The tasks were tested with different evaluation protocols ({self.names[0]}: "
+                f"{protocols[0].config()}; {differing[0]}: "
+                f"{protocols[self.names.index(differing[0])].config()}); one pass cannot follow both. "
+                "Classify them separately.")
+        self.protocol = protocols[0]
+
+    @classmethod
+    def from_folders(cls, model_dirs, backbone_source=None, device="cpu", check=True):
+        """See ``PETLModel.from_folders``."""
+        names = [str(d) for d in model_dirs]
+        model, configs = load_multitask([resolve_model_dir(d) for d in model_dirs],
+                                        backbone_source, device=device, check=check)
+        return cls(model, configs, names, device)
+
+    def task_index(self, task):
+        """The index of ``task`` (a name or an index), with a clear error."""
+        if isinstance(task, int) and 0 <= task < len(self.names):
+            return task
+        if str(task) in self.names:
+            return self.names.index(str(task))
+        raise ValueError(f"Unknown task {task!r}: the tasks are {', '.join(self.names)} "
+                         f"(or 0 to {len(self.names) - 1}).")
+
+    @torch.no_grad()
+    def run(self, inputs, lengths, tasks):
+        """``{task index: (rows, out_prob [n_t, C_t])}`` of processed inputs whose rows belong to
+        ``tasks [N]``."""
+        with autocast_context(self.device, self.precision):
+            found = self.mods["multitask"](inputs.to(self.device), lengths.to(self.device), tasks)
+        return {t: (rows, torch.sigmoid(logits.float()) if self.multilabel[self.names[t]]
+                    else torch.softmax(logits.float(), dim=-1))
+                for t, (rows, logits) in found.items()}
+
+    def _first_clip_only(self, what):
+        if self.protocol.sliding:
+            raise PETLModelError(
+                f"{what} classifies the first clip, but these tasks were tested with sliding "
+                "windows over the whole file: use classify_files (or the command line), which "
+                "follows the protocol.")
+
+    @torch.no_grad()
+    def classify_inputs(self, inputs, lengths):
+        """Every task on every row of processed inputs (see the class doc)."""
+        count = inputs.shape[0]
+        stacked = inputs.repeat(len(self.names), *[1] * (inputs.dim() - 1))
+        tasks = torch.arange(len(self.names)).repeat_interleave(count)
+        out = {}
+        for task, (_, prob) in sorted(self.run(stacked, lengths.repeat(len(self.names)), tasks).items()):
+            name = self.names[task]
+            score, index = prob.max(dim=-1)
+            out[name] = (prob, score, index, [self.labels[name][i] for i in index.tolist()])
+        return out
+
+    @torch.no_grad()
+    def classify_waveforms(self, waveforms):
+        """Every task on a list of ``[S_i]`` 16 kHz waveforms (first-clip tasks)."""
+        self._first_clip_only("classify_waveforms")
+        return self.classify_inputs(*self.prepare_inputs(waveforms))
+
+    def classify_batch(self, wavs, wav_lens=None):
+        """Every task on a padded ``[B, S]`` batch (``wav_lens`` relative, default 1.0)."""
+        return PETLModel.classify_batch(self, wavs, wav_lens)
+
+    def classify_file(self, path):
+        """Every task on one audio file (first-clip tasks; ``classify_files`` follows any protocol)."""
+        self._first_clip_only("classify_file")
+        return self.classify_inputs(*batch_pad_right([self.load_input(path)]))
+
+    @torch.no_grad()
+    def classify_mixed(self, waveforms, tasks):
+        """A mixed batch: ``waveforms[i]`` is classified by task ``tasks[i]`` (name or index)."""
+        if len(tasks) != len(waveforms):
+            raise ValueError(f"{len(waveforms)} waveforms but {len(tasks)} tasks: name one task "
+                             "per waveform.")
+        self._first_clip_only("classify_mixed")
+        indices = torch.tensor([self.task_index(t) for t in tasks], dtype=torch.long)
+        rows = [None] * len(waveforms)
+        for task, (found, prob) in self.run(*self.prepare_inputs(waveforms), indices).items():
+            name = self.names[task]
+            for row, p in zip(found.tolist(), prob.cpu()):
+                index = int(p.argmax())
+                rows[row] = {"task": name, "label": self.labels[name][index],
+                             "score": float(p[index]), "probabilities": p,
+                             "labels": predicted_labels(self.labels[name], p, self.multilabel[name],
+                                                        self.thresholds[name])}
+        return rows
+
+    def clip_scores(self, inputs, lengths):
+        """Per clip of a processed batch: ``{task: [C_t] probabilities}``, or why it has none
+        (``classify_files``)."""
+        results = self.classify_inputs(inputs, lengths)
+        rows = []
+        for k in range(inputs.shape[0]):
+            probs = {name: results[name][0][k].cpu() for name in self.names}
+            finite = all(bool(torch.isfinite(p).all()) for p in probs.values())
+            rows.append(probs if finite else NON_FINITE)
+        return rows
+
+    def file_result(self, clips):
+        """A file's result from its clips: ``{"tasks": {task: {"label", "score", "probabilities",
+        "labels"}}}``, windows pooled as the tasks were tested."""
+        tasks = {}
+        for name in self.names:
+            prob = pool_windows(torch.stack([clip[name] for clip in clips]), self.protocol.pooling)
+            index = int(prob.argmax())
+            tasks[name] = {"label": self.labels[name][index], "score": float(prob[index]),
+                           "probabilities": prob,
+                           "labels": predicted_labels(self.labels[name], prob, self.multilabel[name],
+                                                      self.thresholds[name])}
+        return {"tasks": tasks}
+
+    def top_k(self, task, probabilities, k):
+        """``[{"label", "score"}]`` of the ``k`` most probable classes of ``task``."""
+        return top_classes(self.labels[self.names[self.task_index(task)]], probabilities, k)
+
+    def forward(self, wavs, wav_lens=None):
+        """Same as ``classify_batch``."""
+        return self.classify_batch(wavs, wav_lens)
