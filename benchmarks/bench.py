@@ -102,6 +102,7 @@ import os
 import platform
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -691,8 +692,8 @@ def _read_epoch(loader, limit=None):
 
 
 def shard_rows(args):
-    """Reading ``SHARD_CLIPS`` generated 10 s clips by one training process (one DataLoader,
-    no workers): from loose FLAC files (the recipes' DynamicItemDataset, shuffled) and from tar
+    """Reading ``SHARD_CLIPS`` generated 10 s clips by one data-loading process (one DataLoader,
+    no workers, one torch thread as in a DataLoader worker): from loose FLAC files (the recipes' DynamicItemDataset, shuffled) and from tar
     shards of 1000 clips (``--shards``: shuffled shard order, buffer of 1000), the page cache of
     those files dropped before each epoch where the machine allows it. Decoding only (the waveform)
     and with AST's 1024-frame fbank features, taken in turn. Also shard writing speed and the
@@ -714,6 +715,7 @@ def shard_rows(args):
     size = sum(p.stat().st_size for p in files)
     options = {"data_folder": str(root), "valid_fraction": 0.01, "test_fraction": 0.01}
     shards = args.workdir / f"clips_{count}" / "shards"
+    shutil.rmtree(shards, ignore_errors=True)  # a kept --workdir: written again, timed
     start = time.perf_counter()  # the recipe's preparation (one header read per file), then the shards
     index = write_shards("AudioFolder", shards, options, audio="original", samples_per_shard=1000
                          if not args.quick else 50, workers=args.threads)
@@ -747,6 +749,8 @@ def shard_rows(args):
     limit = None if args.quick else 3000  # clips per timed epoch (the first 3000 of the epoch)
     cache = {}
     found = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker (torch gives each one thread)
     for round_ in range(2 if not args.quick else 1):
         for kind, processor in processors.items():
             for source in ("files", "shards"):
@@ -759,6 +763,7 @@ def shard_rows(args):
                     clips, took, opened = _read_epoch(loader, limit)
                     peak = dataset.held_peak_bytes / 1e6
                 found.setdefault((source, kind), []).append((clips, took, opened, peak))
+    torch.set_num_threads(threads)
     for (source, kind), runs in found.items():
         clips, took, opened, peak = min(runs, key=lambda r: r[1] / r[0])
         rows.append(result("data", f"read {source}, {kind}: {clips} clips of {seconds:g} s", [took],
@@ -1565,6 +1570,9 @@ def parse_args(argv=None):
                              "bench_ref.py from the repository root)")
     parser.add_argument("--rounds", type=int, default=3, help="reference suite: interleaved rounds (3)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
+    parser.add_argument("--workdir", default=None,
+                        help="where the suites write their data, kept afterwards: a rerun reuses "
+                             "the data suite's generated clips (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     unknown = [s for s in suites if s not in ALL_SUITES]
@@ -1610,8 +1618,10 @@ def main(argv=None):
             args.gpu_peak_flops = None  # the MFU estimate is against the bf16 peak
     _trim_memory()
     PeakMemory.baseline_mb = _read_status_mb("VmRSS") or 0.0
-    with tempfile.TemporaryDirectory(prefix="petl_bench_") as workdir:
+    kept = contextlib.nullcontext(args.workdir) if args.workdir else None
+    with kept or tempfile.TemporaryDirectory(prefix="petl_bench_") as workdir:
         args.workdir = Path(workdir)
+        args.workdir.mkdir(parents=True, exist_ok=True)
         if args.backbone_source is None:
             folder = args.workdir / ("tiny_ast" if args.quick else "ast_base")
             torch.manual_seed(0)
