@@ -9,7 +9,7 @@ top layer (``tests/test_layers.py`` reads every module's imports against this ta
     3  backbones | methods
     4  model
     5  sharing | training
-    6  classify, export, from_peft, push, results, demo, sweep, tiny, synthetic
+    6  classify, export, from_peft, push, results, demo, sweep, shard, tiny, synthetic
 
 options        typed option definitions (``Option``), checking keyword options by name (unknown
                ones named with close matches)
