@@ -165,7 +165,7 @@ def main(argv=None):
     real = recipe_command(args.dataset, args.method, f"--data_folder=/path/to/{Path(data).name}",
                           *[f"--task={args.task}" for _ in task])
     real[0] = "python"
-    kind = Task.of(args.task)
+    kind = Task.of_result(results)  # multi-label: asked for, or the dataset's own task
     notes = kind.summary(results, n_classes, digits=3)
     scores = (f"test {kind.metric_name} {results[f'{kind.test_key}_mean']:.3f} ("
               f"{f'{notes}, ' if notes else ''}{n_classes} classes), valid {kind.metric_name} "

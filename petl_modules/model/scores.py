@@ -4,7 +4,9 @@
 confusion matrix for single-label; for multi-label the mAP (the mean over classes of the average
 precision, as the AudioSet and FSD50K papers; classes without a positive example are left out of
 the mean), micro/macro F1 at per-class thresholds, and those thresholds (``choose_thresholds``:
-the threshold of best F1 per class, on the validation split).
+the threshold of best F1 per class, on the validation split); the test also reports the mean
+per-class ROC AUC and its d-prime (``d_prime``: sqrt(2) x the inverse normal CDF of the AUC, the
+AudioSet papers' convention), and every class's AP, AUC and F1.
 """
 
 import numpy as np
@@ -67,6 +69,32 @@ def mean_average_precision(targets, scores):
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
 
 
+def roc_aucs(targets, scores):
+    """Per-class ROC AUC ``[C]`` (NaN for a class whose examples are all positive or all negative)."""
+    from sklearn.metrics import roc_auc_score
+
+    targets, scores = np.asarray(targets), np.asarray(scores, dtype=np.float64)
+    out = np.full(targets.shape[1], np.nan)
+    for c in range(targets.shape[1]):
+        if 0 < targets[:, c].sum() < len(targets):
+            out[c] = roc_auc_score(targets[:, c], scores[:, c])
+    return out
+
+
+def d_prime(auc):
+    """The d-prime of a ROC AUC: ``sqrt(2) * Phi^-1(auc)`` (the separation, in standard deviations,
+    of two unit-variance normal score distributions with that AUC); NaN for a NaN AUC.
+
+    Example
+    -------
+    >>> round(d_prime(0.5), 6), round(d_prime(0.9), 4)
+    (0.0, 1.8124)
+    """
+    from scipy.stats import norm
+
+    return float(np.sqrt(2.0) * norm.ppf(auc)) if np.isfinite(auc) else float("nan")
+
+
 def choose_thresholds(targets, scores):
     """Per-class decision thresholds: the score threshold of best F1 on these (validation) examples.
 
@@ -95,14 +123,24 @@ def choose_thresholds(targets, scores):
 
 
 def multilabel_scores(targets, scores, thresholds):
-    """``{"map", "f1_micro", "f1_macro"}`` of probabilities ``scores`` against 0/1 ``targets``
-    (both ``[N, C]``), a class being predicted where its score reaches its threshold."""
+    """The scores of probabilities ``scores`` against 0/1 ``targets`` (both ``[N, C]``), a class
+    being predicted where its score reaches its threshold: ``map``, ``f1_micro``, ``f1_macro``,
+    ``mauc`` (the mean per-class ROC AUC), ``d_prime`` (of ``mauc``), and per class (lists of
+    ``[C]``, NaN where undefined) ``ap``, ``auc``, ``f1``, ``positives``."""
     from sklearn.metrics import f1_score
 
     targets = np.asarray(targets).astype(int)
     predicted = (np.asarray(scores) >= np.asarray(thresholds)[None, :]).astype(int)
+    ap, auc = average_precisions(targets, scores), roc_aucs(targets, scores)
+    mauc = float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
     return {
-        "map": mean_average_precision(targets, scores),
+        "map": float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0,
         "f1_micro": float(f1_score(targets, predicted, average="micro", zero_division=0)),
         "f1_macro": float(f1_score(targets, predicted, average="macro", zero_division=0)),
+        "mauc": mauc,
+        "d_prime": d_prime(mauc),
+        "ap": ap.tolist(),
+        "auc": auc.tolist(),
+        "f1": f1_score(targets, predicted, average=None, zero_division=0).tolist(),
+        "positives": targets.sum(axis=0).tolist(),
     }

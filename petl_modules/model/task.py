@@ -15,12 +15,14 @@ model card (its score lines):
 - ``multilabel`` (``MultiLabel``): any number of classes per example (a manifest's ``label`` holds
   them ``;``-separated); a sigmoid and a binary cross-entropy per class; the prediction is every
   class whose probability reaches its threshold (chosen on the validation split at training, kept
-  in the model folder); scored by mAP (the best epoch by ``valid_map``) and micro/macro F1.
+  in the model folder); scored by mAP (the best epoch by ``valid_map``), micro/macro F1, the
+  mean ROC AUC and its d-prime, and per class (AP, AUC, F1: ``test_per_class.csv``).
 
 ``docs/extending.md`` shows how a third kind is added.
 """
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -49,6 +51,7 @@ class Task:
 
     kind: ClassVar[str] = None
     uses_thresholds: ClassVar[bool] = False
+    several_classes: ClassVar[bool] = False  # an example may have more than one class
     target_key: ClassVar[str] = None  # the batch key of the training targets
     metric: ClassVar[str] = None  # the stage score that selects the best epoch
     metric_name: ClassVar[str] = None  # how tables and logs name it
@@ -136,9 +139,17 @@ class Task:
         ``CategoricalEncoder`` of the run's classes)."""
         raise NotImplementedError
 
+    def target_of_classes(self, indices, n_classes):
+        """The training target of an example of the classes ``indices`` (as ``target`` gives it)."""
+        raise NotImplementedError
+
     def batch_targets(self, batch):
         """The targets of a padded batch, as ``loss`` takes them."""
         return getattr(batch, self.target_key).data
+
+    def soft_targets(self, targets, n_classes):
+        """``[B, C]`` float targets of ``batch_targets``: what mixup mixes, and ``loss`` takes."""
+        raise NotImplementedError
 
     def class_weights(self, label_lists, class_names):
         """``[C]`` loss weights of ``class_weights: balanced`` from the training examples' classes."""
@@ -180,7 +191,7 @@ class Task:
         """A fold's scores in ``fold_result.json``: the best epoch's validation score and the
         test pass's ``stats``."""
         return {self.valid_key: valid_score,
-                **{key: stats.get(name) for key, name in self.test_fields.items()}}
+                **{key: _finite_or_none(stats.get(name)) for key, name in self.test_fields.items()}}
 
     def summary(self, results, n_classes=None, digits=4):
         """What a run's summary says beside its main score (``results``: results.json; with
@@ -190,6 +201,11 @@ class Task:
     def card_rows(self, metrics, percent):
         """The model card's extra score rows (``percent``: a score as text)."""
         return []
+
+
+def _finite_or_none(value):
+    """A score as JSON holds it: a plain float, or None where it is undefined (NaN)."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _others(row):
@@ -216,8 +232,15 @@ class SingleLabel(Task):
     def target(self, cell, encoder):
         return encoder.encode_label_torch(cell)
 
+    def target_of_classes(self, indices, n_classes):
+        return torch.tensor([int(indices[0])])
+
     def batch_targets(self, batch):
         return batch.label_index.data.view(-1)
+
+    def soft_targets(self, targets, n_classes):
+        """One-hot rows of the class indices ``targets``."""
+        return F.one_hot(targets.view(-1), int(n_classes)).float()
 
     def class_weights(self, label_lists, class_names):
         """scikit-learn's ``compute_class_weight("balanced")`` (n / (C x count)), the ``weight``
@@ -269,13 +292,15 @@ class MultiLabel(Task):
 
     kind: ClassVar[str] = "multilabel"
     uses_thresholds: ClassVar[bool] = True
+    several_classes: ClassVar[bool] = True
     target_key: ClassVar[str] = "targets"
     metric: ClassVar[str] = "map"
     metric_name: ClassVar[str] = "mAP"
     selection_key: ClassVar[str] = "valid_map"
     valid_key: ClassVar[str] = "valid_map"
     test_fields: ClassVar[dict] = {"test_map": "map", "test_f1_micro": "f1_micro",
-                                   "test_f1_macro": "f1_macro"}
+                                   "test_f1_macro": "f1_macro", "test_mauc": "mauc",
+                                   "test_d_prime": "d_prime"}
     window_pooling: ClassVar[str] = "max"  # an event heard in any window is in the file
     classes_note: ClassVar[str] = " (multi-label: every class above its threshold)"
 
@@ -315,12 +340,19 @@ class MultiLabel(Task):
 
     def target(self, cell, encoder):
         """``[C]`` float tensor with 1 at the classes of ``cell``."""
-        target = torch.zeros(len(encoder))
-        target[[encoder.lab2ind[name] for name in self.labels_of(cell)]] = 1.0
+        return self.target_of_classes([encoder.lab2ind[name] for name in self.labels_of(cell)],
+                                      len(encoder))
+
+    def target_of_classes(self, indices, n_classes):
+        target = torch.zeros(int(n_classes))
+        target[torch.as_tensor(list(indices), dtype=torch.long)] = 1.0
         return target
 
     def batch_targets(self, batch):
         return batch.targets.data.float()
+
+    def soft_targets(self, targets, n_classes):
+        return targets.float()
 
     def class_weights(self, label_lists, class_names):
         """Negatives / positives per class: the ``pos_weight`` of the binary cross-entropy."""
@@ -348,9 +380,14 @@ class MultiLabel(Task):
                 scores.choose_thresholds(targets, outputs))
 
     def test_scores(self, targets, outputs, thresholds=None):
+        """mAP, micro/macro F1, the mean ROC AUC and its d-prime, and ``per_class``: every
+        class's ``ap``, ``auc``, ``f1`` and ``positives`` (``test_per_class.csv``)."""
         if not len(targets):
-            return dict.fromkeys(("map", "f1_micro", "f1_macro"), 0.0)
-        return scores.multilabel_scores(targets, outputs, thresholds)
+            return {**dict.fromkeys(("map", "f1_micro", "f1_macro"), 0.0),
+                    "mauc": float("nan"), "d_prime": float("nan")}
+        found = scores.multilabel_scores(targets, outputs, thresholds)
+        per_class = {k: found.pop(k) for k in ("ap", "auc", "f1", "positives")}
+        return {**found, "per_class": per_class}
 
     def checkpoint_meta(self, stats, thresholds=None):
         return {**super().checkpoint_meta(stats), "thresholds": [float(t) for t in thresholds]}

@@ -59,6 +59,8 @@ from petl_modules.model.scores import DEFAULT_THRESHOLD
 from petl_modules.model.task import Task
 from petl_modules.training.augment import augment
 from petl_modules.training.cache import head_input
+from petl_modules.training.mixup import BatchMixup, mixup_options
+from petl_modules.training.sampling import weighted_sampler
 from petl_modules.training.stop_signals import RunInterrupted, StopSignals, signal_name
 from petl_modules.training.windows import WindowScores
 
@@ -161,6 +163,10 @@ class ClassificationBrain(sb.Brain):
             # LayerNorm's affine part and the head run on one cached vector per utterance.
             return self.modules.classifier(head_input(self.modules.petl_model, batch.cached.data))
         inputs, lengths = batch.inputs
+        self.mixing = None
+        if stage == sb.Stage.TRAIN and self.batch_mixup is not None:  # mixup: features
+            self.mixing = self.batch_mixup.draw(inputs.shape[0])
+            inputs, lengths = self.batch_mixup.mix_inputs(inputs, lengths, self.mixing)
         augmentation = getattr(self.hparams, "augmentation", None)
         if stage == sb.Stage.TRAIN and augmentation is not None:
             # Fits the input kind of the backbone (petl_modules/training/augment.py).
@@ -173,6 +179,25 @@ class ClassificationBrain(sb.Brain):
         """The run's task (``task`` in the yaml; ``petl_modules.model.task``)."""
         return Task.of_options(self.hparams)
 
+    @property
+    def batch_mixup(self):
+        """``BatchMixup`` for ``mixup: features`` (else None)."""
+        kind, alpha, prob = mixup_options(vars(self.hparams) if hasattr(self.hparams, "__dict__")
+                                          else self.hparams)
+        return BatchMixup(alpha, prob) if kind == "features" else None
+
+    def mixed_targets(self, batch, stage):
+        """The soft ``[B, C]`` targets of a mixed training batch (``mixup``), else None: the
+        pipeline's (``mixup: waveform``) or the batch's targets mixed like its inputs."""
+        if stage != sb.Stage.TRAIN:
+            return None
+        if getattr(batch, "mixed_targets", None) is not None:
+            return batch.mixed_targets.data.float()
+        if getattr(self, "mixing", None) is None:
+            return None
+        targets = self.task.batch_targets(batch)
+        return BatchMixup.mix(self.task.soft_targets(targets, self.hparams.n_classes), self.mixing)
+
     def compute_objectives(self, logits, batch, stage):
         """The task's loss (single-label: cross-entropy; ``task: multilabel``: binary
         cross-entropy per class on the multi-hot ``targets``), weighted by ``loss_weights``
@@ -184,9 +209,10 @@ class ClassificationBrain(sb.Brain):
         weights = getattr(self.hparams, "loss_weights", None)
         weights = None if weights is None else weights.to(logits.device)
         targets = task.batch_targets(batch).to(logits.device)
-        loss = task.loss(logits, targets, weights)
+        mixed = self.mixed_targets(batch, stage)  # mixup: the loss on the mixed soft targets
+        loss = task.loss(logits, targets if mixed is None else mixed.to(logits.device), weights)
         if stage == sb.Stage.TRAIN:
-            counts = task.train_counts(logits, targets)
+            counts = task.train_counts(logits, targets)  # each clip's own targets
             if counts is not None:
                 self.counts += counts.to(self.counts)
         elif getattr(batch, "utterance", None) is not None:  # windows, scored per file
@@ -270,9 +296,20 @@ class ClassificationBrain(sb.Brain):
         if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
             loader_kwargs["generator"] = torch.Generator().manual_seed(int(self.hparams.seed))
         if stage == sb.Stage.TRAIN:
-            # Random crops (train_crop: random) are drawn per epoch: on_stage_start sets it.
+            # Random crops (train_crop: random) are drawn per epoch: on_stage_start sets it; so
+            # are the dataset's other per-epoch draws (mixup partners, the order of shards).
             self.train_crop = getattr(dataset, "train_crop", None)
-        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+            self.epoch_hooks = list(getattr(dataset, "epoch_hooks", ()))
+        if hasattr(dataset, "make_dataloader"):  # tar shards (petl_modules/training/shards.py)
+            return dataset.make_dataloader(stage, **loader_kwargs)
+        weights = getattr(dataset, "sample_weights", None) if stage == sb.Stage.TRAIN else None
+        if weights is not None:  # sampling: class_balanced (petl_modules/training/sampling.py)
+            loader_kwargs.pop("shuffle", None)
+            loader_kwargs["sampler"] = weighted_sampler(weights, self.hparams.seed)
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if weights is not None and not self.distributed_launch:
+            self.train_sampler = loader_kwargs["sampler"]  # SpeechBrain sets its epoch
+        return loader
 
     def on_fit_start(self):
         """As SpeechBrain's (optimisers, then the latest checkpoint); logs where a resumed run is."""
@@ -323,6 +360,9 @@ class ClassificationBrain(sb.Brain):
         self.outputs = []  # validation/test: (targets, scores) per batch, for the scores
         if stage == sb.Stage.TRAIN and getattr(self, "train_crop", None) is not None:
             self.train_crop.set_epoch(epoch)  # before the DataLoader workers copy the dataset
+        if stage == sb.Stage.TRAIN:
+            for hook in getattr(self, "epoch_hooks", ()):
+                hook.set_epoch(epoch, self.step)  # resumed mid-epoch: the batches already done
         if stage != sb.Stage.TRAIN:
             self.windows = WindowScores()
         if stage == sb.Stage.TRAIN and self.step > 0:
@@ -371,7 +411,7 @@ class ClassificationBrain(sb.Brain):
             if stage == sb.Stage.TEST:
                 self.test_windows = self.windows  # for window_results (Run.finish_fold)
         stats.update(self._stage_scores(stage))
-        logged = {k: v for k, v in stats.items() if k != "confusion"}
+        logged = {k: v for k, v in stats.items() if k not in ("confusion", "per_class")}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
@@ -410,14 +450,21 @@ class ClassificationBrain(sb.Brain):
         """SpeechBrain's Brain state (step, running loss), plus mid-epoch the accuracy counts."""
         super()._save(path)
         if self.step > 0:
+            # Mid-epoch: also how the training stream of tar shards was split (shards.py).
+            streams = [hook.state() for hook in getattr(self, "epoch_hooks", ()) if hasattr(hook, "state")]
             with open(path, "a", encoding="utf-8") as stream:
-                yaml.safe_dump({"train_counts": [float(c) for c in self.counts]}, stream)
+                yaml.safe_dump({"train_counts": [float(c) for c in self.counts],
+                                **({"data_stream": streams[0]} if streams else {})}, stream)
 
     @sb.utils.checkpoints.mark_as_loader
     def _recover(self, path, end_of_epoch):
         super()._recover(path, end_of_epoch)
         with open(path, encoding="utf-8") as stream:
-            counts = yaml.safe_load(stream).get("train_counts")
+            saved = yaml.safe_load(stream)
+        counts = saved.get("train_counts")
+        for hook in getattr(self, "epoch_hooks", ()) if not end_of_epoch else ():
+            if hasattr(hook, "check_state"):
+                hook.check_state(saved.get("data_stream"))
         if counts is None or end_of_epoch or not if_main_process():
             counts = [0.0, 0.0]  # under DDP the main process holds the sum (_save_intra_epoch_ckpt)
         self.counts = torch.tensor(counts, dtype=torch.float64, device=self.device)

@@ -1,10 +1,12 @@
 """Score files of a run: the test split's confusion matrix (CSV and PNG), and the choices of
 ``class_weights``.
 
-What a task is trained and scored by (loss, accuracy, macro F1, mAP, thresholds, class weights)
-is the task's (``petl_modules.model.task``; the scores: ``petl_modules.model.scores``). On
-request (``confusion_matrix: True``) a single-label run writes the test split's confusion matrix
-(``write_confusion_matrix``). ``class_weights: balanced`` weights the loss by the inverse class
+What a task is trained and scored by (loss, accuracy, macro F1, mAP, d-prime, thresholds, class
+weights) is the task's (``petl_modules.model.task``; the scores: ``petl_modules.model.scores``).
+On request (``confusion_matrix: True``) a single-label run writes the test split's confusion
+matrix (``write_confusion_matrix``); a task whose test scores hold ``per_class`` scores
+(multi-label: every class's AP, ROC AUC, F1) writes them to ``test_per_class.csv``
+(``write_per_class_scores``). ``class_weights: balanced`` weights the loss by the inverse class
 frequency of the training split (``Task.class_weights``).
 """
 
@@ -17,6 +19,26 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 CLASS_WEIGHTS = (None, "balanced")
+PER_CLASS_FILE = "test_per_class.csv"
+
+
+# ==================================================================== per-class scores
+def write_per_class_scores(path, scores, class_names, thresholds):
+    """Writes a multi-label test's per-class scores (``per_class`` of its test scores:
+    ``petl_modules.model.scores.multilabel_scores``) as CSV: ``index, class, positives, ap, auc,
+    f1, threshold``, one row per class in index order (empty where a score is undefined: no
+    positive, or no negative, test example)."""
+    def cell(value):
+        return "" if value is None or not np.isfinite(value) else f"{value:.6f}"
+
+    with open(Path(path), "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["index", "class", "positives", "ap", "auc", "f1", "threshold"])
+        for k, name in enumerate(class_names):
+            writer.writerow([k, name, int(scores["positives"][k]), cell(scores["ap"][k]),
+                             cell(scores["auc"][k]), cell(scores["f1"][k]),
+                             cell(float(thresholds[k]))])
+    return Path(path)
 
 
 # ==================================================================== confusion matrix files
