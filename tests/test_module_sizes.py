@@ -11,11 +11,13 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 FILES = sorted([*(REPO / "petl_modules").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")])
 NOT_A_TOOL = "not one of the tools issue 28 splits (classify, results, sweep, bench); "
+BENCH = "changed on other branches while the tools were split; its split into one module per " \
+        "suite is still to do"
 
-# "path" (a module) or "path::function": why it is over the limit.
+# "path" (a module), "path::function" or "path::*" (its every function): why it is over the limit.
 ALLOWED = {
-    "benchmarks/bench.py": "changed on another branch while the tools were split; its split "
-                           "into one module per suite is still to do",
+    "benchmarks/bench.py": BENCH,
+    "benchmarks/bench.py::*": BENCH,  # every function of it
     "petl_modules/backbones/base.py": NOT_A_TOOL + "the backbone contract every family implements",
     "petl_modules/methods/adapters.py": NOT_A_TOOL + "the adapter blocks, their insertion points "
                                         "and trainable specs of one method",
@@ -31,6 +33,12 @@ ALLOWED = {
     "petl_modules/training/checkpointing.py": NOT_A_TOOL + "exact resumes and safe loading",
     "petl_modules/training/prepare.py::write_manifests": NOT_A_TOOL + "to be split into its steps",
     "petl_modules/training/recipe.py": NOT_A_TOOL + "the recipe flow, one function per step",
+    "petl_modules/training/recipe.py::add_pipelines": "its pipeline variants become one with one "
+                                                      "'clip of a file' (issue 28, item 2)",
+    "petl_modules/training/shards.py": NOT_A_TOOL + "reading tar shards: the index, the plan of an "
+                                       "epoch and the dataset",
+    "petl_modules/shard.py::write_shards": "the shard tool landed while the tools were split; its "
+                                           "steps are still to separate",
 }
 
 
@@ -63,15 +71,21 @@ def over_the_limits():
     return found
 
 
+def allowed(entry):
+    return entry in ALLOWED or ("::" in entry and entry.split("::")[0] + "::*" in ALLOWED)
+
+
 def test_no_module_over_400_lines_and_no_function_over_80_but_the_allowed_ones():
-    over = {entry: what for entry, what in over_the_limits().items() if entry not in ALLOWED}
+    over = {entry: what for entry, what in over_the_limits().items() if not allowed(entry)}
     assert not over, (f"over {MAX_MODULE_LINES} lines a module or {MAX_FUNCTION_LINES} a function: "
                       f"{over}; split it into parts of one job each (or add it to ALLOWED with the "
                       "reason it must stay)")
 
 
 def test_every_allowed_entry_is_still_over_the_limit():
-    stale = sorted(set(ALLOWED) - set(over_the_limits()))
+    over = set(over_the_limits())
+    stale = sorted(entry for entry in ALLOWED if entry not in over and not (
+        entry.endswith("::*") and any(e.startswith(entry[:-1]) for e in over)))
     assert not stale, f"within the limits now, remove from ALLOWED: {stale}"
 
 

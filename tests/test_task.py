@@ -3,7 +3,9 @@ thresholds and result fields against hand-computed values; the kinds come from t
 the tools that name kinds (the recipe options, the model folder, the results tool, the demo) take
 them from it."""
 
+import math
 import re
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -151,10 +153,19 @@ def test_multilabel_chooses_thresholds_on_validation_and_tests_with_the_best_epo
     assert task.checkpoint_meta(found, thresholds) == {"valid_map": 1.0,
                                                        "thresholds": pytest.approx([0.25, 0.85])}
     test = task.test_scores(targets, outputs, [0.5, 0.5])  # class 0 never reaches 0.5
+    # Both classes rank every positive first: ROC AUC 1, so d-prime is infinite (JSON: null).
     assert test == {"map": pytest.approx(1.0), "f1_micro": pytest.approx(2 / 5),
-                    "f1_macro": pytest.approx((0 + 2 / 3) / 2)}
-    assert list(task.fold_result(0.9, test)) == ["valid_map", "test_map", "test_f1_micro",
-                                                 "test_f1_macro"]
+                    "f1_macro": pytest.approx((0 + 2 / 3) / 2), "mauc": 1.0, "d_prime": math.inf,
+                    "per_class": {"ap": [1.0, 1.0], "auc": [1.0, 1.0],
+                                  "f1": pytest.approx([0.0, 2 / 3]), "positives": [2, 1]}}
+    result = task.fold_result(0.9, test)
+    assert list(result) == ["valid_map", "test_map", "test_f1_micro", "test_f1_macro", "test_mauc",
+                            "test_d_prime"]
+    assert result["test_mauc"] == 1.0 and result["test_d_prime"] is None
+    half = task.test_scores(targets, torch.tensor([[0.3, 0.2], [0.1, 0.8], [0.2, 0.85], [0.2, 0.9]]),
+                            [0.5, 0.5])  # class 0: 2 of 4 pairs ranked right; class 1: 2 of 3
+    assert half["per_class"]["auc"] == pytest.approx([0.5, 2 / 3])
+    assert half["d_prime"] == pytest.approx(math.sqrt(2) * NormalDist().inv_cdf((0.5 + 2 / 3) / 2))
 
 
 def test_multilabel_answers_every_class_above_its_threshold_most_probable_first():

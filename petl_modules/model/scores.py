@@ -9,9 +9,16 @@ per-class ROC AUC and its d-prime (``d_prime``: sqrt(2) x the inverse normal CDF
 AudioSet papers' convention), and every class's AP, AUC and F1.
 """
 
+import math
+
 import numpy as np
 
 DEFAULT_THRESHOLD = 0.5  # a class without a positive validation example keeps this one
+
+
+def finite_or_none(value):
+    """A score as JSON holds it: a plain float, or None where it is undefined (NaN, infinite)."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 # ==================================================================== single-label

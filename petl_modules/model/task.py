@@ -22,7 +22,6 @@ model card (its score lines):
 """
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import torch
@@ -140,8 +139,10 @@ class Task:
         raise NotImplementedError
 
     def target_of_classes(self, indices, n_classes):
-        """The training target of an example of the classes ``indices`` (as ``target`` gives it)."""
-        raise NotImplementedError
+        """The training target of an example of the classes ``indices`` (as ``target`` gives it:
+        tar shards hold class indices)."""
+        raise ValueError(f"--shards hold class labels; a {self.kind} task has no targets of "
+                         "classes: train from the manifests.")
 
     def batch_targets(self, batch):
         """The targets of a padded batch, as ``loss`` takes them."""
@@ -149,7 +150,8 @@ class Task:
 
     def soft_targets(self, targets, n_classes):
         """``[B, C]`` float targets of ``batch_targets``: what mixup mixes, and ``loss`` takes."""
-        raise NotImplementedError
+        raise ValueError(f"mixup mixes class targets; a {self.kind} task defines no such targets: "
+                         "run without it.")
 
     def class_weights(self, label_lists, class_names):
         """``[C]`` loss weights of ``class_weights: balanced`` from the training examples' classes."""
@@ -191,7 +193,7 @@ class Task:
         """A fold's scores in ``fold_result.json``: the best epoch's validation score and the
         test pass's ``stats``."""
         return {self.valid_key: valid_score,
-                **{key: _finite_or_none(stats.get(name)) for key, name in self.test_fields.items()}}
+                **{key: scores.finite_or_none(stats.get(name)) for key, name in self.test_fields.items()}}
 
     def summary(self, results, n_classes=None, digits=4):
         """What a run's summary says beside its main score (``results``: results.json; with
@@ -201,11 +203,6 @@ class Task:
     def card_rows(self, metrics, percent):
         """The model card's extra score rows (``percent``: a score as text)."""
         return []
-
-
-def _finite_or_none(value):
-    """A score as JSON holds it: a plain float, or None where it is undefined (NaN)."""
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _others(row):
@@ -401,10 +398,3 @@ class MultiLabel(Task):
     def card_rows(self, metrics, percent):
         return [f"| Test F1 micro / macro | {percent(metrics.get('test_f1_micro'))} / "
                 f"{percent(metrics.get('test_f1_macro'))} |"]
-
-
-def default_window_pooling(kind):
-    """How a file's sliding windows are pooled by default for a task of ``kind`` (the yaml's
-    ``window_pooling``): ``max`` for multi-label (an event in any window is in the file), ``mean``
-    otherwise."""
-    return Task.of(kind).window_pooling

@@ -44,8 +44,8 @@ def class_balanced_weights(label_indices, n_classes):
     Example
     -------
     >>> w = class_balanced_weights([[0], [0], [0], [1]], 2)
-    >>> round(float(w[3] / w[0]), 2)  # the rare class's clip is drawn 3 times as often
-    3.0
+    >>> round(float(w[3] / w[0]), 2)  # the rare class's clip: (3 + 0.01) / (1 + 0.01) times as often
+    2.98
     """
     lengths = np.fromiter((len(labels) for labels in label_indices), dtype=np.int64,
                           count=len(label_indices))
