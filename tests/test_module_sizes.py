@@ -26,6 +26,8 @@ ALLOWED = {
     "petl_modules/model/petl_model.py": NOT_A_TOOL + "PETLModel and PETLClassifier, the public "
                                         "API with its docstrings",
     "petl_modules/model/spec.py": NOT_A_TOOL + "the petl_config.json format with its schema checks",
+    "petl_modules/model/task.py": NOT_A_TOOL + "the task kinds, one class each, and their registry: "
+                                  "the one place of the task concept",
     "petl_modules/sharing/peft_lora.py": NOT_A_TOOL + "PEFT adapters both ways",
     "petl_modules/sharing/peft_lora.py::export_peft": NOT_A_TOOL + "to be split into its steps",
     "petl_modules/sharing/peft_lora.py::import_peft_adapter": NOT_A_TOOL + "to be split into its steps",

@@ -398,3 +398,10 @@ class MultiLabel(Task):
     def card_rows(self, metrics, percent):
         return [f"| Test F1 micro / macro | {percent(metrics.get('test_f1_micro'))} / "
                 f"{percent(metrics.get('test_f1_macro'))} |"]
+
+
+def default_window_pooling(kind):
+    """How a file's sliding windows are pooled by default for a task of ``kind`` (the yaml's
+    ``window_pooling``): ``max`` for multi-label (an event in any window is in the file), ``mean``
+    otherwise."""
+    return Task.of(kind).window_pooling
