@@ -135,6 +135,8 @@ def test_insertion_points_resolve_to_the_installed_transformers_modules(checkpoi
         "later_layers": list(layers)[1:],
         "attention": [layer.attention for layer in layers],
         "ffn": [layer.feed_forward for layer in layers],
+        "ffn_in": [layer.feed_forward.intermediate_dense for layer in layers],
+        "ffn_out": [layer.feed_forward.output_dense for layer in layers],
         "ln_attention": [layer.layer_norm for layer in layers],
         "ln_ffn": [layer.final_layer_norm for layer in layers],
         "q": [layer.attention.q_proj for layer in layers],

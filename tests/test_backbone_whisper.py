@@ -191,6 +191,8 @@ def test_insertion_points_resolve_to_the_pretrained_modules(tiny_whisper):
         "later_layers": list(layers)[1:],
         "attention": [layer.self_attn for layer in layers],
         "ffn": [layer.ffn for layer in layers],
+        "ffn_in": [layer.fc1 for layer in layers],
+        "ffn_out": [layer.fc2 for layer in layers],
         "ln_attention": [layer.self_attn_layer_norm for layer in layers],
         "ln_ffn": [layer.final_layer_norm for layer in layers],
         "q": [layer.self_attn.q_proj for layer in layers],
