@@ -39,7 +39,8 @@ class VeraProjections(torch.nn.Module):
 
     def __init__(self, rank, in_features, out_features, seed=0):
         super().__init__()
-        generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        generator = torch.Generator().manual_seed(self.seed)
         self.register_buffer("vera_A", self._kaiming_uniform((int(rank), int(in_features)), generator))
         self.register_buffer("vera_B", self._kaiming_uniform((int(out_features), int(rank)), generator))
         self.owned = False  # registered in a VeRA module yet (then the others only refer to it)
