@@ -89,3 +89,25 @@ def tiny_whisper_feature_extractor(config):
     seconds = 2 * config.max_source_positions * 160 / 16000
     seconds = int(seconds) if float(seconds).is_integer() else seconds
     return transformers.WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=seconds)
+
+
+def tiny_beats_config(**overrides):
+    """A small random BEATs cfg (SpeechBrain's ``BEATsConfig`` fields): 16x16 patches embedded in
+    32, 2 post-LN (DeepNorm) layers of 64, 4 heads, FFN 128, a positional convolution of kernel 16
+    in 4 groups, the gated relative position bias of the released models (32 buckets)."""
+    from speechbrain.lobes.models.beats import BEATsConfig
+
+    options = dict(vars(BEATsConfig()), embed_dim=32, encoder_embed_dim=64, encoder_layers=2,
+                   encoder_attention_heads=4, encoder_ffn_embed_dim=128, conv_pos=16, conv_pos_groups=4,
+                   deep_norm=True, layer_norm_first=False, relative_position_embedding=True,
+                   num_buckets=32, max_distance=64, gru_rel_pos=True, dropout=0.0, attention_dropout=0.0)
+    options.update(overrides)
+    return options
+
+
+def save_tiny_beats(path, seed=0, **overrides):
+    """A tiny random BEATs checkpoint (``tiny_beats_config``) written as the released files are
+    (``{"cfg", "model"}``, the positional convolution's ``weight_g``/``weight_v``); returns its path."""
+    from petl_modules.backbones.beats import save_checkpoint
+
+    return save_checkpoint(tiny_beats_config(**overrides), path, seed=seed)
