@@ -31,6 +31,7 @@ from petl_modules.export import export_petl_model
 from petl_modules.sharing import onnx_export
 from petl_modules.sharing.peft_lora import import_peft_adapter
 from petl_modules.tiny import (
+    save_tiny_beats,
     tiny_ast_config,
     tiny_data2vec_audio_config,
     tiny_waveform_config,
@@ -65,13 +66,16 @@ def save_tiny(model_type, folder, pre_ln=False):
         config = tiny_whisper_config()
         transformers.WhisperForConditionalGeneration(config).save_pretrained(folder)
         tiny_whisper_feature_extractor(config).save_pretrained(folder)
+    elif model_type == "beats":  # a one-file checkpoint: its path
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return str(save_tiny_beats(Path(folder) / "tiny_beats.pt"))
     else:
         raise KeyError(model_type)
     return str(folder)
 
 
 # The model types of the tiny checkpoints above; every lobe of the registry must be among them.
-TINY_MODEL_TYPES = ["audio-spectrogram-transformer", *WAVEFORM_MODELS, "data2vec-audio", "whisper"]
+TINY_MODEL_TYPES = ["audio-spectrogram-transformer", *WAVEFORM_MODELS, "data2vec-audio", "whisper", "beats"]
 
 
 def petl_folder(method, source, tmp_path, name="petl_model", **options):
