@@ -111,3 +111,25 @@ def save_tiny_beats(path, seed=0, **overrides):
     from petl_modules.backbones.beats import save_checkpoint
 
     return save_checkpoint(tiny_beats_config(**overrides), path, seed=seed)
+
+
+def tiny_w2v_bert_config(**overrides):
+    """A small random w2v-BERT config (hidden 32, 2 Conformer layers, 4 heads, FFN 64, depthwise
+    kernel 5, relative_key positions of +-8 / 4; w2v-BERT 2.0's 160 input features)."""
+    options = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                   conv_depthwise_kernel_size=5, left_max_position_embeddings=8,
+                   right_max_position_embeddings=4)
+    options.update(overrides)
+    return transformers.Wav2Vec2BertConfig(**options)
+
+
+def save_tiny_w2v_bert(folder, seed=0, **overrides):
+    """A tiny random ``Wav2Vec2BertModel`` and w2v-BERT 2.0's feature extractor settings
+    (``SeamlessM4TFeatureExtractor``: 80 mel bins, 2 frames stacked), saved with
+    ``save_pretrained``; returns the folder."""
+    import torch
+
+    torch.manual_seed(seed)
+    transformers.Wav2Vec2BertModel(tiny_w2v_bert_config(**overrides)).save_pretrained(folder)
+    transformers.SeamlessM4TFeatureExtractor(padding_value=1.0).save_pretrained(folder)
+    return folder

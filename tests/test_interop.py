@@ -32,6 +32,7 @@ from petl_modules.sharing import onnx_export
 from petl_modules.sharing.peft_lora import import_peft_adapter
 from petl_modules.tiny import (
     save_tiny_beats,
+    save_tiny_w2v_bert,
     tiny_ast_config,
     tiny_data2vec_audio_config,
     tiny_waveform_config,
@@ -66,6 +67,8 @@ def save_tiny(model_type, folder, pre_ln=False):
         config = tiny_whisper_config()
         transformers.WhisperForConditionalGeneration(config).save_pretrained(folder)
         tiny_whisper_feature_extractor(config).save_pretrained(folder)
+    elif model_type == "wav2vec2-bert":
+        save_tiny_w2v_bert(folder)
     elif model_type == "beats":  # a one-file checkpoint: its path
         Path(folder).mkdir(parents=True, exist_ok=True)
         return str(save_tiny_beats(Path(folder) / "tiny_beats.pt"))
@@ -75,7 +78,8 @@ def save_tiny(model_type, folder, pre_ln=False):
 
 
 # The model types of the tiny checkpoints above; every lobe of the registry must be among them.
-TINY_MODEL_TYPES = ["audio-spectrogram-transformer", *WAVEFORM_MODELS, "data2vec-audio", "whisper", "beats"]
+TINY_MODEL_TYPES = ["audio-spectrogram-transformer", *WAVEFORM_MODELS, "data2vec-audio", "whisper", "beats",
+                    "wav2vec2-bert"]
 
 
 def petl_folder(method, source, tmp_path, name="petl_model", **options):

@@ -44,7 +44,8 @@ pytestmark = pytest.mark.slow
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/train.py"))
 METHODS = sorted(p.stem for p in (REPO / "hparams").glob("*.yaml"))
 # config.json model_type, if not the backbone name up to its layout suffix
-MODEL_TYPES = {"ast": "audio-spectrogram-transformer", "data2vec-audio": "data2vec-audio"}
+MODEL_TYPES = {"ast": "audio-spectrogram-transformer", "data2vec-audio": "data2vec-audio",
+               "wav2vec2-bert": "wav2vec2-bert"}
 # What results.json records when it is not the registry's key: one-file checkpoints have no
 # config.json, hence no model_type.
 RESULTS_MODEL_TYPES = {"beats": None}
