@@ -232,6 +232,7 @@ BEATS_ITER3_COUNTS = {
 }
 
 
+@pytest.mark.slow  # writes and reads a 360 MB checkpoint 14 times
 def test_beats_iter3_trainable_counts(beats_iter3_file, tmp_path):
     assert set(BEATS_ITER3_COUNTS) == set(METHODS), "a method file without a pinned count"
     counts = {}

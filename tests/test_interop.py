@@ -466,7 +466,8 @@ def docs_onnx_client(out, wav_path):
 
 @pytest.mark.parametrize("model_type", [
     "audio-spectrogram-transformer", pytest.param("wav2vec2", marks=pytest.mark.slow),
-    pytest.param("data2vec-audio", marks=pytest.mark.slow), pytest.param("whisper", marks=pytest.mark.slow)])
+    pytest.param("data2vec-audio", marks=pytest.mark.slow), pytest.param("whisper", marks=pytest.mark.slow),
+    pytest.param("beats", marks=pytest.mark.slow), pytest.param("wav2vec2-bert", marks=pytest.mark.slow)])
 def test_onnx_client_of_the_docs_gets_classify_answers_on_any_clip_length(model_type, tmp_path):
     """docs/interop.md's onnxruntime client, computing the features itself, gets classify's
     probabilities on clips shorter than, as long as and longer than the trained 0.64 s (64
