@@ -17,7 +17,9 @@ The contract a lobe file implements (see ``Backbone``): ``INSERTION_POINTS``, ``
 ``save_pretrained`` folders by default). Hooks the methods call without knowing the family, keyed
 by the attention module's class (a lobe file registers its own, ``attend_with_prefix.register``):
 ``attend_with_prefix`` (attention with extra keys/values, prefix tuning) and ``prefix_key_width``.
-LoRA needs no hook: it is an ``nn.Linear`` look-alike whose ``weight`` is the merged one.
+LoRA, DoRA, (IA)3 and VeRA need no hook: each is an ``nn.Linear`` look-alike whose ``weight`` is
+the merged one. A lobe of one-file checkpoints (BEATs' ``.pt``) says which files it reads
+(``reads_file``); ``lobe_class`` picks it for such a file.
 """
 
 
