@@ -1,6 +1,7 @@
 """Tiny random backbone configs, for the tests, the demo and the benchmark (nothing is downloaded).
 
-Saved with ``save_pretrained``, they exercise the real loading path of every lobe.
+Saved with ``save_pretrained`` (BEATs: as its released ``.pt`` files), they exercise the real
+loading path of every lobe. ``save_tiny(family, folder)`` writes the demo's.
 """
 
 import transformers
@@ -133,3 +134,38 @@ def save_tiny_w2v_bert(folder, seed=0, **overrides):
     transformers.Wav2Vec2BertModel(tiny_w2v_bert_config(**overrides)).save_pretrained(folder)
     transformers.SeamlessM4TFeatureExtractor(padding_value=1.0).save_pretrained(folder)
     return folder
+
+
+def save_tiny_ast(folder, seed=0, **overrides):
+    """A tiny random ``ASTModel`` (``tiny_ast_config``) saved with ``save_pretrained``; returns the
+    folder."""
+    import torch
+
+    torch.manual_seed(seed)
+    transformers.ASTModel(tiny_ast_config(**overrides)).save_pretrained(folder)
+    return folder
+
+
+# What ``save_tiny`` writes per family: the saver and the file that shows it is written (a BEATs
+# checkpoint is one ``.pt`` file, the others a ``save_pretrained`` folder).
+TINY_SAVERS = {
+    "ast": (save_tiny_ast, "config.json"),
+    "beats": (save_tiny_beats, "tiny_beats.pt"),
+    "w2v-bert": (save_tiny_w2v_bert, "config.json"),
+}
+
+
+def save_tiny(family, folder, seed=0):
+    """A tiny random checkpoint of ``family`` (a key of ``TINY_SAVERS``) in ``folder``, written once;
+    returns what ``--backbone_source`` takes (the folder; BEATs: its ``.pt`` file)."""
+    from pathlib import Path
+
+    if family not in TINY_SAVERS:
+        raise ValueError(f"No tiny random {family!r} backbone: choose one of {', '.join(TINY_SAVERS)}.")
+    saver, marker = TINY_SAVERS[family]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = folder / marker
+    if not written.is_file():
+        saver(written if marker.endswith(".pt") else folder, seed=seed)
+    return written if marker.endswith(".pt") else folder
