@@ -15,10 +15,11 @@ Each layer is a Conformer block, pre-LN, with two half-step FFNs::
     h = h + Conv(h)                        (its own LayerNorm inside; causal depthwise conv)
     h = LN_out(h + 0.5 * FFN2(LN_f2(h)))
 
-It is re-hosted in ``W2VBertLayer`` (the same submodules under the same names, so weights, state
-dict and ``save_pretrained`` are unchanged), which calls the attention with its input positional
-(transformers' layer passes ``hidden_states=`` by keyword, which PETL wrappers do not take). The
-insertion points: ``ffn`` is both half-step FFNs (``ffn1``, ``ffn2``: an adapter or a MoA at the FFN
+The layers are transformers' own ``Wav2Vec2BertEncoderLayer``s, untouched: the insertion points are
+names of their submodules (PETL wrappers take the attention's input by transformers' keyword
+``hidden_states=`` as the layer passes it: ``petl_modules.contract.host_input``). The lobe runs
+the layers one by one as ``Wav2Vec2BertEncoder`` does (``_encode``), with the token count free for
+prompts. The insertion points: ``ffn`` is both half-step FFNs (``ffn1``, ``ffn2``: an adapter or a MoA at the FFN
 is one per half-step FFN, its output halved with the FFN's), ``ffn_in``/``ffn_out`` their
 ``intermediate_dense``/``output_dense``, ``ln_ffn`` their LayerNorms (``ffn1_layer_norm``,
 ``ffn2_layer_norm``), ``attention`` the self-attention (``q``, ``k``, ``v``, ``o``: ``linear_q``,
@@ -111,29 +112,6 @@ def read_feature_extractor(source):
         logger.info(f"'{source}' has no preprocessor_config.json: w2v-BERT 2.0's feature settings "
                     "(80 mel bins, 2 frames stacked, 16 kHz).")
         return transformers.SeamlessM4TFeatureExtractor()
-
-
-class W2VBertLayer(torch.nn.Module):
-    """A pretrained ``Wav2Vec2BertEncoderLayer``'s submodules, run as transformers runs them (see
-    the module docstring), the attention called with its input positional."""
-
-    NAMES = ("ffn1_layer_norm", "ffn1", "self_attn_layer_norm", "self_attn_dropout", "self_attn",
-             "conv_module", "ffn2_layer_norm", "ffn2", "final_layer_norm")
-
-    def __init__(self, layer):
-        super().__init__()
-        for name in self.NAMES:
-            setattr(self, name, getattr(layer, name))
-
-    def forward(self, hidden, attention_mask=None, relative_position_embeddings=None,
-                conv_attention_mask=None):
-        hidden = self.ffn1(self.ffn1_layer_norm(hidden)) * 0.5 + hidden
-        out = self.self_attn(self.self_attn_layer_norm(hidden), attention_mask=attention_mask,
-                             relative_position_embeddings=relative_position_embeddings)[0]
-        hidden = self.self_attn_dropout(out) + hidden
-        hidden = hidden + self.conv_module(hidden, attention_mask=conv_attention_mask)
-        hidden = self.ffn2(self.ffn2_layer_norm(hidden)) * 0.5 + hidden
-        return self.final_layer_norm(hidden)
 
 
 @attend_with_prefix.register(Wav2Vec2BertSelfAttention)
@@ -229,8 +207,6 @@ class W2VBertBackbone(Backbone):
                 "without transformers' adapter layers and with relative_key (w2v-BERT 2.0's) or no "
                 "position embeddings. Pick such a checkpoint (facebook/w2v-bert-2.0).")
         encoder = self.model.encoder
-        for index, layer in enumerate(encoder.layers):
-            encoder.layers[index] = W2VBertLayer(layer)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         last = len(encoder.layers) - 1
         layers = "model.encoder.layers"
@@ -312,7 +288,12 @@ class W2VBertBackbone(Backbone):
         return bool(torch.rand([]) < self.config.layerdrop)
 
     def _run_layer(self, layer, hidden, layer_mask, positions, mask):
+        """One ``Wav2Vec2BertEncoderLayer`` (or the PETL module wrapping it) called as the encoder
+        calls it: the 4-D attention mask, the position embeddings and the ``[B, T]`` mask of the
+        convolution module."""
+        arguments = dict(attention_mask=layer_mask, relative_position_embeddings=positions,
+                         conv_attention_mask=mask)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(layer, hidden, layer_mask, positions, mask,
-                                                     use_reentrant=False, context_fn=checkpoint_contexts)
-        return layer(hidden, layer_mask, positions, mask)
+            return torch.utils.checkpoint.checkpoint(layer, hidden, use_reentrant=False,
+                                                     context_fn=checkpoint_contexts, **arguments)
+        return layer(hidden, **arguments)
