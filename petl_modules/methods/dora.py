@@ -83,6 +83,15 @@ class DoraConfig(MethodConfig):
     LayerNorm trains too."""
 
     name = "dora"
+    citation = """\
+@inproceedings{liu2024dora,
+  title     = {DoRA: Weight-Decomposed Low-Rank Adaptation},
+  author    = {Liu, Shih-Yang and others},
+  booktitle = {International Conference on Machine Learning (ICML)},
+  year      = {2024},
+  eprint    = {2402.09353},
+  archivePrefix = {arXiv}
+}"""
     summary = "LoRA's update on the direction of the projections + a learned magnitude per output unit"
 
     lora_targets: str = option("Wq,Wv", f"projections adapted: any of {TARGET_SPELLINGS}, comma-separated")

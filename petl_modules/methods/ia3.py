@@ -86,6 +86,15 @@ class IA3Config(MethodConfig):
     activations (``ia3_targets``) of every layer; the final LayerNorm trains too."""
 
     name = "ia3"
+    citation = """\
+@inproceedings{liu2022ia3,
+  title     = {Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning},
+  author    = {Liu, Haokun and others},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2022},
+  eprint    = {2205.05638},
+  archivePrefix = {arXiv}
+}"""
     summary = "learned vectors rescaling the keys, values and FFN intermediate activations"
 
     ia3_targets: str = option("Wk,Wv,ffn_out", f"projections rescaled: any of {TARGET_SPELLINGS} "

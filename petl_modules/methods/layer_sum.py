@@ -96,6 +96,15 @@ class LayerSumConfig(MethodConfig):
     layer's hidden states (the input embedding included); pooling and the head train on it."""
 
     name = "layer_sum"
+    citation = """\
+@inproceedings{yang2021superb,
+  title     = {SUPERB: Speech Processing Universal PERformance Benchmark},
+  author    = {Yang, Shu-wen and others},
+  booktitle = {Interspeech 2021},
+  year      = {2021},
+  eprint    = {2105.01051},
+  archivePrefix = {arXiv}
+}"""
     summary = "a learned softmax-weighted sum of every layer's hidden states (SUPERB); the backbone frozen"
 
     def build(self, backbone):

@@ -146,6 +146,15 @@ class VeraConfig(MethodConfig):
     rank ``rank``, trained vectors per projection; the final LayerNorm trains too."""
 
     name = "vera"
+    citation = """\
+@inproceedings{kopiczko2024vera,
+  title     = {VeRA: Vector-based Random Matrix Adaptation},
+  author    = {Kopiczko, Dawid J. and Blankevoort, Tijmen and Asano, Yuki M.},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2024},
+  eprint    = {2310.11454},
+  archivePrefix = {arXiv}
+}"""
     summary = "shared frozen random low-rank matrices, trained scaling vectors per projection"
 
     vera_targets: str = option("Wq,Wv", f"projections adapted: any of {TARGET_SPELLINGS}, comma-separated")

@@ -4,7 +4,8 @@ Built from the folder's data only (``petl_config.json`` and the optional ``metri
 ``huggingface_hub.ModelCard``: YAML front matter the Hub reads (library, tags, pipeline, base
 model, datasets, metrics and a ``model-index`` with the test accuracy), then what the model is
 (method, backbone and its checkpoint id, dataset, scores, trained parameters, the training
-command), how to use it, and the citations of the two papers whose methods it implements.
+command), how to use it, and the citations of the two papers whose methods it implements (and
+of the method's own paper, for the methods beyond them).
 """
 
 import re
@@ -40,6 +41,13 @@ SIZE_OPTIONS = ("max_frames", "clip_seconds")
 def is_hub_id(source):
     """True when a ``backbone_source`` reads as a Hub id (``owner/name``), not a local path."""
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", str(source))) and not str(source).startswith(".")
+
+
+def citations(method):
+    """The BibTeX of the two PETL-AST papers, and of ``method``'s own paper where its config class
+    names one (``MethodConfig.citation``: DoRA, (IA)3, VeRA, SUPERB's layer sum)."""
+    own = METHODS[method].citation if method in METHODS else ""
+    return CITATIONS + (f"\n\n{own}" if own else "")
 
 
 def method_keys(method):
@@ -149,7 +157,7 @@ def model_card(config, metrics=None, repo_id=None):
         "## Citation",
         "",
         "```bibtex",
-        CITATIONS,
+        citations(method),
         "```",
         "",
     ]
