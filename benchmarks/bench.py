@@ -4,7 +4,7 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile,prepare_full]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile,prepare_full,vs_lora,backbones]
         [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
@@ -43,7 +43,8 @@ Suites and the ratios they give (``--json`` writes ``{"machine", "results", "rat
   ``DynamicItemDataset`` and as a shard table (``manifest_rows_dataset_mb``,
   ``manifest_rows_shard_table_mb``).
 - ``cache``: linear probing epoch without / with cached backbone outputs (epochs after the first):
-  ``linear_cache_epoch_speedup``.
+  ``linear_cache_epoch_speedup``; the same for the weighted layer sum (one pooled vector per layer
+  cached): ``layer_sum_cache_epoch_speedup``.
 - ``merge``: forward of the LoRA model merged with ``petl_modules.methods.lora.merge_lora`` / the plain
   backbone: ``lora_merged_vs_plain``.
 - ``classify``: peak memory of ``PETLClassifier.classify_files`` (what ``python -m
@@ -79,6 +80,15 @@ counts weights, gradients, optimiser state and activations), on CUDA ``max_memor
   over rounds of ours / reference (train step and forward) and its spread (min-max over rounds),
   ours at fp32 and at bf16 (autocast) against the reference's fp32. Skipped, with the reason,
   when the reference environment is absent.
+
+- ``vs_lora`` (not in the default set): train steps of the methods beyond the papers
+  (``LORA_RATIO_GROUP``: LoRA on every projection, DoRA, (IA)3, VeRA, the weighted layer sum) and
+  of LoRA (q,v), ``--rounds`` interleaved rounds of ``--steps`` steps each after one warm-up step
+  each: ``<method>_vs_lora_train_step``, the median over rounds of the ratio within a round.
+- ``backbones`` (not in the default set: it saves a random w2v-BERT 2.0, 2.3 GB): forward (no
+  gradient) of the frozen AST-base, BEATs_iter3 and w2v-BERT 2.0 shapes, random weights, on the
+  same ``--batch_size`` clips of ``--frames`` / 100 s (features computed once, not timed), in
+  interleaved rounds: ``BEATs_iter3_vs_ast_forward``, ``w2v_BERT_20_vs_ast_forward``.
 
 - ``compile`` (not in the default set: compiling takes minutes per method on a CPU): eager
   against ``torch.compile`` (what ``--compile`` does in training and ``classify``) for the
@@ -125,7 +135,7 @@ from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
-ALL_SUITES = SUITES + ("reference", "multitask", "compile", "prepare_full")
+ALL_SUITES = SUITES + ("reference", "multitask", "compile", "prepare_full", "vs_lora", "backbones")
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
     ("full_ft", "full-FT"),
@@ -142,6 +152,7 @@ RATIO_KEYS = (
     "dense_moa_n15_vs_adapter",
     "moa_loop_vs_batched_n15",
     "linear_cache_epoch_speedup",
+    "layer_sum_cache_epoch_speedup",
     "lora_merged_vs_plain",
     "first_batch_10x_data",
     "classify_memory_1h_vs_10s",
@@ -158,6 +169,7 @@ TARGETS = {
     "dense_moa_n15_vs_adapter": "<= 1.5",
     "moa_loop_vs_batched_n15": ">= 3",
     "linear_cache_epoch_speedup": ">= 5",
+    "layer_sum_cache_epoch_speedup": ">= 5",
     "lora_merged_vs_plain": "<= 1.02",
     "first_batch_10x_data": "<= 1.2",
     "classify_memory_1h_vs_10s": "<= 1.2",
@@ -196,11 +208,17 @@ METHODS = [
     ("adapter conformer Pfeiffer [gradient checkpointing]", "adapter",
      {"gradient_checkpointing": True}),
     ("lora [gradient checkpointing]", "lora", {"gradient_checkpointing": True}),
+    ("lora q,k,v,o,ffn_in,ffn_out", "lora", {"lora_targets": "q,k,v,o,ffn_in,ffn_out"}),
 ]
+# Every other method file joins with its defaults (a new hparams/<method>.yaml needs no line here).
+METHODS += [(stem, stem, {}) for stem in sorted(p.stem for p in (REPO / "hparams").glob("*.yaml"))
+            if stem not in {file for _, file, _ in METHODS}]
+# The vs_lora suite: the methods beyond the papers (issue 29) against LoRA on the papers' q,v.
+LORA_RATIO_GROUP = ("lora", "lora q,k,v,o,ffn_in,ffn_out", "dora", "ia3", "vera", "layer_sum")
 # --quick: one variant of every method file, and those the ratios need.
 QUICK_METHODS = ("full_ft", "linear", "bitfit", "lora", "prefix_tuning", "prompt_tuning deep P=25",
                  "adapter conformer Pfeiffer", "adapter bottleneck MHSA RR128", "dense_moa N=15",
-                 "soft_moa N=15")
+                 "soft_moa N=15", *LORA_RATIO_GROUP)
 
 
 # ==================================================================== measuring
@@ -446,6 +464,110 @@ def interleaved_moa_vs_adapter(args, variants):
             times[name] += timed(lambda b=brain, x=batch: b.fit_batch(x), 1, 0, args.device)
     return [result("methods", f"{name}: train step (interleaved)", times[name][args.warmup:], None,
                    trainable) for name, (_, _, trainable) in brains.items()]
+
+
+def interleaved_rounds(args, runs):
+    """``{name: [seconds per timed call]}`` and ``{name: [median per round]}`` of ``runs``
+    (``{name: callable}``): each warmed up once (``--warmup``), then ``--rounds`` rounds in which
+    each runs ``--steps`` timed calls in turn, so that a busy machine slows each of them alike."""
+    for fn in runs.values():
+        timed(fn, 0, args.warmup, args.device)
+    times = {name: [] for name in runs}
+    rounds = {name: [] for name in runs}
+    for index in range(args.rounds):
+        for name, fn in runs.items():
+            step = timed(fn, args.steps, 0, args.device)
+            times[name] += step
+            rounds[name].append(statistics.median(step))
+        print(f"  round {index + 1}: " + ", ".join(f"{n} {rounds[n][-1]:.2f} s" for n in runs),
+              file=sys.stderr, flush=True)
+    return times, rounds
+
+
+def paired_ratio(rounds, name, base):
+    """The median over rounds of ``name``'s round median / ``base``'s in the same round, and the
+    spread (min, max) of those ratios."""
+    ratios = [a / b for a, b in zip(rounds[name], rounds[base])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def suite_vs_lora(args):
+    """Train steps of the methods beyond the papers (``LORA_RATIO_GROUP``: LoRA on every
+    projection, DoRA, (IA)3, VeRA, the weighted layer sum) and of LoRA (q,v), in interleaved
+    rounds on one backbone: ``<method>_vs_lora_train_step`` (median over rounds of the ratio
+    within a round)."""
+    variants = [m for m in METHODS if m[0] in LORA_RATIO_GROUP]
+    runs, trainable = {}, {}
+    for name, method_file, overrides in variants:
+        hparams = build_hparams(args, method_file, overrides)
+        brain, batch = make_brain(args, hparams), random_batch(args, hparams)
+        brain.modules.train()
+        runs[name] = lambda b=brain, x=batch: b.fit_batch(x)
+        trainable[name] = parameter_report(hparams["modules"])["trainable_params"]
+    times, rounds = interleaved_rounds(args, runs)
+    rows = []
+    for name in runs:
+        ratio, low, high = paired_ratio(rounds, name, "lora")
+        rows.append(result("vs_lora", f"{name}: train step", times[name], None, trainable[name],
+                           method=name, round_s=rounds[name], ratio_median=ratio, ratio_min=low,
+                           ratio_max=high))
+    return rows
+
+
+def _backbone_sources(args):
+    """``{label: source}`` of the backbones suite, random weights saved in the work folder:
+    AST-base (the benchmark's backbone), BEATs_iter3's shape (``beats_iter3_config``) and
+    w2v-BERT 2.0's (``Wav2Vec2BertConfig()``); ``--quick``: their tiny configs."""
+    from petl_modules.backbones.beats import beats_iter3_config, save_checkpoint
+    from petl_modules.tiny import save_tiny_beats, save_tiny_w2v_bert
+
+    folder = args.workdir / "backbones"
+    folder.mkdir(exist_ok=True)
+    if args.quick:
+        return {"AST": args.backbone_source,
+                "BEATs": str(save_tiny_beats(folder / "beats.pt")),
+                "w2v-BERT": str(save_tiny_w2v_bert(folder / "w2v_bert"))}
+    torch.manual_seed(0)
+    transformers.Wav2Vec2BertModel(transformers.Wav2Vec2BertConfig()).save_pretrained(folder / "w2v_bert")
+    transformers.SeamlessM4TFeatureExtractor().save_pretrained(folder / "w2v_bert")
+    return {"AST-base": args.backbone_source,
+            "BEATs_iter3": str(save_checkpoint(beats_iter3_config(), folder / "beats_iter3.pt")),
+            "w2v-BERT 2.0": str(folder / "w2v_bert")}
+
+
+def suite_backbones(args):
+    """Forward (no gradient, eval mode) of three frozen lobes on the same ``--batch_size`` random
+    clips of ``--frames`` / 100 seconds, each through its own input processor (features computed
+    once, outside the timing), in interleaved rounds: ``<backbone>_vs_ast_forward``."""
+    from speechbrain.utils.data_utils import batch_pad_right
+
+    from petl_modules.backbones import Backbone
+
+    seconds = args.frames / 100
+    generator = torch.Generator().manual_seed(0)
+    wavs = [0.1 * torch.randn(int(seconds * 16000), generator=generator) for _ in range(args.batch_size)]
+    runs, params, tokens = {}, {}, {}
+    for label, source in _backbone_sources(args).items():
+        lobe = Backbone(source, max_frames=args.frames).to(args.device).eval()
+        inputs, lengths = batch_pad_right([lobe.input_processor(w) for w in wavs])
+        inputs, lengths = inputs.to(args.device), lengths.to(args.device)
+
+        def forward(lobe=lobe, inputs=inputs, lengths=lengths):
+            with torch.no_grad():
+                return lobe(inputs, lengths) if lobe.takes_lengths else lobe(inputs)
+
+        runs[label] = forward
+        params[label] = sum(p.numel() for p in lobe.parameters())
+        tokens[label] = forward()[0].shape[1]
+    times, rounds = interleaved_rounds(args, runs)
+    base = next(iter(runs))
+    rows = []
+    for label in runs:
+        ratio, low, high = paired_ratio(rounds, label, base)
+        rows.append(result("backbones", f"{label}: forward", times[label], None, None, backbone=label,
+                           parameters=params[label], tokens=tokens[label], seconds=seconds, base=label == base,
+                           round_s=rounds[label], ratio_median=ratio, ratio_min=low, ratio_max=high))
+    return rows
 
 
 class LoopBottleneck(torch.nn.Module):
@@ -775,6 +897,10 @@ def shard_rows(args):
     return rows
 
 
+# The methods that train from cached backbone outputs (cache_backbone_outputs).
+CACHED_METHODS = ("linear", "layer_sum")
+
+
 def suite_cache(args):
     """Linear probing epochs without / with cached backbone outputs, on a synthetic FSC set."""
     from speechbrain.utils.epoch_loop import EpochCounter
@@ -785,9 +911,9 @@ def suite_cache(args):
     per_class = 1 if args.quick else 2
     data, out = _fsc_run(args, per_class, "cache")
     rows = []
-    for cached in (False, True):
+    for method, cached in ((m, c) for m in CACHED_METHODS for c in (False, True)):
         epochs = 3 if cached else 2  # the first is not timed; uncached epochs all cost the same
-        hparams = build_hparams(args, "linear", data_folder=str(data), output_folder=str(out),
+        hparams = build_hparams(args, method, data_folder=str(data), output_folder=str(out),
                                 cache_backbone_outputs=cached, num_workers=2)
         recipe.prepare(hparams)
         datasets, _ = start_training(args, recipe, hparams)
@@ -797,7 +923,7 @@ def suite_cache(args):
             start = time.perf_counter()
             use_backbone_cache(hparams, datasets, device=args.device)
             build = time.perf_counter() - start
-            rows.append(result("cache", "linear: building the cache (once)", [build], None, None))
+            rows.append(result("cache", f"{method}: building the cache (once)", [build], None, None))
         for _ in range(epochs):
             start = time.perf_counter()
             brain.fit(EpochCounter(1), datasets["train"],
@@ -806,8 +932,8 @@ def suite_cache(args):
             times.append(time.perf_counter() - start)
         report = parameter_report(hparams["modules"])
         label = "cached" if cached else "uncached"
-        rows.append(result("cache", f"linear epoch, {label} ({len(datasets['train'])} utterances)",
-                           times[1:], None, report["trainable_params"]))
+        rows.append(result("cache", f"{method} epoch, {label} ({len(datasets['train'])} utterances)",
+                           times[1:], None, report["trainable_params"], method=method, cached=cached))
         del brain, hparams, datasets
     return rows
 
@@ -1329,7 +1455,8 @@ SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_dat
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
                    "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference,
                    "multitask": suite_multitask, "compile": suite_compile,
-                   "prepare_full": suite_prepare_full}
+                   "prepare_full": suite_prepare_full, "vs_lora": suite_vs_lora,
+                   "backbones": suite_backbones}
 
 
 # ==================================================================== ratios and report
@@ -1360,11 +1487,16 @@ def compute_ratios(rows):
     ratios["moa_loop_vs_batched_n15"] = loops["dense"]
     ratios["moa_loop_vs_batched_n15_dense"] = loops["dense"]
     ratios["moa_loop_vs_batched_n15_soft"] = loops["soft"]
-    cache = [r for r in rows if r["suite"] == "cache" and r["name"].startswith("linear epoch")]
-    if len(cache) == 2:
-        ratios["linear_cache_epoch_speedup"] = _ratio(cache[0]["median_s"], cache[1]["median_s"])
-    else:
-        ratios["linear_cache_epoch_speedup"] = None
+    for method in CACHED_METHODS:
+        epochs = {r["cached"]: r["median_s"] for r in rows if r["suite"] == "cache" and r.get("method") == method}
+        ratios[f"{method}_cache_epoch_speedup"] = _ratio(epochs.get(False), epochs.get(True))
+    for r in rows:
+        if r["suite"] == "vs_lora" and r["method"] != "lora":
+            key = r["method"].replace(",", "_").replace(" ", "_")
+            ratios[f"{key}_vs_lora_train_step"] = r["ratio_median"]
+        if r["suite"] == "backbones" and not r["base"]:
+            key = r["backbone"].replace(" ", "_").replace(".", "").replace("-", "_")
+            ratios[f"{key}_vs_ast_forward"] = r["ratio_median"]
     data = {r.get("scale"): r["median_s"] for r in rows if r["suite"] == "data" and "scale" in r}
     reads = {r["kind"]: r for r in rows if r["suite"] == "data" and r.get("kind")}
     if "files/decode" in reads and "shards/decode" in reads:
@@ -1516,6 +1648,17 @@ def render(machine, rows, ratios):
                                  [[r["pair"], r["phase"], eager_of(r), r["median_s"],
                                    _ratio(r["median_s"], eager_of(r)), r["first_call_s"],
                                    ", ".join(r["fell_back"]) or "no"] for r in compiled]), ""]
+    for suite, title in (("vs_lora", "vs_lora: train steps, interleaved rounds"),
+                         ("backbones", "backbones: forward, interleaved rounds")):
+        found = [r for r in rows if r["suite"] == suite]
+        if found:
+            parts += [f"## {title} (ratio: median over {len(found[0]['round_s'])} rounds of the ratio "
+                      "within a round to the first row, min-max in brackets)", "", markdown_table(
+                          ["name", "median (s)", "min (s)", "params", "ratio"],
+                          [[r["name"], r["median_s"], r["min_s"],
+                            r["trainable_params"] if suite == "vs_lora" else r["parameters"],
+                            f"{r['ratio_median']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})"]
+                           for r in found]), ""]
     multitask = [r for r in rows if r["suite"] == "multitask"]
     if multitask:
         parts += [f"## multitask (batch of {multitask[0]['batch']}, inference)", "", markdown_table(
@@ -1570,7 +1713,8 @@ def parse_args(argv=None):
     parser.add_argument("--reference_script", default=None,
                         help="reference suite: bench_ref.py (default ../shared/reference-bench/"
                              "bench_ref.py from the repository root)")
-    parser.add_argument("--rounds", type=int, default=3, help="reference suite: interleaved rounds (3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="reference, vs_lora and backbones suites: interleaved rounds (3)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
     parser.add_argument("--workdir", default=None,
                         help="where the suites write their data, kept afterwards: a rerun reuses "

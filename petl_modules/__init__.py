@@ -22,12 +22,15 @@ contract       what the lobes and the methods share: ``PETLModule``, the token m
 backbones/     the backbone lobes, one file per family behind one contract (``base.py``: registry,
                insertion points, trainable specs, eval-mode policy, input processor, checkpoint
                format and fingerprint): ``ast.py``, ``wav2vec2.py`` (wav2vec2, HuBERT, WavLM),
-               ``data2vec_audio.py``, ``whisper.py``; ``features.py``, the per-utterance input
-               processors (Kaldi fbank, waveform, Whisper log-mel)
+               ``data2vec_audio.py``, ``whisper.py``, ``beats.py`` (SpeechBrain's BEATs, released
+               ``.pt`` files), ``w2v_bert.py`` (w2v-BERT 2.0); ``features.py``, the per-utterance
+               input processors (Kaldi fbank, waveform, Whisper log-mel, BEATs' fbank)
 methods/       the PETL methods, which never name a backbone family: one config class per method
                (``config.py``: ``MethodConfig``, the registry ``METHODS``) and its modules:
-               ``selective.py`` (linear, BitFit, full fine-tuning), ``lora.py``, ``adapters.py``,
-               ``prompt.py`` (prompt and prefix tuning), ``moa.py`` (Dense/Soft-MoA);
+               ``selective.py`` (linear, BitFit, full fine-tuning), ``lora.py`` (LoRA on any
+               projection), ``dora.py``, ``ia3.py``, ``vera.py``, ``layer_sum.py`` (the SUPERB
+               weighted layer sum), ``adapters.py``, ``prompt.py`` (prompt and prefix tuning),
+               ``moa.py`` (Dense/Soft-MoA);
                ``adapted.py`` (``AdaptedBackbone``: attaches PETL modules at insertion points,
                decides what trains), ``classifier.py`` (pooling + linear head)
 model/         a trained model as a self-contained artifact: ``spec.py`` (``ModelSpec``,
@@ -37,8 +40,8 @@ model/         a trained model as a self-contained artifact: ``spec.py`` (``Mode
                ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py`` (the
                task kinds: loss, outputs, scores, result fields; one class each), ``scores.py``,
                ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
-sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA adapters, both
-               ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head
+sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA, DoRA, (IA)3 and
+               VeRA adapters, both ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head
                beside an exported backbone), ``model_card.py`` (the card ``push`` uploads)
 training/      the recipe machinery: ``arguments.py`` (the recipes' command line, each argument
                kept whole), ``compose.py`` (yaml composition, option checks),

@@ -103,6 +103,24 @@ class PETLModule(torch.nn.Module):
         return []
 
 
+def host_input(args, kwargs):
+    """``(x, args, kwargs)``: the input a host layer passes its sublayer first, taken out of the
+    call's arguments, positional or by transformers' keyword ``hidden_states`` (some layers call
+    their attention as ``self_attn(hidden_states=...)``: w2v-BERT's). A wrapper then calls the
+    pretrained sublayer as ``module(x, *args, **kwargs)``.
+
+    Example
+    -------
+    >>> host_input((), {"hidden_states": 1, "attention_mask": None})
+    (1, (), {'attention_mask': None})
+    """
+    if args:
+        return args[0], args[1:], kwargs
+    if "hidden_states" in kwargs:
+        kwargs = dict(kwargs)
+        return kwargs.pop("hidden_states"), (), kwargs
+    raise TypeError("A PETL wrapper was called without the sublayer's input (first positional "
+                    f"argument or hidden_states=); got keywords {sorted(kwargs)}.")
 
 
 def petl_buffers(model):

@@ -3,7 +3,8 @@
 Usage (from the repository root)::
 
     python -m petl_modules.demo [--dataset=<recipe folder>] [--method=soft_moa]
-        [--output_folder=results/demo] [--backbone_source=...] [--number_of_epochs=8] [--seed=10]
+        [--output_folder=results/demo] [--backbone_source=... | --tiny_backbone=ast|beats|w2v-bert]
+        [--number_of_epochs=8] [--seed=10]
         [--per_class=N] [--task=single_label|multilabel]
 
 The datasets it offers are the recipe folders that hold a synthetic generator,
@@ -11,8 +12,10 @@ The datasets it offers are the recipe folders that hold a synthetic generator,
 not an installed package; ``petl_modules.paths.recipes_folder()``, ``$PETL_AST_ROOT``); without
 ``--dataset`` it runs the one whose generator's ``DEMO`` says ``default: True``. It writes a small
 synthetic copy of the dataset in its official release layout (class-specific tones and chirps,
-learnable), saves a small random AST with ``save_pretrained`` (unless ``--backbone_source`` names a
-real checkpoint; the random one checks the plumbing only: it knows nothing about audio), and runs the real recipe command line
+learnable), saves a small random backbone (an AST with ``save_pretrained``; ``--tiny_backbone=beats``
+or ``w2v-bert`` for the others of ``petl_modules.tiny.TINY_SAVERS``) unless ``--backbone_source``
+names a real checkpoint (the random one checks the plumbing only: it knows nothing about audio), and
+runs the real recipe command line
 ``python recipes/<DATASET>/train.py hparams/<method>.yaml ...`` in a subprocess, with the options the
 generator's ``DEMO`` adds (e.g. the first fold of a multi-fold dataset): preparation, training,
 checkpoints, test with the best checkpoint, ``results.json`` and the ``petl_model/`` folder, exactly
@@ -34,6 +37,7 @@ import ruamel.yaml
 from petl_modules.model.task import TASKS, Task
 from petl_modules.paths import hparams_folder, project_root
 from petl_modules.synthetic import available_datasets, demo_settings, make_dataset
+from petl_modules.tiny import TINY_SAVERS, save_tiny
 
 # With the tiny backbone: 1 s inputs, small batches; reduction rates that keep an 8-wide bottleneck
 # (hidden 64) for the methods that have one.
@@ -65,7 +69,10 @@ def parse_args(argv=None):
     parser.add_argument("--output_folder", default="results/demo",
                         help="where the data, the backbone and the run go (default results/demo)")
     parser.add_argument("--backbone_source", default=None,
-                        help="hub id or save_pretrained folder; default: a tiny random AST")
+                        help="hub id, save_pretrained folder or BEATs .pt; default: a tiny random one")
+    parser.add_argument("--tiny_backbone", default="ast", choices=list(TINY_SAVERS),
+                        help=f"the family of the tiny random backbone: {', '.join(TINY_SAVERS)} "
+                             "(default ast)")
     parser.add_argument("--number_of_epochs", type=int, default=8, help="default 8")
     parser.add_argument("--seed", type=int, default=10, help="default 10")
     offered = {kind: [name for name in datasets
@@ -95,18 +102,10 @@ def parse_args(argv=None):
     return args
 
 
-def tiny_backbone(folder, seed=0):
-    """Saves a small random AST (``tiny_ast_config``) with ``save_pretrained``; returns the folder."""
-    import torch
-    import transformers
-
-    from petl_modules.tiny import tiny_ast_config
-
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        torch.manual_seed(seed)
-        transformers.ASTModel(tiny_ast_config()).save_pretrained(folder)
-    return folder
+def tiny_backbone(folder, seed=0, family="ast"):
+    """Saves a small random checkpoint of ``family`` (``petl_modules.tiny.save_tiny``; AST:
+    ``tiny_ast_config``); returns what ``--backbone_source`` takes."""
+    return save_tiny(family, folder, seed)
 
 
 def method_keys(method):
@@ -133,8 +132,9 @@ def main(argv=None):
         backbone = args.backbone_source
         options = []
     else:
-        backbone = tiny_backbone(output / "backbone")
-        print(f"[demo] Saved a tiny random AST (hidden 64, 2 layers) to {backbone}: a plumbing "
+        folder = output / ("backbone" if args.tiny_backbone == "ast" else f"backbone_{args.tiny_backbone}")
+        backbone = tiny_backbone(folder, family=args.tiny_backbone)
+        print(f"[demo] Saved a tiny random {args.tiny_backbone} (2 layers) to {backbone}: a plumbing "
               "check, whose random weights know nothing about audio")
         options = TINY_OPTIONS + [f"--{key}={value}" for key, value in TINY_METHOD_OPTIONS.items()
                                   if key in method_keys(args.method)]

@@ -23,8 +23,9 @@ from it), plus the task head in a side file::
                                           class and its thresholds), pooling, input settings, origin
 
 Only methods whose result is a plain backbone can be exported: linear, BitFit, full fine-tuning and
-LoRA (merged). Methods that add modules (adapters, prompts, prefixes, MoA) are refused: use their
-PETL model folder with ``python -m petl_modules.classify`` instead.
+LoRA, DoRA, (IA)3 and VeRA (merged). Methods that add modules (adapters, prompts, prefixes, MoA) or
+read every layer (the layer sum) are refused: use their PETL model folder with
+``python -m petl_modules.classify`` instead.
 """
 
 import argparse
@@ -120,15 +121,18 @@ def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset
         from petl_modules.sharing.onnx_export import export_onnx
 
         return export_onnx(modules, config, out_dir, opset=opset, merged_lora_modules=len(merged))
-    leftover = unmerged_petl_modules(modules["petl_model"])
+    petl_model = modules["petl_model"]
+    leftover = unmerged_petl_modules(petl_model)
+    # tensors of the method outside the backbone (the layer sum's weights)
+    leftover += [(name, type(petl_model).__name__) for name, _ in petl_model.named_parameters(recurse=False)]
     if leftover:
         kinds = sorted({kind for _, kind in leftover})
         raise PETLModelError(
             f"Cannot export the '{config['method']}' model of {config['model_dir']} as a plain "
-            f"transformers checkpoint: it adds modules transformers cannot hold "
-            f"({', '.join(kinds)}, {len(leftover)} in all; only LoRA, BitFit, linear and full "
-            "fine-tuning fold into the backbone). Export it with --format=onnx, or ship the PETL "
-            f"model folder itself ({config['model_dir']}, a few MB) with its base checkpoint, and "
+            f"transformers checkpoint: it adds modules or tensors transformers cannot hold "
+            f"({', '.join(kinds)}, {len(leftover)} in all; only LoRA, DoRA, (IA)3, VeRA, BitFit, "
+            "linear and full fine-tuning fold into the backbone). Export it with --format=onnx, or "
+            f"ship the PETL model folder itself ({config['model_dir']}, a few MB) with its base checkpoint, and "
             f"run it with python -m petl_modules.classify {config['model_dir']} FILE..."
         )
     out_dir = Path(out_dir)

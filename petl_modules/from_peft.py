@@ -1,4 +1,4 @@
-"""Importing a PEFT LoRA adapter trained elsewhere as a PETL model folder.
+"""Importing a PEFT LoRA, DoRA, (IA)3 or VeRA adapter trained elsewhere as a PETL model folder.
 
 Usage::
 
@@ -10,7 +10,7 @@ Usage::
 ``adapter_model.bin`` is refused). ``OUT_DIR`` (new or empty) becomes a ``petl_model/`` folder that
 ``python -m petl_modules.classify`` and ``--format=onnx`` take. The head is the one our export wrote
 beside the adapter, or a new one for ``--class_names`` (seeded; train it, or use the folder for
-its backbone features). What our LoRA cannot represent is refused with the reason
+its backbone features). What our methods cannot represent is refused with the reason
 (``petl_modules.sharing.peft_lora``).
 """
 
@@ -37,7 +37,8 @@ def class_names_argument(value):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m petl_modules.from_peft",
-        description="Import a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) "
+        description="Import a PEFT LoRA, DoRA, (IA)3 or VeRA adapter (adapter_config.json + "
+                    "adapter_model.safetensors) "
                     "as a PETL model folder (petl_model/).",
     )
     parser.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="a PEFT adapter folder")
@@ -65,10 +66,12 @@ def main(argv=None):
     except (PETLModelError, OSError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
+    from petl_modules.methods import METHODS
+
     options = config["options"]
-    print(f"Imported LoRA (targets {options['lora_targets']}, reduction_rate "
-          f"{options['reduction_rate']}, lora_alpha {options['lora_alpha']:g}) on "
-          f"{config['backbone_source']} with {len(config['class_names'])} classes to {args.out_dir}")
+    shown = ", ".join(f"{k} {options[k]}" for k in METHODS[config["method"]].options())
+    print(f"Imported {config['method']} ({shown}) on {config['backbone_source']} with "
+          f"{len(config['class_names'])} classes to {args.out_dir}")
     return 0
 
 

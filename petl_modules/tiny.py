@@ -1,6 +1,7 @@
 """Tiny random backbone configs, for the tests, the demo and the benchmark (nothing is downloaded).
 
-Saved with ``save_pretrained``, they exercise the real loading path of every lobe.
+Saved with ``save_pretrained`` (BEATs: as its released ``.pt`` files), they exercise the real
+loading path of every lobe. ``save_tiny(family, folder)`` writes the demo's.
 """
 
 import transformers
@@ -89,3 +90,82 @@ def tiny_whisper_feature_extractor(config):
     seconds = 2 * config.max_source_positions * 160 / 16000
     seconds = int(seconds) if float(seconds).is_integer() else seconds
     return transformers.WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=seconds)
+
+
+def tiny_beats_config(**overrides):
+    """A small random BEATs cfg (SpeechBrain's ``BEATsConfig`` fields): 16x16 patches embedded in
+    32, 2 post-LN (DeepNorm) layers of 64, 4 heads, FFN 128, a positional convolution of kernel 16
+    in 4 groups, the gated relative position bias of the released models (32 buckets)."""
+    from speechbrain.lobes.models.beats import BEATsConfig
+
+    options = dict(vars(BEATsConfig()), embed_dim=32, encoder_embed_dim=64, encoder_layers=2,
+                   encoder_attention_heads=4, encoder_ffn_embed_dim=128, conv_pos=16, conv_pos_groups=4,
+                   deep_norm=True, layer_norm_first=False, relative_position_embedding=True,
+                   num_buckets=32, max_distance=64, gru_rel_pos=True, dropout=0.0, attention_dropout=0.0)
+    options.update(overrides)
+    return options
+
+
+def save_tiny_beats(path, seed=0, **overrides):
+    """A tiny random BEATs checkpoint (``tiny_beats_config``) written as the released files are
+    (``{"cfg", "model"}``, the positional convolution's ``weight_g``/``weight_v``); returns its path."""
+    from petl_modules.backbones.beats import save_checkpoint
+
+    return save_checkpoint(tiny_beats_config(**overrides), path, seed=seed)
+
+
+def tiny_w2v_bert_config(**overrides):
+    """A small random w2v-BERT config (hidden 32, 2 Conformer layers, 4 heads, FFN 64, depthwise
+    kernel 5, relative_key positions of +-8 / 4; w2v-BERT 2.0's 160 input features)."""
+    options = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                   conv_depthwise_kernel_size=5, left_max_position_embeddings=8,
+                   right_max_position_embeddings=4)
+    options.update(overrides)
+    return transformers.Wav2Vec2BertConfig(**options)
+
+
+def save_tiny_w2v_bert(folder, seed=0, **overrides):
+    """A tiny random ``Wav2Vec2BertModel`` and w2v-BERT 2.0's feature extractor settings
+    (``SeamlessM4TFeatureExtractor``: 80 mel bins, 2 frames stacked), saved with
+    ``save_pretrained``; returns the folder."""
+    import torch
+
+    torch.manual_seed(seed)
+    transformers.Wav2Vec2BertModel(tiny_w2v_bert_config(**overrides)).save_pretrained(folder)
+    transformers.SeamlessM4TFeatureExtractor(padding_value=1.0).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_ast(folder, seed=0, **overrides):
+    """A tiny random ``ASTModel`` (``tiny_ast_config``) saved with ``save_pretrained``; returns the
+    folder."""
+    import torch
+
+    torch.manual_seed(seed)
+    transformers.ASTModel(tiny_ast_config(**overrides)).save_pretrained(folder)
+    return folder
+
+
+# What ``save_tiny`` writes per family: the saver and the file that shows it is written (a BEATs
+# checkpoint is one ``.pt`` file, the others a ``save_pretrained`` folder).
+TINY_SAVERS = {
+    "ast": (save_tiny_ast, "config.json"),
+    "beats": (save_tiny_beats, "tiny_beats.pt"),
+    "w2v-bert": (save_tiny_w2v_bert, "config.json"),
+}
+
+
+def save_tiny(family, folder, seed=0):
+    """A tiny random checkpoint of ``family`` (a key of ``TINY_SAVERS``) in ``folder``, written once;
+    returns what ``--backbone_source`` takes (the folder; BEATs: its ``.pt`` file)."""
+    from pathlib import Path
+
+    if family not in TINY_SAVERS:
+        raise ValueError(f"No tiny random {family!r} backbone: choose one of {', '.join(TINY_SAVERS)}.")
+    saver, marker = TINY_SAVERS[family]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = folder / marker
+    if not written.is_file():
+        saver(written if marker.endswith(".pt") else folder, seed=seed)
+    return written if marker.endswith(".pt") else folder

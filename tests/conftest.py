@@ -133,7 +133,7 @@ def waveform_checkpoints(tmp_path_factory):
 # Every registered backbone family, each wav2vec2-family model in both layer layouts: names of
 # ``tiny_backbones`` (test_matrix's test_every_registered_model_type_is_in_the_matrix keeps it whole).
 TINY_BACKBONES = (["ast"] + [f"{model_type}-{layout}" for model_type, layout in WAVEFORM_CHECKPOINTS]
-                  + ["data2vec-audio", "whisper"])
+                  + ["data2vec-audio", "whisper", "beats", "wav2vec2-bert"])
 
 
 def tiny_method_options(method_file, backbone):
@@ -149,10 +149,11 @@ def tiny_method_options(method_file, backbone):
 
 
 @pytest.fixture(scope="session")
-def tiny_backbones(tiny_ast, waveform_checkpoints, tiny_data2vec_audio, tiny_whisper):
-    """``{TINY_BACKBONES name: folder}`` of the tiny random checkpoints."""
+def tiny_backbones(tiny_ast, waveform_checkpoints, tiny_data2vec_audio, tiny_whisper, tiny_beats,
+                   tiny_w2v_bert):
+    """``{TINY_BACKBONES name: folder (or file)}`` of the tiny random checkpoints."""
     folders = {"ast": str(tiny_ast), "data2vec-audio": str(tiny_data2vec_audio),
-               "whisper": str(tiny_whisper)}
+               "whisper": str(tiny_whisper), "beats": str(tiny_beats), "wav2vec2-bert": str(tiny_w2v_bert)}
     folders.update({f"{t}-{layout}": f for (t, layout), f in waveform_checkpoints.items()})
     return folders
 
@@ -247,4 +248,42 @@ def whisper_base_folder(tmp_path_factory):
     config = transformers.WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8,
                                         encoder_ffn_dim=2048, num_mel_bins=80, max_source_positions=1500)
     WhisperEncoder(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_beats(tmp_path_factory):
+    """A tiny random BEATs checkpoint (hidden 64, 2 post-LN layers, the gated relative position
+    bias) written as the released ``.pt`` files are; returns the file's path."""
+    from petl_modules.tiny import save_tiny_beats
+
+    return str(save_tiny_beats(tmp_path_factory.mktemp("tiny_beats") / "tiny_beats.pt"))
+
+
+@pytest.fixture(scope="session")
+def beats_iter3_file(tmp_path_factory):
+    """The BEATs_iter3 shape (768 hidden, 12 layers, 12 heads, FFN 3072, 16x16 patches), random
+    weights, written as a released ``.pt`` (~360 MB, a few seconds once). For parameter counts."""
+    from petl_modules.backbones.beats import beats_iter3_config, save_checkpoint
+
+    return str(save_checkpoint(beats_iter3_config(), tmp_path_factory.mktemp("beats_iter3") / "BEATs_iter3.pt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_w2v_bert(tmp_path_factory):
+    """A tiny random w2v-BERT (hidden 32, 2 Conformer layers) with w2v-BERT 2.0's feature
+    extractor settings, saved with save_pretrained; its folder."""
+    from petl_modules.tiny import save_tiny_w2v_bert
+
+    return str(save_tiny_w2v_bert(tmp_path_factory.mktemp("tiny_w2v_bert")))
+
+
+@pytest.fixture(scope="session")
+def w2v_bert_2_folder(tmp_path_factory):
+    """The w2v-BERT 2.0 shape (``Wav2Vec2BertConfig()``: hidden 1024, 24 layers, 16 heads, FFN 4096),
+    random weights, saved with save_pretrained (2.3 GB, about a minute once). For counts."""
+    folder = tmp_path_factory.mktemp("w2v_bert_2")
+    torch.manual_seed(0)
+    transformers.Wav2Vec2BertModel(transformers.Wav2Vec2BertConfig()).save_pretrained(folder)
+    transformers.SeamlessM4TFeatureExtractor(padding_value=1.0).save_pretrained(folder)
     return str(folder)

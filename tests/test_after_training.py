@@ -264,6 +264,23 @@ def test_merged_lora_gives_the_unmerged_probabilities(targets, tiny_ast, tmp_pat
     assert torch.allclose(probabilities(modules, processor, waveforms()), before, atol=1e-5)
 
 
+@pytest.mark.parametrize("method,targets", [("dora", "lora_targets"), ("ia3", "ia3_targets"),
+                                            ("vera", "vera_targets")])
+@pytest.mark.parametrize("model_type", ["ast", "wavlm"])
+def test_merged_dora_ia3_and_vera_give_the_unmerged_probabilities(method, targets, model_type, tiny_ast, tmp_path):
+    """Every projection they adapt folds into a plain Linear (WavLM: the attention reads weights)."""
+    source = tiny_ast if model_type == "ast" else waveform_checkpoint(model_type, tmp_path / model_type)
+    hparams, _ = build(method, source, tmp_path, **tiny_options(
+        method, **{targets: "Wq,Wk,Wv,Wo,ffn_in,ffn_out"}, **({"rank": 16} if method == "vera" else {})))
+    processor = hparams["backbone"].input_processor
+    pretend_trained(hparams, processor)
+    modules = hparams["modules"]
+    before = probabilities(modules, processor, waveforms())
+    assert len(merge_petl_model(modules)) == 2 * 6
+    assert unmerged_petl_modules(modules["petl_model"]) == []
+    assert torch.allclose(probabilities(modules, processor, waveforms()), before, atol=1e-5)
+
+
 def waveform_checkpoint(model_type, folder):
     from petl_modules.backbones.wav2vec2 import WAVEFORM_MODELS
     from petl_modules.tiny import tiny_waveform_config

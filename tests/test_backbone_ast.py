@@ -74,7 +74,8 @@ def test_insertion_points_match_the_installed_transformers_ast(tiny_ast):
     n = lobe.num_layers
     expected = {
         "embeddings": (1, "ASTEmbeddings"), "layer": (n, "ASTLayer"), "later_layers": (n - 1, "ASTLayer"),
-        "attention": (n, "ASTAttention"), "ffn": (n, "ASTMLP"), "ln_attention": (n, "LayerNorm"),
+        "attention": (n, "ASTAttention"), "ffn": (n, "ASTMLP"), "ffn_in": (n, "Linear"),
+        "ffn_out": (n, "Linear"), "ln_attention": (n, "LayerNorm"),
         "ln_ffn": (n, "LayerNorm"), "q": (n, "Linear"), "k": (n, "Linear"), "v": (n, "Linear"),
         "o": (n, "Linear"), "final_norm": (1, "LayerNorm"),
     }

@@ -13,6 +13,7 @@ import ruamel.yaml
 import torch
 import transformers
 
+from petl_modules.methods import method_class
 from petl_modules.backbones import FAMILIES, Backbone
 from petl_modules.backbones.data2vec_audio import Data2VecAudioBackbone
 from petl_modules.backbones.wav2vec2 import Wav2Vec2Backbone
@@ -43,7 +44,7 @@ def build(method, folder, tmp_path, **overrides):
     a reduction rate that leaves a bottleneck, one unfrozen layer)."""
     if method == "full_ft":
         overrides.setdefault("unfrozen_layers", 1)
-    if method in ("lora", "adapter", "dense_moa", "soft_moa"):
+    if "reduction_rate" in method_class(method).options():
         overrides.setdefault("reduction_rate", 8)
     hparams = load_hparams(compose(method, folder, tmp_path, **overrides))
     return hparams["petl_model"], hparams["classifier"]
@@ -124,6 +125,8 @@ def test_insertion_points_and_modules_are_the_installed_transformers_ones(tiny_d
         "later_layers": list(layers)[1:],
         "attention": [layer.attention for layer in layers],
         "ffn": [layer.feed_forward for layer in layers],
+        "ffn_in": [layer.feed_forward.intermediate_dense for layer in layers],
+        "ffn_out": [layer.feed_forward.output_dense for layer in layers],
         "ln_attention": [layer.layer_norm for layer in layers],
         "ln_ffn": [layer.final_layer_norm for layer in layers],
         "q": [layer.attention.q_proj for layer in layers],
@@ -261,6 +264,10 @@ BASE_COUNTS = {
     "adapter": 12 * 21_024,  # conformer, Pfeiffer (FFN), r = 8, kernel 31
     "dense_moa": 12 * (7 * 9_990 + 768 * 7 + 7),  # 7 bottleneck experts (r = 6) + router, at MHSA
     "soft_moa": 12 * (7 * 9_990 + 768 * 7),  # 7 experts + Phi (d x 7 x 1)
+    "dora": 12 * 2 * (2 * 768 * 6 + 768),  # LoRA's Wq, Wv + a magnitude per output
+    "ia3": 12 * (768 + 768 + 3072),  # keys, values, FFN activations
+    "vera": 12 * 2 * (256 + 768),  # lambda_d (rank 256) + lambda_b per projection
+    "layer_sum": 13,  # the embedding + 12 layers
 }
 
 
@@ -273,7 +280,7 @@ def test_data2vec_audio_base_trainable_counts(data2vec_audio_base, tmp_path):
     assert counts == {
         "adapter": 252_288, "bitfit": 101_376, "dense_moa": 903_756, "full_ft": 21_263_616,
         "linear": 0, "lora": 221_184, "prefix_tuning": 221_184, "prompt_tuning": 230_400,
-        "soft_moa": 903_672,
+        "soft_moa": 903_672, "dora": 239_616, "ia3": 55_296, "vera": 24_576, "layer_sum": 13,
     }
     assert counts == BASE_COUNTS
     lobe = Backbone(data2vec_audio_base)

@@ -135,6 +135,8 @@ def test_insertion_points_resolve_to_the_installed_transformers_modules(checkpoi
         "later_layers": list(layers)[1:],
         "attention": [layer.attention for layer in layers],
         "ffn": [layer.feed_forward for layer in layers],
+        "ffn_in": [layer.feed_forward.intermediate_dense for layer in layers],
+        "ffn_out": [layer.feed_forward.output_dense for layer in layers],
         "ln_attention": [layer.layer_norm for layer in layers],
         "ln_ffn": [layer.final_layer_norm for layer in layers],
         "q": [layer.attention.q_proj for layer in layers],
@@ -279,7 +281,7 @@ def test_family_defaults_with_an_unknown_family_or_key_is_a_config_error(checkpo
     method.write_text((REPO / "hparams" / "linear.yaml").read_text())
     source = {"backbone_source": checkpoints["wav2vec2", "post_ln"], "data_folder": str(tmp_path)}
     dataset.write_text("dataset: X\nfamily_defaults:\n    wav2vec: {lr: 1}\n")
-    with pytest.raises(ConfigError, match="ast, wav2vec2"):
+    with pytest.raises(ConfigError, match="ast, beats, w2v-bert, wav2vec2, whisper"):
         compose_hparams(method, dataset, source)
     dataset.write_text("dataset: X\nfamily_defaults:\n    wav2vec2: {number_of_epoch: 1}\n")
     with pytest.raises(ConfigError, match="number_of_epoch"):

@@ -191,6 +191,8 @@ def test_insertion_points_resolve_to_the_pretrained_modules(tiny_whisper):
         "later_layers": list(layers)[1:],
         "attention": [layer.self_attn for layer in layers],
         "ffn": [layer.ffn for layer in layers],
+        "ffn_in": [layer.fc1 for layer in layers],
+        "ffn_out": [layer.fc2 for layer in layers],
         "ln_attention": [layer.self_attn_layer_norm for layer in layers],
         "ln_ffn": [layer.final_layer_norm for layer in layers],
         "q": [layer.self_attn.q_proj for layer in layers],
@@ -338,6 +340,10 @@ WHISPER_BASE_COUNTS = {
     "adapter": 6 * (9_396 + 1_024) + 1_024,  # conformer r = 5, kernel 31, Pfeiffer at the FFN
     "dense_moa": 6 * (7 * 4_612 + 512 * 7 + 7 + 1_024) + 1_024,  # 7 bottlenecks r = 4 + router, MHSA
     "soft_moa": 6 * (7 * 4_612 + 512 * 7 + 1_024) + 1_024,  # 7 bottlenecks + Phi (512 x 7 x 1)
+    "dora": 6 * 2 * (2 * 512 * 4 + 512) + 1_024,  # LoRA's Wq, Wv + a magnitude per output
+    "ia3": 6 * (512 + 512 + 2_048) + 1_024,  # keys, values, FFN activations
+    "vera": 6 * 2 * (256 + 512) + 1_024,
+    "layer_sum": 7,  # the embedding + 6 layers; the final LayerNorm stays frozen
 }
 
 
@@ -350,7 +356,7 @@ def test_whisper_base_trainable_counts(whisper_base_folder, tmp_path):
     assert counts == {
         "adapter": 63_544, "bitfit": 31_232, "dense_moa": 222_418, "full_ft": 19_822_592,
         "linear": 1_024, "lora": 50_176, "prefix_tuning": 74_752, "prompt_tuning": 77_824,
-        "soft_moa": 222_376,
+        "soft_moa": 222_376, "dora": 56_320, "ia3": 19_456, "vera": 10_240, "layer_sum": 7,
     }
     assert counts == WHISPER_BASE_COUNTS
     lobe = Backbone(whisper_base_folder)

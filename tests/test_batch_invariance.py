@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from petl_modules.methods import method_class
 from petl_modules.methods.adapted import PETLModule, token_mask
 from petl_modules.methods.adapters import Adapter, ConformerAdapter, Convpass, MaskedBatchNorm1d
 from petl_modules.methods.moa import DenseMoA, SoftMoA
@@ -39,7 +40,7 @@ def build(method, folder, tmp_path, **overrides):
     """``(petl_model, classifier)`` of ``hparams/<method>.yaml`` composed with the FSC recipe."""
     if method == "full_ft":
         overrides.setdefault("unfrozen_layers", 1)  # the tiny models have 2 layers
-    if method in ("lora", "adapter", "dense_moa", "soft_moa"):
+    if "reduction_rate" in method_class(method).options():
         overrides.setdefault("reduction_rate", 8)
     options = dict(data_folder=str(tmp_path), output_folder=str(tmp_path / "out"),
                    backbone_source=str(folder), **overrides)

@@ -48,3 +48,25 @@ def test_quick_benchmark_reports_every_suite_and_ratio(tmp_path):
         assert key in out["ratios"] and math.isfinite(out["ratios"][key]) and out["ratios"][key] > 0
     report = (tmp_path / "out.md").read_text()
     assert "## methods" in report and "linear_cache_epoch_speedup" in report
+
+
+def test_quick_vs_lora_and_backbones_suites_give_a_ratio_per_method_and_backbone(tmp_path):
+    bench = load_bench()
+    threads = torch.get_num_threads()
+    try:
+        out = bench.main(["--quick", "--threads=1", "--suite=vs_lora,backbones", "--steps=1",
+                          "--rounds=2", f"--markdown={tmp_path / 'out.md'}"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = {row["suite"]: [] for row in out["results"]}
+    for row in out["results"]:
+        rows[row["suite"]].append(row)
+        assert len(row["round_s"]) == 2 and row["ratio_min"] <= row["ratio_median"] <= row["ratio_max"]
+    assert sorted(row["method"] for row in rows["vs_lora"]) == sorted(bench.LORA_RATIO_GROUP)
+    assert [row["base"] for row in rows["backbones"]] == [True, False, False]
+    ratios = out["ratios"]
+    vs_lora = [key for key in ratios if key.endswith("_vs_lora_train_step")]
+    vs_ast = [key for key in ratios if key.endswith("_vs_ast_forward")]
+    assert len(vs_lora) == len(bench.LORA_RATIO_GROUP) - 1 and len(vs_ast) == 2
+    assert all(math.isfinite(ratios[key]) and ratios[key] > 0 for key in vs_lora + vs_ast)
+    assert "## vs_lora" in (tmp_path / "out.md").read_text()

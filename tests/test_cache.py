@@ -52,7 +52,7 @@ def test_cache_refused_where_it_would_be_wrong(tiny_ast):
     with pytest.raises(CacheConfigError) as err:
         check_cacheable(wrong)
     message = str(err.value)
-    for words in ("linear probing only", "--augmentation=null", "besides the final LayerNorm",
+    for words in ("linear probing and the layer sum only", "--augmentation=null", "besides the final LayerNorm",
                   "pooling 'prompts'", "--cache_backbone_outputs=False"):
         assert words in message
 

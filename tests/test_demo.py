@@ -8,20 +8,21 @@ import pytest
 
 from petl_modules import demo
 from petl_modules.synthetic import available_datasets, demo_settings
+from petl_modules.tiny import TINY_SAVERS
 
 from conftest import REPO, read_results
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the recipes
 
 
-def check_outputs(out, dataset):
+def check_outputs(out, dataset, method="soft_moa", backbone=None):
     results = read_results(out / "run")
-    assert results["dataset"] == dataset and results["method"] == "soft_moa"
+    assert results["dataset"] == dataset and results["method"] == method
     (fold,) = results["folds"]
     assert 0.0 <= fold["test_map" if "test_map" in fold else "test_accuracy"] <= 1.0
     experiment = out / "run" / ("fold_1" if fold["fold"] else "")
     assert (experiment / "petl_model").is_dir() and (experiment / "train_log.txt").is_file()
-    assert (out / "backbone" / "config.json").is_file()
+    assert (backbone or out / "backbone" / "config.json").is_file()
     return results
 
 
@@ -55,6 +56,19 @@ def test_demo_runs_the_real_recipe_of_every_dataset(dataset, tmp_path):
     assert (out / "data" / demo_settings(dataset)["release"]).is_dir()
 
 
+# The non-AST tiny backbones the demo offers (petl_modules.tiny.TINY_SAVERS), with a method new to
+# them: a BEATs .pt and a w2v-BERT folder through the same recipe command line.
+@pytest.mark.parametrize("family", [name for name in TINY_SAVERS if name != "ast"])
+def test_demo_runs_end_to_end_on_each_tiny_backbone_family(family, tmp_path, capsys):
+    out = tmp_path / family
+    results = demo.main([f"--tiny_backbone={family}", "--method=dora", f"--output_folder={out}",
+                         "--number_of_epochs=1", "--per_class=1"])
+    written = out / f"backbone_{family}" / TINY_SAVERS[family][1]
+    assert results == check_outputs(out, "FSC", method="dora", backbone=written)
+    source = written if written.suffix == ".pt" else written.parent  # a BEATs file, else the folder
+    assert f"--backbone_source={source}" in capsys.readouterr().out
+
+
 def test_demo_rejects_unknown_dataset_and_method(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--dataset=TIMIT"])
@@ -62,6 +76,9 @@ def test_demo_rejects_unknown_dataset_and_method(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--method=nope"])
     assert "no hparams/nope.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main(["--tiny_backbone=conformer"])
+    assert "invalid choice: 'conformer'" in capsys.readouterr().err
 
 
 def test_demo_refuses_an_output_folder_whose_run_folder_is_not_a_previous_run(tmp_path):

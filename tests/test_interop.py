@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from petl_modules.export import export_petl_model
 from petl_modules.sharing import onnx_export
 from petl_modules.sharing.peft_lora import import_peft_adapter
 from petl_modules.tiny import (
+    save_tiny_beats,
+    save_tiny_w2v_bert,
     tiny_ast_config,
     tiny_data2vec_audio_config,
     tiny_waveform_config,
@@ -64,13 +67,19 @@ def save_tiny(model_type, folder, pre_ln=False):
         config = tiny_whisper_config()
         transformers.WhisperForConditionalGeneration(config).save_pretrained(folder)
         tiny_whisper_feature_extractor(config).save_pretrained(folder)
+    elif model_type == "wav2vec2-bert":
+        save_tiny_w2v_bert(folder)
+    elif model_type == "beats":  # a one-file checkpoint: its path
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return str(save_tiny_beats(Path(folder) / "tiny_beats.pt"))
     else:
         raise KeyError(model_type)
     return str(folder)
 
 
 # The model types of the tiny checkpoints above; every lobe of the registry must be among them.
-TINY_MODEL_TYPES = ["audio-spectrogram-transformer", *WAVEFORM_MODELS, "data2vec-audio", "whisper"]
+TINY_MODEL_TYPES = ["audio-spectrogram-transformer", *WAVEFORM_MODELS, "data2vec-audio", "whisper", "beats",
+                    "wav2vec2-bert"]
 
 
 def petl_folder(method, source, tmp_path, name="petl_model", **options):
@@ -154,10 +163,13 @@ def test_peft_export_points_to_the_checkpoint_when_the_run_kept_the_base(tiny_as
 
 def test_peft_export_refuses_other_methods_and_wavlm(tiny_ast, waveform_checkpoints, tmp_path):
     folder = petl_folder("adapter", tiny_ast, tmp_path)
-    with pytest.raises(PETLModelError, match="holds LoRA adapters.*--format=onnx"):
+    with pytest.raises(PETLModelError, match="holds LoRA, DoRA, .IA.3 and VeRA adapters.*--format=onnx"):
         export_petl_model(folder, tmp_path / "exported", format="peft")
+    layer_sum = petl_folder("layer_sum", tiny_ast, tmp_path, name="layer_sum")
+    with pytest.raises(PETLModelError, match="this model has layer_weights"):
+        export_petl_model(layer_sum, tmp_path / "exported_sum", format="peft")
     wavlm = petl_folder("lora", waveform_checkpoints["wavlm", "post_ln"], tmp_path, name="wavlm")
-    with pytest.raises(PETLModelError, match="PEFT's LoRA leaves WavLM unchanged"):
+    with pytest.raises(PETLModelError, match="PEFT leaves WavLM's attention unchanged"):
         export_petl_model(wavlm, tmp_path / "exported_wavlm", format="peft")
 
 
@@ -231,12 +243,138 @@ def test_import_of_a_peft_adapter_gives_peftmodel_outputs(model_type, tmp_path):
     assert PETLClassifier.from_folder(out).classify_waveforms([torch.randn(8000)])[3][0] in config["class_names"]
 
 
-def test_transformers4_names_round_trip_with_the_saved_head(tiny_ast, tmp_path):
-    folder = petl_folder("lora", tiny_ast, tmp_path, lora_targets="Wq,Wk,Wv,Wo")
+def peft_methods():
+    """The method files whose modules are all projection updates PEFT has a type for (read off the
+    registry: each method built on a tiny AST)."""
+    from petl_modules.backbones import Backbone
+    from petl_modules.methods import METHODS
+    from petl_modules.methods.adapted import PETLModule
+    from petl_modules.sharing.peft_lora import PEFT_TYPES
+
+    import shutil
+    import tempfile
+
+    torch.manual_seed(0)
+    folder = Path(tempfile.mkdtemp(prefix="petl_peft_probe_"))
+    found = []
+    try:
+        transformers.ASTModel(tiny_ast_config()).save_pretrained(folder)
+        for name in sorted(METHODS):
+            options = {"reduction_rate": 16} if "reduction_rate" in METHODS[name].options() else {}
+            model = METHODS[name].from_dict(options).build(Backbone(str(folder), max_frames=64))
+            kinds = {type(m) for m in model.modules() if isinstance(m, PETLModule)}
+            if kinds and kinds <= set(PEFT_TYPES) and not list(model.parameters(recurse=False)):
+                found.append(name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return found
+
+
+PEFT_METHODS = peft_methods()
+ALL_PROJECTIONS = "Wq,Wk,Wv,Wo,ffn_in,ffn_out"
+PEFT_CASES = [(m, {}) for m in PEFT_METHODS] + [
+    ("lora", {"lora_targets": ALL_PROJECTIONS}), ("dora", {"lora_targets": "Wo,ffn_in,ffn_out"}),
+    ("ia3", {"ia3_targets": ALL_PROJECTIONS}), ("vera", {"vera_targets": ALL_PROJECTIONS, "rank": 8})]
+
+
+def test_the_peft_methods_are_lora_dora_ia3_and_vera():
+    assert PEFT_METHODS == ["dora", "ia3", "lora", "vera"]
+
+
+@pytest.mark.parametrize("method,options", PEFT_CASES, ids=[f"{m}-{o}" for m, o in PEFT_CASES])
+def test_peft_export_of_each_peft_method_equals_peftmodel_from_pretrained(method, options, tiny_ast, tmp_path):
+    folder = petl_folder(method, tiny_ast, tmp_path, **options)
+    out = tmp_path / "peft"
+    side = export_petl_model(folder, out, format="peft")
+    ours, theirs, modules, adapter = ours_and_peft(folder, out)
+    assert torch.allclose(ours, theirs, atol=1e-5), float((ours - theirs).abs().max())
+    assert adapter["peft_type"] == {"ia3": "IA3", "vera": "VERA"}.get(method, "LORA")
+    assert adapter.get("use_dora", False) == (method == "dora")
+    if method == "vera":
+        assert adapter["save_projection"] and adapter["r"] == options.get("rank", 256)
+    if method == "ia3":  # the FFN's output projection rescales its input: feedforward_modules
+        assert adapter["feedforward_modules"] == (["fc2"] if "ffn_out" in options.get("ia3_targets", "ffn_out") else [])
+    assert side["peft"]["peft_type"] == adapter["peft_type"]
+    # and back: the imported folder is the same model
+    import_peft_adapter(out, tmp_path / "back")
+    back, config = load_petl_model(tmp_path / "back")
+    assert config["method"] == method
+    original, _ = load_petl_model(folder)
+    inputs, lengths = processed(original["petl_model"].adapted_model)
+    with torch.no_grad():
+        expected = original["classifier"](*original["petl_model"](inputs, lengths))
+        found = back["classifier"](*back["petl_model"](inputs, lengths))
+    assert torch.allclose(found, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_peft_export_of_each_peft_method_on_a_pre_ln_wav2vec2(method, tmp_path):
+    source = save_tiny("wav2vec2", tmp_path / "base", pre_ln=True)
+    folder = petl_folder(method, source, tmp_path, lora_targets=ALL_PROJECTIONS) if method in ("lora", "dora") \
+        else petl_folder(method, source, tmp_path)
+    out = tmp_path / "peft"
+    export_petl_model(folder, out, format="peft")
+    ours, theirs, _, adapter = ours_and_peft(folder, out)
+    assert torch.allclose(ours, theirs, atol=1e-5) and adapter["modules_to_save"] == ["encoder.layer_norm"]
+
+
+def peft_native(source, folder, config):
+    """An adapter of ``config`` made with PEFT's own model on ``source``, its tensors moved away from
+    their start (VeRA's shared matrices too)."""
+    model = peft.get_peft_model(transformers.AutoModel.from_pretrained(source), config)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if any(part in name for part in ("lora_", "ia3_l", "vera_")):
+                tensor.add_(0.1 * torch.randn_like(tensor))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("config,method", [
+    (dict(peft_type="lora", r=4, lora_alpha=8, target_modules=["q_proj", "fc1", "fc2"], use_dora=True), "dora"),
+    (dict(peft_type="ia3", target_modules=["k_proj", "v_proj", "fc2"], feedforward_modules=["fc2"]), "ia3"),
+    (dict(peft_type="vera", r=8, target_modules=["q_proj", "v_proj", "fc1"], projection_prng_key=3,
+          save_projection=True), "vera"),
+])
+def test_import_of_peft_dora_ia3_and_vera_adapters(config, method, tiny_ast, tmp_path):
+    kind = {"lora": peft.LoraConfig, "ia3": peft.IA3Config, "vera": peft.VeraConfig}[config.pop("peft_type")]
+    adapter = peft_native(str(tiny_ast), tmp_path / "adapter", kind(**config))
+    out = tmp_path / "petl_model"
+    assert from_peft_cli.main([str(adapter), str(out), f"--backbone_source={tiny_ast}",
+                               "--class_names=yes,no"]) == 0  # compared with PeftModel before writing
+    written = json.loads((out / "petl_config.json").read_text())["method"]
+    assert written["name"] == method
+    if method == "vera":
+        assert written["config"]["rank"] == 8 and written["config"]["vera_targets"] == "Wq,Wv,ffn_in"
+
+
+@pytest.mark.parametrize("kind,config,reason", [
+    ("VeraConfig", dict(r=4, target_modules=["q_proj"], save_projection=False), "save_projection=True"),
+    ("IA3Config", dict(target_modules=["k_proj", "fc2"], feedforward_modules=["k_proj"]),
+     "rescales the input of .*k_proj"),
+    ("LoHaConfig", dict(r=4, target_modules=["q_proj"]), "peft_type=.LOHA"),
+])
+def test_import_refuses_what_our_dora_ia3_and_vera_cannot_represent(kind, config, reason, tiny_ast, tmp_path):
+    with warnings.catch_warnings():  # PEFT warns about save_projection=False itself
+        warnings.simplefilter("ignore")
+        adapter = peft_native(str(tiny_ast), tmp_path / "adapter", getattr(peft, kind)(**config))
+    with pytest.raises(PETLModelError, match=reason):
+        import_peft_adapter(adapter, tmp_path / "out", tiny_ast, class_names=["a", "b"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("targets,names", [
+    ("Wq,Wk,Wv,Wo", ["attention.output.dense", "key", "query", "value"]),
+    # 4.x names the FFN's output projection output.dense too: a longer suffix tells it apart
+    ("Wq,ffn_out", ["0.output.dense", "1.output.dense", "query"])])
+def test_transformers4_names_round_trip_with_the_saved_head(targets, names, tiny_ast, tmp_path):
+    folder = petl_folder("lora", tiny_ast, tmp_path, lora_targets=targets)
     out = tmp_path / "peft4"
     export_petl_model(folder, out, format="peft", peft_names="4")
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["target_modules"] == ["attention.output.dense", "key", "query", "value"]
+    assert adapter["target_modules"] == names
     from safetensors.torch import load_file
 
     assert "base_model.model.encoder.layer.0.attention.attention.query.lora_A.weight" in load_file(
@@ -253,9 +391,8 @@ def test_transformers4_names_round_trip_with_the_saved_head(tiny_ast, tmp_path):
 
 
 @pytest.mark.parametrize("setting,reason", [
-    ({"use_dora": True}, "DoRA"),
     ({"use_rslora": True}, "rsLoRA"),
-    ({"target_modules": ["q_proj", "fc1"]}, "outside the attention projections"),
+    ({"target_modules": ["q_proj", "projection"]}, "not one of the projections our methods adapt"),
     ({"target_modules": ["q_proj"], "layers_to_transform": [0], "layers_pattern": "layers"},
      "some layers only"),
     ({"target_modules": ["q_proj"], "r": 50}, "no integer|not round"),
@@ -273,7 +410,7 @@ def test_import_refuses_what_our_lora_cannot_represent(setting, reason, tiny_ast
 def test_import_refuses_wavlm_and_pickled_weights(waveform_checkpoints, tiny_ast, tmp_path):
     adapter = peft_adapter(waveform_checkpoints["wavlm", "post_ln"], tmp_path / "wavlm",
                            target_modules=["q_proj", "v_proj"])
-    with pytest.raises(PETLModelError, match="WavLM unchanged"):
+    with pytest.raises(PETLModelError, match="WavLM's attention unchanged"):
         import_peft_adapter(adapter, tmp_path / "out", class_names=["a", "b"])
     pickled = peft_adapter(str(tiny_ast), tmp_path / "pickled", target_modules=["q_proj"])
     (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
@@ -329,7 +466,8 @@ def docs_onnx_client(out, wav_path):
 
 @pytest.mark.parametrize("model_type", [
     "audio-spectrogram-transformer", pytest.param("wav2vec2", marks=pytest.mark.slow),
-    pytest.param("data2vec-audio", marks=pytest.mark.slow), pytest.param("whisper", marks=pytest.mark.slow)])
+    pytest.param("data2vec-audio", marks=pytest.mark.slow), pytest.param("whisper", marks=pytest.mark.slow),
+    pytest.param("beats", marks=pytest.mark.slow), pytest.param("wav2vec2-bert", marks=pytest.mark.slow)])
 def test_onnx_client_of_the_docs_gets_classify_answers_on_any_clip_length(model_type, tmp_path):
     """docs/interop.md's onnxruntime client, computing the features itself, gets classify's
     probabilities on clips shorter than, as long as and longer than the trained 0.64 s (64

@@ -7,6 +7,7 @@ the wav2vec2-base parameter counts."""
 import pytest
 import torch
 
+from petl_modules.methods import method_class
 from petl_modules.backbones import Backbone
 from petl_modules.methods.classifier import Classifier
 from petl_modules.methods.prompt import PrefixTuning
@@ -17,7 +18,7 @@ from conftest import METHOD_FILES, REPO, zero_gradient_by_construction
 from waveform_helpers import padded_batch
 
 METHODS = METHOD_FILES
-IDENTITY_START = ["lora", "adapter", "dense_moa", "soft_moa"]
+IDENTITY_START = ["lora", "dora", "ia3", "vera", "adapter", "dense_moa", "soft_moa"]
 # Every family, and both layouts of the two attention codes (wav2vec2 and HuBERT share theirs;
 # WavLM's has its own call signature and relative position bias).
 METHOD_CHECKPOINTS = [("wav2vec2", "post_ln"), ("hubert", "pre_ln"), ("wavlm", "post_ln"), ("wavlm", "pre_ln")]
@@ -36,7 +37,7 @@ def build(method, folder, tmp_path, **overrides):
 def petl_model(method, folder, tmp_path, **overrides):
     if method == "full_ft":
         overrides.setdefault("unfrozen_layers", 1)  # the tiny models have 2 layers (default 3)
-    if method in ("lora", "adapter", "dense_moa", "soft_moa"):
+    if "reduction_rate" in method_class(method).options():
         overrides.setdefault("reduction_rate", 8)  # hidden 32: a width of 4
     return build(method, folder, tmp_path, **overrides)["petl_model"]
 
@@ -61,6 +62,8 @@ def expected_pretrained(method, lobe):
         return final | {n for n in names if n.startswith("model.encoder.layers.1.")}
     if method == "bitfit":
         return {f"{m}.bias" for m in lobe.bitfit_modules()}
+    if method == "layer_sum":  # the frozen backbone: its final LayerNorm too
+        return set()
     if method == "adapter":  # Pfeiffer at FFN: the LayerNorm feeding the FFN, pre-LN only
         norms = {n for n in names if ".final_layer_norm." in n} if pre_ln else set()
         return final | norms
@@ -82,7 +85,8 @@ def test_method_trains_exactly_its_tensors_which_act_on_the_output_and_learn(
         method, model_type, layout, waveform_checkpoints, tmp_path):
     model = petl_model(method, waveform_checkpoints[model_type, layout], tmp_path).eval()
     params = {n.removeprefix("adapted_model."): p for n, p in model.named_parameters() if p.requires_grad}
-    inserted = {n for n in params if _inside_petl(model, n)}
+    own = {n for n, _ in model.named_parameters(recurse=False)}  # the method's, beside the lobe (layer sum)
+    inserted = {n for n in params if n in own or _inside_petl(model, n)}
     pretrained = {n.replace(".pretrained_module", "") for n in set(params) - inserted}
     assert pretrained == expected_pretrained(method, Backbone(waveform_checkpoints[model_type, layout]))
     assert bool(inserted) == (method not in ("linear", "full_ft", "bitfit"))
@@ -219,6 +223,10 @@ WAV2VEC2_BASE_COUNTS = [
     ("prompt_tuning", {}, 230_400),  # deep, 25 per layer: 12 x 25 x 768
     ("dense_moa", {}, 12 * (7 * (768 * 6 + 6 + 6 * 768 + 768) + 768 * 7 + 7)),
     ("soft_moa", {}, 12 * (7 * (768 * 6 + 6 + 6 * 768 + 768) + 768 * 7 * 1)),
+    ("dora", {}, 12 * 2 * (2 * 768 * 6 + 768)),  # LoRA's Wq, Wv + a magnitude per output
+    ("ia3", {}, 12 * (768 + 768 + 3072)),  # keys, values, FFN activations
+    ("vera", {}, 12 * 2 * (256 + 768)),  # rank 256: lambda_d + lambda_b per projection
+    ("layer_sum", {}, 13),
 ]
 
 

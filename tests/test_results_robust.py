@@ -259,6 +259,25 @@ def test_a_run_is_labelled_by_what_differs_from_its_own_composition(
     assert labels(tmp_path) == {"run": expected}
 
 
+# Every method file: a default run is labelled by the method alone on either family.
+@pytest.mark.parametrize("method", sorted(p.stem for p in (REPO / "hparams").glob("*.yaml")))
+def test_a_default_run_of_every_method_file_is_labelled_by_its_name(method, tmp_path):
+    recorded_run(tmp_path, "ast", method, "FSC", "ast")
+    recorded_run(tmp_path, "w2v", method, "FSC", "wav2vec2")
+    assert labels(tmp_path) == {"ast": (method, ""), "w2v": (method, "")}
+
+
+def test_the_new_methods_options_show_in_their_labels(tmp_path):
+    recorded_run(tmp_path, "targets", "lora", "FSC", "ast", lora_targets="q,k,v,o,ffn_in,ffn_out")
+    recorded_run(tmp_path, "dora", "dora", "FSC", "ast", reduction_rate=64)
+    recorded_run(tmp_path, "ia3", "ia3", "FSC", "ast", ia3_targets="k,v")
+    recorded_run(tmp_path, "vera", "vera", "FSC", "ast", rank=128)
+    got = labels(tmp_path)
+    assert got["targets"][0] == "lora (lora_targets=q,k,v,o,ffn_in,ffn_out)"
+    assert got["dora"][0] == "dora (reduction_rate=64)"
+    assert got["ia3"][0] == "ia3 (ia3_targets=k,v)" and got["vera"][0] == "vera (rank=128)"
+
+
 def test_default_runs_of_both_families_share_the_method_row(tmp_path):
     recorded_run(tmp_path, "ast", "full_ft", "FSC", "ast", accuracy=0.9)
     recorded_run(tmp_path, "w2v", "full_ft", "FSC", "wav2vec2", accuracy=0.6)

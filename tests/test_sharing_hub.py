@@ -14,6 +14,7 @@ from petl_modules import classify as classify_cli
 from petl_modules import export as export_cli
 from petl_modules import push as push_cli
 from petl_modules.classify import PETLClassifier
+from petl_modules.methods import METHODS
 from petl_modules.model.folder import read_config
 from petl_modules.model.hub import resolve_model_dir, split_repo_id
 from petl_modules.model.metrics_file import (
@@ -30,7 +31,7 @@ from petl_modules.training.pretrained import (
     save_petl_model,
 )
 
-from conftest import read_results, run_train
+from conftest import REPO, read_results, run_train
 from test_after_training import build, pretend_trained, tiny_options, waveforms
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -223,3 +224,19 @@ def test_a_run_records_its_metrics_and_push_dry_run_shows_them(fsc_data, tiny_as
     assert push_cli.main([str(out / "petl_model"), "my-lab/x", "--dry_run"]) == 0
     card = capsys.readouterr().out
     assert f"{100 * metrics['test_accuracy']:.2f}%" in card and metrics["command"] in card
+
+
+# Every registered method: the card names it with its options (from its config class) and cites
+# its own paper where it has one beyond the two PETL-AST papers.
+@pytest.mark.parametrize("method", sorted(p.stem for p in (REPO / "hparams").glob("*.yaml")))
+def test_model_card_names_every_method_with_its_options_and_paper(method, lora_folder):
+    config = read_config(lora_folder)
+    defaults = METHODS[method].defaults()
+    card = model_card(dict(config, method=method, options=defaults)).content
+    body = card.split("---\n", 2)[2]
+    assert f"`{method}`" in body and method in yaml.safe_load(card.split("---\n", 2)[1])["tags"]
+    for key, value in defaults.items():
+        if value is not None:
+            assert f"{key}={value}" in body, key
+    own = METHODS[method].citation
+    assert ("2312.03694" in body) and (not own or own in body)

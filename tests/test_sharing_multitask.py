@@ -38,7 +38,13 @@ VARIANTS = [("adapter", {"seq_or_par": "sequential", "placement": "before", "app
             ("adapter", {"adapter_type": "Houlsby", "adapter_block": "bottleneck"}),
             ("soft_moa", {"adapter_block": "convpass", "adapter_type": "Houlsby"}),
             ("prompt_tuning", {"deep_prompt": False, "prompt_len": 4}),
-            ("lora", {"lora_targets": "Wq,Wk,Wv,Wo"})]
+            ("lora", {"lora_targets": "Wq,Wk,Wv,Wo"}),
+            # the FFN's projections; (IA)3 rescales the input of the FFN's output projection (run on
+            # its task's rows) and the output of the others (shared)
+            ("lora", {"lora_targets": "Wq,ffn_in,ffn_out"}),
+            ("dora", {"lora_targets": "Wo,ffn_out"}),
+            ("ia3", {"ia3_targets": "Wq,Wk,Wv,Wo,ffn_in,ffn_out"}),
+            ("vera", {"vera_targets": "Wq,Wv,ffn_in", "rank": 16})]
 
 
 def make_folder(method, source, tmp_path, seed, thresholds=None, **options):
@@ -97,6 +103,12 @@ def test_every_frozen_backbone_method_gives_its_own_outputs_on_one_backbone(fami
                    for seed, (m, opts) in enumerate(tasks)])
 
 
+def test_the_methods_beyond_the_papers_join_the_shared_pass(tiny_ast, tmp_path):
+    """DoRA, (IA)3 (both paths), VeRA and the weighted layer sum, with a LoRA task, on one backbone."""
+    tasks = [("lora", {}), ("dora", {}), ("ia3", {}), ("vera", {"rank": 16}), ("layer_sum", {})]
+    check_outputs([make_folder(m, tiny_ast, tmp_path, seed, **opts) for seed, (m, opts) in enumerate(tasks)])
+
+
 def test_one_backbone_is_kept_for_all_tasks(ast_folders, tiny_ast, tmp_path):
     several = PETLClassifier.from_folders(ast_folders)
     total = sum(p.numel() for p in several.parameters())
@@ -130,6 +142,11 @@ def test_other_bases_inputs_and_wavlm_lora_are_refused_with_the_reason(ast_folde
     with pytest.raises(PETLModelError, match="WavLM"):
         PETLClassifier.from_folders([make_folder("linear", wavlm, tmp_path, 4),
                                      make_folder("lora", wavlm, tmp_path, 5)])
+    with pytest.raises(PETLModelError, match="changes WavLM's attention projections \\(IA3\\)"):
+        PETLClassifier.from_folders([make_folder("linear", wavlm, tmp_path, 6),
+                                     make_folder("ia3", wavlm, tmp_path, 7)])
+    PETLClassifier.from_folders([make_folder("linear", wavlm, tmp_path, 8),  # its FFN is called: shared
+                                 make_folder("ia3", wavlm, tmp_path, 9, ia3_targets="ffn_in,ffn_out")])
 
 
 def test_classify_cli_gives_every_file_every_tasks_answer(ast_folders, tmp_path, capsys):

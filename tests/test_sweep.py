@@ -27,14 +27,24 @@ from conftest import METHOD_FILES, REPO
 from sweep_helpers import ScriptedCluster, fake_submission, write_sweep
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
+# The sweep files that reproduce a published table (their `compare:` key names it).
+PAPER_SWEEP_FILES = [p for p in SWEEP_FILES if read_yaml_tree(p).get("compare")]
 
 
-# ==================================================================== the papers' sweep files
+# ==================================================================== the shipped sweep files
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_papers_sweep_file_plans_with_and_without_its_reference_variant(path):
+def test_every_sweep_file_plans_runs_of_existing_methods_in_distinct_folders(path):
     runs, plan = sweep.plan(path)
     assert runs and len({r.folder for r in runs}) == len(runs)
     assert {r.method for r in runs} <= set(METHOD_FILES)
+    for variant in read_yaml_tree(path).get("variants") or {}:
+        variant_runs, _ = sweep.plan(path, variant=variant)
+        assert len(variant_runs) == len(runs), variant
+
+
+@pytest.mark.parametrize("path", PAPER_SWEEP_FILES, ids=lambda p: p.name)
+def test_papers_sweep_file_plans_with_and_without_its_reference_variant(path):
+    runs, plan = sweep.plan(path)
     published = results_tool.load_published()
     assert plan["compare"] and all(t in published["tables"] for t in plan["compare"])
     reference, plan_ref = sweep.plan(path, variant="reference")

@@ -42,6 +42,8 @@ class ASTBackbone(Backbone):
         "later_layers": ["model.layers.[1-9]", "model.layers.[0-9][0-9]"],
         "attention": ["model.layers.*.attention"],
         "ffn": ["model.layers.*.mlp"],
+        "ffn_in": ["model.layers.*.mlp.fc1"],
+        "ffn_out": ["model.layers.*.mlp.fc2"],
         "ln_attention": ["model.layers.*.layernorm_before"],
         "ln_ffn": ["model.layers.*.layernorm_after"],
         "q": ["model.layers.*.attention.q_proj"],

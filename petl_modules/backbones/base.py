@@ -17,7 +17,9 @@ The contract a lobe file implements (see ``Backbone``): ``INSERTION_POINTS``, ``
 ``save_pretrained`` folders by default). Hooks the methods call without knowing the family, keyed
 by the attention module's class (a lobe file registers its own, ``attend_with_prefix.register``):
 ``attend_with_prefix`` (attention with extra keys/values, prefix tuning) and ``prefix_key_width``.
-LoRA needs no hook: it is an ``nn.Linear`` look-alike whose ``weight`` is the merged one.
+LoRA, DoRA, (IA)3 and VeRA need no hook: each is an ``nn.Linear`` look-alike whose ``weight`` is
+the merged one. A lobe of one-file checkpoints (BEATs' ``.pt``) says which files it reads
+(``reads_file``); ``lobe_class`` picks it for such a file.
 """
 
 
@@ -104,7 +106,19 @@ def lobe_for(family, model_type=None):
 
 
 def lobe_class(source):
-    """The lobe class of the checkpoint ``source``, from its config's ``model_type``."""
+    """The lobe class of the checkpoint ``source``: a one-file checkpoint (e.g. BEATs' ``.pt``) by
+    the lobe that reads such files (``Backbone.reads_file``), anything else by its
+    ``config.json``'s ``model_type``."""
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        readers = {cls for cls in FAMILIES.values() if cls.reads_file(path)}
+        if len(readers) == 1:
+            return readers.pop()
+        raise ValueError(
+            f"Backbone '{source}' is a file that no lobe reads: the one-file checkpoints PETL-AST "
+            f"reads are {', '.join(sorted(cls.FILE_KIND for cls in FAMILIES.values() if cls.FILE_KIND))}; "
+            "a transformers checkpoint is a folder (config.json and weights) or a Hub id."
+        )
     model_type = checkpoint_model_type(source)
     if model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
@@ -219,6 +233,8 @@ class Backbone(torch.nn.Module):
     input_kind = None
     # Where tokens added by prompt/prefix tuning go: (tokens kept before them, tokens they replace).
     PROMPT_POSITION = (0, 0)
+    # A lobe of one-file checkpoints: what they are, for messages (``reads_file`` says which).
+    FILE_KIND = None
 
     def __new__(cls, source=None, *args, **kwargs):
         if cls is Backbone:
@@ -229,6 +245,19 @@ class Backbone(torch.nn.Module):
         super().__init__()
         self.finetuned_prefixes = []
         self._check_other_options(other_options or {})
+
+    @classmethod
+    def reads_file(cls, path):
+        """Whether the file ``path`` is a one-file checkpoint of this lobe (``lobe_class``); none by
+        default (transformers checkpoints are folders)."""
+        return False
+
+    @property
+    def takes_lengths(self):
+        """Whether ``forward`` masks padding from the relative ``lengths`` (the waveform lobes; a
+        spectrogram lobe whose processor does not pad to a fixed length), so that an exported
+        graph takes them as an input."""
+        return self.input_kind == "waveform"
 
     def model_options(self):
         """``{option: value}`` of ``MODEL_OPTIONS`` as this lobe was built."""

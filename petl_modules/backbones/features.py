@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 # The input statistics the AST checkpoints were trained with (transformers ``ASTFeatureExtractor`` defaults).
 AST_MEAN = -4.2677393
 AST_STD = 4.5689974
+# BEATs' own normalisation of its fbank (``speechbrain.lobes.models.beats.BEATs.preprocess``).
+BEATS_MEAN = 15.41663
+BEATS_STD = 6.55582
 # The wav2vec 2.0 / HuBERT / WavLM CNN (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) needs 400
 # samples (25 ms at 16 kHz) for its first output frame.
 WAVEFORM_MIN_SAMPLES = 400
@@ -288,3 +291,66 @@ class WhisperLogMel:
     def config(self):
         """The settings that rebuild this processor (for saved models and caches)."""
         return {"type": "whisper_log_mel", "clip_samples": self.clip_samples, **self.settings}
+
+
+class BEATsFbank:
+    """BEATs' input, as SpeechBrain's ``BEATs.preprocess`` computes it (it is called here): the
+    waveform scaled to 16-bit range (``x * 2**15``), a Kaldi fbank (128 bins, 25 ms Povey window,
+    10 ms shift), normalised as ``(x - 15.41663) / (2 * 6.55582)``.
+
+    Cut to ``clip_samples`` (when given) before the fbank; not padded: a batch is padded with zeros
+    (``batch_pad_right``) and the lobe masks the padded frames out (the relative lengths), so an
+    utterance is seen the same way alone or in any batch. Clips shorter than one 16-frame patch
+    (``min_samples``, 175 ms) are padded with zeros first.
+
+    Arguments
+    ---------
+    clip_samples : int or None
+        Samples kept from the start of each utterance (None: the whole utterance).
+    patch_frames : int
+        Frames of one patch (the checkpoint's ``input_patch_size``, 16).
+    sample_rate : int
+        16000 (BEATs' fbank is for 16 kHz audio).
+
+    Example
+    -------
+    >>> fbank = BEATsFbank(clip_samples=16000)
+    >>> fbank(torch.randn(32000)).shape  # 1 s: 98 frames of 128 bins
+    torch.Size([98, 128])
+    """
+
+    num_mel_bins = 128
+
+    def __init__(self, clip_samples=None, patch_frames=16, sample_rate=16000):
+        self.clip_samples = None if clip_samples is None else int(clip_samples)
+        if self.clip_samples is not None and self.clip_samples <= 0:
+            raise ValueError(f"clip_samples must be positive or None, got {clip_samples}.")
+        self.patch_frames = int(patch_frames)
+        self.sample_rate = int(sample_rate)
+
+    @property
+    def samples_needed(self):
+        """Samples from the start of an utterance that are used (None: all of them)."""
+        return self.clip_samples
+
+    @property
+    def min_samples(self):
+        """Samples of one patch (``patch_frames`` frames of 25 ms every 10 ms)."""
+        return 400 + (self.patch_frames - 1) * 160
+
+    def __call__(self, wav):
+        """``[S]`` waveform -> ``[frames, 128]`` normalised fbank (``BEATs.preprocess``)."""
+        from speechbrain.lobes.models.beats import BEATs
+
+        wav = wav.reshape(-1).float()
+        if self.clip_samples is not None:
+            wav = wav[: self.clip_samples]
+        wav = pad_to_minimum(wav, self.min_samples)
+        # preprocess reads nothing of the model: its fbank and normalisation, exactly
+        return BEATs.preprocess(None, wav[None], BEATS_MEAN, BEATS_STD)[0]
+
+    def config(self):
+        """The settings that rebuild this processor (for saved models and caches)."""
+        return {"type": "beats_fbank", "clip_samples": self.clip_samples, "num_mel_bins": 128,
+                "sample_rate": self.sample_rate, "scale": 2 ** 15, "mean": BEATS_MEAN, "std": BEATS_STD,
+                "patch_frames": self.patch_frames}

@@ -213,6 +213,8 @@ class Wav2Vec2Backbone(Backbone):
             "later_layers": [f"{layers}.[1-9]", f"{layers}.[0-9][0-9]"],
             "attention": [f"{layers}.*.attention"],
             "ffn": [f"{layers}.*.feed_forward"],
+            "ffn_in": [f"{layers}.*.feed_forward.intermediate_dense"],
+            "ffn_out": [f"{layers}.*.feed_forward.output_dense"],
             "ln_attention": [f"{layers}.*.layer_norm"],
             "ln_ffn": [f"{layers}.*.final_layer_norm"],
             "q": [f"{layers}.*.attention.q_proj"],

@@ -183,6 +183,8 @@ class WhisperBackbone(Backbone):
         "later_layers": ["model.layers.[1-9]", "model.layers.[0-9][0-9]"],
         "attention": ["model.layers.*.self_attn"],
         "ffn": ["model.layers.*.ffn"],
+        "ffn_in": ["model.layers.*.fc1"],
+        "ffn_out": ["model.layers.*.fc2"],
         "ln_attention": ["model.layers.*.self_attn_layer_norm"],
         "ln_ffn": ["model.layers.*.final_layer_norm"],
         "q": ["model.layers.*.self_attn.q_proj"],

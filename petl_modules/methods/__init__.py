@@ -5,9 +5,10 @@ and the modules it inserts.
   what trains);
 - ``config.py``: ``MethodConfig``, ``register_method``, ``method_config``;
 - ``selective.py``: linear probing, BitFit, full fine-tuning (only what trains);
-- ``lora.py``, ``adapters.py``, ``prompt.py`` (prompt and prefix tuning), ``moa.py`` (Dense- and
-  Soft-MoA): a module and its config each (every module here is imported, so its configs
-  register);
+- ``lora.py`` (LoRA on any projection), ``dora.py``, ``ia3.py``, ``vera.py``, ``layer_sum.py``
+  (the SUPERB weighted layer sum), ``adapters.py``, ``prompt.py`` (prompt and prefix tuning),
+  ``moa.py`` (Dense- and Soft-MoA): a module and its config each (every module here is imported,
+  so its configs register);
 - ``classifier.py``: the head (pooling + linear layer).
 """
 

@@ -13,6 +13,7 @@ layer           every transformer layer: a wrapper sees the token stream *before
 later_layers    every transformer layer but the first
 attention       the self-attention sublayer (MHSA incl. its output projection)
 ffn             the feed-forward sublayer
+ffn_in, ffn_out the feed-forward sublayer's two projections (``nn.Linear``)
 ln_attention    the LayerNorm of the attention sublayer (pre-LN: before it; post-LN: after it)
 ln_ffn          the LayerNorm of the feed-forward sublayer
 q, k, v, o      the attention's query / key / value / output projections (``nn.Linear``)

@@ -47,7 +47,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from petl_modules.contract import PETLModule, current_token_mask, recomputing
+from petl_modules.contract import PETLModule, current_token_mask, host_input, recomputing
 from petl_modules.methods.config import MethodConfig, adapted, register_method
 from petl_modules.options import option
 
@@ -411,9 +411,11 @@ class Adapter(PETLModule):
         out = self.adapter(x, mask)
         return out + x if self.apply_residual else out
 
-    def forward(self, x, *args, **kwargs):
-        """``x [B, T, D]`` (+ the sublayer's other arguments) -> the sublayer's output, adapted.
-        Padded tokens (``current_token_mask``) are kept out of the block's convolutions."""
+    def forward(self, *args, **kwargs):
+        """``x [B, T, D]`` (+ the sublayer's other arguments; ``host_input``) -> the sublayer's
+        output, adapted. Padded tokens (``current_token_mask``) are kept out of the block's
+        convolutions."""
+        x, args, kwargs = host_input(args, kwargs)
         mask = current_token_mask(x)
         if self.seq_or_par == "sequential" and self.placement == "before":
             return self.pretrained_module(self.adapt(x, mask), *args, **kwargs)

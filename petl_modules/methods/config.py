@@ -82,6 +82,9 @@ class MethodConfig:
 
     name: ClassVar[str] = None
     summary: ClassVar[str] = ""
+    # The BibTeX entry of the method's own paper, when it is not one of the two PETL-AST papers
+    # (the model card cites it).
+    citation: ClassVar[str] = ""
     # The keys of the method's non-tensor state (``state``), kept in a model folder beside its
     # config; none for the methods so far.
     state_keys: ClassVar[tuple] = ()

@@ -1,15 +1,17 @@
-"""LoRA (Hu et al., 2022): a trainable low-rank update of frozen attention projections.
+"""LoRA (Hu et al., 2022): a trainable low-rank update of frozen projections.
 
 ``W x + b`` becomes ``(W + s B A) x + b`` with ``A [r, D_in]``, ``B [D_out, r]``,
 ``r = round(hidden / reduction_rate)`` and ``s = lora_alpha / reduction_rate`` (the reference's
 rank and scaling; the paper's setting RR 128, alpha 8 gives r = 6 on AST-base). Targets are among
-the ``q``, ``k``, ``v``, ``o`` insertion points (``lora_targets``; the reference spells them Wq, Wk,
-Wv, Wo).
+the ``q``, ``k``, ``v``, ``o`` (attention) and ``ffn_in``, ``ffn_out`` (the FFN's two projections)
+insertion points (``lora_targets``; the reference spells the attention ones Wq, Wk, Wv, Wo;
+default the papers' Wq,Wv).
 
-``LoRA`` works whether the host model calls the projection (AST, wav2vec2, HuBERT) or reads its
-``weight`` and ``bias`` (WavLM hands them to ``F.multi_head_attention_forward``): both give the
-merged ``W + s B A``. After training, ``merge_lora(model)`` folds every update into plain
-``nn.Linear`` layers for zero-overhead inference.
+``ProjectionUpdate`` is what LoRA shares with the other methods that change a frozen projection
+(DoRA, (IA)3, VeRA): it works whether the host model calls the projection (AST, wav2vec2, HuBERT)
+or reads its ``weight`` and ``bias`` (WavLM hands them to ``F.multi_head_attention_forward``):
+both give the merged weight. After training, ``merge_lora(model)`` folds every such update into
+plain ``nn.Linear`` layers for zero-overhead inference.
 
 Initialisation (``init``): ``identity`` (default): A random (Kaiming uniform, as PEFT), B zero:
 the model starts as the pretrained one and learns from the first step. ``reference``: A and B
@@ -33,10 +35,55 @@ from petl_modules.methods.adapters import (
 from petl_modules.methods.config import MethodConfig, adapted, register_method
 from petl_modules.options import OptionError, option
 
-LORA_TARGETS = ("q", "k", "v", "o")
+# The projections a method may change: the insertion points of every lobe, and their spellings on
+# the command line (the reference's Wq, Wk, Wv, Wo for the attention's).
+LORA_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+TARGET_SPELLINGS = "Wq, Wk, Wv, Wo, ffn_in, ffn_out"
 
 
-class LoRA(PETLModule):
+class ProjectionUpdate(PETLModule):
+    """Base of the modules that change one frozen ``nn.Linear`` (``pretrained_module``) and can be
+    folded into it: LoRA, DoRA, (IA)3, VeRA. A subclass defines ``weight`` and ``bias`` (the
+    merged ones, for hosts that read weights instead of calling the module) and ``forward``.
+
+    ``reads_frozen_output``: ``forward`` calls the frozen projection once on its own input and
+    changes its output (several tasks on one backbone then share that call); False when it
+    changes the projection's input ((IA)3 on ``ffn_out``).
+    """
+
+    reads_frozen_output = True
+
+    @staticmethod
+    def check_linear(module, method, option):
+        if not isinstance(module, torch.nn.Linear):
+            raise TypeError(
+                f"{method} wraps nn.Linear projections, got {type(module).__name__}: check the "
+                f"insertion points ({option} must be among {TARGET_SPELLINGS})."
+            )
+
+    @property
+    def in_features(self):
+        return self.pretrained_module.in_features
+
+    @property
+    def out_features(self):
+        return self.pretrained_module.out_features
+
+    def merge(self):
+        """A plain ``nn.Linear`` holding the merged ``weight`` and ``bias`` (frozen like the
+        pretrained one)."""
+        source = self.pretrained_module
+        merged = torch.nn.Linear(source.in_features, source.out_features, bias=source.bias is not None,
+                                 device=source.weight.device, dtype=source.weight.dtype)
+        with torch.no_grad():
+            merged.weight.copy_(self.weight)
+            if source.bias is not None:
+                merged.bias.copy_(self.bias)
+        merged.requires_grad_(source.weight.requires_grad)
+        return merged
+
+
+class LoRA(ProjectionUpdate):
     """A frozen ``nn.Linear`` plus a scaled low-rank update ``s B A``.
 
     Arguments
@@ -63,11 +110,7 @@ class LoRA(PETLModule):
 
     def __init__(self, module, hidden_size=None, reduction_rate=128, lora_alpha=8, init="identity"):
         super().__init__()
-        if not isinstance(module, torch.nn.Linear):
-            raise TypeError(
-                f"LoRA wraps nn.Linear projections, got {type(module).__name__}: check the "
-                "insertion points (lora_targets must be among q, k, v, o)."
-            )
+        self.check_linear(module, type(self).__name__, "lora_targets")
         check_choice("init", init, INITS)
         self.pretrained_module = module
         rank = bottleneck_width(hidden_size or module.in_features, reduction_rate)
@@ -90,14 +133,6 @@ class LoRA(PETLModule):
     def extra_repr(self):
         return f"rank={self.lora_A.shape[0]}, scaling={self.scaling:g}"
 
-    @property
-    def in_features(self):
-        return self.pretrained_module.in_features
-
-    @property
-    def out_features(self):
-        return self.pretrained_module.out_features
-
     def delta_weight(self):
         """The update ``s B A`` ``[D_out, D_in]``."""
         return self.scaling * (self.lora_B @ self.lora_A)
@@ -116,70 +151,73 @@ class LoRA(PETLModule):
         update = F.linear(F.linear(x, self.lora_A), self.lora_B)
         return self.pretrained_module(x) + self.scaling * update
 
-    def merge(self):
-        """A plain ``nn.Linear`` holding ``W + s B A`` (frozen like the pretrained one)."""
-        source = self.pretrained_module
-        merged = torch.nn.Linear(source.in_features, source.out_features, bias=source.bias is not None,
-                                 device=source.weight.device, dtype=source.weight.dtype)
-        with torch.no_grad():
-            merged.weight.copy_(self.weight)
-            if source.bias is not None:
-                merged.bias.copy_(source.bias)
-        merged.requires_grad_(source.weight.requires_grad)
-        return merged
-
 
 def merge_lora(model):
-    """Replaces, in place, every ``LoRA`` module of ``model`` by its merged ``nn.Linear``.
+    """Replaces, in place, every projection update of ``model`` (``ProjectionUpdate``: LoRA, DoRA,
+    (IA)3, VeRA) by its merged ``nn.Linear``.
 
     Returns
     -------
     list of str
         Names of the merged modules.
     """
-    names = [name for name, module in model.named_modules() if isinstance(module, LoRA)]
+    names = [name for name, module in model.named_modules() if isinstance(module, ProjectionUpdate)]
     for name in names:
         replace_module(model, name, model.get_submodule(name).merge())
     return names
 
 
-def lora_points(lora_targets):
-    """Insertion points of ``lora_targets``: a list or a comma-separated string of q, k, v, o
-    (or the reference's Wq, Wk, Wv, Wo).
+def lora_points(lora_targets, option="lora_targets"):
+    """Insertion points of ``lora_targets``: a list or a comma-separated string of q, k, v, o,
+    ffn_in, ffn_out (the reference's Wq, Wk, Wv, Wo for the attention's), in that order.
 
     Example
     -------
     >>> lora_points("Wq,Wv")
     ['q', 'v']
+    >>> lora_points("ffn_out,Wq")
+    ['q', 'ffn_out']
     """
     if isinstance(lora_targets, str):
         lora_targets = lora_targets.split(",")
-    points = []
+    points = set()
     for target in lora_targets or []:
         point = str(target).strip().lower()
         point = point[1:] if len(point) == 2 and point[0] == "w" else point
         if point not in LORA_TARGETS:
             raise ValueError(
-                f"lora_targets: unknown target '{target}'. Use any of Wq, Wk, Wv, Wo (or q, k, v, "
-                "o), e.g. --lora_targets=Wq,Wv."
+                f"{option}: unknown target '{target}'. Use any of {TARGET_SPELLINGS} "
+                f"(comma-separated), e.g. --{option}=Wq,Wv."
             )
-        if point not in points:
-            points.append(point)
+        points.add(point)
     if not points:
-        raise ValueError("lora_targets is empty: name at least one of Wq, Wk, Wv, Wo.")
-    return points
+        raise ValueError(f"{option} is empty: name at least one of {TARGET_SPELLINGS}.")
+    return [p for p in LORA_TARGETS if p in points]
+
+
+def target_spelling(points):
+    """``lora_targets`` text of insertion ``points`` (``['q', 'ffn_in']`` -> ``Wq,ffn_in``)."""
+    return ",".join(f"W{p}" if len(p) == 1 else p for p in LORA_TARGETS if p in points)
+
+
+def checked_targets(value, option):
+    """``lora_points(value, option)``, a wrong target an ``OptionError`` (a config's ``check``)."""
+    try:
+        return lora_points(value, option)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
 
 
 @register_method
 @dataclasses.dataclass
 class LoraConfig(MethodConfig):
-    """LoRA on the attention projections ``lora_targets`` of every layer; the final LayerNorm
-    trains too."""
+    """LoRA on the projections ``lora_targets`` (attention, FFN) of every layer; the final
+    LayerNorm trains too."""
 
     name = "lora"
-    summary = "low-rank updates s·B·A of the attention projections"
+    summary = "low-rank updates s·B·A of the attention (and FFN) projections"
 
-    lora_targets: str = option("Wq,Wv", "projections adapted: any of Wq, Wk, Wv, Wo, comma-separated")
+    lora_targets: str = option("Wq,Wv", f"projections adapted: any of {TARGET_SPELLINGS}, comma-separated")
     reduction_rate: float = option(128, "rank r = round(hidden / reduction_rate)", kind=float,
                                    minimum=0, exclusive_minimum=True)
     lora_alpha: float = option(8, "scaling s = lora_alpha / reduction_rate", kind=float)
@@ -187,10 +225,7 @@ class LoraConfig(MethodConfig):
                        "the reference runs", choices=INITS)
 
     def check(self):
-        try:
-            lora_points(self.lora_targets)
-        except ValueError as err:
-            raise OptionError(str(err)) from None
+        checked_targets(self.lora_targets, "lora_targets")
 
     def build(self, backbone):
         return adapted(backbone, LoRA, lora_points(self.lora_targets), ["final_norm"],

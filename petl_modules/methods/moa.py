@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from petl_modules.contract import PETLModule, current_token_mask
+from petl_modules.contract import PETLModule, current_token_mask, host_input
 from petl_modules.methods.adapters import (
     ADAPTER_TYPES,
     INITS,
@@ -258,9 +258,10 @@ class MixtureOfAdapters(PETLModule):
         """``init=reference`` starts the experts away from zero (see ``PETLModule``)."""
         return [reference_init_warning(f"{self.kind.capitalize()}-MoA")] if self.init == "reference" else []
 
-    def forward(self, x, *args, **kwargs):
-        """``x [B, T, D]`` (+ the sublayer's other arguments) -> ``f(x) + MoA(x)``, padded tokens
-        (``current_token_mask``) kept out of the routing and the convolutions."""
+    def forward(self, *args, **kwargs):
+        """``x [B, T, D]`` (+ the sublayer's other arguments; ``host_input``) -> ``f(x) + MoA(x)``,
+        padded tokens (``current_token_mask``) kept out of the routing and the convolutions."""
+        x, args, kwargs = host_input(args, kwargs)
         mask = current_token_mask(x)
         out = self.pretrained_module(x, *args, **kwargs)
         if isinstance(out, tuple):

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from petl_modules.contract import PETLModule, attend_with_prefix, prefix_key_width
+from petl_modules.contract import PETLModule, attend_with_prefix, host_input, prefix_key_width
 from petl_modules.methods.adapters import join_output, split_output
 from petl_modules.methods.config import MethodConfig, adapted, register_method
 from petl_modules.options import OptionError, option
@@ -112,7 +112,8 @@ class DeepPrompt(PETLModule):
         self.start = int(prompt_position[0])
         self.prompts = _tokens(self.prompt_len, int(hidden_size))
 
-    def forward(self, hidden, *args, **kwargs):
+    def forward(self, *args, **kwargs):
+        hidden, args, kwargs = host_input(args, kwargs)
         hidden = insert_tokens(hidden, self.prompts, self.start, replace=self.prompt_len)
         return self.pretrained_module(hidden, *args, **kwargs)
 
@@ -174,9 +175,11 @@ class PrefixTuning(PETLModule):
         self.prefix_keys = _tokens(prompt_len // 2, width)
         self.prefix_values = _tokens(prompt_len // 2, width)
 
-    def forward(self, hidden, *args, **kwargs):
-        """``hidden [B, T, D]`` and the host's arguments (e.g. ``attention_mask``) -> what the
-        host expects from its attention sublayer (``(output [B, T, D], None)`` by default)."""
+    def forward(self, *args, **kwargs):
+        """``hidden [B, T, D]`` (positional or ``hidden_states=``: ``host_input``) and the host's
+        arguments (e.g. ``attention_mask``) -> what the host expects from its attention sublayer
+        (``(output [B, T, D], None)`` by default)."""
+        hidden, args, kwargs = host_input(args, kwargs)
         return attend_with_prefix(self.pretrained_module, hidden, self.prefix_keys,
                                   self.prefix_values, self.start, *args, **kwargs)
 

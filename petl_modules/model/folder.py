@@ -297,11 +297,13 @@ def load_petl_model(model_dir, backbone_source=None, device="cpu", check=True):
 
 # ==================================================================== merging
 def merge_petl_model(modules):
-    """Folds LoRA updates into the backbone weights, in place (zero-overhead inference).
+    """Folds LoRA, DoRA, (IA)3 and VeRA updates into the backbone weights, in place (zero-overhead
+    inference).
 
-    Every ``LoRA`` wrapper becomes a plain ``nn.Linear`` holding ``W + s B A``
-    (``petl_modules.methods.lora.merge_lora``). BitFit biases and fine-tuned layers are trained in place
-    already: nothing to fold. Other PETL modules (adapters, prompts, prefixes, MoA) stay.
+    Every such wrapper becomes a plain ``nn.Linear`` holding its merged weight and bias (e.g.
+    LoRA's ``W + s B A``; ``petl_modules.methods.lora.merge_lora``). BitFit biases and fine-tuned
+    layers are trained in place already: nothing to fold. Other PETL modules (adapters, prompts,
+    prefixes, MoA) and the layer sum's weights stay.
 
     Returns
     -------

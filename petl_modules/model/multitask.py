@@ -7,17 +7,21 @@ each file names its task), sorted by task; the router knows from the context whi
 which task (``task_segments``) and runs:
 
 - the frozen module ONCE on the rows of every task that has no module there or whose module only
-  reads the frozen module's output for the same input (``reader``: LoRA, parallel adapters,
-  sequential adapters after the sublayer, Dense/Soft-MoA, shallow prompts); each such module then
-  gets its rows of that output (``_SharedSublayer``) and adds its own part;
+  reads the frozen module's output for the same input (``reader``: LoRA, DoRA, VeRA, (IA)3 on a
+  projection's output, parallel adapters, sequential adapters after the sublayer, Dense/Soft-MoA,
+  shallow prompts); each such module then gets its rows of that output (``_SharedSublayer``) and
+  adds its own part;
 - each other task's module on its own rows (``own``: prompts before a layer, prefix tuning,
-  sequential adapters before the sublayer): the frozen module runs inside it on those rows only;
+  sequential adapters before the sublayer, (IA)3 on the FFN's intermediate activations): the
+  frozen module runs inside it on those rows only;
 - a task's trained LayerNorm (``replace``: the final LayerNorm, the LayerNorm before an adapted
   sublayer) on its rows.
 
 Everything between the adapted points (the embeddings, the LayerNorms, the feed-forward and
 attention matmuls no task adapts) runs once on the whole stack. So every (file, task) row passes
-through the frozen weights exactly once, and the tasks' outputs are the models' own outputs.
+through the frozen weights exactly once, and the tasks' outputs are the models' own outputs. A
+weighted layer sum task (``layer_sum``) inserts nothing: its rows' layer states are read off the
+shared pass (``layer_states``) and summed with its weights.
 
 Tasks whose token sequences differ in length (prompt tuning adds ``prompt_len`` tokens) run in
 separate stacks, one per sequence length (``layout``), instead of being padded: padding would add
@@ -25,8 +29,8 @@ tokens, hence frozen computation, to every row of the shorter tasks; separate st
 
 What cannot share a frozen backbone is refused before the long work, with the reason: folders of
 different base checkpoints (fingerprints), input settings or backbone options; methods that train
-backbone tensors other than LayerNorms (full fine-tuning, BitFit); and LoRA on WavLM, whose
-attention reads its projections' weights rather than calling them.
+backbone tensors other than LayerNorms (full fine-tuning, BitFit); and LoRA, DoRA, (IA)3 and VeRA
+on WavLM's attention projections, whose weights WavLM reads rather than calling them.
 """
 
 import contextlib
@@ -41,7 +45,8 @@ from speechbrain.utils.data_utils import batch_pad_right
 from petl_modules.backbones.base import preserved_rng, quiet_transformers
 from petl_modules.contract import _TOKEN_MASK, PETLModule, token_mask
 from petl_modules.methods.adapters import Adapter
-from petl_modules.methods.lora import LoRA
+from petl_modules.methods.layer_sum import WeightedLayerSum, layer_states, weighted_sum
+from petl_modules.methods.lora import ProjectionUpdate
 from petl_modules.methods.moa import MixtureOfAdapters
 from petl_modules.methods.prompt import PrefixTuning, ShallowPrompt
 from petl_modules.model.folder import (
@@ -120,6 +125,14 @@ class _SharedSublayer(torch.nn.Module):
         self.__dict__["target"] = module
         self.pending = None
 
+    def __getattr__(self, name):
+        """The frozen module's own attributes (``weight``, ``bias``, ``in_features``: DoRA reads
+        the weight's norms)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["target"], name)
+
     def forward(self, *args, **kwargs):
         first = args[0] if args else next(iter(kwargs.values()), None)
         if self.pending is not None and first is self.pending[0]:
@@ -131,7 +144,9 @@ def module_kind(module):
     """``reader`` (the module calls the frozen one on its own input once and adds to, or
     transforms, its output), ``own`` (another PETL module: run on its rows with the frozen module
     inside) or ``replace`` (a trained plain module, e.g. a LayerNorm)."""
-    if isinstance(module, (LoRA, MixtureOfAdapters, ShallowPrompt)):
+    if isinstance(module, ProjectionUpdate):
+        return "reader" if module.reads_frozen_output else "own"
+    if isinstance(module, (MixtureOfAdapters, ShallowPrompt)):
         return "reader"
     if isinstance(module, Adapter):
         before = module.seq_or_par == "sequential" and module.placement == "before"
@@ -307,11 +322,15 @@ def _check_frozen(spec, folder, modules, shared):
             "other tasks (full fine-tuning and BitFit change the backbone). Load it alone with "
             "PETLModel.from_pretrained."
         )
-    if getattr(shared, "model_type", None) == "wavlm" and any(isinstance(m, LoRA) for m in modules["petl_model"].modules()):
+    attention = {n for p in "qkvo" for n, _ in shared.modules_at_optional(p)}
+    weight_read = sorted({type(m).__name__ for n, m in _outermost_petl_modules(modules["petl_model"].adapted_model).items()
+                          if isinstance(m, ProjectionUpdate) and n in attention})
+    if getattr(shared, "model_type", None) == "wavlm" and weight_read:
         raise PETLModelError(
-            f"The LoRA model of {folder} is on WavLM, whose attention reads its projections' "
-            "weights instead of calling them: several tasks' LoRA updates cannot share one call. "
-            "Load it alone with PETLModel.from_pretrained."
+            f"The {spec.method.name} model of {folder} changes WavLM's attention projections "
+            f"({', '.join(weight_read)}), whose weights WavLM's attention reads instead of calling "
+            "the modules: several tasks' updates cannot share one call. Load it alone with "
+            "PETLModel.from_pretrained."
         )
 
 
@@ -334,13 +353,18 @@ class MultiTaskModel(torch.nn.Module):
         Each task's head.
     layouts : list of int
         Each task's ``token_layout``.
+    layer_sums : dict, optional
+        ``{task: WeightedLayerSum}`` of the tasks whose head reads the weighted sum of the layers'
+        states (their ``layer_weights``; nothing of theirs is in the lobe).
     """
 
-    def __init__(self, lobe, classifiers, layouts):
+    def __init__(self, lobe, classifiers, layouts, layer_sums=None):
         super().__init__()
         self.lobe = lobe
         self.classifiers = torch.nn.ModuleList(classifiers)
         self.layouts = list(layouts)
+        self.layer_weights = torch.nn.ParameterDict(
+            {str(t): m.layer_weights for t, m in (layer_sums or {}).items()})
 
     def forward(self, inputs, lengths, tasks):
         """``inputs [N, ...]``, ``lengths [N]`` and ``tasks [N]`` (each row's task index) ->
@@ -353,14 +377,20 @@ class MultiTaskModel(torch.nn.Module):
             rows = {t: r for t, r in rows.items() if r.numel()}
             index = torch.cat(list(rows.values()))
             device_index = index.to(inputs.device)
-            with task_segments([(t, r.numel()) for t, r in rows.items()]):
+            summed = any(str(t) in self.layer_weights for t in rows)
+            with task_segments([(t, r.numel()) for t, r in rows.items()]), \
+                    (layer_states(self.lobe) if summed else contextlib.nullcontext([])) as states:
                 hidden, mask = self.lobe(inputs.index_select(0, device_index),
                                          lengths.index_select(0, device_index.to(lengths.device)))
             start = 0
             for task, task_rows in rows.items():
                 stop = start + task_rows.numel()
+                mine = hidden[start:stop]
+                if str(task) in self.layer_weights:  # the layers' states of its rows, summed
+                    layers = torch.stack([s[start:stop] for s in states[:-1]] + [mine])
+                    mine = weighted_sum(self.layer_weights[str(task)], layers)
                 found[task] = (task_rows, self.classifiers[task](
-                    hidden[start:stop], None if mask is None else mask[start:stop]))
+                    mine, None if mask is None else mask[start:stop]))
                 start = stop
         return found
 
@@ -402,7 +432,7 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
             check_fingerprint(spec, shared, folder)
     shared.release_checkpoint()
     shared.requires_grad_(False)
-    routed, classifiers, layouts = {}, [], []
+    routed, classifiers, layouts, layer_sums = {}, [], [], {}
     for task, (spec, folder) in enumerate(zip(specs, folders)):
         # The task's modules on a copy of the backbone, then moved onto the shared one.
         modules = attach_modules(spec, copy.deepcopy(shared))
@@ -411,6 +441,8 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
         load_trained_state(modules, folder, spec)
         lobe = petl_model.adapted_model
         layouts.append(token_layout(lobe))
+        if isinstance(petl_model, WeightedLayerSum):
+            layer_sums[task] = petl_model
         for name, module in _trained_backbone_modules(lobe).items():
             routed.setdefault(name, {})[task] = module
         for name, module in _outermost_petl_modules(lobe).items():
@@ -420,7 +452,7 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
         del modules, petl_model, lobe  # the task's copy of the backbone goes with them
     for name in sorted(routed, key=lambda n: -n.count(".")):  # inner points first
         replace_module(shared, name, TaskRouter(shared.get_submodule(name), routed[name]))
-    model = MultiTaskModel(shared, classifiers, layouts).to(device).eval()
+    model = MultiTaskModel(shared, classifiers, layouts, layer_sums).to(device).eval()
     return model, [folder_view(spec, folder, source) for spec, folder in zip(specs, folders)]
 
 

@@ -1,7 +1,8 @@
 """Sharing trained models in other formats than the PETL model folder (the folder itself, the Hub
 and several tasks on one backbone are the model layer's: ``petl_modules.model``).
 
-``peft_lora``    a LoRA model as a PEFT adapter (``adapter_config.json`` + safetensors) and back
+``peft_lora``    a LoRA, DoRA, (IA)3 or VeRA model as a PEFT adapter (``adapter_config.json`` +
+                 safetensors) and back
 ``onnx_export``  a whole model (backbone, PETL modules, head, activation) as one ONNX graph,
                  checked with onnxruntime
 ``head``         the head and labels written beside an exported backbone

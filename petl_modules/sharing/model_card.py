@@ -4,7 +4,8 @@ Built from the folder's data only (``petl_config.json`` and the optional ``metri
 ``huggingface_hub.ModelCard``: YAML front matter the Hub reads (library, tags, pipeline, base
 model, datasets, metrics and a ``model-index`` with the test accuracy), then what the model is
 (method, backbone and its checkpoint id, dataset, scores, trained parameters, the training
-command), how to use it, and the citations of the two papers whose methods it implements.
+command), how to use it, and the citations of the two papers whose methods it implements (and
+of the method's own paper, for the methods beyond them).
 """
 
 import re
@@ -43,6 +44,13 @@ def is_hub_id(source):
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", str(source))) and not str(source).startswith(".")
 
 
+def citations(method):
+    """The BibTeX of the two PETL-AST papers, and of ``method``'s own paper where its config class
+    names one (``MethodConfig.citation``: DoRA, (IA)3, VeRA, SUPERB's layer sum)."""
+    own = METHODS[method].citation if method in METHODS else ""
+    return CITATIONS + (f"\n\n{own}" if own else "")
+
+
 def method_keys(method):
     """The options of ``method`` (its config class's fields, ``petl_modules.methods``), in order."""
     return list(METHODS[method].options()) if method in METHODS else []
@@ -74,7 +82,7 @@ def model_card(config, metrics=None, repo_id=None):
     data = card_data(config, metrics, dataset, name)
     lines = [*summary_lines(config, metrics, dataset, name),
              *usage_lines(config, metrics, repo_id or "<this repo id>"),
-             "## Citation", "", "```bibtex", CITATIONS, "```", ""]
+             "## Citation", "", "```bibtex", citations(config["method"]), "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 

@@ -21,7 +21,10 @@ as they are). Inputs, with dynamic ``batch`` and length axes:
 - waveform backbones (wav2vec2, HuBERT, WavLM, data2vec-audio): ``input_values [batch, samples]``
   (cut to the clip, then normalised per utterance when the processor says ``normalize``) and
   ``lengths [batch]``, each utterance's valid length relative to ``samples`` (SpeechBrain's
-  convention; 1.0 when unpadded).
+  convention; 1.0 when unpadded);
+- spectrogram backbones that mask padding instead of padding to a fixed length (BEATs, w2v-BERT
+  2.0: ``Backbone.takes_lengths``): ``input_values [batch, frames, features]`` of any length, padded
+  with zeros to batch, and ``lengths [batch]`` as above.
 
 The exporter is torch's dynamo-based ``torch.onnx.export(..., dynamo=True)`` (needs onnxscript),
 for every method and family: it traces with symbolic shapes, so sizes computed from the input (the
@@ -45,6 +48,7 @@ import math
 from pathlib import Path
 
 import torch
+from speechbrain.utils.data_utils import batch_pad_right
 
 from petl_modules.files import write_json_atomic
 from petl_modules.model.spec import PETLModelError
@@ -87,9 +91,10 @@ class ProbabilityModel(torch.nn.Module):
 
 
 def fixed_frames(lobe):
-    """The frames a spectrogram lobe's inputs must have (AST ``max_frames``, Whisper's clip)."""
+    """The frames a spectrogram lobe's inputs must have (AST ``max_frames``, Whisper's clip); None
+    for waveforms and for lobes that mask padding (``takes_lengths``)."""
     processor = lobe.input_processor
-    if lobe.input_kind != "spectrogram":
+    if lobe.input_kind != "spectrogram" or lobe.takes_lengths:
         return None
     return int(getattr(processor, "max_frames", None) or processor.frames)
 
@@ -106,17 +111,13 @@ def generated_inputs(lobe, batch, fraction, seed=0):
     processor = lobe.input_processor
     generator = torch.Generator().manual_seed(seed)
     samples = round((processor.samples_needed or 16000) * fraction)
-    if lobe.input_kind == "spectrogram":
+    if not lobe.takes_lengths:
         wavs = [0.1 * (1 + k) * torch.randn(samples, generator=generator) for k in range(batch)]
         client = getattr(processor, "unpadded", processor)
         return ((torch.stack([client(w) for w in wavs]), None),
                 (torch.stack([processor(w) for w in wavs]), None))
     valid = [max(processor.min_samples, round(samples * (1 - 0.2 * k))) for k in range(batch)]
-    wavs = [processor(0.1 * torch.randn(n, generator=generator)) for n in valid]
-    inputs = torch.zeros(batch, max(len(w) for w in wavs))
-    for k, wav in enumerate(wavs):
-        inputs[k, : len(wav)] = wav
-    inputs = (inputs, torch.tensor([len(w) / inputs.shape[1] for w in wavs]))
+    inputs = batch_pad_right([processor(0.1 * torch.randn(n, generator=generator)) for n in valid])
     return inputs, inputs
 
 
@@ -146,14 +147,14 @@ def parity(session, model, lobe):
 def export_graph(model, lobe, path, opset=OPSET):
     """``torch.onnx.export`` (dynamo) of a ``ProbabilityModel`` of ``lobe`` to ``path``, with
     dynamic batch and length axes; returns the example inputs it traced."""
-    waveform = lobe.input_kind == "waveform"
+    takes_lengths = lobe.takes_lengths
     example = generated_inputs(lobe, 2, 1.0)[0]
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
     shapes = {"input_values": {0: batch, 1: length}}
-    if waveform:
+    if takes_lengths:
         shapes["lengths"] = {0: batch}
     with torch.no_grad():
-        torch.onnx.export(model, example if waveform else example[:1], str(path), dynamo=True,
+        torch.onnx.export(model, example if takes_lengths else example[:1], str(path), dynamo=True,
                           opset_version=int(opset), verbose=False, input_names=list(shapes),
                           output_names=["probabilities"], dynamic_shapes=shapes, external_data=False)
     return example
@@ -183,7 +184,7 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
     task = Task.of_view(config)
     model = ProbabilityModel(modules["petl_model"], modules["classifier"], fixed_frames(lobe),
                              task).eval()
-    waveform = lobe.input_kind == "waveform"
+    waveform, takes_lengths = lobe.input_kind == "waveform", lobe.takes_lengths
     path = out_dir / MODEL_FILE
     for stale in (path, out_dir / f"{MODEL_FILE}.data", out_dir / CONFIG_FILE):
         stale.unlink(missing_ok=True)
@@ -206,7 +207,7 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
         )
     inputs = [{"name": "input_values", "axes": ["batch", "samples"] if waveform
                else ["batch", "frames", int(example[0].shape[-1])]}]
-    if waveform:
+    if takes_lengths:
         inputs.append({"name": "lengths", "axes": ["batch"],
                        "meaning": "valid length of each utterance relative to samples (1.0: all)"})
     side = {

@@ -14,6 +14,11 @@ One vector ``[D]`` per utterance; training then runs ``gamma * cached + beta`` a
 (``head_input``), far cheaper than the backbone. A lobe without a final LayerNorm (post-LN
 wav2vec2) caches the pooled output itself.
 
+The weighted layer sum (``hparams/layer_sum.yaml``, ``petl_modules.methods.layer_sum``) is cached
+the same way: pooling is linear, so ``pool(sum_l w_l h_l) = sum_l w_l pool(h_l)``, and the cache
+holds ``pool(h_l)`` for every layer, ``[L + 1, D]`` per utterance; training runs the softmax-weighted
+sum of the cached vectors and the head.
+
 Where it is wrong, the cache is refused (``check_cacheable``) before any data is read: data
 augmentation and random training crops (the inputs change every epoch), any trainable backbone parameter besides the final
 LayerNorm or any inserted PETL module (another method), poolings other than mean/cls, and
@@ -42,12 +47,14 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
 from petl_modules.contract import PETLModule
+from petl_modules.methods.layer_sum import WeightedLayerSum, weighted_sum
 from petl_modules.training.windows import WINDOW_KEYS, is_window_dataset
 
 logger = logging.getLogger(__name__)
 
 CACHE_FOLDER = "backbone_cache"
 CACHE_FORMAT = 1
+CACHED_METHODS = ("linear", "layer_sum")
 CACHEABLE_POOLINGS = ("mean", "cls")
 
 
@@ -66,10 +73,10 @@ def check_cacheable(hparams):
     """
     reasons = []
     method = hparams.get("method")
-    if method != "linear":
+    if method not in CACHED_METHODS:
         reasons.append(
-            f"it is for linear probing only (method '{method}' trains inside the backbone, so its "
-            "outputs change at every step)"
+            f"it is for linear probing and the layer sum only (method '{method}' trains inside the "
+            "backbone, so its outputs change at every step)"
         )
     if hparams.get("augmentation") is not None:
         reasons.append(
@@ -128,8 +135,12 @@ def normalised_pooled(petl_model, classifier, inputs, lengths=None):
 
     Runs the backbone, takes the input ``x`` of its final LayerNorm (a forward pre-hook),
     normalises each token without the affine part, and pools it as ``classifier`` does.
-    Without a final LayerNorm, the pooled output itself.
+    Without a final LayerNorm, the pooled output itself. The layer sum: ``[B, L + 1, D]``, every
+    layer's state pooled.
     """
+    if isinstance(petl_model, WeightedLayerSum):
+        states, mask = petl_model.states(inputs, lengths)
+        return torch.stack([classifier.pool(state, mask) for state in states], dim=1)
     lobe = petl_model.adapted_model
     norm = final_norm_of(lobe)
     captured = {}
@@ -149,7 +160,10 @@ def normalised_pooled(petl_model, classifier, inputs, lengths=None):
 
 def head_input(petl_model, cached):
     """``[B, D]`` cached vectors -> ``[B, 1, D]`` tokens for the classifier: the final
-    LayerNorm's affine part ``gamma * cached + beta`` (trainable), as in the uncached model."""
+    LayerNorm's affine part ``gamma * cached + beta`` (trainable), as in the uncached model. The
+    layer sum: ``[B, L + 1, D]`` -> their softmax-weighted sum."""
+    if isinstance(petl_model, WeightedLayerSum):
+        return weighted_sum(petl_model.layer_weights, cached.transpose(0, 1)).unsqueeze(1)
     norm = final_norm_of(petl_model.adapted_model)
     out = cached
     if norm is not None:
@@ -173,6 +187,7 @@ def cache_settings(hparams):
         "position_embeddings": getattr(lobe, "position_embeddings", None),
         "attn_implementation": str(hparams.get("attn_implementation")),
         "pooling": hparams.get("pooling", "mean"),
+        "layers": isinstance(hparams["petl_model"], WeightedLayerSum),  # every layer's vector
     }
 
 
@@ -184,7 +199,8 @@ def cache_path(hparams, settings):
 
 
 def load_cache(path):
-    """``{wav: vector [D]}`` of a cache file (empty when it does not exist)."""
+    """``{wav: vector [D] (the layer sum: [L + 1, D])}`` of a cache file (empty when it does not
+    exist)."""
     path = Path(path)
     if not path.is_file():
         return {}
@@ -192,9 +208,10 @@ def load_cache(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles objects
         wavs, vectors = saved["wavs"], saved["vectors"]
         if not (isinstance(wavs, list) and all(isinstance(w, str) for w in wavs)
-                and isinstance(vectors, torch.Tensor) and vectors.dim() == 2
+                and isinstance(vectors, torch.Tensor) and vectors.dim() in (2, 3)
                 and vectors.is_floating_point() and len(vectors) == len(wavs)):
-            raise ValueError("not a list of file names and a [N, D] float tensor of their vectors")
+            raise ValueError("not a list of file names and a [N, (L + 1,) D] float tensor of their "
+                             "vectors")
     except Exception as err:  # damaged, crafted (pickled objects) or of another layout
         logger.warning(f"Ignoring the backbone output cache {path}: it cannot be used "
                        f"({type(err).__name__}: {' '.join(str(err).split())[:200]}); its vectors "
