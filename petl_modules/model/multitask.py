@@ -457,6 +457,7 @@ class MultiTaskClassifier(torch.nn.Module):
         self.input_processor = model.lobe.input_processor
         self.device = device
         self.precision = "fp32"
+        self.int8 = None  # set_speed(precision="int8"): one onnxruntime graph per task
         # One evaluation protocol for every task (first clip or sliding windows, as each was tested).
         protocols = [EvalProtocol.from_options(c.get("evaluation") or {}) for c in configs]
         differing = [n for n, p in zip(self.names, protocols) if p.config() != protocols[0].config()]
@@ -485,10 +486,28 @@ class MultiTaskClassifier(torch.nn.Module):
         raise ValueError(f"Unknown task {task!r}: the tasks are {', '.join(self.names)} "
                          f"(or 0 to {len(self.names) - 1}).")
 
+    def int8_graphs(self):
+        """Each task's ``Int8Graph`` (``set_speed(precision="int8")``): its own model exported on
+        its own (int8 does not share the frozen backbone between the tasks; each task's model is
+        loaded once, for the export, when its graph is not in the cache yet)."""
+        graphs = []
+        for config in self.configs:
+            model = PETLModel.from_pretrained(config["model_dir"], config["backbone_source"])
+            graphs.append(model.int8_graphs())
+            del model
+        return graphs
+
     @torch.no_grad()
     def run(self, inputs, lengths, tasks):
         """``{task index: (rows, out_prob [n_t, C_t])}`` of processed inputs whose rows belong to
         ``tasks [N]``."""
+        if self.int8 is not None:
+            tasks = torch.as_tensor(tasks, dtype=torch.long).cpu()
+            found = {}
+            for task in sorted(set(tasks.tolist())):
+                rows = torch.nonzero(tasks == task).flatten()
+                found[task] = (rows, self.int8[task](inputs[rows], lengths[rows]))
+            return found
         with autocast_context(self.device, self.precision):
             found = self.mods["multitask"](inputs.to(self.device), lengths.to(self.device), tasks)
         return {t: (rows, torch.sigmoid(logits.float()) if self.multilabel[self.names[t]]

@@ -40,6 +40,7 @@ from petl_modules.model.folder import (
     save_model_folder,
 )
 from petl_modules.model.hub import resolve_model_dir
+from petl_modules.model.int8 import check_int8, int8_graph
 from petl_modules.model.precision import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
 from petl_modules.model.task import Task
@@ -82,6 +83,7 @@ class PETLModel(torch.nn.Module):
         self.input_processor = self.mods["petl_model"].adapted_model.input_processor
         self.merged = []  # names of the LoRA modules folded into the backbone
         self.precision = "fp32"  # set_speed
+        self.int8 = None  # set_speed(precision="int8"): the onnxruntime graph that runs instead
         # First clip or sliding windows, as the run was tested (format_version < 3: first clip).
         self.protocol = spec.evaluation
 
@@ -177,12 +179,25 @@ class PETLModel(torch.nn.Module):
 
     def set_speed(self, precision="fp32", compile=False):
         """bf16 autocast (where the device supports it; else fp32, warned) and/or ``torch.compile``
-        of the modules (eager, warned, where compilation fails). Returns ``self``."""
+        of the modules (eager, warned, where compilation fails); or ``int8``: the model's ONNX
+        graph with its linear layers quantised, run by onnxruntime on the CPU
+        (``petl_modules.model.int8``: exported once into a cache; a clear error, never fp32, where
+        it cannot run). Returns ``self``."""
+        self.int8 = None
+        if precision == "int8":
+            check_int8(self.device, compile)
+            self.int8 = self.int8_graphs()
+            self.precision = "int8"
+            return self
         self.precision = resolve_precision(precision, self.device)
         if compile:
             for name in list(self.mods):
                 self.mods[name] = compile_with_fallback(self.mods[name], name)
         return self
+
+    def int8_graphs(self):
+        """The model's ``Int8Graph`` (``set_speed(precision="int8")``)."""
+        return int8_graph(dict(self.mods), self.config)
 
     # ---------------------------------------------------------------- inputs
     def load_audio(self, path):
@@ -232,6 +247,8 @@ class PETLModel(torch.nn.Module):
     def classify_inputs(self, inputs, lengths):
         """Classifies processed inputs: ``[B, ...]`` padded features and ``[B]`` relative lengths
         (see the class doc for what it returns)."""
+        if self.int8 is not None:
+            return self.predictions(self.int8(inputs, lengths))
         with autocast_context(self.device, self.precision):
             hidden, mask = self.mods["petl_model"](inputs.to(self.device), lengths.to(self.device))
             logits = self.mods["classifier"](hidden, mask)
