@@ -113,7 +113,7 @@ from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
-ALL_SUITES = SUITES + ("reference", "multitask", "compile")
+ALL_SUITES = SUITES + ("reference", "multitask", "compile", "int8")
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
     ("full_ft", "full-FT"),
@@ -145,6 +145,8 @@ TARGETS = {
     "first_batch_10x_data": "<= 1.2",
     "classify_memory_1h_vs_10s": "<= 1.2",
     "classify_memory_5min_vs_10s_sliding": "<= 1.2",
+    "int8_throughput_vs_fp32_eager_batch8": ">= 2.0",
+    "int8_top1_agreement_demo": ">= 0.99",
     "multitask_every_task_vs_one_task": "<= 1.5 (out of reach: 4x the tokens, see README)",
     "multitask_weights_vs_one_model": "<= 1.2",
 }
@@ -745,6 +747,106 @@ def suite_classify(args):
     return rows
 
 
+INT8_BATCHES = (1, 8)
+
+
+def suite_int8(args):
+    """int8 inference (``--precision=int8``: the ONNX graph, linear layers quantised by
+    onnxruntime's dynamic quantisation) against fp32: speed on the benchmark's backbone, agreement
+    on a model trained through the demo."""
+    return _int8_speed(args) + _int8_demo_agreement(args)
+
+
+def _int8_speed(args):
+    """Batches of 1 and 8 of the conformer adapter model, features to probabilities: PyTorch fp32
+    eager, onnxruntime fp32 and onnxruntime int8 (``--threads`` threads each), in turn within each
+    round; the ratios are medians over rounds of the ratio within a round."""
+    import onnxruntime
+
+    from petl_modules.sharing.onnx_export import (
+        ProbabilityModel,
+        export_graph,
+        fixed_frames,
+        quantize_int8,
+    )
+
+    hparams = build_hparams(args, "adapter")
+    lobe = hparams["backbone"]
+    model = ProbabilityModel(hparams["petl_model"], hparams["classifier"], fixed_frames(lobe)).eval()
+    paths = {"onnxruntime fp32": args.workdir / "int8_suite_fp32.onnx",
+             "onnxruntime int8": args.workdir / "int8_suite_int8.onnx"}
+    export_graph(model, lobe, paths["onnxruntime fp32"])
+    quantize_int8(paths["onnxruntime fp32"], paths["onnxruntime int8"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    sessions = {name: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for name, path in paths.items()}
+    processor = lobe.input_processor
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.stack([processor(0.1 * torch.randn(int(args.frames / 100 * 16000), generator=generator))
+                          for _ in range(max(INT8_BATCHES))])
+    runs = {"eager fp32": lambda x: model(x)}
+    for name, session in sessions.items():
+        runs[name] = lambda x, session=session: session.run(None, {"input_values": x.numpy()})
+    times = {(batch, name): [] for batch in INT8_BATCHES for name in runs}
+    with torch.no_grad():
+        for _ in range(args.warmup + args.steps):
+            for batch in INT8_BATCHES:
+                for name, run in runs.items():
+                    times[batch, name] += timed(lambda: run(inputs[:batch]), 1, 0, "cpu")
+    rows = []
+    for (batch, name), measured in times.items():
+        rows.append(result("int8", f"adapter conformer Pfeiffer, batch {batch}: {name}",
+                           measured[args.warmup:], None, None, batch=batch, kind=name,
+                           round_s=measured[args.warmup:]))
+    return rows
+
+
+def _demo_model(args):
+    """The ``petl_model/`` folder of a run of ``python -m petl_modules.demo`` (``--demo_folder``,
+    or a new demo run with its default options in the work folder) and its test clips."""
+    import csv
+    import subprocess
+
+    folder = Path(args.demo_folder) if args.demo_folder else args.workdir / "demo"
+    if not (folder / "run" / "petl_model").is_dir():
+        subprocess.run([sys.executable, "-m", "petl_modules.demo", f"--output_folder={folder}"],
+                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    manifests = folder / "run" / "manifests"
+    data_root = json.loads((manifests / "prepare_options.json").read_text())["data_folder"]
+    with open(manifests / "test.csv", newline="") as stream:
+        clips = [row["wav"].replace("$data_root", data_root) for row in csv.DictReader(stream)]
+    return folder / "run" / "petl_model", folder / "backbone", clips
+
+
+def _int8_demo_agreement(args):
+    """Top-1 agreement and max |probability difference| of int8 against fp32 over every test clip
+    of the demo model (``PETLClassifier.classify_files``, as ``classify`` runs)."""
+    import os
+
+    from petl_modules.classify import PETLClassifier
+
+    model_dir, backbone, clips = _demo_model(args)
+    os.environ["PETL_AST_HOME"] = str(args.workdir / "home")  # the int8 graph's cache: exported here
+    backbone = str(backbone) if backbone.is_dir() else None
+    found = {}
+    for precision in ("fp32", "int8"):
+        classifier = PETLClassifier.from_folder(model_dir, backbone).set_speed(precision)
+        start = time.perf_counter()
+        results, errors = classifier.classify_files(clips, batch_size=8)
+        elapsed = time.perf_counter() - start
+        assert not errors, errors
+        found[precision] = (torch.stack([r["probabilities"] for r in results]), elapsed)
+    fp32, int8 = found["fp32"][0], found["int8"][0]
+    agreement = float((fp32.argmax(-1) == int8.argmax(-1)).float().mean())
+    difference = float((fp32 - int8).abs().max())
+    return [result("int8", f"demo model, {len(clips)} test clips: {precision}", [seconds], None, None,
+                   clips=len(clips), top1_agreement=agreement, max_abs_difference=difference,
+                   kind=f"demo {precision}")
+            for precision, (_, seconds) in found.items()]
+
+
 # Four tasks of different methods on one AST-base backbone (one sequence length: prompt tuning,
 # which adds tokens, would run as its own stack; see benchmarks/README.md).
 MULTITASK = [("lora", "lora", {}), ("adapter conformer Pfeiffer", "adapter", {}),
@@ -1029,7 +1131,7 @@ def suite_prepare(args):
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
                    "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference,
-                   "multitask": suite_multitask, "compile": suite_compile}
+                   "multitask": suite_multitask, "compile": suite_compile, "int8": suite_int8}
 
 
 # ==================================================================== ratios and report
@@ -1101,6 +1203,17 @@ def compute_ratios(rows):
             if r["peak_mem_mb"] is not None and one["peak_mem_mb"] is not None:
                 ratios[f"multitask_{key}_memory_vs_one_model"] = _ratio(
                     r["weights_mb"] + r["peak_mem_mb"], one["weights_mb"] + one["peak_mem_mb"])
+    int8 = {(r.get("batch"), r["kind"]): r for r in rows if r["suite"] == "int8"}
+    for batch in INT8_BATCHES:
+        eager = int8.get((batch, "eager fp32"))
+        for kind, key in (("onnxruntime int8", "int8"), ("onnxruntime fp32", "onnx_fp32")):
+            if eager and (batch, kind) in int8:  # throughput / fp32 eager's, paired per round
+                ratios[f"{key}_throughput_vs_fp32_eager_batch{batch}"] = statistics.median(
+                    e / q for e, q in zip(eager["round_s"], int8[batch, kind]["round_s"]))
+    demo = int8.get((None, "demo int8"))
+    if demo:
+        ratios["int8_top1_agreement_demo"] = demo["top1_agreement"]
+        ratios["int8_max_prob_difference_demo"] = demo["max_abs_difference"]
     compiled = {(r["pair"], r["phase"], r["kind"]): r["median_s"] for r in rows if r["suite"] == "compile"}
     for (pair, phase, kind), seconds in compiled.items():
         if kind == "compiled":
@@ -1199,6 +1312,12 @@ def render(machine, rows, ratios):
                                  [[r["pair"], r["phase"], eager_of(r), r["median_s"],
                                    _ratio(r["median_s"], eager_of(r)), r["first_call_s"],
                                    ", ".join(r["fell_back"]) or "no"] for r in compiled]), ""]
+    int8 = [r for r in rows if r["suite"] == "int8"]
+    if int8:
+        parts += ["## int8 (onnxruntime dynamic quantisation) against fp32", "", markdown_table(
+            ["name", "median (s)", "min (s)", "top-1 agreement with fp32", "max |prob diff|"],
+            [[r["name"], r["median_s"], r["min_s"], r.get("top1_agreement", ""),
+              r.get("max_abs_difference", "")] for r in int8]), ""]
     multitask = [r for r in rows if r["suite"] == "multitask"]
     if multitask:
         parts += [f"## multitask (batch of {multitask[0]['batch']}, inference)", "", markdown_table(
@@ -1248,6 +1367,9 @@ def parse_args(argv=None):
                              "bench_ref.py from the repository root)")
     parser.add_argument("--rounds", type=int, default=3, help="reference suite: interleaved rounds (3)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
+    parser.add_argument("--demo_folder", default=None,
+                        help="int8 suite: the --output_folder of a python -m petl_modules.demo run "
+                             "(default: a new demo run in the work folder)")
     args = parser.parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     unknown = [s for s in suites if s not in ALL_SUITES]

@@ -48,3 +48,34 @@ def test_quick_benchmark_reports_every_suite_and_ratio(tmp_path):
         assert key in out["ratios"] and math.isfinite(out["ratios"][key]) and out["ratios"][key] > 0
     report = (tmp_path / "out.md").read_text()
     assert "## methods" in report and "linear_cache_epoch_speedup" in report
+
+
+def test_int8_suite_reports_speed_and_agreement(tiny_ast, tmp_path, monkeypatch):
+    """The int8 suite on the quick tiny AST; the demo model replaced by a tiny model folder and
+    three generated clips (a real demo run takes minutes)."""
+    import numpy as np
+    import soundfile
+
+    from test_interop import petl_folder
+
+    bench = load_bench()
+    folder = petl_folder("adapter", tiny_ast, tmp_path)
+    clips = []
+    for k in range(3):
+        clips.append(str(tmp_path / f"clip{k}.wav"))
+        soundfile.write(clips[-1], (0.1 * np.random.default_rng(k).standard_normal(12000)).astype("float32"), 16000)
+    monkeypatch.setattr(bench, "_demo_model", lambda args: (folder, tiny_ast, clips))
+    monkeypatch.setenv("PETL_AST_HOME", str(tmp_path / "home"))
+    threads = torch.get_num_threads()
+    try:
+        out = bench.main(["--quick", "--suite=int8", "--threads=1"])
+    finally:
+        torch.set_num_threads(threads)
+    kinds = [(row.get("batch"), row["kind"]) for row in out["results"]]
+    assert kinds == [(b, k) for b in (1, 8) for k in ("eager fp32", "onnxruntime fp32", "onnxruntime int8")] \
+        + [(None, "demo fp32"), (None, "demo int8")]
+    for batch in (1, 8):
+        assert out["ratios"][f"int8_throughput_vs_fp32_eager_batch{batch}"] > 0
+    assert 0 <= out["ratios"]["int8_top1_agreement_demo"] <= 1
+    assert 0 < out["ratios"]["int8_max_prob_difference_demo"] < 0.05
+    assert out["results"][-1]["clips"] == 3
