@@ -82,6 +82,8 @@ OPTION_RANGES = {
     "clip_seconds": (float, 0, True),
     "ckpt_interval_minutes": (float, 0, False),
     "window_hop_seconds": (float, 0, True),
+    "max_batch_seconds": (float, 0, False),  # dynamic_batching (petl_modules/training/batching.py)
+    "num_buckets": (int, 1, False),
     # splits and folds made for data that come without them (the recipe for your own data)
     "num_folds": (int, 0, False),
     "valid_fraction": (float, 0, False),
@@ -89,13 +91,14 @@ OPTION_RANGES = {
     "split_seed": (int, None, False),
 }
 STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds", "window_hop_seconds", "valid_fraction",
-                     "test_fraction"}
+                     "test_fraction", "max_batch_seconds"}
 # Options that take one of a few values (petl_modules/training/windows.py).
 OPTION_VALUES = {
     "train_crop": TRAIN_CROPS,
     "eval_windows": EVAL_WINDOWS,
     "window_pooling": WINDOW_POOLINGS,
     "window_results": (True, False),
+    "dynamic_batching": (False, True),
     # petl_modules/training/metrics.py
     "task": TASKS,
     "class_weights": CLASS_WEIGHTS,
