@@ -113,7 +113,9 @@ from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
-ALL_SUITES = SUITES + ("reference", "multitask", "compile", "int8")
+ALL_SUITES = SUITES + ("reference", "multitask", "compile", "int8", "batching")
+# The batching suite: seconds of audio per batch and length buckets of dynamic_batching.
+BATCHING_SECONDS, BATCHING_BUCKETS = 120, 8
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
     ("full_ft", "full-FT"),
@@ -147,6 +149,8 @@ TARGETS = {
     "classify_memory_5min_vs_10s_sliding": "<= 1.2",
     "int8_throughput_vs_fp32_eager_batch8": ">= 2.0",
     "int8_top1_agreement_demo": ">= 0.99",
+    "dynamic_batching_padding": "<= 0.10",
+    "dynamic_vs_fixed_batches_epoch": "<= 0.7",
     "multitask_every_task_vs_one_task": "<= 1.5 (out of reach: 4x the tokens, see README)",
     "multitask_weights_vs_one_model": "<= 1.2",
 }
@@ -847,6 +851,89 @@ def _int8_demo_agreement(args):
             for precision, (_, seconds) in found.items()]
 
 
+def _utterance_set(count, seed=0):
+    """``count`` generated utterances of 0.5-30 s (uniform): a ``DynamicItemDataset`` whose
+    ``inputs`` are noise of that length (made when read) and whose ``label_index`` cycles
+    through 31 classes; with each one's seconds."""
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    generator = torch.Generator().manual_seed(seed)
+    seconds = (0.5 + 29.5 * torch.rand(count, generator=generator)).tolist()
+    data = {f"u{i}": {"duration": f"{s:.3f}", "index": i} for i, s in enumerate(seconds)}
+    dataset = DynamicItemDataset(data)
+
+    @sb.utils.data_pipeline.takes("duration", "index")
+    @sb.utils.data_pipeline.provides("inputs", "label_index")
+    def pipeline(duration, index):
+        yield 0.1 * torch.randn(round(float(duration) * 16000))
+        yield torch.tensor([int(index) % 31])
+
+    dataset.add_dynamic_item(pipeline)
+    dataset.set_output_keys(["id", "inputs", "label_index"])
+    return dataset, seconds
+
+
+def _padding_fraction(loader, brain):
+    """The share of padded samples in the training batches of ``loader`` (one epoch, read without
+    running the model), and the number of batches."""
+    real = padded = batches = 0
+    for batch in loader:
+        lengths = batch.inputs.lengths * batch.inputs.data.shape[1]
+        real += float(lengths.sum())
+        padded += batch.inputs.data.numel()
+        batches += 1
+    return 1 - real / padded, batches
+
+
+def suite_batching(args):
+    """Training epochs on utterances of 0.5-30 s (``clip_seconds: null``, the conformer adapter on
+    the wav2vec2-base shape, random weights; ``--quick``: a tiny wav2vec2): batches by duration
+    (``dynamic_batching: True``, ``BATCHING_SECONDS`` per batch, ``BATCHING_BUCKETS`` buckets)
+    against fixed-count batches of the same mean size, epochs taken in turn. Padding fraction of
+    each, epoch times; ``dynamic_batching_padding`` and ``dynamic_vs_fixed_batches_epoch``."""
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    from petl_modules.tiny import tiny_waveform_config
+
+    folder = args.workdir / ("tiny_wav2vec2" if args.quick else "wav2vec2_base")
+    if not folder.is_dir():
+        torch.manual_seed(0)
+        config = tiny_waveform_config() if args.quick else transformers.Wav2Vec2Config()
+        transformers.Wav2Vec2Model(config).save_pretrained(folder)
+    dataset, seconds = _utterance_set(args.batching_utterances)
+    options = {"backbone_source": str(folder), "clip_seconds": None, "num_workers": 0,
+               "max_batch_seconds": BATCHING_SECONDS, "num_buckets": BATCHING_BUCKETS}
+    extra = {"reduction_rate": 8} if args.quick else {}
+    brains, padding = {}, {}
+    hparams = build_hparams(args, "adapter", dict(options, dynamic_batching=True), **extra)
+    brains["dynamic"] = (make_brain(args, hparams), hparams)
+    loader = brains["dynamic"][0].make_dataloader(dataset, sb.Stage.TRAIN, ckpt_prefix=None,
+                                                  **hparams["train_loader_options"])
+    padding["dynamic"], count = _padding_fraction(loader, brains["dynamic"][0])
+    mean_size = max(1, round(len(dataset) / count))
+    hparams = build_hparams(args, "adapter", dict(options, batch_size=mean_size), **extra)
+    brains["fixed"] = (make_brain(args, hparams), hparams)
+    loader = brains["fixed"][0].make_dataloader(dataset, sb.Stage.TRAIN, ckpt_prefix=None,
+                                                **hparams["train_loader_options"])
+    padding["fixed"], _ = _padding_fraction(loader, brains["fixed"][0])
+    times = {name: [] for name in brains}
+    for _ in range(args.warmup + args.steps):
+        for name, (brain, hparams) in brains.items():
+            start = time.perf_counter()
+            brain.fit(EpochCounter(1), dataset, train_loader_kwargs=hparams["train_loader_options"])
+            synchronize(args.device)
+            times[name].append(time.perf_counter() - start)
+    rows = []
+    for name, measured in times.items():
+        what = (f"{BATCHING_SECONDS:g} s per batch, {BATCHING_BUCKETS} buckets" if name == "dynamic"
+                else f"{mean_size} utterances per batch")
+        rows.append(result("batching", f"adapter epoch, {len(dataset)} utterances of 0.5-30 s "
+                           f"({sum(seconds):.0f} s), {name} batches ({what})",
+                           measured[args.warmup:], None, None, kind=name, padding=padding[name],
+                           round_s=measured[args.warmup:], mean_batch=mean_size))
+    return rows
+
+
 # Four tasks of different methods on one AST-base backbone (one sequence length: prompt tuning,
 # which adds tokens, would run as its own stack; see benchmarks/README.md).
 MULTITASK = [("lora", "lora", {}), ("adapter conformer Pfeiffer", "adapter", {}),
@@ -1131,7 +1218,8 @@ def suite_prepare(args):
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
                    "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference,
-                   "multitask": suite_multitask, "compile": suite_compile, "int8": suite_int8}
+                   "multitask": suite_multitask, "compile": suite_compile, "int8": suite_int8,
+                   "batching": suite_batching}
 
 
 # ==================================================================== ratios and report
@@ -1210,6 +1298,12 @@ def compute_ratios(rows):
             if eager and (batch, kind) in int8:  # throughput / fp32 eager's, paired per round
                 ratios[f"{key}_throughput_vs_fp32_eager_batch{batch}"] = statistics.median(
                     e / q for e, q in zip(eager["round_s"], int8[batch, kind]["round_s"]))
+    batching = {r["kind"]: r for r in rows if r["suite"] == "batching"}
+    if batching:
+        ratios["dynamic_batching_padding"] = batching["dynamic"]["padding"]
+        ratios["fixed_batches_padding"] = batching["fixed"]["padding"]
+        ratios["dynamic_vs_fixed_batches_epoch"] = statistics.median(
+            d / f for d, f in zip(batching["dynamic"]["round_s"], batching["fixed"]["round_s"]))
     demo = int8.get((None, "demo int8"))
     if demo:
         ratios["int8_top1_agreement_demo"] = demo["top1_agreement"]
@@ -1312,6 +1406,11 @@ def render(machine, rows, ratios):
                                  [[r["pair"], r["phase"], eager_of(r), r["median_s"],
                                    _ratio(r["median_s"], eager_of(r)), r["first_call_s"],
                                    ", ".join(r["fell_back"]) or "no"] for r in compiled]), ""]
+    batching = [r for r in rows if r["suite"] == "batching"]
+    if batching:
+        parts += ["## batching: batches by duration against fixed-count batches", "", markdown_table(
+            ["name", "median epoch (s)", "min (s)", "padding fraction"],
+            [[r["name"], r["median_s"], r["min_s"], r["padding"]] for r in batching]), ""]
     int8 = [r for r in rows if r["suite"] == "int8"]
     if int8:
         parts += ["## int8 (onnxruntime dynamic quantisation) against fp32", "", markdown_table(
@@ -1367,6 +1466,8 @@ def parse_args(argv=None):
                              "bench_ref.py from the repository root)")
     parser.add_argument("--rounds", type=int, default=3, help="reference suite: interleaved rounds (3)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
+    parser.add_argument("--batching_utterances", type=int, default=24,
+                        help="batching suite: generated utterances of 0.5-30 s (default 24)")
     parser.add_argument("--demo_folder", default=None,
                         help="int8 suite: the --output_folder of a python -m petl_modules.demo run "
                              "(default: a new demo run in the work folder)")

@@ -21,6 +21,11 @@ from petl_modules.training.brain import ClassificationBrain
 from petl_modules.training.compose import ConfigError, compose_hparams, load_hparams, validate_options
 
 from conftest import REPO, read_results, run_train
+from test_distributed_resume_tracking import (  # noqa: F401 (a fixture)
+    assert_same_run,
+    run_killed_and_resumed,
+    tiny_ast_with_dropout,
+)
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 
@@ -128,16 +133,14 @@ def test_a_manifest_without_durations_is_refused_by_name():
 
 @pytest.mark.slow
 def test_run_killed_mid_epoch_with_dynamic_batches_resumes_as_uninterrupted(
-        fsc_data, tiny_ast, tmp_path):
+        fsc_data, tiny_ast_with_dropout, tmp_path):
     """The recipe with dynamic batches: killed in the middle of epoch 2, rerun, it ends as the
     uninterrupted run (the same batches in the same order after the DataLoader position)."""
-    from test_distributed_resume_tracking import assert_same_run, run_killed_and_resumed
-
     # 31 training clips of 0.64 s, 4 per batch (2.6 s): 8 steps per epoch, a checkpoint every 3.
     options = ["--number_of_epochs=2", "--dynamic_batching=True", "--max_batch_seconds=2.6",
                "--ckpt_interval_steps=3"]
-    reference, out, resumed = run_killed_and_resumed("FSC", "lora", fsc_data, tiny_ast, tmp_path,
-                                                     *options)
+    reference, out, resumed = run_killed_and_resumed("FSC", "full_ft", fsc_data,
+                                                     tiny_ast_with_dropout, tmp_path, *options)
     assert_same_run(out, reference)
     assert "DynamicBatchSampler" in resumed.stdout + resumed.stderr
     assert read_results(out)["folds"][0]["test_accuracy"] is not None

@@ -189,9 +189,21 @@ def quantize_int8(fp32_path, int8_path):
     run time) written to ``int8_path``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Gemm"],
-                     extra_options={"MatMulConstBOnly": True})
+    hint = _WithoutPreprocessingHint()
+    logging.getLogger().addFilter(hint)  # its advice to users of static quantisation
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True,
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.getLogger().removeFilter(hint)
+
+
+class _WithoutPreprocessingHint(logging.Filter):
+    """Drops onnxruntime's "consider to run pre-processing before quantization" warning."""
+
+    def filter(self, record):
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 def require_onnxruntime(what):
