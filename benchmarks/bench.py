@@ -113,7 +113,7 @@ from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
-ALL_SUITES = SUITES + ("reference", "multitask", "compile", "int8", "batching")
+ALL_SUITES = SUITES + ("reference", "multitask", "compile", "int8", "batching", "compile_cache")
 # The batching suite: seconds of audio per batch and length buckets of dynamic_batching.
 BATCHING_SECONDS, BATCHING_BUCKETS = 120, 8
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
@@ -934,6 +934,68 @@ def suite_batching(args):
     return rows
 
 
+# One compiled start: a fresh process builds the method's model as a run does, compiles it as
+# --compile does (compile_with_fallback) and times its first train step (compilation included).
+COMPILED_START = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+from torch._dynamo.utils import counters
+from petl_modules.training.compose import compose_hparams, load_hparams
+args = json.loads(sys.argv[2])
+torch.set_num_threads(args["threads"])
+hparams = load_hparams(compose_hparams(args["method_file"], args["dataset_yaml"], args["options"]))
+from petl_modules.training.brain import ClassificationBrain
+import speechbrain as sb
+from speechbrain.dataio.batch import PaddedBatch
+brain = ClassificationBrain(modules=hparams["modules"], opt_class=hparams["opt_class"],
+                            hparams=hparams, checkpointer=None,
+                            run_opts={"device": "cpu", "noprogressbar": True, "compile": True})
+brain._compile()
+brain.init_optimizers()
+brain.on_stage_start(sb.Stage.TRAIN)
+processor = hparams["backbone"].input_processor
+generator = torch.Generator().manual_seed(0)
+batch = PaddedBatch([{"id": str(i), "inputs": processor(0.1 * torch.randn(args["samples"], generator=generator)),
+                      "label_index": torch.tensor([i])} for i in range(args["batch_size"])])
+start = time.perf_counter()
+brain.fit_batch(batch)
+print(json.dumps({"first_step_s": time.perf_counter() - start, **dict(counters["inductor"])}))
+"""
+
+
+def suite_compile_cache(args):
+    """Compiled start-up without and with inductor's cache: two fresh processes, one after the
+    other, compile the same model (``--methods``, default LoRA) with one new cache folder
+    (``TORCHINDUCTOR_CACHE_DIR``, as ``compile_cache_dir`` sets it); each times its first
+    compiled train step. ``compile_cache_second_vs_first_start``."""
+    import subprocess
+
+    name = (args.methods or ["lora"])[0]
+    (_, method_file, overrides), = [m for m in METHODS if m[0] == name]
+    options = {"data_folder": str(args.workdir / "no_data"), "output_folder": str(args.workdir / "out"),
+               "backbone_source": args.backbone_source, "batch_size": args.batch_size,
+               "max_frames": args.frames, "num_workers": 0, **overrides}
+    if args.quick and "reduction_rate" in (REPO / "hparams" / f"{method_file}.yaml").read_text():
+        options["reduction_rate"] = 64
+    settings = {"method_file": str(REPO / "hparams" / f"{method_file}.yaml"),
+                "dataset_yaml": str(FSC_YAML), "options": options, "threads": args.threads,
+                "samples": int(args.frames / 100 * 16000), "batch_size": args.batch_size}
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(args.workdir / "inductor_cache"))
+    runs = []
+    for _ in range(2):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", COMPILED_START, str(REPO), json.dumps(settings)],
+                              env=env, capture_output=True, text=True, check=True)
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        found["process_s"] = time.perf_counter() - start
+        runs.append(found)
+    return [result("compile_cache", f"{name}: first compiled train step, {which} run", [run["first_step_s"]],
+                   None, None, kind=which, process_s=run["process_s"],
+                   cache_hits=run.get("fxgraph_cache_hit", 0), cache_misses=run.get("fxgraph_cache_miss", 0))
+            for which, run in zip(("first", "second"), runs)]
+
+
 # Four tasks of different methods on one AST-base backbone (one sequence length: prompt tuning,
 # which adds tokens, would run as its own stack; see benchmarks/README.md).
 MULTITASK = [("lora", "lora", {}), ("adapter conformer Pfeiffer", "adapter", {}),
@@ -1219,7 +1281,7 @@ SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_dat
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
                    "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference,
                    "multitask": suite_multitask, "compile": suite_compile, "int8": suite_int8,
-                   "batching": suite_batching}
+                   "batching": suite_batching, "compile_cache": suite_compile_cache}
 
 
 # ==================================================================== ratios and report
@@ -1298,6 +1360,10 @@ def compute_ratios(rows):
             if eager and (batch, kind) in int8:  # throughput / fp32 eager's, paired per round
                 ratios[f"{key}_throughput_vs_fp32_eager_batch{batch}"] = statistics.median(
                     e / q for e, q in zip(eager["round_s"], int8[batch, kind]["round_s"]))
+    starts = {r["kind"]: r for r in rows if r["suite"] == "compile_cache"}
+    if starts:
+        ratios["compile_cache_second_vs_first_start"] = _ratio(starts["second"]["median_s"],
+                                                               starts["first"]["median_s"])
     batching = {r["kind"]: r for r in rows if r["suite"] == "batching"}
     if batching:
         ratios["dynamic_batching_padding"] = batching["dynamic"]["padding"]
@@ -1406,6 +1472,13 @@ def render(machine, rows, ratios):
                                  [[r["pair"], r["phase"], eager_of(r), r["median_s"],
                                    _ratio(r["median_s"], eager_of(r)), r["first_call_s"],
                                    ", ".join(r["fell_back"]) or "no"] for r in compiled]), ""]
+    starts = [r for r in rows if r["suite"] == "compile_cache"]
+    if starts:
+        parts += ["## compile_cache: compiled start-up, a fresh cache then the same cache", "",
+                  markdown_table(["name", "first step (s)", "process (s)", "FX graph cache hits",
+                                  "misses"],
+                                 [[r["name"], r["median_s"], r["process_s"], r["cache_hits"],
+                                   r["cache_misses"]] for r in starts]), ""]
     batching = [r for r in rows if r["suite"] == "batching"]
     if batching:
         parts += ["## batching: batches by duration against fixed-count batches", "", markdown_table(

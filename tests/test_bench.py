@@ -79,3 +79,17 @@ def test_int8_suite_reports_speed_and_agreement(tiny_ast, tmp_path, monkeypatch)
     assert 0 <= out["ratios"]["int8_top1_agreement_demo"] <= 1
     assert 0 < out["ratios"]["int8_max_prob_difference_demo"] < 0.05
     assert out["results"][-1]["clips"] == 3
+
+
+def test_batching_suite_reports_padding_and_epoch_ratio():
+    bench = load_bench()
+    threads = torch.get_num_threads()
+    try:
+        out = bench.main(["--quick", "--suite=batching", "--threads=1", "--steps=1", "--warmup=0",
+                          "--batching_utterances=8"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = {row["kind"]: row for row in out["results"]}
+    assert set(rows) == {"dynamic", "fixed"} and rows["dynamic"]["mean_batch"] >= 1
+    assert 0 <= out["ratios"]["dynamic_batching_padding"] < out["ratios"]["fixed_batches_padding"]
+    assert out["ratios"]["dynamic_vs_fixed_batches_epoch"] > 0
