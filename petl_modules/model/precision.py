@@ -100,10 +100,20 @@ class EagerFallback(torch.nn.Module):
 
 def compile_cache_dir():
     """inductor's cache folder: ``$TORCHINDUCTOR_CACHE_DIR``, set to ``$PETL_AST_HOME/inductor``
-    for this process (and its children) when it is not set."""
+    for this process (and its children) when it is not set or holds torch's default (which
+    importing ``torch._dynamo`` writes there)."""
     from petl_modules.model.bases import home
 
-    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home() / "inductor")))
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default = os.path.abspath(default_cache_dir())
+    except (ImportError, AttributeError):
+        torch_default = None
+    if given is None or os.path.abspath(given) == torch_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(home() / "inductor")
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 def compile_with_fallback(module, name, **compile_kwargs):
