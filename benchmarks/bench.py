@@ -4,7 +4,8 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile,
+                                int8,batching,compile_cache] [--demo_folder=...] [--batching_utterances=N]
         [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
@@ -75,6 +76,16 @@ counts weights, gradients, optimiser state and activations), on CUDA ``max_memor
   (compilation included) timed apart, then train steps and forwards of the two in turn;
   ``compile_vs_eager_<method>_train_step`` and ``..._forward``, and whether a module fell back to
   eager mode.
+
+- ``int8``, ``batching``, ``compile_cache`` (not in the default set): int8 inference (the ONNX
+  graph quantised by onnxruntime) against fp32 eager at batch 1 and 8, and its agreement with
+  fp32 over the test clips of a model the demo trained (``--demo_folder``, or a new demo run):
+  ``int8_throughput_vs_fp32_eager_batch{1,8}``, ``int8_top1_agreement_demo``,
+  ``int8_max_prob_difference_demo``; training epochs with batches by duration
+  (``dynamic_batching``) against fixed-count batches of the same mean size on generated 0.5-30 s
+  utterances (``--batching_utterances``) on the wav2vec2-base shape with ``clip_seconds: null``:
+  ``dynamic_batching_padding``, ``dynamic_vs_fixed_batches_epoch``; the first compiled train step
+  of two fresh processes sharing one new inductor cache: ``compile_cache_second_vs_first_start``.
 
 ``--precision=bf16`` runs under ``torch.autocast`` on CPU too, where the CPU has native bf16
 (AVX512-BF16 or AMX); elsewhere it warns and measures fp32.
