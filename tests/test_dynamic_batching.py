@@ -159,4 +159,4 @@ def test_dynamic_batches_refused_with_the_backbone_cache(fsc_data, tiny_ast, tmp
     proc = run_train("FSC", "linear", fsc_data, tiny_ast, tmp_path / "out", "--dynamic_batching=True",
                      "--cache_backbone_outputs=True", check=False)
     assert proc.returncode != 0
-    assert "--cache_backbone_outputs=True every training example is one cached vector" in proc.stderr
+    assert "--cache_backbone_outputs=True every training example is one cached vector" in proc.stdout
