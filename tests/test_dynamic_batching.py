@@ -126,6 +126,11 @@ def test_options_are_checked_before_the_run():
     with pytest.raises(BatchingError, match="cache_backbone_outputs=True every training example is"):
         check_dynamic_batching({"dynamic_batching": True, "cache_backbone_outputs": True})
     check_dynamic_batching({"dynamic_batching": False, "cache_backbone_outputs": True})
+    with pytest.raises(BatchingError, match="--sampling=class_balanced draws examples by class"):
+        check_dynamic_batching({"dynamic_batching": True, "sampling": "class_balanced"})
+    with pytest.raises(BatchingError, match="--shards streams the examples"):
+        check_dynamic_batching({"dynamic_batching": True, "shards": "/data/shards"})
+    check_dynamic_batching({"dynamic_batching": True, "sampling": "random", "shards": None})
 
 
 def test_a_manifest_without_durations_is_refused_by_name():

@@ -29,6 +29,16 @@ def check_dynamic_batching(hparams):
     """Raises ``BatchingError`` for options ``dynamic_batching: True`` cannot work with."""
     if not hparams.get("dynamic_batching"):
         return
+    if hparams.get("sampling", "random") == "class_balanced":
+        raise BatchingError(
+            "--dynamic_batching=True makes batches of every training example once, by length; "
+            "--sampling=class_balanced draws examples by class weight, with replacement: one "
+            "sampler cannot do both. Drop one of them.")
+    if hparams.get("shards"):
+        raise BatchingError(
+            "--dynamic_batching=True needs every training example's length up front to bucket "
+            "them; --shards streams the examples from tar shards in a shuffle buffer: train "
+            "from the audio folder (without --shards), or without --dynamic_batching.")
     if hparams.get("cache_backbone_outputs"):
         raise BatchingError(
             "--dynamic_batching=True batches the audio by duration, but with "
