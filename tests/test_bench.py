@@ -86,7 +86,7 @@ def test_batching_suite_reports_padding_and_epoch_ratio():
     threads = torch.get_num_threads()
     try:
         out = bench.main(["--quick", "--suite=batching", "--threads=1", "--steps=1", "--warmup=0",
-                          "--batching_utterances=8"])
+                          "--batching_utterances=16"])
     finally:
         torch.set_num_threads(threads)
     rows = {row["kind"]: row for row in out["results"]}
