@@ -1033,13 +1033,15 @@ def _int8_demo_agreement(args):
     import os
 
     from petl_modules.classify import PETLClassifier
+    from petl_modules.sharing.int8 import use_int8
 
     model_dir, backbone, clips = _demo_model(args)
     os.environ["PETL_AST_HOME"] = str(args.workdir / "home")  # the int8 graph's cache: exported here
     backbone = str(backbone) if backbone.is_dir() else None
     found = {}
     for precision in ("fp32", "int8"):
-        classifier = PETLClassifier.from_folder(model_dir, backbone).set_speed(precision)
+        classifier = PETLClassifier.from_folder(model_dir, backbone)
+        classifier = use_int8(classifier) if precision == "int8" else classifier.set_speed(precision)
         start = time.perf_counter()
         results, errors = classifier.classify_files(clips, batch_size=8)
         elapsed = time.perf_counter() - start

@@ -36,7 +36,8 @@ model/         a trained model as a self-contained artifact: ``spec.py`` (``Mode
                ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py``,
                ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
 sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA adapters, both
-               ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``head.py`` (the head
+               ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``int8.py`` (int8
+               inference on the ONNX graph), ``head.py`` (the head
                beside an exported backbone), ``model_card.py`` (the card ``push`` uploads)
 training/      the recipe machinery: ``arguments.py`` (the recipes' command line, each argument
                kept whole), ``compose.py`` (yaml composition, option checks),

@@ -42,7 +42,7 @@ through ``torch.compile`` (eagerly, with a warning, where compilation fails). In
 ``classifier.set_speed(precision="bf16", compile=True)``. ``--precision=int8`` runs the model's
 ONNX graph with its linear layers quantised (onnxruntime's dynamic quantisation, CPU), exported
 once into ``$PETL_AST_HOME/onnx/`` (default ``~/.cache/petl-ast/onnx/``;
-``petl_modules.model.int8``); it refuses with the reason (onnxruntime missing, a model that does
+``petl_modules.sharing.int8``, in Python ``use_int8(classifier)``); it refuses with the reason (onnxruntime missing, a model that does
 not export, another device, ``--compile``) rather than run fp32. Several tasks in int8 run one
 graph per task (the frozen backbone is not shared).
 """
@@ -175,9 +175,18 @@ def load_for_command_line(load):
 def early_checks(args, compile=False):
     """Refuses ``--precision=int8`` where it cannot run, before the model loads."""
     if args.precision == "int8":
-        from petl_modules.model.int8 import check_int8
+        from petl_modules.sharing.int8 import check_int8
 
         check_int8(args.device, compile)
+
+
+def with_speed(classifier, precision, compile=False):
+    """``classifier`` set to run in ``precision`` (int8: ``petl_modules.sharing.int8.use_int8``)."""
+    if precision == "int8":
+        from petl_modules.sharing.int8 import use_int8
+
+        return use_int8(classifier, compile)
+    return classifier.set_speed(precision, compile)
 
 
 def main(argv=None):
@@ -190,9 +199,9 @@ def main(argv=None):
     from petl_modules.model.petl_model import PETLClassifier
 
     compile = args.compile.lower() == "true"
-    classifier = load_for_command_line(lambda: early_checks(args, compile) or PETLClassifier.from_folder(
-        args.model_dir, args.backbone_source, device=args.device, merge=args.merge).set_speed(
-            args.precision, compile))
+    classifier = load_for_command_line(lambda: early_checks(args, compile) or with_speed(
+        PETLClassifier.from_folder(args.model_dir, args.backbone_source, device=args.device,
+                                   merge=args.merge), args.precision, compile))
     if classifier is None:
         return 2
     results, errors = classifier.classify_files(
@@ -213,8 +222,9 @@ def main_several(argv):
     args = parse_several_args(argv)
     from petl_modules.model.petl_model import PETLClassifier
 
-    classifier = load_for_command_line(lambda: early_checks(args) or PETLClassifier.from_folders(
-        args.model, args.backbone_source, device=args.device).set_speed(args.precision))
+    classifier = load_for_command_line(lambda: early_checks(args) or with_speed(
+        PETLClassifier.from_folders(args.model, args.backbone_source, device=args.device),
+        args.precision))
     if classifier is None:
         return 2
     results, errors = classifier.classify_files(

@@ -24,6 +24,7 @@ from petl_modules.methods import method_config
 from petl_modules.model import PETLModel
 from petl_modules.model.spec import PETLModelError
 from petl_modules.sharing import onnx_export
+from petl_modules.sharing.int8 import use_int8
 
 from conftest import METHOD_FILES
 from test_interop import TINY_MODEL_TYPES, petl_folder, processed, save_tiny
@@ -81,7 +82,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model_and_is_cached(trained_folder, 
     fp32 = classifier.classify_inputs(inputs, lengths)[0]
     assert (fp32.argmax(-1) == tones(6, seed=2)[1]).float().mean() >= 0.75  # it learned the tones (chance: 0.25)
     assert float(fp32.max(-1).values.min()) > 0.5  # confident answers, not a near-uniform tie
-    classifier.set_speed(precision="int8")
+    use_int8(classifier)
     int8 = classifier.classify_inputs(inputs, lengths)[0]
     assert classifier.int8.folder.parent == tmp_path / "home" / "onnx"
     assert torch.equal(int8.argmax(-1), fp32.argmax(-1))
@@ -90,7 +91,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model_and_is_cached(trained_folder, 
     assert "MatMulInteger" in nodes
     # the second run takes the graph from the cache: no export
     monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
-    again = PETLClassifier.from_folder(trained_folder, tiny_ast).set_speed(precision="int8")
+    again = use_int8(PETLClassifier.from_folder(trained_folder, tiny_ast))
     assert torch.equal(again.classify_inputs(inputs, lengths)[0], int8)
     # the PyTorch modules were left unmerged and unchanged by the export
     assert torch.equal(PETLClassifier.from_folder(trained_folder, tiny_ast).set_speed("fp32")
@@ -172,7 +173,7 @@ def test_int8_without_onnxruntime_is_refused_by_name(trained_folder, tiny_ast, t
                             "--precision=int8", "--backbone_source", str(tiny_ast)]) == 2
     assert "needs onnxruntime, which is not installed" in capsys.readouterr().err
     with pytest.raises(PETLModelError, match="needs onnxruntime"):
-        PETLClassifier.from_folder(trained_folder, tiny_ast).set_speed(precision="int8")
+        use_int8(PETLClassifier.from_folder(trained_folder, tiny_ast))
 
 
 def test_int8_of_a_model_that_cannot_export_names_its_method_and_family(trained_folder, tiny_ast,
@@ -184,7 +185,7 @@ def test_int8_of_a_model_that_cannot_export_names_its_method_and_family(trained_
     classifier = PETLClassifier.from_folder(trained_folder, tiny_ast)
     with pytest.raises(PETLModelError, match=r"ONNX export \(int8\) of the 'adapter' model \(ast "
                                              r"family\).*failed: RuntimeError: this operator"):
-        classifier.set_speed(precision="int8")
+        use_int8(classifier)
     assert classifier.int8 is None and classifier.precision == "fp32"  # never a silent fp32 run
     assert [p.name for p in (tmp_path / "home" / "onnx").iterdir()] == []  # nothing half-written
 
@@ -193,9 +194,11 @@ def test_int8_refuses_other_devices_compile_and_other_formats(trained_folder, ti
                                                               capsys):
     classifier = PETLClassifier.from_folder(trained_folder, tiny_ast)
     with pytest.raises(PETLModelError, match="--compile applies to PyTorch's modules only"):
-        classifier.set_speed(precision="int8", compile=True)
+        use_int8(classifier, compile=True)
     classifier.device = "cuda"
     with pytest.raises(PETLModelError, match="runs onnxruntime on the CPU; --device=cuda"):
+        use_int8(classifier)
+    with pytest.raises(PETLModelError, match="use petl_modules.sharing.int8.use_int8"):
         classifier.set_speed(precision="int8")
     with pytest.raises(PETLModelError, match="applies to --format=onnx only"):
         export_petl_model(trained_folder, tmp_path / "out", tiny_ast, precision="int8")
@@ -208,11 +211,11 @@ def test_several_tasks_in_int8_give_each_models_int8_answer(tiny_ast, tmp_path):
     tasks = PETLClassifier.from_folders(folders)
     inputs, lengths = processed(tasks)
     fp32 = tasks.classify_inputs(inputs, lengths)
-    tasks.set_speed(precision="int8")
+    use_int8(tasks)
     int8 = tasks.classify_inputs(inputs, lengths)
     mixed = tasks.classify_mixed([torch.zeros(8000), torch.zeros(9000)], [folders[1], folders[0]])
     for folder in folders:
-        alone = PETLClassifier.from_folder(folder).set_speed(precision="int8")
+        alone = use_int8(PETLClassifier.from_folder(folder))
         name = str(folder)
         assert torch.equal(int8[name][0], alone.classify_inputs(inputs, lengths)[0])
         assert float((int8[name][0] - fp32[name][0]).abs().max()) <= 0.05
@@ -235,5 +238,5 @@ def test_int8_classify_of_every_backbone_family(model_type, tmp_path):
     classifier = PETLClassifier.from_folder(petl_folder("adapter", source, tmp_path))
     inputs, lengths = processed(classifier)
     fp32 = classifier.classify_inputs(inputs, lengths)[0]
-    int8 = classifier.set_speed(precision="int8").classify_inputs(inputs, lengths)[0]
+    int8 = use_int8(classifier).classify_inputs(inputs, lengths)[0]
     assert float((int8 - fp32).abs().max()) <= onnx_export.INT8_TOLERANCE

@@ -457,7 +457,7 @@ class MultiTaskClassifier(torch.nn.Module):
         self.input_processor = model.lobe.input_processor
         self.device = device
         self.precision = "fp32"
-        self.int8 = None  # set_speed(precision="int8"): one onnxruntime graph per task
+        self.int8 = None  # petl_modules.sharing.int8.use_int8: one onnxruntime graph per task
         # One evaluation protocol for every task (first clip or sliding windows, as each was tested).
         protocols = [EvalProtocol.from_options(c.get("evaluation") or {}) for c in configs]
         differing = [n for n, p in zip(self.names, protocols) if p.config() != protocols[0].config()]
@@ -485,17 +485,6 @@ class MultiTaskClassifier(torch.nn.Module):
             return self.names.index(str(task))
         raise ValueError(f"Unknown task {task!r}: the tasks are {', '.join(self.names)} "
                          f"(or 0 to {len(self.names) - 1}).")
-
-    def int8_graphs(self):
-        """Each task's ``Int8Graph`` (``set_speed(precision="int8")``): its own model exported on
-        its own (int8 does not share the frozen backbone between the tasks; each task's model is
-        loaded once, for the export, when its graph is not in the cache yet)."""
-        graphs = []
-        for config in self.configs:
-            model = PETLModel.from_pretrained(config["model_dir"], config["backbone_source"])
-            graphs.append(model.int8_graphs())
-            del model
-        return graphs
 
     @torch.no_grad()
     def run(self, inputs, lengths, tasks):

@@ -40,7 +40,6 @@ from petl_modules.model.folder import (
     save_model_folder,
 )
 from petl_modules.model.hub import resolve_model_dir
-from petl_modules.model.int8 import check_int8, int8_graph
 from petl_modules.model.precision import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
 from petl_modules.model.task import Task
@@ -83,7 +82,7 @@ class PETLModel(torch.nn.Module):
         self.input_processor = self.mods["petl_model"].adapted_model.input_processor
         self.merged = []  # names of the LoRA modules folded into the backbone
         self.precision = "fp32"  # set_speed
-        self.int8 = None  # set_speed(precision="int8"): the onnxruntime graph that runs instead
+        self.int8 = None  # petl_modules.sharing.int8.use_int8: the onnxruntime graph that runs instead
         # First clip or sliding windows, as the run was tested (format_version < 3: first clip).
         self.protocol = spec.evaluation
 
@@ -179,25 +178,18 @@ class PETLModel(torch.nn.Module):
 
     def set_speed(self, precision="fp32", compile=False):
         """bf16 autocast (where the device supports it; else fp32, warned) and/or ``torch.compile``
-        of the modules (eager, warned, where compilation fails); or ``int8``: the model's ONNX
-        graph with its linear layers quantised, run by onnxruntime on the CPU
-        (``petl_modules.model.int8``: exported once into a cache; a clear error, never fp32, where
-        it cannot run). Returns ``self``."""
-        self.int8 = None
+        of the modules (eager, warned, where compilation fails). Returns ``self``. (int8, the
+        model's ONNX graph quantised, runs through ``petl_modules.sharing.int8.use_int8``.)"""
         if precision == "int8":
-            check_int8(self.device, compile)
-            self.int8 = self.int8_graphs()
-            self.precision = "int8"
-            return self
+            raise PETLModelError(
+                "int8 runs the model's ONNX graph in onnxruntime: use "
+                "petl_modules.sharing.int8.use_int8(model) (classify --precision=int8 does).")
+        self.int8 = None
         self.precision = resolve_precision(precision, self.device)
         if compile:
             for name in list(self.mods):
                 self.mods[name] = compile_with_fallback(self.mods[name], name)
         return self
-
-    def int8_graphs(self):
-        """The model's ``Int8Graph`` (``set_speed(precision="int8")``)."""
-        return int8_graph(dict(self.mods), self.config)
 
     # ---------------------------------------------------------------- inputs
     def load_audio(self, path):

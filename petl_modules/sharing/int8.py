@@ -1,10 +1,16 @@
 """int8 inference on CPU: the model's ONNX graph with its linear layers quantised by onnxruntime.
 
-``PETLModel.set_speed(precision="int8")`` (``classify --precision=int8``) exports the model as
+``use_int8(classifier)`` (``classify --precision=int8``) exports the model as
 ``python -m petl_modules.export --format=onnx --precision=int8`` does
 (``petl_modules.sharing.onnx_export``: onnxruntime's dynamic quantisation, checked by its
-agreement with PyTorch's fp32 answers) and from then on runs that graph in onnxruntime instead of
-the PyTorch modules. The export is kept in a cache, so the next run of the same model starts at
+agreement with PyTorch's fp32 answers) and from then on the classifier (a ``PETLModel``, or a
+``MultiTaskClassifier``: one graph per task, the frozen backbone not shared) runs that graph in
+onnxruntime instead of the PyTorch modules::
+
+    from petl_modules.classify import PETLClassifier
+    from petl_modules.sharing.int8 import use_int8
+
+    classifier = use_int8(PETLClassifier.from_folder("results/FSC/adapter/10/petl_model")) The export is kept in a cache, so the next run of the same model starts at
 once::
 
     $PETL_AST_HOME/onnx/<key>/        (default ~/.cache/petl-ast/onnx/<key>/)
@@ -30,6 +36,7 @@ import tempfile
 import torch
 
 from petl_modules.model.bases import home
+from petl_modules.model.petl_model import PETLModel
 from petl_modules.model.spec import PETLModelError
 
 logger = logging.getLogger(__name__)
@@ -122,3 +129,21 @@ def int8_graph(modules, config):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Int8Graph(folder)
+
+
+def use_int8(classifier, compile=False):
+    """Makes ``classifier`` (a ``PETLModel`` or a ``MultiTaskClassifier``) run its int8 graph(s)
+    (``int8_graph``; each task's model of a ``MultiTaskClassifier`` loaded once to find or export
+    its own); returns it. ``PETLModelError`` (``check_int8``) where int8 cannot run."""
+    check_int8(classifier.device, compile)
+    if isinstance(classifier, PETLModel):
+        classifier.int8 = int8_graph(dict(classifier.mods), classifier.config)
+    else:
+        graphs = []
+        for config in classifier.configs:
+            model = PETLModel.from_pretrained(config["model_dir"], config["backbone_source"])
+            graphs.append(int8_graph(dict(model.mods), model.config))
+            del model
+        classifier.int8 = graphs
+    classifier.precision = "int8"
+    return classifier
