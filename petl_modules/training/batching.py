@@ -38,7 +38,7 @@ def check_dynamic_batching(hparams):
         raise BatchingError(
             "--dynamic_batching=True needs every training example's length up front to bucket "
             "them; --shards streams the examples from tar shards in a shuffle buffer: train "
-            "from the audio folder (without --shards), or without --dynamic_batching.")
+            "from the prepared manifests (without --shards), or without --dynamic_batching.")
     if hparams.get("cache_backbone_outputs"):
         raise BatchingError(
             "--dynamic_batching=True batches the audio by duration, but with "
