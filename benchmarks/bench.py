@@ -723,6 +723,7 @@ def shard_rows(args):
     from petl_modules.backbones.features import ASTFbank, Waveform
     from petl_modules.shard import write_shards
     from petl_modules.training.recipe import add_pipelines, load_manifest
+    from petl_modules.model.task import Task
     from petl_modules.training.shards import SampleTable, ShardDataset
 
     count, seconds = (200, 2.0) if args.quick else (SHARD_CLIPS, SHARD_SECONDS)
@@ -746,7 +747,8 @@ def shard_rows(args):
     encoder = CategoricalEncoder()
     encoder.update_from_iterable([f"class{k}" for k in range(10)])
     encoder.expect_len(10)
-    table = SampleTable(shards, index, index["splits"]["all"]["train"], index["class_names"], False)
+    table = SampleTable(shards, index, index["splits"]["all"]["train"], index["class_names"],
+                        Task.of("single_label"))
     processors = {"decode": Waveform(clip_samples=int(seconds * 16000), normalize=False),
                   "fbank": ASTFbank(max_frames=1024)}
     batch = 16
@@ -1273,7 +1275,6 @@ def suite_multitask(args):
         rows.append(result("multitask", name, times[key][args.warmup:], activations[key], None,
                            key=key, batch=batch, weights_mb=round(weights[key], 1),
                            round_s=times[key][args.warmup:]))
-    del separate, several
     return rows
 
 
@@ -1495,6 +1496,7 @@ def rss():
         return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
 import audioset_prepare as prep
 from petl_modules.training.recipe import load_manifest
+from petl_modules.model.task import Task
 from petl_modules.training.shards import SampleTable
 out = {"imports_mb": rss()}
 options = {"data_folder": sys.argv[2], "subset": "full", "max_missing": 0.5, "check_headers": False}
@@ -1511,7 +1513,7 @@ del dataset
 before = rss()
 index = json.load(open(sys.argv[4] + "/shards.json"))
 start = time.perf_counter()
-table = SampleTable(sys.argv[4], index, ["train"], names, True)
+table = SampleTable(sys.argv[4], index, ["train"], names, Task.of("multilabel"))
 out["table_s"], out["table_mb"] = time.perf_counter() - start, rss() - before
 print(json.dumps(out))
 """

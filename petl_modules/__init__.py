@@ -14,7 +14,8 @@ top layer (``tests/test_layers.py`` reads every module's imports against this ta
 options        typed option definitions (``Option``), checking keyword options by name (unknown
                ones named with close matches)
 files          JSON files of runs and model folders (atomic writes, bounded reads, schema checks)
-paths          where the repository's ``hparams/`` and ``recipes/`` are (training and tools only)
+paths          where the repository's ``hparams/`` and ``recipes/`` are, their yaml read as
+               plain trees (training and tools only)
 quiet          third-party log lines that say nothing about our runs, silenced by name on import
 contract       what the lobes and the methods share: ``PETLModule``, the token mask, the
                prefix-attention hooks
@@ -33,7 +34,8 @@ model/         a trained model as a self-contained artifact: ``spec.py`` (``Mode
                ``petl_config.json`` format 4), ``folder.py`` (build, save, load, merge),
                ``petl_model.py`` (``PETLModel``, ``PETLClassifier``), ``multitask.py`` (several
                tasks on one backbone), ``bases.py`` (naming and finding base checkpoints),
-               ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py``,
+               ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py`` (the
+               task kinds: loss, outputs, scores, result fields; one class each), ``scores.py``,
                ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
 sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA adapters, both
                ways), ``onnx_export.py`` (ONNX, checked with onnxruntime), ``int8.py`` (int8
@@ -47,8 +49,8 @@ training/      the recipe machinery: ``arguments.py`` (the recipes' command line
                ``stop_signals.py`` (a checkpoint and a clean exit on SIGUSR2/SIGTERM),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``windows.py`` (random crops, window datasets),
-               ``metrics.py`` (single- and multi-label scores, thresholds, class weights,
-               d-prime), ``sampling.py`` (class-balanced sampling), ``mixup.py``, ``shards.py``
+               ``metrics.py`` (score files: the confusion matrix, multi-label per-class scores),
+               ``sampling.py`` (class-balanced sampling), ``mixup.py``, ``shards.py``
                (reading tar shards: ``--shards``),
                ``augment.py``, ``cache.py``, ``tracking.py``, ``pretrained.py`` (what of a run
                defines its model folder), ``recipe.yaml`` (shared by every recipe)

@@ -58,7 +58,6 @@ import sys
 _API = {
     "PETLClassifier": "petl_modules.model.petl_model",
     "PETLModel": "petl_modules.model.petl_model",
-    "predicted_labels": "petl_modules.model.petl_model",
     "top_classes": "petl_modules.model.petl_model",
     "MultiTaskClassifier": "petl_modules.model.multitask",
     "PETLModelError": "petl_modules.model.spec",
@@ -129,24 +128,6 @@ def parse_several_args(argv):
     return check_counts(parser, parser.parse_args(argv))
 
 
-def answer(result, labels_top_k, multilabel):
-    """One model's printed answer for a file: ``{"label", "score", "top_k"}`` (+ ``"labels"``,
-    every class above its threshold, for a multi-label model)."""
-    row = {"label": result["label"], "score": result["score"],
-           "top_k": labels_top_k(result["probabilities"])}
-    if multilabel:
-        row["labels"] = result["labels"]
-    return row
-
-
-def answer_text(row):
-    """``label<TAB>score  other score...``; multi-label: ``labels<TAB>label score ...``."""
-    others = "".join(f"  {t['label']} {t['score']:.4f}" for t in row["top_k"][1:])
-    if "labels" in row:
-        return f"{';'.join(row['labels']) or '-'}\t{row['label']} {row['score']:.4f}{others}"
-    return f"{row['label']}\t{row['score']:.4f}{others}"
-
-
 def report_errors(errors, total):
     """The files that could not be classified, on stderr; returns the exit code (0 or 1)."""
     for path, reason in errors:
@@ -207,13 +188,14 @@ def main(argv=None):
     results, errors = classifier.classify_files(
         args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
     )
-    rows = [{"file": r["file"], **answer(r, lambda p: classifier.top_k(p, args.top_k),
-                                          classifier.multilabel)} for r in results]
+    task = classifier.task  # what the answers hold (multi-label: every class above its threshold)
+    rows = [{"file": r["file"], **task.answer(r, classifier.top_k(r["probabilities"], args.top_k))}
+            for r in results]
     if args.json:
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
-            print(f"{row['file']}\t{answer_text(row)}")
+            print(f"{row['file']}\t{task.answer_text(row)}")
     return report_errors(errors, len(args.files))
 
 
@@ -230,16 +212,16 @@ def main_several(argv):
     results, errors = classifier.classify_files(
         args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
     )
+    tasks = classifier.tasks
     rows = [{"file": r["file"], "tasks": {
-        name: answer(t, lambda p, name=name: classifier.top_k(name, p, args.top_k),
-                     classifier.multilabel[name])
+        name: tasks[name].answer(t, classifier.top_k(name, t["probabilities"], args.top_k))
         for name, t in r["tasks"].items()}} for r in results]
     if args.json:
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
-            for name, task in row["tasks"].items():
-                print(f"{row['file']}\t{name}\t{answer_text(task)}")
+            for name, answer in row["tasks"].items():
+                print(f"{row['file']}\t{name}\t{tasks[name].answer_text(answer)}")
     return report_errors(errors, len(args.files))
 
 

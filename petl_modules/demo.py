@@ -31,6 +31,7 @@ from pathlib import Path
 
 import ruamel.yaml
 
+from petl_modules.model.task import TASKS, Task
 from petl_modules.paths import hparams_folder, project_root
 from petl_modules.synthetic import available_datasets, demo_settings, make_dataset
 
@@ -67,10 +68,12 @@ def parse_args(argv=None):
                         help="hub id or save_pretrained folder; default: a tiny random AST")
     parser.add_argument("--number_of_epochs", type=int, default=8, help="default 8")
     parser.add_argument("--seed", type=int, default=10, help="default 10")
-    multilabel = [name for name in datasets if "multilabel" in demo_settings(name).get("tasks", [])]
-    parser.add_argument("--task", default="single_label", choices=["single_label", "multilabel"],
-                        help="multilabel: several classes per file (datasets whose generator "
-                             f"offers it: {', '.join(multilabel) or 'none'})")
+    offered = {kind: [name for name in datasets
+                      if kind in demo_settings(name).get("tasks", ["single_label"])] for kind in TASKS}
+    parser.add_argument("--task", default="single_label", choices=list(TASKS),
+                        help="the task of the synthetic data (multilabel: several classes per "
+                             "file); datasets whose generator offers each: "
+                             + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in offered.items()))
     parser.add_argument("--per_class", type=int, default=None,
                         help="synthetic examples per class (per fold, speaker or split, as the "
                              "dataset's generator counts them); default: a few per dataset")
@@ -88,7 +91,7 @@ def parse_args(argv=None):
     tasks = demo_settings(args.dataset).get("tasks", ["single_label"])
     if args.task not in tasks:
         parser.error(f"--task={args.task}: the synthetic {args.dataset} is {' or '.join(tasks)}; "
-                     f"multi-label data: --dataset={' or '.join(multilabel) or '(none)'}.")
+                     f"{args.task} data: --dataset={' or '.join(offered[args.task]) or '(none)'}.")
     return args
 
 
@@ -162,13 +165,11 @@ def main(argv=None):
     real = recipe_command(args.dataset, args.method, f"--data_folder=/path/to/{Path(data).name}",
                           *[f"--task={args.task}" for _ in task])
     real[0] = "python"
-    if "test_map_mean" in results:  # multi-label: asked for, or the dataset's own task
-        scores = (f"test mAP {results['test_map_mean']:.3f} (micro F1 {results['test_f1_micro']:.3f}, "
-                  f"macro F1 {results['test_f1_macro']:.3f}; {n_classes} classes), valid mAP "
-                  f"{fold['valid_map']:.3f}")
-    else:
-        scores = (f"test accuracy {results['test_accuracy_mean']:.3f} (chance {1 / n_classes:.3f}, "
-                  f"{n_classes} classes), valid accuracy {fold['valid_accuracy']:.3f}")
+    kind = Task.of_result(results)  # multi-label: asked for, or the dataset's own task
+    notes = kind.summary(results, n_classes, digits=3)
+    scores = (f"test {kind.metric_name} {results[f'{kind.test_key}_mean']:.3f} ("
+              f"{f'{notes}, ' if notes else ''}{n_classes} classes), valid {kind.metric_name} "
+              f"{fold[kind.valid_key]:.3f}")
     print(
         f"\n[demo] Ran: {shlex.join(command)}\n"
         f"[demo] {args.dataset} / {args.method}: {scores}; trainable parameters "

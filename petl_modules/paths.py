@@ -1,4 +1,4 @@
-"""Where the repository's method files and recipes are.
+"""Where the repository's method files and recipes are, and their yaml read as plain trees.
 
 The recipes (``recipes/<DATASET>/``) and method files (``hparams/*.yaml``) are not part of the
 installed package: they live in the repository, beside ``petl_modules/``. ``project_root`` finds
@@ -53,3 +53,17 @@ def recipes_folder():
 def hparams_folder():
     """``<repository>/hparams``: the method files."""
     return project_root() / "hparams"
+
+
+def read_yaml_tree(path):
+    """The top-level mapping of a repository yaml file (``recipe.yaml``, a method file, a dataset
+    yaml) as a round-trip tree: tags are kept as data, nothing is built or evaluated. ``{}`` when
+    the file is missing, unreadable or not a mapping (callers name what they looked for)."""
+    import ruamel.yaml
+
+    try:
+        with open(path) as stream:
+            tree = ruamel.yaml.YAML().load(stream)
+    except (OSError, ruamel.yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}

@@ -312,10 +312,10 @@ def write_shards(recipe, out, overrides, audio="original", samples_per_shard=100
 
 
 def _class_names(parts, hparams):
+    from petl_modules.model.task import Task
     from petl_modules.training.recipe import class_names_of
-    from petl_modules.training.metrics import is_multilabel
 
-    return class_names_of([parts[name] for name in parts], is_multilabel(hparams))
+    return class_names_of([parts[name] for name in parts], Task.of_options(hparams))
 
 
 # ==================================================================== command line

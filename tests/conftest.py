@@ -65,6 +65,27 @@ def tiny_ast(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_ast_with_dropout(tmp_path_factory):
+    """The tiny AST with dropout, so that fine-tuning it draws random numbers at every step."""
+    folder = tmp_path_factory.mktemp("tiny_ast_dropout")
+    torch.manual_seed(0)
+    config = tiny_ast_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    transformers.ASTModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def other_ast(tmp_path_factory):
+    """Another tiny AST with the tiny AST's shape and different weights."""
+    folder = tmp_path_factory.mktemp("other_ast")
+    torch.manual_seed(1)
+    transformers.ASTModel(transformers.ASTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_length=128)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def ast_base_folder(tmp_path_factory):
     """The AST-base shape (transformers.ASTConfig() defaults), random weights, saved with
     save_pretrained (~5 s once); loading a lobe from it is fast. For parameter counts."""

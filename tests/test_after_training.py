@@ -102,17 +102,6 @@ def lora_run(tmp_path_factory, fsc_data, tiny_ast):
     return out
 
 
-@pytest.fixture(scope="module")
-def other_ast(tmp_path_factory):
-    """Another tiny AST with the same shape and different weights."""
-    folder = tmp_path_factory.mktemp("other_ast")
-    torch.manual_seed(1)
-    transformers.ASTModel(transformers.ASTConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        max_length=128)).save_pretrained(folder)
-    return folder
-
-
 def split_of(run_dir, fsc_data):
     """``[(wav path, label)]`` of the run's test manifest."""
     with open(Path(run_dir) / "manifests" / "test.csv") as stream:

@@ -16,7 +16,6 @@ import soundfile as sf
 
 from petl_modules import results as results_cli
 from petl_modules.synthetic import class_signal, make_dataset
-from petl_modules.training import metrics
 from petl_modules.training.prepare import SKIPPED_FILE, DataError
 
 from conftest import REPO
@@ -337,33 +336,6 @@ def test_fractions_that_leave_nothing_to_train_are_refused(prepare_module, tmp_p
     root = class_folders(tmp_path / "data", {"a": 3, "b": 3})
     with pytest.raises(DataError, match="their sum must be below 1"):
         prepare_module.dataset_rows(options(root, valid_fraction=0.5, test_fraction=0.5))
-
-
-# ==================================================================== scores
-def test_map_is_the_mean_of_per_class_average_precision_over_classes_with_positives():
-    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
-    scores = np.array([[0.9, 0.2, 0.1], [0.8, 0.7, 0.3], [0.3, 0.6, 0.2], [0.1, 0.1, 0.9]])
-    # class 0: positives ranked 1st and 3rd -> AP (1 + 2/3) / 2; class 1: 1st and 2nd -> 1.0;
-    # class 2 has no positive: left out.
-    assert metrics.mean_average_precision(targets, scores) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
-
-
-def test_thresholds_are_chosen_per_class_for_the_best_f1():
-    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
-    scores = np.array([[0.3, 0.2], [0.25, 0.8], [0.1, 0.85], [0.05, 0.1]])
-    thresholds = metrics.choose_thresholds(targets, scores)
-    assert thresholds[0] == pytest.approx(0.25)  # both positives, no negative
-    assert thresholds[1] == pytest.approx(0.85)  # the positive alone
-    found = metrics.multilabel_scores(targets, scores, thresholds)
-    assert found["f1_micro"] == pytest.approx(1.0) and found["f1_macro"] == pytest.approx(1.0)
-    assert metrics.choose_thresholds(np.zeros((2, 1)), np.ones((2, 1))) == [metrics.DEFAULT_THRESHOLD]
-
-
-def test_balanced_class_weights_are_inverse_frequencies():
-    single = metrics.balanced_class_weights([["a"]] * 3 + [["b"]], ["a", "b"], False)
-    assert single.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
-    multi = metrics.balanced_class_weights([["a"], ["a", "b"], ["a"], []], ["a", "b"], True)
-    assert multi.tolist() == pytest.approx([1 / 3, 3 / 1])  # negatives / positives
 
 
 def test_results_tool_reads_a_multilabel_run_by_its_map(tmp_path):

@@ -11,9 +11,7 @@ import sys
 
 import pytest
 import torch
-import transformers
 
-from petl_modules.tiny import tiny_ast_config
 from petl_modules.training.checkpointing import Checkpointer, RandomState
 
 from conftest import read_results, run_train
@@ -111,16 +109,6 @@ def test_ddp_on_two_cpu_processes_writes_once_and_evaluates_like_one_process(
 
 
 # ==================================================================== resume
-@pytest.fixture(scope="module")
-def tiny_ast_with_dropout(tmp_path_factory):
-    """The tiny AST with dropout, so that fine-tuning it draws random numbers at every step."""
-    folder = tmp_path_factory.mktemp("tiny_ast_dropout")
-    torch.manual_seed(0)
-    config = tiny_ast_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    transformers.ASTModel(config).save_pretrained(folder)
-    return folder
-
-
 def run_killed_and_resumed(recipe, method, data, backbone, tmp_path, *options):
     """Runs a command uninterrupted (``tmp_path/uninterrupted``), then again in
     ``tmp_path/interrupted``, SIGKILLed in the middle of epoch 2 (``KILL_HARNESS``), and reruns it

@@ -42,7 +42,6 @@ from conftest import REPO, read_results
 from test_distributed_resume_tracking import (  # the resume test's machinery
     assert_same_run,
     run_killed_and_resumed,
-    tiny_ast_with_dropout,  # noqa: F401 (fixture)
 )
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"

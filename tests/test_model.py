@@ -18,7 +18,7 @@ from petl_modules.model import PETLModel
 from petl_modules.model.bases import LOCAL_BASES_FILE, hub_id_of_cache_folder, identify
 from petl_modules.model.folder import read_spec
 from petl_modules.model.spec import CONFIG_FILE, WEIGHTS_FILE, PETLModelError
-from petl_modules.model.task import Task
+from petl_modules.model.task import MultiLabel
 from petl_modules.model.windows import EvalProtocol
 from petl_modules.training.pretrained import save_petl_model
 
@@ -81,7 +81,7 @@ def test_save_pretrained_writes_the_same_model(adapter_folder, wav_files, tmp_pa
 
 def test_a_model_built_in_plain_python_saves_and_loads(tiny_ast, wav_files, tmp_path):
     model = PETLModel.create(tiny_ast, method_config("lora", {"reduction_rate": 16}), ["yes", "no", "maybe"],
-                             pooling="cls", task=Task("multilabel", [0.4, 0.5, 0.6]),
+                             pooling="cls", task=MultiLabel([0.4, 0.5, 0.6]),
                              evaluation=EvalProtocol("sliding", 0.2, "max"), max_frames=64)
     with torch.no_grad():
         for param in model.parameters():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from petl_modules.model.scores import d_prime, multilabel_scores
 from petl_modules.synthetic import generator_module, make_dataset
 from petl_modules.training import metrics
 from petl_modules.training.mixup import BatchMixup, WaveformMixup, mix_waveforms
@@ -159,11 +160,11 @@ def test_generators_write_long_tailed_multilabel_data():
 def test_d_prime_and_per_class_scores_follow_the_audioset_convention(tmp_path):
     targets = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 1], [0, 1, 1]])
     scores = np.array([[0.9, 0.2, 0.5], [0.3, 0.8, 0.5], [0.6, 0.4, 0.5], [0.1, 0.7, 0.5]])
-    found = metrics.multilabel_scores(targets, scores, [0.5, 0.5, 0.5])
+    found = multilabel_scores(targets, scores, [0.5, 0.5, 0.5])
     assert found["auc"][:2] == [1.0, 1.0] and np.isnan(found["auc"][2])  # class 2: no negative
     assert found["mauc"] == 1.0 and found["d_prime"] == pytest.approx(
         np.sqrt(2) * __import__("scipy").stats.norm.ppf(1.0))
-    assert metrics.d_prime(0.5) == 0.0
+    assert d_prime(0.5) == 0.0
     path = metrics.write_per_class_scores(tmp_path / "c.csv", found, ["a", "b", "c"], [0.5, 0.4, 0.3])
     rows = read_csv(path)
     assert [r["class"] for r in rows] == ["a", "b", "c"] and rows[2]["auc"] == ""

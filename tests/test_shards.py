@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from petl_modules.model.task import Task
 from petl_modules.shard import write_shards
 from petl_modules.synthetic import make_dataset
 from petl_modules.training.shards import (
@@ -130,7 +131,8 @@ class Fbank:
 
 def shard_dataset(folder, split="train", **options):
     index = read_index(folder)
-    table = SampleTable(folder, index, index["splits"]["all"][split], index["class_names"], True)
+    table = SampleTable(folder, index, index["splits"]["all"][split], index["class_names"],
+                        Task.of("multilabel"))
     return ShardDataset(table, Fbank(), batch_size=options.pop("batch_size", 3),
                         train=split == "train", seed=options.pop("seed", 7), shuffle_buffer=4,
                         n_classes=len(index["class_names"]), **options)

@@ -8,12 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO, run_train
-from test_distributed_resume_tracking import (  # noqa: F401 (fixture)
-    TORCHRUN,
-    assert_same_run,
-    run_killed_and_resumed,
-    tiny_ast_with_dropout,
-)
+from test_distributed_resume_tracking import TORCHRUN, assert_same_run, run_killed_and_resumed
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from petl_modules.training.pretrained import (
 )
 
 from conftest import METHOD_FILES
-from test_after_training import build, other_ast, pretend_trained, tiny_options, waveforms  # noqa: F401
+from test_after_training import build, pretend_trained, tiny_options, waveforms
 
 
 def trains_backbone(method):

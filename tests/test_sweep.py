@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from petl_modules import results as results_tool
+from petl_modules.paths import read_yaml_tree
+from petl_modules.results import published as published_numbers
 from petl_modules import sweep
 from petl_modules.training import launch
 from petl_modules.training.run_folder import HOLDER_FILE, lock_holder
@@ -38,19 +40,19 @@ def test_papers_sweep_file_plans_with_and_without_its_reference_variant(path):
     reference, plan_ref = sweep.plan(path, variant="reference")
     assert len(reference) == len(runs) and plan_ref["root"] == Path(f"{plan['root']}-reference")
     assert all(r.options.get("init") == "reference" for r in reference
-               if "init" in results_tool._yaml_tree(REPO / "hparams" / f"{r.method}.yaml"))
+               if "init" in read_yaml_tree(REPO / "hparams" / f"{r.method}.yaml"))
     assert any(r.options != s.options for r, s in zip(reference, runs))
 
 
 def test_published_rows_name_methods_datasets_and_options_that_exist():
     published = results_tool.load_published()
-    datasets = {results_tool._yaml_tree(sweep.dataset_yaml(r))["dataset"]
+    datasets = {read_yaml_tree(sweep.dataset_yaml(r))["dataset"]
                 for r in (p.parent.name for p in (REPO / "recipes").glob("*/train.py"))}
-    common = set(results_tool._yaml_tree(sweep.COMMON_YAML))
+    common = set(read_yaml_tree(sweep.COMMON_YAML))
     for name, table in published["tables"].items():
         assert table["source"] in published["sources"] and table["rows"], name
         for row in table["rows"]:
-            keys = common | set(results_tool._yaml_tree(REPO / "hparams" / f"{row['method']}.yaml"))
+            keys = common | set(read_yaml_tree(REPO / "hparams" / f"{row['method']}.yaml"))
             assert set(row["options"]) <= keys, (name, row["label"])
             assert set(row["values"]) <= datasets, (name, row["label"])
 
@@ -196,7 +198,7 @@ def test_local_launcher_gives_each_run_one_visible_gpu_and_runs_one_per_gpu_at_o
     monkeypatch.setitem(sweep.POLL_S, "local", 0.01)
     path = write_sweep(tmp_path, methods=["linear", "bitfit", "lora"], seeds=[1, 2])
     runs, plan = sweep.plan(path)
-    ended = sweep.run_local(runs, plan, sweep._resources(plan, sweep.parse_args([str(path)])))
+    ended = sweep.run_local(runs, plan, sweep.check_resources(plan, sweep.parse_args([str(path)])))
     assert ended == {run.name: ("done", "") for run in runs}
     assert log["most"] == 2 and sorted({tuple(g) for g in log["gpus"]}) == [(3,), (5,)] and len(log["gpus"]) == 6
     assert all(r.gpus == 1 for r in runs)
@@ -287,7 +289,7 @@ def test_the_sweep_report_puts_the_papers_numbers_beside_ours_in_the_table_and_t
                      {"label": "Linear", "method": "linear", "backbone": "ast", "options": {},
                       "values": {"FSC": 60.0}}]}}}
     (tmp_path / "published.json").write_text(json.dumps(published))
-    monkeypatch.setattr(results_tool, "published_file", lambda: tmp_path / "published.json")
+    monkeypatch.setattr(published_numbers, "published_file", lambda: tmp_path / "published.json")
     path = write_sweep(tmp_path, compare="t")
     runs, plan = sweep.plan(path)
     finished_run(runs[0].folder, "linear", [0.5, 0.6])

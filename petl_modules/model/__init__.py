@@ -10,7 +10,8 @@
 - ``hub.py``: Hugging Face Hub repo ids where a folder is expected;
 - ``audio.py`` (reading any audio file as 16 kHz mono, only the part a clip uses),
   ``windows.py`` (the evaluation protocol: first clip or sliding windows), ``task.py``
-  (single- or multi-label outputs), ``precision.py`` (bf16, ``torch.compile``),
+  (the task kinds, one class each: loss, outputs, scores, thresholds, result fields),
+  ``scores.py`` (accuracy, F1, mAP, thresholds), ``precision.py`` (bf16, ``torch.compile``),
   ``metrics_file.py`` (a model folder's optional ``metrics.json``).
 
 Nothing here imports ``training/``, ``sharing/``, the recipes, the method files or a YAML parser:

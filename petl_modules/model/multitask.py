@@ -53,9 +53,10 @@ from petl_modules.model.folder import (
     trained_tensor_names,
 )
 from petl_modules.model.hub import resolve_model_dir
-from petl_modules.model.petl_model import NON_FINITE, PETLModel, predicted_labels, top_classes
+from petl_modules.model.petl_model import NON_FINITE, PETLModel, top_classes
 from petl_modules.model.precision import autocast_context
 from petl_modules.model.spec import PETLModelError
+from petl_modules.model.task import Task
 from petl_modules.model.windows import EvalProtocol, pool_windows
 
 logger = logging.getLogger(__name__)
@@ -451,9 +452,7 @@ class MultiTaskClassifier(torch.nn.Module):
         self.configs = configs
         self.names = [str(n) for n in names]
         self.labels = {n: list(c["class_names"]) for n, c in zip(self.names, configs)}
-        self.multilabel = {n: c.get("task") == "multilabel" for n, c in zip(self.names, configs)}
-        self.thresholds = {n: torch.tensor(c.get("thresholds") or [0.5] * len(c["class_names"]))
-                           for n, c in zip(self.names, configs)}
+        self.tasks = {n: Task.of_view(c) for n, c in zip(self.names, configs)}  # what each one's outputs mean
         self.input_processor = model.lobe.input_processor
         self.device = device
         self.precision = "fp32"
@@ -499,8 +498,7 @@ class MultiTaskClassifier(torch.nn.Module):
             return found
         with autocast_context(self.device, self.precision):
             found = self.mods["multitask"](inputs.to(self.device), lengths.to(self.device), tasks)
-        return {t: (rows, torch.sigmoid(logits.float()) if self.multilabel[self.names[t]]
-                    else torch.softmax(logits.float(), dim=-1))
+        return {t: (rows, self.tasks[self.names[t]].probabilities(logits))
                 for t, (rows, logits) in found.items()}
 
     def _first_clip_only(self, what):
@@ -553,8 +551,7 @@ class MultiTaskClassifier(torch.nn.Module):
                 index = int(p.argmax())
                 rows[row] = {"task": name, "label": self.labels[name][index],
                              "score": float(p[index]), "probabilities": p,
-                             "labels": predicted_labels(self.labels[name], p, self.multilabel[name],
-                                                        self.thresholds[name])}
+                             "labels": self.tasks[name].predicted_labels(self.labels[name], p)}
         return rows
 
     def clip_scores(self, inputs, lengths):
@@ -577,8 +574,7 @@ class MultiTaskClassifier(torch.nn.Module):
             index = int(prob.argmax())
             tasks[name] = {"label": self.labels[name][index], "score": float(prob[index]),
                            "probabilities": prob,
-                           "labels": predicted_labels(self.labels[name], prob, self.multilabel[name],
-                                                      self.thresholds[name])}
+                           "labels": self.tasks[name].predicted_labels(self.labels[name], prob)}
         return {"tasks": tasks}
 
     def top_k(self, task, probabilities, k):

@@ -42,7 +42,7 @@ from petl_modules.model.folder import (
 from petl_modules.model.hub import resolve_model_dir
 from petl_modules.model.precision import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
-from petl_modules.model.task import Task
+from petl_modules.model.task import SingleLabel
 from petl_modules.model.windows import EvalProtocol, clip_samples, pool_windows, window_starts
 
 logger = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ class PETLModel(torch.nn.Module):
         # A flat summary (exporters, side files, the model card).
         self.config = folder_view(spec, model_dir, source) if model_dir else spec.view(None, source)
         self.labels = list(spec.class_names)
-        self.multilabel = spec.task.multilabel
-        self.thresholds = spec.task.threshold_tensor(len(self.labels))
+        self.task = spec.task  # what the outputs mean (single- or multi-label, thresholds)
         self.input_processor = self.mods["petl_model"].adapted_model.input_processor
         self.merged = []  # names of the LoRA modules folded into the backbone
         self.precision = "fp32"  # set_speed
@@ -138,7 +137,7 @@ class PETLModel(torch.nn.Module):
         with quiet_transformers(), preserved_rng():
             lobe = Backbone(str(backbone_source), **backbone_options)
         spec = ModelSpec(BackboneRef.of(lobe, backbone_source), method, list(class_names), pooling,
-                         task or Task(), evaluation or EvalProtocol()).check()
+                         task or SingleLabel(), evaluation or EvalProtocol()).check()
         modules = attach_modules(spec, lobe)
         lobe.release_checkpoint()
         for module in modules.values():
@@ -244,9 +243,7 @@ class PETLModel(torch.nn.Module):
         with autocast_context(self.device, self.precision):
             hidden, mask = self.mods["petl_model"](inputs.to(self.device), lengths.to(self.device))
             logits = self.mods["classifier"](hidden, mask)
-        logits = logits.float()
-        out_prob = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
-        return self.predictions(out_prob)
+        return self.predictions(self.task.probabilities(logits))
 
     def predictions(self, out_prob):
         """``(out_prob [B, C], score [B], index [B], text_lab)`` of class probabilities."""
@@ -348,7 +345,7 @@ class PETLModel(torch.nn.Module):
     def labels_above_threshold(self, probabilities):
         """The predicted classes of ``[C]`` probabilities: every class at or above its threshold
         (multi-label; most probable first), or the most probable one (single-label)."""
-        return predicted_labels(self.labels, probabilities, self.multilabel, self.thresholds)
+        return self.task.predicted_labels(self.labels, probabilities)
 
     def clip_scores(self, inputs, lengths):
         """Per clip (file or window) of a processed batch: its ``[C]`` probabilities, or why it has
@@ -407,15 +404,6 @@ def top_classes(labels, probabilities, k):
     """``[{"label", "score"}]`` of the ``k`` most probable of ``labels`` (``[C]`` probabilities)."""
     scores, indices = probabilities.topk(min(int(k), len(labels)))
     return [{"label": labels[i], "score": float(s)} for s, i in zip(scores.tolist(), indices.tolist())]
-
-
-def predicted_labels(labels, probabilities, multilabel, thresholds):
-    """The predicted classes of ``[C]`` probabilities: every class at or above its threshold
-    (multi-label; most probable first), or the most probable one (single-label)."""
-    if not multilabel:
-        return [labels[int(probabilities.argmax())]]
-    above = (probabilities >= thresholds).nonzero().view(-1).tolist()
-    return [labels[i] for i in sorted(above, key=lambda i: -float(probabilities[i]))]
 
 
 NON_FINITE = ("the model gave non-finite scores for it (check the file's content and the model "

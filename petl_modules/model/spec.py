@@ -21,7 +21,7 @@ from petl_modules.files import schema_problems
 from petl_modules.methods import METHODS, MethodConfig, method_class
 from petl_modules.methods.classifier import POOLINGS
 from petl_modules.model.bases import find_local_base, identify, valid_local_name
-from petl_modules.model.task import TASKS, Task
+from petl_modules.model.task import SingleLabel, Task
 from petl_modules.model.windows import EvalProtocol
 from petl_modules.options import OptionError, check_options
 
@@ -126,7 +126,7 @@ class ModelSpec:
     method: MethodConfig
     class_names: list
     pooling: str = "mean"
-    task: Task = dataclasses.field(default_factory=Task)
+    task: Task = dataclasses.field(default_factory=SingleLabel)
     evaluation: EvalProtocol = dataclasses.field(default_factory=EvalProtocol)
     method_state: dict = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION  # the version it was read from
@@ -279,7 +279,7 @@ def _read_format4(data, problems):
         except OptionError as err:
             problems.append(f"method.state: {err}")
     return _assemble(data, ref, config, head and head["pooling"],
-                     task and Task(task["kind"], task["thresholds"]), data.get("evaluation"),
+                     task and _task(task["kind"], task["thresholds"], problems), data.get("evaluation"),
                      method["state"] if method else {}, problems)
 
 
@@ -430,12 +430,19 @@ def _read_legacy(data, problems):
     else:
         _method(data["method"], {}, problems)
     pooling = options.get("pooling", data.get("pooling") or "mean")
-    task = data.get("task", "single_label")
-    if task not in TASKS and isinstance(task, str):
-        problems.append(f"'task' is {task!r:.60}, not one of {', '.join(TASKS)}")
+    task = _task(data.get("task", "single_label"), data.get("thresholds"), problems)
     extra = {k: data.get(k) for k in ("dataset", "fold", "trained_params") if k in data}
-    return _assemble(data, ref, method, pooling, Task(task, data.get("thresholds")),
+    return _assemble(data, ref, method, pooling, task,
                      data.get("evaluation") or EvalProtocol().config(), {}, problems, extra)
+
+
+def _task(kind, thresholds, problems):
+    """The ``Task`` of a folder's task kind and thresholds (None after a problem, named)."""
+    try:
+        return Task.of(kind, thresholds)
+    except ValueError as err:
+        problems.append(str(err))
+        return None
 
 
 def identify_recorded(backbone_source):

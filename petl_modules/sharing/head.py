@@ -15,7 +15,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from petl_modules.files import current_umask, write_json_atomic
+from petl_modules.files import write_json_atomic
+from petl_modules.model.task import Task
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"
@@ -28,10 +29,11 @@ def write_head(out_dir, modules, config, backbone_source, **extra):
     out_dir = Path(out_dir)
     head = {k: v.detach().cpu().contiguous() for k, v in modules["classifier"].state_dict().items()}
     save_file(head, str(out_dir / HEAD_WEIGHTS), metadata={"format": "pt"})
+    task = Task.of_view(config)
     side = {
         "class_names": config["class_names"],
-        "task": config.get("task", "single_label"),
-        "thresholds": config.get("thresholds"),
+        "task": task.kind,
+        "thresholds": task.thresholds,
         "pooling": config.get("pooling"),
         "input": config.get("input"),
         "family": config["family"],

@@ -12,6 +12,7 @@ import re
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from petl_modules.methods import METHODS
+from petl_modules.model.task import Task
 
 LIBRARY_NAME = "petl-ast"
 CITATIONS = """\
@@ -68,38 +69,50 @@ def model_card(config, metrics=None, repo_id=None):
     huggingface_hub.ModelCard
     """
     metrics = metrics or {}
-    method, family, source = config["method"], config["family"], config["backbone_source"]
     dataset = metrics.get("dataset") or config.get("dataset")
-    name = repo_id.split("/")[-1] if repo_id else f"{family}-{method}"
-    multilabel = config.get("task") == "multilabel"
-    # The run's score: accuracy (single-label) or mAP (multi-label: macro average precision).
-    metric, metric_name, score_key, valid_key = (
-        ("map", "mAP", "test_map", "valid_map") if multilabel
-        else ("accuracy", "accuracy", "test_accuracy", "valid_accuracy"))
-    score = metrics.get(score_key)
+    name = repo_id.split("/")[-1] if repo_id else f"{config['family']}-{config['method']}"
+    data = card_data(config, metrics, dataset, name)
+    lines = [*summary_lines(config, metrics, dataset, name),
+             *usage_lines(config, metrics, repo_id or "<this repo id>"),
+             "## Citation", "", "```bibtex", CITATIONS, "```", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def card_data(config, metrics, dataset, name):
+    """The card's front matter (``ModelCardData``): library, tags, pipeline, base model, dataset,
+    the task's metric and a ``model-index`` with its test score."""
+    method, family, source = config["method"], config["family"], config["backbone_source"]
+    task = Task.of_view(config)
+    score = metrics.get(task.test_key)
     eval_results = None
     if score is not None and dataset:
         eval_results = [EvalResult(task_type="audio-classification", dataset_type=dataset,
-                                   dataset_name=dataset, metric_type=metric,
-                                   metric_value=float(score), metric_name=f"Test {metric_name}")]
-    data = ModelCardData(
+                                   dataset_name=dataset, metric_type=task.metric,
+                                   metric_value=float(score), metric_name=f"Test {task.metric_name}")]
+    return ModelCardData(
         library_name=LIBRARY_NAME,
         pipeline_tag="audio-classification",
         tags=["audio-classification", "parameter-efficient-fine-tuning", "petl", method, family,
               "speechbrain"],
         base_model=source if is_hub_id(source) else None,
         datasets=[dataset] if dataset else None,
-        metrics=[metric],
+        metrics=[task.metric],
         model_name=name,
         eval_results=eval_results,
     )
+
+
+def summary_lines(config, metrics, dataset, name):
+    """The card's title, what the model is and its table: method, backbone, dataset, the task's
+    scores, trained parameters, classes."""
+    method, family, source = config["method"], config["family"], config["backbone_source"]
+    task = Task.of_view(config)
     options = config.get("options", {})
     settings = ", ".join(f"{k}={options[k]}" for k in [*method_keys(method), *SIZE_OPTIONS]
                          if options.get(k) is not None)
     fold = metrics.get("fold", config.get("fold"))
     trained = config.get("trained_params")
-    where = repo_id or "<this repo id>"
-    lines = [
+    return [
         f"# {name}",
         "",
         f"A **{method}** model ({family} backbone) for audio classification on "
@@ -112,24 +125,28 @@ def model_card(config, metrics=None, repo_id=None):
         f"| Method | `{method}`" + (f" ({settings})" if settings else "") + " |",
         f"| Backbone | {family}, checkpoint `{source}` |",
         f"| Dataset | {dataset or 'n/a'}" + (f", fold {fold}" if fold not in (None, "") else "") + " |",
-        f"| Test {metric_name} | {_score(score)} |",
-        *([f"| Test F1 micro / macro | {_score(metrics.get('test_f1_micro'))} / "
-           f"{_score(metrics.get('test_f1_macro'))} |"] if multilabel else []),
-        f"| Validation {metric_name} (best epoch) | {_score(metrics.get(valid_key))}"
+        f"| Test {task.metric_name} | {_score(metrics.get(task.test_key))} |",
+        *task.card_rows(metrics, _score),
+        f"| Validation {task.metric_name} (best epoch) | {_score(metrics.get(task.valid_key))}"
         + (f" (epoch {metrics['best_epoch']})" if metrics.get("best_epoch") is not None else "")
         + " |",
         f"| Trained parameters | {trained:,} (head included) |" if isinstance(trained, int)
         else "| Trained parameters | n/a |",
-        f"| Classes | {len(config['class_names'])}"
-        + (" (multi-label: every class above its threshold)" if multilabel else "") + " |",
+        f"| Classes | {len(config['class_names'])}{task.classes_note} |",
         "",
     ]
+
+
+def usage_lines(config, metrics, where):
+    """How the card's model was trained (its command, if recorded) and is used."""
+    source = config["backbone_source"]
+    lines = []
     if metrics.get("command"):
         lines += ["Trained with:", "", "```bash", metrics["command"], "```", ""]
     if not is_hub_id(source):
         lines += [f"The base checkpoint was a local folder (`{source}`): pass a copy of it with "
                   "`--backbone_source=...` (its weights' fingerprint is checked).", ""]
-    lines += [
+    return lines + [
         "## Usage",
         "",
         "```bash",
@@ -146,11 +163,4 @@ def model_card(config, metrics=None, repo_id=None):
         "labels, the base checkpoint's fingerprint), `petl_weights.safetensors` (only the "
         "trained tensors) and `metrics.json`; loading it never runs code from it.",
         "",
-        "## Citation",
-        "",
-        "```bibtex",
-        CITATIONS,
-        "```",
-        "",
     ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -56,6 +56,7 @@ import torch
 
 from petl_modules.files import write_json_atomic
 from petl_modules.model.spec import PETLModelError
+from petl_modules.model.task import SingleLabel, Task
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ LENGTH_FRACTIONS = (0.6, 1.0, 1.5)
 
 
 class ProbabilityModel(torch.nn.Module):
-    """Backbone + PETL modules + head + softmax (a multi-label model: a sigmoid per class), from
-    model inputs to ``[B, C]`` probabilities.
+    """Backbone + PETL modules + head + the task's output activation (softmax; a multi-label model:
+    a sigmoid per class), from model inputs to ``[B, C]`` probabilities.
 
     Spectrogram inputs ``[B, T, F]`` are cut or padded to ``frames`` (the processor's fixed length)
     inside the model by the input processor's own ``pad_frames`` (AST: the normalised zero,
@@ -82,20 +83,19 @@ class ProbabilityModel(torch.nn.Module):
     them to its clip). The same computation as ``PETLClassifier.classify_inputs``.
     """
 
-    def __init__(self, petl_model, classifier, frames=None, multilabel=False):
+    def __init__(self, petl_model, classifier, frames=None, task=None):
         super().__init__()
         self.petl_model = petl_model
         self.classifier = classifier
         self.frames = frames
-        self.multilabel = multilabel
+        self.task = task or SingleLabel()
         self.pad_frames = getattr(petl_model.adapted_model.input_processor, "pad_frames", None)
 
     def forward(self, input_values, lengths=None):
         if self.frames is not None:
             input_values = self.pad_frames(input_values, self.frames)
         hidden, mask = self.petl_model(input_values, lengths)
-        logits = self.classifier(hidden, mask).float()
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+        return self.task.probabilities(self.classifier(hidden, mask))
 
 
 def fixed_frames(lobe):
@@ -259,8 +259,9 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0, pre
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lobe = modules["petl_model"].adapted_model
+    task = Task.of_view(config)
     model = ProbabilityModel(modules["petl_model"], modules["classifier"], fixed_frames(lobe),
-                             multilabel=config.get("task") == "multilabel").eval()
+                             task).eval()
     path = out_dir / MODEL_FILE
     _remove(out_dir)
     try:
@@ -331,8 +332,8 @@ def side_config(config, lobe, example, opset, merged_lora_modules, precision):
         "padding_value": getattr(lobe.input_processor, "padding_value", None),
         "class_names": config["class_names"],
         # multi-label: a sigmoid per class, predicted where it reaches the class's threshold
-        "task": config.get("task", "single_label"),
-        "thresholds": config.get("thresholds"),
+        "task": task.kind,
+        "thresholds": task.thresholds,
         # how the run was tested: the first clip, or sliding windows whose probabilities are pooled
         "evaluation": config.get("evaluation"),
         "pooling": config.get("pooling"),

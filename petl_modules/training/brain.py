@@ -1,11 +1,11 @@
 """The classification Brain shared by every recipe.
 
-Per stage it accumulates loss and accuracy; after validation it checkpoints with the validation
-accuracy as the key, so ``evaluate(..., max_key="valid_acc")`` tests the best epoch's weights
-(the reference tested the last epoch's). A ``task: multilabel`` run trains a binary cross-entropy
-per class instead and checkpoints by validation mAP (``valid_map``, with the per-class thresholds
-chosen on that validation pass); ``selection_key(hparams)`` names the key of either kind, and
-``petl_modules.training.metrics`` computes the scores. The optimiser and its schedule are the yaml's
+The run's task (``task: single_label | multilabel``, ``petl_modules.model.task``) says what the
+Brain trains and scores: per stage it accumulates the loss and the task's scores (accuracy; a
+multi-label run: mAP, with per-class thresholds chosen on each validation pass); after validation
+it checkpoints with the task's validation score as the key (``valid_acc``, ``valid_map``:
+``selection_key(hparams)``), so ``evaluate(..., max_key=selection_key(hparams))`` tests the best
+epoch's weights (the reference tested the last epoch's). The optimiser and its schedule are the yaml's
 (``petl_modules/training/recipe.yaml``): ``opt_class`` over ``param_groups`` (each module's
 trainable tensors at its own learning rate) and ``lr_scheduler`` stepped after every optimiser
 step, whose ``T_max`` (every step of the run) this Brain fills in once ``fit`` knows the epoch
@@ -44,7 +44,6 @@ import math
 import speechbrain as sb
 import speechbrain.core
 import torch
-import torch.nn.functional as F
 import yaml
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
@@ -56,10 +55,11 @@ from petl_modules.model.precision import (  # noqa: F401
     compile_with_fallback,
     resolve_precision,
 )
-from petl_modules.training import metrics
+from petl_modules.model.scores import DEFAULT_THRESHOLD
+from petl_modules.model.task import Task
 from petl_modules.training.augment import augment
 from petl_modules.training.cache import head_input
-from petl_modules.training.mixup import BatchMixup, mixup_options, soft_targets
+from petl_modules.training.mixup import BatchMixup, mixup_options
 from petl_modules.training.sampling import weighted_sampler
 from petl_modules.training.stop_signals import RunInterrupted, StopSignals, signal_name
 from petl_modules.training.windows import WindowScores
@@ -98,8 +98,9 @@ def named_progress_bars(brain):
 
 
 def selection_key(hparams):
-    """The checkpoint meta key of the best epoch: ``valid_map`` (multi-label) or ``valid_acc``."""
-    return "valid_map" if metrics.is_multilabel(hparams) else "valid_acc"
+    """The checkpoint meta key of the best epoch (the task's: ``valid_acc`` for single-label,
+    ``valid_map`` for multi-label), for ``evaluate(..., max_key=...)``."""
+    return Task.of_options(hparams).selection_key
 
 
 @sb.utils.checkpoints.register_checkpoint_hooks
@@ -174,8 +175,9 @@ class ClassificationBrain(sb.Brain):
         return self.modules.classifier(hidden, mask)
 
     @property
-    def multilabel(self):
-        return metrics.is_multilabel(self.hparams)
+    def task(self):
+        """The run's task (``task`` in the yaml; ``petl_modules.model.task``)."""
+        return Task.of_options(self.hparams)
 
     @property
     def batch_mixup(self):
@@ -193,67 +195,40 @@ class ClassificationBrain(sb.Brain):
             return batch.mixed_targets.data.float()
         if getattr(self, "mixing", None) is None:
             return None
-        return BatchMixup.mix(soft_targets(batch, self.hparams.n_classes, self.multilabel),
-                              self.mixing)
+        targets = self.task.batch_targets(batch)
+        return BatchMixup.mix(self.task.soft_targets(targets, self.hparams.n_classes), self.mixing)
 
     def compute_objectives(self, logits, batch, stage):
-        """Single-label: cross-entropy; multi-label (``task: multilabel``): binary cross-entropy
-        per class on the multi-hot ``targets``. Weighted by ``loss_weights`` (``[C]``, from
-        ``class_weights: balanced``) when the run has them."""
+        """The task's loss (single-label: cross-entropy; ``task: multilabel``: binary
+        cross-entropy per class on the multi-hot ``targets``), weighted by ``loss_weights``
+        (``[C]``, from ``class_weights: balanced``) when the run has them. Training counts what
+        the task's training scores need; validation and test keep the outputs, scored when the
+        stage ends (sliding windows: per file, ``eval_windows: sliding``)."""
+        task = self.task
         logits = logits.float()  # the loss and the scores in fp32, also under bf16 autocast
         weights = getattr(self.hparams, "loss_weights", None)
         weights = None if weights is None else weights.to(logits.device)
-        # Sliding windows (eval_windows: sliding): scored per file when the stage ends.
-        windows = stage != sb.Stage.TRAIN and getattr(batch, "utterance", None) is not None
-        mixed = self.mixed_targets(batch, stage)
-        if self.multilabel:
-            targets = (batch.targets.data if mixed is None else mixed).to(logits.device).float()
-            loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
-            if windows:
-                self.windows.add(batch.utterance, batch.window_start, batch.window_end,
-                                 self.window_probabilities(logits), targets)
-            elif stage != sb.Stage.TRAIN:
-                self.outputs.append((targets.cpu(), torch.sigmoid(logits).detach().cpu()))
-            return loss
-        labels = batch.label_index.data.view(-1).to(logits.device)
-        # mixup: the mixed soft targets (the accuracy counts each clip's own label)
-        loss = F.cross_entropy(logits, labels if mixed is None else mixed.to(logits.device),
-                               weight=weights)
-        if windows:
+        targets = task.batch_targets(batch).to(logits.device)
+        mixed = self.mixed_targets(batch, stage)  # mixup: the loss on the mixed soft targets
+        loss = task.loss(logits, targets if mixed is None else mixed.to(logits.device), weights)
+        if stage == sb.Stage.TRAIN:
+            counts = task.train_counts(logits, targets)  # each clip's own targets
+            if counts is not None:
+                self.counts += counts.to(self.counts)
+        elif getattr(batch, "utterance", None) is not None:  # windows, scored per file
             self.windows.add(batch.utterance, batch.window_start, batch.window_end,
-                             self.window_probabilities(logits), labels)
-            return loss
-        predicted = logits.argmax(dim=-1)
-        self.counts += torch.stack(
-            [(predicted == labels).sum(), torch.tensor(labels.numel(), device=labels.device)]
-        ).to(self.counts)
-        if stage == sb.Stage.TEST:
-            self.outputs.append((labels.cpu(), predicted.detach().cpu()))
+                             task.probabilities(logits), targets)
+        else:
+            self.outputs.append((targets.cpu(), task.probabilities(logits).detach().cpu()))
         return loss
 
-    def window_probabilities(self, logits):
-        """``[B, C]`` class probabilities of ``[B, C]`` window logits (softmax; multi-label: a
-        sigmoid per class), pooled per file."""
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
-
     def pooled_stats(self, windows):
-        """Loss and accuracy (multi-label: loss) of the files of evaluated ``windows``
-        (``WindowScores``), their probabilities pooled by ``window_pooling`` (mean | max;
-        renormalised for the loss); the files' pooled scores become the stage's ``outputs``."""
-        _, pooled, labels = windows.pooled(getattr(self.hparams, "window_pooling", "mean"))
-        if self.multilabel:
-            self.outputs = [(labels.float(), pooled)]
-            if not len(labels):
-                return {"loss": 0.0}
-            tiny = torch.finfo(pooled.dtype).eps
-            return {"loss": float(F.binary_cross_entropy(pooled.clamp(tiny, 1 - tiny), labels.float()))}
-        labels = labels.view(-1)
-        if not len(labels):
-            return {"loss": 0.0, "accuracy": 0.0}
-        self.outputs = [(labels, pooled.argmax(dim=-1))]
-        distribution = pooled / pooled.sum(dim=-1, keepdim=True)
-        loss = F.nll_loss(torch.log(distribution.clamp_min(torch.finfo(pooled.dtype).tiny)), labels)
-        return {"loss": float(loss), "accuracy": float((pooled.argmax(dim=-1) == labels).double().mean())}
+        """The loss of the files of evaluated ``windows`` (``WindowScores``), their outputs pooled
+        by ``window_pooling`` (mean | max); the files' pooled outputs become the stage's
+        ``outputs``."""
+        _, pooled, targets = windows.pooled(getattr(self.hparams, "window_pooling", "mean"))
+        self.outputs = [(targets, pooled)]
+        return {"loss": float(self.task.pooled_loss(pooled, targets))}
 
     # ---------------------------------------------------------------- optimiser and schedule
     def fit(self, epoch_counter, train_set, valid_set=None, progressbar=None,
@@ -412,47 +387,40 @@ class ClassificationBrain(sb.Brain):
             return  # resumed mid-epoch: the counts so far came back with the checkpoint
         self.counts = torch.zeros(2, dtype=torch.float64, device=self.device)
 
-    def _accuracy(self, stage):
+    def _train_counts(self):
         counts = self.counts
         # Training batches are sharded across processes; validation and test run in full on each.
-        if stage == sb.Stage.TRAIN and is_distributed_initialized():
+        if is_distributed_initialized():
             counts = counts.clone()
             torch.distributed.all_reduce(counts)
-        return float(counts[0] / counts[1]) if counts[1] > 0 else 0.0
+        return counts
 
-    def _stage_scores(self, stage, accuracy=None):
-        """The stage's scores: accuracy (and, on test, macro F1 and the confusion matrix) for
-        single-label; mAP, and on test micro/macro F1 at the thresholds of the best validation
-        epoch, for multi-label (``petl_modules.training.metrics``). Validation of a multi-label
-        run also chooses the per-class thresholds (kept in the checkpoint's meta)."""
-        if not self.multilabel:
-            stats = {"accuracy": self._accuracy(stage) if accuracy is None else accuracy}
-            if stage == sb.Stage.TEST and self.outputs:
-                labels, predicted = (torch.cat(part).numpy() for part in zip(*self.outputs))
-                scores = metrics.single_label_scores(labels, predicted, self.hparams.n_classes)
-                stats.update(f1_macro=scores["f1_macro"], confusion=scores["confusion"])
-            return stats
-        if stage == sb.Stage.TRAIN or not self.outputs:
-            return {}
-        targets, scores = (torch.cat(part).numpy() for part in zip(*self.outputs))
+    def _stage_scores(self, stage):
+        """The stage's scores (``petl_modules.model.task``): training's from its counts;
+        validation's from its outputs, choosing the task's thresholds if it has any (kept in the
+        checkpoint's meta); the test's at the thresholds of the best validation epoch."""
+        if stage == sb.Stage.TRAIN:
+            return self.task.train_scores(self._train_counts())
+        if self.outputs:
+            targets, outputs = (torch.cat(part) for part in zip(*self.outputs))
+        else:
+            targets, outputs = torch.empty(0), torch.empty(0, int(self.hparams.n_classes))
         if stage == sb.Stage.VALID:
-            self.thresholds = metrics.choose_thresholds(targets, scores)
-            return {"map": metrics.mean_average_precision(targets, scores)}
-        found = metrics.multilabel_scores(targets, scores, self.best_thresholds())
-        per_class = {k: found.pop(k) for k in ("ap", "auc", "f1", "positives")}
-        return {**found, "per_class": per_class}
+            found, self.thresholds = self.task.valid_scores(targets, outputs)
+            return found
+        return self.task.test_scores(targets, outputs, self.best_thresholds())
 
     def best_thresholds(self):
         """The per-class thresholds saved with the best validation checkpoint (the one tested);
         ``DEFAULT_THRESHOLD`` for every class when there is none."""
         n_classes = int(self.hparams.n_classes)
-        best = self.checkpointer.find_checkpoint(max_key=selection_key(self.hparams)) \
+        best = self.checkpointer.find_checkpoint(max_key=self.task.selection_key) \
             if self.checkpointer is not None else None
         saved = best.meta.get("thresholds") if best is not None else None
         if isinstance(saved, list) and len(saved) == n_classes and all(
                 isinstance(t, (int, float)) and not isinstance(t, bool) for t in saved):
             return [float(t) for t in saved]
-        return [metrics.DEFAULT_THRESHOLD] * n_classes
+        return [DEFAULT_THRESHOLD] * n_classes
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         stats = {"loss": float(stage_loss)}
@@ -460,7 +428,7 @@ class ClassificationBrain(sb.Brain):
             stats = self.pooled_stats(self.windows)  # the files' scores, from their windows
             if stage == sb.Stage.TEST:
                 self.test_windows = self.windows  # for window_results (Run.finish_fold)
-        stats.update(self._stage_scores(stage, stats.get("accuracy")))
+        stats.update(self._stage_scores(stage))
         logged = {k: v for k, v in stats.items() if k not in ("confusion", "per_class")}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
@@ -472,12 +440,9 @@ class ClassificationBrain(sb.Brain):
                 train_stats=getattr(self, "train_stats", None),
                 valid_stats=logged,
             )
-            if self.multilabel:  # plain floats: SpeechBrain reads meta with a safe loader
-                meta = {"valid_map": stats["map"], "thresholds": self.thresholds}
-            else:
-                meta = {"valid_acc": stats["accuracy"]}
             self.checkpointer.save_and_keep_only(
-                meta={**meta, "epoch": int(epoch)}, max_keys=[selection_key(self.hparams)],
+                meta={**self.task.checkpoint_meta(stats, self.thresholds), "epoch": int(epoch)},
+                max_keys=[self.task.selection_key],
             )
         else:
             self.test_stats = stats

@@ -17,9 +17,10 @@ import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
 
 from petl_modules.backbones import FAMILIES, lobe_class
+from petl_modules.model.task import TASKS
 from petl_modules.model.windows import EVAL_WINDOWS, WINDOW_POOLINGS
 from petl_modules.paths import hparams_folder
-from petl_modules.training.metrics import CLASS_WEIGHTS, TASKS
+from petl_modules.training.metrics import CLASS_WEIGHTS
 from petl_modules.training.mixup import MIXUPS
 from petl_modules.training.sampling import SAMPLINGS
 from petl_modules.training.windows import TRAIN_CROPS
@@ -106,8 +107,7 @@ OPTION_VALUES = {
     "window_pooling": WINDOW_POOLINGS,
     "window_results": (True, False),
     "dynamic_batching": (False, True),
-    # petl_modules/training/metrics.py
-    "task": TASKS,
+    # petl_modules/training/metrics.py, sampling.py, mixup.py
     "class_weights": CLASS_WEIGHTS,
     "sampling": SAMPLINGS,
     "mixup": MIXUPS,
@@ -136,7 +136,7 @@ def validate_options(values):
             problems.append(f"--{key}={value!r} is out of range: it must be {bound}")
         elif key in AT_MOST_ONE and value > 1:
             problems.append(f"--{key}={value!r} is out of range: it must be between 0 and 1")
-    for key, allowed in OPTION_VALUES.items():
+    for key, allowed in {**OPTION_VALUES, "task": tuple(TASKS)}.items():  # kinds registered so far
         value = values.get(key, allowed[0])
         if getattr(value, "tag", None) is not None and getattr(value.tag, "value", None):
             continue  # computed by the yaml (checked once built)

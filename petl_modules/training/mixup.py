@@ -72,14 +72,6 @@ class BatchMixup:
         return mixed, torch.where(lam.to(lengths.device) < 1, longer, lengths)
 
 
-def soft_targets(batch, n_classes, multilabel):
-    """``[B, C]`` float targets of a batch: its multi-hot ``targets``, or one-hot labels."""
-    if multilabel:
-        return batch.targets.data.float()
-    labels = batch.label_index.data.view(-1)
-    return torch.nn.functional.one_hot(labels, int(n_classes)).float()
-
-
 class WaveformMixup:
     """``mixup: waveform``: every training clip is mixed, before its features are computed, with
     a partner among the training clips; partner and ``lam`` are a function of (seed, epoch, clip

@@ -37,7 +37,6 @@ from petl_modules.model.spec import (  # noqa: F401
 )
 from petl_modules.model.task import Task
 from petl_modules.model.windows import EvalProtocol
-from petl_modules.training.metrics import is_multilabel
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +45,7 @@ def run_spec(hparams, class_names, thresholds=None):
     """The ``ModelSpec`` of a run's model (``hparams``: the run's objects, ``backbone``,
     ``method_config``, ``classifier`` and the options; ``thresholds``: a multi-label model's
     per-class decision thresholds)."""
-    if is_multilabel(hparams) and thresholds is None:
-        raise ValueError("A multilabel model needs its per-class thresholds.")
-    task = Task("multilabel", [float(t) for t in thresholds]) if is_multilabel(hparams) \
-        else Task("single_label")
+    task = Task.of_options(hparams).trained(thresholds)
     return ModelSpec(
         backbone=BackboneRef.of(hparams["backbone"], hparams["backbone_source"]),
         method=hparams["method_config"],

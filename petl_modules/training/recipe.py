@@ -38,9 +38,9 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from petl_modules.methods.config import MethodConfig
 from petl_modules.model.audio import AudioError, load_input
+from petl_modules.model.task import Task
 from petl_modules.training import metrics, tracking
 from petl_modules.training.batching import BatchingError, check_dynamic_batching, example_seconds
-from petl_modules.training.brain import selection_key
 from petl_modules.training.cache import check_cacheable, use_backbone_cache
 from petl_modules.training.checkpointing import CheckpointError
 from petl_modules.training.compose import (
@@ -92,14 +92,14 @@ def checked_class_names(datasets, hparams):
         of classes other than ``n_classes``.
     """
     given = hparams.get("class_names")
-    multilabel = metrics.is_multilabel(hparams)
-    names = [str(n) for n in given] if given else class_names_of([datasets["train"]], multilabel)
+    task = Task.of_options(hparams)
+    names = [str(n) for n in given] if given else class_names_of([datasets["train"]], task)
     known = set(names)
     strays = []
     for split, dataset in datasets.items():
         with dataset.output_keys_as(["id", "label"]):
             strays += [(split, item["id"], item["label"]) for item in dataset
-                       if not set(metrics.labels_of(item["label"], multilabel)) <= known]
+                       if not set(task.labels_of(item["label"])) <= known]
     where = hparams.get("manifest_folder")
     if strays:
         listed = "\n  ".join(f"{split}: {uid} has label '{label}'" for split, uid, label in strays[:10])
@@ -118,14 +118,15 @@ def checked_class_names(datasets, hparams):
     return names
 
 
-def class_names_of(datasets, multilabel=False):
-    """Sorted class names found in the ``label`` field of ``datasets`` (``;``-separated names
-    for multi-label)."""
+def class_names_of(datasets, task=None):
+    """Sorted class names found in the ``label`` field of ``datasets`` (as ``task`` reads a
+    label: ``;``-separated names for multi-label; default single-label)."""
+    task = task or Task.of("single_label")
     names = set()
     for dataset in datasets:
         with dataset.output_keys_as(["label"]):
             for item in dataset:
-                names.update(metrics.labels_of(item["label"], multilabel))
+                names.update(task.labels_of(item["label"]))
     return sorted(names)
 
 
@@ -156,16 +157,11 @@ def few_shot_ids(examples, samples_per_class, seed):
     return set(keep)
 
 
-def target_key(hparams):
-    """The batch key of the training target: ``label_index`` (a class index) or, for
-    multi-label, ``targets`` (a multi-hot ``[C]`` vector)."""
-    return "targets" if metrics.is_multilabel(hparams) else "label_index"
-
-
-def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabel=False,
+def add_pipelines(datasets, input_processor, encoder, train_crop=None, task=None,
                   waveform_mixup=None):
-    """Adds ``inputs`` (features of the audio file, or of one clip of it) and ``label_index``
-    (``targets``, multi-hot, for multi-label) to every dataset of ``{split: dataset}``.
+    """Adds ``inputs`` (features of the audio file, or of one clip of it) and the ``task``'s
+    target (``label_index``; multi-label: ``targets``, multi-hot) to every dataset of
+    ``{split: dataset}``.
 
     The training split takes a random clip per epoch with ``train_crop``
     (``petl_modules.training.windows.TrainCrop``, kept as the dataset's ``train_crop``, where the
@@ -211,15 +207,12 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     def segment_crop_pipeline(uid, wav, *values):
         return segment_input(uid, wav, dict(zip(SEGMENT_FIELDS, values)), train_crop)
 
-    @sb.utils.data_pipeline.takes("label")
-    @sb.utils.data_pipeline.provides("label_index")
-    def label_pipeline(label):
-        return encoder.encode_label_torch(label)
+    task = task or Task.of("single_label")
 
     @sb.utils.data_pipeline.takes("label")
-    @sb.utils.data_pipeline.provides("targets")
-    def multi_hot_pipeline(label):
-        return metrics.multi_hot(metrics.labels_of(label, True), encoder.lab2ind, len(encoder))
+    @sb.utils.data_pipeline.provides(task.target_key)
+    def label_pipeline(label):
+        return task.target(label, encoder)
 
     def mixed_pipeline(dataset):
         raw = RawClip(input_processor)
@@ -228,9 +221,9 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
             fields = dataset.data[uid]
             return segment_input(uid, fields["wav"], fields, train_crop, raw)
 
-        def soft(uid):
-            names = metrics.labels_of(dataset.data[uid]["label"], multilabel)
-            return metrics.multi_hot(names, encoder.lab2ind, len(encoder))
+        def soft(uid):  # [C]: one-hot, or multi-hot for multi-label
+            target = task.target(dataset.data[uid]["label"], encoder)
+            return task.soft_targets(target[None], len(encoder))[0]
 
         @sb.utils.data_pipeline.takes("id")
         @sb.utils.data_pipeline.provides("inputs", "mixed_targets")
@@ -245,9 +238,8 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
             yield lam * soft(uid) + (1.0 - lam) * soft(partner)
         return pipeline
 
-    target = "targets" if multilabel else "label_index"
     for split, dataset in datasets.items():
-        keys = ["id", "inputs", target]
+        keys = ["id", "inputs", task.target_key]
         segments = has_segments(dataset)
         if split == "train" and waveform_mixup is not None:
             dataset.add_dynamic_item(mixed_pipeline(dataset))
@@ -262,7 +254,7 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
             dataset.train_crop = train_crop
         else:
             dataset.add_dynamic_item(segment_pipeline if segments else audio_pipeline)
-        dataset.add_dynamic_item(multi_hot_pipeline if multilabel else label_pipeline)
+        dataset.add_dynamic_item(label_pipeline)
         dataset.set_output_keys(keys)
 
 
@@ -359,29 +351,21 @@ def aggregate_results(output_folder, header):
     folds.sort(key=lambda r: (r["fold"] is not None, r["fold"] or 0))
     results = dict(header)
     results["folds"] = folds
-    # Single-label runs score by accuracy, multi-label runs by mAP (and F1), never both.
-    main = "test_map" if folds and "test_map" in folds[0] else "test_accuracy"
+    # The run's task's scores (accuracy; multi-label: mAP and F1), never another task's.
+    task = Task.of_result(folds[0] if folds else {})
+    main = task.test_key
     test = [r[main] for r in folds]
     if test:
         mean = sum(test) / len(test)
         results[f"{main}_mean"] = mean
         results[f"{main}_std"] = math.sqrt(sum((t - mean) ** 2 for t in test) / len(test))
-    for key in FOLD_SCORES:
+    for key in (task.valid_key, *task.test_fields):
         values = [r.get(key) for r in folds]
         if values and all(isinstance(v, (int, float)) for v in values):
             results[key] = sum(values) / len(values)
     write_json_atomic(output_folder / "results.json", results)
     return results
 
-
-# The scores of a fold_result.json that results.json averages over the folds.
-FOLD_SCORES = ("valid_accuracy", "test_accuracy", "valid_map", "test_map", "test_f1_micro",
-               "test_f1_macro", "test_mauc", "test_d_prime")
-
-
-def _finite_or_none(value):
-    """A score as a plain float, or None where it is undefined (NaN: JSON has no NaN)."""
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 
@@ -566,21 +550,12 @@ class Run:
         """Records a tested fold: its PETL model folder (``petl_model/``, the best checkpoint's
         weights, which ``evaluate`` recovered, with the fold's ``metrics.json``) and, last, its
         ``fold_result.json``, which marks it finished. Returns the fold's result."""
-        key = selection_key(hparams)
-        best = hparams["checkpointer"].find_checkpoint(max_key=key)
+        task = Task.of_options(hparams)
+        best = hparams["checkpointer"].find_checkpoint(max_key=task.selection_key)
         stats = brain.test_stats
         folder = Path(hparams["experiment_folder"])
-        result = {"fold": fold}
-        thresholds = None
-        if metrics.is_multilabel(hparams):
-            thresholds = brain.best_thresholds()
-            result.update(valid_map=float(best.meta[key]) if best else None, test_map=stats["map"],
-                          test_f1_micro=stats["f1_micro"], test_f1_macro=stats["f1_macro"],
-                          test_mauc=_finite_or_none(stats.get("mauc")),
-                          test_d_prime=_finite_or_none(stats.get("d_prime")))
-        else:
-            result.update(valid_accuracy=float(best.meta[key]) if best else None,
-                          test_accuracy=stats["accuracy"], test_f1_macro=stats.get("f1_macro"))
+        result = {"fold": fold,
+                  **task.fold_result(float(best.meta[task.selection_key]) if best else None, stats)}
         result.update({
             "best_epoch": int(best.meta.get("epoch", 0)) if best else None,
             "test_loss": stats["loss"],
@@ -596,7 +571,8 @@ class Run:
                 title = f"{hparams['dataset']} {hparams['method']}" + (f", fold {fold}" if fold else "")
                 written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names, title=title)
                 logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
-            if thresholds is not None and stats.get("per_class"):
+            thresholds = brain.best_thresholds() if task.uses_thresholds else None
+            if stats.get("per_class"):  # the task's scores of every class (multi-label)
                 written = metrics.write_per_class_scores(folder / metrics.PER_CLASS_FILE,
                                                          stats["per_class"], class_names, thresholds)
                 logger.info(f"Test scores per class (AP, AUC, F1): {written}")
@@ -615,11 +591,11 @@ class Run:
         if not if_main_process():
             return None
         results = aggregate_results(self.output_folder, {**self.header, **data_report(self.hparams)})
-        main, name = ("test_map", "mAP") if "test_map_mean" in results else ("test_accuracy", "accuracy")
-        extra = (f" (micro F1 {results['test_f1_micro']:.4f}, macro F1 {results['test_f1_macro']:.4f})"
-                 if "test_f1_micro" in results else "")
+        task = Task.of_result(results)
+        main, notes = task.test_key, task.summary(results)
         logger.info(
-            f"Test {name} {results[f'{main}_mean']:.4f} +- {results[f'{main}_std']:.4f}{extra} over "
+            f"Test {task.metric_name} {results[f'{main}_mean']:.4f} +- {results[f'{main}_std']:.4f}"
+            f"{f' ({notes})' if notes else ''} over "
             f"{len(results['folds'])} fold(s); results in {self.output_folder / 'results.json'}"
         )
         return results
@@ -671,7 +647,7 @@ def fold_datasets(datasets, hparams, run_opts):
     with ``train_crop: random``; or the backbone output cache). Returns the datasets and the class
     names."""
     class_names = checked_class_names(datasets, hparams)
-    multilabel = metrics.is_multilabel(hparams)
+    task = Task.of_options(hparams)
     encoder = CategoricalEncoder()
     encoder.update_from_iterable(class_names)
     encoder.expect_len(len(class_names))
@@ -683,8 +659,8 @@ def fold_datasets(datasets, hparams, run_opts):
         )
     if hparams.get("class_weights") == "balanced":
         with datasets["train"].output_keys_as(["label"]):
-            labels = [metrics.labels_of(item["label"], multilabel) for item in datasets["train"]]
-        hparams["loss_weights"] = metrics.balanced_class_weights(labels, class_names, multilabel)
+            labels = [task.labels_of(item["label"]) for item in datasets["train"]]
+        hparams["loss_weights"] = task.class_weights(labels, class_names)
         shown = ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, hparams["loss_weights"].tolist()))
         logger.info(f"class_weights=balanced: loss weights per class: {shown}")
     processor = hparams["backbone"].input_processor
@@ -706,15 +682,14 @@ def fold_datasets(datasets, hparams, run_opts):
     if hparams.get("train_crop", "first") == "random":
         crop = TrainCrop(hparams["seed"], clip_samples(processor))
     if hparams.get("sampling", "random") == "class_balanced":
-        use_class_balanced_sampling(datasets["train"], class_names, multilabel)
+        use_class_balanced_sampling(datasets["train"], class_names, task)
     kind, alpha, prob = mixup_options(hparams)
     mixup = WaveformMixup(datasets["train"].data_ids, hparams["seed"], alpha, prob) \
         if kind == "waveform" else None
-    add_pipelines(datasets, processor, encoder, train_crop=crop, multilabel=multilabel,
-                  waveform_mixup=mixup)
+    add_pipelines(datasets, processor, encoder, train_crop=crop, task=task, waveform_mixup=mixup)
     if hparams.get("cache_backbone_outputs"):
         use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"),
-                           target=target_key(hparams))
+                           target=task.target_key)
     return datasets, class_names
 
 

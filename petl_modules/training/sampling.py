@@ -19,7 +19,6 @@ import logging
 
 import numpy as np
 
-from petl_modules.training import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +44,8 @@ def class_balanced_weights(label_indices, n_classes):
     Example
     -------
     >>> w = class_balanced_weights([[0], [0], [0], [1]], 2)
-    >>> round(float(w[3] / w[0]), 2)  # the rare class's clip is drawn 3 times as often
-    3.0
+    >>> round(float(w[3] / w[0]), 2)  # the rare class's clip: (3 + 0.01) / (1 + 0.01) times as often
+    2.98
     """
     lengths = np.fromiter((len(labels) for labels in label_indices), dtype=np.int64,
                           count=len(label_indices))
@@ -68,19 +67,20 @@ def weights_of_flat_labels(flat, lengths, n_classes):
     return weights
 
 
-def dataset_label_indices(dataset, class_names, multilabel):
+def dataset_label_indices(dataset, class_names, task):
     """The class indices of every row of a ``DynamicItemDataset``, in ``data_ids`` order, read
-    from its ``label`` column (no audio, no pipeline)."""
+    from its ``label`` column as ``task`` (``petl_modules.model.task``) reads it (no audio, no
+    pipeline)."""
     index = {name: k for k, name in enumerate(class_names)}
-    return [[index[name] for name in metrics.labels_of(dataset.data[uid]["label"], multilabel)]
+    return [[index[name] for name in task.labels_of(dataset.data[uid]["label"])]
             for uid in dataset.data_ids]
 
 
-def use_class_balanced_sampling(dataset, class_names, multilabel):
+def use_class_balanced_sampling(dataset, class_names, task):
     """Gives the training ``dataset`` its clips' drawing weights (``dataset.sample_weights``,
     which ``ClassificationBrain.make_dataloader`` turns into the weighted sampler) and logs how
     much more often the rarest class is drawn than under random sampling."""
-    labels = dataset_label_indices(dataset, class_names, multilabel)
+    labels = dataset_label_indices(dataset, class_names, task)
     dataset.sample_weights = class_balanced_weights(labels, len(class_names))
     log_balance(dataset.sample_weights, labels, class_names)
 

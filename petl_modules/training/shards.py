@@ -51,8 +51,8 @@ import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from petl_modules.training import metrics
 from petl_modules.model.audio import load_input
+from petl_modules.model.task import Task
 from petl_modules.training.mixup import RawClip, mix_waveforms, mixup_options
 from petl_modules.training.prepare import DataError
 from petl_modules.training.windows import WINDOW_KEYS, EvalProtocol, TrainCrop, clip_samples, window_starts
@@ -145,8 +145,8 @@ class SampleTable:
     ``ids``, labels as class indices (``label_ptr``/``label_idx``, CSR), ``duration`` (s),
     ``seg_start``/``seg_end`` (s, NaN: whole file)."""
 
-    def __init__(self, folder, index, parts, class_names, multilabel):
-        self.folder, self.multilabel = Path(folder), multilabel
+    def __init__(self, folder, index, parts, class_names, task):
+        self.folder, self.task = Path(folder), task
         lookup = {name: k for k, name in enumerate(class_names)}
         self.shard_files, shard, keys, ids, durations, starts, ends = [], [], [], [], [], [], []
         label_idx, label_len = [], []
@@ -165,7 +165,7 @@ class SampleTable:
                     keys.append(row[1])
                     ids.append(row[2])
                     try:
-                        found = [lookup[x] for x in metrics.labels_of(row[3], multilabel)]
+                        found = [lookup[x] for x in task.labels_of(row[3])]
                     except KeyError as err:
                         raise ShardError(f"{self.folder / part['table']}: clip {row[2]} has label "
                                          f"{err.args[0]!r}, not one of the index's classes.") from None
@@ -515,10 +515,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         partners = rng.permutation(len(items))
         lams = rng.beta(alpha, alpha, size=len(items))
         lams = np.where(rng.random(len(items)) < prob, lams, 1.0)
-        key = "targets" if self.table.multilabel else "label_index"
-        soft = [it[key] if self.table.multilabel else
-                torch.nn.functional.one_hot(it[key].view(-1), self.n_classes)[0].float()
-                for it in items]
+        task = self.table.task
+        soft = [task.soft_targets(it[task.target_key][None], self.n_classes)[0] for it in items]
         mixed = []
         for k, item in enumerate(items):
             j, lam = int(partners[k]), float(lams[k])
@@ -553,12 +551,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return first, first + max(1, round(self.table.duration[i] * rate))
 
     def _target(self, i):
-        labels = self.table.labels(i)
-        if self.table.multilabel:
-            target = torch.zeros(self.n_classes)
-            target[torch.as_tensor(labels)] = 1.0
-            return {"targets": target}
-        return {"label_index": torch.tensor([int(labels[0])])}
+        task = self.table.task
+        return {task.target_key: task.target_of_classes(self.table.labels(i), self.n_classes)}
 
     def _item(self, i, data, copy, processor=None):
         processor = processor or self.processor
@@ -627,9 +621,9 @@ def shard_datasets(hparams, fold):
     index = read_index(folder)
     kind, alpha, prob = mixup_options(hparams)
     class_names = list(index["class_names"])
-    multilabel = metrics.is_multilabel(hparams)
+    task = Task.of_options(hparams)
     parts = split_parts(index, fold)
-    tables = {split: SampleTable(folder, index, names, class_names, multilabel)
+    tables = {split: SampleTable(folder, index, names, class_names, task)
               for split, names in parts.items()}
     train = tables["train"]
     keep = None
@@ -641,7 +635,7 @@ def shard_datasets(hparams, fold):
     if hparams.get("class_weights") == "balanced":
         names = [[class_names[c] for c in train.labels(i)] for i in range(len(train))
                  if keep is None or keep[i]]
-        hparams["loss_weights"] = metrics.balanced_class_weights(names, class_names, multilabel)
+        hparams["loss_weights"] = task.class_weights(names, class_names)
     weights = None
     if hparams.get("sampling", "random") == "class_balanced":
         label_lists = train.label_lists()

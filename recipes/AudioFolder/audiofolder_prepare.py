@@ -32,7 +32,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from petl_modules.training.metrics import LABEL_SEPARATOR
+from petl_modules.model.task import LABEL_SEPARATOR, Task
 from petl_modules.training.prepare import (
     MAX_LISTED,
     SKIPPED_FILE,
@@ -323,7 +323,7 @@ def dataset_rows(options):
         Naming the file, row or class and the fix.
     """
     skip = bool(options.get("skip_bad_files"))
-    multilabel = options.get("task") == "multilabel"
+    multilabel = Task.of_options(options).several_classes
     fractions = float(options.get("valid_fraction", 0.1)) + float(options.get("test_fraction", 0.1))
     if fractions >= 1:
         raise DataError(f"--valid_fraction + --test_fraction = {fractions:g} leaves nothing to train "

@@ -38,7 +38,7 @@ import string
 import time
 from pathlib import Path
 
-from petl_modules.training.metrics import LABEL_SEPARATOR
+from petl_modules.model.task import LABEL_SEPARATOR
 from petl_modules.training.prepare import (
     DATA_REPORT_FILE,
     MAX_LISTED,

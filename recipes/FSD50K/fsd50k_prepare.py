@@ -21,7 +21,7 @@ test on eval. The classes are the vocabulary's, in its index order (``class_name
 import csv
 from pathlib import Path
 
-from petl_modules.training.metrics import LABEL_SEPARATOR
+from petl_modules.model.task import LABEL_SEPARATOR
 from petl_modules.training.prepare import (
     DataError,
     manifests_up_to_date,
