@@ -221,6 +221,7 @@ def require_onnxruntime(what):
 def export_graph(model, lobe, path, opset=OPSET):
     """``torch.onnx.export`` (dynamo) of a ``ProbabilityModel`` of ``lobe`` to ``path``, with
     dynamic batch and length axes; returns the example inputs it traced."""
+    waveform = lobe.input_kind == "waveform"
     example = generated_inputs(lobe, 2, 1.0)[0]
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=2)
     shapes = {"input_values": {0: batch, 1: length}}
@@ -310,7 +311,6 @@ def _check(session, model, lobe, precision):
 
 def side_config(config, lobe, example, opset, merged_lora_modules, precision):
     """``onnx_config.json`` (without its ``parity`` check) of an export of ``config``'s model."""
-    task = Task.of_view(config)
     waveform = lobe.input_kind == "waveform"
     inputs = [{"name": "input_values", "axes": ["batch", "samples"] if waveform
                else ["batch", "frames", int(example[0].shape[-1])]}]
