@@ -23,7 +23,7 @@ from petl_modules.training.batching import (
 from petl_modules.training.brain import ClassificationBrain
 from petl_modules.training.compose import ConfigError, compose_hparams, load_hparams, validate_options
 
-from conftest import REPO, read_results, run_train
+from conftest import REPO, run_train
 from test_distributed_resume_tracking import KILL_HARNESS, assert_same_run
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"

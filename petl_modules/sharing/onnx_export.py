@@ -311,6 +311,7 @@ def _check(session, model, lobe, precision):
 
 def side_config(config, lobe, example, opset, merged_lora_modules, precision):
     """``onnx_config.json`` (without its ``parity`` check) of an export of ``config``'s model."""
+    task = Task.of_view(config)
     waveform = lobe.input_kind == "waveform"
     inputs = [{"name": "input_values", "axes": ["batch", "samples"] if waveform
                else ["batch", "frames", int(example[0].shape[-1])]}]
