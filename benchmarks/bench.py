@@ -4,7 +4,8 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile,prepare_full,vs_lora,backbones]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile,
+                                prepare_full,int8,batching,compile_cache,vs_lora,backbones] [--demo_folder=...] [--batching_utterances=N]
         [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
@@ -97,6 +98,16 @@ counts weights, gradients, optimiser state and activations), on CUDA ``max_memor
   ``compile_vs_eager_<method>_train_step`` and ``..._forward``, and whether a module fell back to
   eager mode.
 
+- ``int8``, ``batching``, ``compile_cache`` (not in the default set): int8 inference (the ONNX
+  graph quantised by onnxruntime) against fp32 eager at batch 1 and 8, and its agreement with
+  fp32 over the test clips of a model the demo trained (``--demo_folder``, or a new demo run):
+  ``int8_throughput_vs_fp32_eager_batch{1,8}``, ``int8_top1_agreement_demo``,
+  ``int8_max_prob_difference_demo``; training epochs with batches by duration
+  (``dynamic_batching``) against fixed-count batches of the same mean size on generated 0.5-30 s
+  utterances (``--batching_utterances``) on the wav2vec2-base shape with ``clip_seconds: null``:
+  ``dynamic_batching_padding``, ``dynamic_vs_fixed_batches_epoch``; the first compiled train step
+  of two fresh processes sharing one new inductor cache: ``compile_cache_second_vs_first_start``.
+
 ``--precision=bf16`` runs under ``torch.autocast`` on CPU too, where the CPU has native bf16
 (AVX512-BF16 or AMX); elsewhere it warns and measures fp32.
 """
@@ -135,7 +146,10 @@ from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
-ALL_SUITES = SUITES + ("reference", "multitask", "compile", "prepare_full", "vs_lora", "backbones")
+ALL_SUITES = SUITES + ("reference", "multitask", "compile", "prepare_full", "int8", "batching",
+                        "compile_cache", "vs_lora", "backbones")
+# The batching suite: seconds of audio per batch and length buckets of dynamic_batching.
+BATCHING_SECONDS, BATCHING_BUCKETS = 120, 8
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
     ("full_ft", "full-FT"),
@@ -174,6 +188,10 @@ TARGETS = {
     "first_batch_10x_data": "<= 1.2",
     "classify_memory_1h_vs_10s": "<= 1.2",
     "classify_memory_5min_vs_10s_sliding": "<= 1.2",
+    "int8_throughput_vs_fp32_eager_batch8": ">= 2.0",
+    "int8_top1_agreement_demo": ">= 0.99",
+    "dynamic_batching_padding": "<= 0.10",
+    "dynamic_vs_fixed_batches_epoch": "<= 0.7",
     "multitask_every_task_vs_one_task": "<= 1.5 (out of reach: 4x the tokens, see README)",
     "multitask_weights_vs_one_model": "<= 1.2",
 }
@@ -1064,6 +1082,253 @@ def suite_classify(args):
     return rows
 
 
+INT8_BATCHES = (1, 8)
+
+
+def suite_int8(args):
+    """int8 inference (``--precision=int8``: the ONNX graph, linear layers quantised by
+    onnxruntime's dynamic quantisation) against fp32: speed on the benchmark's backbone, agreement
+    on a model trained through the demo."""
+    return _int8_speed(args) + _int8_demo_agreement(args)
+
+
+def _int8_speed(args):
+    """Batches of 1 and 8 of the conformer adapter model, features to probabilities: PyTorch fp32
+    eager, onnxruntime fp32 and onnxruntime int8 (``--threads`` threads each), in turn within each
+    round; the ratios are medians over rounds of the ratio within a round."""
+    import onnxruntime
+
+    from petl_modules.sharing.onnx_export import (
+        ProbabilityModel,
+        export_graph,
+        fixed_frames,
+        quantize_int8,
+    )
+
+    hparams = build_hparams(args, "adapter")
+    lobe = hparams["backbone"]
+    model = ProbabilityModel(hparams["petl_model"], hparams["classifier"], fixed_frames(lobe)).eval()
+    paths = {"onnxruntime fp32": args.workdir / "int8_suite_fp32.onnx",
+             "onnxruntime int8": args.workdir / "int8_suite_int8.onnx"}
+    export_graph(model, lobe, paths["onnxruntime fp32"])
+    quantize_int8(paths["onnxruntime fp32"], paths["onnxruntime int8"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    sessions = {name: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for name, path in paths.items()}
+    processor = lobe.input_processor
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.stack([processor(0.1 * torch.randn(int(args.frames / 100 * 16000), generator=generator))
+                          for _ in range(max(INT8_BATCHES))])
+    runs = {"eager fp32": lambda x: model(x)}
+    for name, session in sessions.items():
+        runs[name] = lambda x, session=session: session.run(None, {"input_values": x.numpy()})
+    times = {(batch, name): [] for batch in INT8_BATCHES for name in runs}
+    with torch.no_grad():
+        for _ in range(args.warmup + args.steps):
+            for batch in INT8_BATCHES:
+                for name, run in runs.items():
+                    times[batch, name] += timed(lambda: run(inputs[:batch]), 1, 0, "cpu")
+    rows = []
+    for (batch, name), measured in times.items():
+        rows.append(result("int8", f"adapter conformer Pfeiffer, batch {batch}: {name}",
+                           measured[args.warmup:], None, None, batch=batch, kind=name,
+                           round_s=measured[args.warmup:]))
+    return rows
+
+
+def _demo_model(args):
+    """The ``petl_model/`` folder of a run of ``python -m petl_modules.demo`` (``--demo_folder``,
+    or a new demo run with its default options in the work folder) and its test clips."""
+    import csv
+    import subprocess
+
+    folder = Path(args.demo_folder) if args.demo_folder else args.workdir / "demo"
+    if not (folder / "run" / "petl_model").is_dir():
+        subprocess.run([sys.executable, "-m", "petl_modules.demo", f"--output_folder={folder}"],
+                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    manifests = folder / "run" / "manifests"
+    data_root = json.loads((manifests / "prepare_options.json").read_text())["data_folder"]
+    with open(manifests / "test.csv", newline="") as stream:
+        clips = [row["wav"].replace("$data_root", data_root) for row in csv.DictReader(stream)]
+    return folder / "run" / "petl_model", folder / "backbone", clips
+
+
+def _int8_demo_agreement(args):
+    """Top-1 agreement and max |probability difference| of int8 against fp32 over every test clip
+    of the demo model (``PETLClassifier.classify_files``, as ``classify`` runs)."""
+    import os
+
+    from petl_modules.classify import PETLClassifier
+    from petl_modules.sharing.int8 import use_int8
+
+    model_dir, backbone, clips = _demo_model(args)
+    os.environ["PETL_AST_HOME"] = str(args.workdir / "home")  # the int8 graph's cache: exported here
+    backbone = str(backbone) if backbone.is_dir() else None
+    found = {}
+    for precision in ("fp32", "int8"):
+        classifier = PETLClassifier.from_folder(model_dir, backbone)
+        classifier = use_int8(classifier) if precision == "int8" else classifier.set_speed(precision)
+        start = time.perf_counter()
+        results, errors = classifier.classify_files(clips, batch_size=8)
+        elapsed = time.perf_counter() - start
+        assert not errors, errors
+        found[precision] = (torch.stack([r["probabilities"] for r in results]), elapsed)
+    fp32, int8 = found["fp32"][0], found["int8"][0]
+    agreement = float((fp32.argmax(-1) == int8.argmax(-1)).float().mean())
+    difference = float((fp32 - int8).abs().max())
+    return [result("int8", f"demo model, {len(clips)} test clips: {precision}", [seconds], None, None,
+                   clips=len(clips), top1_agreement=agreement, max_abs_difference=difference,
+                   kind=f"demo {precision}")
+            for precision, (_, seconds) in found.items()]
+
+
+def _utterance_set(count, seed=0):
+    """``count`` generated utterances of 0.5-30 s (uniform): a ``DynamicItemDataset`` whose
+    ``inputs`` are noise of that length (made when read) and whose ``label_index`` cycles
+    through 31 classes; with each one's seconds."""
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    generator = torch.Generator().manual_seed(seed)
+    seconds = (0.5 + 29.5 * torch.rand(count, generator=generator)).tolist()
+    data = {f"u{i}": {"duration": f"{s:.3f}", "index": i} for i, s in enumerate(seconds)}
+    dataset = DynamicItemDataset(data)
+
+    @sb.utils.data_pipeline.takes("duration", "index")
+    @sb.utils.data_pipeline.provides("inputs", "label_index")
+    def pipeline(duration, index):
+        yield 0.1 * torch.randn(round(float(duration) * 16000))
+        yield torch.tensor([int(index) % 31])
+
+    dataset.add_dynamic_item(pipeline)
+    dataset.set_output_keys(["id", "inputs", "label_index"])
+    return dataset, seconds
+
+
+def _padding_fraction(loader, brain):
+    """The share of padded samples in the training batches of ``loader`` (one epoch, read without
+    running the model), and the number of batches."""
+    real = padded = batches = 0
+    for batch in loader:
+        lengths = batch.inputs.lengths * batch.inputs.data.shape[1]
+        real += float(lengths.sum())
+        padded += batch.inputs.data.numel()
+        batches += 1
+    return 1 - real / padded, batches
+
+
+def suite_batching(args):
+    """Training epochs on utterances of 0.5-30 s (``clip_seconds: null``, the conformer adapter on
+    the wav2vec2-base shape, random weights; ``--quick``: a tiny wav2vec2): batches by duration
+    (``dynamic_batching: True``, ``BATCHING_SECONDS`` per batch, ``BATCHING_BUCKETS`` buckets)
+    against fixed-count batches of the same mean size, epochs taken in turn. Padding fraction of
+    each, epoch times; ``dynamic_batching_padding`` and ``dynamic_vs_fixed_batches_epoch``."""
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    from petl_modules.tiny import tiny_waveform_config
+
+    folder = args.workdir / ("tiny_wav2vec2" if args.quick else "wav2vec2_base")
+    if not folder.is_dir():
+        torch.manual_seed(0)
+        config = tiny_waveform_config() if args.quick else transformers.Wav2Vec2Config()
+        transformers.Wav2Vec2Model(config).save_pretrained(folder)
+    dataset, seconds = _utterance_set(args.batching_utterances)
+    options = {"backbone_source": str(folder), "clip_seconds": None, "num_workers": 0,
+               "max_batch_seconds": BATCHING_SECONDS, "num_buckets": BATCHING_BUCKETS}
+    extra = {"reduction_rate": 8} if args.quick else {}
+    brains, padding = {}, {}
+    hparams = build_hparams(args, "adapter", dict(options, dynamic_batching=True), **extra)
+    brains["dynamic"] = (make_brain(args, hparams), hparams)
+    loader = brains["dynamic"][0].make_dataloader(dataset, sb.Stage.TRAIN, ckpt_prefix=None,
+                                                  **hparams["train_loader_options"])
+    padding["dynamic"], count = _padding_fraction(loader, brains["dynamic"][0])
+    mean_size = max(1, round(len(dataset) / count))
+    hparams = build_hparams(args, "adapter", dict(options, batch_size=mean_size), **extra)
+    brains["fixed"] = (make_brain(args, hparams), hparams)
+    loader = brains["fixed"][0].make_dataloader(dataset, sb.Stage.TRAIN, ckpt_prefix=None,
+                                                **hparams["train_loader_options"])
+    padding["fixed"], _ = _padding_fraction(loader, brains["fixed"][0])
+    times = {name: [] for name in brains}
+    for _ in range(args.warmup + args.steps):
+        for name, (brain, hparams) in brains.items():
+            start = time.perf_counter()
+            brain.fit(EpochCounter(1), dataset, train_loader_kwargs=hparams["train_loader_options"])
+            synchronize(args.device)
+            times[name].append(time.perf_counter() - start)
+    rows = []
+    for name, measured in times.items():
+        what = (f"{BATCHING_SECONDS:g} s per batch, {BATCHING_BUCKETS} buckets" if name == "dynamic"
+                else f"{mean_size} utterances per batch")
+        rows.append(result("batching", f"adapter epoch, {len(dataset)} utterances of 0.5-30 s "
+                           f"({sum(seconds):.0f} s), {name} batches ({what})",
+                           measured[args.warmup:], None, None, kind=name, padding=padding[name],
+                           round_s=measured[args.warmup:], mean_batch=mean_size))
+    return rows
+
+
+# One compiled start: a fresh process builds the method's model as a run does, compiles it as
+# --compile does (compile_with_fallback) and times its first train step (compilation included).
+COMPILED_START = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+from torch._dynamo.utils import counters
+from petl_modules.training.compose import compose_hparams, load_hparams
+args = json.loads(sys.argv[2])
+torch.set_num_threads(args["threads"])
+hparams = load_hparams(compose_hparams(args["method_file"], args["dataset_yaml"], args["options"]))
+from petl_modules.training.brain import ClassificationBrain
+import speechbrain as sb
+from speechbrain.dataio.batch import PaddedBatch
+brain = ClassificationBrain(modules=hparams["modules"], opt_class=hparams["opt_class"],
+                            hparams=hparams, checkpointer=None,
+                            run_opts={"device": "cpu", "noprogressbar": True, "compile": True})
+brain._compile()
+brain.init_optimizers()
+brain.on_stage_start(sb.Stage.TRAIN)
+processor = hparams["backbone"].input_processor
+generator = torch.Generator().manual_seed(0)
+batch = PaddedBatch([{"id": str(i), "inputs": processor(0.1 * torch.randn(args["samples"], generator=generator)),
+                      "label_index": torch.tensor([i])} for i in range(args["batch_size"])])
+start = time.perf_counter()
+brain.fit_batch(batch)
+print(json.dumps({"first_step_s": time.perf_counter() - start, **dict(counters["inductor"])}))
+"""
+
+
+def suite_compile_cache(args):
+    """Compiled start-up without and with inductor's cache: two fresh processes, one after the
+    other, compile the same model (``--methods``, default LoRA) with one new cache folder
+    (``TORCHINDUCTOR_CACHE_DIR``, as ``compile_cache_dir`` sets it); each times its first
+    compiled train step. ``compile_cache_second_vs_first_start``."""
+    import subprocess
+
+    name = (args.methods or ["lora"])[0]
+    (_, method_file, overrides), = [m for m in METHODS if m[0] == name]
+    options = {"data_folder": str(args.workdir / "no_data"), "output_folder": str(args.workdir / "out"),
+               "backbone_source": args.backbone_source, "batch_size": args.batch_size,
+               "max_frames": args.frames, "num_workers": 0, **overrides}
+    if args.quick and "reduction_rate" in (REPO / "hparams" / f"{method_file}.yaml").read_text():
+        options["reduction_rate"] = 64
+    settings = {"method_file": str(REPO / "hparams" / f"{method_file}.yaml"),
+                "dataset_yaml": str(FSC_YAML), "options": options, "threads": args.threads,
+                "samples": int(args.frames / 100 * 16000), "batch_size": args.batch_size}
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(args.workdir / "inductor_cache"))
+    runs = []
+    for _ in range(2):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", COMPILED_START, str(REPO), json.dumps(settings)],
+                              env=env, capture_output=True, text=True, check=True)
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        found["process_s"] = time.perf_counter() - start
+        runs.append(found)
+    return [result("compile_cache", f"{name}: first compiled train step, {which} run", [run["first_step_s"]],
+                   None, None, kind=which, process_s=run["process_s"],
+                   cache_hits=run.get("fxgraph_cache_hit", 0), cache_misses=run.get("fxgraph_cache_miss", 0))
+            for which, run in zip(("first", "second"), runs)]
+
+
 # Four tasks of different methods on one AST-base backbone (one sequence length: prompt tuning,
 # which adds tokens, would run as its own stack; see benchmarks/README.md).
 MULTITASK = [("lora", "lora", {}), ("adapter conformer Pfeiffer", "adapter", {}),
@@ -1455,8 +1720,9 @@ SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_dat
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
                    "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference,
                    "multitask": suite_multitask, "compile": suite_compile,
-                   "prepare_full": suite_prepare_full, "vs_lora": suite_vs_lora,
-                   "backbones": suite_backbones}
+                   "prepare_full": suite_prepare_full, "int8": suite_int8,
+                   "batching": suite_batching, "compile_cache": suite_compile_cache,
+                   "vs_lora": suite_vs_lora, "backbones": suite_backbones}
 
 
 # ==================================================================== ratios and report
@@ -1550,6 +1816,27 @@ def compute_ratios(rows):
             if r["peak_mem_mb"] is not None and one["peak_mem_mb"] is not None:
                 ratios[f"multitask_{key}_memory_vs_one_model"] = _ratio(
                     r["weights_mb"] + r["peak_mem_mb"], one["weights_mb"] + one["peak_mem_mb"])
+    int8 = {(r.get("batch"), r["kind"]): r for r in rows if r["suite"] == "int8"}
+    for batch in INT8_BATCHES:
+        eager = int8.get((batch, "eager fp32"))
+        for kind, key in (("onnxruntime int8", "int8"), ("onnxruntime fp32", "onnx_fp32")):
+            if eager and (batch, kind) in int8:  # throughput / fp32 eager's, paired per round
+                ratios[f"{key}_throughput_vs_fp32_eager_batch{batch}"] = statistics.median(
+                    e / q for e, q in zip(eager["round_s"], int8[batch, kind]["round_s"]))
+    starts = {r["kind"]: r for r in rows if r["suite"] == "compile_cache"}
+    if starts:
+        ratios["compile_cache_second_vs_first_start"] = _ratio(starts["second"]["median_s"],
+                                                               starts["first"]["median_s"])
+    batching = {r["kind"]: r for r in rows if r["suite"] == "batching"}
+    if batching:
+        ratios["dynamic_batching_padding"] = batching["dynamic"]["padding"]
+        ratios["fixed_batches_padding"] = batching["fixed"]["padding"]
+        ratios["dynamic_vs_fixed_batches_epoch"] = statistics.median(
+            d / f for d, f in zip(batching["dynamic"]["round_s"], batching["fixed"]["round_s"]))
+    demo = int8.get((None, "demo int8"))
+    if demo:
+        ratios["int8_top1_agreement_demo"] = demo["top1_agreement"]
+        ratios["int8_max_prob_difference_demo"] = demo["max_abs_difference"]
     compiled = {(r["pair"], r["phase"], r["kind"]): r["median_s"] for r in rows if r["suite"] == "compile"}
     for (pair, phase, kind), seconds in compiled.items():
         if kind == "compiled":
@@ -1659,6 +1946,24 @@ def render(machine, rows, ratios):
                             r["trainable_params"] if suite == "vs_lora" else r["parameters"],
                             f"{r['ratio_median']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})"]
                            for r in found]), ""]
+    starts = [r for r in rows if r["suite"] == "compile_cache"]
+    if starts:
+        parts += ["## compile_cache: compiled start-up, a fresh cache then the same cache", "",
+                  markdown_table(["name", "first step (s)", "process (s)", "FX graph cache hits",
+                                  "misses"],
+                                 [[r["name"], r["median_s"], r["process_s"], r["cache_hits"],
+                                   r["cache_misses"]] for r in starts]), ""]
+    batching = [r for r in rows if r["suite"] == "batching"]
+    if batching:
+        parts += ["## batching: batches by duration against fixed-count batches", "", markdown_table(
+            ["name", "median epoch (s)", "min (s)", "padding fraction"],
+            [[r["name"], r["median_s"], r["min_s"], r["padding"]] for r in batching]), ""]
+    int8 = [r for r in rows if r["suite"] == "int8"]
+    if int8:
+        parts += ["## int8 (onnxruntime dynamic quantisation) against fp32", "", markdown_table(
+            ["name", "median (s)", "min (s)", "top-1 agreement with fp32", "max |prob diff|"],
+            [[r["name"], r["median_s"], r["min_s"], r.get("top1_agreement", ""),
+              r.get("max_abs_difference", "")] for r in int8]), ""]
     multitask = [r for r in rows if r["suite"] == "multitask"]
     if multitask:
         parts += [f"## multitask (batch of {multitask[0]['batch']}, inference)", "", markdown_table(
@@ -1716,6 +2021,11 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=3,
                         help="reference, vs_lora and backbones suites: interleaved rounds (3)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
+    parser.add_argument("--batching_utterances", type=int, default=24,
+                        help="batching suite: generated utterances of 0.5-30 s (default 24)")
+    parser.add_argument("--demo_folder", default=None,
+                        help="int8 suite: the --output_folder of a python -m petl_modules.demo run "
+                             "(default: a new demo run in the work folder)")
     parser.add_argument("--workdir", default=None,
                         help="where the suites write their data, kept afterwards: a rerun reuses "
                              "the data suite's generated clips (default: a temporary folder, removed)")

@@ -10,7 +10,7 @@ Python, in the style of SpeechBrain's pretrained interfaces (``EncoderClassifier
 Command line::
 
     python -m petl_modules.classify MODEL_DIR FILE... [--backbone_source=...] [--top_k=K] [--json]
-        [--merge] [--device=...] [--batch_size=N] [--precision=fp32|bf16] [--compile]
+        [--merge] [--device=...] [--batch_size=N] [--precision=fp32|bf16|int8] [--compile]
     python -m petl_modules.classify --model A --model B ... [options] -- FILE...
 
 ``MODEL_DIR`` is a local folder or a Hugging Face Hub repo id (``petl_modules.model.hub``).
@@ -39,7 +39,12 @@ all, ``;``-separated, or ``-`` for none); ``label``/``score`` stay the most prob
 Speed: ``--precision=bf16`` runs the model under bf16 autocast (on CPU where it has AVX512-BF16 or
 AMX, else fp32 with a warning; the class probabilities are computed in fp32); ``--compile`` runs it
 through ``torch.compile`` (eagerly, with a warning, where compilation fails). In Python:
-``classifier.set_speed(precision="bf16", compile=True)``.
+``classifier.set_speed(precision="bf16", compile=True)``. ``--precision=int8`` runs the model's
+ONNX graph with its linear layers quantised (onnxruntime's dynamic quantisation, CPU), exported
+once into ``$PETL_AST_HOME/onnx/`` (default ``~/.cache/petl-ast/onnx/``;
+``petl_modules.sharing.int8``, in Python ``use_int8(classifier)``); it refuses with the reason (onnxruntime missing, a model that does
+not export, another device, ``--compile``) rather than run fp32. Several tasks in int8 run one
+graph per task (the frozen backbone is not shared).
 """
 
 import argparse
@@ -74,8 +79,10 @@ def add_common_arguments(parser, per="file"):
     parser.add_argument("--top_k", type=int, default=1, help=f"how many classes to list per {per}")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch_size", type=int, default=8, help="files per forward pass")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="bf16: autocast (CPU with AVX512-BF16/AMX or GPU; else fp32, warned)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                        help="bf16: autocast (CPU with AVX512-BF16/AMX or GPU; else fp32, warned); "
+                             "int8: the ONNX graph, linear layers quantised, in onnxruntime (CPU; "
+                             "exported once into ~/.cache/petl-ast/onnx)")
 
 
 def check_counts(parser, args):
@@ -146,6 +153,23 @@ def load_for_command_line(load):
         return None
 
 
+def early_checks(args, compile=False):
+    """Refuses ``--precision=int8`` where it cannot run, before the model loads."""
+    if args.precision == "int8":
+        from petl_modules.sharing.int8 import check_int8
+
+        check_int8(args.device, compile)
+
+
+def with_speed(classifier, precision, compile=False):
+    """``classifier`` set to run in ``precision`` (int8: ``petl_modules.sharing.int8.use_int8``)."""
+    if precision == "int8":
+        from petl_modules.sharing.int8 import use_int8
+
+        return use_int8(classifier, compile)
+    return classifier.set_speed(precision, compile)
+
+
 def main(argv=None):
     """Runs the command line; returns the exit code (0; 1 when a file could not be classified;
     2 when the model folder cannot be loaded)."""
@@ -155,11 +179,12 @@ def main(argv=None):
     args = parse_args(argv)
     from petl_modules.model.petl_model import PETLClassifier
 
-    classifier = load_for_command_line(lambda: PETLClassifier.from_folder(
-        args.model_dir, args.backbone_source, device=args.device, merge=args.merge))
+    compile = args.compile.lower() == "true"
+    classifier = load_for_command_line(lambda: early_checks(args, compile) or with_speed(
+        PETLClassifier.from_folder(args.model_dir, args.backbone_source, device=args.device,
+                                   merge=args.merge), args.precision, compile))
     if classifier is None:
         return 2
-    classifier.set_speed(args.precision, args.compile.lower() == "true")
     results, errors = classifier.classify_files(
         args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
     )
@@ -179,11 +204,11 @@ def main_several(argv):
     args = parse_several_args(argv)
     from petl_modules.model.petl_model import PETLClassifier
 
-    classifier = load_for_command_line(lambda: PETLClassifier.from_folders(
-        args.model, args.backbone_source, device=args.device))
+    classifier = load_for_command_line(lambda: early_checks(args) or with_speed(
+        PETLClassifier.from_folders(args.model, args.backbone_source, device=args.device),
+        args.precision))
     if classifier is None:
         return 2
-    classifier.set_speed(args.precision)
     results, errors = classifier.classify_files(
         args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
     )

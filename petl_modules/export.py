@@ -3,12 +3,14 @@
 Usage::
 
     python -m petl_modules.export MODEL_DIR OUT_DIR [--format=transformers|peft|onnx]
-        [--backbone_source=...] [--peft_names=5|4] [--opset=N]
+        [--backbone_source=...] [--peft_names=5|4] [--opset=N] [--precision=fp32|int8]
 
 ``--format=peft`` (LoRA models): a PEFT adapter that ``peft.PeftModel.from_pretrained`` loads on
 the base transformers model (``petl_modules.sharing.peft_lora``). ``--format=onnx`` (every method):
 one ONNX graph from the input features to the class probabilities, checked against PyTorch with
-onnxruntime before it is kept (``petl_modules.sharing.onnx_export``). The default format:
+onnxruntime before it is kept (``petl_modules.sharing.onnx_export``); ``--precision=int8`` quantises
+its linear layers (onnxruntime's dynamic quantisation), checked by its agreement with PyTorch's
+fp32 answers. The default format:
 
 ``OUT_DIR`` (new, empty or a previous export: nothing else is overwritten) becomes a
 ``save_pretrained`` folder of the backbone with the trained weights folded in
@@ -71,7 +73,7 @@ def check_out_dir(out_dir):
 
 
 def export_petl_model(model_dir, out_dir, backbone_source=None, format="transformers",
-                      peft_names="5", opset=None):
+                      peft_names="5", opset=None, precision="fp32"):
     """Exports a PETL model folder in ``format`` (see the module docstring).
 
     Arguments
@@ -88,6 +90,8 @@ def export_petl_model(model_dir, out_dir, backbone_source=None, format="transfor
         ``--format=peft``: module names of transformers ``5`` (default) or ``4``.
     opset : int, optional
         ``--format=onnx``: the ONNX opset (default: ``onnx_export.OPSET``).
+    precision : str
+        ``--format=onnx``: ``fp32`` (default) or ``int8`` (linear layers quantised).
 
     Returns
     -------
@@ -102,15 +106,22 @@ def export_petl_model(model_dir, out_dir, backbone_source=None, format="transfor
     """
     if format not in FORMATS:
         raise PETLModelError(f"Unknown format '{format}': use one of {', '.join(FORMATS)}.")
+    if precision != "fp32" and format != "onnx":
+        raise PETLModelError(f"--precision={precision} applies to --format=onnx only (the "
+                             f"{format} export holds the trained fp32 weights).")
     check_out_dir(out_dir)  # new, empty or a previous export: every file in it is the export's
-    side = _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset)
+    side = _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset, precision)
     readable_as_umask(out_dir)
     return side
 
 
-def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset):
+def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset, precision):
     """The files of ``export_petl_model``; returns its side JSON."""
     model_dir = resolve_model_dir(model_dir)  # a local folder, or a Hub repo id's snapshot
+    if format == "onnx":
+        from petl_modules.sharing.onnx_export import require_onnxruntime
+
+        require_onnxruntime(f"--format=onnx --precision={precision}")  # before the long work
     modules, config = load_petl_model(model_dir, backbone_source)
     if format == "peft":
         from petl_modules.sharing.peft_lora import export_peft
@@ -120,7 +131,8 @@ def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset
     if format == "onnx":
         from petl_modules.sharing.onnx_export import export_onnx
 
-        return export_onnx(modules, config, out_dir, opset=opset, merged_lora_modules=len(merged))
+        return export_onnx(modules, config, out_dir, opset=opset, merged_lora_modules=len(merged),
+                           precision=precision)
     petl_model = modules["petl_model"]
     leftover = unmerged_petl_modules(petl_model)
     # tensors of the method outside the backbone (the layer sum's weights)
@@ -164,20 +176,32 @@ def main(argv=None):
     parser.add_argument("--peft_names", default="5", choices=["5", "4"],
                         help="--format=peft: module names of transformers 5 (default) or 4.x")
     parser.add_argument("--opset", type=int, default=None, help="--format=onnx: the ONNX opset")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                        help="--format=onnx: fp32 (default) or int8 (onnxruntime's dynamic "
+                             "quantisation of the linear layers)")
     args = parser.parse_args(argv)
     try:
         side = export_petl_model(args.model_dir, args.out_dir, args.backbone_source, args.format,
-                                 args.peft_names, args.opset)
+                                 args.peft_names, args.opset, args.precision)
     except (PETLModelError, OSError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
     done = {"transformers": f"{side.get('merged_lora_modules')} LoRA modules merged",
             "peft": "PEFT LoRA adapter" + (", its base in base/" if side.get("peft", {}).get(
                 "base_written") else ""),
-            "onnx": f"ONNX, onnxruntime parity {side.get('parity', {}).get('max_abs_difference', 0):.2g}"}
+            "onnx": onnx_summary(side.get("parity", {}))}
     print(f"Exported {side['method']} model ({done[args.format]}, {len(side['class_names'])} "
           f"classes) to {args.out_dir}")
     return 0
+
+
+def onnx_summary(check):
+    """What the ONNX export's check found, in a few words."""
+    if check.get("precision") == "int8":
+        return (f"ONNX int8, top-1 agreement with fp32 {check['top1_agreement']:.0%} "
+                f"({check['near_ties']} near ties), max probability difference "
+                f"{check['max_abs_difference']:.2g}")
+    return f"ONNX, onnxruntime parity {check.get('max_abs_difference', 0):.2g}"
 
 
 if __name__ == "__main__":

@@ -70,3 +70,48 @@ def test_quick_vs_lora_and_backbones_suites_give_a_ratio_per_method_and_backbone
     assert len(vs_lora) == len(bench.LORA_RATIO_GROUP) - 1 and len(vs_ast) == 2
     assert all(math.isfinite(ratios[key]) and ratios[key] > 0 for key in vs_lora + vs_ast)
     assert "## vs_lora" in (tmp_path / "out.md").read_text()
+
+
+def test_int8_suite_reports_speed_and_agreement(tiny_ast, tmp_path, monkeypatch):
+    """The int8 suite on the quick tiny AST; the demo model replaced by a tiny model folder and
+    three generated clips (a real demo run takes minutes)."""
+    import numpy as np
+    import soundfile
+
+    from test_interop import petl_folder
+
+    bench = load_bench()
+    folder = petl_folder("adapter", tiny_ast, tmp_path)
+    clips = []
+    for k in range(3):
+        clips.append(str(tmp_path / f"clip{k}.wav"))
+        soundfile.write(clips[-1], (0.1 * np.random.default_rng(k).standard_normal(12000)).astype("float32"), 16000)
+    monkeypatch.setattr(bench, "_demo_model", lambda args: (folder, tiny_ast, clips))
+    monkeypatch.setenv("PETL_AST_HOME", str(tmp_path / "home"))
+    threads = torch.get_num_threads()
+    try:
+        out = bench.main(["--quick", "--suite=int8", "--threads=1"])
+    finally:
+        torch.set_num_threads(threads)
+    kinds = [(row.get("batch"), row["kind"]) for row in out["results"]]
+    assert kinds == [(b, k) for b in (1, 8) for k in ("eager fp32", "onnxruntime fp32", "onnxruntime int8")] \
+        + [(None, "demo fp32"), (None, "demo int8")]
+    for batch in (1, 8):
+        assert out["ratios"][f"int8_throughput_vs_fp32_eager_batch{batch}"] > 0
+    assert 0 <= out["ratios"]["int8_top1_agreement_demo"] <= 1
+    assert 0 < out["ratios"]["int8_max_prob_difference_demo"] < 0.05
+    assert out["results"][-1]["clips"] == 3
+
+
+def test_batching_suite_reports_padding_and_epoch_ratio():
+    bench = load_bench()
+    threads = torch.get_num_threads()
+    try:
+        out = bench.main(["--quick", "--suite=batching", "--threads=1", "--steps=1", "--warmup=0",
+                          "--batching_utterances=16"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = {row["kind"]: row for row in out["results"]}
+    assert set(rows) == {"dynamic", "fixed"} and rows["dynamic"]["mean_batch"] >= 1
+    assert 0 <= out["ratios"]["dynamic_batching_padding"] < out["ratios"]["fixed_batches_padding"]
+    assert out["ratios"]["dynamic_vs_fixed_batches_epoch"] > 0

@@ -205,3 +205,38 @@ def test_compile_suite_times_eager_and_compiled_without_falling_back(tmp_path):
     assert rows[("compiled", "train")]["first_call_s"] > 0
     assert {"compile_vs_eager_linear_train_step", "compile_vs_eager_linear_forward"} <= set(out["ratios"])
     assert "## compile" in (tmp_path / "out.md").read_text()
+
+
+def test_compiled_graphs_are_cached_in_the_petl_home_unless_torch_is_told(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("PETL_AST_HOME", str(tmp_path / "home"))
+    compile_with_fallback(torch.nn.Linear(2, 2), "linear")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compile_with_fallback(torch.nn.Linear(2, 2), "linear")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+COMPILED_RUN = """
+import json, torch
+from torch._dynamo.utils import counters
+from petl_modules.model.precision import compile_with_fallback
+torch.manual_seed(0)
+model = compile_with_fallback(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()), "m")
+model(torch.randn(2, 8))
+print(json.dumps(dict(counters["inductor"])))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_compiled_run_takes_its_graphs_from_the_cache(tmp_path):
+    """Two processes compile the same module: the first compiles (FX graph cache miss) into
+    $PETL_AST_HOME/inductor, the second finds it there (a hit, no miss)."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["PETL_AST_HOME"] = str(tmp_path / "home")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", COMPILED_RUN], env=env, check=True,
+                                      capture_output=True, text=True).stdout.splitlines()[-1])
+            for _ in range(2)]
+    assert runs[0].get("fxgraph_cache_miss", 0) >= 1 and runs[0].get("fxgraph_cache_hit", 0) == 0
+    assert runs[1].get("fxgraph_cache_hit", 0) >= 1 and runs[1].get("fxgraph_cache_miss", 0) == 0
+    assert any((tmp_path / "home" / "inductor").iterdir())

@@ -488,6 +488,7 @@ class MultiTaskClassifier(torch.nn.Module):
         self.input_processor = model.lobe.input_processor
         self.device = device
         self.precision = "fp32"
+        self.int8 = None  # petl_modules.sharing.int8.use_int8: one onnxruntime graph per task
         # One evaluation protocol for every task (first clip or sliding windows, as each was tested).
         protocols = [EvalProtocol.from_options(c.get("evaluation") or {}) for c in configs]
         differing = [n for n, p in zip(self.names, protocols) if p.config() != protocols[0].config()]
@@ -520,6 +521,13 @@ class MultiTaskClassifier(torch.nn.Module):
     def run(self, inputs, lengths, tasks):
         """``{task index: (rows, out_prob [n_t, C_t])}`` of processed inputs whose rows belong to
         ``tasks [N]``."""
+        if self.int8 is not None:
+            tasks = torch.as_tensor(tasks, dtype=torch.long).cpu()
+            found = {}
+            for task in sorted(set(tasks.tolist())):
+                rows = torch.nonzero(tasks == task).flatten()
+                found[task] = (rows, self.int8[task](inputs[rows], lengths[rows]))
+            return found
         with autocast_context(self.device, self.precision):
             found = self.mods["multitask"](inputs.to(self.device), lengths.to(self.device), tasks)
         return {t: (rows, self.tasks[self.names[t]].probabilities(logits))

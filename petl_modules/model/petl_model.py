@@ -81,6 +81,7 @@ class PETLModel(torch.nn.Module):
         self.input_processor = self.mods["petl_model"].adapted_model.input_processor
         self.merged = []  # names of the LoRA modules folded into the backbone
         self.precision = "fp32"  # set_speed
+        self.int8 = None  # petl_modules.sharing.int8.use_int8: the onnxruntime graph that runs instead
         # First clip or sliding windows, as the run was tested (format_version < 3: first clip).
         self.protocol = spec.evaluation
 
@@ -176,7 +177,13 @@ class PETLModel(torch.nn.Module):
 
     def set_speed(self, precision="fp32", compile=False):
         """bf16 autocast (where the device supports it; else fp32, warned) and/or ``torch.compile``
-        of the modules (eager, warned, where compilation fails). Returns ``self``."""
+        of the modules (eager, warned, where compilation fails). Returns ``self``. (int8, the
+        model's ONNX graph quantised, runs through ``petl_modules.sharing.int8.use_int8``.)"""
+        if precision == "int8":
+            raise PETLModelError(
+                "int8 runs the model's ONNX graph in onnxruntime: use "
+                "petl_modules.sharing.int8.use_int8(model) (classify --precision=int8 does).")
+        self.int8 = None
         self.precision = resolve_precision(precision, self.device)
         if compile:
             for name in list(self.mods):
@@ -231,6 +238,8 @@ class PETLModel(torch.nn.Module):
     def classify_inputs(self, inputs, lengths):
         """Classifies processed inputs: ``[B, ...]`` padded features and ``[B]`` relative lengths
         (see the class doc for what it returns)."""
+        if self.int8 is not None:
+            return self.predictions(self.int8(inputs, lengths))
         with autocast_context(self.device, self.precision):
             hidden, mask = self.mods["petl_model"](inputs.to(self.device), lengths.to(self.device))
             logits = self.mods["classifier"](hidden, mask)

@@ -1,9 +1,17 @@
 """Speed settings of a model, for training and inference alike: bf16 autocast where the device
 computes bf16 natively (else fp32, with a warning), and ``torch.compile`` with an eager fallback
 (a module whose compiled forward fails runs eagerly from then on, with a warning).
+
+Compiled start-up: torch's inductor keeps what it compiles (its FX graph cache and AOTAutograd
+cache, on by default) in ``$TORCHINDUCTOR_CACHE_DIR``; where that is not set, ``compile_cache_dir``
+points it at ``$PETL_AST_HOME/inductor`` (default ``~/.cache/petl-ast/inductor``) rather than
+torch's ``/tmp/torchinductor_<user>``, which does not outlive a reboot; a second compiled run of
+the same model on the same machine then reuses the compiled graphs instead of compiling again.
 """
 
 import logging
+import os
+from pathlib import Path
 
 import torch
 
@@ -90,9 +98,29 @@ class EagerFallback(torch.nn.Module):
             return getattr(self.__dict__["_eager"], name)
 
 
+def compile_cache_dir():
+    """inductor's cache folder: ``$TORCHINDUCTOR_CACHE_DIR``, set to ``$PETL_AST_HOME/inductor``
+    for this process (and its children) when it is not set or holds torch's default (which
+    importing ``torch._dynamo`` writes there)."""
+    from petl_modules.model.bases import home
+
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default = os.path.abspath(default_cache_dir())
+    except (ImportError, AttributeError):
+        torch_default = None
+    if given is None or os.path.abspath(given) == torch_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(home() / "inductor")
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
 def compile_with_fallback(module, name, **compile_kwargs):
     """``torch.compile(module)`` wrapped in ``EagerFallback``; the eager module itself (and a
-    warning) where ``torch.compile`` refuses at once."""
+    warning) where ``torch.compile`` refuses at once. Compiled graphs are cached across runs in
+    ``compile_cache_dir()``."""
+    compile_cache_dir()
     try:
         compiled = torch.compile(module, **compile_kwargs)
     except Exception as err:  # noqa: BLE001

@@ -41,6 +41,14 @@ fed as ``classify`` feeds it (the input processor's padded output), on clips sho
 as and longer than the trained length (0.6, 1.0, 1.5 times), in batches of 1 and 3 (waveform
 batches with different valid lengths); the maximum absolute difference of the probabilities must
 be at most 1e-4, else the export fails and its files are removed.
+
+``--precision=int8``: the graph's linear layers (every ``MatMul`` with a constant weight) are
+quantised by onnxruntime's dynamic quantisation (``onnxruntime.quantization.quantize_dynamic``:
+int8 weights per output channel, activations quantised per batch at run time) and the fp32 graph
+is not kept. Its check feeds the same cases; instead of the 1e-4 tolerance, every row's most
+probable class must be PyTorch's (``top1_agreement`` 1.0) unless PyTorch's own two best classes
+lie within ``NEAR_TIE`` (0.01) of each other (``near_ties``: a tie that the quantisation noise may
+break either way), and the probabilities may differ by at most ``INT8_TOLERANCE`` (0.05).
 """
 
 import logging
@@ -58,8 +66,12 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "onnx_config.json"
+FP32_FILE = "model_fp32.onnx"  # int8: the traced graph before quantisation (removed)
 OPSET = 18
 TOLERANCE = 1e-4
+PRECISIONS = ("fp32", "int8")
+INT8_TOLERANCE = 0.05  # max |probability difference| of the int8 graph against PyTorch fp32
+NEAR_TIE = 0.01  # PyTorch's two best classes this close: the int8 graph may pick either
 BATCH_SIZES = (1, 3)
 # clips shorter than, as long as and longer than the trained length
 LENGTH_FRACTIONS = (0.6, 1.0, 1.5)
@@ -121,12 +133,12 @@ def generated_inputs(lobe, batch, fraction, seed=0):
     return inputs, inputs
 
 
-def parity(session, model, lobe):
-    """Max abs difference of the probabilities of onnxruntime's ``session`` fed as a client feeds
-    it and ``model`` (eager) fed as ``classify`` feeds it, over generated clips shorter than, as
-    long as and longer than the trained length, in batches of 1 and 3; with each case's
-    difference."""
-    cases = []
+def compared(session, model, lobe):
+    """onnxruntime's ``session`` fed as a client feeds it and ``model`` (eager) fed as ``classify``
+    feeds it, over generated clips shorter than, as long as and longer than the trained length, in
+    batches of 1 and 3: ``[(case, found [B, C], expected [B, C])]`` (``found`` None when its shape
+    is not the expected one)."""
+    out = []
     for fraction in LENGTH_FRACTIONS:
         for batch in BATCH_SIZES:
             (inputs, lengths), (reference, reference_lengths) = generated_inputs(
@@ -137,11 +149,74 @@ def parity(session, model, lobe):
             with torch.no_grad():
                 expected = model(reference, reference_lengths)
             found = torch.from_numpy(session.run(["probabilities"], feed)[0])
-            difference = float((found - expected).abs().max()) if found.shape == expected.shape \
-                else math.inf
-            cases.append({"batch": batch, "fraction": fraction, "length": int(inputs.shape[1]),
-                          "max_abs_difference": difference})
+            case = {"batch": batch, "fraction": fraction, "length": int(inputs.shape[1])}
+            out.append((case, found if found.shape == expected.shape else None, expected))
+    return out
+
+
+def parity(session, model, lobe):
+    """Max abs difference of the probabilities of ``session`` and ``model`` over the generated
+    clips of ``compared``; with each case's difference."""
+    cases = [{**case, "max_abs_difference": math.inf if found is None
+              else float((found - expected).abs().max())}
+             for case, found, expected in compared(session, model, lobe)]
     return max(c["max_abs_difference"] for c in cases), cases
+
+
+def int8_agreement(session, model, lobe):
+    """The int8 graph's check (see the module docstring): ``{"top1_agreement", "near_ties",
+    "max_abs_difference", "rows", "passed"}`` over the generated clips of ``compared``."""
+    rows = agreeing = ties = 0
+    worst = 0.0
+    for _, found, expected in compared(session, model, lobe):
+        if found is None:
+            return {"top1_agreement": 0.0, "near_ties": 0, "max_abs_difference": math.inf,
+                    "rows": rows, "passed": False}
+        difference = (found - expected).abs().amax(dim=-1)
+        best = expected.topk(min(2, expected.shape[-1]), dim=-1).values
+        margin = best[:, 0] - best[:, -1]
+        same = found.argmax(dim=-1) == expected.argmax(dim=-1)
+        rows += len(same)
+        agreeing += int(same.sum())
+        ties += int((~same & (margin <= NEAR_TIE)).sum())
+        worst = max(worst, float(difference.max()))
+    return {"top1_agreement": agreeing / rows, "near_ties": ties, "max_abs_difference": worst,
+            "rows": rows, "passed": agreeing + ties == rows and worst <= INT8_TOLERANCE}
+
+
+def quantize_int8(fp32_path, int8_path):
+    """onnxruntime's dynamic quantisation of the linear layers of the graph at ``fp32_path``
+    (``MatMul`` with a constant weight: int8 weights per output channel, activations quantised at
+    run time) written to ``int8_path``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    hint = _WithoutPreprocessingHint()
+    logging.getLogger().addFilter(hint)  # its advice to users of static quantisation
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True,
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.getLogger().removeFilter(hint)
+
+
+class _WithoutPreprocessingHint(logging.Filter):
+    """Drops onnxruntime's "consider to run pre-processing before quantization" warning."""
+
+    def filter(self, record):
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def require_onnxruntime(what):
+    """``onnxruntime`` (imported), or a ``PETLModelError`` saying ``what`` needs it and how to
+    install it."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise PETLModelError(
+            f"{what} needs onnxruntime, which is not installed ({err}): pip install "
+            "'petl-ast[export]' (onnx, onnxscript, onnxruntime).") from None
+    return onnxruntime
 
 
 def export_graph(model, lobe, path, opset=OPSET):
@@ -160,9 +235,10 @@ def export_graph(model, lobe, path, opset=OPSET):
     return example
 
 
-def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
+def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0, precision="fp32"):
     """Writes ``modules`` (LoRA already merged) as ``model.onnx`` + ``onnx_config.json`` in
-    ``out_dir`` after the onnxruntime parity check (see the module docstring).
+    ``out_dir`` after its check against PyTorch (see the module docstring): fp32, or ``int8``
+    (onnxruntime's dynamic quantisation of the linear layers).
 
     Returns
     -------
@@ -172,11 +248,14 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
     Raises
     ------
     PETLModelError
-        The exporter failed, or onnxruntime's probabilities differ from PyTorch's by more than
-        ``TOLERANCE`` (the files are removed).
+        onnxruntime is missing, the exporter failed (the message names the method and family), or
+        the check failed (fp32: onnxruntime's probabilities differ from PyTorch's by more than
+        ``TOLERANCE``; int8: see ``int8_agreement``); the files are removed.
     """
-    import onnxruntime
-
+    if precision not in PRECISIONS:
+        raise PETLModelError(f"Unknown ONNX precision '{precision}': use one of {', '.join(PRECISIONS)}.")
+    where = f"the '{config['method']}' model ({config['family']} family) of {config['model_dir']}"
+    onnxruntime = require_onnxruntime(f"ONNX export ({precision}) of {where}")
     opset = int(opset or OPSET)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,37 +263,69 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
     task = Task.of_view(config)
     model = ProbabilityModel(modules["petl_model"], modules["classifier"], fixed_frames(lobe),
                              task).eval()
-    waveform, takes_lengths = lobe.input_kind == "waveform", lobe.takes_lengths
     path = out_dir / MODEL_FILE
-    for stale in (path, out_dir / f"{MODEL_FILE}.data", out_dir / CONFIG_FILE):
-        stale.unlink(missing_ok=True)
-    where = f"the '{config['method']}' model of {config['model_dir']}"
+    _remove(out_dir)
     try:
-        example = export_graph(model, lobe, path, opset)
+        traced = out_dir / FP32_FILE if precision == "int8" else path
+        example = export_graph(model, lobe, traced, opset)
+        if precision == "int8":
+            quantize_int8(traced, path)
+            traced.unlink()
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        difference, cases = parity(session, model, lobe)
+        check = _check(session, model, lobe, precision)
     except Exception as err:  # noqa: BLE001 (the exporter and onnxruntime raise many types)
         _remove(out_dir)
         logger.debug("ONNX export failed", exc_info=True)
         text = str(err).split("## Exception summary", 1)[-1].strip()[:1500]
-        raise PETLModelError(f"ONNX export of {where} failed: {type(err).__name__}: {text}") from err
-    if not difference <= TOLERANCE:
+        raise PETLModelError(f"ONNX export ({precision}) of {where} failed: {type(err).__name__}: "
+                             f"{text}") from err
+    if not check.pop("passed"):
         _remove(out_dir)
+        rule = (f"differ from PyTorch's by {check['max_abs_difference']:.3g} (> {TOLERANCE:g})"
+                if precision == "fp32" else
+                f"agree with PyTorch fp32 on the most probable class in "
+                f"{check['top1_agreement']:.1%} of {check['rows']} rows ({check['near_ties']} near "
+                f"ties allowed) and differ by up to {check['max_abs_difference']:.3g} (limit "
+                f"{INT8_TOLERANCE:g})")
         raise PETLModelError(
-            f"ONNX export of {where} failed the parity check: onnxruntime's probabilities differ "
-            f"from PyTorch's by {difference:.3g} (> {TOLERANCE:g}); cases: {cases}. The files were "
-            "removed."
+            f"ONNX export ({precision}) of {where} failed the "
+            f"{'parity' if precision == 'fp32' else 'int8 agreement'} check: onnxruntime's probabilities "
+            f"{rule}; {check}. The files were removed."
         )
+    check["runtime"] = f"onnxruntime {onnxruntime.__version__} CPU"
+    side = side_config(config, lobe, example, opset, merged_lora_modules, precision)
+    side["parity"] = check
+    write_json_atomic(out_dir / CONFIG_FILE, side)
+    return side
+
+
+def _check(session, model, lobe, precision):
+    """The export's check of ``precision`` (fp32: ``parity``; int8: ``int8_agreement``) as it is
+    recorded in ``onnx_config.json`` ``parity``, with ``passed``."""
+    if precision == "int8":
+        return {"precision": "int8", "tolerance": INT8_TOLERANCE,
+                **int8_agreement(session, model, lobe)}
+    difference, cases = parity(session, model, lobe)
+    return {"precision": "fp32", "tolerance": TOLERANCE, "max_abs_difference": difference,
+            "cases": cases, "passed": difference <= TOLERANCE}
+
+
+def side_config(config, lobe, example, opset, merged_lora_modules, precision):
+    """``onnx_config.json`` (without its ``parity`` check) of an export of ``config``'s model."""
+    task = Task.of_view(config)
+    waveform, takes_lengths = lobe.input_kind == "waveform", lobe.takes_lengths
     inputs = [{"name": "input_values", "axes": ["batch", "samples"] if waveform
                else ["batch", "frames", int(example[0].shape[-1])]}]
     if takes_lengths:
         inputs.append({"name": "lengths", "axes": ["batch"],
                        "meaning": "valid length of each utterance relative to samples (1.0: all)"})
-    side = {
+    return {
         "format": "onnx",
         "model": MODEL_FILE,
         "opset": opset,
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__.split('+')[0]}",
+        # int8: onnxruntime's dynamic quantisation of the linear layers
+        "precision": precision,
         "inputs": inputs,
         "outputs": [{"name": "probabilities", "axes": ["batch", "classes"]}],
         "input": config.get("input"),
@@ -233,13 +344,9 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
         "merged_lora_modules": merged_lora_modules,
         "base_backbone_source": config["backbone_source"],
         "petl_model": config["model_dir"],
-        "parity": {"runtime": f"onnxruntime {onnxruntime.__version__} CPU", "tolerance": TOLERANCE,
-                   "max_abs_difference": difference, "cases": cases},
     }
-    write_json_atomic(out_dir / CONFIG_FILE, side)
-    return side
 
 
 def _remove(out_dir):
-    for name in (MODEL_FILE, f"{MODEL_FILE}.data", CONFIG_FILE):
+    for name in (MODEL_FILE, f"{MODEL_FILE}.data", FP32_FILE, CONFIG_FILE):
         (Path(out_dir) / name).unlink(missing_ok=True)

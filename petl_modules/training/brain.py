@@ -295,6 +295,8 @@ class ClassificationBrain(sb.Brain):
         """
         if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
             loader_kwargs["generator"] = torch.Generator().manual_seed(int(self.hparams.seed))
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "dynamic_batching", False):
+            loader_kwargs = self._duration_batches(dataset, loader_kwargs)
         if stage == sb.Stage.TRAIN:
             # Random crops (train_crop: random) are drawn per epoch: on_stage_start sets it; so
             # are the dataset's other per-epoch draws (mixup partners, the order of shards).
@@ -310,6 +312,22 @@ class ClassificationBrain(sb.Brain):
         if weights is not None and not self.distributed_launch:
             self.train_sampler = loader_kwargs["sampler"]  # SpeechBrain sets its epoch
         return loader
+
+    def _duration_batches(self, dataset, loader_kwargs):
+        """``dynamic_batching: True``: the training loader's ``batch_sampler`` is a
+        ``DynamicBatchSampler`` (``petl_modules.training.batching``) in place of ``batch_size``
+        and ``shuffle``; it is the ``train_sampler`` whose epoch ``fit`` sets (under DDP,
+        SpeechBrain wraps it in a ``DistributedSamplerWrapper``, which passes the epoch on)."""
+        from petl_modules.training.batching import duration_batch_sampler
+
+        hparams = {key: getattr(self.hparams, key) for key in
+                   ("max_batch_seconds", "num_buckets", "seed", "backbone")}
+        sampler = duration_batch_sampler(dataset, hparams)
+        loader_kwargs = {k: v for k, v in loader_kwargs.items()
+                         if k not in ("batch_size", "shuffle", "drop_last", "sampler")}
+        loader_kwargs["batch_sampler"] = sampler
+        self.train_sampler = sampler  # replaced by its DDP wrapper under DDP
+        return loader_kwargs
 
     def on_fit_start(self):
         """As SpeechBrain's (optimisers, then the latest checkpoint); logs where a resumed run is."""

@@ -85,6 +85,8 @@ OPTION_RANGES = {
     "clip_seconds": (float, 0, True),
     "ckpt_interval_minutes": (float, 0, False),
     "window_hop_seconds": (float, 0, True),
+    "max_batch_seconds": (float, 0, False),  # dynamic_batching (petl_modules/training/batching.py)
+    "num_buckets": (int, 1, False),
     # splits and folds made for data that come without them (the recipe for your own data)
     "num_folds": (int, 0, False),
     "valid_fraction": (float, 0, False),
@@ -96,7 +98,7 @@ OPTION_RANGES = {
     "shuffle_buffer": (int, 1, False),
 }
 STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds", "window_hop_seconds", "valid_fraction",
-                     "test_fraction", "mixup_alpha"}
+                     "test_fraction", "mixup_alpha", "max_batch_seconds"}
 AT_MOST_ONE = {"mixup_prob"}
 # Options that take one of a few values (petl_modules/training/windows.py).
 OPTION_VALUES = {
@@ -104,6 +106,7 @@ OPTION_VALUES = {
     "eval_windows": EVAL_WINDOWS,
     "window_pooling": WINDOW_POOLINGS,
     "window_results": (True, False),
+    "dynamic_batching": (False, True),
     # petl_modules/training/metrics.py, sampling.py, mixup.py
     "class_weights": CLASS_WEIGHTS,
     "sampling": SAMPLINGS,

@@ -40,6 +40,7 @@ from petl_modules.methods.config import MethodConfig
 from petl_modules.model.audio import AudioError, load_input
 from petl_modules.model.task import Task
 from petl_modules.training import metrics, tracking
+from petl_modules.training.batching import BatchingError, check_dynamic_batching, example_seconds
 from petl_modules.training.cache import check_cacheable, use_backbone_cache
 from petl_modules.training.checkpointing import CheckpointError
 from petl_modules.training.compose import (
@@ -412,6 +413,7 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
         validate_options(scalar_hparams(hparams))  # values the yaml computed
         if hparams.get("cache_backbone_outputs"):
             check_cacheable(hparams)
+        check_dynamic_batching(hparams)
         tracking.check_wandb(hparams)
     except DataError as err:
         sys.exit(f"Error in the data: {err}")
@@ -662,6 +664,11 @@ def fold_datasets(datasets, hparams, run_opts):
         shown = ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, hparams["loss_weights"].tolist()))
         logger.info(f"class_weights=balanced: loss weights per class: {shown}")
     processor = hparams["backbone"].input_processor
+    if hparams.get("dynamic_batching"):
+        try:
+            example_seconds(datasets["train"], processor)  # every example has a duration
+        except BatchingError as err:
+            raise DataError(str(err)) from None
     protocol = EvalProtocol.from_options(hparams)
     rate = getattr(processor, "sample_rate", 16000)
     if any(has_segments(d) for d in datasets.values()) and hparams.get("cache_backbone_outputs"):
