@@ -35,7 +35,12 @@ from petl_modules.files import readable_as_umask
 from petl_modules.model.folder import load_petl_model, merge_petl_model, unmerged_petl_modules
 from petl_modules.model.hub import resolve_model_dir
 from petl_modules.model.spec import PETLModelError
-from petl_modules.sharing.head import HEAD_CONFIG, HEAD_WEIGHTS, write_head  # noqa: F401 (names of its files)
+from petl_modules.sharing.head import (  # noqa: F401 (HEAD_WEIGHTS: the name of its file)
+    HEAD_CONFIG,
+    HEAD_WEIGHTS,
+    write_head,
+    write_transformers_checkpoint,
+)
 
 FORMATS = ("transformers", "peft", "onnx")
 # A folder holding one of these (and nothing but regular files, and a PEFT export's base/ folder)
@@ -133,14 +138,12 @@ def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lobe = modules["petl_model"].adapted_model
     try:
-        lobe.export_pretrained(out_dir)  # the lobe's checkpoint format (save_pretrained)
+        written = write_transformers_checkpoint(out_dir, modules, config, backbone_source)
     except ValueError as err:
         raise PETLModelError(str(err)) from None
-    # Its input processor's settings (e.g. do_normalize), so a run on the export sees the same inputs.
-    lobe.copy_preprocessor_config(backbone_source or config["backbone_source"], out_dir)
-    return write_head(out_dir, modules, config, backbone_source, merged_lora_modules=len(merged))
+    return write_head(out_dir, modules, config, backbone_source, merged_lora_modules=len(merged),
+                      **written)
 
 
 def main(argv=None):
@@ -173,7 +176,22 @@ def main(argv=None):
             "onnx": f"ONNX, onnxruntime parity {side.get('parity', {}).get('max_abs_difference', 0):.2g}"}
     print(f"Exported {side['method']} model ({done[args.format]}, {len(side['class_names'])} "
           f"classes) to {args.out_dir}")
+    if args.format == "transformers":
+        print(pipeline_message(side, args.out_dir))
     return 0
+
+
+def pipeline_message(side, out_dir):
+    """What the transformers export gives ``pipeline("audio-classification")``: its class, and
+    why (or on which files) its scores are not ``classify``'s."""
+    if side["transformers_class"] is None:
+        return (f"Written as the base model with the head beside it (classifier_head.*): "
+                f"transformers' pipeline('audio-classification') cannot reproduce this head: "
+                f"{side['pipeline']}. Its scores: python -m petl_modules.classify "
+                f"{side['petl_model']} FILE...")
+    text = (f"Written as {side['transformers_class']} with its labels: "
+            f"pipeline('audio-classification', model='{out_dir}') gives classify's scores")
+    return text + (f", except that {side['pipeline']}." if side["pipeline"] else ".")
 
 
 if __name__ == "__main__":
