@@ -163,3 +163,12 @@ def test_cls_distill_pools_as_ast_for_audio_classification_with_two_d_more_param
 def test_cls_distill_is_refused_with_prompt_tuning():
     with pytest.raises(ValueError, match="distillation token"):
         Classifier(8, 3, pooling="cls_distill", prompt_span=[1, 5])
+
+
+def test_peft_base_folder_has_the_run_preprocessor_config(tiny_ast, tmp_path):
+    """The PEFT export's ``base/`` (the run cut AST's positions to 64 frames; the tiny checkpoint
+    has no preprocessor config of its own) holds the run's input settings."""
+    folder = petl_folder("lora", tiny_ast, tmp_path)
+    export_petl_model(folder, tmp_path / "peft", format="peft")
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "peft" / "base")
+    assert type(extractor).__name__ == "ASTFeatureExtractor" and extractor.max_length == 64
