@@ -14,14 +14,14 @@ import pytest
 import soundfile
 import torch
 import transformers
+from test_interop import TINY_MODEL_TYPES, petl_folder, save_tiny
 
 from petl_modules.backbones.wav2vec2 import SEQUENCE_CLASSIFIERS
 from petl_modules.classify import PETLClassifier
-from petl_modules.export import export_petl_model, main as export_main, pipeline_message
+from petl_modules.export import export_petl_model, pipeline_message
+from petl_modules.export import main as export_main
 from petl_modules.methods.classifier import POOLINGS, Classifier
 from petl_modules.sharing.head import read_head
-
-from test_interop import TINY_MODEL_TYPES, petl_folder, save_tiny
 
 # The class each family maps onto, and the pooling that maps (AST: its own CLS + distillation head).
 EXPECTED_CLASS = {"audio-spectrogram-transformer": "ASTForAudioClassification",

@@ -48,6 +48,10 @@ from petl_modules.options import check_options
 
 logger = logging.getLogger(__name__)
 
+# The narrowest released encoder of the supported families is 384 wide (whisper-tiny; AST and the
+# wav2vec2 family: 768): a narrower backbone is a test or demo one (``Backbone.plumbing_only``).
+MIN_PRETRAINED_HIDDEN = 256
+
 # config.json ``model_type`` -> lobe class name (filled by ``register``).
 FAMILIES = {}
 
@@ -467,6 +471,18 @@ class Backbone(torch.nn.Module):
     def has_cls_token(self):
         return False
 
+    def plumbing_only(self):
+        """None, or why training on this backbone checks the plumbing only: a hidden size below
+        ``MIN_PRETRAINED_HIDDEN`` is no released pretrained encoder (the tiny random configs of
+        ``petl_modules.tiny``, which the demo and the tests use, are 32 and 64 wide)."""
+        if self.hidden_size >= MIN_PRETRAINED_HIDDEN:
+            return None
+        return (f"The backbone '{getattr(self, 'source', self.family)}' is {self.hidden_size} "
+                f"wide, narrower than any released pretrained {self.family} encoder (those are "
+                f"{MIN_PRETRAINED_HIDDEN} wide or more): like the demo's tiny random backbone, training "
+                "on it checks the plumbing only, and its scores say nothing about the method or the "
+                "data. For results, use a pretrained checkpoint (--backbone_source, docs/own_data.md).")
+
     def padding_dependence(self):
         """None, or why (naming the option to change) an utterance's output depends on how it is
         padded in its batch (the output cache refuses such a lobe). Default: None."""
@@ -518,7 +534,6 @@ class Backbone(torch.nn.Module):
         """The transformers feature extractor that prepares inputs as ``input_processor`` does
         (the run's settings), whose ``save_pretrained`` writes ``preprocessor_config.json``; None
         when transformers has none that does (then ``copy_preprocessor_config`` is used)."""
-        return None
 
     def classification_model(self, classifier):
         """transformers' audio-classification model of the family holding this lobe's weights
