@@ -13,14 +13,20 @@ onnxruntime before it is kept (``petl_modules.sharing.onnx_export``). The defaul
 ``OUT_DIR`` (new, empty or a previous export: nothing else is overwritten) becomes a
 ``save_pretrained`` folder of the backbone with the trained weights folded in
 (``AutoModel.from_pretrained(OUT_DIR)`` loads it, and ``--backbone_source=OUT_DIR`` starts a new run
-from it), plus the task head in a side file::
+from it). Where the head maps exactly onto the family's transformers classification class (AST
+with pooling ``cls_distill``: ``ASTForAudioClassification``; the wav2vec2 family:
+``*ForSequenceClassification``; Whisper: ``WhisperForAudioClassification``; pooling ``mean``), it
+is that class with the trained head and the labels, which ``pipeline("audio-classification",
+model=OUT_DIR)`` runs as ``classify`` does (``petl_modules.sharing.head``); otherwise the base
+model, and the command says why. The head is also written in side files::
 
     OUT_DIR/
-    ├── config.json, model.safetensors   the merged backbone (plain transformers)
-    ├── preprocessor_config.json          the base checkpoint's, when it has one
+    ├── config.json, model.safetensors   the merged backbone (+ the head, id2label, label2id)
+    ├── preprocessor_config.json          the run's input settings (the family's feature extractor)
     ├── classifier_head.safetensors       the head: head.weight [C, D], head.bias [C]
     └── classifier_head.json              class_names (index order), task (multi-label: sigmoid per
-                                          class and its thresholds), pooling, input settings, origin
+                                          class and its thresholds), pooling, input settings, origin,
+                                          transformers_class and what pipeline gives otherwise
 
 Only methods whose result is a plain backbone can be exported: linear, BitFit, full fine-tuning and
 LoRA (merged). Methods that add modules (adapters, prompts, prefixes, MoA) are refused: use their

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 import torch
 import transformers
-from test_interop import TINY_MODEL_TYPES, petl_folder, save_tiny
+from test_interop import TINY_MODEL_TYPES, check_onnx, petl_folder, save_tiny
 
 from petl_modules.backbones.wav2vec2 import SEQUENCE_CLASSIFIERS
 from petl_modules.classify import PETLClassifier
@@ -22,6 +22,7 @@ from petl_modules.export import export_petl_model, pipeline_message
 from petl_modules.export import main as export_main
 from petl_modules.methods.classifier import POOLINGS, Classifier
 from petl_modules.sharing.head import read_head
+from petl_modules.sharing.peft_lora import import_peft_adapter
 
 # The class each family maps onto, and the pooling that maps (AST: its own CLS + distillation head).
 EXPECTED_CLASS = {"audio-spectrogram-transformer": "ASTForAudioClassification",
@@ -172,3 +173,19 @@ def test_peft_base_folder_has_the_run_preprocessor_config(tiny_ast, tmp_path):
     export_petl_model(folder, tmp_path / "peft", format="peft")
     extractor = transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "peft" / "base")
     assert type(extractor).__name__ == "ASTFeatureExtractor" and extractor.max_length == 64
+
+
+def test_a_cls_distill_head_goes_through_peft_export_and_import(tiny_ast, tmp_path):
+    """Its LayerNorm is in the side files (read_head) and comes back: the same scores."""
+    folder = petl_folder("lora", tiny_ast, tmp_path, pooling="cls_distill")
+    export_petl_model(folder, tmp_path / "peft", format="peft")
+    import_peft_adapter(tmp_path / "peft", tmp_path / "imported", max_frames=64)
+    (clip,) = write_clips(tmp_path, (8000,))
+    ours = PETLClassifier.from_folder(folder).classify_file(clip)[0][0]
+    imported = PETLClassifier.from_folder(tmp_path / "imported").classify_file(clip)[0][0]
+    assert torch.allclose(ours, imported, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_cls_distill_head_exports_to_onnx(tiny_ast, tmp_path):
+    check_onnx(petl_folder("lora", tiny_ast, tmp_path, pooling="cls_distill"), tmp_path / "onnx")
