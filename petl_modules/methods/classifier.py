@@ -55,9 +55,9 @@ class Classifier(torch.nn.Module):
             )
         if pooling == "cls_distill" and prompt_span is not None:
             raise ValueError(
-                "pooling 'cls_distill' pools AST's CLS and distillation tokens, but prompt tuning "
-                "puts its prompts in place of the distillation token: use pooling cls, mean or a "
-                "prompt pooling (prompts, speech, prompts+speech)."
+                "pooling 'cls_distill' pools the first two tokens (CLS and distillation), but "
+                "prompt tuning puts its prompts in place of the second: use pooling cls, mean or "
+                "a prompt pooling (prompts, speech, prompts+speech)."
             )
         self.prompt_span = None if prompt_span is None else [int(i) for i in prompt_span]
         if int(n_classes) < 2:
