@@ -15,14 +15,20 @@ fp32 answers. The default format:
 ``OUT_DIR`` (new, empty or a previous export: nothing else is overwritten) becomes a
 ``save_pretrained`` folder of the backbone with the trained weights folded in
 (``AutoModel.from_pretrained(OUT_DIR)`` loads it, and ``--backbone_source=OUT_DIR`` starts a new run
-from it), plus the task head in a side file::
+from it). Where the head maps exactly onto the family's transformers classification class (AST
+with pooling ``cls_distill``: ``ASTForAudioClassification``; the wav2vec2 family:
+``*ForSequenceClassification``; Whisper: ``WhisperForAudioClassification``; pooling ``mean``), it
+is that class with the trained head and the labels, which ``pipeline("audio-classification",
+model=OUT_DIR)`` runs as ``classify`` does (``petl_modules.sharing.head``); otherwise the base
+model, and the command says why. The head is also written in side files::
 
     OUT_DIR/
-    ├── config.json, model.safetensors   the merged backbone (plain transformers)
-    ├── preprocessor_config.json          the base checkpoint's, when it has one
+    ├── config.json, model.safetensors   the merged backbone (+ the head, id2label, label2id)
+    ├── preprocessor_config.json          the run's input settings (the family's feature extractor)
     ├── classifier_head.safetensors       the head: head.weight [C, D], head.bias [C]
     └── classifier_head.json              class_names (index order), task (multi-label: sigmoid per
-                                          class and its thresholds), pooling, input settings, origin
+                                          class and its thresholds), pooling, input settings, origin,
+                                          transformers_class and what pipeline gives otherwise
 
 Only methods whose result is a plain backbone can be exported: linear, BitFit, full fine-tuning and
 LoRA, DoRA, (IA)3 and VeRA (merged). Methods that add modules (adapters, prompts, prefixes, MoA) or
@@ -38,7 +44,12 @@ from petl_modules.files import readable_as_umask
 from petl_modules.model.folder import load_petl_model, merge_petl_model, unmerged_petl_modules
 from petl_modules.model.hub import resolve_model_dir
 from petl_modules.model.spec import PETLModelError
-from petl_modules.sharing.head import HEAD_CONFIG, HEAD_WEIGHTS, write_head  # noqa: F401 (names of its files)
+from petl_modules.sharing.head import (  # noqa: F401 (HEAD_WEIGHTS: the name of its file)
+    HEAD_CONFIG,
+    HEAD_WEIGHTS,
+    write_head,
+    write_transformers_checkpoint,
+)
 
 FORMATS = ("transformers", "peft", "onnx")
 # A folder holding one of these (and nothing but regular files, and a PEFT export's base/ folder)
@@ -149,14 +160,12 @@ def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lobe = modules["petl_model"].adapted_model
     try:
-        lobe.export_pretrained(out_dir)  # the lobe's checkpoint format (save_pretrained)
+        written = write_transformers_checkpoint(out_dir, modules, config, backbone_source)
     except ValueError as err:
         raise PETLModelError(str(err)) from None
-    # Its input processor's settings (e.g. do_normalize), so a run on the export sees the same inputs.
-    lobe.copy_preprocessor_config(backbone_source or config["backbone_source"], out_dir)
-    return write_head(out_dir, modules, config, backbone_source, merged_lora_modules=len(merged))
+    return write_head(out_dir, modules, config, backbone_source, merged_lora_modules=len(merged),
+                      **written)
 
 
 def main(argv=None):
@@ -192,6 +201,8 @@ def main(argv=None):
             "onnx": onnx_summary(side.get("parity", {}))}
     print(f"Exported {side['method']} model ({done[args.format]}, {len(side['class_names'])} "
           f"classes) to {args.out_dir}")
+    if args.format == "transformers":
+        print(pipeline_message(side, args.out_dir))
     return 0
 
 
@@ -202,6 +213,19 @@ def onnx_summary(check):
                 f"({check['near_ties']} near ties), max probability difference "
                 f"{check['max_abs_difference']:.2g}")
     return f"ONNX, onnxruntime parity {check.get('max_abs_difference', 0):.2g}"
+
+
+def pipeline_message(side, out_dir):
+    """What the transformers export gives ``pipeline("audio-classification")``: its class, and
+    why (or on which files) its scores are not ``classify``'s."""
+    if side["transformers_class"] is None:
+        return (f"Written as the base model with the head beside it (classifier_head.*): "
+                f"transformers' pipeline('audio-classification') cannot reproduce this head: "
+                f"{side['pipeline']}. Its scores: python -m petl_modules.classify "
+                f"{side['petl_model']} FILE...")
+    text = (f"Written as {side['transformers_class']} with its labels: "
+            f"pipeline('audio-classification', model='{out_dir}') gives classify's scores")
+    return text + (f", except that {side['pipeline']}." if side["pipeline"] else ".")
 
 
 if __name__ == "__main__":

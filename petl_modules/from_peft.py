@@ -3,7 +3,7 @@
 Usage::
 
     python -m petl_modules.from_peft ADAPTER_DIR OUT_DIR [--backbone_source=...]
-        [--class_names=a,b,c | --class_names=@labels.txt] [--pooling=mean|cls] [--seed=0]
+        [--class_names=a,b,c | --class_names=@labels.txt] [--pooling=mean|cls|cls_distill] [--seed=0]
         [--max_frames=N] [--clip_seconds=S]
 
 ``ADAPTER_DIR`` holds ``adapter_config.json`` and ``adapter_model.safetensors`` (read as data;
@@ -48,7 +48,8 @@ def main(argv=None):
     parser.add_argument("--class_names", type=class_names_argument, default=None,
                         help="a new head for these classes: a,b,c or @file (default: the head our "
                              "export wrote beside the adapter)")
-    parser.add_argument("--pooling", default="mean", choices=["mean", "cls"], help="a new head's pooling")
+    parser.add_argument("--pooling", default="mean", choices=["mean", "cls", "cls_distill"],
+                        help="a new head's pooling")
     parser.add_argument("--seed", type=int, default=0, help="a new head's initialisation seed")
     parser.add_argument("--max_frames", type=int, default=None,
                         help="AST: input frames (default: the base checkpoint's max_length)")

@@ -8,7 +8,9 @@ import logging
 import pytest
 import torch
 
+from petl_modules.backbones import Backbone
 from petl_modules.methods.adapters import Adapter
+from petl_modules.methods.config import METHODS, build_petl_model, method_class, method_config
 from petl_modules.methods.lora import LoRA
 from petl_modules.methods.moa import MixtureOfAdapters
 from petl_modules.training.compose import compose_hparams, load_hparams
@@ -77,3 +79,24 @@ def test_reference_init_warns_that_it_starts_away_and_names_init_identity(
     warnings = start_warnings(caplog)
     assert len(warnings) == (init == "reference")
     assert all("--init=identity" in w for w in warnings)
+
+
+NARROW_METHODS = [m for m in METHODS if "reduction_rate" in method_class(m).options()]
+
+
+def test_methods_with_a_width_are_found_in_the_registry():
+    assert {"adapter", "lora", "dense_moa", "soft_moa"} <= set(NARROW_METHODS)
+
+
+@pytest.mark.parametrize("method", NARROW_METHODS)
+@pytest.mark.parametrize("reduction_rate,narrow", [(32, True), (16, False)])
+def test_a_width_below_four_warns_once_naming_reduction_rate(method, reduction_rate, narrow, tiny_ast,
+                                                              caplog):
+    """On the tiny AST (hidden 64) reduction_rate 32 gives a bottleneck / rank of 2, 16 gives 4."""
+    lobe = Backbone(tiny_ast, max_frames=64)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        build_petl_model(lobe, method_config(method, {"reduction_rate": reduction_rate}))
+    warnings = [w for w in start_warnings(caplog) if "too narrow" in w]
+    assert len(warnings) == int(narrow)
+    if narrow:
+        assert "of 2 (round(64 / 32))" in warnings[0] and "--reduction_rate=16 or less" in warnings[0]

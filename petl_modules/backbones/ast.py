@@ -155,6 +155,34 @@ class ASTBackbone(Backbone):
         )
         self.config.max_length = max_frames
 
+    def feature_extractor(self):
+        """transformers' ``ASTFeatureExtractor`` with the run's settings (``max_frames``, mel
+        bins, normalisation statistics): the same fbank, padding and scaling as ``ASTFbank``."""
+        fbank = self.input_processor
+        return transformers.ASTFeatureExtractor(
+            sampling_rate=fbank.sample_rate, num_mel_bins=fbank.num_mel_bins,
+            max_length=fbank.max_frames, padding_value=0.0, do_normalize=True, mean=fbank.mean,
+            std=fbank.std, return_attention_mask=False)
+
+    def classification_model(self, classifier):
+        """``ASTForAudioClassification`` for a head of pooling ``cls_distill`` (its pooling: the
+        mean of the CLS and distillation tokens, its own LayerNorm, the linear layer); for the
+        other poolings, why not (see ``Backbone.classification_model``)."""
+        if classifier.pooling != "cls_distill":
+            return None, (
+                f"pooling '{classifier.pooling}': ASTForAudioClassification always pools the mean "
+                "of the CLS and distillation tokens through a LayerNorm of its own, which this "
+                "head does not; train with --pooling=cls_distill for an export that pipeline runs "
+                "as classify does")
+        if classifier.norm.eps != self.config.layer_norm_eps:
+            return None, (f"the checkpoint's layer_norm_eps {self.config.layer_norm_eps:g} is not "
+                          f"the head's LayerNorm epsilon {classifier.norm.eps:g}")
+        model = self._task_model(transformers.ASTForAudioClassification, classifier)
+        with torch.no_grad():
+            model.classifier.layernorm.load_state_dict(classifier.norm.state_dict())
+            model.classifier.dense.load_state_dict(classifier.head.state_dict())
+        return model, None
+
     def forward(self, inputs, lengths=None):
         """``inputs [B, max_frames, mel]`` -> ``(hidden [B, T, D], None)``; every token is valid
         (padding frames are zeros of the normalised fbank, as in AST training)."""

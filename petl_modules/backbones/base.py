@@ -24,6 +24,7 @@ the merged one. A lobe of one-file checkpoints (BEATs' ``.pt``) says which files
 
 
 import contextlib
+import copy
 import fnmatch
 import hashlib
 import inspect
@@ -48,6 +49,10 @@ from petl_modules.contract import (  # noqa: F401
 from petl_modules.options import check_options
 
 logger = logging.getLogger(__name__)
+
+# The narrowest released encoder of the supported families is 384 wide (whisper-tiny; AST and the
+# wav2vec2 family: 768): a narrower backbone is a test or demo one (``Backbone.plumbing_only``).
+MIN_PRETRAINED_HIDDEN = 256
 
 # config.json ``model_type`` -> lobe class name (filled by ``register``).
 FAMILIES = {}
@@ -495,6 +500,18 @@ class Backbone(torch.nn.Module):
     def has_cls_token(self):
         return False
 
+    def plumbing_only(self):
+        """None, or why training on this backbone checks the plumbing only: a hidden size below
+        ``MIN_PRETRAINED_HIDDEN`` is no released pretrained encoder (the tiny random configs of
+        ``petl_modules.tiny``, which the demo and the tests use, are 32 and 64 wide)."""
+        if self.hidden_size >= MIN_PRETRAINED_HIDDEN:
+            return None
+        return (f"The backbone '{getattr(self, 'source', self.family)}' is {self.hidden_size} "
+                f"wide, narrower than any released pretrained {self.family} encoder (those are "
+                f"{MIN_PRETRAINED_HIDDEN} wide or more): like the demo's tiny random backbone, training "
+                "on it checks the plumbing only, and its scores say nothing about the method or the "
+                "data. For results, use a pretrained checkpoint (--backbone_source, docs/own_data.md).")
+
     def padding_dependence(self):
         """None, or why (naming the option to change) an utterance's output depends on how it is
         padded in its batch (the output cache refuses such a lobe). Default: None."""
@@ -540,6 +557,50 @@ class Backbone(torch.nn.Module):
         """Writes the backbone (PETL modules merged or absent) to ``out_dir`` as a checkpoint
         that ``Backbone(out_dir)`` loads (``save_pretrained``)."""
         self.pretrained_model().save_pretrained(out_dir)
+
+    # ---------------------------------------------------------------- transformers' task class
+    def feature_extractor(self):
+        """The transformers feature extractor that prepares inputs as ``input_processor`` does
+        (the run's settings), whose ``save_pretrained`` writes ``preprocessor_config.json``; None
+        when transformers has none that does (then ``copy_preprocessor_config`` is used)."""
+
+    def classification_model(self, classifier):
+        """transformers' audio-classification model of the family holding this lobe's weights
+        (PETL modules merged or absent) and ``classifier``'s head, when the head maps onto it
+        exactly (what ``pipeline("audio-classification")`` loads).
+
+        Returns
+        -------
+        (model or None, str or None)
+            The model (labels still generic: the caller names them) and a note on inputs it
+            sees otherwise than ``classify``; or None and why the head does not map.
+        """
+        return None, f"transformers has no audio-classification class for the {self.family} lobe"
+
+    def _task_model(self, model_class, classifier, state=None, part=None, **config_changes):
+        """``model_class`` (a transformers task class of this family) built on a copy of the
+        lobe's config with ``classifier``'s number of classes and ``config_changes``; its base
+        model (or its submodule ``part``) holds the lobe's weights (or ``state``)."""
+        config = copy.deepcopy(self.pretrained_model().config)
+        config.num_labels = classifier.head.out_features
+        for name, value in config_changes.items():
+            setattr(config, name, value)
+        with quiet_transformers(), preserved_rng():
+            model = model_class(config)
+        target = model.get_submodule(part) if part else model.base_model
+        target.load_state_dict(self.pretrained_model().state_dict() if state is None else state)
+        return model.eval()
+
+    @staticmethod
+    def _identity_projector(model, classifier):
+        """The ``projector`` (hidden -> ``classifier_proj_size``, set to the hidden size) of a
+        transformers ``*ForSequenceClassification`` / ``WhisperForAudioClassification`` set to the
+        identity, its ``classifier`` to our linear head: mean pooling then our head, exactly."""
+        with torch.no_grad():
+            model.projector.weight.copy_(torch.eye(model.projector.weight.shape[0]))
+            model.projector.bias.zero_()
+            model.classifier.load_state_dict(classifier.head.state_dict())
+        return model
 
     @classmethod
     def copy_preprocessor_config(cls, source, out_dir):

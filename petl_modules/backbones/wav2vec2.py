@@ -80,6 +80,16 @@ def read_feature_extractor_config(source):
     return extractor.do_normalize, extractor.return_attention_mask, extractor.sampling_rate
 
 
+# model_type -> transformers' classification class (mean pooling under the attention mask, a
+# projector, a linear classifier), what ``classification_model`` writes.
+SEQUENCE_CLASSIFIERS = {
+    "wav2vec2": transformers.Wav2Vec2ForSequenceClassification,
+    "hubert": transformers.HubertForSequenceClassification,
+    "wavlm": transformers.WavLMForSequenceClassification,
+    "data2vec-audio": transformers.Data2VecAudioForSequenceClassification,
+}
+
+
 @register(*WAVEFORM_MODELS)
 class Wav2Vec2Backbone(Backbone):
     """wav2vec 2.0, HuBERT and WavLM (``transformers.{Wav2Vec2,Hubert,WavLM}Model``) as one lobe.
@@ -251,6 +261,35 @@ class Wav2Vec2Backbone(Backbone):
             return ("with clip_seconds=null this checkpoint (no attention mask) gives outputs that "
                     "depend on the padding of each batch: set --clip_seconds")
         return None
+
+    # ---------------------------------------------------------------- transformers' task class
+    def feature_extractor(self):
+        """``Wav2Vec2FeatureExtractor`` with the run's settings (``do_normalize``, attention mask,
+        rate). It has no clip length: ``pipeline`` feeds whole files."""
+        wave = self.input_processor
+        return transformers.Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=wave.sample_rate, padding_value=0.0,
+            do_normalize=wave.normalize, return_attention_mask=self.use_attention_mask)
+
+    def classification_model(self, classifier):
+        """``*ForSequenceClassification`` for a head of pooling ``mean``: the mean over the valid
+        frames, a projector set to the identity, our linear layer (``classifier_proj_size`` =
+        hidden size, no weighted layer sum). The note says which files ``pipeline`` sees otherwise
+        than ``classify`` when the run cut them to ``clip_seconds``."""
+        if classifier.pooling != "mean":
+            return None, (f"pooling '{classifier.pooling}': {SEQUENCE_CLASSIFIERS[self.model_type].__name__}"
+                          " pools the mean of the frames")
+        model = self._task_model(SEQUENCE_CLASSIFIERS[self.model_type], classifier,
+                                 classifier_proj_size=self.hidden_size, use_weighted_layer_sum=False)
+        note = None
+        if self.clip_samples is not None:
+            shorter = "" if self.use_attention_mask else (
+                "; shorter ones too (this checkpoint takes no attention mask, so the run's zero "
+                "padding to the clip changed their outputs)")
+            note = (f"pipeline feeds whole files, but this run cut every file to clip_seconds="
+                    f"{self.clip_seconds:g}: files longer than that get other scores than classify"
+                    f"{shorter}; train with --clip_seconds=null for scores equal on every file")
+        return self._identity_projector(model, classifier), note
 
     # ---------------------------------------------------------------- forward
     def frame_lengths(self, samples):

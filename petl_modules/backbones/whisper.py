@@ -233,6 +233,46 @@ class WhisperBackbone(Backbone):
             )
         self.input_processor = WhisperLogMel.from_extractor(extractor, self.clip_samples)
 
+    # ---------------------------------------------------------------- transformers' task class
+    def _clip_chunk(self):
+        """``(chunk_length, None)``: the clip in whole seconds (``WhisperFeatureExtractor``'s
+        ``chunk_length``, which pads every input to it) when the encoder can take exactly that many
+        frames; else ``(None, why not)``."""
+        logmel = self.input_processor
+        seconds = self.clip_samples / logmel.sample_rate
+        if not float(seconds).is_integer() or logmel.frames % 2:
+            return None, (f"clip_seconds={self.clip_seconds:g}: WhisperFeatureExtractor pads every "
+                          "input to whole seconds (chunk_length); train with a clip of whole "
+                          "seconds, or clip_seconds=null (the full input)")
+        return int(seconds), None
+
+    def feature_extractor(self):
+        """``WhisperFeatureExtractor`` with the checkpoint's settings and the run's clip as its
+        ``chunk_length``; None when the clip is not whole seconds (``_clip_chunk``)."""
+        chunk, _ = self._clip_chunk()
+        if chunk is None:
+            return None
+        settings = dict(self.input_processor.settings)
+        return transformers.WhisperFeatureExtractor(chunk_length=chunk, **settings)
+
+    def classification_model(self, classifier):
+        """``WhisperForAudioClassification`` for a head of pooling ``mean`` (its pooling: the mean
+        of the encoder's tokens, a projector set to the identity, our linear layer) on the run's
+        clip: ``max_source_positions`` is the clip's tokens, their sinusoidal embeddings the first
+        ones (what the lobe adds), so its encoder takes the clip's frames as the lobe does."""
+        if classifier.pooling != "mean":
+            return None, f"pooling '{classifier.pooling}': WhisperForAudioClassification pools the mean of the tokens"
+        chunk, why = self._clip_chunk()
+        if chunk is None:
+            return None, why
+        tokens = self.input_processor.frames // 2
+        state = dict(self.pretrained_model().state_dict())
+        state["embed_positions.weight"] = state["embed_positions.weight"][:tokens]
+        model = self._task_model(transformers.WhisperForAudioClassification, classifier, state=state,
+                                 part="encoder", max_source_positions=tokens,
+                                 classifier_proj_size=self.hidden_size, use_weighted_layer_sum=False)
+        return self._identity_projector(model, classifier), None
+
     @classmethod
     def checkpoint_state(cls, source):
         """The encoder's weights as the lobe loads them (any layout; the decoder left out), and the

@@ -141,6 +141,11 @@ class AdaptedBackbone(AdaptedModel):
                     kwargs[key] = value
             replace_module(backbone, name, self.adapter_class(module, **kwargs))
         warnings = []
+        if "reduction_rate" in self.adapter_kwargs:  # the bottleneck / rank of every module
+            from petl_modules.methods.adapters import narrow_width_warning
+
+            narrow = narrow_width_warning(backbone.hidden_size, self.adapter_kwargs["reduction_rate"])
+            warnings += [narrow] if narrow else []
         for module in backbone.modules():
             if isinstance(module, PETLModule):
                 warnings += [w for w in module.start_warnings() if w not in warnings]

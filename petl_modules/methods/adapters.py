@@ -95,6 +95,29 @@ def bottleneck_width(hidden_size, reduction_rate):
     return width
 
 
+# Below this bottleneck width / LoRA rank a method is a warning (``narrow_width_warning``).
+MIN_WIDTH = 4
+
+
+def narrow_width_warning(hidden_size, reduction_rate):
+    """The warning for a bottleneck width / rank ``round(hidden_size / reduction_rate)`` under
+    ``MIN_WIDTH`` (e.g. the default ``reduction_rate`` 96 of a backbone 64 wide: width 1), naming
+    the value of ``--reduction_rate`` that gives ``MIN_WIDTH``; None when wide enough.
+
+    Example
+    -------
+    >>> narrow_width_warning(768, 96) is None
+    True
+    """
+    width = bottleneck_width(hidden_size, reduction_rate)
+    if width >= MIN_WIDTH:
+        return None
+    return (f"reduction_rate={float(reduction_rate):g} on this backbone's hidden size {hidden_size} "
+            f"gives a bottleneck width / LoRA rank of {width} (round({hidden_size} / "
+            f"{float(reduction_rate):g})): too narrow to learn much. --reduction_rate="
+            f"{int(hidden_size) // MIN_WIDTH} or less gives at least {MIN_WIDTH}.")
+
+
 def reference_init_(module):
     """In place: every Linear of ``module`` as transformers' ``_init_weights`` of the reference's
     era (truncated N(0, 0.02) weight, zero bias). Other layers keep their own initialisation."""

@@ -1,9 +1,15 @@
-"""The task head beside an exported backbone: ``classifier_head.safetensors`` + ``classifier_head.json``.
+"""The task head of an exported backbone: in transformers' own classification class where it maps
+onto it exactly, and always beside it as ``classifier_head.safetensors`` + ``classifier_head.json``.
 
-transformers' base models (``ASTModel``, ``Wav2Vec2Model``, ...) have no place for our head (a
-pooling and one linear layer), so the plain and PEFT exports write it beside them::
+``write_transformers_checkpoint`` writes the merged backbone as the family's audio-classification
+class (``ASTForAudioClassification`` for pooling ``cls_distill``, ``*ForSequenceClassification``
+for the wav2vec2 family and ``WhisperForAudioClassification`` for pooling ``mean``: the lobes'
+``classification_model``) with ``id2label``/``label2id`` (and ``problem_type`` for multi-label),
+so that ``pipeline("audio-classification", model=OUT)`` gives ``classify``'s scores; otherwise as
+the base model (``ASTModel``, ...), which has no place for our head. Both with the run's
+``preprocessor_config.json``. The side files (the PETL-AST reading of the head)::
 
-    classifier_head.safetensors   head.weight [C, D], head.bias [C]
+    classifier_head.safetensors   head.weight [C, D], head.bias [C] (cls_distill: norm.weight/bias [D])
     classifier_head.json          class_names (index order), pooling, input settings, origin
 
 ``read_head`` reads it back as data (JSON + safetensors), e.g. when a PEFT adapter we exported is
@@ -21,6 +27,43 @@ from petl_modules.model.task import Task
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"
 MAX_HEAD_CONFIG_BYTES = 16 * 2 ** 20
+
+
+def write_preprocessor_config(lobe, source, out_dir):
+    """``preprocessor_config.json`` of the run's input settings (``lobe.feature_extractor()``);
+    where transformers has no extractor for them, the base checkpoint's ``source`` copied (when
+    it has one)."""
+    extractor = lobe.feature_extractor()
+    if extractor is None:
+        return lobe.copy_preprocessor_config(source, out_dir)
+    extractor.save_pretrained(out_dir)
+    return True
+
+
+def write_transformers_checkpoint(out_dir, modules, config, backbone_source):
+    """Writes the merged backbone of ``modules`` to ``out_dir`` (see the module docstring).
+
+    Returns
+    -------
+    dict
+        ``transformers_class`` (the class written, or None: the base model) and ``pipeline``
+        (None, or why ``pipeline("audio-classification")`` does not give ``classify``'s scores,
+        or on which files it does not).
+    """
+    lobe = modules["petl_model"].adapted_model
+    model, note = lobe.classification_model(modules["classifier"])
+    if model is None:
+        lobe.export_pretrained(out_dir)  # the lobe's checkpoint format (save_pretrained)
+    else:
+        names = list(config["class_names"])
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {name: index for index, name in enumerate(names)}
+        if config.get("task") == "multilabel":
+            model.config.problem_type = "multi_label_classification"
+        model.save_pretrained(out_dir)
+    write_preprocessor_config(lobe, backbone_source or config["backbone_source"], out_dir)
+    return {"transformers_class": None if model is None else type(model).__name__,
+            "pipeline": note}
 
 
 def write_head(out_dir, modules, config, backbone_source, **extra):
@@ -63,7 +106,8 @@ def read_head(folder):
         raise ValueError(f"{folder}: the saved head cannot be read ({err}).") from None
     names = side.get("class_names") if isinstance(side, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
-            or set(state) != {"head.weight", "head.bias"} or state["head.weight"].dim() != 2 \
+            or set(state) - {"norm.weight", "norm.bias"} != {"head.weight", "head.bias"} \
+            or state["head.weight"].dim() != 2 \
             or state["head.weight"].shape[0] != len(names):
         raise ValueError(f"{folder}: {HEAD_CONFIG} / {HEAD_WEIGHTS} are not a head written by "
                          "PETL-AST (class_names and head.weight [C, D], head.bias [C]).")

@@ -70,7 +70,7 @@ from petl_modules.methods.vera import VeRA, VeraConfig, VeraProjections
 from petl_modules.model.bases import remember_local_base
 from petl_modules.model.folder import attach_modules, save_model_folder, unmerged_petl_modules
 from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
-from petl_modules.sharing.head import read_head, write_head
+from petl_modules.sharing.head import read_head, write_head, write_preprocessor_config
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -333,7 +333,7 @@ def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", 
     base_reference = source
     if fresh.changed_from_checkpoint():
         base.save_pretrained(out_dir / BASE_FOLDER)
-        fresh.copy_preprocessor_config(source, out_dir / BASE_FOLDER)
+        write_preprocessor_config(fresh, source, out_dir / BASE_FOLDER)  # the run's input settings
         base_reference = str((out_dir / BASE_FOLDER).resolve())
     elif (out_dir / BASE_FOLDER).is_dir():  # a previous export's base, no longer this model's
         shutil.rmtree(out_dir / BASE_FOLDER)

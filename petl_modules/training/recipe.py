@@ -492,6 +492,8 @@ class Run:
             "requested_folds": [f for f in folds if f is not None],
         }
         self.header.update(parameter_report(hparams["modules"]))  # the same model in every fold
+        # Said once per command (every fold has the same backbone), where the run's log shows it.
+        self.plumbing_warning = hparams["backbone"].plumbing_only()
 
     def prepare(self, prepare):
         """Runs the recipe's ``prepare(hparams)`` on the main process (SpeechBrain's
@@ -537,6 +539,9 @@ class Run:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "hyperparams.yaml").write_text(self.yaml_text)
         sb.create_experiment_directory(experiment_directory=str(folder))
+        if self.plumbing_warning:
+            logger.warning(self.plumbing_warning)
+            self.plumbing_warning = None
         report = parameter_report(hparams["modules"])
         logger.info(
             f"trainable params: {report['trainable_params']:,} "
@@ -639,6 +644,33 @@ def _distributed():
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+# Fewer validation clips than this make the choice of the best epoch a warning.
+MIN_VALIDATION_CLIPS = 50
+
+
+def small_validation_warning(clips, hparams, files=None):
+    """None, or the warning for a validation split of ``clips`` files (fewer than
+    ``MIN_VALIDATION_CLIPS``) from which the best of several epochs is chosen, saying how to
+    enlarge it (own data: ``--valid_fraction`` of the ``files`` of all splits, when the recipe
+    draws the split; else more files in it)."""
+    if clips >= MIN_VALIDATION_CLIPS or int(hparams.get("number_of_epochs", 1)) <= 1:
+        return None
+    text = (f"The validation split has {clips} clips (fewer than {MIN_VALIDATION_CLIPS}): the best "
+            "epoch is chosen on it, and on so few clips that choice is noisy (one clip moves the "
+            f"accuracy by {100 / max(clips, 1):.1f} points). Enlarge it: ")
+    more = "put more files in the validation split (its folder or its rows of the manifest)"
+    if hparams.get("valid_fraction") and files:
+        wanted = MIN_VALIDATION_CLIPS / files
+        if wanted <= 0.5:
+            more = (f"where the recipe draws the split, --valid_fraction="
+                    f"{math.ceil(wanted * 100) / 100:g} (now {float(hparams['valid_fraction']):g}) "
+                    f"puts about {MIN_VALIDATION_CLIPS} of the {files} files there; else " + more)
+        else:
+            more = (f"add files ({files} in all: a --valid_fraction large enough would leave too "
+                    "few to train), or " + more)
+    return text + more + "."
+
+
 def fold_datasets(datasets, hparams, run_opts):
     """Makes a fold's ``{"train", "valid", "test"}`` datasets (``wav`` and ``label`` fields, from
     the recipe's ``make_datasets``) ready for the Brain: labels checked and encoded (the encoder
@@ -663,6 +695,10 @@ def fold_datasets(datasets, hparams, run_opts):
         hparams["loss_weights"] = task.class_weights(labels, class_names)
         shown = ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, hparams["loss_weights"].tolist()))
         logger.info(f"class_weights=balanced: loss weights per class: {shown}")
+    small = small_validation_warning(len(datasets["valid"]), hparams,
+                                     sum(len(d) for d in datasets.values()))
+    if small:
+        logger.warning(small)
     processor = hparams["backbone"].input_processor
     if hparams.get("dynamic_batching"):
         try:
