@@ -536,3 +536,90 @@ def test_deeply_nested_run_identity_is_a_clear_error(tmp_path):
     (tmp_path / IDENTITY_FILE).write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(RunFolderError, match="cannot be read"):
         check_run_identity(tmp_path, {"options": {}, "schedule": {}})
+
+
+# ==================================================================== round 3 (issue 32)
+HUB_KERNEL = "evil-org/evil-kernel"
+
+
+@pytest.fixture
+def kernels_reached(monkeypatch):
+    """Every entry point to the ``kernels`` package (what fetches and loads a Hub kernel) patched
+    to record the call and fail; the test asserts the list stays empty."""
+    import kernels
+    import transformers.modeling_utils
+    from transformers.integrations import hub_kernels
+
+    reached = []
+
+    def refuse(*args, **kwargs):
+        reached.append(args)
+        raise AssertionError(f"the kernels package was reached: {args}")
+
+    monkeypatch.setattr(kernels, "get_kernel", refuse)
+    for name in ("get_kernel", "load_and_register_attn_kernel", "lazy_load_kernel"):
+        monkeypatch.setattr(hub_kernels, name, refuse)
+    monkeypatch.setattr(transformers.modeling_utils, "lazy_import_flash_attention", refuse)
+    return reached
+
+
+def kernel_base(source, tmp_path, value=HUB_KERNEL, key="attn_implementation"):
+    """A copy of the checkpoint folder ``source`` whose config.json names ``value`` as its
+    attention implementation."""
+    folder = tmp_path / f"kernel_{Path(source).name}"
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+@pytest.mark.parametrize("key, value", [("attn_implementation", HUB_KERNEL),
+                                        ("_attn_implementation", HUB_KERNEL),
+                                        ("attn_implementation", {"": HUB_KERNEL})])
+def test_a_backbone_naming_a_hub_kernel_is_refused_by_every_family(key, value, tiny_backbones,
+                                                                    tmp_path, kernels_reached):
+    from petl_modules.backbones import Backbone
+    from petl_modules.backbones.base import checkpoint_fingerprint
+
+    for name, source in tiny_backbones.items():
+        base = kernel_base(source, tmp_path / name, value, key)
+        for load in (lambda: Backbone(base, max_frames=64), lambda: checkpoint_fingerprint(base)):
+            with pytest.raises(OSError, match=f"names the attention implementation '{HUB_KERNEL}'"):
+                load()
+    assert not kernels_reached
+
+
+def test_a_hub_kernel_given_as_the_attention_option_is_refused(tiny_ast, kernels_reached):
+    from petl_modules.backbones import Backbone
+
+    with pytest.raises(OSError, match=f"attn_implementation '{HUB_KERNEL}' is not supported"):
+        Backbone(str(tiny_ast), attn_implementation=HUB_KERNEL)
+    assert not kernels_reached
+
+
+def test_every_tool_refuses_a_base_naming_a_hub_kernel(good_folder, legacy, tmp_path, capsys,
+                                                       kernels_reached):
+    from petl_modules import from_peft as from_peft_cli
+
+    adapter = tmp_path / "peft"
+    assert export_cli.main([str(good_folder), str(adapter), "--format=peft"]) == 0
+    base = kernel_base(legacy / "tiny_ast", tmp_path)
+    other = shutil.copytree(good_folder, tmp_path / "other_task")
+    given = f"--backbone_source={base}"
+    wav = str(tmp_path / "x.wav")
+    runs = {
+        "classify": lambda: classify_cli.main([str(good_folder), wav, given]),
+        "several tasks": lambda: classify_cli.main(["--model", str(good_folder), "--model",
+                                                    str(other), given, "--", wav]),
+        **{f"export {f}": lambda f=f: export_cli.main([str(good_folder), str(tmp_path / f),
+                                                       f"--format={f}", given])
+           for f in ("transformers", "peft", "onnx")},
+        "from_peft": lambda: from_peft_cli.main([str(adapter), str(tmp_path / "imported"), given]),
+    }
+    for name, run in runs.items():
+        assert run() == 2, name
+        err = capsys.readouterr().err
+        assert err.count("Error:") == 1 and f"'{HUB_KERNEL}'" in err, (name, err)
+    assert not kernels_reached
+    assert not any((tmp_path / f).exists() for f in ("transformers", "peft_", "onnx", "imported"))
