@@ -623,3 +623,97 @@ def test_every_tool_refuses_a_base_naming_a_hub_kernel(good_folder, legacy, tmp_
         assert err.count("Error:") == 1 and f"'{HUB_KERNEL}'" in err, (name, err)
     assert not kernels_reached
     assert not any((tmp_path / f).exists() for f in ("transformers", "peft_", "onnx", "imported"))
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(good_folder, tmp_path_factory):
+    """The PEFT export of ``good_folder`` (adapter + our head beside it)."""
+    out = tmp_path_factory.mktemp("peft") / "adapter"
+    assert export_cli.main([str(good_folder), str(out), "--format=peft"]) == 0
+    return out
+
+
+def run_tool(module, *args, seconds=60):
+    """``petl_modules.<module>.main(args)`` in this process: ``(exit code, stderr)``; a tool still
+    running after ``seconds`` (a hang, what these attacks caused) is interrupted and fails the
+    test (regular expression matching and integer powers check for signals)."""
+    import importlib
+    import signal
+    import sys
+
+    class Hang(BaseException):  # not an OSError (TimeoutError is): no tool catches it
+        pass
+
+    def interrupt(*_):
+        raise Hang
+
+    main = importlib.import_module(f"petl_modules.{module}").main
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(seconds)
+    capture = __import__("io").StringIO()
+    stderr, sys.stderr = sys.stderr, capture
+    try:
+        code = main([str(a) for a in args])
+    except Hang:
+        pytest.fail(f"petl_modules.{module} still ran after {seconds} s")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        sys.stderr = stderr
+    return code, capture.getvalue()
+
+
+# HyperPyYAML arithmetic that grows without end (4 KB): what a value reaching an evaluator runs.
+EXPONENT_TOWER = "<n_classes>" + "**<n_classes>" * 320
+
+
+def test_a_4kb_backbone_source_of_arithmetic_is_a_clear_error(legacy, tmp_path):
+    folder = tmp_path / "tower"
+    shutil.copytree(legacy / "petl_model_v3_lora", folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["backbone_source"] = config["options"]["backbone_source"] = EXPONENT_TOWER
+    config["fingerprint"] = None
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    assert len(EXPONENT_TOWER) > 4000
+    for module, args in (("classify", [folder, tmp_path / "x.wav"]),
+                         ("export", [folder, tmp_path / "out"])):
+        code, err = run_tool(module, *args)
+        assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, (module, err)
+        assert "backbone_source" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_4kb_head_pooling_of_arithmetic_is_a_clear_error(peft_adapter, tmp_path):
+    adapter = shutil.copytree(peft_adapter, tmp_path / "adapter")
+    side = json.loads((adapter / "classifier_head.json").read_text())
+    side["pooling"] = EXPONENT_TOWER
+    (adapter / "classifier_head.json").write_text(json.dumps(side))
+    code, err = run_tool("from_peft", adapter, tmp_path / "imported")
+    assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
+    assert "pooling" in err and "classifier_head.json" in err, err
+    assert not (tmp_path / "imported").exists()
+
+
+@pytest.mark.parametrize("targets", [r"^(([a-z_.0-9])+)+!$", ["q_proj", r"(\w+\.?)+!"], [7]],
+                         ids=["regex", "regex_in_list", "not_a_name"])
+def test_a_regex_in_target_modules_is_refused(targets, peft_adapter, tmp_path):
+    adapter = shutil.copytree(peft_adapter, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["target_modules"] = targets
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    code, err = run_tool("from_peft", adapter, tmp_path / "imported")
+    assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
+    assert "target_modules" in err, err
+    assert not (tmp_path / "imported").exists()
+
+
+@pytest.mark.parametrize("key, value", [("r", float("nan")), ("r", float("inf")), ("r", 2.5),
+                                        ("lora_alpha", float("nan")), ("lora_alpha", float("-inf"))])
+def test_a_lora_rank_or_alpha_of_nan_or_infinity_is_a_clear_error(key, value, peft_adapter, tmp_path):
+    adapter = shutil.copytree(peft_adapter, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config[key] = value
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    code, err = run_tool("from_peft", adapter, tmp_path / "imported")
+    assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
+    assert f"{key}=" in err, err

@@ -36,6 +36,7 @@ clip; refused too.
 
 import copy
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -78,7 +79,7 @@ NEUTRAL = {
     "lora_bias": False, "fan_in_fan_out": False, "target_parameters": None,
     "trainable_token_indices": None, "use_qalora": False, "use_bdlora": None,
     "alora_invocation_tokens": None, "megatron_config": None, "arrow_config": None,
-    "kasa_config": None, "velora_config": None, "monteclora_config": None,
+    "kasa_config": None, "velora_config": None, "monteclora_config": None, "exclude_modules": None,
 }
 WHY_NOT = {
     "peft_type": "only LoRA adapters map onto our LoRA",
@@ -92,6 +93,8 @@ WHY_NOT = {
     "bias": "trained biases are not part of our LoRA",
     "lora_bias": "a bias on lora_B is not part of our LoRA",
     "fan_in_fan_out": "transposed (Conv1D) weights; our targets are nn.Linear",
+    "exclude_modules": "modules left out (PEFT reads a string as a regular expression); ours adapts "
+                       "every projection",
 }
 MAX_CONFIG_BYTES = 16 * 2 ** 20
 
@@ -313,6 +316,24 @@ def read_adapter(adapter_dir):
     return adapter, state
 
 
+# PEFT reads a string ``target_modules`` as a regular expression, matched against every module
+# name (a crafted one backtracks for hours): only a list of plain module names, or one of the
+# patterns our export writes (none so far: it writes plain names), is read.
+EXPORTED_TARGET_PATTERNS = frozenset()
+PLAIN_MODULE_NAME = re.compile(r"[A-Za-z0-9_]{1,100}(\.[A-Za-z0-9_]{1,100}){0,7}")
+
+
+def target_module_problems(targets):
+    """Why ``target_modules`` of an adapter_config.json is refused (empty list: it is not)."""
+    if isinstance(targets, str) and targets in EXPORTED_TARGET_PATTERNS:
+        return []
+    if isinstance(targets, list) and 0 < len(targets) <= 64 and all(
+            isinstance(t, str) and PLAIN_MODULE_NAME.fullmatch(t) for t in targets):
+        return []
+    return [f"target_modules={json.dumps(targets)[:60]}: expected a list of plain module names "
+            "(q_proj, k_proj, ...); a regular expression is not read"]
+
+
 def check_adapter_config(adapter, where):
     """Raises ``PETLModelError`` naming every setting our LoRA cannot represent."""
     def unset(value):  # None, false or empty (PEFT writes either for "not used")
@@ -326,8 +347,11 @@ def check_adapter_config(adapter, where):
             problems.append(f"{key}={json.dumps(value)[:60]}: {reason}")
     for key in ("r", "lora_alpha"):
         value = adapter.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            problems.append(f"{key}={value!r}: expected a positive number")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or value <= 0 or (key == "r" and value != int(value)):
+            problems.append(f"{key}={str(value)[:40]}: expected a positive "
+                            + ("integer" if key == "r" else "finite number"))
+    problems += target_module_problems(adapter.get("target_modules"))
     if problems:
         raise PETLModelError(f"{where} cannot be imported as our LoRA:\n  " + "\n  ".join(problems))
 
