@@ -187,6 +187,10 @@ CRAFTED_CONFIGS = [
     ("hub_kernel_attention",
      lambda m: backbone_option("attn_implementation", "kernels-community/flash-attn"),
      "unknown option 'attn_implementation'"),
+    # A size option is bounded by the backbone's dimensions before anything of that size is
+    # allocated (1e-5: a LoRA rank of 6,400,000 on hidden 64, ~13 GB).
+    ("reduction_rate_far_below_one", lambda m: method_option("reduction_rate", 1e-5),
+     "wider than the backbone"),
     ("number_option_of_the_wrong_type", lambda m: backbone_option("max_frames", "64"), "is not valid"),
     ("base_named_by_a_path", lambda m: section("backbone", "local_name", "../../etc"),
      "not a plain folder name"),
@@ -717,3 +721,20 @@ def test_a_lora_rank_or_alpha_of_nan_or_infinity_is_a_clear_error(key, value, pe
     code, err = run_tool("from_peft", adapter, tmp_path / "imported")
     assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
     assert f"{key}=" in err, err
+
+
+def test_an_allocation_failure_while_building_is_a_clear_error(good_folder, tmp_path, monkeypatch,
+                                                               capsys):
+    from petl_modules.methods import lora
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 13107200000 bytes. Error code 12")
+
+    monkeypatch.setattr(lora.LoraConfig, "build", fail)
+    with pytest.raises(PETLModelError, match="Not enough memory to build the 'lora' model"):
+        load_petl_model(good_folder)
+    for name, load in loaders(good_folder, tmp_path)[1:]:
+        assert load() == 2, name
+        err = capsys.readouterr().err
+        assert err.count("Error:") == 1 and "Not enough memory" in err, (name, err)

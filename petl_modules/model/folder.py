@@ -74,11 +74,22 @@ def attach_modules(spec, lobe):
     """``{"petl_model", "classifier"}`` of ``spec`` on a lobe already built (the method's modules
     attached to it, the head), the trained tensors at their initial values; the global random
     state is left as it was."""
-    with preserved_rng():
-        petl_model = spec.method.build(lobe)
-        spec.method.restore(petl_model, spec.method_state)
-        classifier = Classifier(lobe.hidden_size, len(spec.class_names), spec.pooling,
-                                prompt_span(petl_model))
+    try:
+        with preserved_rng():
+            petl_model = spec.method.build(lobe)
+            spec.method.restore(petl_model, spec.method_state)
+            classifier = Classifier(lobe.hidden_size, len(spec.class_names), spec.pooling,
+                                    prompt_span(petl_model))
+    except ValueError as err:  # an option that does not fit this backbone
+        raise PETLModelError(f"The '{spec.method.name}' model cannot be built on "
+                             f"{spec.backbone.name()}: {err}") from None
+    except (MemoryError, RuntimeError) as err:  # the allocator's own error, e.g. "can't allocate"
+        if isinstance(err, RuntimeError) and "alloc" not in str(err).lower():
+            raise
+        raise PETLModelError(
+            f"Not enough memory to build the '{spec.method.name}' model ({spec.method.to_dict()}) "
+            f"on {spec.backbone.name()}: {str(err).splitlines()[0][:200]}. Its options ask for "
+            "more than this machine has: check them, or load it on a larger machine.") from None
     return {"petl_model": petl_model, "classifier": classifier}
 
 
@@ -210,42 +221,56 @@ def check_fingerprint(spec, lobe, where):
         )
 
 
-def load_trained_state(modules, model_dir, spec):
-    """Loads ``petl_weights.safetensors`` over built ``modules``: exactly the tensors the built
-    model trains must be there, with their shapes (missing or unexpected ones are an error)."""
-    path = Path(model_dir) / WEIGHTS_FILE
+def stored_shapes(path):
+    """``{name: (shape, dtype name)}`` of a safetensors file, from its header only (no tensor is
+    read); ``PETLModelError`` for a damaged file."""
     try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for damaged files
+        with safe_open(str(path), "pt") as weights:
+            return {name: (tuple(weights.get_slice(name).get_shape()), weights.get_slice(name).get_dtype())
+                    for name in weights.keys()}
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
         raise PETLModelError(f"{path} is not a readable safetensors file ({err}); copy the folder "
                              "again from where it came from.") from None
-    head = state.get("classifier.head.weight")
-    if head is not None and head.dim() == 2 and head.shape[0] != len(spec.class_names):
+
+
+def load_trained_state(modules, model_dir, spec):
+    """Loads ``petl_weights.safetensors`` over built ``modules``: exactly the tensors the built
+    model trains must be there, with their shapes (missing or unexpected ones are an error),
+    compared with the file's header before any tensor is read."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    shapes = stored_shapes(path)
+    head = shapes.get("classifier.head.weight", ((),))[0]
+    if len(head) == 2 and head[0] != len(spec.class_names):
         raise PETLModelError(
             f"{model_dir}: {len(spec.class_names)} class_names but the saved head has "
-            f"{head.shape[0]} outputs; the config was edited by hand."
+            f"{head[0]} outputs; the config was edited by hand."
         )
     parameters, buffers = trained_tensor_names(modules)
     expected = set(parameters) | set(buffers)
-    problems = [f"{name}: missing" for name in sorted(expected - set(state))]
-    problems += [f"{name}: not a tensor of the rebuilt model" for name in sorted(set(state) - expected)]
-    parts = {}
-    for key in ("petl_model", "classifier"):
-        own = modules[key].state_dict()
-        parts[key] = {n.split(".", 1)[1]: t for n, t in state.items()
-                      if n.split(".", 1)[0] == key and n in expected}
-        for name, tensor in parts[key].items():
-            if own[name].shape != tensor.shape or own[name].dtype.is_floating_point != tensor.dtype.is_floating_point:
-                problems.append(f"{key}.{name} has shape {tuple(tensor.shape)} ({tensor.dtype}), "
-                                f"the rebuilt model {tuple(own[name].shape)} ({own[name].dtype})")
+    problems = [f"{name}: missing" for name in sorted(expected - set(shapes))]
+    problems += [f"{name}: not a tensor of the rebuilt model" for name in sorted(set(shapes) - expected)]
+    own = {f"{key}.{n}": t for key in ("petl_model", "classifier")
+           for n, t in modules[key].state_dict().items()}
+    floating = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+    for name in sorted(expected & set(shapes)):
+        shape, dtype = shapes[name]
+        if tuple(own[name].shape) != shape or own[name].dtype.is_floating_point != (dtype in floating):
+            problems.append(f"{name} has shape {shape} ({dtype}), the rebuilt model "
+                            f"{tuple(own[name].shape)} ({own[name].dtype})")
     if problems:
         raise PETLModelError(
             f"The tensors in {path} do not fit the '{spec.method.name}' model rebuilt from its "
             f"config ({len(problems)} problem(s)):\n  " + "\n  ".join(problems[:10])
             + "\nThe folder was damaged, edited by hand or written by another version of the code."
         )
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
+        raise PETLModelError(f"{path} is not a readable safetensors file ({err}); copy the folder "
+                             "again from where it came from.") from None
     for key in ("petl_model", "classifier"):
-        modules[key].load_state_dict(parts[key], strict=False)  # the frozen rest is the base's
+        part = {n.split(".", 1)[1]: t for n, t in state.items() if n.split(".", 1)[0] == key}
+        modules[key].load_state_dict(part, strict=False)  # the frozen rest is the base's
 
 
 def load_model(model_dir, backbone_source=None, device="cpu", check=True):
