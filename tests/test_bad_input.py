@@ -232,3 +232,93 @@ def test_clip_shorter_than_one_window_is_padded_with_a_warning(fsc_data, tiny_as
     assert isinstance(results, dict), results
     log = (tmp_path / "out" / "log.txt").read_text()
     assert any(str(short) in line and "padded" in line for line in log.splitlines()), log[-3000:]
+
+
+def _wavs(folder, count):
+    import numpy as np
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        soundfile.write(folder / f"{index}.wav", np.full(1600, 0.1 * (index + 1), dtype="float32"), 16000)
+    return folder
+
+
+@pytest.mark.parametrize("label", ["", "  ", "two\nlines", "carriage\rreturn", "nul\x00byte"],
+                         ids=["empty", "blank", "newline", "cr", "nul"])
+def test_a_label_no_format_carries_is_refused_at_preparation_naming_the_row(label, tmp_path):
+    from petl_modules.training.prepare import write_manifests
+
+    data = _wavs(tmp_path / "data", 2)
+    rows = [{"ID": "a", "wav": "0.wav", "label": "ok"}, {"ID": "b", "wav": "1.wav", "label": label}]
+    with pytest.raises(DataError) as err:
+        write_manifests(tmp_path / "manifests", {"train": rows}, data, {})
+    message = str(err.value)
+    assert f"{data / '1.wav'}: " in message and "ID b" in message and repr(label) in message
+    assert "0.wav" not in message
+
+
+def test_duplicate_manifest_rows_are_an_error_naming_both_rows(tmp_path):
+    from petl_modules.training.prepare import write_manifests
+
+    data = _wavs(tmp_path / "data", 3)
+    rows = [{"ID": "x", "wav": "0.wav", "label": "a"}, {"ID": "y", "wav": "1.wav", "label": "b"},
+            {"ID": "x", "wav": "2.wav", "label": "b"}]
+    with pytest.raises(DataError, match=r"1 problem\(s\)") as err:
+        write_manifests(tmp_path / "manifests", {"train": rows}, data, {})
+    assert (f"{data / '2.wav'}: duplicate ID 'x' (row 3; row 1, {data / '0.wav'}, has it too)"
+            in str(err.value))
+
+
+def test_duplicate_manifest_rows_are_dropped_and_listed_with_skip_bad_files(tmp_path):
+    from petl_modules.training.prepare import SKIPPED_FILE, write_manifests
+
+    data = _wavs(tmp_path / "data", 3)
+    rows = [{"ID": "x", "wav": "0.wav", "label": "a"}, {"ID": "y", "wav": "1.wav", "label": "b"},
+            {"ID": "x", "wav": "2.wav", "label": "b"}]
+    counts = write_manifests(tmp_path / "manifests", {"train": rows}, data, {}, skip_bad_files=True)
+    assert counts == {"train": 2}
+    listed = (tmp_path / "manifests" / SKIPPED_FILE).read_text()
+    assert "2.wav: duplicate ID 'x'" in listed and "0.wav, has it too" in listed
+    manifest = (tmp_path / "manifests" / "train.csv").read_text()
+    assert "2.wav" not in manifest and "0.wav" in manifest
+
+
+# Any text a dataset uses is a class name: markup-like tokens, operators, unicode, spaces, text a
+# spreadsheet would run (neutralised in CSV outputs, test_output.py).
+ODD_LABELS = ["<unk>", "<sil>", "C++", "%", "!x", "café ü 音", "two words", "=1+1"]
+
+
+@pytest.mark.slow
+def test_odd_class_names_train_save_load_classify_and_export(tiny_ast, tmp_path, capsys):
+    import csv
+
+    import soundfile
+
+    from petl_modules import classify, export
+    from petl_modules.synthetic import class_signal
+
+    data = tmp_path / "odd"
+    data.mkdir()
+    rows = []
+    for index, label in enumerate(ODD_LABELS):
+        for k in range(5):
+            name = f"c{index}_{k}.wav"
+            soundfile.write(data / name, class_signal(index, len(ODD_LABELS), 1.0), 16000)
+            rows.append((name, label))
+    with open(data / "metadata.csv", "w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows([("file_name", "label"), *rows])
+    out = tmp_path / "run"
+    results = run_in_process("AudioFolder", [
+        str(REPO / "hparams" / "linear.yaml"), f"--data_folder={data}", f"--backbone_source={tiny_ast}",
+        f"--output_folder={out}", "--number_of_epochs=1", "--batch_size=8", "--num_workers=0",
+        "--max_frames=64"])
+    assert isinstance(results, dict), results
+    assert sorted(results["folds"][0]["class_names"]) == sorted(ODD_LABELS)
+    model = out / "petl_model"
+    assert sorted(classify.PETLClassifier.from_folder(model).labels) == sorted(ODD_LABELS)
+    assert classify.main([str(model), str(data / "c0_0.wav"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] in ODD_LABELS
+    assert export.main([str(model), str(tmp_path / "exported")]) == 0
+    side = json.loads((tmp_path / "exported" / "classifier_head.json").read_text())
+    assert sorted(side["class_names"]) == sorted(ODD_LABELS)

@@ -738,3 +738,34 @@ def test_an_allocation_failure_while_building_is_a_clear_error(good_folder, tmp_
         assert load() == 2, name
         err = capsys.readouterr().err
         assert err.count("Error:") == 1 and "Not enough memory" in err, (name, err)
+
+
+# Any text a dataset uses is a class name (item 4 of issue 32): markup-like tokens, operators,
+# YAML/shell-looking text, unicode, spaces.
+ODD_CLASS_NAMES = ["<unk>", "<sil>", "C++", "%", "!x", "!bang", "x**2", "%pct", "café ü 音", "two words",
+                   " padded ", "=1+1", "-x", "@at", "a,b;c", "'quoted\"", "\ttab"]
+
+
+def test_odd_class_names_save_load_classify_export_and_import(legacy, tmp_path, capsys):
+    from petl_modules import from_peft as from_peft_cli
+
+    names = ODD_CLASS_NAMES + [f"c{i}" for i in range(31 - len(ODD_CLASS_NAMES))]
+    text = compose_hparams(REPO / "hparams" / "lora.yaml", FSC_YAML, {
+        "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
+        "backbone_source": str(legacy / "tiny_ast"), "max_frames": 64, "reduction_rate": 8})
+    save_petl_model(tmp_path / "petl_model", load_hparams(text), names)
+    folder = tmp_path / "petl_model"
+    assert PETLClassifier.from_folder(folder).labels == names
+    import soundfile
+
+    soundfile.write(tmp_path / "x.wav", waveforms([1.0])[0].numpy(), 16000)
+    assert classify_cli.main([str(folder), str(tmp_path / "x.wav"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] in names
+    for export_format in ("transformers", "peft", "onnx"):
+        out = tmp_path / export_format
+        assert export_cli.main([str(folder), str(out), f"--format={export_format}"]) == 0, export_format
+        side = json.loads((out / ("onnx_config.json" if export_format == "onnx"
+                                  else "classifier_head.json")).read_text())
+        assert side["class_names"] == names, export_format
+    assert from_peft_cli.main([str(tmp_path / "peft"), str(tmp_path / "imported")]) == 0
+    assert PETLClassifier.from_folder(tmp_path / "imported").labels == names
