@@ -48,6 +48,8 @@ import json
 import logging
 import sys
 
+from petl_modules.files import printable
+
 # The classifier API, importable from here; imported when first used, so that the command line
 # answers --help and argument errors without importing torch and transformers (seconds).
 _API = {
@@ -134,10 +136,11 @@ def answer(result, labels_top_k, multilabel):
 
 def answer_text(row):
     """``label<TAB>score  other score...``; multi-label: ``labels<TAB>label score ...``."""
-    others = "".join(f"  {t['label']} {t['score']:.4f}" for t in row["top_k"][1:])
+    others = "".join(f"  {printable(t['label'])} {t['score']:.4f}" for t in row["top_k"][1:])
     if "labels" in row:
-        return f"{';'.join(row['labels']) or '-'}\t{row['label']} {row['score']:.4f}{others}"
-    return f"{row['label']}\t{row['score']:.4f}{others}"
+        return (f"{';'.join(map(printable, row['labels'])) or '-'}\t{printable(row['label'])} "
+                f"{row['score']:.4f}{others}")
+    return f"{printable(row['label'])}\t{row['score']:.4f}{others}"
 
 
 def report_errors(errors, total):
@@ -188,7 +191,7 @@ def main(argv=None):
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
-            print(f"{row['file']}\t{answer_text(row)}")
+            print(f"{printable(row['file'])}\t{answer_text(row)}")
     return report_errors(errors, len(args.files))
 
 
@@ -214,7 +217,7 @@ def main_several(argv):
     else:
         for row in rows:
             for name, task in row["tasks"].items():
-                print(f"{row['file']}\t{name}\t{answer_text(task)}")
+                print(f"{printable(row['file'])}\t{printable(name)}\t{answer_text(task)}")
     return report_errors(errors, len(args.files))
 
 

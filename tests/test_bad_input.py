@@ -322,3 +322,85 @@ def test_odd_class_names_train_save_load_classify_and_export(tiny_ast, tmp_path,
     assert export.main([str(model), str(tmp_path / "exported")]) == 0
     side = json.loads((tmp_path / "exported" / "classifier_head.json").read_text())
     assert sorted(side["class_names"]) == sorted(ODD_LABELS)
+
+
+# ==================================================================== outputs others open
+FORMULAS = ["=HYPERLINK(\"http://x\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(1)", "\tx", "\rx", "'q"]
+KEPT = ["-1", "+5", "1.5e-3", "plain", "a=b"]
+
+
+def test_classify_text_output_escapes_control_characters_in_labels(tmp_path, capsys):
+    import soundfile
+    import transformers
+
+    from petl_modules import classify
+    from petl_modules.training.compose import load_hparams
+    from petl_modules.training.pretrained import save_petl_model
+    from petl_modules.tiny import tiny_ast_config
+
+    transformers.ASTModel(tiny_ast_config(hidden_size=32, num_hidden_layers=1)).save_pretrained(
+        tmp_path / "base")
+    text = compose_hparams(REPO / "hparams" / "linear.yaml", FSC_YAML, {
+        "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
+        "backbone_source": str(tmp_path / "base"), "max_frames": 64})
+    names = [f"c{i}\tforged\t0.99\nx.wav\tc{i}\x00\x1b[31m" for i in range(31)]
+    save_petl_model(tmp_path / "petl_model", load_hparams(text), names)
+    wav = tmp_path / "a\tb.wav"
+    soundfile.write(wav, [0.1, -0.1] * 8000, 16000)
+    assert classify.main([str(tmp_path / "petl_model"), str(wav), "--top_k=2"]) == 0
+    out = capsys.readouterr().out
+    (line,) = out.splitlines()
+    fields = line.split("\t")
+    assert len(fields) == 3 and fields[0] == str(wav).replace("\t", "\\t")
+    escaped = {n.replace("\t", "\\t").replace("\n", "\\n").replace("\x00", "\\x00")
+               .replace("\x1b", "\\x1b") for n in names}
+    assert fields[1] in escaped and fields[2].split("  ")[1].rsplit(" ", 1)[0] in escaped
+    assert "\x00" not in out and "\x1b" not in out
+
+
+def test_confusion_matrix_csv_neutralises_formula_cells(tmp_path):
+    import csv
+
+    from petl_modules.files import csv_value
+    from petl_modules.training.metrics import write_confusion_matrix
+
+    names = FORMULAS + KEPT
+    size = len(names)
+    csv_path, _ = write_confusion_matrix(tmp_path, [[1] * size] * size, names)
+    with open(csv_path, newline="") as stream:
+        rows = list(csv.reader(stream))
+    header, column = rows[0][1:], [r[0] for r in rows[1:]]
+    for cells in (header, column):
+        assert cells[:len(FORMULAS)] == ["'" + n for n in FORMULAS] and cells[len(FORMULAS):] == KEPT
+        assert [csv_value(c) for c in cells] == names
+
+
+def test_window_results_csv_neutralises_formula_cells(tmp_path):
+    import csv
+
+    import torch
+
+    from petl_modules.training.windows import WindowScores
+
+    names = ["=1+1", "-1", "@x"]
+    scores = WindowScores()
+    scores.add(["=utt", "-id"], [0, 0], [16000, 16000], torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]]),
+               torch.tensor([0, 2]))
+    scores.write_csv(tmp_path / "w.csv", names)
+    with open(tmp_path / "w.csv", newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert rows[0][7:] == ["'=1+1", "-1", "'@x"]
+    assert [r[0] for r in rows[1:]] == ["'=utt", "'-id"]
+    assert [(r[4], r[5]) for r in rows[1:]] == [("'=1+1", "'=1+1"), ("'@x", "'@x")]
+
+
+def test_results_csv_neutralises_formula_cells_and_reads_back_unchanged(tmp_path):
+    from petl_modules import results
+
+    rows = [{field: "" for field in results.CSV_FIELDS} for _ in FORMULAS + KEPT]
+    for row, text in zip(rows, FORMULAS + KEPT):
+        row.update(method=text, dataset=text, test_mean="0.5", runs="3")
+    results.write_csv(rows, tmp_path / "results.csv")
+    raw = (tmp_path / "results.csv").read_text()
+    assert "\n=HYPERLINK" not in raw and ",=HYPERLINK" not in raw and ",@SUM" not in raw
+    assert results.read_csv(tmp_path / "results.csv") == rows

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from petl_modules.files import csv_cell
 from petl_modules.model.task import DEFAULT_THRESHOLD, TASKS  # noqa: F401 (the model's; used from here too)
 
 logger = logging.getLogger(__name__)
@@ -172,9 +173,9 @@ def write_confusion_matrix(folder, confusion, class_names, stem="confusion_matri
     csv_path, png_path = folder / f"{stem}.csv", folder / f"{stem}.png"
     with open(csv_path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["true \\ predicted", *class_names])
+        writer.writerow(["true \\ predicted", *map(csv_cell, class_names)])
         for name, row in zip(class_names, confusion):
-            writer.writerow([name, *row])
+            writer.writerow([csv_cell(name), *row])
     import matplotlib.pyplot as plt
 
     figure = confusion_figure(confusion, class_names, title)
