@@ -769,3 +769,60 @@ def test_odd_class_names_save_load_classify_export_and_import(legacy, tmp_path, 
         assert side["class_names"] == names, export_format
     assert from_peft_cli.main([str(tmp_path / "peft"), str(tmp_path / "imported")]) == 0
     assert PETLClassifier.from_folder(tmp_path / "imported").labels == names
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_a_failing_export_leaves_the_previous_export_untouched(good_folder, tmp_path, monkeypatch,
+                                                                capsys):
+    from petl_modules.sharing import onnx_export
+
+    out = tmp_path / "export"
+    out.mkdir()  # a previous ONNX export (its content does not matter here)
+    (out / "model.onnx").write_bytes(b"previous model")
+    (out / "onnx_config.json").write_text('{"format": "onnx"}')
+    before = _files(out)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the exporter failed (injected)")
+
+    monkeypatch.setattr(onnx_export, "export_graph", fail)
+    assert export_cli.main([str(good_folder), str(out), "--format=onnx"]) == 2
+    assert "injected" in capsys.readouterr().err
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no half-written folder
+
+
+def test_an_export_killed_midway_leaves_no_folder_and_the_next_one_proceeds(good_folder, tmp_path,
+                                                                           monkeypatch):
+    from petl_modules.sharing import head
+
+    out = tmp_path / "export"
+    real = head.save_file
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill after the backbone's files were written
+
+    monkeypatch.setattr(head, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_cli.main([str(good_folder), str(out)])
+    assert list(tmp_path.iterdir()) == []
+    # A SIGKILL leaves the hidden partial folder beside OUT_DIR: it does not block the next export.
+    (tmp_path / ".export.partial-killed").mkdir()
+    (tmp_path / ".export.partial-killed" / "model.safetensors").write_bytes(b"half")
+    monkeypatch.setattr(head, "save_file", real)
+    assert export_cli.main([str(good_folder), str(out)]) == 0
+    assert (out / "classifier_head.json").is_file() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_recorded_onnx_opset_is_the_files(good_folder, tmp_path):
+    import onnx
+
+    out = tmp_path / "onnx"
+    assert export_cli.main([str(good_folder), str(out), "--format=onnx", "--opset=1"]) == 0
+    declared = {o.domain: o.version for o in onnx.load(str(out / "model.onnx")).opset_import}
+    recorded = json.loads((out / "onnx_config.json").read_text())["opset"]
+    assert recorded == declared[""] and recorded > 1

@@ -203,6 +203,7 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
             f"from PyTorch's by {difference:.3g} (> {TOLERANCE:g}); cases: {cases}. The files were "
             "removed."
         )
+    opset = file_opset(path)  # the exporter may write another opset than asked (e.g. --opset=1)
     inputs = [{"name": "input_values", "axes": ["batch", "samples"] if waveform
                else ["batch", "frames", int(example[0].shape[-1])]}]
     if waveform:
@@ -236,6 +237,14 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
     }
     write_json_atomic(out_dir / CONFIG_FILE, side)
     return side
+
+
+def file_opset(path):
+    """The ONNX opset (default domain) that the model file at ``path`` declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _remove(out_dir):

@@ -158,7 +158,8 @@ def hidden_parity(lobe, peft_model, processor, batch=2):
 
 
 # ==================================================================== export
-def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", tolerance=1e-4):
+def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", tolerance=1e-4,
+                final_dir=None):
     """Writes the LoRA model ``modules`` (of the PETL model folder ``config``) as a PEFT adapter.
 
     Arguments
@@ -176,6 +177,9 @@ def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", 
         ``query``/``value``).
     tolerance : float
         The written adapter, on PEFT, must give our last hidden states within this (checked here).
+    final_dir : str or Path, optional
+        The path ``out_dir`` gets once written (``export`` writes beside it and renames): where
+        ``base_model_name_or_path`` points when the base is written too.
 
     Returns
     -------
@@ -218,7 +222,7 @@ def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", 
     if fresh.changed_from_checkpoint():
         base.save_pretrained(out_dir / BASE_FOLDER)
         fresh.copy_preprocessor_config(source, out_dir / BASE_FOLDER)
-        base_reference = str((out_dir / BASE_FOLDER).resolve())
+        base_reference = str((Path(final_dir or out_dir) / BASE_FOLDER).resolve())
     elif (out_dir / BASE_FOLDER).is_dir():  # a previous export's base, no longer this model's
         shutil.rmtree(out_dir / BASE_FOLDER)
     targets = sorted({n.rsplit(".", 1)[1] for n, _ in loras})
