@@ -826,3 +826,36 @@ def test_the_recorded_onnx_opset_is_the_files(good_folder, tmp_path):
     declared = {o.domain: o.version for o in onnx.load(str(out / "model.onnx")).opset_import}
     recorded = json.loads((out / "onnx_config.json").read_text())["opset"]
     assert recorded == declared[""] and recorded > 1
+    side = json.loads((out / "onnx_config.json").read_text())
+    assert local_paths(side, [tmp_path, good_folder.parent, REPO]) == []
+    assert side["base_backbone_source"] == "tiny_ast" and side["petl_model"] == "petl_model"
+
+
+def local_paths(value, roots):
+    """The strings in the JSON value ``value`` holding a path under one of ``roots``."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in local_paths(v, roots)]
+    if isinstance(value, list):
+        return [s for v in value for s in local_paths(v, roots)]
+    return [value] if isinstance(value, str) and any(str(r) in value for r in roots) else []
+
+
+def test_an_export_names_the_base_and_the_model_without_local_paths(good_folder, legacy, tmp_path):
+    out = tmp_path / "export"
+    assert export_cli.main([str(good_folder), str(out)]) == 0
+    side = json.loads((out / "classifier_head.json").read_text())
+    assert local_paths(side, [tmp_path, legacy, good_folder.parent, REPO]) == []
+    assert side["base_backbone_source"] == "tiny_ast" and side["petl_model"] == "petl_model"
+
+
+def test_metrics_command_holds_no_local_path(tmp_path, monkeypatch):
+    from petl_modules.model.metrics_file import write_metrics
+
+    monkeypatch.setattr("sys.argv", [str(REPO / "recipes" / "FSC" / "train.py"), "hparams/lora.yaml",
+                                     f"--data_folder={tmp_path / 'data' / 'fsc'}", "--lr=-0.5",
+                                     f"--backbone_source={tmp_path / 'bases' / 'ast'}",
+                                     "--backbone_source=MIT/ast-finetuned-audioset-10-10-0.4593"])
+    metrics = write_metrics(tmp_path, {"test_accuracy": 0.5})
+    assert metrics["command"] == (
+        "python recipes/FSC/train.py hparams/lora.yaml --data_folder=.../fsc --lr=-0.5 "
+        "--backbone_source=.../ast --backbone_source=MIT/ast-finetuned-audioset-10-10-0.4593")

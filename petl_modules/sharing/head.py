@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from petl_modules.files import current_umask, write_json_atomic
 from petl_modules.methods.classifier import POOLINGS
+from petl_modules.model.bases import shareable_name
 from petl_modules.model.spec import PETLModelError
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
@@ -39,8 +40,9 @@ def write_head(out_dir, modules, config, backbone_source, **extra):
         "family": config["family"],
         "method": config["method"],
         **extra,
-        "base_backbone_source": str(backbone_source or config["backbone_source"]),
-        "petl_model": config["model_dir"],
+        # names, never paths of this machine (the export is meant to be shared)
+        "base_backbone_source": shareable_name(backbone_source or config["backbone_source"]),
+        "petl_model": shareable_name(config["model_dir"]),
         "head_weights": HEAD_WEIGHTS,
     }
     write_json_atomic(out_dir / HEAD_CONFIG, side)

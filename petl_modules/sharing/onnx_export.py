@@ -48,6 +48,7 @@ import torch
 
 from petl_modules.files import write_json_atomic
 from petl_modules.model.spec import PETLModelError
+from petl_modules.model.bases import shareable_name
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +231,9 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0):
         "family": config["family"],
         "method": config["method"],
         "merged_lora_modules": merged_lora_modules,
-        "base_backbone_source": config["backbone_source"],
-        "petl_model": config["model_dir"],
+        # names, never paths of this machine (the export is meant to be shared)
+        "base_backbone_source": shareable_name(config["backbone_source"]),
+        "petl_model": shareable_name(config["model_dir"]),
         "parity": {"runtime": f"onnxruntime {onnxruntime.__version__} CPU", "tolerance": TOLERANCE,
                    "max_abs_difference": difference, "cases": cases},
     }
