@@ -209,16 +209,22 @@ def main_several(argv):
         args.files, batch_size=args.batch_size, progressbar=len(args.files) > 1
     )
     rows = [{"file": r["file"], "tasks": {
-        name: answer(t, lambda p, name=name: classifier.top_k(name, p, args.top_k),
-                     classifier.multilabel[name])
+        name: t if "error" in t else answer(t, lambda p, name=name: classifier.top_k(name, p, args.top_k),
+                                            classifier.multilabel[name])
         for name, t in r["tasks"].items()}} for r in results]
     if args.json:
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
             for name, task in row["tasks"].items():
-                print(f"{printable(row['file'])}\t{printable(name)}\t{answer_text(task)}")
-    return report_errors(errors, len(args.files))
+                if "error" not in task:
+                    print(f"{printable(row['file'])}\t{printable(name)}\t{answer_text(task)}")
+    failed = [(row["file"], name, task["error"]) for row in rows for name, task in row["tasks"].items()
+              if "error" in task]
+    for path, name, reason in failed:  # one task failed on a file; its other tasks answered
+        print(f"Error: task {printable(name)} could not classify {printable(path)}: {reason}",
+              file=sys.stderr)
+    return max(report_errors(errors, len(args.files)), 1 if failed else 0)
 
 
 if __name__ == "__main__":

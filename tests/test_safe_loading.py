@@ -859,3 +859,52 @@ def test_metrics_command_holds_no_local_path(tmp_path, monkeypatch):
     assert metrics["command"] == (
         "python recipes/FSC/train.py hparams/lora.yaml --data_folder=.../fsc --lr=-0.5 "
         "--backbone_source=.../ast --backbone_source=MIT/ast-finetuned-audioset-10-10-0.4593")
+
+
+def test_one_tasks_non_finite_output_fails_that_task_only(good_folder, tmp_path, capsys):
+    import soundfile
+    from safetensors.torch import load_file
+
+    broken = shutil.copytree(good_folder, tmp_path / "nan_task")
+    state = load_file(str(broken / WEIGHTS_FILE))
+    state["classifier.head.bias"] = torch.full_like(state["classifier.head.bias"], float("nan"))
+    save_file(state, str(broken / WEIGHTS_FILE))
+    wav = tmp_path / "x.wav"
+    soundfile.write(wav, waveforms([1.0])[0].numpy(), 16000)
+    classifier = PETLClassifier.from_folders([good_folder, broken])
+    (result,), errors = classifier.classify_files([wav])
+    assert errors == [] and set(result["tasks"]) == {str(good_folder), str(broken)}
+    assert result["tasks"][str(broken)] == {"error": result["tasks"][str(broken)]["error"]}
+    assert "non-finite" in result["tasks"][str(broken)]["error"]
+    assert result["tasks"][str(good_folder)]["label"] in classifier.labels[str(good_folder)]
+    assert classify_cli.main(["--model", str(good_folder), "--model", str(broken), "--", str(wav)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1 and f"\t{good_folder}\t" in captured.out
+    assert captured.err.count("Error:") == 1 and f"task {broken} could not classify" in captured.err
+
+
+def test_a_backbone_changing_model_is_refused_from_its_tensors_not_its_own_list(legacy, tmp_path):
+    """A folder of format 3 listed its trained tensors (``parameters``): emptying that list does not
+    let a BitFit model (biases of the frozen backbone in its safetensors) join other tasks."""
+    bitfit = shutil.copytree(legacy / "petl_model_v3_bitfit", tmp_path / "bitfit")
+    config = json.loads((bitfit / CONFIG_FILE).read_text())
+    config["parameters"] = [n for n in config["parameters"] if n.startswith("classifier.")]
+    config["buffers"] = []
+    (bitfit / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PETLModelError, match="trains backbone tensors"):
+        PETLClassifier.from_folders([legacy / "petl_model_v3_lora", bitfit],
+                                    backbone_source=str(legacy / "tiny_ast"))
+
+
+def test_a_model_whose_safetensors_hold_a_backbone_bias_cannot_join_other_tasks(good_folder, legacy,
+                                                                                tmp_path):
+    from safetensors.torch import load_file
+
+    edited = shutil.copytree(good_folder, tmp_path / "edited")
+    state = load_file(str(edited / WEIGHTS_FILE))
+    name = next(n for n in state if n.endswith(".lora_A")).rsplit(".", 1)[0] + ".pretrained_module.bias"
+    state[name] = torch.zeros(state[name.replace(".pretrained_module.bias", ".lora_A")].shape[1])
+    save_file(state, str(edited / WEIGHTS_FILE))
+    other = shutil.copytree(good_folder, tmp_path / "other")
+    with pytest.raises(PETLModelError, match="trains backbone tensors"):
+        PETLClassifier.from_folders([other, edited])

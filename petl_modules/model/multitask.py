@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 import copy
 import logging
+from pathlib import Path
 
 import torch
 from speechbrain.nnet.adapters import replace_module
@@ -50,12 +51,12 @@ from petl_modules.model.folder import (
     folder_view,
     load_trained_state,
     read_spec,
-    trained_tensor_names,
+    stored_shapes,
 )
 from petl_modules.model.hub import resolve_model_dir
 from petl_modules.model.petl_model import NON_FINITE, PETLModel, predicted_labels, top_classes
 from petl_modules.model.precision import autocast_context
-from petl_modules.model.spec import PETLModelError
+from petl_modules.model.spec import WEIGHTS_FILE, PETLModelError
 from petl_modules.model.windows import EvalProtocol, pool_windows
 
 logger = logging.getLogger(__name__)
@@ -286,11 +287,12 @@ def check_shareable(specs, folders):
 
 
 def _check_frozen(spec, folder, modules, shared):
-    """Raises ``PETLModelError`` when a task's model trains backbone tensors other than
-    LayerNorms (they would change the shared frozen computation)."""
+    """Raises ``PETLModelError`` when a task's model changes backbone tensors other than
+    LayerNorms (they would change the shared frozen computation): decided from the tensors its
+    ``petl_weights.safetensors`` holds (its header), whatever else the folder says."""
     own = set(dict(shared.named_parameters()))
     changed = []
-    for name in trained_tensor_names(modules)[0]:
+    for name in sorted(stored_shapes(Path(folder) / WEIGHTS_FILE)):
         key, _, rest = name.partition(".")
         if key != "petl_model" or not rest.startswith("adapted_model."):
             continue
@@ -556,15 +558,21 @@ class MultiTaskClassifier(torch.nn.Module):
         rows = []
         for k in range(inputs.shape[0]):
             probs = {name: results[name][0][k].cpu() for name in self.names}
-            finite = all(bool(torch.isfinite(p).all()) for p in probs.values())
-            rows.append(probs if finite else NON_FINITE)
+            # a task's non-finite scores fail that task's answer only (str: why)
+            rows.append({name: p if bool(torch.isfinite(p).all()) else NON_FINITE
+                         for name, p in probs.items()})
         return rows
 
     def file_result(self, clips):
         """A file's result from its clips: ``{"tasks": {task: {"label", "score", "probabilities",
-        "labels"}}}``, windows pooled as the tasks were tested."""
+        "labels"}}}``, windows pooled as the tasks were tested; a task whose scores were not finite
+        on a clip: ``{"error": why}``."""
         tasks = {}
         for name in self.names:
+            failed = [clip[name] for clip in clips if isinstance(clip[name], str)]
+            if failed:  # this task has no answer for the file; the others stand
+                tasks[name] = {"error": failed[0]}
+                continue
             prob = pool_windows(torch.stack([clip[name] for clip in clips]), self.protocol.pooling)
             index = int(prob.argmax())
             tasks[name] = {"label": self.labels[name][index], "score": float(prob[index]),
