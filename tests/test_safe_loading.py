@@ -908,3 +908,56 @@ def test_a_model_whose_safetensors_hold_a_backbone_bias_cannot_join_other_tasks(
     other = shutil.copytree(good_folder, tmp_path / "other")
     with pytest.raises(PETLModelError, match="trains backbone tensors"):
         PETLClassifier.from_folders([other, edited])
+
+
+def _adapter_with(peft_adapter, tmp_path, **changes):
+    adapter = shutil.copytree(peft_adapter, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update(changes)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return adapter
+
+
+def _base_copy(legacy, tmp_path, pickled=False, model_type=None):
+    base = shutil.copytree(legacy / "tiny_ast", tmp_path / "base")
+    if pickled:
+        from safetensors.torch import load_file
+
+        torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+        (base / "model.safetensors").unlink()
+    if model_type:
+        config = json.loads((base / "config.json").read_text())
+        config["model_type"] = model_type
+        (base / "config.json").write_text(json.dumps(config))
+    return base
+
+
+# (case, the tool's command line from (good folder, adapter, base, tmp_path), the message)
+REVIEW_FAILURES = [
+    ("peft_own_value_error", lambda g, a, b, t: ("from_peft", _adapter_with(a, t, init_lora_weights="nope"),
+                                                 t / "imported", f"--backbone_source={b(t)}"),
+     "init_lora_weights"),
+    ("pickled_backbone_classify", lambda g, a, b, t: ("classify", g, t / "x.wav",
+                                                      f"--backbone_source={b(t, pickled=True)}"),
+     "pytorch_model.bin, a pickle"),
+    ("pickled_backbone_from_peft", lambda g, a, b, t: ("from_peft", a, t / "imported",
+                                                       f"--backbone_source={b(t, pickled=True)}"),
+     "pytorch_model.bin, a pickle"),
+    ("unknown_model_type_classify", lambda g, a, b, t: ("classify", g, t / "x.wav",
+                                                        f"--backbone_source={b(t, model_type='bert')}"),
+     "bert"),
+    ("unknown_model_type_from_peft", lambda g, a, b, t: ("from_peft", a, t / "imported",
+                                                         f"--backbone_source={b(t, model_type='bert')}"),
+     "model_type 'bert'"),
+]
+
+
+@pytest.mark.parametrize("case, command, message", REVIEW_FAILURES, ids=[c[0] for c in REVIEW_FAILURES])
+def test_a_failure_of_the_review_is_one_error_line(case, command, message, good_folder, peft_adapter,
+                                                   legacy, tmp_path):
+    module, *args = command(good_folder, peft_adapter, lambda t, **k: _base_copy(legacy, t, **k),
+                            tmp_path)
+    code, err = run_tool(module, *args)
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert message in err, err

@@ -130,7 +130,17 @@ def loading_options(source, attn_implementation):
             "Hub), which PETL-AST never runs. Remove the attn_implementation key from its "
             "config.json (PETL-AST uses sdpa or eager, --attn_implementation)."
         )
-    return {"attn_implementation": attn_implementation}
+    folder = Path(str(source)).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(
+            folder.glob("pytorch_model*.bin")):
+        raise RefusedCheckpointError(
+            f"The backbone checkpoint '{source}' holds its weights only as pytorch_model.bin, a "
+            "pickle, which PETL-AST never loads (loading a pickle can run code): save it as "
+            "safetensors where it was made (model.save_pretrained(folder), the default) and pass "
+            "that folder."
+        )
+    # use_safetensors: transformers never falls back to a pickled file (a Hub id's too).
+    return {"attn_implementation": attn_implementation, "use_safetensors": True}
 
 
 def checkpoint_model_type(source):
@@ -163,7 +173,7 @@ def lobe_class(source):
     model_type = checkpoint_model_type(source)
     if model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
-        raise ValueError(
+        raise RefusedCheckpointError(
             f"Backbone '{source}' has model_type '{model_type}', which PETL-AST does not "
             f"support. Supported model types: {supported}."
         )

@@ -519,7 +519,12 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
             for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
                 shutil.copyfile(adapter_dir / name, reference / name)
             rename_adapter(reference, model, "5")
-        theirs = peft.PeftModel.from_pretrained(model, str(reference)).eval()
+        try:
+            theirs = peft.PeftModel.from_pretrained(model, str(reference)).eval()
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
+            raise PETLModelError(f"{where}: PEFT cannot load it on the base ({type(err).__name__}: "
+                                 f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else ''})"
+                                 "; fix its adapter_config.json or export it again.") from None
         try:
             difference = hidden_parity(lobe, theirs, lobe.input_processor)
         except RuntimeError as err:  # e.g. AST inputs of another length than the base's positions
