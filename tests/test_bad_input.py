@@ -406,3 +406,21 @@ def test_results_csv_neutralises_formula_cells_and_reads_back_unchanged(tmp_path
     raw = (tmp_path / "results.csv").read_text()
     assert "\n=HYPERLINK" not in raw and ",=HYPERLINK" not in raw and ",@SUM" not in raw
     assert results.read_csv(tmp_path / "results.csv") == rows
+
+
+def test_a_manifest_is_read_once_for_every_split_and_fold(tmp_path, monkeypatch):
+    from petl_modules.training import recipe
+
+    manifest = tmp_path / "all.csv"
+    rows = [f"u{k},1.0,$data_root/{k}.wav,c{k % 2},{k % 3 + 1}" for k in range(12)]
+    manifest.write_text("ID,duration,wav,label,fold\n" + "\n".join(rows) + "\n")
+    reads = []
+    real = recipe.load_data_csv
+    monkeypatch.setattr(recipe, "load_data_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    recipe.manifest_rows.cache_clear()
+    for fold in (1, 2, 3):
+        datasets = recipe.rotating_fold_datasets(manifest, tmp_path, [1, 2, 3], fold)
+        assert sorted(len(d) for d in datasets.values()) == [4, 4, 4]
+    assert reads == [str(manifest.resolve())]
+    manifest.write_text("ID,duration,wav,label,fold\n" + "\n".join(rows[:6]) + "\n")  # written again
+    assert len(recipe.load_manifest(manifest, tmp_path)) == 6 and len(reads) == 2
