@@ -961,3 +961,34 @@ def test_a_failure_of_the_review_is_one_error_line(case, command, message, good_
     lines = [line for line in err.splitlines() if line.startswith("Error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert message in err, err
+
+
+def test_stored_shapes_are_checked_before_the_model_is_built(good_folder, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from petl_modules.model import folder as folder_module
+
+    def wider(path):
+        state = load_file(str(path))
+        name = next(n for n in state if n.endswith(".lora_A"))
+        state[name] = torch.zeros(state[name].shape[0] * 2, state[name].shape[1])
+        save_file(state, str(path))
+
+    edited = crafted(good_folder, tmp_path, edit_weights=wider)
+    devices = []
+    real = folder_module.attach_modules
+    monkeypatch.setattr(folder_module, "attach_modules",
+                        lambda spec, lobe, device=None: devices.append(device) or real(spec, lobe, device))
+    with pytest.raises(PETLModelError, match="do not fit"):
+        load_petl_model(edited)
+    assert devices == ["meta"]  # only the plan on the meta device was built
+
+
+def test_a_size_option_out_of_proportion_with_the_backbone_is_refused_before_building(legacy,
+                                                                                      tmp_path):
+    folder = shutil.copytree(legacy / "petl_model_v3_prompt_tuning", tmp_path / "prompts")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["options"]["prompt_len"] = 10 ** 6  # 32 M floats per layer on a hidden-32 base
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PETLModelError, match="more than the backbone"):
+        load_petl_model(folder, backbone_source=str(legacy / "tiny_ast"))

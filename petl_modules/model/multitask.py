@@ -48,8 +48,10 @@ from petl_modules.methods.prompt import PrefixTuning, ShallowPrompt
 from petl_modules.model.folder import (
     attach_modules,
     check_fingerprint,
+    check_stored_shapes,
     folder_view,
     load_trained_state,
+    planned_shapes,
     read_spec,
     stored_shapes,
 )
@@ -405,7 +407,9 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
     shared.requires_grad_(False)
     routed, classifiers, layouts = {}, [], []
     for task, (spec, folder) in enumerate(zip(specs, folders)):
-        # The task's modules on a copy of the backbone, then moved onto the shared one.
+        # The file's shapes against the model's plan (meta device), then the task's modules on a
+        # copy of the backbone, then moved onto the shared one.
+        check_stored_shapes(planned_shapes(spec, shared)[0], Path(folder) / WEIGHTS_FILE, spec)
         modules = attach_modules(spec, copy.deepcopy(shared))
         petl_model, classifier = modules["petl_model"], modules["classifier"]
         _check_frozen(spec, folder, modules, shared)
