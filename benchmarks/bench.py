@@ -4,7 +4,7 @@ every method file, and the speed-ups the project claims.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile]
+    python benchmarks/bench.py [--suite methods,moa,data,cache,merge,classify,onnx,prepare,reference,multitask,compile,prepare_full]
         [--backbone_source=...]
         [--device=cpu|cuda] [--precision=fp32|bf16] [--batch_size=4] [--frames=400] [--threads=N]
         [--steps=N] [--quick] [--json=out.json] [--markdown=out.md]
@@ -30,7 +30,18 @@ Suites and the ratios they give (``--json`` writes ``{"machine", "results", "rat
   the loop runs every expert over all tokens; Soft-MoA's experts see only the N*p slots, so its
   loop costs little (``moa_loop_vs_batched_n15_soft``).
 - ``data``: time from the start of training (manifests prepared) to the first batch, 10x more
-  utterances / 1x: ``first_batch_10x_data``.
+  utterances / 1x: ``first_batch_10x_data``. Then 10,000 generated 10 s clips (16 kHz FLAC, about
+  2.9 GB; ``--quick``: 200 of 2 s) read by one training process (one DataLoader, no workers) from
+  loose files (the recipes' ``DynamicItemDataset``) and from tar shards of 1000 clips
+  (``--shards``), decoding only and with AST's fbank features, the files' page cache dropped
+  before each epoch (``posix_fadvise``): files opened per clip, clips/s
+  (``shards_vs_files_opens_per_clip``, ``shards_decode_clips_per_s``), the shard writing speed and
+  the shuffle buffer's peak memory.
+- ``prepare_full`` (not in the default set: it writes 1.7M empty files): AudioSet's full lists
+  (2M segments) prepared by ``recipes/AudioSet`` in a fresh process (``prepare_full_s``,
+  ``prepare_full_peak_mb``), and the 2M-row training manifest's memory as SpeechBrain's
+  ``DynamicItemDataset`` and as a shard table (``manifest_rows_dataset_mb``,
+  ``manifest_rows_shard_table_mb``).
 - ``cache``: linear probing epoch without / with cached backbone outputs (epochs after the first):
   ``linear_cache_epoch_speedup``.
 - ``merge``: forward of the LoRA model merged with ``petl_modules.methods.lora.merge_lora`` / the plain
@@ -91,6 +102,7 @@ import os
 import platform
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -113,7 +125,7 @@ from petl_modules.training.recipe import parameter_report
 
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
-ALL_SUITES = SUITES + ("reference", "multitask", "compile")
+ALL_SUITES = SUITES + ("reference", "multitask", "compile", "prepare_full")
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
 REFERENCE_PAIRS = [
     ("full_ft", "full-FT"),
@@ -135,8 +147,13 @@ RATIO_KEYS = (
     "classify_memory_1h_vs_10s",
     "onnxruntime_vs_eager_batch1",
     "classify_memory_5min_vs_10s_sliding",
+    "shards_vs_files_opens_per_clip",
+    "shards_decode_clips_per_s",
 )
 TARGETS = {
+    "shards_vs_files_opens_per_clip": ">= 50",
+    "shards_decode_clips_per_s": ">= 300 (10 s clips, one process)",
+    "prepare_full_s": "< 60 (2 cores)",
     "soft_moa_n15_vs_adapter": "<= 1.15",
     "dense_moa_n15_vs_adapter": "<= 1.5",
     "moa_loop_vs_batched_n15": ">= 3",
@@ -288,6 +305,8 @@ def machine_info(args):
         "transformers": transformers.__version__,
         "speechbrain": sb.__version__,
         "gpu": gpu,
+        # Other processes' load: 1, 5 and 15 minute averages at the end of the run.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "device": args.device,
         "precision": args.precision,
         "backbone": args.backbone_label,
@@ -548,6 +567,12 @@ def start_training(args, recipe, hparams):
 
 
 def suite_data(args):
+    """Data loading: time to the first batch (``first_batch_rows``), and reading tar shards
+    against loose files (``shard_rows``)."""
+    return first_batch_rows(args) + shard_rows(args)
+
+
+def first_batch_rows(args):
     """Time from the start of training (manifests prepared) to the first batch, 1x and 10x data.
 
     The two sizes are measured in turn (1x, 10x, 1x, ...) so that a busy machine slows both alike.
@@ -579,6 +604,172 @@ def suite_data(args):
         n_train = len(recipe.make_datasets(hparams, None)["train"])
         rows.append(result("data", f"first batch, {n_train} training utterances ({scale}x)",
                            times[scale][args.warmup:], None, None, utterances=n_train, scale=scale))
+    return rows
+
+
+SHARD_CLIPS, SHARD_SECONDS = 10000, 10.0  # --quick: 200 clips of 2 s
+
+
+def _write_flac_clips(root, count, seconds):
+    """``count`` different clips of ``seconds`` (16 kHz mono FLAC, noise and two tones: about
+    290 KB per 10 s) in ten class folders (recipes/AudioFolder's layout); kept if present."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * 16000)) / 16000
+    paths = []
+    for k in range(count):
+        path = root / f"class{k % 10}" / f"{k:05d}.flac"
+        paths.append(path)
+        if path.is_file():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tone = np.sin(2 * np.pi * (200 + 50 * (k % 10)) * t) + 0.5 * np.sin(2 * np.pi * 1234 * t)
+        signal = 0.2 * tone + 0.05 * rng.standard_normal(len(t))
+        sf.write(str(path), signal.astype("float32"), 16000, format="FLAC", subtype="PCM_16")
+    return paths
+
+
+def drop_page_cache(paths):
+    """Drops the cached pages of ``paths`` from the page cache (``posix_fadvise(DONTNEED)``: no
+    privilege needed, and other processes' cached files stay cached). Returns how: ``fadvise``,
+    or ``none`` where the system has no fadvise (then the files may be read from memory)."""
+    os.sync()
+    how = "none"
+    for path in paths:
+        with contextlib.suppress(OSError, AttributeError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                how = "fadvise"
+            finally:
+                os.close(fd)
+    return how
+
+
+class OpenCounter:
+    """Counts the audio files and tar shards our reading code opens (soundfile on a path, tarfile)."""
+
+    def __init__(self):
+        import tarfile
+
+        import soundfile
+
+        self.count = 0
+        self.patches = [(soundfile, "SoundFile", soundfile.SoundFile), (tarfile, "open", tarfile.open)]
+        counter = self
+
+        class CountingSoundFile(soundfile.SoundFile):
+            def __init__(self, file, *a, **k):
+                if isinstance(file, (str, os.PathLike)):
+                    counter.count += 1
+                super().__init__(file, *a, **k)
+
+        def counting_open(name=None, *a, **k):
+            counter.count += 1
+            return self.patches[1][2](name, *a, **k)
+
+        soundfile.SoundFile, tarfile.open = CountingSoundFile, counting_open
+
+    def close(self):
+        for module, name, original in self.patches:
+            setattr(module, name, original)
+
+
+def _read_epoch(loader, limit=None):
+    """Iterates a DataLoader; returns (clips, seconds, files opened)."""
+    counter = OpenCounter()
+    clips, start = 0, time.perf_counter()
+    try:
+        for batch in loader:
+            clips += len(batch.id)
+            if limit and clips >= limit:
+                break
+    finally:
+        counter.close()
+    return clips, time.perf_counter() - start, counter.count
+
+
+def shard_rows(args):
+    """Reading ``SHARD_CLIPS`` generated 10 s clips by one data-loading process (one DataLoader,
+    no workers, one torch thread as in a DataLoader worker): from loose FLAC files (the recipes' DynamicItemDataset, shuffled) and from tar
+    shards of 1000 clips (``--shards``: shuffled shard order, buffer of 1000), the page cache of
+    those files dropped before each epoch where the machine allows it. Decoding only (the waveform)
+    and with AST's 1024-frame fbank features, taken in turn. Also shard writing speed and the
+    shuffle buffer's peak memory."""
+    from speechbrain.dataio.batch import PaddedBatch
+    from speechbrain.dataio.encoder import CategoricalEncoder
+    from speechbrain.dataio.sampler import ReproducibleRandomSampler
+
+    from petl_modules.backbones.features import ASTFbank, Waveform
+    from petl_modules.shard import write_shards
+    from petl_modules.training.recipe import add_pipelines, load_manifest
+    from petl_modules.training.shards import SampleTable, ShardDataset
+
+    count, seconds = (200, 2.0) if args.quick else (SHARD_CLIPS, SHARD_SECONDS)
+    root = args.workdir / f"clips_{count}" / "sounds"
+    started = time.perf_counter()
+    files = _write_flac_clips(root, count, seconds)
+    written_s = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in files)
+    options = {"data_folder": str(root), "valid_fraction": 0.01, "test_fraction": 0.01}
+    shards = args.workdir / f"clips_{count}" / "shards"
+    shutil.rmtree(shards, ignore_errors=True)  # a kept --workdir: written again, timed
+    start = time.perf_counter()  # the recipe's preparation (one header read per file), then the shards
+    index = write_shards("AudioFolder", shards, options, audio="original", samples_per_shard=1000
+                         if not args.quick else 50, workers=args.threads)
+    write_s = time.perf_counter() - start
+    shard_files = [shards / s["file"] for p in index["parts"].values() for s in p["shards"]]
+    rows = [result("data", f"prepare and write shards: {count} clips, {size / 1e9:.2f} GB, "
+                           f"{args.threads} processes",
+                   [write_s], clips=count, clips_per_s=count / write_s, mb_per_s=size / 1e6 / write_s,
+                   generated_s=written_s, kind="write")]
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable([f"class{k}" for k in range(10)])
+    encoder.expect_len(10)
+    table = SampleTable(shards, index, index["splits"]["all"]["train"], index["class_names"], False)
+    processors = {"decode": Waveform(clip_samples=int(seconds * 16000), normalize=False),
+                  "fbank": ASTFbank(max_frames=1024)}
+    batch = 16
+
+    def loose(processor):
+        dataset = load_manifest(shards / "manifests" / "all.csv", root,
+                                key_test={"split": lambda x: x == "train"})
+        add_pipelines({"train": dataset}, processor, encoder)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch, collate_fn=PaddedBatch,
+                                           sampler=ReproducibleRandomSampler(dataset, seed=1))
+
+    def sharded(processor):
+        dataset = ShardDataset(table, processor, batch, train=True, seed=1, shuffle_buffer=1000,
+                               n_classes=10)
+        dataset.set_epoch(1)
+        return dataset, dataset.make_dataloader(None, num_workers=0)
+
+    limit = None if args.quick else 3000  # clips per timed epoch (the first 3000 of the epoch)
+    cache = {}
+    found = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker (torch gives each one thread)
+    for round_ in range(2 if not args.quick else 1):
+        for kind, processor in processors.items():
+            for source in ("files", "shards"):
+                cache[source] = drop_page_cache(files if source == "files" else shard_files)
+                if source == "files":
+                    clips, took, opened = _read_epoch(loose(processor), limit)
+                    peak = None
+                else:
+                    dataset, loader = sharded(processor)
+                    clips, took, opened = _read_epoch(loader, limit)
+                    peak = dataset.held_peak_bytes / 1e6
+                found.setdefault((source, kind), []).append((clips, took, opened, peak))
+    torch.set_num_threads(threads)
+    for (source, kind), runs in found.items():
+        clips, took, opened, peak = min(runs, key=lambda r: r[1] / r[0])
+        rows.append(result("data", f"read {source}, {kind}: {clips} clips of {seconds:g} s", [took],
+                           clips=clips, clips_per_s=clips / took, files_opened=opened,
+                           opens_per_s=opened / took, opens_per_clip=opened / clips,
+                           buffer_peak_mb=peak, page_cache=cache[source], kind=f"{source}/{kind}"))
     return rows
 
 
@@ -1026,10 +1217,117 @@ def suite_prepare(args):
                    files_per_s=count / statistics.median(kept))]
 
 
+# The AudioSet lists' sizes: balanced, unbalanced, eval segments.
+FULL_LISTS = {"balanced_train_segments": 22160, "unbalanced_train_segments": 2041789,
+              "eval_segments": 20371}
+PREPARE_FULL_SCRIPT = """
+import gc, json, sys, time
+sys.path.insert(0, sys.argv[1])
+from petl_modules.training.prepare import peak_memory_mb
+def rss():
+    gc.collect()
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
+import audioset_prepare as prep
+from petl_modules.training.recipe import load_manifest
+from petl_modules.training.shards import SampleTable
+out = {"imports_mb": rss()}
+options = {"data_folder": sys.argv[2], "subset": "full", "max_missing": 0.5, "check_headers": False}
+names = prep.options_from_data(options)["class_names"]
+start = time.perf_counter()
+prep.prepare_audioset(options, sys.argv[3], names)
+out["prepare_s"] = time.perf_counter() - start
+out["prepare_peak_mb"] = peak_memory_mb()
+before = rss()
+start = time.perf_counter()
+dataset = load_manifest(sys.argv[3] + "/train.csv", sys.argv[2])
+out["dataset_s"], out["dataset_mb"], out["rows"] = time.perf_counter() - start, rss() - before, len(dataset)
+del dataset
+before = rss()
+index = json.load(open(sys.argv[4] + "/shards.json"))
+start = time.perf_counter()
+table = SampleTable(sys.argv[4], index, ["train"], names, True)
+out["table_s"], out["table_mb"] = time.perf_counter() - start, rss() - before
+print(json.dumps(out))
+"""
+
+
+def suite_prepare_full(args):
+    """AudioSet's full lists (2M segments; ``--quick``: 20k) prepared as ``recipes/AudioSet`` does:
+    the lists parsed, the audio folder listed once, every segment looked up, manifests and missing
+    clip counts written, in a fresh process; 85% of the files present (empty files: at this size
+    the headers are not read). Then the memory of the 2M-row training manifest as SpeechBrain's
+    ``DynamicItemDataset`` and as a shard table (``SampleTable``, what ``--shards`` holds)."""
+    import csv
+    import subprocess
+
+    import numpy as np
+
+    scale = 0.01 if args.quick else 1.0
+    root = args.workdir / "audioset_full"
+    rng = np.random.default_rng(0)
+    chars = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "class_labels_indices.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["index", "mid", "display_name"])
+        writer.writerows([k, f"/m/0c{k:04d}", f"Class {k}"] for k in range(527))
+    shard_rows_ = []
+    started = time.perf_counter()
+    created = 0
+    for name, count in FULL_LISTS.items():
+        count = max(100, int(count * scale))
+        ids = ["".join(row) for row in chars[rng.integers(0, len(chars), size=(count, 11))]]
+        labels = rng.integers(0, 527, size=(count, 3))
+        with open(root / f"{name}.csv", "w") as stream:
+            stream.write(f"# Segments csv created (benchmark)\n# num_ytids={count}, num_segs={count}\n"
+                         "# YTID, start_seconds, end_seconds, positive_labels\n")
+            for k, ytid in enumerate(ids):
+                mids = ",".join(f"/m/0c{c:04d}" for c in sorted(set(labels[k][: 1 + k % 3])))
+                stream.write(f'{ytid}, {10 * (k % 30)}.000, {10 * (k % 30) + 10}.000, "{mids}"\n')
+        present = rng.random(count) < 0.85
+        for k in np.flatnonzero(present):
+            folder = root / "audios" / name / f"part{k // 50000:02d}"
+            if k % 50000 == 0 or not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(folder / f"Y{ids[k]}.wav", os.O_CREAT | os.O_WRONLY, 0o644))
+            created += 1
+        if name == "unbalanced_train_segments":
+            shard_rows_ = [(ids[k], ";".join(f"Class {c}" for c in sorted(set(labels[k][: 1 + k % 3]))))
+                           for k in np.flatnonzero(present)]
+    generated_s = time.perf_counter() - started
+    shards = args.workdir / "audioset_full_table"
+    (shards / "train").mkdir(parents=True, exist_ok=True)
+    with open(shards / "train" / "samples.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["shard", "key", "ID", "label", "duration", "seg_start", "seg_end"])
+        writer.writerows([k // 1000, f"{k:09d}", ytid, label, "10.000", "", ""]
+                         for k, (ytid, label) in enumerate(shard_rows_))
+    (shards / "shards.json").write_text(json.dumps({"parts": {"train": {
+        "table": "train/samples.csv",
+        "shards": [{"file": f"train/train-{k:06d}.tar"} for k in range(len(shard_rows_) // 1000 + 1)]}}}))
+    proc = subprocess.run([sys.executable, "-c", PREPARE_FULL_SCRIPT, str(REPO / "recipes" / "AudioSet"),
+                           str(root), str(args.workdir / "audioset_full_manifests"), str(shards)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode:
+        raise RuntimeError(f"prepare_full failed: {proc.stderr[-2000:]}")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    segments = sum(max(100, int(c * scale)) for c in FULL_LISTS.values())
+    return [result("prepare_full", f"prepare AudioSet full: {segments} segments, {created} files",
+                   [found["prepare_s"]], found["prepare_peak_mb"] - found["imports_mb"], None, segments=segments,
+                   files=created, imports_mb=found["imports_mb"], generated_s=generated_s),
+            result("prepare_full", f"train manifest as a DynamicItemDataset: {found['rows']} rows",
+                   [found["dataset_s"]], found["dataset_mb"], None, rows=found["rows"]),
+            result("prepare_full", f"the same rows as a shard table: {len(shard_rows_)} rows",
+                   [found["table_s"]], found["table_mb"], None, rows=len(shard_rows_))]
+
+
 SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_data,
                    "cache": suite_cache, "merge": suite_merge, "classify": suite_classify,
                    "onnx": suite_onnx, "prepare": suite_prepare, "reference": suite_reference,
-                   "multitask": suite_multitask, "compile": suite_compile}
+                   "multitask": suite_multitask, "compile": suite_compile,
+                   "prepare_full": suite_prepare_full}
 
 
 # ==================================================================== ratios and report
@@ -1065,13 +1363,30 @@ def compute_ratios(rows):
         ratios["linear_cache_epoch_speedup"] = _ratio(cache[0]["median_s"], cache[1]["median_s"])
     else:
         ratios["linear_cache_epoch_speedup"] = None
-    data = {r.get("scale"): r["median_s"] for r in rows if r["suite"] == "data"}
+    data = {r.get("scale"): r["median_s"] for r in rows if r["suite"] == "data" and "scale" in r}
+    reads = {r["kind"]: r for r in rows if r["suite"] == "data" and r.get("kind")}
+    if "files/decode" in reads and "shards/decode" in reads:
+        ratios["shards_vs_files_opens_per_clip"] = _ratio(reads["files/decode"]["opens_per_clip"],
+                                                          reads["shards/decode"]["opens_per_clip"])
+    for kind in ("shards/decode", "shards/fbank", "files/decode", "files/fbank"):
+        if kind in reads:
+            ratios[f"{kind.replace('/', '_')}_clips_per_s"] = reads[kind]["clips_per_s"]
+    if "write" in reads:
+        ratios["shard_write_clips_per_s"] = reads["write"]["clips_per_s"]
+    if "shards/decode" in reads:
+        ratios["shuffle_buffer_peak_mb"] = reads["shards/decode"]["buffer_peak_mb"]
     ratios["first_batch_10x_data"] = _ratio(data.get(10), data.get(1))
     memory = {(r.get("protocol"), r.get("seconds")): r["peak_mem_mb"] for r in rows
               if r["suite"] == "classify"}
     ratios["classify_memory_1h_vs_10s"] = _ratio(memory.get(("first", 3600)), memory.get(("first", 10)))
     ratios["classify_memory_5min_vs_10s_sliding"] = _ratio(memory.get(("sliding", 300)),
                                                            memory.get(("sliding", 10)))
+    full = [r for r in rows if r["suite"] == "prepare_full"]
+    if full:
+        ratios["prepare_full_s"] = full[0]["median_s"]
+        ratios["prepare_full_peak_mb"] = full[0]["peak_mem_mb"]
+        ratios["manifest_rows_dataset_mb"] = full[1]["peak_mem_mb"]
+        ratios["manifest_rows_shard_table_mb"] = full[2]["peak_mem_mb"]
     prepared = [r["files_per_s"] for r in rows if r["suite"] == "prepare"]
     ratios["prepare_files_per_s"] = prepared[0] if prepared else None
     ratios["onnxruntime_vs_eager_batch1"] = _ratio(
@@ -1205,8 +1520,15 @@ def render(machine, rows, ratios):
             ["name", "median (s)", "min (s)", "weights (MB)", "activation peak (MB)"],
             [[r["name"], r["median_s"], r["min_s"], r["weights_mb"], r["peak_mem_mb"]]
              for r in multitask]), ""]
-    for suite in SUITES[1:]:
-        found = [r for r in rows if r["suite"] == suite]
+    reads = [r for r in rows if r["suite"] == "data" and r.get("kind")]
+    if reads:
+        parts += ["## data: tar shards and loose files", "", markdown_table(
+            ["what", "clips", "seconds", "clips/s", "files opened", "opens/s", "buffer peak (MB)",
+             "page cache"],
+            [[r["name"], r.get("clips"), r["median_s"], r.get("clips_per_s"), r.get("files_opened"),
+              r.get("opens_per_s"), r.get("buffer_peak_mb"), r.get("page_cache")] for r in reads]), ""]
+    for suite in SUITES[1:] + ("prepare_full",):
+        found = [r for r in rows if r["suite"] == suite and not r.get("kind")]
         if found:
             parts += [f"## {suite}", "", markdown_table(
                 ["name", "median (s)", "min (s)", "peak mem (MB)", "params"],
@@ -1248,6 +1570,9 @@ def parse_args(argv=None):
                              "bench_ref.py from the repository root)")
     parser.add_argument("--rounds", type=int, default=3, help="reference suite: interleaved rounds (3)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
+    parser.add_argument("--workdir", default=None,
+                        help="where the suites write their data, kept afterwards: a rerun reuses "
+                             "the data suite's generated clips (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     unknown = [s for s in suites if s not in ALL_SUITES]
@@ -1293,8 +1618,10 @@ def main(argv=None):
             args.gpu_peak_flops = None  # the MFU estimate is against the bf16 peak
     _trim_memory()
     PeakMemory.baseline_mb = _read_status_mb("VmRSS") or 0.0
-    with tempfile.TemporaryDirectory(prefix="petl_bench_") as workdir:
+    kept = contextlib.nullcontext(args.workdir) if args.workdir else None
+    with kept or tempfile.TemporaryDirectory(prefix="petl_bench_") as workdir:
         args.workdir = Path(workdir)
+        args.workdir.mkdir(parents=True, exist_ok=True)
         if args.backbone_source is None:
             folder = args.workdir / ("tiny_ast" if args.quick else "ast_base")
             torch.manual_seed(0)

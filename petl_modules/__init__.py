@@ -9,7 +9,7 @@ top layer (``tests/test_layers.py`` reads every module's imports against this ta
     3  backbones | methods
     4  model
     5  sharing | training
-    6  classify, export, from_peft, push, results, demo, sweep, tiny, synthetic
+    6  classify, export, from_peft, push, results, demo, sweep, shard, tiny, synthetic
 
 options        typed option definitions (``Option``), checking keyword options by name (unknown
                ones named with close matches)
@@ -46,12 +46,15 @@ training/      the recipe machinery: ``arguments.py`` (the recipes' command line
                ``stop_signals.py`` (a checkpoint and a clean exit on SIGUSR2/SIGTERM),
                ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``windows.py`` (random crops, window datasets),
-               ``metrics.py`` (single- and multi-label scores, thresholds, class weights),
+               ``metrics.py`` (single- and multi-label scores, thresholds, class weights,
+               d-prime), ``sampling.py`` (class-balanced sampling), ``mixup.py``, ``shards.py``
+               (reading tar shards: ``--shards``),
                ``augment.py``, ``cache.py``, ``tracking.py``, ``pretrained.py`` (what of a run
                defines its model folder), ``recipe.yaml`` (shared by every recipe)
 tools          ``classify`` (``python -m petl_modules.classify``), ``export`` (plain transformers,
                ``--format=peft|onnx``), ``from_peft``, ``push``, ``results``, ``demo``, ``sweep``
-               (many recipe runs from a sweep file): the command lines a user runs; ``tiny``
+               (many recipe runs from a sweep file), ``shard`` (a recipe's prepared data as tar
+               shards): the command lines a user runs; ``tiny``
                (tiny random backbone configs: tests, demo, benchmark) and ``synthetic`` (the
                recipes' ``*_synthetic.py`` generators' helpers)
 """

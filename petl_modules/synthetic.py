@@ -75,6 +75,41 @@ def class_signal(index, n_classes, seconds, sample_rate=SAMPLE_RATE, rng=None, t
     return signal.astype(np.float32)
 
 
+def tagged_signal(indices, n_classes, seconds, sample_rate=SAMPLE_RATE, rng=None):
+    """A waveform holding every class of ``indices`` (the sum of their ``class_signal``, scaled to
+    stay within [-1, 1]): a clip with several tags, for multi-label data."""
+    signal = sum(class_signal(int(k), n_classes, seconds, sample_rate, rng) for k in indices)
+    return (signal / max(1, len(indices))).astype(np.float32)
+
+
+def long_tail_counts(n_classes, rarest, head=4):
+    """Clips per class of a long-tailed label distribution: ``head`` x ``rarest`` for class 0,
+    falling as 1 / rank, never below ``rarest``.
+
+    Example
+    -------
+    >>> long_tail_counts(4, 2)
+    [8, 4, 3, 2]
+    """
+    return [max(int(rarest), round(head * int(rarest) / (1 + k))) for k in range(int(n_classes))]
+
+
+def tag_sets(counts, rng, extra=0.35):
+    """The classes of multi-label clips: ``counts[k]`` clips whose first class is ``k``, each with
+    one more class (another one, at random) with probability ``extra``; shuffled. A list of sorted
+    class-index lists."""
+    n_classes = len(counts)
+    clips = []
+    for k, count in enumerate(counts):
+        for _ in range(int(count)):
+            tags = {k}
+            if n_classes > 1 and rng.random() < extra:
+                tags.add(int((k + 1 + rng.integers(n_classes - 1)) % n_classes))
+            clips.append(sorted(tags))
+    order = rng.permutation(len(clips))
+    return [clips[i] for i in order]
+
+
 def write_wav(path, signal, sample_rate=SAMPLE_RATE, subtype="PCM_16", channels=1):
     """Writes ``signal`` (mono float) to ``path``, duplicated over ``channels``."""
     path = Path(path)

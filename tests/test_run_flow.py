@@ -22,10 +22,11 @@ from recipe_helpers import run_in_process
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/train.py"))
 
 # SpeechBrain's template order: parse arguments, DDP group, hparams, experiment folder, prepare on
-# the main process, then per fold: datasets, Brain, fit, evaluate; finally the results.
+# the main process (run.prepare: run_on_main, or nothing with --shards), then per fold: datasets
+# (run.datasets: fold_datasets, or the shards'), Brain, fit, evaluate; finally the results.
 TEMPLATE_ORDER = [
-    "parse_arguments", "ddp_init_group", "load_run", "claimed_output_folder", "run_on_main",
-    "unfinished_folds", "fold_hparams", "fold_datasets", "Brain", "fit", "evaluate",
+    "parse_arguments", "ddp_init_group", "load_run", "claimed_output_folder", "prepare",
+    "unfinished_folds", "fold_hparams", "datasets", "Brain", "fit", "evaluate",
     "finish_fold", "write_results",
 ]
 

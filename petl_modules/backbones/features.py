@@ -21,7 +21,7 @@ import transformers
 
 logger = logging.getLogger(__name__)
 
-# AudioSet statistics used by the AST checkpoints (transformers ``ASTFeatureExtractor`` defaults).
+# The input statistics the AST checkpoints were trained with (transformers ``ASTFeatureExtractor`` defaults).
 AST_MEAN = -4.2677393
 AST_STD = 4.5689974
 # The wav2vec 2.0 / HuBERT / WavLM CNN (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) needs 400

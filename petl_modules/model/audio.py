@@ -83,12 +83,22 @@ def audio_length(path, sample_rate=SAMPLE_RATE):
     AudioError
         Missing or unreadable file, naming it.
     """
-    _check_exists(path)
+    source = _source(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(source)
     except Exception as err:  # soundfile.LibsndfileError and friends
         raise _unreadable(path, err) from None
     return resampled_length(info.frames, info.samplerate, sample_rate)
+
+
+def _source(path):
+    """What soundfile opens: the path of an existing file (else ``AudioError``), or a file-like
+    object as it is (e.g. a clip read from a tar shard, rewound; its ``str`` names it in errors)."""
+    if hasattr(path, "read"):
+        path.seek(0)
+        return path
+    _check_exists(path)
+    return str(path)
 
 
 def _check_exists(path):
@@ -126,8 +136,9 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None, start=0):
 
     Arguments
     ---------
-    path : str or Path
-        Any file soundfile reads (wav 8-bit unsigned to 32-bit float, flac, ...), mono or multichannel.
+    path : str or Path or file-like
+        Any file soundfile reads (wav 8-bit unsigned to 32-bit float, flac, ...), mono or
+        multichannel; or a file-like object holding one (a clip of a tar shard).
     sample_rate : int
         Target rate; other rates are resampled (see ``resample``).
     max_samples : int, optional
@@ -149,9 +160,9 @@ def load_audio(path, sample_rate=SAMPLE_RATE, max_samples=None, start=0):
     AudioError
         Naming the file, what is wrong with it, and the fix.
     """
-    _check_exists(path)
+    source = _source(path)
     try:
-        with sf.SoundFile(str(path)) as stream:
+        with sf.SoundFile(source) as stream:
             rate = stream.samplerate
             if callable(start):
                 start = start(resampled_length(stream.frames, rate, sample_rate))

@@ -59,6 +59,8 @@ from petl_modules.model.precision import (  # noqa: F401
 from petl_modules.training import metrics
 from petl_modules.training.augment import augment
 from petl_modules.training.cache import head_input
+from petl_modules.training.mixup import BatchMixup, mixup_options, soft_targets
+from petl_modules.training.sampling import weighted_sampler
 from petl_modules.training.stop_signals import RunInterrupted, StopSignals, signal_name
 from petl_modules.training.windows import WindowScores
 
@@ -160,6 +162,10 @@ class ClassificationBrain(sb.Brain):
             # LayerNorm's affine part and the head run on one cached vector per utterance.
             return self.modules.classifier(head_input(self.modules.petl_model, batch.cached.data))
         inputs, lengths = batch.inputs
+        self.mixing = None
+        if stage == sb.Stage.TRAIN and self.batch_mixup is not None:  # mixup: features
+            self.mixing = self.batch_mixup.draw(inputs.shape[0])
+            inputs, lengths = self.batch_mixup.mix_inputs(inputs, lengths, self.mixing)
         augmentation = getattr(self.hparams, "augmentation", None)
         if stage == sb.Stage.TRAIN and augmentation is not None:
             # Fits the input kind of the backbone (petl_modules/training/augment.py).
@@ -171,6 +177,25 @@ class ClassificationBrain(sb.Brain):
     def multilabel(self):
         return metrics.is_multilabel(self.hparams)
 
+    @property
+    def batch_mixup(self):
+        """``BatchMixup`` for ``mixup: features`` (else None)."""
+        kind, alpha, prob = mixup_options(vars(self.hparams) if hasattr(self.hparams, "__dict__")
+                                          else self.hparams)
+        return BatchMixup(alpha, prob) if kind == "features" else None
+
+    def mixed_targets(self, batch, stage):
+        """The soft ``[B, C]`` targets of a mixed training batch (``mixup``), else None: the
+        pipeline's (``mixup: waveform``) or the batch's targets mixed like its inputs."""
+        if stage != sb.Stage.TRAIN:
+            return None
+        if getattr(batch, "mixed_targets", None) is not None:
+            return batch.mixed_targets.data.float()
+        if getattr(self, "mixing", None) is None:
+            return None
+        return BatchMixup.mix(soft_targets(batch, self.hparams.n_classes, self.multilabel),
+                              self.mixing)
+
     def compute_objectives(self, logits, batch, stage):
         """Single-label: cross-entropy; multi-label (``task: multilabel``): binary cross-entropy
         per class on the multi-hot ``targets``. Weighted by ``loss_weights`` (``[C]``, from
@@ -180,8 +205,9 @@ class ClassificationBrain(sb.Brain):
         weights = None if weights is None else weights.to(logits.device)
         # Sliding windows (eval_windows: sliding): scored per file when the stage ends.
         windows = stage != sb.Stage.TRAIN and getattr(batch, "utterance", None) is not None
+        mixed = self.mixed_targets(batch, stage)
         if self.multilabel:
-            targets = batch.targets.data.to(logits.device).float()
+            targets = (batch.targets.data if mixed is None else mixed).to(logits.device).float()
             loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
             if windows:
                 self.windows.add(batch.utterance, batch.window_start, batch.window_end,
@@ -190,7 +216,9 @@ class ClassificationBrain(sb.Brain):
                 self.outputs.append((targets.cpu(), torch.sigmoid(logits).detach().cpu()))
             return loss
         labels = batch.label_index.data.view(-1).to(logits.device)
-        loss = F.cross_entropy(logits, labels, weight=weights)
+        # mixup: the mixed soft targets (the accuracy counts each clip's own label)
+        loss = F.cross_entropy(logits, labels if mixed is None else mixed.to(logits.device),
+                               weight=weights)
         if windows:
             self.windows.add(batch.utterance, batch.window_start, batch.window_end,
                              self.window_probabilities(logits), labels)
@@ -293,9 +321,20 @@ class ClassificationBrain(sb.Brain):
         if stage == sb.Stage.TRAIN and loader_kwargs.get("generator") is None:
             loader_kwargs["generator"] = torch.Generator().manual_seed(int(self.hparams.seed))
         if stage == sb.Stage.TRAIN:
-            # Random crops (train_crop: random) are drawn per epoch: on_stage_start sets it.
+            # Random crops (train_crop: random) are drawn per epoch: on_stage_start sets it; so
+            # are the dataset's other per-epoch draws (mixup partners, the order of shards).
             self.train_crop = getattr(dataset, "train_crop", None)
-        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+            self.epoch_hooks = list(getattr(dataset, "epoch_hooks", ()))
+        if hasattr(dataset, "make_dataloader"):  # tar shards (petl_modules/training/shards.py)
+            return dataset.make_dataloader(stage, **loader_kwargs)
+        weights = getattr(dataset, "sample_weights", None) if stage == sb.Stage.TRAIN else None
+        if weights is not None:  # sampling: class_balanced (petl_modules/training/sampling.py)
+            loader_kwargs.pop("shuffle", None)
+            loader_kwargs["sampler"] = weighted_sampler(weights, self.hparams.seed)
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if weights is not None and not self.distributed_launch:
+            self.train_sampler = loader_kwargs["sampler"]  # SpeechBrain sets its epoch
+        return loader
 
     def on_fit_start(self):
         """As SpeechBrain's (optimisers, then the latest checkpoint); logs where a resumed run is."""
@@ -346,6 +385,9 @@ class ClassificationBrain(sb.Brain):
         self.outputs = []  # validation/test: (targets, scores) per batch, for the scores
         if stage == sb.Stage.TRAIN and getattr(self, "train_crop", None) is not None:
             self.train_crop.set_epoch(epoch)  # before the DataLoader workers copy the dataset
+        if stage == sb.Stage.TRAIN:
+            for hook in getattr(self, "epoch_hooks", ()):
+                hook.set_epoch(epoch, self.step)  # resumed mid-epoch: the batches already done
         if stage != sb.Stage.TRAIN:
             self.windows = WindowScores()
         if stage == sb.Stage.TRAIN and self.step > 0:
@@ -379,7 +421,8 @@ class ClassificationBrain(sb.Brain):
             self.thresholds = metrics.choose_thresholds(targets, scores)
             return {"map": metrics.mean_average_precision(targets, scores)}
         found = metrics.multilabel_scores(targets, scores, self.best_thresholds())
-        return {"map": found["map"], "f1_micro": found["f1_micro"], "f1_macro": found["f1_macro"]}
+        per_class = {k: found.pop(k) for k in ("ap", "auc", "f1", "positives")}
+        return {**found, "per_class": per_class}
 
     def best_thresholds(self):
         """The per-class thresholds saved with the best validation checkpoint (the one tested);
@@ -400,7 +443,7 @@ class ClassificationBrain(sb.Brain):
             if stage == sb.Stage.TEST:
                 self.test_windows = self.windows  # for window_results (Run.finish_fold)
         stats.update(self._stage_scores(stage, stats.get("accuracy")))
-        logged = {k: v for k, v in stats.items() if k != "confusion"}
+        logged = {k: v for k, v in stats.items() if k not in ("confusion", "per_class")}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
         elif stage == sb.Stage.VALID:
@@ -442,14 +485,21 @@ class ClassificationBrain(sb.Brain):
         """SpeechBrain's Brain state (step, running loss), plus mid-epoch the accuracy counts."""
         super()._save(path)
         if self.step > 0:
+            # Mid-epoch: also how the training stream of tar shards was split (shards.py).
+            streams = [hook.state() for hook in getattr(self, "epoch_hooks", ()) if hasattr(hook, "state")]
             with open(path, "a", encoding="utf-8") as stream:
-                yaml.safe_dump({"train_counts": [float(c) for c in self.counts]}, stream)
+                yaml.safe_dump({"train_counts": [float(c) for c in self.counts],
+                                **({"data_stream": streams[0]} if streams else {})}, stream)
 
     @sb.utils.checkpoints.mark_as_loader
     def _recover(self, path, end_of_epoch):
         super()._recover(path, end_of_epoch)
         with open(path, encoding="utf-8") as stream:
-            counts = yaml.safe_load(stream).get("train_counts")
+            saved = yaml.safe_load(stream)
+        counts = saved.get("train_counts")
+        for hook in getattr(self, "epoch_hooks", ()) if not end_of_epoch else ():
+            if hasattr(hook, "check_state"):
+                hook.check_state(saved.get("data_stream"))
         if counts is None or end_of_epoch or not if_main_process():
             counts = [0.0, 0.0]  # under DDP the main process holds the sum (_save_intra_epoch_ckpt)
         self.counts = torch.tensor(counts, dtype=torch.float64, device=self.device)

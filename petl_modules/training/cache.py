@@ -82,6 +82,10 @@ def check_cacheable(hparams):
         )
     if hparams.get("apply_spec_augment"):
         reasons.append("apply_spec_augment=True masks the backbone's features at random")
+    if hparams.get("mixup"):
+        reasons.append(f"mixup={hparams['mixup']} mixes the inputs at random: add --mixup=null")
+    if hparams.get("shards"):
+        reasons.append("the cache is built from the audio files, not from tar shards: drop --shards")
     petl_model = hparams["petl_model"]
     inserted = sorted({type(m).__name__ for m in petl_model.modules() if isinstance(m, PETLModule)})
     if inserted:

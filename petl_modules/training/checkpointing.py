@@ -41,7 +41,7 @@ from speechbrain.dataio.dataloader import SaveableDataLoader
 from speechbrain.nnet.adapters import AdaptedModel
 from speechbrain.utils import _workarounds, checkpoints
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
-from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, is_distributed_initialized
 
 from petl_modules.contract import petl_buffers
 
@@ -436,6 +436,9 @@ class Checkpointer(checkpoints.Checkpointer):
                 if folder.is_dir() and not self._is_checkpoint_dir(folder):
                     logger.info(f"Deleting {folder}: a checkpoint left incomplete by a killed run.")
                     shutil.rmtree(folder)
+        # Under DDP every process lists the checkpoints next (SpeechBrain's delete_checkpoints,
+        # which deletes through a main-process call per checkpoint): all must see this one.
+        ddp_barrier()
         return checkpoint
 
     # ---------------------------------------------------------------- listing

@@ -20,6 +20,8 @@ from petl_modules.backbones import FAMILIES, lobe_class
 from petl_modules.model.windows import EVAL_WINDOWS, WINDOW_POOLINGS
 from petl_modules.paths import hparams_folder
 from petl_modules.training.metrics import CLASS_WEIGHTS, TASKS
+from petl_modules.training.mixup import MIXUPS
+from petl_modules.training.sampling import SAMPLINGS
 from petl_modules.training.windows import TRAIN_CROPS
 
 logger = logging.getLogger(__name__)
@@ -87,9 +89,14 @@ OPTION_RANGES = {
     "valid_fraction": (float, 0, False),
     "test_fraction": (float, 0, False),
     "split_seed": (int, None, False),
+    # sampling, mixup, shards (petl_modules/training/sampling.py, mixup.py, shards.py)
+    "mixup_alpha": (float, 0, False),
+    "mixup_prob": (float, 0, False),
+    "shuffle_buffer": (int, 1, False),
 }
 STRICTLY_POSITIVE = {"lr", "head_lr", "clip_seconds", "window_hop_seconds", "valid_fraction",
-                     "test_fraction"}
+                     "test_fraction", "mixup_alpha"}
+AT_MOST_ONE = {"mixup_prob"}
 # Options that take one of a few values (petl_modules/training/windows.py).
 OPTION_VALUES = {
     "train_crop": TRAIN_CROPS,
@@ -99,6 +106,8 @@ OPTION_VALUES = {
     # petl_modules/training/metrics.py
     "task": TASKS,
     "class_weights": CLASS_WEIGHTS,
+    "sampling": SAMPLINGS,
+    "mixup": MIXUPS,
 }
 
 
@@ -122,6 +131,8 @@ def validate_options(values):
         elif low is not None and (value <= low if key in STRICTLY_POSITIVE else value < low):
             bound = f"> {low}" if key in STRICTLY_POSITIVE else f">= {low}"
             problems.append(f"--{key}={value!r} is out of range: it must be {bound}")
+        elif key in AT_MOST_ONE and value > 1:
+            problems.append(f"--{key}={value!r} is out of range: it must be between 0 and 1")
     for key, allowed in OPTION_VALUES.items():
         value = values.get(key, allowed[0])
         if getattr(value, "tag", None) is not None and getattr(value.tag, "value", None):

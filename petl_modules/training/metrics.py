@@ -9,7 +9,10 @@ Two tasks (``task`` in ``recipe.yaml``):
   sigmoid + binary cross-entropy per class; scored by mAP (the mean over classes of the average
   precision, as the AudioSet and FSD50K papers; classes without a positive example are left out of
   the mean) and by micro/macro F1 at per-class thresholds chosen on the validation split
-  (``choose_thresholds``: the threshold of best F1 per class), which the model folder keeps.
+  (``choose_thresholds``: the threshold of best F1 per class), which the model folder keeps; the
+  test also reports d-prime (``d_prime``: sqrt(2) x the inverse normal CDF of the mean per-class
+  ROC AUC, the AudioSet papers' convention) and writes every class's AP, AUC and F1 to a CSV
+  (``write_per_class_scores``).
 
 ``class_weights: balanced`` weights the loss by the inverse class frequency of the training split
 (``balanced_class_weights``; scikit-learn's ``compute_class_weight``): per class for single-label,
@@ -74,10 +77,11 @@ def balanced_class_weights(label_lists, class_names, multilabel):
     """
     names = list(class_names)
     if multilabel:
+        index = {name: k for k, name in enumerate(names)}
         counts = np.zeros(len(names))
         for labels in label_lists:
             for name in labels:
-                counts[names.index(name)] += 1
+                counts[index[name]] += 1
         negatives = len(label_lists) - counts
         return torch.tensor(negatives / np.maximum(counts, 1), dtype=torch.float32)
     from sklearn.utils.class_weight import compute_class_weight
@@ -109,6 +113,32 @@ def mean_average_precision(targets, scores):
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
 
 
+def roc_aucs(targets, scores):
+    """Per-class ROC AUC ``[C]`` (NaN for a class whose examples are all positive or all negative)."""
+    from sklearn.metrics import roc_auc_score
+
+    targets, scores = np.asarray(targets), np.asarray(scores, dtype=np.float64)
+    out = np.full(targets.shape[1], np.nan)
+    for c in range(targets.shape[1]):
+        if 0 < targets[:, c].sum() < len(targets):
+            out[c] = roc_auc_score(targets[:, c], scores[:, c])
+    return out
+
+
+def d_prime(auc):
+    """The d-prime of a ROC AUC: ``sqrt(2) * Phi^-1(auc)`` (the separation, in standard deviations,
+    of two unit-variance normal score distributions with that AUC); NaN for a NaN AUC.
+
+    Example
+    -------
+    >>> round(d_prime(0.5), 6), round(d_prime(0.9), 4)
+    (0.0, 1.8124)
+    """
+    from scipy.stats import norm
+
+    return float(np.sqrt(2.0) * norm.ppf(auc)) if np.isfinite(auc) else float("nan")
+
+
 def choose_thresholds(targets, scores):
     """Per-class decision thresholds: the score threshold of best F1 on these (validation) examples.
 
@@ -137,17 +167,47 @@ def choose_thresholds(targets, scores):
 
 
 def multilabel_scores(targets, scores, thresholds):
-    """``{"map", "f1_micro", "f1_macro"}`` of probabilities ``scores`` against 0/1 ``targets``
-    (both ``[N, C]``), a class being predicted where its score reaches its threshold."""
+    """The scores of probabilities ``scores`` against 0/1 ``targets`` (both ``[N, C]``), a class
+    being predicted where its score reaches its threshold: ``map``, ``f1_micro``, ``f1_macro``,
+    ``mauc`` (the mean per-class ROC AUC), ``d_prime`` (of ``mauc``), and per class (lists of
+    ``[C]``, NaN where undefined) ``ap``, ``auc``, ``f1``, ``positives``."""
     from sklearn.metrics import f1_score
 
     targets = np.asarray(targets).astype(int)
     predicted = (np.asarray(scores) >= np.asarray(thresholds)[None, :]).astype(int)
+    ap, auc = average_precisions(targets, scores), roc_aucs(targets, scores)
+    mauc = float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
     return {
-        "map": mean_average_precision(targets, scores),
+        "map": float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0,
         "f1_micro": float(f1_score(targets, predicted, average="micro", zero_division=0)),
         "f1_macro": float(f1_score(targets, predicted, average="macro", zero_division=0)),
+        "mauc": mauc,
+        "d_prime": d_prime(mauc),
+        "ap": ap.tolist(),
+        "auc": auc.tolist(),
+        "f1": f1_score(targets, predicted, average=None, zero_division=0).tolist(),
+        "positives": targets.sum(axis=0).tolist(),
     }
+
+
+PER_CLASS_FILE = "test_per_class.csv"
+
+
+def write_per_class_scores(path, scores, class_names, thresholds):
+    """Writes a multi-label test's per-class scores (``multilabel_scores``) as CSV: ``index, class,
+    positives, ap, auc, f1, threshold``, one row per class in index order (empty where a score is
+    undefined: no positive, or no negative, test example)."""
+    def cell(value):
+        return "" if value is None or not np.isfinite(value) else f"{value:.6f}"
+
+    with open(Path(path), "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["index", "class", "positives", "ap", "auc", "f1", "threshold"])
+        for k, name in enumerate(class_names):
+            writer.writerow([k, name, int(scores["positives"][k]), cell(scores["ap"][k]),
+                             cell(scores["auc"][k]), cell(scores["f1"][k]),
+                             cell(float(thresholds[k]))])
+    return Path(path)
 
 
 def single_label_scores(labels, predicted, n_classes):

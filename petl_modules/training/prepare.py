@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 OPTIONS_FILE = "prepare_options.json"
 SKIPPED_FILE = "skipped_files.txt"
 PROBLEMS_FILE = "bad_files.txt"
+# What a preparation found that results.json should say (e.g. clips missing from a copy of the
+# data): a JSON object next to the manifests, copied into results.json under "data".
+DATA_REPORT_FILE = "data_report.json"
 MAX_LISTED = 20
 # Only float files can hold NaN or Inf: their samples are read once here; integer PCM files are
 # checked by their header alone.
@@ -51,6 +54,21 @@ def manifests_up_to_date(save_folder, names, options):
         logger.info(f"Manifests in {save_folder} are up to date; skipping preparation.")
         return True
     return False
+
+
+def peak_memory_mb():
+    """This process's peak resident memory so far, in MB (Linux ``VmHWM``; elsewhere
+    ``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _check(path, samples=True):

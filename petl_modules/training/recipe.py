@@ -6,10 +6,10 @@ A recipe's ``main`` reads in the order of SpeechBrain's templates, each step a c
     sb.utils.distributed.ddp_init_group(run_opts)
     run = load_run(hparams_file, DATASET_YAML, overrides, run_opts)  # compose, check, build
     with claimed_output_folder(run):                 # lock, run identity, experiment folder
-        run_on_main(prepare, kwargs={"hparams": run.hparams})
+        run.prepare(prepare)                         # run_on_main; nothing to do with --shards
         for fold in run.unfinished_folds():
             hparams = run.fold_hparams(fold)         # the fold's objects and experiment folder
-            datasets, class_names = fold_datasets(make_datasets(hparams, fold), hparams, run_opts)
+            datasets, class_names = run.datasets(make_datasets, hparams, fold)  # fold_datasets
             brain = Brain(...); brain.fit(...); brain.evaluate(..., max_key="valid_acc")
             run.finish_fold(fold, hparams, brain, class_names)  # petl_model/, fold_result.json
         return run.write_results()                   # results.json
@@ -50,7 +50,7 @@ from petl_modules.training.compose import (
     scalar_hparams,
     validate_options,
 )
-from petl_modules.training.prepare import DataError
+from petl_modules.training.prepare import DATA_REPORT_FILE, DataError
 from petl_modules.training.run_folder import (
     RunFolderError,
     RunLock,
@@ -58,6 +58,8 @@ from petl_modules.training.run_folder import (
     run_identity,
     write_json_atomic,
 )
+from petl_modules.training.mixup import RawClip, WaveformMixup, mix_waveforms, mixup_options
+from petl_modules.training.sampling import use_class_balanced_sampling
 from petl_modules.training.windows import (
     WINDOW_KEYS,
     WINDOW_RESULTS_FILE,
@@ -142,10 +144,18 @@ def class_names_of(datasets, multilabel=False):
 
 def few_shot_subset(dataset, samples_per_class, seed):
     """Keeps ``samples_per_class`` random items of each class (seeded, balanced)."""
-    by_class = {}
     with dataset.output_keys_as(["id", "label"]):
-        for item in dataset:
-            by_class.setdefault(item["label"], []).append(item["id"])
+        keep = few_shot_ids(((item["id"], item["label"]) for item in dataset), samples_per_class,
+                            seed)
+    return dataset.filtered_sorted(key_test={"id": lambda i: i in keep})
+
+
+def few_shot_ids(examples, samples_per_class, seed):
+    """The ids ``few_shot_subset`` keeps of ``(id, label)`` pairs: ``samples_per_class`` per
+    label, drawn with ``seed`` (a label with fewer keeps all, with a warning)."""
+    by_class = {}
+    for uid, label in examples:
+        by_class.setdefault(label, []).append(uid)
     rng = random.Random(seed)
     keep = []
     for label in sorted(by_class):
@@ -156,8 +166,7 @@ def few_shot_subset(dataset, samples_per_class, seed):
                 "training examples; keeping all of them."
             )
         keep += rng.sample(ids, min(samples_per_class, len(ids)))
-    keep = set(keep)
-    return dataset.filtered_sorted(key_test={"id": lambda i: i in keep})
+    return set(keep)
 
 
 def target_key(hparams):
@@ -166,7 +175,8 @@ def target_key(hparams):
     return "targets" if metrics.is_multilabel(hparams) else "label_index"
 
 
-def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabel=False):
+def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabel=False,
+                  waveform_mixup=None):
     """Adds ``inputs`` (features of the audio file, or of one clip of it) and ``label_index``
     (``targets``, multi-hot, for multi-label) to every dataset of ``{split: dataset}``.
 
@@ -175,7 +185,9 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     Brain sets its epoch); a dataset of sliding windows (``window_dataset``) reads each window
     and also outputs its ``WINDOW_KEYS`` (file id, start and end); the others read the first clip.
     A dataset whose rows may be segments of long files (``SEGMENT_FIELDS``) reads, crops and
-    windows within each segment (``segment_span``).
+    windows within each segment (``segment_span``). With ``waveform_mixup``
+    (``petl_modules.training.mixup.WaveformMixup``) each training clip's audio is mixed with its
+    partner's before the features, and the training batches also hold ``mixed_targets``.
     """
     rate = getattr(input_processor, "sample_rate", 16000)
 
@@ -194,13 +206,13 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     def window_pipeline(wav, start, end):
         return load_input(wav, input_processor, start=int(start), stop=int(end))
 
-    def segment_input(uid, wav, fields, crop):
+    def segment_input(uid, wav, fields, crop, processor=input_processor):
         span = segment_span(fields, rate)
         if span is None:
-            return load_input(wav, input_processor, start=crop(uid) if crop else 0)
+            return load_input(wav, processor, start=crop(uid) if crop else 0)
         first, last = span
         offset = crop(uid)(last - first) if crop else 0
-        return load_input(wav, input_processor, start=first + offset, stop=last)
+        return load_input(wav, processor, start=first + offset, stop=last)
 
     @sb.utils.data_pipeline.takes("id", "wav", *SEGMENT_FIELDS)
     @sb.utils.data_pipeline.provides("inputs")
@@ -222,11 +234,40 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, multilabe
     def multi_hot_pipeline(label):
         return metrics.multi_hot(metrics.labels_of(label, True), encoder.lab2ind, len(encoder))
 
+    def mixed_pipeline(dataset):
+        raw = RawClip(input_processor)
+
+        def read(uid):
+            fields = dataset.data[uid]
+            return segment_input(uid, fields["wav"], fields, train_crop, raw)
+
+        def soft(uid):
+            names = metrics.labels_of(dataset.data[uid]["label"], multilabel)
+            return metrics.multi_hot(names, encoder.lab2ind, len(encoder))
+
+        @sb.utils.data_pipeline.takes("id")
+        @sb.utils.data_pipeline.provides("inputs", "mixed_targets")
+        def pipeline(uid):
+            partner, lam = waveform_mixup(uid)
+            own = read(uid)
+            if lam >= 1.0:
+                yield input_processor(own)
+                yield soft(uid)
+                return
+            yield input_processor(mix_waveforms(own, read(partner), lam))
+            yield lam * soft(uid) + (1.0 - lam) * soft(partner)
+        return pipeline
+
     target = "targets" if multilabel else "label_index"
     for split, dataset in datasets.items():
         keys = ["id", "inputs", target]
         segments = has_segments(dataset)
-        if is_window_dataset(dataset):
+        if split == "train" and waveform_mixup is not None:
+            dataset.add_dynamic_item(mixed_pipeline(dataset))
+            keys.append("mixed_targets")
+            dataset.train_crop = train_crop
+            dataset.epoch_hooks = [waveform_mixup]
+        elif is_window_dataset(dataset):
             dataset.add_dynamic_item(window_pipeline)
             keys += list(WINDOW_KEYS)
         elif split == "train" and train_crop is not None:
@@ -348,7 +389,12 @@ def aggregate_results(output_folder, header):
 
 # The scores of a fold_result.json that results.json averages over the folds.
 FOLD_SCORES = ("valid_accuracy", "test_accuracy", "valid_map", "test_map", "test_f1_micro",
-               "test_f1_macro")
+               "test_f1_macro", "test_mauc", "test_d_prime")
+
+
+def _finite_or_none(value):
+    """A score as a plain float, or None where it is undefined (NaN: JSON has no NaN)."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 
@@ -382,10 +428,13 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
         What every later step reads. A wrong option exits (``sys.exit``) with one line naming it.
     """
     try:
-        yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
-        if options_from_data is not None:
+        given = ruamel.yaml.YAML().load(overrides) if isinstance(overrides, str) else overrides
+        if (given or {}).get("shards"):  # the classes, folds and data options of the shards
+            yaml_text = _compose_from_shards(hparams_file, dataset_yaml, dict(given))
+        else:
+            yaml_text = compose_hparams(hparams_file, dataset_yaml, overrides)
+        if options_from_data is not None and not (given or {}).get("shards"):
             found = options_from_data(ruamel.yaml.YAML().load(yaml_text))
-            given = ruamel.yaml.YAML().load(overrides) if isinstance(overrides, str) else overrides
             yaml_text = compose_hparams(hparams_file, dataset_yaml, dict(given or {}, **found))
         folds = fold_list(ruamel.yaml.YAML().load(yaml_text))  # plain keys: nothing built yet
         hparams = load_fold_hparams(yaml_text, folds[0])  # builds the model: options checked
@@ -399,6 +448,39 @@ def load_run(hparams_file, dataset_yaml, overrides, run_opts, options_from_data=
     except (ConfigError, ValueError, TypeError, OSError) as err:
         sys.exit(f"Error in the configuration ({hparams_file} + {dataset_yaml}): {_message(err)}")
     return Run(yaml_text, folds, hparams, run_opts)
+
+
+def _compose_from_shards(hparams_file, dataset_yaml, given):
+    """``compose_hparams`` for a run that reads ``--shards``: class names, their number, the
+    folds and the data options the shards were written with (``--subset``, ``--task``, ...) come
+    from the shards' index, ``data_folder`` too unless given; a data option given on the command
+    line with another value is an error."""
+    from petl_modules.training.shards import check_run_against_index, read_index, run_options_from_index
+
+    index = read_index(given["shards"])
+    given.setdefault("data_folder", index["data_folder"])
+    keys = ruamel.yaml.YAML().load(compose_hparams(hparams_file, dataset_yaml, given))
+    check_run_against_index(index, dict(given, dataset=keys.get("dataset")), given["shards"])
+    found = {**index.get("data_options", {}), **run_options_from_index(index)}
+    found = {k: v for k, v in found.items() if k in keys and (k not in given or k == "class_names")}
+    return compose_hparams(hparams_file, dataset_yaml, dict(given, **found))
+
+
+def data_report(hparams):
+    """What the data's preparation reported for results.json (``DATA_REPORT_FILE`` next to the
+    manifests, e.g. the clips missing from a copy of the data; for a run from ``--shards``, the
+    report the shards were written with): a dict, empty if none."""
+    if hparams.get("shards"):
+        from petl_modules.training.shards import read_index
+
+        return dict(read_index(hparams["shards"]).get("data_report") or {})
+    path = Path(hparams["manifest_folder"]) / DATA_REPORT_FILE
+    try:
+        with open(path) as stream:
+            report = json.load(stream)
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def dataset_name(hparams):
@@ -438,6 +520,22 @@ class Run:
             "requested_folds": [f for f in folds if f is not None],
         }
         self.header.update(parameter_report(hparams["modules"]))  # the same model in every fold
+
+    def prepare(self, prepare):
+        """Runs the recipe's ``prepare(hparams)`` on the main process (SpeechBrain's
+        ``run_on_main``); nothing to prepare for a run that reads ``--shards``."""
+        if not self.hparams.get("shards"):
+            run_on_main(prepare, kwargs={"hparams": self.hparams})
+
+    def datasets(self, make_datasets, hparams, fold):
+        """``fold_datasets(make_datasets(hparams, fold), ...)``: the fold's datasets ready for the
+        Brain, and the class names; read from the tar shards instead with ``--shards``
+        (``petl_modules.training.shards.shard_datasets``)."""
+        if hparams.get("shards"):
+            from petl_modules.training.shards import shard_datasets
+
+            return shard_datasets(hparams, fold)
+        return fold_datasets(make_datasets(hparams, fold), hparams, self.run_opts)
 
     def experiment_folder(self, fold):
         """The experiment folder of ``fold``: ``<output_folder>/fold_<k>`` (as
@@ -489,7 +587,9 @@ class Run:
         if metrics.is_multilabel(hparams):
             thresholds = brain.best_thresholds()
             result.update(valid_map=float(best.meta[key]) if best else None, test_map=stats["map"],
-                          test_f1_micro=stats["f1_micro"], test_f1_macro=stats["f1_macro"])
+                          test_f1_micro=stats["f1_micro"], test_f1_macro=stats["f1_macro"],
+                          test_mauc=_finite_or_none(stats.get("mauc")),
+                          test_d_prime=_finite_or_none(stats.get("d_prime")))
         else:
             result.update(valid_accuracy=float(best.meta[key]) if best else None,
                           test_accuracy=stats["accuracy"], test_f1_macro=stats.get("f1_macro"))
@@ -508,6 +608,10 @@ class Run:
                 title = f"{hparams['dataset']} {hparams['method']}" + (f", fold {fold}" if fold else "")
                 written = metrics.write_confusion_matrix(folder, stats["confusion"], class_names, title=title)
                 logger.info(f"Test confusion matrix: {written[0]}, {written[1]}")
+            if thresholds is not None and stats.get("per_class"):
+                written = metrics.write_per_class_scores(folder / metrics.PER_CLASS_FILE,
+                                                         stats["per_class"], class_names, thresholds)
+                logger.info(f"Test scores per class (AP, AUC, F1): {written}")
             model_folder = save_run_petl_model(hparams, class_names, thresholds)
             write_metrics(model_folder, result, dataset=hparams.get("dataset"))
             if hparams.get("window_results") and getattr(brain, "test_windows", None):
@@ -522,7 +626,7 @@ class Run:
         others). Returns its content."""
         if not if_main_process():
             return None
-        results = aggregate_results(self.output_folder, self.header)
+        results = aggregate_results(self.output_folder, {**self.header, **data_report(self.hparams)})
         main, name = ("test_map", "mAP") if "test_map_mean" in results else ("test_accuracy", "accuracy")
         extra = (f" (micro F1 {results['test_f1_micro']:.4f}, macro F1 {results['test_f1_macro']:.4f})"
                  if "test_f1_micro" in results else "")
@@ -608,7 +712,13 @@ def fold_datasets(datasets, hparams, run_opts):
     crop = None
     if hparams.get("train_crop", "first") == "random":
         crop = TrainCrop(hparams["seed"], clip_samples(processor))
-    add_pipelines(datasets, processor, encoder, train_crop=crop, multilabel=multilabel)
+    if hparams.get("sampling", "random") == "class_balanced":
+        use_class_balanced_sampling(datasets["train"], class_names, multilabel)
+    kind, alpha, prob = mixup_options(hparams)
+    mixup = WaveformMixup(datasets["train"].data_ids, hparams["seed"], alpha, prob) \
+        if kind == "waveform" else None
+    add_pipelines(datasets, processor, encoder, train_crop=crop, multilabel=multilabel,
+                  waveform_mixup=mixup)
     if hparams.get("cache_backbone_outputs"):
         use_backbone_cache(hparams, datasets, device=run_opts.get("device", "cpu"),
                            target=target_key(hparams))

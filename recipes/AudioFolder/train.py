@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import speechbrain as sb
-from speechbrain.utils.distributed import run_on_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -57,11 +56,10 @@ def main(argv=None):
     # compose, read the classes and folds of the data (no audio read), check, build
     run = recipe.load_run(hparams_file, DATASET_YAML, overrides, run_opts, options_from_data)
     with recipe.claimed_output_folder(run):  # this run's alone; errors as one line
-        run_on_main(prepare, kwargs={"hparams": run.hparams})
+        run.prepare(prepare)  # on the main process; nothing to prepare with --shards
         for fold in run.unfinished_folds():
             hparams = run.fold_hparams(fold)
-            datasets, class_names = recipe.fold_datasets(make_datasets(hparams, fold), hparams,
-                                                         run_opts)
+            datasets, class_names = run.datasets(make_datasets, hparams, fold)
             brain = AudioFolderBrain(
                 modules=hparams["modules"],
                 opt_class=hparams["opt_class"],

@@ -1,0 +1,665 @@
+"""Training, validation and test from tar shards (WebDataset format) instead of loose audio files.
+
+``python -m petl_modules.shard RECIPE --data_folder=... OUT`` writes a recipe's prepared data once
+(``petl_modules/shard.py``): per part (a split, or a fold of a multi-fold dataset) tar files of
+``samples_per_shard`` clips, each clip a ``<key>.<audio extension>`` member (the file's bytes as
+they came, or 16 kHz mono FLAC) and a ``<key>.json`` member (id, label, duration), readable by the
+``webdataset`` package as any WebDataset; beside them ``samples.csv`` (one row per clip: shard,
+key, id, label, duration) and the index ``shards.json`` (parts, which parts make each split of each
+fold, class names, the data options). ``--shards=OUT`` makes any recipe read them
+(``shard_datasets``), with no audio folder and no preparation.
+
+How an epoch reads the shards (``EpochPlan``; a function of the seed, the epoch, the number of
+processes, of DataLoader workers and the batch size, nothing else):
+
+1. the clips drawn: every clip once (``sampling: random``), or ``sampling: class_balanced``'s
+   draws (``petl_modules.training.sampling``: as many draws as clips, with replacement, by the
+   clips' weights; a multinomial draw seeded by seed and epoch), less the clips ``few_shot_samples``
+   leaves out;
+2. the shards in a seeded order (training; validation and test in their written order), the
+   drawn clips in that order (a clip drawn k times as k copies, one after the other);
+3. that stream cut into equal shares, one per process (DDP rank), each cut into equal shares, one
+   per DataLoader worker: no clip is read twice or skipped in an epoch (a clip drawn several times
+   whose copies fall on both sides of a cut is read by both);
+4. each worker's share shuffled by a buffer of ``shuffle_buffer`` clips (seeded by seed, epoch,
+   rank, worker; training only), then cut into batches of ``batch_size`` (the last of a worker
+   shorter). Every process gets the same number of batches (a few batches one clip shorter where
+   the shares would differ), known before the epoch starts: ``len()`` is the progress bars' and
+   the learning-rate schedule's epoch length.
+
+The DataLoader takes the workers' batches in turn, so the batch order is known too: a run resumed
+from a checkpoint taken mid-epoch skips exactly the batches it had trained on (nothing of them is
+read; the clips of a partly read shard are skipped by their tar headers) and ends with the same
+weights as an uninterrupted run (with the same number of processes and workers; otherwise a
+warning says the rest of the epoch differs). Each worker reads its shards front to back, holding
+at most ``shuffle_buffer`` clips (their compressed bytes) in memory.
+
+Validation and test run in full on every process (as the recipes' loose-file evaluation),
+``eval_windows: sliding`` included. ``mixup: waveform`` mixes each training clip with another clip
+of its batch (from loose files the partner is any training clip: a stream cannot reach any clip).
+Refused with shards, with the reason: ``cache_backbone_outputs`` (its cache is built from files).
+"""
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+
+from petl_modules.training import metrics
+from petl_modules.model.audio import load_input
+from petl_modules.training.mixup import RawClip, mix_waveforms, mixup_options
+from petl_modules.training.prepare import DataError
+from petl_modules.training.windows import WINDOW_KEYS, EvalProtocol, TrainCrop, clip_samples, window_starts
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "shards.json"
+INDEX_FORMAT = "petl-ast-shards"
+INDEX_VERSION = 1
+TABLE_FILE = "samples.csv"
+TABLE_COLUMNS = ("shard", "key", "ID", "label", "duration", "seg_start", "seg_end")
+MAX_INDEX_BYTES = 64 << 20  # a bigger shards.json is not one we wrote
+# Options that name where the data is, not what it is: not compared between shards and runs
+# (nor are options ending in _folder).
+PATH_OPTIONS = {"manifest"}
+
+
+class ShardError(DataError):
+    """A shard folder that is not what ``python -m petl_modules.shard`` writes, or that does not
+    fit the run."""
+
+
+# ==================================================================== the index
+def read_index(folder):
+    """The index (``shards.json``) of a shard folder, read as JSON data and checked.
+
+    Raises
+    ------
+    ShardError
+        No index, or one of another format or version, or paths leaving the folder.
+    """
+    folder = Path(folder)
+    path = folder / INDEX_FILE
+    if not path.is_file():
+        raise ShardError(f"--shards={folder}: no {INDEX_FILE} in it. Write the shards with "
+                         f"python -m petl_modules.shard <recipe> --data_folder=... {folder}.")
+    if path.stat().st_size > MAX_INDEX_BYTES:
+        raise ShardError(f"{path} is larger than any index this code writes.")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ShardError(f"{path} is not valid JSON ({err}): write the shards again.") from None
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        raise ShardError(f"{path} is not a shard index of python -m petl_modules.shard.")
+    if index.get("version") != INDEX_VERSION:
+        raise ShardError(f"{path} has version {index.get('version')}; this code reads version "
+                         f"{INDEX_VERSION}: write the shards again.")
+    for name, part in index["parts"].items():
+        for entry in [part["table"], *(s["file"] for s in part["shards"])]:
+            if Path(entry).is_absolute() or ".." in Path(entry).parts:
+                raise ShardError(f"{path}: part '{name}' names '{entry}', outside the folder.")
+    return index
+
+
+def split_parts(index, fold):
+    """``{split: [part names]}`` of ``fold`` (None: a dataset with official splits)."""
+    key = "all" if fold is None else str(int(fold))
+    if key not in index["splits"]:
+        raise ShardError(f"The shards hold no fold {key} (they hold {', '.join(index['splits'])}).")
+    return index["splits"][key]
+
+
+def run_options_from_index(index):
+    """The options a run from these shards takes from the index: class names, their number,
+    the folds (``recipe.load_run``)."""
+    return {"class_names": list(index["class_names"]), "n_classes": len(index["class_names"]),
+            "folds": index.get("folds")}
+
+
+def check_run_against_index(index, options, folder):
+    """Raises ``ShardError`` naming every data option of ``options`` (those given on the command
+    line) that the index records (``data_options``: those that decided the clips and labels of the
+    shards) with another value, or another dataset."""
+    problems = []
+    if options.get("dataset") != index["dataset"]:
+        problems.append(f"they hold {index['dataset']}, not {options.get('dataset')}")
+    for key, written in index.get("data_options", {}).items():
+        if key in options and options[key] != written:
+            problems.append(f"--{key}={options[key]!r}, but they were written with {written!r}")
+    if problems:
+        raise ShardError(f"The shards in {folder} do not fit this run: {'; '.join(problems)}. "
+                         "Run with the shards' values, or write shards for these options (python "
+                         "-m petl_modules.shard ... with them) into another folder.")
+
+
+# ==================================================================== the clips of a split
+class SampleTable:
+    """The clips of some parts of a shard folder, as arrays (two million clips cost a few hundred
+    MB, not the GBs of one dict per row): ``shard`` index into ``shard_files``, member ``keys``,
+    ``ids``, labels as class indices (``label_ptr``/``label_idx``, CSR), ``duration`` (s),
+    ``seg_start``/``seg_end`` (s, NaN: whole file)."""
+
+    def __init__(self, folder, index, parts, class_names, multilabel):
+        self.folder, self.multilabel = Path(folder), multilabel
+        lookup = {name: k for k, name in enumerate(class_names)}
+        self.shard_files, shard, keys, ids, durations, starts, ends = [], [], [], [], [], [], []
+        label_idx, label_len = [], []
+        for name in parts:
+            part = index["parts"][name]
+            offset = len(self.shard_files)
+            self.shard_files += [self.folder / s["file"] for s in part["shards"]]
+            with open(self.folder / part["table"], newline="", encoding="utf-8") as stream:
+                reader = csv.reader(stream)
+                header = next(reader)
+                if tuple(header) != TABLE_COLUMNS:
+                    raise ShardError(f"{self.folder / part['table']}: columns {header}, expected "
+                                     f"{list(TABLE_COLUMNS)}.")
+                for row in reader:
+                    shard.append(offset + int(row[0]))
+                    keys.append(row[1])
+                    ids.append(row[2])
+                    try:
+                        found = [lookup[x] for x in metrics.labels_of(row[3], multilabel)]
+                    except KeyError as err:
+                        raise ShardError(f"{self.folder / part['table']}: clip {row[2]} has label "
+                                         f"{err.args[0]!r}, not one of the index's classes.") from None
+                    label_idx += found
+                    label_len.append(len(found))
+                    durations.append(float(row[4]))
+                    starts.append(float(row[5]) if row[5] else math.nan)
+                    ends.append(float(row[6]) if row[6] else math.nan)
+        self.shard = np.asarray(shard, dtype=np.int64)
+        self.keys = np.asarray(keys, dtype=object)
+        self.ids = np.asarray(ids, dtype=object)
+        self.label_idx = np.asarray(label_idx, dtype=np.int64)
+        self.label_ptr = np.concatenate([[0], np.cumsum(label_len)]).astype(np.int64)
+        self.duration = np.asarray(durations, dtype=np.float64)
+        self.seg_start = np.asarray(starts, dtype=np.float64)
+        self.seg_end = np.asarray(ends, dtype=np.float64)
+        if np.any(np.diff(self.shard) < 0):
+            raise ShardError(f"{self.folder}: the clips of a table are not in shard order.")
+
+    def __len__(self):
+        return len(self.ids)
+
+    def labels(self, i):
+        """The class indices of clip ``i``."""
+        return self.label_idx[self.label_ptr[i]:self.label_ptr[i + 1]]
+
+    def label_lists(self):
+        return [self.labels(i).tolist() for i in range(len(self))]
+
+    def shard_bounds(self):
+        """``(first clip, end clip)`` of every shard file (the clips are in shard order)."""
+        first = np.searchsorted(self.shard, np.arange(len(self.shard_files)), side="left")
+        end = np.searchsorted(self.shard, np.arange(len(self.shard_files)), side="right")
+        return first, end
+
+
+# ==================================================================== the plan of an epoch
+def equal_cuts(total, pieces):
+    """Start positions of ``pieces`` near-equal consecutive shares of ``total`` items, and the end."""
+    return [total * k // pieces for k in range(pieces + 1)]
+
+
+def batch_sizes(count, batches, batch_size):
+    """``count`` clips in ``batches`` non-empty batches of at most ``batch_size``: full batches
+    first, the last ones shortened (down to one clip) to fit."""
+    sizes = [batch_size] * batches
+    excess, k = batches * batch_size - count, batches - 1
+    while excess > 0 and k >= 0:
+        cut = min(excess, sizes[k] - 1)
+        sizes[k] -= cut
+        excess -= cut
+        k -= 1
+    return sizes
+
+
+def equal_batch_counts(counts, batch_size):
+    """Batches per worker (``counts[rank][worker]`` clips each) such that every rank has as many
+    batches as the rank that needs most: extra batches go to the workers with most clips per batch.
+
+    Raises
+    ------
+    ShardError
+        A rank with too few clips to fill that many non-empty batches (tiny data only).
+    """
+    batches = [[math.ceil(c / batch_size) for c in rank] for rank in counts]
+    target = max(sum(rank) for rank in batches)
+    for rank, (have, clips) in enumerate(zip(batches, counts)):
+        while sum(have) < target:
+            slack = [c - b for c, b in zip(clips, have)]
+            worker = int(np.argmax(slack))
+            if slack[worker] <= 0:
+                raise ShardError(
+                    f"{sum(clips)} clips on process {rank} cannot fill {target} batches like the "
+                    f"other processes: use fewer processes, a smaller --batch_size or more data.")
+            have[worker] += 1
+    return batches
+
+
+def round_robin_done(batches, done):
+    """``(delivered, next_worker)``: how many of its own batches each worker has delivered once
+    the DataLoader (which takes the workers' batches in turn, skipping workers that have none
+    left) has yielded ``done``, and the worker whose batch comes next (0 when none is left)."""
+    delivered = [0] * len(batches)
+    turn = 0
+    while done > 0 and turn < max(batches, default=0):
+        for worker, count in enumerate(batches):
+            if done > 0 and turn < count:
+                delivered[worker] += 1
+                done -= 1
+        turn += 1
+    waiting = [w for w, count in enumerate(batches) if delivered[w] < count]
+    behind = [w for w in waiting if delivered[w] == min(delivered[v] for v in waiting)]
+    return delivered, (behind[0] if behind else 0)
+
+
+def resumed_worker(batches, done, loader_worker):
+    """The worker of the plan whose batches DataLoader worker ``loader_worker`` yields in an
+    epoch resumed after ``done`` batches. A DataLoader starts its turns at its worker 0: the plan's
+    workers are rotated so that its worker 0 plays the one whose batch comes next, which keeps
+    the order of the batches left exactly that of an uninterrupted epoch."""
+    return (loader_worker + round_robin_done(batches, done)[1]) % len(batches)
+
+
+def buffer_order(count, size, rng):
+    """The order in which a shuffle buffer of ``size`` emits ``count`` items fed in order: fill
+    the buffer, then for each new item emit a random one and put the new one in its place; at the
+    end emit what is left in random order. Equal to the stream shuffle of WebDataset-style
+    loaders, computed on positions alone."""
+    out = np.empty(count, dtype=np.int64)
+    buffer = list(range(min(size, count)))
+    draws = rng.integers(0, size, size=max(0, count - size)).tolist()
+    for position, (item, slot) in enumerate(zip(range(len(buffer), count), draws)):
+        out[position] = buffer[slot]
+        buffer[slot] = item
+    done = max(0, count - size)
+    out[done:] = np.asarray(buffer, dtype=np.int64)[rng.permutation(len(buffer))]
+    return out
+
+
+class EpochPlan:
+    """Which clips each process and DataLoader worker reads in an epoch, in which batches (see the
+    module docstring). ``stream``: clip indices, one per copy, in reading order; ``shares[rank]
+    [worker]``: the (start, end) of that worker's part of the stream; ``batches[rank][worker]``:
+    its number of batches."""
+
+    def __init__(self, table, seed, epoch, batch_size, processes=1, workers=1, shuffle=True,
+                 weights=None, keep=None, buffer_size=1000):
+        self.seed, self.epoch, self.batch_size, self.shuffle = int(seed), int(epoch), batch_size, shuffle
+        self.buffer_size = int(buffer_size)
+        keep = np.ones(len(table), dtype=bool) if keep is None else keep
+        counts = keep.astype(np.int64)
+        if weights is not None:  # sampling: class_balanced
+            p = np.where(keep, weights, 0.0)
+            rng = np.random.default_rng([self.seed, self.epoch, 1])
+            counts = rng.multinomial(int(keep.sum()), p / p.sum())
+        first, end = table.shard_bounds()
+        order = np.arange(len(first))
+        if shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, 2]).permutation(len(first))
+        clips = np.concatenate([np.arange(first[s], end[s]) for s in order]) if len(order) else \
+            np.zeros(0, dtype=np.int64)
+        self.stream = np.repeat(clips, counts[clips])
+        cuts = equal_cuts(len(self.stream), processes)
+        self.shares = []
+        for rank in range(processes):
+            inner = equal_cuts(cuts[rank + 1] - cuts[rank], workers)
+            self.shares.append([(cuts[rank] + inner[w], cuts[rank] + inner[w + 1])
+                                for w in range(workers)])
+        sizes = [[e - s for s, e in rank] for rank in self.shares]
+        self.batches = equal_batch_counts(sizes, batch_size) if processes > 1 else \
+            [[math.ceil(c / batch_size) for c in rank] for rank in sizes]
+
+    def __len__(self):
+        """Batches per process."""
+        return sum(self.batches[0])
+
+    def worker_share(self, rank, worker):
+        """One worker's part of the stream, in reading order (shard by shard, copies together)."""
+        start, end = self.shares[rank][worker]
+        return self.stream[start:end]
+
+    def worker_batches(self, rank, worker, done=0):
+        """The clip indices of each remaining batch of one worker, its share shuffled (training),
+        once the DataLoader has yielded ``done`` batches of this process."""
+        share = self.worker_share(rank, worker)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, 3, rank, worker])
+            share = share[buffer_order(len(share), self.buffer_size, rng)]
+        sizes = batch_sizes(len(share), self.batches[rank][worker], self.batch_size)
+        skip = round_robin_done(self.batches[rank], done)[0][worker]
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        return [share[bounds[b]:bounds[b + 1]] for b in range(skip, len(sizes))]
+
+
+# ==================================================================== reading the shards
+class NamedBytes(io.BytesIO):
+    """A clip's bytes, named (in errors) by its shard and member."""
+
+    def __init__(self, data, name):
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self):
+        return self.name
+
+
+def read_clips(table, clips):
+    """Yields ``(clip index, audio bytes)`` of ``clips`` (indices in shard order, each once),
+    opening each shard once and skipping the other members by their tar headers."""
+    import tarfile
+
+    by_shard = {}
+    for i in clips:
+        by_shard.setdefault(int(table.shard[i]), []).append(int(i))
+    for shard, wanted in by_shard.items():
+        keys = {table.keys[i]: i for i in wanted}
+        path = table.shard_files[shard]
+        try:
+            with tarfile.open(path, mode="r:") as tar:
+                for member in tar:
+                    key, _, extension = member.name.partition(".")
+                    if key in keys and extension != "json" and member.isfile():
+                        yield keys.pop(key), tar.extractfile(member).read()
+                        if not keys:
+                            break
+        except (OSError, tarfile.TarError) as err:
+            raise ShardError(f"Cannot read shard {path}: {err}. Write the shards again (python "
+                             "-m petl_modules.shard ...).") from None
+        if keys:
+            raise ShardError(f"Shard {path} lacks the clip(s) {', '.join(sorted(keys)[:5])} that "
+                             f"{TABLE_FILE} lists: write the shards again.")
+
+
+class ShardDataset(torch.utils.data.IterableDataset):
+    """One split read from tar shards: yields ``PaddedBatch``es like the loose-file datasets'
+    (``id``, ``inputs``, ``label_index`` or multi-hot ``targets``; sliding windows add
+    ``WINDOW_KEYS``).
+
+    Arguments
+    ---------
+    table : SampleTable
+    processor : callable
+        The lobe's input processor.
+    batch_size : int
+    train : bool
+        Training (shuffled shards and buffer, crops, sampling, DDP shares) or evaluation (every
+        clip once in written order, on every process).
+    seed, shuffle_buffer : int
+    n_classes : int
+    train_crop : TrainCrop, optional
+    protocol : EvalProtocol, optional
+        Evaluation: first clip or sliding windows.
+    weights : array, optional
+        ``sampling: class_balanced``'s drawing weights.
+    keep : array of bool, optional
+        The clips ``few_shot_samples`` keeps.
+    mixup : tuple, optional
+        ``(alpha, prob)`` of ``mixup: waveform``: each training clip's audio is mixed with another
+        clip of its batch (a seeded draw per batch) before the features, and the batch gets
+        ``mixed_targets``.
+    """
+
+    def __init__(self, table, processor, batch_size, train, seed, shuffle_buffer, n_classes,
+                 train_crop=None, protocol=None, weights=None, keep=None, mixup=None):
+        super().__init__()
+        self.mixup = mixup
+        self.table, self.processor, self.batch_size, self.train = table, processor, batch_size, train
+        self.seed, self.shuffle_buffer, self.n_classes = int(seed), int(shuffle_buffer), n_classes
+        self.train_crop, self.protocol, self.weights, self.keep = train_crop, protocol, weights, keep
+        self.epoch, self.done = 1, 0
+        self.held_peak_bytes = 0  # the most clip bytes held at once (this process's iterations)
+        self.processes, self.rank = 1, 0
+        if train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.processes, self.rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        self.workers = 1
+        self.epoch_hooks = [self] if train else []
+        self._plans = {}
+
+    # ---------------------------------------------------------------- the epoch
+    def set_epoch(self, epoch, batches_done=0):
+        """The epoch to read next, and how many of its batches were already trained on (a run
+        resumed mid-epoch)."""
+        self.epoch, self.done = int(epoch), int(batches_done)
+        if self.train_crop is not None:
+            self.train_crop.set_epoch(epoch)
+
+    def plan(self, workers=None):
+        key = (self.epoch, workers or self.workers)
+        if key not in self._plans:
+            self._plans = {key: self._make_plan(key[1])}
+        return self._plans[key]
+
+    def _make_plan(self, workers):
+        return EpochPlan(self.table, self.seed, self.epoch if self.train else 0, self.batch_size,
+                         self.processes if self.train else 1, workers, shuffle=self.train,
+                         weights=self.weights if self.train else None,
+                         keep=self.keep if self.train else None, buffer_size=self.shuffle_buffer)
+
+    def __len__(self):
+        """Batches per process this epoch (training: exact; evaluation with sliding windows: from
+        the clips' recorded durations)."""
+        if self.train or self.protocol is None or not self.protocol.sliding:
+            return len(self.plan())
+        rate = getattr(self.processor, "sample_rate", 16000)
+        clip = clip_samples(self.processor)
+        windows = sum(len(window_starts(int(round(d * rate)), clip, self.protocol.hop(self.processor)))
+                      for d in self.table.duration)
+        return math.ceil(windows / self.batch_size)
+
+    def state(self):
+        """What a mid-epoch checkpoint records of the stream (``check_state`` compares)."""
+        return {"processes": self.processes, "workers": self.workers, "batch_size": self.batch_size}
+
+    def check_state(self, saved):
+        if saved and saved != self.state():
+            logger.warning(
+                f"This run resumes mid-epoch from a checkpoint taken with {saved}; it now runs "
+                f"with {self.state()}: the rest of this epoch skips as many batches, but not "
+                "exactly the clips the interrupted run had left (later epochs are as usual). Run "
+                "with the checkpoint's numbers of processes and workers to resume exactly.")
+
+    # ---------------------------------------------------------------- iteration
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        plan = self.plan(1 if info is None else info.num_workers)
+        if self.train:
+            worker = resumed_worker(plan.batches[self.rank], self.done, worker)
+            batches = plan.worker_batches(self.rank, worker, self.done)
+            return self._batches(batches, plan.worker_share(self.rank, worker))
+        return self._eval_batches(plan.worker_share(0, worker))
+
+    def _batches(self, batches, share):
+        """The batches of clip indices ``batches`` as ``PaddedBatch``es, reading the worker's
+        ``share`` in order (each needed clip once; copies of a clip drawn several times are kept
+        until their last batch)."""
+        needed = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+        remaining = {int(i): int(n) for i, n in zip(*np.unique(needed, return_counts=True))}
+        ordered = [int(i) for i in dict.fromkeys(share.tolist()) if int(i) in remaining]
+        reader = read_clips(self.table, ordered)
+        held, copies, held_bytes = {}, {}, 0
+        processor = RawClip(self.processor) if self.mixup else self.processor
+        for batch in batches:
+            items = []
+            for i in batch.tolist():
+                while i not in held:
+                    clip, data = next(reader)
+                    held[clip] = data
+                    held_bytes += len(data)
+                    self.held_peak_bytes = max(self.held_peak_bytes, held_bytes)
+                k = copies.get(i, 0)
+                copies[i] = k + 1
+                items.append(self._item(i, held[i], k, processor))
+                remaining[i] -= 1
+                if remaining[i] == 0:
+                    held_bytes -= len(held.pop(i))
+            if self.mixup:
+                items = self._mixed(items, int(batch[0]), copies[int(batch[0])])
+            yield PaddedBatch(items)
+
+    def _mixed(self, items, first, copy):
+        """``mixup: waveform`` from shards: each clip's audio mixed with another clip of the batch
+        (partners and weights drawn from seed, epoch and the batch's first clip), then the
+        features; ``mixed_targets`` with the same weights."""
+        alpha, prob = self.mixup
+        rng = np.random.default_rng([self.seed, self.epoch, 4, first, copy])
+        partners = rng.permutation(len(items))
+        lams = rng.beta(alpha, alpha, size=len(items))
+        lams = np.where(rng.random(len(items)) < prob, lams, 1.0)
+        key = "targets" if self.table.multilabel else "label_index"
+        soft = [it[key] if self.table.multilabel else
+                torch.nn.functional.one_hot(it[key].view(-1), self.n_classes)[0].float()
+                for it in items]
+        mixed = []
+        for k, item in enumerate(items):
+            j, lam = int(partners[k]), float(lams[k])
+            wav = mix_waveforms(item["inputs"], items[j]["inputs"], lam)
+            mixed.append(dict(item, inputs=self.processor(wav),
+                              mixed_targets=lam * soft[k] + (1.0 - lam) * soft[j]))
+        return mixed
+
+    def _eval_batches(self, clips):
+        items = []
+        for clip, data in read_clips(self.table, [int(i) for i in clips]):
+            for item in self._eval_items(clip, data):
+                items.append(item)
+                if len(items) == self.batch_size:
+                    yield PaddedBatch(items)
+                    items = []
+        if items:
+            yield PaddedBatch(items)
+
+    # ---------------------------------------------------------------- one clip
+    def _source(self, i, data):
+        member = f"{self.table.shard_files[self.table.shard[i]]}:{self.table.keys[i]}"
+        return NamedBytes(data, member)
+
+    def _span(self, i):
+        """``(first sample, end sample)`` of a clip that is a segment of its file, else None."""
+        start, end = self.table.seg_start[i], self.table.seg_end[i]
+        if math.isnan(start) and math.isnan(end):
+            return None
+        rate = getattr(self.processor, "sample_rate", 16000)
+        first = round((0.0 if math.isnan(start) else start) * rate)
+        return first, first + max(1, round(self.table.duration[i] * rate))
+
+    def _target(self, i):
+        labels = self.table.labels(i)
+        if self.table.multilabel:
+            target = torch.zeros(self.n_classes)
+            target[torch.as_tensor(labels)] = 1.0
+            return {"targets": target}
+        return {"label_index": torch.tensor([int(labels[0])])}
+
+    def _item(self, i, data, copy, processor=None):
+        processor = processor or self.processor
+        uid = self.table.ids[i]
+        source, span = self._source(i, data), self._span(i)
+        crop = None
+        if self.train_crop is not None:
+            crop = self.train_crop(uid if copy == 0 else f"{uid}#{copy}")
+        if span is None:
+            inputs = load_input(source, processor, start=crop or 0)
+        else:
+            offset = crop(span[1] - span[0]) if crop else 0
+            inputs = load_input(source, processor, start=span[0] + offset, stop=span[1])
+        return {"id": uid, "inputs": inputs, **self._target(i)}
+
+    def _eval_items(self, i, data):
+        uid, source, span = self.table.ids[i], self._source(i, data), self._span(i)
+        if self.protocol is None or not self.protocol.sliding:
+            first, last = span if span is not None else (0, None)
+            yield {"id": uid, "inputs": load_input(source, self.processor, start=first, stop=last),
+                   **self._target(i)}
+            return
+        from petl_modules.model.audio import audio_length
+
+        rate = getattr(self.processor, "sample_rate", 16000)
+        first, total = (0, audio_length(source, rate)) if span is None else (span[0], span[1] - span[0])
+        clip = clip_samples(self.processor)
+        for k, start in enumerate(window_starts(total, clip, self.protocol.hop(self.processor))):
+            end = total if clip is None else min(total, start + clip)
+            yield {"id": f"{uid}@{k}", "inputs": load_input(source, self.processor, start=first + start,
+                                                            stop=first + end),
+                   **dict(zip(WINDOW_KEYS, (uid, first + start, first + end))), **self._target(i)}
+
+    # ---------------------------------------------------------------- the loader
+    def make_dataloader(self, stage, **loader_kwargs):
+        """A DataLoader over this dataset's batches (``ClassificationBrain.make_dataloader``):
+        ``num_workers``, ``pin_memory``, ``generator``, ``timeout``, ``prefetch_factor`` are
+        honoured; batching and order are the plan's."""
+        kept = {k: v for k, v in loader_kwargs.items()
+                if k in ("num_workers", "pin_memory", "generator", "timeout", "prefetch_factor",
+                         "multiprocessing_context")}
+        self.workers = max(1, int(kept.get("num_workers", 0)))
+        return torch.utils.data.DataLoader(self, batch_size=None, collate_fn=_as_is, **kept)
+
+
+def _as_is(batch):
+    """The DataLoader's collate function: batches are made by the dataset."""
+    return batch
+
+
+# ==================================================================== the datasets of a run
+def shard_datasets(hparams, fold):
+    """``({"train", "valid", "test"}: ShardDataset, class names)`` of ``fold`` from the run's
+    ``--shards`` folder: the shards analogue of ``recipe.fold_datasets`` (labels from the index,
+    few-shot subset, class weights, class-balanced sampling, random crops, evaluation windows).
+
+    Raises
+    ------
+    ShardError
+        Options the shards cannot serve (``mixup: waveform``), or shards that do not fit the run.
+    """
+    from petl_modules.training import sampling
+    from petl_modules.training.recipe import few_shot_ids
+
+    folder = Path(hparams["shards"])
+    index = read_index(folder)
+    kind, alpha, prob = mixup_options(hparams)
+    class_names = list(index["class_names"])
+    multilabel = metrics.is_multilabel(hparams)
+    parts = split_parts(index, fold)
+    tables = {split: SampleTable(folder, index, names, class_names, multilabel)
+              for split, names in parts.items()}
+    train = tables["train"]
+    keep = None
+    if int(hparams["few_shot_samples"]) > 0:
+        label_text = [";".join(class_names[c] for c in train.labels(i)) for i in range(len(train))]
+        kept = few_shot_ids(zip(train.ids.tolist(), label_text), int(hparams["few_shot_samples"]),
+                            hparams["seed"])
+        keep = np.asarray([uid in kept for uid in train.ids.tolist()])
+    if hparams.get("class_weights") == "balanced":
+        names = [[class_names[c] for c in train.labels(i)] for i in range(len(train))
+                 if keep is None or keep[i]]
+        hparams["loss_weights"] = metrics.balanced_class_weights(names, class_names, multilabel)
+    weights = None
+    if hparams.get("sampling", "random") == "class_balanced":
+        label_lists = train.label_lists()
+        weights = sampling.class_balanced_weights(label_lists, len(class_names))
+        sampling.log_balance(weights, label_lists, class_names)
+    processor = hparams["backbone"].input_processor
+    crop = TrainCrop(hparams["seed"], clip_samples(processor)) \
+        if hparams.get("train_crop", "first") == "random" else None
+    protocol = EvalProtocol.from_options(hparams)
+    common = {"processor": processor, "batch_size": int(hparams["batch_size"]),
+              "seed": hparams["seed"], "shuffle_buffer": int(hparams.get("shuffle_buffer", 1000)),
+              "n_classes": len(class_names)}
+    datasets = {"train": ShardDataset(train, train=True, train_crop=crop, weights=weights,
+                                      keep=keep, mixup=(alpha, prob) if kind == "waveform" else None,
+                                      **common)}
+    for split in ("valid", "test"):
+        datasets[split] = ShardDataset(tables[split], train=False, protocol=protocol, **common)
+    logger.info(f"Reading {folder}: " + ", ".join(
+        f"{split} {len(tables[split])} clips in {len(set(tables[split].shard.tolist()))} shards"
+        for split in ("train", "valid", "test")))
+    return datasets, class_names
