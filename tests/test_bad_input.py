@@ -424,3 +424,20 @@ def test_a_manifest_is_read_once_for_every_split_and_fold(tmp_path, monkeypatch)
     assert reads == [str(manifest.resolve())]
     manifest.write_text("ID,duration,wav,label,fold\n" + "\n".join(rows[:6]) + "\n")  # written again
     assert len(recipe.load_manifest(manifest, tmp_path)) == 6 and len(reads) == 2
+
+
+def test_per_class_scores_csv_neutralises_formula_cells(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from petl_modules.training.metrics import write_per_class_scores
+
+    names = FORMULAS + KEPT
+    count = len(names)
+    scores = {key: np.full(count, 0.5) for key in ("ap", "auc", "f1")}
+    scores["positives"] = np.ones(count)
+    write_per_class_scores(tmp_path / "per_class.csv", scores, names, [0.5] * count)
+    with open(tmp_path / "per_class.csv", newline="") as stream:
+        column = [row[1] for row in list(csv.reader(stream))[1:]]
+    assert column == ["'" + n for n in FORMULAS] + KEPT

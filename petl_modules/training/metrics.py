@@ -204,7 +204,7 @@ def write_per_class_scores(path, scores, class_names, thresholds):
         writer = csv.writer(stream)
         writer.writerow(["index", "class", "positives", "ap", "auc", "f1", "threshold"])
         for k, name in enumerate(class_names):
-            writer.writerow([k, name, int(scores["positives"][k]), cell(scores["ap"][k]),
+            writer.writerow([k, csv_cell(name), int(scores["positives"][k]), cell(scores["ap"][k]),
                              cell(scores["auc"][k]), cell(scores["f1"][k]),
                              cell(float(thresholds[k]))])
     return Path(path)
