@@ -53,6 +53,8 @@ import json
 import logging
 import sys
 
+from petl_modules.files import printable
+
 # The classifier API, importable from here; imported when first used, so that the command line
 # answers --help and argument errors without importing torch and transformers (seconds).
 _API = {
@@ -195,7 +197,7 @@ def main(argv=None):
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
-            print(f"{row['file']}\t{task.answer_text(row)}")
+            print(f"{printable(row['file'])}\t{task.answer_text(row)}")
     return report_errors(errors, len(args.files))
 
 
@@ -214,15 +216,21 @@ def main_several(argv):
     )
     tasks = classifier.tasks
     rows = [{"file": r["file"], "tasks": {
-        name: tasks[name].answer(t, classifier.top_k(name, t["probabilities"], args.top_k))
+        name: t if "error" in t else tasks[name].answer(t, classifier.top_k(name, t["probabilities"], args.top_k))
         for name, t in r["tasks"].items()}} for r in results]
     if args.json:
         print(json.dumps(rows, indent=2, allow_nan=False))
     else:
         for row in rows:
-            for name, answer in row["tasks"].items():
-                print(f"{row['file']}\t{name}\t{tasks[name].answer_text(answer)}")
-    return report_errors(errors, len(args.files))
+            for name, task in row["tasks"].items():
+                if "error" not in task:
+                    print(f"{printable(row['file'])}\t{printable(name)}\t{tasks[name].answer_text(task)}")
+    failed = [(row["file"], name, task["error"]) for row in rows for name, task in row["tasks"].items()
+              if "error" in task]
+    for path, name, reason in failed:  # one task failed on a file; its other tasks answered
+        print(f"Error: task {printable(name)} could not classify {printable(path)}: {reason}",
+              file=sys.stderr)
+    return max(report_errors(errors, len(args.files)), 1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ read every layer (the layer sum) are refused: use their PETL model folder with
 """
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from petl_modules.files import readable_as_umask
@@ -121,13 +124,43 @@ def export_petl_model(model_dir, out_dir, backbone_source=None, format="transfor
         raise PETLModelError(f"--precision={precision} applies to --format=onnx only (the "
                              f"{format} export holds the trained fp32 weights).")
     check_out_dir(out_dir)  # new, empty or a previous export: every file in it is the export's
-    side = _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset, precision)
-    readable_as_umask(out_dir)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed after every check passed: a failure or a kill leaves
+    # the previous export untouched (and at most a hidden .<name>.partial-* folder, never OUT_DIR).
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        side = _write_export(model_dir, staging, backbone_source, format, peft_names, opset, precision,
+                             out_dir)
+        readable_as_umask(staging)
+        replace_folder(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return side
 
 
-def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset, precision):
-    """The files of ``export_petl_model``; returns its side JSON."""
+def replace_folder(new, target):
+    """Puts the folder ``new`` in place of ``target`` (absent, empty or a previous export) by
+    renames on one file system; the previous content is removed after."""
+    target = Path(target)
+    if target.is_symlink() or target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / "previous")
+        try:
+            os.replace(new, target)
+        except BaseException:
+            os.replace(old / "previous", target)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset, precision,
+                  final_dir=None):
+    """The files of ``export_petl_model`` (written in ``out_dir``, renamed ``final_dir`` after);
+    returns its side JSON."""
     model_dir = resolve_model_dir(model_dir)  # a local folder, or a Hub repo id's snapshot
     if format == "onnx":
         from petl_modules.sharing.onnx_export import require_onnxruntime
@@ -137,7 +170,8 @@ def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset
     if format == "peft":
         from petl_modules.sharing.peft_lora import export_peft
 
-        return export_peft(modules, config, out_dir, backbone_source, peft_names=peft_names)
+        return export_peft(modules, config, out_dir, backbone_source, peft_names=peft_names,
+                           final_dir=final_dir)
     merged = merge_petl_model(modules)
     if format == "onnx":
         from petl_modules.sharing.onnx_export import export_onnx

@@ -92,3 +92,43 @@ def schema_problems(data, schema):
             allowed = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             problems.append(f"'{key}' is {type(value).__name__} ({value!r:.60}), expected {allowed}")
     return problems
+
+
+# ==================================================================== text others open
+# A cell a spreadsheet would run as a formula (OWASP, CSV injection): one starting with "=", "@", a
+# tab or a carriage return, or with "+" / "-" when it is not a number. Such a cell is written with a
+# leading "'" (so is one that starts with "'", so that reading strips exactly one back).
+FORMULA_STARTS = ("=", "@", "\t", "\r")
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_cell(value):
+    """``value`` as a CSV cell that a spreadsheet shows as text (see above); numbers and other
+    text unchanged. ``csv_value`` reads it back."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value.startswith(FORMULA_STARTS + ("'",)) or (value[0] in "+-" and not _is_number(value)):
+        return "'" + value
+    return value
+
+
+def csv_value(cell):
+    """The text ``csv_cell`` wrote as ``cell``."""
+    return cell[1:] if isinstance(cell, str) and cell.startswith("'") else cell
+
+
+def printable(text):
+    """``text`` with its control characters (line breaks, tabs, NUL, ...) escaped as ``\\n``,
+    ``\\t``, ``\\x00``, so that a label printed on one line stays one field of one line."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+                   for c in text)

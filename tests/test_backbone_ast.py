@@ -173,7 +173,7 @@ def test_classifier_pools_mean_or_cls_and_ignores_masked_tokens():
 def test_unknown_model_type_is_refused_with_the_supported_list(tmp_path):
     transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=32).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="Supported model types: .*audio-spectrogram-transformer"):
+    with pytest.raises(OSError, match="Supported model types: .*audio-spectrogram-transformer"):
         Backbone(str(tmp_path))
 
 

@@ -232,3 +232,212 @@ def test_clip_shorter_than_one_window_is_padded_with_a_warning(fsc_data, tiny_as
     assert isinstance(results, dict), results
     log = (tmp_path / "out" / "log.txt").read_text()
     assert any(str(short) in line and "padded" in line for line in log.splitlines()), log[-3000:]
+
+
+def _wavs(folder, count):
+    import numpy as np
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        soundfile.write(folder / f"{index}.wav", np.full(1600, 0.1 * (index + 1), dtype="float32"), 16000)
+    return folder
+
+
+@pytest.mark.parametrize("label", ["", "  ", "two\nlines", "carriage\rreturn", "nul\x00byte"],
+                         ids=["empty", "blank", "newline", "cr", "nul"])
+def test_a_label_no_format_carries_is_refused_at_preparation_naming_the_row(label, tmp_path):
+    from petl_modules.training.prepare import write_manifests
+
+    data = _wavs(tmp_path / "data", 2)
+    rows = [{"ID": "a", "wav": "0.wav", "label": "ok"}, {"ID": "b", "wav": "1.wav", "label": label}]
+    with pytest.raises(DataError) as err:
+        write_manifests(tmp_path / "manifests", {"train": rows}, data, {})
+    message = str(err.value)
+    assert f"{data / '1.wav'}: " in message and "ID b" in message and repr(label) in message
+    assert "0.wav" not in message
+
+
+def test_duplicate_manifest_rows_are_an_error_naming_both_rows(tmp_path):
+    from petl_modules.training.prepare import write_manifests
+
+    data = _wavs(tmp_path / "data", 3)
+    rows = [{"ID": "x", "wav": "0.wav", "label": "a"}, {"ID": "y", "wav": "1.wav", "label": "b"},
+            {"ID": "x", "wav": "2.wav", "label": "b"}]
+    with pytest.raises(DataError, match=r"1 problem\(s\)") as err:
+        write_manifests(tmp_path / "manifests", {"train": rows}, data, {})
+    assert (f"{data / '2.wav'}: duplicate ID 'x' (row 3; row 1, {data / '0.wav'}, has it too)"
+            in str(err.value))
+
+
+def test_duplicate_manifest_rows_are_dropped_and_listed_with_skip_bad_files(tmp_path):
+    from petl_modules.training.prepare import SKIPPED_FILE, write_manifests
+
+    data = _wavs(tmp_path / "data", 3)
+    rows = [{"ID": "x", "wav": "0.wav", "label": "a"}, {"ID": "y", "wav": "1.wav", "label": "b"},
+            {"ID": "x", "wav": "2.wav", "label": "b"}]
+    counts = write_manifests(tmp_path / "manifests", {"train": rows}, data, {}, skip_bad_files=True)
+    assert counts == {"train": 2}
+    listed = (tmp_path / "manifests" / SKIPPED_FILE).read_text()
+    assert "2.wav: duplicate ID 'x'" in listed and "0.wav, has it too" in listed
+    manifest = (tmp_path / "manifests" / "train.csv").read_text()
+    assert "2.wav" not in manifest and "0.wav" in manifest
+
+
+# Any text a dataset uses is a class name: markup-like tokens, operators, unicode, spaces, text a
+# spreadsheet would run (neutralised in CSV outputs, test_output.py).
+ODD_LABELS = ["<unk>", "<sil>", "C++", "%", "!x", "café ü 音", "two words", "=1+1"]
+
+
+@pytest.mark.slow
+def test_odd_class_names_train_save_load_classify_and_export(tiny_ast, tmp_path, capsys):
+    import csv
+
+    import soundfile
+
+    from petl_modules import classify, export
+    from petl_modules.synthetic import class_signal
+
+    data = tmp_path / "odd"
+    data.mkdir()
+    rows = []
+    for index, label in enumerate(ODD_LABELS):
+        for k in range(5):
+            name = f"c{index}_{k}.wav"
+            soundfile.write(data / name, class_signal(index, len(ODD_LABELS), 1.0), 16000)
+            rows.append((name, label))
+    with open(data / "metadata.csv", "w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows([("file_name", "label"), *rows])
+    out = tmp_path / "run"
+    results = run_in_process("AudioFolder", [
+        str(REPO / "hparams" / "linear.yaml"), f"--data_folder={data}", f"--backbone_source={tiny_ast}",
+        f"--output_folder={out}", "--number_of_epochs=1", "--batch_size=8", "--num_workers=0",
+        "--max_frames=64"])
+    assert isinstance(results, dict), results
+    assert sorted(results["folds"][0]["class_names"]) == sorted(ODD_LABELS)
+    model = out / "petl_model"
+    assert sorted(classify.PETLClassifier.from_folder(model).labels) == sorted(ODD_LABELS)
+    capsys.readouterr()
+    assert classify.main([str(model), str(data / "c0_0.wav"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("[\n"):])[0]["label"] in ODD_LABELS
+    assert export.main([str(model), str(tmp_path / "exported")]) == 0
+    side = json.loads((tmp_path / "exported" / "classifier_head.json").read_text())
+    assert sorted(side["class_names"]) == sorted(ODD_LABELS)
+
+
+# ==================================================================== outputs others open
+FORMULAS = ["=HYPERLINK(\"http://x\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(1)", "\tx", "\rx", "'q"]
+KEPT = ["-1", "+5", "1.5e-3", "plain", "a=b"]
+
+
+def test_classify_text_output_escapes_control_characters_in_labels(tmp_path, capsys):
+    import soundfile
+    import transformers
+
+    from petl_modules import classify
+    from petl_modules.training.compose import load_hparams
+    from petl_modules.training.pretrained import save_petl_model
+    from petl_modules.tiny import tiny_ast_config
+
+    transformers.ASTModel(tiny_ast_config(hidden_size=32, num_hidden_layers=1)).save_pretrained(
+        tmp_path / "base")
+    text = compose_hparams(REPO / "hparams" / "linear.yaml", FSC_YAML, {
+        "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
+        "backbone_source": str(tmp_path / "base"), "max_frames": 64})
+    names = [f"c{i}\tforged\t0.99\nx.wav\tc{i}\x00\x1b[31m" for i in range(31)]
+    save_petl_model(tmp_path / "petl_model", load_hparams(text), names)
+    wav = tmp_path / "a\tb.wav"
+    soundfile.write(wav, [0.1, -0.1] * 8000, 16000)
+    assert classify.main([str(tmp_path / "petl_model"), str(wav), "--top_k=2"]) == 0
+    out = capsys.readouterr().out
+    (line,) = out.splitlines()
+    fields = line.split("\t")
+    assert len(fields) == 3 and fields[0] == str(wav).replace("\t", "\\t")
+    escaped = {n.replace("\t", "\\t").replace("\n", "\\n").replace("\x00", "\\x00")
+               .replace("\x1b", "\\x1b") for n in names}
+    assert fields[1] in escaped and fields[2].split("  ")[1].rsplit(" ", 1)[0] in escaped
+    assert "\x00" not in out and "\x1b" not in out
+
+
+def test_confusion_matrix_csv_neutralises_formula_cells(tmp_path):
+    import csv
+
+    from petl_modules.files import csv_value
+    from petl_modules.training.metrics import write_confusion_matrix
+
+    names = FORMULAS + KEPT
+    size = len(names)
+    csv_path, _ = write_confusion_matrix(tmp_path, [[1] * size] * size, names)
+    with open(csv_path, newline="") as stream:
+        rows = list(csv.reader(stream))
+    header, column = rows[0][1:], [r[0] for r in rows[1:]]
+    for cells in (header, column):
+        assert cells[:len(FORMULAS)] == ["'" + n for n in FORMULAS] and cells[len(FORMULAS):] == KEPT
+        assert [csv_value(c) for c in cells] == names
+
+
+def test_window_results_csv_neutralises_formula_cells(tmp_path):
+    import csv
+
+    import torch
+
+    from petl_modules.training.windows import WindowScores
+
+    names = ["=1+1", "-1", "@x"]
+    scores = WindowScores()
+    scores.add(["=utt", "-id"], [0, 0], [16000, 16000], torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]]),
+               torch.tensor([0, 2]))
+    scores.write_csv(tmp_path / "w.csv", names)
+    with open(tmp_path / "w.csv", newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert rows[0][7:] == ["'=1+1", "-1", "'@x"]
+    assert [r[0] for r in rows[1:]] == ["'=utt", "'-id"]
+    assert [(r[4], r[5]) for r in rows[1:]] == [("'=1+1", "'=1+1"), ("'@x", "'@x")]
+
+
+def test_results_csv_neutralises_formula_cells_and_reads_back_unchanged(tmp_path):
+    from petl_modules import results
+
+    rows = [{field: "" for field in results.CSV_FIELDS} for _ in FORMULAS + KEPT]
+    for row, text in zip(rows, FORMULAS + KEPT):
+        row.update(method=text, dataset=text, test_mean="0.5", runs="3")
+    results.write_csv(rows, tmp_path / "results.csv")
+    raw = (tmp_path / "results.csv").read_text()
+    assert "\n=HYPERLINK" not in raw and ",=HYPERLINK" not in raw and ",@SUM" not in raw
+    assert results.read_csv(tmp_path / "results.csv") == rows
+
+
+def test_a_manifest_is_read_once_for_every_split_and_fold(tmp_path, monkeypatch):
+    from petl_modules.training import recipe
+
+    manifest = tmp_path / "all.csv"
+    rows = [f"u{k},1.0,$data_root/{k}.wav,c{k % 2},{k % 3 + 1}" for k in range(12)]
+    manifest.write_text("ID,duration,wav,label,fold\n" + "\n".join(rows) + "\n")
+    reads = []
+    real = recipe.load_data_csv
+    monkeypatch.setattr(recipe, "load_data_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    recipe.manifest_rows.cache_clear()
+    for fold in (1, 2, 3):
+        datasets = recipe.rotating_fold_datasets(manifest, tmp_path, [1, 2, 3], fold)
+        assert sorted(len(d) for d in datasets.values()) == [4, 4, 4]
+    assert reads == [str(manifest.resolve())]
+    manifest.write_text("ID,duration,wav,label,fold\n" + "\n".join(rows[:6]) + "\n")  # written again
+    assert len(recipe.load_manifest(manifest, tmp_path)) == 6 and len(reads) == 2
+
+
+def test_per_class_scores_csv_neutralises_formula_cells(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from petl_modules.training.metrics import write_per_class_scores
+
+    names = FORMULAS + KEPT
+    count = len(names)
+    scores = {key: np.full(count, 0.5) for key in ("ap", "auc", "f1")}
+    scores["positives"] = np.ones(count)
+    write_per_class_scores(tmp_path / "per_class.csv", scores, names, [0.5] * count)
+    with open(tmp_path / "per_class.csv", newline="") as stream:
+        column = [row[1] for row in list(csv.reader(stream))[1:]]
+    assert column == ["'" + n for n in FORMULAS] + KEPT

@@ -187,6 +187,10 @@ CRAFTED_CONFIGS = [
     ("hub_kernel_attention",
      lambda m: backbone_option("attn_implementation", "kernels-community/flash-attn"),
      "unknown option 'attn_implementation'"),
+    # A size option is bounded by the backbone's dimensions before anything of that size is
+    # allocated (1e-5: a LoRA rank of 6,400,000 on hidden 64, ~13 GB).
+    ("reduction_rate_far_below_one", lambda m: method_option("reduction_rate", 1e-5),
+     "wider than the backbone"),
     ("number_option_of_the_wrong_type", lambda m: backbone_option("max_frames", "64"), "is not valid"),
     ("base_named_by_a_path", lambda m: section("backbone", "local_name", "../../etc"),
      "not a plain folder name"),
@@ -536,3 +540,455 @@ def test_deeply_nested_run_identity_is_a_clear_error(tmp_path):
     (tmp_path / IDENTITY_FILE).write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(RunFolderError, match="cannot be read"):
         check_run_identity(tmp_path, {"options": {}, "schedule": {}})
+
+
+# ==================================================================== round 3 (issue 32)
+HUB_KERNEL = "evil-org/evil-kernel"
+
+
+@pytest.fixture
+def kernels_reached(monkeypatch):
+    """Every entry point to the ``kernels`` package (what fetches and loads a Hub kernel) patched
+    to record the call and fail; the test asserts the list stays empty."""
+    import kernels
+    import transformers.modeling_utils
+    from transformers.integrations import hub_kernels
+
+    reached = []
+
+    def refuse(*args, **kwargs):
+        reached.append(args)
+        raise AssertionError(f"the kernels package was reached: {args}")
+
+    monkeypatch.setattr(kernels, "get_kernel", refuse)
+    for name in ("get_kernel", "load_and_register_attn_kernel", "lazy_load_kernel"):
+        monkeypatch.setattr(hub_kernels, name, refuse)
+    monkeypatch.setattr(transformers.modeling_utils, "lazy_import_flash_attention", refuse)
+    return reached
+
+
+def kernel_base(source, tmp_path, value=HUB_KERNEL, key="attn_implementation"):
+    """A copy of the checkpoint folder ``source`` whose config.json names ``value`` as its
+    attention implementation."""
+    folder = tmp_path / f"kernel_{Path(source).name}"
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+@pytest.mark.parametrize("key, value", [("attn_implementation", HUB_KERNEL),
+                                        ("_attn_implementation", HUB_KERNEL),
+                                        ("attn_implementation", {"": HUB_KERNEL})])
+def test_a_backbone_naming_a_hub_kernel_is_refused_by_every_family(key, value, tiny_backbones,
+                                                                    tmp_path, kernels_reached):
+    from petl_modules.backbones import Backbone
+    from petl_modules.backbones.base import checkpoint_fingerprint
+
+    for name, source in tiny_backbones.items():
+        base = kernel_base(source, tmp_path / name, value, key)
+        for load in (lambda: Backbone(base, max_frames=64), lambda: checkpoint_fingerprint(base)):
+            with pytest.raises(OSError, match=f"names the attention implementation '{HUB_KERNEL}'"):
+                load()
+    assert not kernels_reached
+
+
+def test_a_hub_kernel_given_as_the_attention_option_is_refused(tiny_ast, kernels_reached):
+    from petl_modules.backbones import Backbone
+
+    with pytest.raises(OSError, match=f"attn_implementation '{HUB_KERNEL}' is not supported"):
+        Backbone(str(tiny_ast), attn_implementation=HUB_KERNEL)
+    assert not kernels_reached
+
+
+def test_every_tool_refuses_a_base_naming_a_hub_kernel(good_folder, legacy, tmp_path, capsys,
+                                                       kernels_reached):
+    from petl_modules import from_peft as from_peft_cli
+
+    adapter = tmp_path / "peft"
+    assert export_cli.main([str(good_folder), str(adapter), "--format=peft"]) == 0
+    base = kernel_base(legacy / "tiny_ast", tmp_path)
+    other = shutil.copytree(good_folder, tmp_path / "other_task")
+    given = f"--backbone_source={base}"
+    wav = str(tmp_path / "x.wav")
+    runs = {
+        "classify": lambda: classify_cli.main([str(good_folder), wav, given]),
+        "several tasks": lambda: classify_cli.main(["--model", str(good_folder), "--model",
+                                                    str(other), given, "--", wav]),
+        **{f"export {f}": lambda f=f: export_cli.main([str(good_folder), str(tmp_path / f),
+                                                       f"--format={f}", given])
+           for f in ("transformers", "peft", "onnx")},
+        "from_peft": lambda: from_peft_cli.main([str(adapter), str(tmp_path / "imported"), given]),
+    }
+    for name, run in runs.items():
+        assert run() == 2, name
+        err = capsys.readouterr().err
+        assert err.count("Error:") == 1 and f"'{HUB_KERNEL}'" in err, (name, err)
+    assert not kernels_reached
+    assert not any((tmp_path / f).exists() for f in ("transformers", "peft_", "onnx", "imported"))
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(good_folder, tmp_path_factory):
+    """The PEFT export of ``good_folder`` (adapter + our head beside it)."""
+    out = tmp_path_factory.mktemp("peft") / "adapter"
+    assert export_cli.main([str(good_folder), str(out), "--format=peft"]) == 0
+    return out
+
+
+def run_tool(module, *args, seconds=60):
+    """``petl_modules.<module>.main(args)`` in this process: ``(exit code, stderr)``; a tool still
+    running after ``seconds`` (a hang, what these attacks caused) is interrupted and fails the
+    test (regular expression matching and integer powers check for signals)."""
+    import importlib
+    import signal
+    import sys
+
+    class Hang(BaseException):  # not an OSError (TimeoutError is): no tool catches it
+        pass
+
+    def interrupt(*_):
+        raise Hang
+
+    main = importlib.import_module(f"petl_modules.{module}").main
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(seconds)
+    capture = __import__("io").StringIO()
+    stderr, sys.stderr = sys.stderr, capture
+    try:
+        code = main([str(a) for a in args])
+    except Hang:
+        pytest.fail(f"petl_modules.{module} still ran after {seconds} s")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        sys.stderr = stderr
+    return code, capture.getvalue()
+
+
+# HyperPyYAML arithmetic that grows without end (4 KB): what a value reaching an evaluator runs.
+EXPONENT_TOWER = "<n_classes>" + "**<n_classes>" * 320
+
+
+def test_a_4kb_backbone_source_of_arithmetic_is_a_clear_error(legacy, tmp_path):
+    folder = tmp_path / "tower"
+    shutil.copytree(legacy / "petl_model_v3_lora", folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["backbone_source"] = config["options"]["backbone_source"] = EXPONENT_TOWER
+    config["fingerprint"] = None
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    assert len(EXPONENT_TOWER) > 4000
+    for module, args in (("classify", [folder, tmp_path / "x.wav"]),
+                         ("export", [folder, tmp_path / "out"])):
+        code, err = run_tool(module, *args)
+        assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, (module, err)
+        assert "backbone_source" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_4kb_head_pooling_of_arithmetic_is_a_clear_error(peft_adapter, tmp_path):
+    adapter = shutil.copytree(peft_adapter, tmp_path / "adapter")
+    side = json.loads((adapter / "classifier_head.json").read_text())
+    side["pooling"] = EXPONENT_TOWER
+    (adapter / "classifier_head.json").write_text(json.dumps(side))
+    code, err = run_tool("from_peft", adapter, tmp_path / "imported")
+    assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
+    assert "pooling" in err and "classifier_head.json" in err, err
+    assert not (tmp_path / "imported").exists()
+
+
+@pytest.mark.parametrize("targets", [r"^(([a-z_.0-9])+)+!$", ["q_proj", r"(\w+\.?)+!"], [7]],
+                         ids=["regex", "regex_in_list", "not_a_name"])
+def test_a_regex_in_target_modules_is_refused(targets, peft_adapter, tmp_path):
+    adapter = shutil.copytree(peft_adapter, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["target_modules"] = targets
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    code, err = run_tool("from_peft", adapter, tmp_path / "imported")
+    assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
+    assert "target_modules" in err, err
+    assert not (tmp_path / "imported").exists()
+
+
+@pytest.mark.parametrize("key, value", [("r", float("nan")), ("r", float("inf")), ("r", 2.5),
+                                        ("lora_alpha", float("nan")), ("lora_alpha", float("-inf"))])
+def test_a_lora_rank_or_alpha_of_nan_or_infinity_is_a_clear_error(key, value, peft_adapter, tmp_path):
+    adapter = shutil.copytree(peft_adapter, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config[key] = value
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    code, err = run_tool("from_peft", adapter, tmp_path / "imported")
+    assert code == 2 and err.count("Error:") == 1 and "Traceback" not in err, err
+    assert f"{key}=" in err, err
+
+
+def test_an_allocation_failure_while_building_is_a_clear_error(good_folder, tmp_path, monkeypatch,
+                                                               capsys):
+    from petl_modules.methods import lora
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 13107200000 bytes. Error code 12")
+
+    monkeypatch.setattr(lora.LoraConfig, "build", fail)
+    with pytest.raises(PETLModelError, match="Not enough memory to build the 'lora' model"):
+        load_petl_model(good_folder)
+    for name, load in loaders(good_folder, tmp_path)[1:]:
+        assert load() == 2, name
+        err = capsys.readouterr().err
+        assert err.count("Error:") == 1 and "Not enough memory" in err, (name, err)
+
+
+# Any text a dataset uses is a class name (item 4 of issue 32): markup-like tokens, operators,
+# YAML/shell-looking text, unicode, spaces.
+ODD_CLASS_NAMES = ["<unk>", "<sil>", "C++", "%", "!x", "!bang", "x**2", "%pct", "café ü 音", "two words",
+                   " padded ", "=1+1", "-x", "@at", "a,b;c", "'quoted\"", "\ttab"]
+
+
+def test_odd_class_names_save_load_classify_export_and_import(legacy, tmp_path, capsys):
+    from petl_modules import from_peft as from_peft_cli
+
+    names = ODD_CLASS_NAMES + [f"c{i}" for i in range(31 - len(ODD_CLASS_NAMES))]
+    text = compose_hparams(REPO / "hparams" / "lora.yaml", FSC_YAML, {
+        "data_folder": str(tmp_path), "output_folder": str(tmp_path / "out"),
+        "backbone_source": str(legacy / "tiny_ast"), "max_frames": 64, "reduction_rate": 8})
+    save_petl_model(tmp_path / "petl_model", load_hparams(text), names)
+    folder = tmp_path / "petl_model"
+    assert PETLClassifier.from_folder(folder).labels == names
+    import soundfile
+
+    soundfile.write(tmp_path / "x.wav", waveforms([1.0])[0].numpy(), 16000)
+    assert classify_cli.main([str(folder), str(tmp_path / "x.wav"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] in names
+    for export_format in ("transformers", "peft", "onnx"):
+        out = tmp_path / export_format
+        assert export_cli.main([str(folder), str(out), f"--format={export_format}"]) == 0, export_format
+        side = json.loads((out / ("onnx_config.json" if export_format == "onnx"
+                                  else "classifier_head.json")).read_text())
+        assert side["class_names"] == names, export_format
+    assert from_peft_cli.main([str(tmp_path / "peft"), str(tmp_path / "imported")]) == 0
+    assert PETLClassifier.from_folder(tmp_path / "imported").labels == names
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_a_failing_export_leaves_the_previous_export_untouched(good_folder, tmp_path, monkeypatch,
+                                                                capsys):
+    from petl_modules.sharing import onnx_export
+
+    out = tmp_path / "export"
+    out.mkdir()  # a previous ONNX export (its content does not matter here)
+    (out / "model.onnx").write_bytes(b"previous model")
+    (out / "onnx_config.json").write_text('{"format": "onnx"}')
+    before = _files(out)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the exporter failed (injected)")
+
+    monkeypatch.setattr(onnx_export, "export_graph", fail)
+    assert export_cli.main([str(good_folder), str(out), "--format=onnx"]) == 2
+    assert "injected" in capsys.readouterr().err
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no half-written folder
+
+
+def test_an_export_killed_midway_leaves_no_folder_and_the_next_one_proceeds(good_folder, tmp_path,
+                                                                           monkeypatch):
+    from petl_modules.sharing import head
+
+    out = tmp_path / "export"
+    real = head.save_file
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill after the backbone's files were written
+
+    monkeypatch.setattr(head, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_cli.main([str(good_folder), str(out)])
+    assert list(tmp_path.iterdir()) == []
+    # A SIGKILL leaves the hidden partial folder beside OUT_DIR: it does not block the next export.
+    (tmp_path / ".export.partial-killed").mkdir()
+    (tmp_path / ".export.partial-killed" / "model.safetensors").write_bytes(b"half")
+    monkeypatch.setattr(head, "save_file", real)
+    assert export_cli.main([str(good_folder), str(out)]) == 0
+    assert (out / "classifier_head.json").is_file() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_recorded_onnx_opset_is_the_files(good_folder, tmp_path):
+    import onnx
+
+    out = tmp_path / "onnx"
+    assert export_cli.main([str(good_folder), str(out), "--format=onnx", "--opset=1"]) == 0
+    declared = {o.domain: o.version for o in onnx.load(str(out / "model.onnx")).opset_import}
+    recorded = json.loads((out / "onnx_config.json").read_text())["opset"]
+    assert recorded == declared[""] and recorded > 1
+    side = json.loads((out / "onnx_config.json").read_text())
+    assert local_paths(side, [tmp_path, good_folder.parent, REPO]) == []
+    assert side["base_backbone_source"] == "tiny_ast" and side["petl_model"] == "petl_model"
+
+
+def local_paths(value, roots):
+    """The strings in the JSON value ``value`` holding a path under one of ``roots``."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in local_paths(v, roots)]
+    if isinstance(value, list):
+        return [s for v in value for s in local_paths(v, roots)]
+    return [value] if isinstance(value, str) and any(str(r) in value for r in roots) else []
+
+
+def test_an_export_names_the_base_and_the_model_without_local_paths(good_folder, legacy, tmp_path):
+    out = tmp_path / "export"
+    assert export_cli.main([str(good_folder), str(out)]) == 0
+    side = json.loads((out / "classifier_head.json").read_text())
+    assert local_paths(side, [tmp_path, legacy, good_folder.parent, REPO]) == []
+    assert side["base_backbone_source"] == "tiny_ast" and side["petl_model"] == "petl_model"
+
+
+def test_metrics_command_holds_no_local_path(tmp_path, monkeypatch):
+    from petl_modules.model.metrics_file import write_metrics
+
+    monkeypatch.setattr("sys.argv", [str(REPO / "recipes" / "FSC" / "train.py"), "hparams/lora.yaml",
+                                     f"--data_folder={tmp_path / 'data' / 'fsc'}", "--lr=-0.5",
+                                     f"--backbone_source={tmp_path / 'bases' / 'ast'}",
+                                     "--backbone_source=MIT/ast-finetuned-audioset-10-10-0.4593"])
+    metrics = write_metrics(tmp_path, {"test_accuracy": 0.5})
+    assert metrics["command"] == (
+        "python recipes/FSC/train.py hparams/lora.yaml --data_folder=.../fsc --lr=-0.5 "
+        "--backbone_source=.../ast --backbone_source=MIT/ast-finetuned-audioset-10-10-0.4593")
+
+
+def test_one_tasks_non_finite_output_fails_that_task_only(good_folder, tmp_path, capsys):
+    import soundfile
+    from safetensors.torch import load_file
+
+    broken = shutil.copytree(good_folder, tmp_path / "nan_task")
+    state = load_file(str(broken / WEIGHTS_FILE))
+    state["classifier.head.bias"] = torch.full_like(state["classifier.head.bias"], float("nan"))
+    save_file(state, str(broken / WEIGHTS_FILE))
+    wav = tmp_path / "x.wav"
+    soundfile.write(wav, waveforms([1.0])[0].numpy(), 16000)
+    classifier = PETLClassifier.from_folders([good_folder, broken])
+    (result,), errors = classifier.classify_files([wav])
+    assert errors == [] and set(result["tasks"]) == {str(good_folder), str(broken)}
+    assert result["tasks"][str(broken)] == {"error": result["tasks"][str(broken)]["error"]}
+    assert "non-finite" in result["tasks"][str(broken)]["error"]
+    assert result["tasks"][str(good_folder)]["label"] in classifier.labels[str(good_folder)]
+    assert classify_cli.main(["--model", str(good_folder), "--model", str(broken), "--", str(wav)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1 and f"\t{good_folder}\t" in captured.out
+    assert captured.err.count("Error:") == 1 and f"task {broken} could not classify" in captured.err
+
+
+def test_a_backbone_changing_model_is_refused_from_its_tensors_not_its_own_list(legacy, tmp_path):
+    """A folder of format 3 listed its trained tensors (``parameters``): emptying that list does not
+    let a BitFit model (biases of the frozen backbone in its safetensors) join other tasks."""
+    bitfit = shutil.copytree(legacy / "petl_model_v3_bitfit", tmp_path / "bitfit")
+    config = json.loads((bitfit / CONFIG_FILE).read_text())
+    config["parameters"] = [n for n in config["parameters"] if n.startswith("classifier.")]
+    config["buffers"] = []
+    (bitfit / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PETLModelError, match="trains backbone tensors"):
+        PETLClassifier.from_folders([legacy / "petl_model_v3_lora", bitfit],
+                                    backbone_source=str(legacy / "tiny_ast"))
+
+
+def test_a_model_whose_safetensors_hold_a_backbone_bias_cannot_join_other_tasks(good_folder, legacy,
+                                                                                tmp_path):
+    from safetensors.torch import load_file
+
+    edited = shutil.copytree(good_folder, tmp_path / "edited")
+    state = load_file(str(edited / WEIGHTS_FILE))
+    name = next(n for n in state if n.endswith(".lora_A")).rsplit(".", 1)[0] + ".pretrained_module.bias"
+    state[name] = torch.zeros(state[name.replace(".pretrained_module.bias", ".lora_A")].shape[1])
+    save_file(state, str(edited / WEIGHTS_FILE))
+    other = shutil.copytree(good_folder, tmp_path / "other")
+    with pytest.raises(PETLModelError, match="trains backbone tensors"):
+        PETLClassifier.from_folders([other, edited])
+
+
+def _adapter_with(peft_adapter, tmp_path, **changes):
+    adapter = shutil.copytree(peft_adapter, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update(changes)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return adapter
+
+
+def _base_copy(legacy, tmp_path, pickled=False, model_type=None):
+    base = shutil.copytree(legacy / "tiny_ast", tmp_path / "base")
+    if pickled:
+        from safetensors.torch import load_file
+
+        torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+        (base / "model.safetensors").unlink()
+    if model_type:
+        config = json.loads((base / "config.json").read_text())
+        config["model_type"] = model_type
+        (base / "config.json").write_text(json.dumps(config))
+    return base
+
+
+# (case, the tool's command line from (good folder, adapter, base, tmp_path), the message)
+REVIEW_FAILURES = [
+    ("peft_own_value_error", lambda g, a, b, t: ("from_peft", _adapter_with(a, t, init_lora_weights="nope"),
+                                                 t / "imported", f"--backbone_source={b(t)}"),
+     "init_lora_weights"),
+    ("pickled_backbone_classify", lambda g, a, b, t: ("classify", g, t / "x.wav",
+                                                      f"--backbone_source={b(t, pickled=True)}"),
+     "pytorch_model.bin, a pickle"),
+    ("pickled_backbone_from_peft", lambda g, a, b, t: ("from_peft", a, t / "imported",
+                                                       f"--backbone_source={b(t, pickled=True)}"),
+     "pytorch_model.bin, a pickle"),
+    ("unknown_model_type_classify", lambda g, a, b, t: ("classify", g, t / "x.wav",
+                                                        f"--backbone_source={b(t, model_type='bert')}"),
+     "bert"),
+    ("unknown_model_type_from_peft", lambda g, a, b, t: ("from_peft", a, t / "imported",
+                                                         f"--backbone_source={b(t, model_type='bert')}"),
+     "model_type 'bert'"),
+]
+
+
+@pytest.mark.parametrize("case, command, message", REVIEW_FAILURES, ids=[c[0] for c in REVIEW_FAILURES])
+def test_a_failure_of_the_review_is_one_error_line(case, command, message, good_folder, peft_adapter,
+                                                   legacy, tmp_path):
+    module, *args = command(good_folder, peft_adapter, lambda t, **k: _base_copy(legacy, t, **k),
+                            tmp_path)
+    code, err = run_tool(module, *args)
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert message in err, err
+
+
+def test_stored_shapes_are_checked_before_the_model_is_built(good_folder, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from petl_modules.model import folder as folder_module
+
+    def wider(path):
+        state = load_file(str(path))
+        name = next(n for n in state if n.endswith(".lora_A"))
+        state[name] = torch.zeros(state[name].shape[0] * 2, state[name].shape[1])
+        save_file(state, str(path))
+
+    edited = crafted(good_folder, tmp_path, edit_weights=wider)
+    devices = []
+    real = folder_module.attach_modules
+    monkeypatch.setattr(folder_module, "attach_modules",
+                        lambda spec, lobe, device=None: devices.append(device) or real(spec, lobe, device))
+    with pytest.raises(PETLModelError, match="do not fit"):
+        load_petl_model(edited)
+    assert devices == ["meta"]  # only the plan on the meta device was built
+
+
+def test_a_size_option_out_of_proportion_with_the_backbone_is_refused_before_building(legacy,
+                                                                                      tmp_path):
+    folder = shutil.copytree(legacy / "petl_model_v3_prompt_tuning", tmp_path / "prompts")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["options"]["prompt_len"] = 10 ** 6  # 32 M floats per layer on a hidden-32 base
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PETLModelError, match="more than the backbone"):
+        load_petl_model(folder, backbone_source=str(legacy / "tiny_ast"))

@@ -3,7 +3,7 @@
 import torch
 import transformers
 
-from petl_modules.backbones.base import Backbone, read_config, register
+from petl_modules.backbones.base import Backbone, loading_options, read_config, register
 from petl_modules.options import Option
 from petl_modules.backbones.features import ASTFbank
 from petl_modules.contract import checkpoint_contexts, token_mask
@@ -79,7 +79,7 @@ class ASTBackbone(Backbone):
         self.source = str(source)
         try:
             self.model, info = transformers.ASTModel.from_pretrained(
-                source, attn_implementation=attn_implementation, output_loading_info=True
+                source, output_loading_info=True, **loading_options(source, attn_implementation)
             )
         except OSError as err:
             read_config(source)  # raises the clear message when the checkpoint is unreachable

@@ -82,14 +82,79 @@ def read_config(source, **kwargs):
         ) from None
 
 
-def checkpoint_model_type(source):
-    """``model_type`` of ``config.json`` in ``source`` (hub id, hub cache or local folder), read as
-    plain JSON so that a lobe of any checkpoint format is found by it."""
+def checkpoint_config_json(source):
+    """``config.json`` of ``source`` (hub id, hub cache or local folder) as plain JSON (a dict), or
+    None when there is none or it is not a JSON object."""
     try:
         path = transformers.utils.cached_file(str(source), "config.json")
         with open(path, encoding="utf-8") as file:
-            model_type = json.load(file).get("model_type")
-    except (OSError, ValueError, TypeError, AttributeError):
+            config = json.load(file)
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+# The attention implementations every backbone is loaded with, always passed explicitly. transformers
+# takes any other value (a Hub id such as "org/repo") as a kernel that the ``kernels`` package
+# fetches from the Hub and runs as native code: a checkpoint naming one is refused.
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+ATTENTION_KEYS = ("attn_implementation", "_attn_implementation", "_attn_implementation_internal")
+
+
+class RefusedCheckpointError(OSError):
+    """A backbone checkpoint (or loading option) that PETL-AST refuses to load, and why (an
+    ``OSError`` as an unreadable checkpoint: every tool reports both as one ``Error:`` line)."""
+
+
+def _named_attention(config, depth=0):
+    """Every attention implementation ``config`` (a config.json dict) names, sub-configs too."""
+    if depth > 8 or not isinstance(config, dict):
+        return []
+    found = []
+    for key, value in config.items():
+        if key in ATTENTION_KEYS:
+            found += list(value.values()) if isinstance(value, dict) else [value]
+        elif isinstance(value, dict):
+            found += _named_attention(value, depth + 1)
+    return found
+
+
+def loading_options(source, attn_implementation):
+    """The keyword arguments every ``from_pretrained`` of a backbone model gets:
+    ``attn_implementation`` explicit, ``sdpa`` or ``eager``. ``RefusedCheckpointError`` when the
+    option or the checkpoint's ``config.json`` names another implementation (e.g. a Hub kernel)."""
+    if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise RefusedCheckpointError(
+            f"attn_implementation '{attn_implementation}' is not supported: use "
+            f"--attn_implementation=sdpa or eager (other values load attention kernels from the Hub)."
+        )
+    named = [v for v in _named_attention(checkpoint_config_json(source)) if v is not None]
+    bad = [v for v in named if v not in ATTENTION_IMPLEMENTATIONS]
+    if bad:
+        raise RefusedCheckpointError(
+            f"The backbone checkpoint '{source}' names the attention implementation {bad[0]!r} in "
+            "its config.json: transformers would load it as a kernel (native code fetched from the "
+            "Hub), which PETL-AST never runs. Remove the attn_implementation key from its "
+            "config.json (PETL-AST uses sdpa or eager, --attn_implementation)."
+        )
+    folder = Path(str(source)).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(
+            folder.glob("pytorch_model*.bin")):
+        raise RefusedCheckpointError(
+            f"The backbone checkpoint '{source}' holds its weights only as pytorch_model.bin, a "
+            "pickle, which PETL-AST never loads (loading a pickle can run code): save it as "
+            "safetensors where it was made (model.save_pretrained(folder), the default) and pass "
+            "that folder."
+        )
+    # use_safetensors: transformers never falls back to a pickled file (a Hub id's too).
+    return {"attn_implementation": attn_implementation, "use_safetensors": True}
+
+
+def checkpoint_model_type(source):
+    """``model_type`` of ``config.json`` in ``source`` (hub id, hub cache or local folder), read as
+    plain JSON so that a lobe of any checkpoint format is found by it."""
+    model_type = (checkpoint_config_json(source) or {}).get("model_type")
+    if not isinstance(model_type, str):
         model_type = None
     if not model_type:  # unreachable, or no model_type: transformers' reading (its clear error)
         model_type = read_config(source).model_type
@@ -127,7 +192,7 @@ def lobe_class(source):
     model_type = checkpoint_model_type(source)
     if model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
-        raise ValueError(
+        raise RefusedCheckpointError(
             f"Backbone '{source}' has model_type '{model_type}', which PETL-AST does not "
             f"support. Supported model types: {supported}."
         )
@@ -541,7 +606,8 @@ class Backbone(torch.nn.Module):
         loads them (``checkpoint_fingerprint`` hashes them, as ``fingerprint`` does those a lobe
         loaded); ``missing``: names the checkpoint lacks (initialised at random on loading), left
         out of the fingerprint."""
-        model, info = transformers.AutoModel.from_pretrained(str(source), output_loading_info=True)
+        model, info = transformers.AutoModel.from_pretrained(
+            str(source), output_loading_info=True, **loading_options(source, "eager"))
         return model.state_dict(), set(info.get("missing_keys", ()))
 
     def pretrained_model(self):

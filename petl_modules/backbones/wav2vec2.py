@@ -7,7 +7,7 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from petl_modules.backbones.base import Backbone, read_config, register
+from petl_modules.backbones.base import Backbone, loading_options, read_config, register
 from petl_modules.backbones.features import Waveform
 from petl_modules.contract import attend_with_prefix, checkpoint_contexts, prefix_attention, token_mask
 from petl_modules.options import Option
@@ -159,13 +159,13 @@ class Wav2Vec2Backbone(Backbone):
     ):
         super().__init__(other_options)
         self.source = str(source)
+        loading = loading_options(source, attn_implementation)
         config = read_config(source)
         self.model_type = config.model_type
         model_class = self._model_class(config)
         if attn_implementation == "sdpa" and not model_class._supports_sdpa:
-            attn_implementation = "eager"  # WavLM: F.multi_head_attention_forward only
-        self.model, info = model_class.from_pretrained(source, attn_implementation=attn_implementation,
-                                                       output_loading_info=True)
+            loading["attn_implementation"] = "eager"  # WavLM: F.multi_head_attention_forward only
+        self.model, info = model_class.from_pretrained(source, output_loading_info=True, **loading)
         self.remember_checkpoint(self.model.state_dict(), info.get("missing_keys", ()))
         self.config = self.model.config
         if getattr(self.config, "add_adapter", False):

@@ -22,7 +22,7 @@ import torch
 import transformers
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from petl_modules.backbones.base import Backbone, read_config, register
+from petl_modules.backbones.base import Backbone, loading_options, read_config, register
 from petl_modules.backbones.features import WhisperLogMel
 from petl_modules.contract import checkpoint_contexts, token_mask
 from petl_modules.options import Option
@@ -111,13 +111,15 @@ def _quiet_loading():
         transformers.logging.set_verbosity(verbosity)
 
 
-def load_encoder(source, **kwargs):
+def load_encoder(source, attn_implementation):
     """``(WhisperEncoder, loading info)`` of ``source``, whichever model saved it: the hub's
     ``WhisperForConditionalGeneration`` (weights ``model.encoder.*``), a ``WhisperModel``
     (``encoder.*``), both read through ``WhisperForAudioClassification`` (the transformers class
     that holds the encoder alone as ``encoder``; its small head is dropped), or a
     ``WhisperEncoder`` saved alone (``conv1.*``, what ``export_pretrained`` writes). The decoder's
-    weights are never read. Without the encoder's weights: ``missing_keys`` names them."""
+    weights are never read. Without the encoder's weights: ``missing_keys`` names them.
+    ``attn_implementation``: ``sdpa`` or ``eager`` (``loading_options``)."""
+    kwargs = loading_options(source, attn_implementation)
     config = read_config(source)
     try:
         with _quiet_loading():
@@ -204,7 +206,7 @@ class WhisperBackbone(Backbone):
     ):
         super().__init__(other_options)
         self.source = str(source)
-        self.model, info = load_encoder(source, attn_implementation=attn_implementation)
+        self.model, info = load_encoder(source, attn_implementation)
         self.remember_checkpoint(self.model.state_dict(), info.get("missing_keys", ()))
         missing = sorted(set(info.get("missing_keys", ())))
         if missing:
@@ -277,7 +279,7 @@ class WhisperBackbone(Backbone):
     def checkpoint_state(cls, source):
         """The encoder's weights as the lobe loads them (any layout; the decoder left out), and the
         names the checkpoint lacks: what the fingerprint of a PETL model folder hashes."""
-        encoder, info = load_encoder(source)
+        encoder, info = load_encoder(source, "eager")
         state = encoder.state_dict()
         return state, set(info.get("missing_keys", ())) & set(state)
 

@@ -92,6 +92,11 @@ def bottleneck_width(hidden_size, reduction_rate):
             f"{hidden_size} (round({hidden_size} / {reduction_rate:g}) = 0): use "
             f"--reduction_rate={hidden_size} or less."
         )
+    if width > int(hidden_size):  # checked before anything of that width is allocated
+        raise ValueError(
+            f"reduction_rate={reduction_rate:g} gives a bottleneck of {width} for hidden size "
+            f"{hidden_size}, wider than the backbone itself: use --reduction_rate=1 or more."
+        )
     return width
 
 

@@ -108,3 +108,23 @@ def find_local_base(sha256, local_name=None):
 def valid_local_name(name):
     """Whether ``name`` is a plain folder or file name (no path)."""
     return isinstance(name, str) and bool(name) and name not in (".", "..") and not re.search(r"[/\\\x00]", name)
+
+
+def is_local_path(text):
+    """Whether ``text`` reads as a path of this machine (absolute, home-relative, ./ or ../,
+    Windows), rather than a Hub id or a plain name."""
+    text = str(text)
+    return (text.startswith(("/", "~", "./", "../", "\\")) or bool(re.match(r"[A-Za-z]:[\\/]", text))
+            or text.count("/") > 1)
+
+
+def shareable_name(source):
+    """How a file meant to be shared names the checkpoint or folder ``source``: its Hub id (a Hub
+    cache snapshot by its id), or the last part of a local path, never the path."""
+    if source is None:
+        return None
+    if Path(str(source)).expanduser().exists():
+        found = identify(source)
+        return found["hub_id"] or found["local_name"]
+    text = str(source).rstrip("/\\")
+    return re.split(r"[/\\]", text)[-1] or text if is_local_path(text) else text

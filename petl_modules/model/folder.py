@@ -21,9 +21,13 @@ Example
 >>> merge_petl_model(modules)  # fold LoRA into the backbone weights  # doctest: +SKIP
 """
 
+import contextlib
+import copy
 import logging
 import os
 from pathlib import Path
+
+import torch
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -53,6 +57,11 @@ def build_modules(spec, source):
     """``{"petl_model": AdaptedBackbone, "classifier": Classifier}`` of ``spec`` on the base
     checkpoint ``source`` (loaded once), the trained tensors at their initial values. Loading
     leaves the global random state as it was."""
+    return attach_modules(spec, build_lobe(spec, source))
+
+
+def build_lobe(spec, source):
+    """The lobe of ``spec``'s base, loaded from ``source`` (its model type checked first)."""
     lobe_class = spec.backbone.lobe_class()
     if spec.backbone.model_type:
         try:
@@ -66,19 +75,30 @@ def build_modules(spec, source):
                 "--backbone_source=<a copy of that checkpoint>."
             )
     with quiet_transformers(), preserved_rng():
-        lobe = lobe_class(source, **spec.backbone.options)
-    return attach_modules(spec, lobe)
+        return lobe_class(source, **spec.backbone.options)
 
 
-def attach_modules(spec, lobe):
+def attach_modules(spec, lobe, device=None):
     """``{"petl_model", "classifier"}`` of ``spec`` on a lobe already built (the method's modules
     attached to it, the head), the trained tensors at their initial values; the global random
-    state is left as it was."""
-    with preserved_rng():
-        petl_model = spec.method.build(lobe)
-        spec.method.restore(petl_model, spec.method_state)
-        classifier = Classifier(lobe.hidden_size, len(spec.class_names), spec.pooling,
-                                prompt_span(petl_model))
+    state is left as it was. ``device="meta"``: tensors without memory (``planned_shapes``)."""
+    try:
+        with preserved_rng(), torch.device(device) if device else contextlib.nullcontext():
+            petl_model = spec.method.build(lobe)
+            if device != "meta":
+                spec.method.restore(petl_model, spec.method_state)
+            classifier = Classifier(lobe.hidden_size, len(spec.class_names), spec.pooling,
+                                    prompt_span(petl_model))
+    except ValueError as err:  # an option that does not fit this backbone
+        raise PETLModelError(f"The '{spec.method.name}' model cannot be built on "
+                             f"{spec.backbone.name()}: {err}") from None
+    except (MemoryError, RuntimeError) as err:  # the allocator's own error, e.g. "can't allocate"
+        if isinstance(err, RuntimeError) and "alloc" not in str(err).lower():
+            raise
+        raise PETLModelError(
+            f"Not enough memory to build the '{spec.method.name}' model ({spec.method.to_dict()}) "
+            f"on {spec.backbone.name()}: {str(err).splitlines()[0][:200]}. Its options ask for "
+            "more than this machine has: check them, or load it on a larger machine.") from None
     return {"petl_model": petl_model, "classifier": classifier}
 
 
@@ -210,42 +230,98 @@ def check_fingerprint(spec, lobe, where):
         )
 
 
-def load_trained_state(modules, model_dir, spec):
-    """Loads ``petl_weights.safetensors`` over built ``modules``: exactly the tensors the built
-    model trains must be there, with their shapes (missing or unexpected ones are an error)."""
-    path = Path(model_dir) / WEIGHTS_FILE
+def stored_shapes(path):
+    """``{name: (shape, dtype name)}`` of a safetensors file, from its header only (no tensor is
+    read); ``PETLModelError`` for a damaged file."""
     try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for damaged files
+        with safe_open(str(path), "pt") as weights:
+            return {name: (tuple(weights.get_slice(name).get_shape()), weights.get_slice(name).get_dtype())
+                    for name in weights.keys()}
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
         raise PETLModelError(f"{path} is not a readable safetensors file ({err}); copy the folder "
                              "again from where it came from.") from None
-    head = state.get("classifier.head.weight")
-    if head is not None and head.dim() == 2 and head.shape[0] != len(spec.class_names):
-        raise PETLModelError(
-            f"{model_dir}: {len(spec.class_names)} class_names but the saved head has "
-            f"{head.shape[0]} outputs; the config was edited by hand."
-        )
+
+
+def meta_copy(module):
+    """A copy of ``module`` whose parameters and buffers are on the meta device (no memory)."""
+    memo = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        meta = torch.empty_like(tensor, device="meta")
+        if isinstance(tensor, torch.nn.Parameter):
+            meta = torch.nn.Parameter(meta, requires_grad=tensor.requires_grad)
+        memo[id(tensor)] = meta
+    return copy.deepcopy(module, memo)
+
+
+def trained_shapes(modules):
+    """``{name: (shape, floating)}`` of the tensors a model folder of ``modules`` holds."""
     parameters, buffers = trained_tensor_names(modules)
-    expected = set(parameters) | set(buffers)
-    problems = [f"{name}: missing" for name in sorted(expected - set(state))]
-    problems += [f"{name}: not a tensor of the rebuilt model" for name in sorted(set(state) - expected)]
-    parts = {}
-    for key in ("petl_model", "classifier"):
-        own = modules[key].state_dict()
-        parts[key] = {n.split(".", 1)[1]: t for n, t in state.items()
-                      if n.split(".", 1)[0] == key and n in expected}
-        for name, tensor in parts[key].items():
-            if own[name].shape != tensor.shape or own[name].dtype.is_floating_point != tensor.dtype.is_floating_point:
-                problems.append(f"{key}.{name} has shape {tuple(tensor.shape)} ({tensor.dtype}), "
-                                f"the rebuilt model {tuple(own[name].shape)} ({own[name].dtype})")
+    own = {f"{key}.{n}": t for key in ("petl_model", "classifier")
+           for n, t in modules[key].state_dict().items()}
+    return {name: (tuple(own[name].shape), own[name].dtype.is_floating_point)
+            for name in parameters + buffers}
+
+
+def planned_shapes(spec, lobe):
+    """``(trained_shapes, new parameters)`` of ``spec``'s model on ``lobe``, from a build on the
+    meta device (nothing allocated); ``PETLModelError`` when its options ask for more new
+    parameters than the backbone itself has (a size option out of proportion with it)."""
+    modules = attach_modules(spec, meta_copy(lobe), device="meta")
+    own = {id(p) for p in modules["petl_model"].adapted_model.parameters()} - {
+        id(p) for m in modules["petl_model"].modules() if isinstance(m, PETLModule)
+        for p in m.parameters()}
+    new = sum(p.numel() for key in ("petl_model", "classifier")
+              for p in modules[key].parameters() if id(p) not in own)
+    base = sum(p.numel() for p in lobe.parameters())
+    head = sum(p.numel() for p in modules["classifier"].parameters())
+    if new - head > base:
+        raise PETLModelError(
+            f"The '{spec.method.name}' model's options ({spec.method.to_dict()}) ask for "
+            f"{new - head:,} new parameters, more than the backbone {spec.backbone.name()} has "
+            f"({base:,}): a size option out of proportion with the backbone; nothing was built.")
+    return trained_shapes(modules), new
+
+
+def check_stored_shapes(expected, path, spec):
+    """Raises ``PETLModelError`` unless the safetensors file ``path`` holds exactly the tensors
+    ``expected`` (``{name: (shape, floating)}``), compared with its header alone."""
+    shapes = stored_shapes(path)
+    head = shapes.get("classifier.head.weight", ((),))[0]
+    if len(head) == 2 and head[0] != len(spec.class_names):
+        raise PETLModelError(
+            f"{Path(path).parent}: {len(spec.class_names)} class_names but the saved head has "
+            f"{head[0]} outputs; the config was edited by hand."
+        )
+    problems = [f"{name}: missing" for name in sorted(set(expected) - set(shapes))]
+    problems += [f"{name}: not a tensor of the rebuilt model" for name in sorted(set(shapes) - set(expected))]
+    floating = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+    for name in sorted(set(expected) & set(shapes)):
+        (shape, dtype), (own_shape, own_floating) = shapes[name], expected[name]
+        if own_shape != shape or own_floating != (dtype in floating):
+            problems.append(f"{name} has shape {shape} ({dtype}), the rebuilt model {own_shape} "
+                            f"({'floating point' if own_floating else 'integer'})")
     if problems:
         raise PETLModelError(
             f"The tensors in {path} do not fit the '{spec.method.name}' model rebuilt from its "
             f"config ({len(problems)} problem(s)):\n  " + "\n  ".join(problems[:10])
             + "\nThe folder was damaged, edited by hand or written by another version of the code."
         )
+
+
+def load_trained_state(modules, model_dir, spec):
+    """Loads ``petl_weights.safetensors`` over built ``modules``: exactly the tensors the built
+    model trains must be there, with their shapes (missing or unexpected ones are an error),
+    compared with the file's header before any tensor is read."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    check_stored_shapes(trained_shapes(modules), path, spec)
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types)
+        raise PETLModelError(f"{path} is not a readable safetensors file ({err}); copy the folder "
+                             "again from where it came from.") from None
     for key in ("petl_model", "classifier"):
-        modules[key].load_state_dict(parts[key], strict=False)  # the frozen rest is the base's
+        part = {n.split(".", 1)[1]: t for n, t in state.items() if n.split(".", 1)[0] == key}
+        modules[key].load_state_dict(part, strict=False)  # the frozen rest is the base's
 
 
 def load_model(model_dir, backbone_source=None, device="cpu", check=True):
@@ -277,11 +353,13 @@ def load_model(model_dir, backbone_source=None, device="cpu", check=True):
     """
     spec, folder = read_spec(model_dir)
     source = spec.backbone.source(backbone_source, where=str(folder))
-    modules = build_modules(spec, source)
-    lobe = modules["petl_model"].adapted_model
+    lobe = build_lobe(spec, source)
     if check:
         check_fingerprint(spec, lobe, folder)
     lobe.release_checkpoint()
+    # the shapes the model will have, against the file's header, before anything is allocated
+    check_stored_shapes(planned_shapes(spec, lobe)[0], folder / WEIGHTS_FILE, spec)
+    modules = attach_modules(spec, lobe)
     load_trained_state(modules, folder, spec)
     for module in modules.values():
         module.to(device).eval()

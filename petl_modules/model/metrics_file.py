@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from petl_modules.files import read_json, schema_problems, write_json_atomic
+from petl_modules.model.bases import is_local_path, shareable_name
+from petl_modules.paths import project_root
 
 METRICS_FILE = "metrics.json"
 METRICS_VERSION = 1
@@ -43,9 +45,25 @@ class MetricsError(ValueError):
 
 
 def run_command(argv=None):
-    """The command line of this process as a user would type it (``python script args...``)."""
+    """The command line of this process as a user would type it (``python script args...``),
+    without the paths of this machine (``shareable_argument``): the file is shared with the model."""
     argv = list(sys.argv if argv is None else argv)
-    return shlex.join(["python", *argv])
+    return shlex.join(["python", *map(shareable_argument, argv)])
+
+
+def shareable_argument(argument):
+    """``argument`` of a command line without a path of this machine: a path inside the project
+    relative to it (``recipes/FSC/train.py``), another one by its last part after ``.../``
+    (``--data_folder=.../fluent_speech_commands_dataset``); anything else unchanged."""
+    key, equals, value = argument.partition("=") if argument.startswith("-") else ("", "", argument)
+    if not is_local_path(value):
+        return argument
+    path = Path(value).expanduser()
+    try:
+        shown = path.resolve().relative_to(project_root()).as_posix()
+    except (ValueError, OSError):
+        shown = f".../{shareable_name(value)}"
+    return f"{key}{equals}{shown}"
 
 
 def write_metrics(folder, result, dataset=None, command=None):

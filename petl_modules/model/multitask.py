@@ -37,6 +37,7 @@ import contextlib
 import contextvars
 import copy
 import logging
+from pathlib import Path
 
 import torch
 from speechbrain.nnet.adapters import replace_module
@@ -52,15 +53,17 @@ from petl_modules.methods.prompt import PrefixTuning, ShallowPrompt
 from petl_modules.model.folder import (
     attach_modules,
     check_fingerprint,
+    check_stored_shapes,
     folder_view,
     load_trained_state,
+    planned_shapes,
     read_spec,
-    trained_tensor_names,
+    stored_shapes,
 )
 from petl_modules.model.hub import resolve_model_dir
 from petl_modules.model.petl_model import NON_FINITE, PETLModel, top_classes
 from petl_modules.model.precision import autocast_context
-from petl_modules.model.spec import PETLModelError
+from petl_modules.model.spec import WEIGHTS_FILE, PETLModelError
 from petl_modules.model.task import Task
 from petl_modules.model.windows import EvalProtocol, pool_windows
 
@@ -302,11 +305,12 @@ def check_shareable(specs, folders):
 
 
 def _check_frozen(spec, folder, modules, shared):
-    """Raises ``PETLModelError`` when a task's model trains backbone tensors other than
-    LayerNorms (they would change the shared frozen computation)."""
+    """Raises ``PETLModelError`` when a task's model changes backbone tensors other than
+    LayerNorms (they would change the shared frozen computation): decided from the tensors its
+    ``petl_weights.safetensors`` holds (its header), whatever else the folder says."""
     own = set(dict(shared.named_parameters()))
     changed = []
-    for name in trained_tensor_names(modules)[0]:
+    for name in sorted(stored_shapes(Path(folder) / WEIGHTS_FILE)):
         key, _, rest = name.partition(".")
         if key != "petl_model" or not rest.startswith("adapted_model."):
             continue
@@ -434,7 +438,9 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
     shared.requires_grad_(False)
     routed, classifiers, layouts, layer_sums = {}, [], [], {}
     for task, (spec, folder) in enumerate(zip(specs, folders)):
-        # The task's modules on a copy of the backbone, then moved onto the shared one.
+        # The file's shapes against the model's plan (meta device), then the task's modules on a
+        # copy of the backbone, then moved onto the shared one.
+        check_stored_shapes(planned_shapes(spec, shared)[0], Path(folder) / WEIGHTS_FILE, spec)
         modules = attach_modules(spec, copy.deepcopy(shared))
         petl_model, classifier = modules["petl_model"], modules["classifier"]
         _check_frozen(spec, folder, modules, shared)
@@ -593,15 +599,21 @@ class MultiTaskClassifier(torch.nn.Module):
         rows = []
         for k in range(inputs.shape[0]):
             probs = {name: results[name][0][k].cpu() for name in self.names}
-            finite = all(bool(torch.isfinite(p).all()) for p in probs.values())
-            rows.append(probs if finite else NON_FINITE)
+            # a task's non-finite scores fail that task's answer only (str: why)
+            rows.append({name: p if bool(torch.isfinite(p).all()) else NON_FINITE
+                         for name, p in probs.items()})
         return rows
 
     def file_result(self, clips):
         """A file's result from its clips: ``{"tasks": {task: {"label", "score", "probabilities",
-        "labels"}}}``, windows pooled as the tasks were tested."""
+        "labels"}}}``, windows pooled as the tasks were tested; a task whose scores were not finite
+        on a clip: ``{"error": why}``."""
         tasks = {}
         for name in self.names:
+            failed = [clip[name] for clip in clips if isinstance(clip[name], str)]
+            if failed:  # this task has no answer for the file; the others stand
+                tasks[name] = {"error": failed[0]}
+                continue
             prob = pool_windows(torch.stack([clip[name] for clip in clips]), self.protocol.pooling)
             index = int(prob.argmax())
             tasks[name] = {"label": self.labels[name][index], "score": float(prob[index]),

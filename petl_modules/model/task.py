@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from petl_modules.files import printable
 from petl_modules.model import scores
 from petl_modules.model.scores import DEFAULT_THRESHOLD
 
@@ -125,8 +126,9 @@ class Task:
         return {"label": result["label"], "score": result["score"], "top_k": top_k}
 
     def answer_text(self, row):
-        """An ``answer`` as a line of text: ``label<TAB>score  other score...``."""
-        return f"{row['label']}\t{row['score']:.4f}{_others(row)}"
+        """An ``answer`` as a line of text: ``label<TAB>score  other score...`` (control
+        characters in labels escaped: one answer stays one line of its fields)."""
+        return f"{printable(row['label'])}\t{row['score']:.4f}{_others(row)}"
 
     # ---------------------------------------------------------------- data
     def labels_of(self, cell):
@@ -206,7 +208,7 @@ class Task:
 
 
 def _others(row):
-    return "".join(f"  {t['label']} {t['score']:.4f}" for t in row["top_k"][1:])
+    return "".join(f"  {printable(t['label'])} {t['score']:.4f}" for t in row["top_k"][1:])
 
 
 # ==================================================================== single-label
@@ -330,7 +332,8 @@ class MultiLabel(Task):
 
     def answer_text(self, row):
         """``labels<TAB>label score ...`` (``-`` for no class)."""
-        return f"{';'.join(row['labels']) or '-'}\t{row['label']} {row['score']:.4f}{_others(row)}"
+        return (f"{';'.join(map(printable, row['labels'])) or '-'}\t{printable(row['label'])} "
+                f"{row['score']:.4f}{_others(row)}")
 
     def labels_of(self, cell):
         return [part.strip() for part in str(cell).split(LABEL_SEPARATOR) if part.strip()]

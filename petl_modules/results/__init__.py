@@ -48,11 +48,11 @@ from petl_modules.results.records import (
     find_results,
     read_run,
 )
-from petl_modules.results.table import CSV_FIELDS, markdown_report, summarise, write_csv
+from petl_modules.results.table import CSV_FIELDS, markdown_report, read_csv, summarise, write_csv
 
 __all__ = [
     "CSV_FIELDS", "FOLD_SCHEMA", "MAX_RESULTS_BYTES", "RUN_SCHEMA", "SCORES", "ResultsError",
     "changed_options", "check_run", "collect", "compare_published", "default_options",
     "find_results", "load_published", "main", "markdown_report", "method_label", "plot",
-    "published_file", "published_markdown", "read_run", "settings_label", "summarise", "write_csv",
+    "published_file", "published_markdown", "read_csv", "read_run", "settings_label", "summarise", "write_csv",
 ]

@@ -5,6 +5,7 @@ import csv
 import io
 import math
 
+from petl_modules.files import csv_cell, csv_value
 from petl_modules.results.labels import backbone_label, method_label, settings_label
 
 
@@ -119,7 +120,15 @@ CSV_FIELDS = ["method", "settings", "base_method", "dataset", "backbone", "runs"
 
 
 def write_csv(rows, path):
-    with open(path, "w", newline="") as stream:
+    """Writes the table ``rows`` (dicts of ``CSV_FIELDS``) to ``path``; a text cell that a
+    spreadsheet would run as a formula is written with a leading ``'`` (``files.csv_cell``)."""
+    with open(path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
+
+
+def read_csv(path):
+    """The rows (dicts of text) of a table ``write_csv`` wrote, its text cells as they were."""
+    with open(path, newline="", encoding="utf-8") as stream:
+        return [{k: csv_value(v) for k, v in row.items()} for row in csv.DictReader(stream)]

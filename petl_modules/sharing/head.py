@@ -22,6 +22,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from petl_modules.files import write_json_atomic
+from petl_modules.methods.classifier import POOLINGS
+from petl_modules.model.bases import shareable_name
+from petl_modules.model.spec import PETLModelError
 from petl_modules.model.task import Task
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
@@ -82,8 +85,9 @@ def write_head(out_dir, modules, config, backbone_source, **extra):
         "family": config["family"],
         "method": config["method"],
         **extra,
-        "base_backbone_source": str(backbone_source or config["backbone_source"]),
-        "petl_model": config["model_dir"],
+        # names, never paths of this machine (the export is meant to be shared)
+        "base_backbone_source": shareable_name(backbone_source or config["backbone_source"]),
+        "petl_model": shareable_name(config["model_dir"]),
         "head_weights": HEAD_WEIGHTS,
     }
     write_json_atomic(out_dir / HEAD_CONFIG, side)
@@ -92,23 +96,26 @@ def write_head(out_dir, modules, config, backbone_source, **extra):
 
 def read_head(folder):
     """``(head state {"head.weight", "head.bias"}, side JSON)`` of ``folder``, or None when it has
-    no head; ``ValueError`` naming the file when it is malformed. Read as data only."""
+    no head; ``PETLModelError`` naming the file when it is malformed. Read as data only."""
     folder = Path(folder)
     config_path, weights_path = folder / HEAD_CONFIG, folder / HEAD_WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
         return None
     if config_path.stat().st_size > MAX_HEAD_CONFIG_BYTES:
-        raise ValueError(f"{config_path} is too large for a head config; not read.")
+        raise PETLModelError(f"{config_path} is too large for a head config; not read.")
     try:
         side = json.loads(config_path.read_text(encoding="utf-8"))
         state = load_file(str(weights_path))
     except Exception as err:  # noqa: BLE001 (JSON and safetensors raise their own types)
-        raise ValueError(f"{folder}: the saved head cannot be read ({err}).") from None
+        raise PETLModelError(f"{folder}: the saved head cannot be read ({err}).") from None
     names = side.get("class_names") if isinstance(side, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
             or set(state) - {"norm.weight", "norm.bias"} != {"head.weight", "head.bias"} \
             or state["head.weight"].dim() != 2 \
             or state["head.weight"].shape[0] != len(names):
-        raise ValueError(f"{folder}: {HEAD_CONFIG} / {HEAD_WEIGHTS} are not a head written by "
-                         "PETL-AST (class_names and head.weight [C, D], head.bias [C]).")
+        raise PETLModelError(f"{folder}: {HEAD_CONFIG} / {HEAD_WEIGHTS} are not a head written by "
+                             "PETL-AST (class_names and head.weight [C, D], head.bias [C]).")
+    if side.get("pooling") is not None and side["pooling"] not in POOLINGS:
+        raise PETLModelError(f"{config_path}: pooling {str(side['pooling'])!r:.60} is not one of "
+                             f"{', '.join(POOLINGS)}; it was edited by hand or not written by PETL-AST.")
     return state, side

@@ -61,6 +61,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 from petl_modules.files import write_json_atomic
 from petl_modules.model.spec import PETLModelError
 from petl_modules.model.task import SingleLabel, Task
+from petl_modules.model.bases import shareable_name
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ def export_onnx(modules, config, out_dir, opset=None, merged_lora_modules=0, pre
             f"{'parity' if precision == 'fp32' else 'int8 agreement'} check: onnxruntime's probabilities "
             f"{rule}; {check}. The files were removed."
         )
+    opset = file_opset(path)  # the exporter may write another opset than asked (e.g. --opset=1)
     check["runtime"] = f"onnxruntime {onnxruntime.__version__} CPU"
     side = side_config(config, lobe, example, opset, merged_lora_modules, precision)
     side["parity"] = check
@@ -342,9 +344,18 @@ def side_config(config, lobe, example, opset, merged_lora_modules, precision):
         "family": config["family"],
         "method": config["method"],
         "merged_lora_modules": merged_lora_modules,
-        "base_backbone_source": config["backbone_source"],
-        "petl_model": config["model_dir"],
+        # names, never paths of this machine (the export is meant to be shared)
+        "base_backbone_source": shareable_name(config["backbone_source"]),
+        "petl_model": shareable_name(config["model_dir"]),
     }
+
+
+def file_opset(path):
+    """The ONNX opset (default domain) that the model file at ``path`` declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _remove(out_dir):

@@ -52,6 +52,7 @@ and cuts its positions to the clip; refused too.
 
 import copy
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -110,11 +111,11 @@ NEUTRAL = {
         "layer_replication": None, "bias": "none", "lora_bias": False, "fan_in_fan_out": False,
         "target_parameters": None, "trainable_token_indices": None, "use_qalora": False,
         "use_bdlora": None, "alora_invocation_tokens": None, "megatron_config": None,
-        "arrow_config": None, "kasa_config": None, "velora_config": None, "monteclora_config": None,
+        "arrow_config": None, "kasa_config": None, "velora_config": None, "monteclora_config": None, "exclude_modules": None,
     },
-    "IA3": {"fan_in_fan_out": False},
+    "IA3": {"fan_in_fan_out": False, "exclude_modules": None},
     "VERA": {"save_projection": True, "fan_in_fan_out": False, "bias": "none",
-             "layers_to_transform": None},
+             "layers_to_transform": None, "exclude_modules": None},
 }
 WHY_NOT = {
     "peft_type": "only LoRA (and DoRA), (IA)3 and VeRA adapters map onto our methods",
@@ -129,6 +130,8 @@ WHY_NOT = {
     "bias": "trained biases are not part of our methods",
     "lora_bias": "a bias on lora_B is not part of our LoRA",
     "fan_in_fan_out": "transposed (Conv1D) weights; our targets are nn.Linear",
+    "exclude_modules": "modules left out (PEFT reads a string as a regular expression); ours adapts "
+                       "every projection",
 }
 MAX_CONFIG_BYTES = 16 * 2 ** 20
 
@@ -272,7 +275,8 @@ def copy_into_peft(kind, updates, peft_model, prefix, where):
             theirs.copy_(mine)
 
 
-def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", tolerance=1e-4):
+def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", tolerance=1e-4,
+                final_dir=None):
     """Writes the LoRA, DoRA, (IA)3 or VeRA model ``modules`` (of the PETL model folder
     ``config``) as a PEFT adapter.
 
@@ -291,6 +295,9 @@ def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", 
         ``query``/``value``).
     tolerance : float
         The written adapter, on PEFT, must give our last hidden states within this (checked here).
+    final_dir : str or Path, optional
+        The path ``out_dir`` gets once written (``export`` writes beside it and renames): where
+        ``base_model_name_or_path`` points when the base is written too.
 
     Returns
     -------
@@ -334,7 +341,7 @@ def export_peft(modules, config, out_dir, backbone_source=None, peft_names="5", 
     if fresh.changed_from_checkpoint():
         base.save_pretrained(out_dir / BASE_FOLDER)
         write_preprocessor_config(fresh, source, out_dir / BASE_FOLDER)  # the run's input settings
-        base_reference = str((out_dir / BASE_FOLDER).resolve())
+        base_reference = str((Path(final_dir or out_dir) / BASE_FOLDER).resolve())
     elif (out_dir / BASE_FOLDER).is_dir():  # a previous export's base, no longer this model's
         shutil.rmtree(out_dir / BASE_FOLDER)
     adapted = {n[len(prefix):] for n, _ in updates}
@@ -447,6 +454,24 @@ def read_adapter(adapter_dir):
     return adapter, state
 
 
+# PEFT reads a string ``target_modules`` as a regular expression, matched against every module
+# name (a crafted one backtracks for hours): only a list of plain module names, or one of the
+# patterns our export writes (none so far: it writes plain names), is read.
+EXPORTED_TARGET_PATTERNS = frozenset()
+PLAIN_MODULE_NAME = re.compile(r"[A-Za-z0-9_]{1,100}(\.[A-Za-z0-9_]{1,100}){0,7}")
+
+
+def target_module_problems(targets):
+    """Why ``target_modules`` of an adapter_config.json is refused (empty list: it is not)."""
+    if isinstance(targets, str) and targets in EXPORTED_TARGET_PATTERNS:
+        return []
+    if isinstance(targets, list) and 0 < len(targets) <= 64 and all(
+            isinstance(t, str) and PLAIN_MODULE_NAME.fullmatch(t) for t in targets):
+        return []
+    return [f"target_modules={json.dumps(targets)[:60]}: expected a list of plain module names "
+            "(q_proj, k_proj, ...); a regular expression is not read"]
+
+
 def check_adapter_config(adapter, where):
     """The method the adapter maps onto (``lora``, ``dora``, ``ia3`` or ``vera``); raises
     ``PETLModelError`` naming every setting our method cannot represent."""
@@ -466,8 +491,11 @@ def check_adapter_config(adapter, where):
     numbers = {"LORA": ("r", "lora_alpha"), "VERA": ("r",), "IA3": ()}[peft_type]
     for key in numbers:
         value = adapter.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            problems.append(f"{key}={value!r}: expected a positive number")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or value <= 0 or (key == "r" and value != int(value)):
+            problems.append(f"{key}={str(value)[:40]}: expected a positive "
+                            + ("integer" if key == "r" else "finite number"))
+    problems += target_module_problems(adapter.get("target_modules"))
     if problems:
         raise PETLModelError(f"{where} cannot be imported as our {peft_type} method:\n  " + "\n  ".join(problems))
     if peft_type == "LORA":
@@ -690,7 +718,12 @@ def import_peft_adapter(adapter_dir, out_dir, backbone_source=None, class_names=
             for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
                 shutil.copyfile(adapter_dir / name, reference / name)
             rename_adapter(reference, model, "5")
-        theirs = peft.PeftModel.from_pretrained(model, str(reference)).eval()
+        try:
+            theirs = peft.PeftModel.from_pretrained(model, str(reference)).eval()
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
+            raise PETLModelError(f"{where}: PEFT cannot load it on the base ({type(err).__name__}: "
+                                 f"{str(err).strip().splitlines()[0][:300] if str(err).strip() else ''})"
+                                 "; fix its adapter_config.json or export it again.") from None
         try:
             difference = hidden_parity(lobe, theirs, lobe.input_processor)
         except RuntimeError as err:  # e.g. AST inputs of another length than the base's positions

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from petl_modules.files import csv_cell
+
 logger = logging.getLogger(__name__)
 
 CLASS_WEIGHTS = (None, "balanced")
@@ -35,7 +37,7 @@ def write_per_class_scores(path, scores, class_names, thresholds):
         writer = csv.writer(stream)
         writer.writerow(["index", "class", "positives", "ap", "auc", "f1", "threshold"])
         for k, name in enumerate(class_names):
-            writer.writerow([k, name, int(scores["positives"][k]), cell(scores["ap"][k]),
+            writer.writerow([k, csv_cell(name), int(scores["positives"][k]), cell(scores["ap"][k]),
                              cell(scores["auc"][k]), cell(scores["f1"][k]),
                              cell(float(thresholds[k]))])
     return Path(path)
@@ -49,9 +51,9 @@ def write_confusion_matrix(folder, confusion, class_names, stem="confusion_matri
     csv_path, png_path = folder / f"{stem}.csv", folder / f"{stem}.png"
     with open(csv_path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["true \\ predicted", *class_names])
+        writer.writerow(["true \\ predicted", *map(csv_cell, class_names)])
         for name, row in zip(class_names, confusion):
-            writer.writerow([name, *row])
+            writer.writerow([csv_cell(name), *row])
     import matplotlib.pyplot as plt
 
     figure = confusion_figure(confusion, class_names, title)

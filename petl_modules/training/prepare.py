@@ -139,6 +139,16 @@ def _segment_problem(row, duration):
 RELEASE_FIX = "Fix or restore these files from the release"
 
 
+def label_problem(label):
+    """Why ``label`` cannot be a class name (None when it can): any text is a class name, except
+    one that no output format carries (empty, a line break, a NUL character)."""
+    if not isinstance(label, str) or not label.strip():
+        return f"empty label {label!r}"
+    if any(c in label for c in "\n\r\x00"):
+        return f"label {label!r} holds a line break or a NUL character, which no output format carries"
+    return None
+
+
 def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=False, labels=None,
                     excluded=(), headers_only=False, fix=RELEASE_FIX):
     """Checks the files of ``splits`` and writes one ``<split>.csv`` manifest each.
@@ -182,8 +192,15 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
                           samples=not headers_only)
     for name, rows in splits.items():
         kept[name] = []
-        for row in rows:
+        first = {}  # ID -> (row number, file) of its first row in this split
+        for number, row in enumerate(rows, 1):
             duration, problem = checked[str(data_folder / row["wav"])]
+            if row["ID"] in first:
+                problem = (f"duplicate ID '{row['ID']}' (row {number}; row {first[row['ID']][0]}, "
+                           f"{first[row['ID']][1]}, has it too)")
+            first.setdefault(row["ID"], (number, data_folder / row["wav"]))
+            if problem is None:
+                problem = label_problem(row["label"])
             if problem is None and labels is not None and row["label"] not in labels:
                 problem = f"unknown label '{row['label']}'"
             if problem is None:

@@ -32,6 +32,7 @@ from pathlib import Path
 import ruamel.yaml
 import speechbrain as sb
 import torch
+from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
@@ -75,11 +76,24 @@ logger = logging.getLogger(__name__)
 
 # ==================================================================== data
 def load_manifest(csv_path, data_folder, key_test=None):
-    """A ``DynamicItemDataset`` from a manifest (``$data_root`` -> ``data_folder``), filtered."""
-    dataset = DynamicItemDataset.from_csv(csv_path, replacements={"data_root": str(data_folder)})
+    """A ``DynamicItemDataset`` from a manifest (``$data_root`` -> ``data_folder``), filtered. A
+    manifest is parsed once for all the splits and folds taken from it (``manifest_rows``)."""
+    path = Path(csv_path)
+    stat = path.stat()
+    data = manifest_rows(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(data_folder))
+    dataset = DynamicItemDataset({uid: dict(row) for uid, row in data.items()})  # SpeechBrain
+    # writes "id" into the rows it hands out: each dataset gets its own copies
     if key_test:
         dataset = dataset.filtered_sorted(key_test=key_test)
     return dataset
+
+
+@functools.lru_cache(maxsize=2)
+def manifest_rows(path, mtime_ns, size, data_folder):
+    """``{id: row}`` of the manifest at ``path`` (SpeechBrain's ``load_data_csv``), kept for the
+    datasets built from it (each copies the rows); the modification time and size key the cache,
+    so a manifest written again is read again."""
+    return load_data_csv(path, {"data_root": data_folder})
 
 
 def checked_class_names(datasets, hparams):

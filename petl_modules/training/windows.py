@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
+from petl_modules.files import csv_cell
 from petl_modules.model.audio import audio_length
 # The evaluation protocol is the model's (petl_modules/model/windows.py); the names are used from here too.
 from petl_modules.model.windows import (  # noqa: F401
@@ -168,12 +169,12 @@ class WindowScores:
         with open(Path(path), "w", newline="", encoding="utf-8") as stream:
             writer = csv.writer(stream)
             writer.writerow(["utterance", "window", "start_s", "end_s", "label", "prediction",
-                             "score", *class_names])
+                             "score", *map(csv_cell, class_names)])
             for k, utterance in enumerate(self.utterances):
                 index = windows[utterance] = windows.get(utterance, -1) + 1
                 prob = probabilities[k]
                 best = int(prob.argmax())
-                writer.writerow([utterance, index, f"{self.starts[k] / sample_rate:.3f}",
-                                 f"{self.ends[k] / sample_rate:.3f}", names[k],
-                                 class_names[best], f"{float(prob[best]):.6f}",
+                writer.writerow([csv_cell(utterance), index, f"{self.starts[k] / sample_rate:.3f}",
+                                 f"{self.ends[k] / sample_rate:.3f}", csv_cell(names[k]),
+                                 csv_cell(class_names[best]), f"{float(prob[best]):.6f}",
                                  *(f"{float(p):.6f}" for p in prob)])
