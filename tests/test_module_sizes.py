@@ -23,6 +23,8 @@ ALLOWED = {
     "petl_modules/backbones/base.py": NOT_A_TOOL + "the backbone contract every family implements",
     "petl_modules/methods/adapters.py": NOT_A_TOOL + "the adapter blocks, their insertion points "
                                         "and trainable specs of one method",
+    "petl_modules/model/folder.py": NOT_A_TOOL + "a model folder's build, save, load with the shape "
+                                    "checks before allocation, merge",
     "petl_modules/model/multitask.py": NOT_A_TOOL + "several tasks on one backbone: loading, "
                                        "hooks and batch inference of one class",
     "petl_modules/model/petl_model.py": NOT_A_TOOL + "PETLModel and PETLClassifier, the public "

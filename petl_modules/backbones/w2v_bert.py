@@ -36,7 +36,7 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2_bert.modeling_wav2vec2_bert import Wav2Vec2BertSelfAttention
 
-from petl_modules.backbones.base import Backbone, read_config, register
+from petl_modules.backbones.base import Backbone, loading_options, read_config, register
 from petl_modules.contract import (
     attend_with_prefix,
     checkpoint_contexts,
@@ -193,7 +193,7 @@ class W2VBertBackbone(Backbone):
         self.source = str(source)
         config = read_config(source)
         self.model, info = transformers.Wav2Vec2BertModel.from_pretrained(
-            source, attn_implementation=attn_implementation, output_loading_info=True)
+            source, output_loading_info=True, **loading_options(source, attn_implementation))
         self.remember_checkpoint(self.model.state_dict(), info.get("missing_keys", ()))
         self.config = self.model.config
         unsupported = [f"{key}={getattr(config, key)!r}" for key, ok in (

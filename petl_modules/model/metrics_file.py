@@ -16,7 +16,6 @@ from pathlib import Path
 
 from petl_modules.files import read_json, schema_problems, write_json_atomic
 from petl_modules.model.bases import is_local_path, shareable_name
-from petl_modules.paths import project_root
 
 METRICS_FILE = "metrics.json"
 METRICS_VERSION = 1
@@ -44,23 +43,26 @@ class MetricsError(ValueError):
     """A ``metrics.json`` that is not what PETL-AST writes."""
 
 
-def run_command(argv=None):
+def run_command(argv=None, root=None):
     """The command line of this process as a user would type it (``python script args...``),
     without the paths of this machine (``shareable_argument``): the file is shared with the model."""
     argv = list(sys.argv if argv is None else argv)
-    return shlex.join(["python", *map(shareable_argument, argv)])
+    return shlex.join(["python", *(shareable_argument(a, root) for a in argv)])
 
 
-def shareable_argument(argument):
-    """``argument`` of a command line without a path of this machine: a path inside the project
-    relative to it (``recipes/FSC/train.py``), another one by its last part after ``.../``
-    (``--data_folder=.../fluent_speech_commands_dataset``); anything else unchanged."""
+def shareable_argument(argument, root=None):
+    """``argument`` of a command line without a path of this machine: a path inside the folder
+    ``root`` (the project's, given by the recipes) relative to it (``recipes/FSC/train.py``),
+    another one by its last part after ``.../`` (``--data_folder=.../fluent_speech_commands_dataset``);
+    anything else unchanged."""
     key, equals, value = argument.partition("=") if argument.startswith("-") else ("", "", argument)
     if not is_local_path(value):
         return argument
     path = Path(value).expanduser()
     try:
-        shown = path.resolve().relative_to(project_root()).as_posix()
+        if root is None:
+            raise ValueError("no project folder given")
+        shown = path.resolve().relative_to(Path(root).resolve()).as_posix()
     except (ValueError, OSError):
         shown = f".../{shareable_name(value)}"
     return f"{key}{equals}{shown}"

@@ -304,10 +304,11 @@ def check_shareable(specs, folders):
         raise PETLModelError(f"The same model folder is given twice ({[str(f) for f in folders]}).")
 
 
-def _check_frozen(spec, folder, modules, shared):
+def _check_frozen_tensors(spec, folder, shared):
     """Raises ``PETLModelError`` when a task's model changes backbone tensors other than
     LayerNorms (they would change the shared frozen computation): decided from the tensors its
-    ``petl_weights.safetensors`` holds (its header), whatever else the folder says."""
+    ``petl_weights.safetensors`` holds (its header), whatever else the folder says, before
+    anything is built."""
     own = set(dict(shared.named_parameters()))
     changed = []
     for name in sorted(stored_shapes(Path(folder) / WEIGHTS_FILE)):
@@ -326,6 +327,11 @@ def _check_frozen(spec, folder, modules, shared):
             "other tasks (full fine-tuning and BitFit change the backbone). Load it alone with "
             "PETLModel.from_pretrained."
         )
+
+
+def _check_frozen(spec, folder, modules, shared):
+    """Raises ``PETLModelError`` when a task's modules cannot share one call of the frozen
+    backbone (updates of WavLM's attention projections, whose weights WavLM reads directly)."""
     attention = {n for p in "qkvo" for n, _ in shared.modules_at_optional(p)}
     weight_read = sorted({type(m).__name__ for n, m in _outermost_petl_modules(modules["petl_model"].adapted_model).items()
                           if isinstance(m, ProjectionUpdate) and n in attention})
@@ -440,6 +446,7 @@ def load_multitask(model_dirs, backbone_source=None, device="cpu", check=True):
     for task, (spec, folder) in enumerate(zip(specs, folders)):
         # The file's shapes against the model's plan (meta device), then the task's modules on a
         # copy of the backbone, then moved onto the shared one.
+        _check_frozen_tensors(spec, folder, shared)
         check_stored_shapes(planned_shapes(spec, shared)[0], Path(folder) / WEIGHTS_FILE, spec)
         modules = attach_modules(spec, copy.deepcopy(shared))
         petl_model, classifier = modules["petl_model"], modules["classifier"]

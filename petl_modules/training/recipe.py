@@ -583,7 +583,8 @@ class Run:
             "hparams": scalar_hparams(hparams),
         })
         if if_main_process():
-            from petl_modules.model.metrics_file import write_metrics
+            from petl_modules.model.metrics_file import run_command, write_metrics
+            from petl_modules.paths import project_root
             from petl_modules.training.pretrained import save_run_petl_model
 
             if hparams.get("confusion_matrix") and stats.get("confusion") is not None:
@@ -596,7 +597,8 @@ class Run:
                                                          stats["per_class"], class_names, thresholds)
                 logger.info(f"Test scores per class (AP, AUC, F1): {written}")
             model_folder = save_run_petl_model(hparams, class_names, thresholds)
-            write_metrics(model_folder, result, dataset=hparams.get("dataset"))
+            write_metrics(model_folder, result, dataset=hparams.get("dataset"),
+                          command=run_command(root=project_root()))
             if hparams.get("window_results") and getattr(brain, "test_windows", None):
                 brain.test_windows.write_csv(
                     folder / WINDOW_RESULTS_FILE, class_names,
