@@ -175,7 +175,7 @@ class BEATsModel(sb_beats.BEATs):
         self.encoder = sb_beats.TransformerEncoder(self.cfg)
         self.layer_norm = torch.nn.LayerNorm(self.embed)
         self.predictor = None
-        if self.cfg.finetuned_model:  # the fine-tuned files' AudioSet head (kept, never used)
+        if self.cfg.finetuned_model:  # the fine-tuned files' sound-event head (kept, never used)
             self.predictor_dropout = torch.nn.Dropout(self.cfg.predictor_dropout)
             self.predictor = torch.nn.Linear(dim, self.cfg.predictor_class)
 
