@@ -43,8 +43,10 @@ TARGET_SPELLINGS = "Wq, Wk, Wv, Wo, ffn_in, ffn_out"
 
 class ProjectionUpdate(PETLModule):
     """Base of the modules that change one frozen ``nn.Linear`` (``pretrained_module``) and can be
-    folded into it: LoRA, DoRA, (IA)3, VeRA. A subclass defines ``weight`` and ``bias`` (the
-    merged ones, for hosts that read weights instead of calling the module) and ``forward``.
+    folded into it: LoRA, DoRA, (IA)3, VeRA. A subclass defines ``forward`` and either
+    ``delta_weight`` (the merged ``weight`` is then ``W + delta_weight()``, the ``bias`` the frozen
+    one) or its own ``weight`` and ``bias`` (the merged ones, for hosts that read weights instead
+    of calling the module).
 
     ``reads_frozen_output``: ``forward`` calls the frozen projection once on its own input and
     changes its output (several tasks on one backbone then share that call); False when it
@@ -60,6 +62,15 @@ class ProjectionUpdate(PETLModule):
                 f"{method} wraps nn.Linear projections, got {type(module).__name__}: check the "
                 f"insertion points ({option} must be among {TARGET_SPELLINGS})."
             )
+
+    @property
+    def weight(self):
+        """The merged weight ``W + delta_weight()``."""
+        return self.pretrained_module.weight + self.delta_weight()
+
+    @property
+    def bias(self):
+        return self.pretrained_module.bias
 
     @property
     def in_features(self):
@@ -136,15 +147,6 @@ class LoRA(ProjectionUpdate):
     def delta_weight(self):
         """The update ``s B A`` ``[D_out, D_in]``."""
         return self.scaling * (self.lora_B @ self.lora_A)
-
-    @property
-    def weight(self):
-        """The merged weight ``W + s B A`` (for hosts that read weights instead of calling)."""
-        return self.pretrained_module.weight + self.delta_weight()
-
-    @property
-    def bias(self):
-        return self.pretrained_module.bias
 
     def forward(self, x):
         """``[..., D_in]`` -> ``[..., D_out]``: ``W x + b + s B (A x)`` (never forms ``B A``)."""

@@ -114,14 +114,6 @@ class VeRA(ProjectionUpdate):
         vera_a, vera_b = self.sliced()
         return (self.lambda_b[:, None] * vera_b) @ (self.lambda_d[:, None] * vera_a)
 
-    @property
-    def weight(self):
-        return self.pretrained_module.weight + self.delta_weight()
-
-    @property
-    def bias(self):
-        return self.pretrained_module.bias
-
     def forward(self, x):
         """``[..., D_in]`` -> ``[..., D_out]``: ``f(x) + lambda_b * (B (lambda_d * (A x)))``."""
         vera_a, vera_b = self.sliced()
