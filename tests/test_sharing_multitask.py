@@ -103,6 +103,7 @@ def test_every_frozen_backbone_method_gives_its_own_outputs_on_one_backbone(fami
                    for seed, (m, opts) in enumerate(tasks)])
 
 
+@pytest.mark.slow
 def test_the_methods_beyond_the_papers_join_the_shared_pass(tiny_ast, tmp_path):
     """DoRA, (IA)3 (both paths), VeRA and the weighted layer sum, with a LoRA task, on one backbone."""
     tasks = [("lora", {}), ("dora", {}), ("ia3", {}), ("vera", {"rank": 16}), ("layer_sum", {})]
