@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from petl_modules.methods.adapters import INITS, reference_init_warning
-from petl_modules.methods.config import MethodConfig, adapted, register_method
-from petl_modules.methods.lora import TARGET_SPELLINGS, LoRA, checked_targets, lora_points
+from petl_modules.methods.config import register_method
+from petl_modules.methods.lora import LoRA, LoraConfig
 from petl_modules.options import option
 
 
@@ -78,9 +78,9 @@ class DoRA(LoRA):
 
 @register_method
 @dataclasses.dataclass
-class DoraConfig(MethodConfig):
-    """DoRA on the projections ``lora_targets`` of every layer (LoRA's options); the final
-    LayerNorm trains too."""
+class DoraConfig(LoraConfig):
+    """DoRA on the projections ``lora_targets`` of every layer: LoRA's options and build, with
+    ``DoRA`` modules; the final LayerNorm trains too."""
 
     name = "dora"
     citation = """\
@@ -92,18 +92,8 @@ class DoraConfig(MethodConfig):
   eprint    = {2402.09353},
   archivePrefix = {arXiv}
 }"""
+    update = DoRA
     summary = "LoRA's update on the direction of the projections + a learned magnitude per output unit"
 
-    lora_targets: str = option("Wq,Wv", f"projections adapted: any of {TARGET_SPELLINGS}, comma-separated")
-    reduction_rate: float = option(128, "rank r = round(hidden / reduction_rate)", kind=float,
-                                   minimum=0, exclusive_minimum=True)
-    lora_alpha: float = option(8, "scaling s = lora_alpha / reduction_rate", kind=float)
     init: str = option("identity", "identity: A random, B zero, magnitude = the norms (the pretrained "
                        "model); reference: A, B ~ N(0, 0.02)", choices=INITS)
-
-    def check(self):
-        checked_targets(self.lora_targets, "lora_targets")
-
-    def build(self, backbone):
-        return adapted(backbone, DoRA, lora_points(self.lora_targets), ["final_norm"],
-                       reduction_rate=self.reduction_rate, lora_alpha=self.lora_alpha, init=self.init)

@@ -218,6 +218,7 @@ class LoraConfig(MethodConfig):
 
     name = "lora"
     summary = "low-rank updates s·B·A of the attention (and FFN) projections"
+    update = LoRA  # the module wrapping each projection (DoRA's config changes only this and init)
 
     lora_targets: str = option("Wq,Wv", f"projections adapted: any of {TARGET_SPELLINGS}, comma-separated")
     reduction_rate: float = option(128, "rank r = round(hidden / reduction_rate)", kind=float,
@@ -230,5 +231,5 @@ class LoraConfig(MethodConfig):
         checked_targets(self.lora_targets, "lora_targets")
 
     def build(self, backbone):
-        return adapted(backbone, LoRA, lora_points(self.lora_targets), ["final_norm"],
+        return adapted(backbone, self.update, lora_points(self.lora_targets), ["final_norm"],
                        reduction_rate=self.reduction_rate, lora_alpha=self.lora_alpha, init=self.init)
