@@ -83,7 +83,7 @@ def add_pipelines(datasets, input_processor, encoder, train_crop=None, task=None
         keys = ["id", "inputs", task.target_key]
         train = split == "train"
         windows = is_window_dataset(dataset)
-        crop = train_crop if train and (waveform_mixup is not None or not windows) else None
+        crop = train_crop if train and not windows else None
         clips = ClipsOf(dataset.data, rate, crop)
         if train and waveform_mixup is not None:
             dataset.add_dynamic_item(input_pipeline(clips, input_processor, waveform_mixup,

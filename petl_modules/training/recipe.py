@@ -16,7 +16,9 @@ A recipe's ``main`` reads in the order of SpeechBrain's templates, each step a c
 
 A wrong option stops the run in ``load_run``, before any data is read; every other error a user
 can fix (data, checkpoints, output folder, full disk) leaves ``claimed_output_folder`` as one line
-(``sys.exit(message)``).
+(``sys.exit(message)``). The parts of the steps are modules of one job each, their names imported
+from here too: ``manifests`` (datasets, class names, few-shot), ``folds`` (folds, results.json),
+``claim`` (the output folder) and ``pipelines`` (each row's clip read as the model's input).
 """
 
 import json
