@@ -14,8 +14,6 @@ of a segment of it), read on its own (``Clip.read``): memory does not grow with 
 
 import math
 
-from petl_modules.model.audio import audio_length
-
 EVAL_WINDOWS = ("first", "sliding")
 WINDOW_POOLINGS = ("mean", "max")
 
@@ -102,10 +100,7 @@ class EvalProtocol:
     def starts(self, path, processor):
         """First samples of the windows of the file ``path`` (its header only is read); ``[0]``
         for the first-clip protocol (nothing is read)."""
-        if not self.sliding:
-            return [0]
-        total = audio_length(path, getattr(processor, "sample_rate", 16000))
-        return window_starts(total, clip_samples(processor), self.hop(processor))
+        return [int(clip.start) for clip in self.clips(path, processor)]
 
     def clips(self, clip, processor):
         """The clips the model reads of ``clip`` (a ``Clip``, or a path: the whole file): the
