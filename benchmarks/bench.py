@@ -135,7 +135,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from benchmarks.common import PeakMemory, machine_info, read_status_mb, trim_memory  # noqa: E402
+from benchmarks.common import PeakMemory, machine_info, read_status_mb, result, trim_memory  # noqa: E402, F401
 from benchmarks.models import METHODS  # noqa: E402
 from benchmarks.ratios import RATIO_KEYS, TARGETS, compute_ratios, target_of  # noqa: E402, F401
 from benchmarks.report import render  # noqa: E402

@@ -67,7 +67,7 @@ def _int8_speed(args):
     return rows
 
 
-def _demo_model(args):
+def demo_model(args):
     """The ``petl_model/`` folder of a run of ``python -m petl_modules.demo`` (``--demo_folder``,
     or a new demo run with its default options in the work folder) and its test clips."""
     import csv
@@ -92,7 +92,7 @@ def _int8_demo_agreement(args):
     from petl_modules.classify import PETLClassifier
     from petl_modules.sharing.int8 import use_int8
 
-    model_dir, backbone, clips = _demo_model(args)
+    model_dir, backbone, clips = demo_model(args)
     os.environ["PETL_AST_HOME"] = str(args.workdir / "home")  # the int8 graph's cache: exported here
     backbone = str(backbone) if backbone.is_dir() else None
     found = {}
