@@ -16,7 +16,8 @@ NOT_A_TOOL = "not one of the tools issue 28 splits (classify, results, sweep, be
 ALLOWED = {
     "petl_modules/backbones/beats.py": NOT_A_TOOL + "one file per lobe (docs/extending.md): the "
                                        "released file's checks, the model built from it, its layer",
-    "petl_modules/backbones/base.py": NOT_A_TOOL + "the backbone contract every family implements",
+    "petl_modules/backbones/base.py": NOT_A_TOOL + "the Backbone class alone, the contract every "
+                                      "family implements with its docstrings, is 400 lines",
     "petl_modules/methods/adapters.py": NOT_A_TOOL + "the adapter blocks, their insertion points "
                                         "and trainable specs of one method",
     "petl_modules/model/folder.py": NOT_A_TOOL + "a model folder's build, save, load with the shape "

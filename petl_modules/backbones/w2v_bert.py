@@ -36,7 +36,8 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2_bert.modeling_wav2vec2_bert import Wav2Vec2BertSelfAttention
 
-from petl_modules.backbones.base import Backbone, loading_options, read_config, register
+from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.loading import loading_options, read_config
 from petl_modules.contract import (
     attend_with_prefix,
     checkpoint_contexts,
