@@ -50,7 +50,7 @@ training/      the recipe machinery: ``arguments.py`` (the recipes' command line
                ``launch.py`` (recipe commands as submitit jobs: local processes, Slurm arrays),
                ``slurm.py`` (what squeue, sacct and scontrol say: states, partition limits),
                ``stop_signals.py`` (a checkpoint and a clean exit on SIGUSR2/SIGTERM),
-               ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
+               ``checkpointing.py`` (resumes, fallback), ``safe_loading.py``, ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``windows.py`` (random crops, window datasets),
                ``metrics.py`` (score files: the confusion matrix, multi-label per-class scores),
                ``sampling.py`` (class-balanced sampling), ``mixup.py``, ``shards.py``

@@ -33,7 +33,6 @@ ALLOWED = {
     "petl_modules/sharing/peft_lora.py::export_peft": NOT_A_TOOL + "to be split into its steps",
     "petl_modules/sharing/peft_lora.py::import_peft_adapter": NOT_A_TOOL + "to be split into its steps",
     "petl_modules/training/brain.py": NOT_A_TOOL + "the SpeechBrain Brain subclass of every recipe",
-    "petl_modules/training/checkpointing.py": NOT_A_TOOL + "exact resumes and safe loading",
     "petl_modules/training/recipe.py": NOT_A_TOOL + "the recipe flow, one function per step",
     "petl_modules/training/recipe.py::add_pipelines": "its pipeline variants become one with one "
                                                       "'clip of a file' (issue 28, item 2)",
