@@ -54,7 +54,7 @@ training/      the recipe machinery: ``arguments.py`` (the recipes' command line
                lock), ``prepare.py``, ``windows.py`` (random crops, window datasets),
                ``metrics.py`` (score files: the confusion matrix, multi-label per-class scores),
                ``sampling.py`` (class-balanced sampling), ``mixup.py``, ``shards.py``
-               (reading tar shards: ``--shards``),
+               (reading tar shards: ``--shards``; ``shard_index.py``, ``shard_plan.py``),
                ``augment.py``, ``cache.py``, ``tracking.py``, ``pretrained.py`` (what of a run
                defines its model folder), ``recipe.yaml`` (shared by every recipe)
 tools          ``classify`` (``python -m petl_modules.classify``), ``export`` (plain transformers,

@@ -36,8 +36,6 @@ ALLOWED = {
     "petl_modules/training/recipe.py": NOT_A_TOOL + "the recipe flow, one function per step",
     "petl_modules/training/recipe.py::add_pipelines": "its pipeline variants become one with one "
                                                       "'clip of a file' (issue 28, item 2)",
-    "petl_modules/training/shards.py": NOT_A_TOOL + "reading tar shards: the index, the plan of an "
-                                       "epoch and the dataset",
 }
 
 
