@@ -29,7 +29,7 @@ methods/       the PETL methods, which never name a backbone family: one config 
                (``config.py``: ``MethodConfig``, the registry ``METHODS``) and its modules:
                ``selective.py`` (linear, BitFit, full fine-tuning), ``lora.py`` (LoRA on any
                projection), ``dora.py``, ``ia3.py``, ``vera.py``, ``layer_sum.py`` (the SUPERB
-               weighted layer sum), ``adapters.py``, ``prompt.py`` (prompt and prefix tuning),
+               weighted layer sum), ``adapters.py`` (``adapter_blocks.py``), ``prompt.py`` (prompt and prefix tuning),
                ``moa.py`` (Dense/Soft-MoA);
                ``adapted.py`` (``AdaptedBackbone``: attaches PETL modules at insertion points,
                decides what trains), ``classifier.py`` (pooling + linear head)
