@@ -47,8 +47,8 @@ The blocks themselves are ``petl_modules.methods.adapter_blocks``.
 import dataclasses
 
 from petl_modules.contract import PETLModule, current_token_mask, host_input
-# The blocks, their checks and initialisations (re-exported here: moa, the several-task model and
-# the PEFT exchange import them from this module).
+# The blocks, their checks and initialisations (re-exported here: moa, the PEFT exchange and the
+# tests import them from this module).
 from petl_modules.methods.adapter_blocks import (  # noqa: F401
     ADAPTER_BLOCKS, INITS, MIN_WIDTH, Bottleneck, ConformerAdapter, Convpass, MaskedBatchNorm1d,
     QuickGELU, bottleneck_width, check_choice, make_block, mask_padding, narrow_width_warning,
