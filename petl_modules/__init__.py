@@ -34,7 +34,7 @@ methods/       the PETL methods, which never name a backbone family: one config 
                ``adapted.py`` (``AdaptedBackbone``: attaches PETL modules at insertion points,
                decides what trains), ``classifier.py`` (pooling + linear head)
 model/         a trained model as a self-contained artifact: ``spec.py`` (``ModelSpec``,
-               ``petl_config.json`` format 4), ``folder.py`` (build, save, load, merge),
+               ``petl_config.json`` format 4), ``build.py``, ``folder.py`` (save, load, merge),
                ``petl_model.py`` (``PETLModel``, ``PETLClassifier``), ``multitask.py`` (several
                tasks on one backbone), ``bases.py`` (naming and finding base checkpoints),
                ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py`` (the

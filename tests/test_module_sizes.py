@@ -18,8 +18,6 @@ ALLOWED = {
                                        "released file's checks, the model built from it, its layer",
     "petl_modules/backbones/base.py": NOT_A_TOOL + "the Backbone class alone, the contract every "
                                       "family implements with its docstrings, is 400 lines",
-    "petl_modules/model/folder.py": NOT_A_TOOL + "a model folder's build, save, load with the shape "
-                                    "checks before allocation, merge",
     "petl_modules/model/multitask.py": NOT_A_TOOL + "several tasks on one backbone: loading, "
                                        "hooks and batch inference of one class",
     "petl_modules/model/petl_model.py": NOT_A_TOOL + "PETLModel and PETLClassifier, the public "
