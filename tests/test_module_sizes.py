@@ -32,9 +32,6 @@ ALLOWED = {
     "petl_modules/sharing/peft_lora.py::import_peft_adapter": NOT_A_TOOL + "to be split into its steps",
     "petl_modules/training/brain.py": NOT_A_TOOL + "one class, the SpeechBrain Brain subclass of "
                                       "every recipe (its hooks override Brain's), is 382 lines",
-    "petl_modules/training/recipe.py": NOT_A_TOOL + "the recipe flow, one function per step",
-    "petl_modules/training/recipe.py::add_pipelines": "its pipeline variants become one with one "
-                                                      "'clip of a file' (issue 28, item 2)",
 }
 
 
