@@ -462,3 +462,15 @@ def test_an_audiofolder_manifest_is_read_once_per_start(tmp_path, monkeypatch):
     assert written.count("\n") == 13 and "valid" in written and "test" in written
     (data / "metadata.csv").write_text("file_name,label\n" + "\n".join(lines[:8]) + "\n")  # edited
     assert audiofolder_prepare.options_from_data(options)["n_classes"] == 2 and len(reads) == 2
+
+
+def test_cls_distill_pooling_on_a_backbone_without_a_distillation_token_is_refused_early(
+        tiny_wav2vec2, tmp_path):
+    out = run_in_process("FSC", [
+        str(REPO / "hparams" / "linear.yaml"), f"--data_folder={tmp_path / 'no_data_here'}",
+        f"--backbone_source={tiny_wav2vec2}", f"--output_folder={tmp_path / 'out'}",
+        "--pooling=cls_distill"])
+    assert isinstance(out, str) and out.startswith("Error in the configuration"), out
+    assert len(out.strip().splitlines()) == 1, out
+    assert "pooling 'cls_distill'" in out and "wav2vec2 backbone" in out, out
+    assert not (tmp_path / "out" / "manifests").exists()  # stopped before preparation
