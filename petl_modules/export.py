@@ -16,7 +16,7 @@ fp32 answers. The default format:
 ``save_pretrained`` folder of the backbone with the trained weights folded in
 (``AutoModel.from_pretrained(OUT_DIR)`` loads it, and ``--backbone_source=OUT_DIR`` starts a new run
 from it). Where the head maps exactly onto the family's transformers classification class (AST
-with pooling ``cls_distill``: ``ASTForAudioClassification``; the wav2vec2 family:
+with pooling ``cls_distill``: ``ASTForAudioClassification``; the wav2vec2 family and w2v-BERT:
 ``*ForSequenceClassification``; Whisper: ``WhisperForAudioClassification``; pooling ``mean``), it
 is that class with the trained head and the labels, which ``pipeline("audio-classification",
 model=OUT_DIR)`` runs as ``classify`` does (``petl_modules.sharing.head``); otherwise the base
