@@ -32,9 +32,6 @@ ALLOWED = {
     "petl_modules/model/spec.py": NOT_A_TOOL + "the petl_config.json format with its schema checks",
     "petl_modules/model/task.py": NOT_A_TOOL + "the task kinds, one class each, and their registry: "
                                   "the one place of the task concept",
-    "petl_modules/sharing/peft_lora.py": NOT_A_TOOL + "PEFT adapters both ways",
-    "petl_modules/sharing/peft_lora.py::export_peft": NOT_A_TOOL + "to be split into its steps",
-    "petl_modules/sharing/peft_lora.py::import_peft_adapter": NOT_A_TOOL + "to be split into its steps",
     "petl_modules/training/brain.py": NOT_A_TOOL + "the SpeechBrain Brain subclass of every recipe",
     "petl_modules/training/checkpointing.py": NOT_A_TOOL + "exact resumes and safe loading",
     "petl_modules/training/prepare.py::write_manifests": NOT_A_TOOL + "to be split into its steps",
