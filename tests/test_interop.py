@@ -186,7 +186,8 @@ def test_a_peft_export_with_its_base_names_it_relative_and_loads_from_anywhere(
 
 
 @pytest.mark.slow
-def test_peft_export_names_the_checkpoint_when_the_run_kept_the_base(tiny_ast, tmp_path, monkeypatch):
+def test_peft_export_names_the_checkpoint_when_the_run_kept_the_base(tiny_ast, other_ast, tmp_path,
+                                                                    monkeypatch):
     folder = petl_folder("lora", tiny_ast, tmp_path, max_frames=128)  # the checkpoint's length
     out = tmp_path / "peft"
     side = export_petl_model(folder, out, format="peft")
@@ -201,6 +202,8 @@ def test_peft_export_names_the_checkpoint_when_the_run_kept_the_base(tiny_ast, t
     with pytest.raises(PETLModelError, match=f"'{tiny_ast.name}'.*--backbone_source"):
         import_peft_adapter(out, tmp_path / "imported_elsewhere")
     import_peft_adapter(out, tmp_path / "imported_elsewhere", backbone_source=tiny_ast)
+    with pytest.raises(PETLModelError, match="not the checkpoint the adapter was exported on"):
+        import_peft_adapter(out, tmp_path / "imported_other", backbone_source=other_ast)
 
 
 def test_peft_export_refuses_other_methods_and_wavlm(tiny_ast, waveform_checkpoints, tmp_path):
