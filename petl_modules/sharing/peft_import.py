@@ -215,9 +215,13 @@ def adapter_base(adapter_dir, adapter, given, where):
     else the adapter's ``base_model_name_or_path``: a folder beside the adapter when it names one
     relatively (our export's ``base``), the recorded local checkpoint as this machine knows it, or
     else as it is (a Hub id, or a path of the machine that wrote it)."""
-    head = read_head(adapter_dir) if (adapter_dir / "classifier_head.json").is_file() else None
-    recorded = ((head[1].get("peft") or {}).get("base") if head else None) or {}
-    recorded = recorded if isinstance(recorded, dict) and recorded.get("local_name") else {}
+    try:
+        head = read_head(adapter_dir)
+    except PETLModelError:  # a damaged head: no record (the head itself is refused if it is used)
+        head = None
+    details = head[1].get("peft") if head else None
+    recorded = details.get("base") if isinstance(details, dict) else None
+    recorded = recorded if isinstance(recorded, dict) and isinstance(recorded.get("local_name"), str) else {}
     expected = recorded.get("sha256") if isinstance(recorded.get("sha256"), str) else None
     if given:
         return str(given), expected
