@@ -409,14 +409,14 @@ def test_results_csv_neutralises_formula_cells_and_reads_back_unchanged(tmp_path
 
 
 def test_a_manifest_is_read_once_for_every_split_and_fold(tmp_path, monkeypatch):
-    from petl_modules.training import recipe
+    from petl_modules.training import manifests, recipe
 
     manifest = tmp_path / "all.csv"
     rows = [f"u{k},1.0,$data_root/{k}.wav,c{k % 2},{k % 3 + 1}" for k in range(12)]
     manifest.write_text("ID,duration,wav,label,fold\n" + "\n".join(rows) + "\n")
     reads = []
-    real = recipe.load_data_csv
-    monkeypatch.setattr(recipe, "load_data_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    real = manifests.load_data_csv
+    monkeypatch.setattr(manifests, "load_data_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     recipe.manifest_rows.cache_clear()
     for fold in (1, 2, 3):
         datasets = recipe.rotating_fold_datasets(manifest, tmp_path, [1, 2, 3], fold)

@@ -35,9 +35,6 @@ ALLOWED = {
     "petl_modules/training/brain.py": NOT_A_TOOL + "the SpeechBrain Brain subclass of every recipe",
     "petl_modules/training/checkpointing.py": NOT_A_TOOL + "exact resumes and safe loading",
     "petl_modules/training/prepare.py::write_manifests": NOT_A_TOOL + "to be split into its steps",
-    "petl_modules/training/recipe.py": NOT_A_TOOL + "the recipe flow, one function per step",
-    "petl_modules/training/recipe.py::add_pipelines": "its pipeline variants become one with one "
-                                                      "'clip of a file' (issue 28, item 2)",
     "petl_modules/training/shards.py": NOT_A_TOOL + "reading tar shards: the index, the plan of an "
                                        "epoch and the dataset",
     "petl_modules/shard.py::write_shards": "the shard tool landed while the tools were split; its "

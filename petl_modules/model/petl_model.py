@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from petl_modules.backbones import Backbone
 from petl_modules.backbones.base import preserved_rng, quiet_transformers
-from petl_modules.model.audio import AudioError, load_audio, load_input
+from petl_modules.model.audio import AudioError, load_audio
 from petl_modules.model.bases import remember_local_base
+from petl_modules.model.clip import Clip
 from petl_modules.model.folder import (
     attach_modules,
     folder_view,
@@ -43,7 +44,7 @@ from petl_modules.model.hub import resolve_model_dir
 from petl_modules.model.precision import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
 from petl_modules.model.task import SingleLabel
-from petl_modules.model.windows import EvalProtocol, clip_samples, pool_windows, window_starts
+from petl_modules.model.windows import EvalProtocol, pool_windows
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +199,10 @@ class PETLModel(torch.nn.Module):
                           max_samples=getattr(self.input_processor, "samples_needed", None))
 
     def load_input(self, path, start=0):
-        """The model input of ``path``, or of its window at sample ``start``
-        (``petl_modules.model.audio.load_input``)."""
-        return load_input(path, self.input_processor, start=start)
+        """The model input of ``path`` (a file, or a ``Clip`` of one), or of its window at sample
+        ``start`` (``petl_modules.model.clip.Clip.read``)."""
+        clip = path if isinstance(path, Clip) else Clip(path, start)
+        return clip.read(self.input_processor)
 
     def prepare_inputs(self, waveforms):
         """Per-utterance input processing, then the padding of the training batches.
@@ -223,11 +225,10 @@ class PETLModel(torch.nn.Module):
         with sliding windows, each waveform's windows in batches of ``batch_size``."""
         if not self.protocol.sliding:
             return self.classify_inputs(*self.prepare_inputs(waveforms))
-        clip, hop = clip_samples(self.input_processor), self.protocol.hop(self.input_processor)
         pooled = []
         for wav in waveforms:
-            starts = window_starts(wav.shape[-1], clip, hop)
-            windows = [wav[s: s + clip] if clip else wav for s in starts]
+            clips = self.protocol.clips(Clip(None, 0, wav.shape[-1]), self.input_processor)
+            windows = [clip.of(wav) for clip in clips]
             probabilities = torch.cat([
                 self.classify_inputs(*self.prepare_inputs(windows[i: i + batch_size]))[0].cpu()
                 for i in range(0, len(windows), batch_size)])
@@ -276,11 +277,11 @@ class PETLModel(torch.nn.Module):
         sliding windows, its windows in batches of ``batch_size``."""
         if not self.protocol.sliding:
             return self.classify_inputs(*batch_pad_right([self.load_input(path)]))
-        starts = self.protocol.starts(path, self.input_processor)
+        clips = self.protocol.clips(path, self.input_processor)
         probabilities = torch.cat([
             self.classify_inputs(*batch_pad_right(
-                [self.load_input(path, start) for start in starts[i: i + batch_size]]))[0].cpu()
-            for i in range(0, len(starts), batch_size)])
+                [self.load_input(clip) for clip in clips[i: i + batch_size]]))[0].cpu()
+            for i in range(0, len(clips), batch_size)])
         return self.predictions(pool_windows(probabilities, self.protocol.pooling)[None])
 
     def classify_files(self, paths, batch_size=8, progressbar=False):
@@ -331,8 +332,8 @@ class PETLModel(torch.nn.Module):
         for k, path in enumerate(tqdm(paths, desc="classify", unit="file", disable=not progressbar)):
             names[k] = str(path)
             try:
-                for start in self.protocol.starts(path, self.input_processor):
-                    pending.append((k, path, self.load_input(path, start)))
+                for clip in self.protocol.clips(path, self.input_processor):
+                    pending.append((k, path, self.load_input(clip)))
                     if len(pending) >= batch_size:
                         flush()
             except Exception as err:  # noqa: BLE001 (AudioError, or the processor failing)

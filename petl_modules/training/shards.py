@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from petl_modules.model.audio import load_input
+from petl_modules.model.clip import Clip
 from petl_modules.model.task import Task
 from petl_modules.training.mixup import RawClip, mix_waveforms, mixup_options
 from petl_modules.training.prepare import DataError
@@ -541,14 +541,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         member = f"{self.table.shard_files[self.table.shard[i]]}:{self.table.keys[i]}"
         return NamedBytes(data, member)
 
-    def _span(self, i):
-        """``(first sample, end sample)`` of a clip that is a segment of its file, else None."""
-        start, end = self.table.seg_start[i], self.table.seg_end[i]
-        if math.isnan(start) and math.isnan(end):
-            return None
-        rate = getattr(self.processor, "sample_rate", 16000)
-        first = round((0.0 if math.isnan(start) else start) * rate)
-        return first, first + max(1, round(self.table.duration[i] * rate))
+    def _clip(self, i, data):
+        """The ``Clip`` of row ``i`` (its audio ``data``): the whole file, or its segment."""
+        return Clip.of_segment(self._source(i, data), self.table.seg_start[i], self.table.seg_end[i],
+                               self.table.duration[i], getattr(self.processor, "sample_rate", 16000))
 
     def _target(self, i):
         task = self.table.task
@@ -557,34 +553,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _item(self, i, data, copy, processor=None):
         processor = processor or self.processor
         uid = self.table.ids[i]
-        source, span = self._source(i, data), self._span(i)
-        crop = None
+        clip = self._clip(i, data)
         if self.train_crop is not None:
-            crop = self.train_crop(uid if copy == 0 else f"{uid}#{copy}")
-        if span is None:
-            inputs = load_input(source, processor, start=crop or 0)
-        else:
-            offset = crop(span[1] - span[0]) if crop else 0
-            inputs = load_input(source, processor, start=span[0] + offset, stop=span[1])
-        return {"id": uid, "inputs": inputs, **self._target(i)}
+            clip = clip.crop(self.train_crop(uid if copy == 0 else f"{uid}#{copy}"))
+        return {"id": uid, "inputs": clip.read(processor), **self._target(i)}
 
     def _eval_items(self, i, data):
-        uid, source, span = self.table.ids[i], self._source(i, data), self._span(i)
+        uid, clip = self.table.ids[i], self._clip(i, data)
         if self.protocol is None or not self.protocol.sliding:
-            first, last = span if span is not None else (0, None)
-            yield {"id": uid, "inputs": load_input(source, self.processor, start=first, stop=last),
-                   **self._target(i)}
+            yield {"id": uid, "inputs": clip.read(self.processor), **self._target(i)}
             return
-        from petl_modules.model.audio import audio_length
-
-        rate = getattr(self.processor, "sample_rate", 16000)
-        first, total = (0, audio_length(source, rate)) if span is None else (span[0], span[1] - span[0])
-        clip = clip_samples(self.processor)
-        for k, start in enumerate(window_starts(total, clip, self.protocol.hop(self.processor))):
-            end = total if clip is None else min(total, start + clip)
-            yield {"id": f"{uid}@{k}", "inputs": load_input(source, self.processor, start=first + start,
-                                                            stop=first + end),
-                   **dict(zip(WINDOW_KEYS, (uid, first + start, first + end))), **self._target(i)}
+        for k, window in enumerate(self.protocol.clips(clip, self.processor)):
+            yield {"id": f"{uid}@{k}", "inputs": window.read(self.processor),
+                   **dict(zip(WINDOW_KEYS, (uid, window.start, window.stop))), **self._target(i)}
 
     # ---------------------------------------------------------------- the loader
     def make_dataloader(self, stage, **loader_kwargs):
@@ -615,7 +596,7 @@ def shard_datasets(hparams, fold):
         Options the shards cannot serve (``mixup: waveform``), or shards that do not fit the run.
     """
     from petl_modules.training import sampling
-    from petl_modules.training.recipe import few_shot_ids
+    from petl_modules.training.manifests import few_shot_ids
 
     folder = Path(hparams["shards"])
     index = read_index(folder)
