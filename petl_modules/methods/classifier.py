@@ -53,7 +53,7 @@ class Classifier(torch.nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got '{pooling}'.")
         if pooling == "cls_distill" and backbone is not None and not backbone.distillation_token:
             raise ValueError(
-                f"pooling 'cls_distill' pools AST's CLS and distillation tokens, which the "
+                f"pooling 'cls_distill' pools a CLS and a distillation token, which the "
                 f"{backbone.family} backbone has not: use pooling mean (or cls)."
             )
         if pooling in PROMPT_POOLINGS and prompt_span is None:
