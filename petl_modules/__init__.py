@@ -41,7 +41,8 @@ model/         a trained model as a self-contained artifact: ``spec.py`` (``Mode
                task kinds: loss, outputs, scores, result fields; one class each), ``scores.py``,
                ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
 sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA, DoRA, (IA)3 and
-               VeRA adapters, both ways), ``onnx_export.py`` (ONNX, checked with onnxruntime),
+               VeRA adapters: the format; ``peft_export.py``, ``peft_import.py`` the two
+               ways), ``onnx_export.py`` (ONNX, checked with onnxruntime),
                ``int8.py`` (int8 inference on the ONNX graph), ``head.py`` (the head
                beside an exported backbone), ``model_card.py`` (the card ``push`` uploads)
 training/      the recipe machinery: ``arguments.py`` (the recipes' command line, each argument

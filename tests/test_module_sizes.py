@@ -17,7 +17,7 @@ ALLOWED = {
     "petl_modules/backbones/beats.py": NOT_A_TOOL + "one file per lobe (docs/extending.md): the "
                                        "released file's checks, the model built from it, its layer",
     "petl_modules/backbones/base.py": NOT_A_TOOL + "the Backbone class alone, the contract every "
-                                      "family implements with its docstrings, is 400 lines",
+                                      "family implements with its docstrings, is 409 lines",
     "petl_modules/model/multitask.py": NOT_A_TOOL + "several tasks on one backbone: loading, "
                                        "hooks and batch inference of one class",
     "petl_modules/model/petl_model.py": NOT_A_TOOL + "PETLModel and PETLClassifier, the public "
@@ -27,9 +27,6 @@ ALLOWED = {
                                   "would import the spec it builds and be imported back by it",
     "petl_modules/model/task.py": NOT_A_TOOL + "the task kinds, one class each, and their registry: "
                                   "the one place of the task concept (issue 28, item 1)",
-    "petl_modules/sharing/peft_lora.py": NOT_A_TOOL + "PEFT adapters both ways",
-    "petl_modules/sharing/peft_lora.py::export_peft": NOT_A_TOOL + "to be split into its steps",
-    "petl_modules/sharing/peft_lora.py::import_peft_adapter": NOT_A_TOOL + "to be split into its steps",
     "petl_modules/training/brain.py": NOT_A_TOOL + "one class, the SpeechBrain Brain subclass of "
                                       "every recipe (its hooks override Brain's), is 382 lines",
 }

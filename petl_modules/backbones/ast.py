@@ -55,6 +55,7 @@ class ASTBackbone(Backbone):
     }
     family = "ast"
     input_kind = "spectrogram"
+    distillation_token = True
     MODEL_OPTIONS = {
         "max_frames": Option(int, 1024, "input frames (10 ms each); the position embeddings are "
                              "fitted to them", minimum=1),

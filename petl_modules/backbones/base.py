@@ -146,6 +146,9 @@ class Backbone(torch.nn.Module):
 
     INSERTION_POINTS = {}
     family = None
+    # Whether the output's first two tokens are a CLS and a distillation token (AST's): what the
+    # head's pooling ``cls_distill`` pools.
+    distillation_token = False
     # The lobe's options that define the model (``Option``s, recorded in a model folder); the
     # others (attention kernel, gradient checkpointing, training-time masking) only change how it
     # runs. ``model_options`` gives their values.

@@ -51,7 +51,7 @@ def attach_modules(spec, lobe, device=None):
             if device != "meta":
                 spec.method.restore(petl_model, spec.method_state)
             classifier = Classifier(lobe.hidden_size, len(spec.class_names), spec.pooling,
-                                    prompt_span(petl_model))
+                                    prompt_span(petl_model), backbone=lobe)
     except ValueError as err:  # an option that does not fit this backbone
         raise PETLModelError(f"The '{spec.method.name}' model cannot be built on "
                              f"{spec.backbone.name()}: {err}") from None
