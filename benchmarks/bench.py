@@ -147,7 +147,7 @@ from petl_modules.training.recipe import parameter_report
 FSC_YAML = REPO / "recipes" / "FSC" / "fsc.yaml"
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
 ALL_SUITES = SUITES + ("reference", "multitask", "compile", "prepare_full", "int8", "batching",
-                        "compile_cache", "vs_lora", "backbones")
+                        "compile_cache", "vs_lora", "backbones", "long_audio")
 # The batching suite: seconds of audio per batch and length buckets of dynamic_batching.
 BATCHING_SECONDS, BATCHING_BUCKETS = 120, 8
 # (ours: a METHODS name, the reference's bench_ref.py configuration): identical trainable counts.
@@ -1723,6 +1723,7 @@ SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_dat
                    "prepare_full": suite_prepare_full, "int8": suite_int8,
                    "batching": suite_batching, "compile_cache": suite_compile_cache,
                    "vs_lora": suite_vs_lora, "backbones": suite_backbones}
+SUITE_FUNCTIONS["long_audio"] = lambda args: __import__("runpy").run_path(str(Path(__file__).with_name("long_audio.py")))["suite_long_audio"](args)  # noqa: E501
 
 
 # ==================================================================== ratios and report

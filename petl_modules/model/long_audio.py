@@ -20,8 +20,6 @@ The waveform lobes (wav2vec 2.0, HuBERT, WavLM, data2vec-audio, w2v-BERT) normal
 by its own mean and variance: their inputs stay per window (only the reading is shared).
 """
 
-import torch
-
 from petl_modules.backbones.features import ASTFbank, BEATsFbank
 from petl_modules.model.audio import load_audio, load_input
 from petl_modules.model.windows import clip_samples
@@ -52,6 +50,7 @@ def window_features(wav, starts, processor, shared=True):
 
     Example
     -------
+    >>> import torch
     >>> fbank = ASTFbank(max_frames=100)
     >>> wav = torch.randn(fbank.samples_needed + 1600)
     >>> [torch.equal(f, fbank(wav[s:s + fbank.samples_needed]))

@@ -8,9 +8,8 @@ protocol keeps the first clip of every file. ``eval_windows: sliding`` covers th
 clips every ``window_hop_seconds`` (null: half a clip), the last one ending where the file ends
 (``window_starts``); the windows' class probabilities are pooled into the file's
 (``window_pooling``: mean, or max for events). A file no longer than a clip is one window, padded
-as in the first-clip protocol. Every window is read on its own
-(``petl_modules.model.audio.load_input(path, processor, start)``): memory does not grow with the
-file.
+as in the first-clip protocol. A file's windows are read a few at a time
+(``petl_modules.model.long_audio.file_windows``): memory does not grow with the file.
 """
 
 import math
