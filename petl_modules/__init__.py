@@ -29,19 +29,20 @@ methods/       the PETL methods, which never name a backbone family: one config 
                (``config.py``: ``MethodConfig``, the registry ``METHODS``) and its modules:
                ``selective.py`` (linear, BitFit, full fine-tuning), ``lora.py`` (LoRA on any
                projection), ``dora.py``, ``ia3.py``, ``vera.py``, ``layer_sum.py`` (the SUPERB
-               weighted layer sum), ``adapters.py``, ``prompt.py`` (prompt and prefix tuning),
+               weighted layer sum), ``adapters.py`` (``adapter_blocks.py``), ``prompt.py`` (prompt and prefix tuning),
                ``moa.py`` (Dense/Soft-MoA);
                ``adapted.py`` (``AdaptedBackbone``: attaches PETL modules at insertion points,
                decides what trains), ``classifier.py`` (pooling + linear head)
 model/         a trained model as a self-contained artifact: ``spec.py`` (``ModelSpec``,
-               ``petl_config.json`` format 4), ``folder.py`` (build, save, load, merge),
+               ``petl_config.json`` format 4), ``build.py``, ``folder.py`` (save, load, merge),
                ``petl_model.py`` (``PETLModel``, ``PETLClassifier``), ``multitask.py`` (several
                tasks on one backbone), ``bases.py`` (naming and finding base checkpoints),
                ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py`` (the
                task kinds: loss, outputs, scores, result fields; one class each), ``scores.py``,
                ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
 sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA, DoRA, (IA)3 and
-               VeRA adapters, both ways), ``onnx_export.py`` (ONNX, checked with onnxruntime),
+               VeRA adapters: the format; ``peft_export.py``, ``peft_import.py`` the two
+               ways), ``onnx_export.py`` (ONNX, checked with onnxruntime),
                ``int8.py`` (int8 inference on the ONNX graph), ``head.py`` (the head
                beside an exported backbone), ``model_card.py`` (the card ``push`` uploads)
 training/      the recipe machinery: ``arguments.py`` (the recipes' command line, each argument
@@ -50,11 +51,11 @@ training/      the recipe machinery: ``arguments.py`` (the recipes' command line
                ``launch.py`` (recipe commands as submitit jobs: local processes, Slurm arrays),
                ``slurm.py`` (what squeue, sacct and scontrol say: states, partition limits),
                ``stop_signals.py`` (a checkpoint and a clean exit on SIGUSR2/SIGTERM),
-               ``checkpointing.py`` (safe loading, fallback), ``run_folder.py`` (run identity,
+               ``checkpointing.py`` (resumes, fallback), ``safe_loading.py``, ``run_folder.py`` (run identity,
                lock), ``prepare.py``, ``windows.py`` (random crops, window datasets),
                ``metrics.py`` (score files: the confusion matrix, multi-label per-class scores),
                ``sampling.py`` (class-balanced sampling), ``mixup.py``, ``shards.py``
-               (reading tar shards: ``--shards``),
+               (reading tar shards: ``--shards``; ``shard_index.py``, ``shard_plan.py``),
                ``augment.py``, ``cache.py``, ``tracking.py``, ``pretrained.py`` (what of a run
                defines its model folder), ``recipe.yaml`` (shared by every recipe)
 tools          ``classify`` (``python -m petl_modules.classify``), ``export`` (plain transformers,

@@ -16,7 +16,7 @@ fp32 answers. The default format:
 ``save_pretrained`` folder of the backbone with the trained weights folded in
 (``AutoModel.from_pretrained(OUT_DIR)`` loads it, and ``--backbone_source=OUT_DIR`` starts a new run
 from it). Where the head maps exactly onto the family's transformers classification class (AST
-with pooling ``cls_distill``: ``ASTForAudioClassification``; the wav2vec2 family:
+with pooling ``cls_distill``: ``ASTForAudioClassification``; the wav2vec2 family and w2v-BERT:
 ``*ForSequenceClassification``; Whisper: ``WhisperForAudioClassification``; pooling ``mean``), it
 is that class with the trained head and the labels, which ``pipeline("audio-classification",
 model=OUT_DIR)`` runs as ``classify`` does (``petl_modules.sharing.head``); otherwise the base
@@ -130,8 +130,7 @@ def export_petl_model(model_dir, out_dir, backbone_source=None, format="transfor
     # the previous export untouched (and at most a hidden .<name>.partial-* folder, never OUT_DIR).
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        side = _write_export(model_dir, staging, backbone_source, format, peft_names, opset, precision,
-                             out_dir)
+        side = _write_export(model_dir, staging, backbone_source, format, peft_names, opset, precision)
         readable_as_umask(staging)
         replace_folder(staging, out_dir)
     finally:
@@ -157,10 +156,9 @@ def replace_folder(new, target):
         os.replace(new, target)
 
 
-def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset, precision,
-                  final_dir=None):
-    """The files of ``export_petl_model`` (written in ``out_dir``, renamed ``final_dir`` after);
-    returns its side JSON."""
+def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset, precision):
+    """The files of ``export_petl_model`` (written in ``out_dir``, a staging folder renamed to the
+    target after); returns its side JSON."""
     model_dir = resolve_model_dir(model_dir)  # a local folder, or a Hub repo id's snapshot
     if format == "onnx":
         from petl_modules.sharing.onnx_export import require_onnxruntime
@@ -170,8 +168,7 @@ def _write_export(model_dir, out_dir, backbone_source, format, peft_names, opset
     if format == "peft":
         from petl_modules.sharing.peft_lora import export_peft
 
-        return export_peft(modules, config, out_dir, backbone_source, peft_names=peft_names,
-                           final_dir=final_dir)
+        return export_peft(modules, config, out_dir, backbone_source, peft_names=peft_names)
     merged = merge_petl_model(modules)
     if format == "onnx":
         from petl_modules.sharing.onnx_export import export_onnx

@@ -229,11 +229,9 @@ def write_shards(recipe, out, overrides, audio="original", samples_per_shard=100
     """Prepares ``recipe``'s data with ``overrides`` and writes it as shards into ``out``;
     returns the index (``shards.json``). Shards already written by an interrupted run of the same
     command are kept."""
-    import csv
-
     from petl_modules.training.prepare import DATA_REPORT_FILE, OPTIONS_FILE
     from petl_modules.training.run_folder import PLUMBING, write_json_atomic
-    from petl_modules.training.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, PATH_OPTIONS, TABLE_COLUMNS, TABLE_FILE
+    from petl_modules.training.shards import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, PATH_OPTIONS
 
     if audio not in AUDIO_MODES:
         raise ShardWriteError(f"--audio={audio}: use one of {', '.join(AUDIO_MODES)}.")
@@ -260,6 +258,31 @@ def write_shards(recipe, out, overrides, audio="original", samples_per_shard=100
                               f"({json.loads(plan_file.read_text())}); write into another folder, "
                               "or delete this one first.")
     write_json_atomic(plan_file, plan)
+    done = _write_parts(out, rows, samples_per_shard, audio, workers)
+    index = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "recipe": recipe,
+             "dataset": hparams["dataset"], "task": hparams.get("task", "single_label"),
+             "class_names": [str(n) for n in (hparams.get("class_names") or
+                                              _class_names(parts, hparams))],
+             "folds": [int(f) for f in hparams["folds"]] if hparams.get("folds") else None,
+             "data_folder": str(Path(hparams["data_folder"]).resolve()), "audio": audio,
+             "samples_per_shard": samples_per_shard, "data_options": data_options,
+             "parts": None, "splits": splits}
+    report = manifests / DATA_REPORT_FILE
+    index["data_report"] = json.loads(report.read_text()) if report.is_file() else {}
+    index["parts"] = _write_tables(out, rows, done)
+    write_json_atomic(out / INDEX_FILE, index)
+    size = sum(s["bytes"] for p in index["parts"].values() for s in p["shards"])
+    seconds = time.perf_counter() - started
+    logger.info(f"Wrote {out / INDEX_FILE}: " + ", ".join(
+        f"{name} {p['samples']} clips in {len(p['shards'])} shards" for name, p in index["parts"].items())
+        + f"; {size / 1e6:.1f} MB in {seconds:.1f} s")
+    return index
+
+
+def _write_parts(out, rows, samples_per_shard, audio, workers):
+    """Writes every part's clips (``rows``: ``{part: clips}``) as tar shards of
+    ``samples_per_shard`` clips in ``workers`` processes; returns ``{(part, k): (table rows,
+    bytes)}`` of shard ``k`` of each part."""
     tasks, places = [], []
     for name, clips in rows.items():
         (out / name).mkdir(exist_ok=True)
@@ -281,16 +304,17 @@ def write_shards(recipe, out, overrides, audio="original", samples_per_shard=100
         done[place] = (table, size)
     if workers != 1:
         pool.shutdown()
-    index = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "recipe": recipe,
-             "dataset": hparams["dataset"], "task": hparams.get("task", "single_label"),
-             "class_names": [str(n) for n in (hparams.get("class_names") or
-                                              _class_names(parts, hparams))],
-             "folds": [int(f) for f in hparams["folds"]] if hparams.get("folds") else None,
-             "data_folder": str(Path(hparams["data_folder"]).resolve()), "audio": audio,
-             "samples_per_shard": samples_per_shard, "data_options": data_options,
-             "parts": {}, "splits": splits}
-    report = manifests / DATA_REPORT_FILE
-    index["data_report"] = json.loads(report.read_text()) if report.is_file() else {}
+    return done
+
+
+def _write_tables(out, rows, done):
+    """Writes each part's table (one row per clip, the shard it is in first) next to its shards;
+    returns the index's ``parts`` entry."""
+    import csv
+
+    from petl_modules.training.shards import TABLE_COLUMNS, TABLE_FILE
+
+    parts = {}
     for name, clips in rows.items():
         shards = sorted(k for part, k in done if part == name)
         with open(out / name / TABLE_FILE, "w", newline="", encoding="utf-8") as stream:
@@ -298,17 +322,11 @@ def write_shards(recipe, out, overrides, audio="original", samples_per_shard=100
             writer.writerow(TABLE_COLUMNS)
             for k in shards:
                 writer.writerows([k, *row] for row in done[(name, k)][0])
-        index["parts"][name] = {
+        parts[name] = {
             "samples": len(clips), "table": f"{name}/{TABLE_FILE}",
             "shards": [{"file": f"{name}/{name}-{k:06d}.tar", "samples": len(done[(name, k)][0]),
                         "bytes": done[(name, k)][1]} for k in shards]}
-    write_json_atomic(out / INDEX_FILE, index)
-    size = sum(s["bytes"] for p in index["parts"].values() for s in p["shards"])
-    seconds = time.perf_counter() - started
-    logger.info(f"Wrote {out / INDEX_FILE}: " + ", ".join(
-        f"{name} {p['samples']} clips in {len(p['shards'])} shards" for name, p in index["parts"].items())
-        + f"; {size / 1e6:.1f} MB in {seconds:.1f} s")
-    return index
+    return parts
 
 
 def _class_names(parts, hparams):

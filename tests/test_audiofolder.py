@@ -484,7 +484,7 @@ def test_segments_are_read_cropped_and_windowed_within_their_bounds(tmp_path):
     offset = next(k for k in range(16000, 32001) if torch_equal(full[k:k + 8000], crop))
     assert 16000 <= offset <= 40000 - 8000
     windows = window_dataset(DynamicItemDataset({"seg": rows["seg"]}), Identity(8000),
-                             EvalProtocol("sliding"), span=segment_span)
+                             EvalProtocol("sliding"))
     spans = [(row["window_start"], row["window_end"]) for row in windows.data.values()]
     assert spans == [(16000, 24000), (20000, 28000), (24000, 32000), (28000, 36000),
                      (32000, 40000)]

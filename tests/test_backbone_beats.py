@@ -85,20 +85,26 @@ def test_an_utterance_gets_its_output_alone_or_padded_in_a_batch(tiny_beats):
 
 # ---------------------------------------------------------------- the checkpoint file
 def test_the_file_is_read_once_with_weights_only_and_speechbrain_never_loads_it(tiny_beats, monkeypatch):
-    calls = []
-    load = torch.load
+    calls, paths = [], []
+    load, init = torch.load, sb_beats.BEATs.__init__
 
     def recording(*args, **kwargs):
         calls.append(kwargs.get("weights_only"))
         return load(*args, **kwargs)
 
-    def never(*args, **kwargs):
-        raise AssertionError("SpeechBrain's BEATs.__init__ ran (it loads the file itself)")
+    def speechbrains_init(self, ckp_path=None, *args, **kwargs):
+        paths.append(ckp_path)
+        return init(self, ckp_path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", recording)
-    monkeypatch.setattr(sb_beats.BEATs, "__init__", never)
+    monkeypatch.setattr(sb_beats.BEATs, "__init__", speechbrains_init)
+    default = sb_beats.BEATsConfig
     lobe = Backbone(tiny_beats)
     assert calls == [True]
+    assert paths and set(paths) == {None}  # SpeechBrain's own __init__ builds it, never given the file
+    assert sb_beats.BEATsConfig is default  # the config it was handed is SpeechBrain's name again
+    cfg = torch.load(tiny_beats, weights_only=True)["cfg"]
+    assert lobe.model.cfg.encoder_embed_dim == cfg["encoder_embed_dim"] != default().encoder_embed_dim
     assert lobe.fingerprint() == checkpoint_fingerprint(tiny_beats)  # the tensors as loaded
     assert lobe.fingerprint()["kind"] == "tensors"
 

@@ -409,14 +409,14 @@ def test_results_csv_neutralises_formula_cells_and_reads_back_unchanged(tmp_path
 
 
 def test_a_manifest_is_read_once_for_every_split_and_fold(tmp_path, monkeypatch):
-    from petl_modules.training import recipe
+    from petl_modules.training import manifests, recipe
 
     manifest = tmp_path / "all.csv"
     rows = [f"u{k},1.0,$data_root/{k}.wav,c{k % 2},{k % 3 + 1}" for k in range(12)]
     manifest.write_text("ID,duration,wav,label,fold\n" + "\n".join(rows) + "\n")
     reads = []
-    real = recipe.load_data_csv
-    monkeypatch.setattr(recipe, "load_data_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    real = manifests.load_data_csv
+    monkeypatch.setattr(manifests, "load_data_csv", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     recipe.manifest_rows.cache_clear()
     for fold in (1, 2, 3):
         datasets = recipe.rotating_fold_datasets(manifest, tmp_path, [1, 2, 3], fold)
@@ -441,3 +441,36 @@ def test_per_class_scores_csv_neutralises_formula_cells(tmp_path):
     with open(tmp_path / "per_class.csv", newline="") as stream:
         column = [row[1] for row in list(csv.reader(stream))[1:]]
     assert column == ["'" + n for n in FORMULAS] + KEPT
+
+
+def test_an_audiofolder_manifest_is_read_once_per_start(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "recipes" / "AudioFolder"))
+    import audiofolder_prepare
+
+    data = _wavs(tmp_path / "data", 12)
+    lines = [f"{k}.wav,c{k % 2}" for k in range(12)]
+    (data / "metadata.csv").write_text("file_name,label\n" + "\n".join(lines) + "\n")
+    reads = []
+    real = audiofolder_prepare._manifest_records
+    monkeypatch.setattr(audiofolder_prepare, "_manifest_records",
+                        lambda path: reads.append(path) or real(path))
+    options = {"data_folder": str(data), "split_seed": 0, "valid_fraction": 0.25, "test_fraction": 0.25}
+    found = audiofolder_prepare.options_from_data(options)  # the recipe's load_run, then prepare
+    audiofolder_prepare.prepare_audiofolder({**options, **found}, tmp_path / "manifests")
+    assert found["class_names"] == ["c0", "c1"] and len(reads) == 1
+    written = (tmp_path / "manifests" / "all.csv").read_text()
+    assert written.count("\n") == 13 and "valid" in written and "test" in written
+    (data / "metadata.csv").write_text("file_name,label\n" + "\n".join(lines[:8]) + "\n")  # edited
+    assert audiofolder_prepare.options_from_data(options)["n_classes"] == 2 and len(reads) == 2
+
+
+def test_cls_distill_pooling_on_a_backbone_without_a_distillation_token_is_refused_early(
+        tiny_wav2vec2, tmp_path):
+    out = run_in_process("FSC", [
+        str(REPO / "hparams" / "linear.yaml"), f"--data_folder={tmp_path / 'no_data_here'}",
+        f"--backbone_source={tiny_wav2vec2}", f"--output_folder={tmp_path / 'out'}",
+        "--pooling=cls_distill"])
+    assert isinstance(out, str) and out.startswith("Error in the configuration"), out
+    assert len(out.strip().splitlines()) == 1, out
+    assert "pooling 'cls_distill'" in out and "wav2vec2 backbone" in out, out
+    assert not (tmp_path / "out" / "manifests").exists()  # stopped before preparation

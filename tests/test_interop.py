@@ -111,7 +111,9 @@ def processed(model, seconds=(0.5, 0.7)):
 
 
 def ours_and_peft(folder, out):
-    """Our last hidden states and PeftModel's (loaded as the docs say) on the same inputs."""
+    """Our last hidden states and PeftModel's (loaded as the docs say: on ``out/base`` when the
+    export wrote it, else on the checkpoint the adapter names, here the run's local copy) on the
+    same inputs."""
     modules, config = load_petl_model(folder)
     lobe = modules["petl_model"].adapted_model
     processor = lobe.input_processor
@@ -119,7 +121,9 @@ def ours_and_peft(folder, out):
     generator = torch.Generator().manual_seed(1)
     inputs = torch.stack([processor(0.1 * torch.randn(samples, generator=generator)) for _ in range(2)])
     adapter = json.loads((out / "adapter_config.json").read_text())
-    base = transformers.AutoModel.from_pretrained(adapter["base_model_name_or_path"])
+    written = json.loads((out / "classifier_head.json").read_text())["peft"]["base_written"]
+    base = out / adapter["base_model_name_or_path"] if written else config["backbone_source"]
+    base = transformers.AutoModel.from_pretrained(base)
     model = peft.PeftModel.from_pretrained(base, str(out)).eval()
     with torch.no_grad():
         return lobe(inputs)[0], model(input_values=inputs).last_hidden_state, modules, adapter
@@ -151,14 +155,55 @@ def test_peft_export_equals_peftmodel_from_pretrained(model_type, layout, tmp_pa
     assert head["class_names"] == [f"c{i}" for i in range(31)] and head["pooling"] == "mean"
 
 
+def no_local_path_in(folder, *paths):
+    """Every JSON file under ``folder`` names none of ``paths`` and holds no absolute path."""
+    for file in folder.rglob("*.json"):
+        text = file.read_text(encoding="utf-8")
+        assert not any(str(p) in text for p in paths), file
+        values = [v for v in re.findall(r'"([^"]*)"', text)]
+        assert not any(os.path.isabs(v) for v in values), (file, [v for v in values if os.path.isabs(v)])
+
+
+def test_a_peft_export_with_its_base_names_it_relative_and_loads_from_anywhere(
+        tiny_ast, tmp_path, monkeypatch):
+    folder = petl_folder("lora", tiny_ast, tmp_path)  # positions cut to 64 frames: base/ written
+    export_petl_model(folder, tmp_path / "peft", format="peft")
+    moved = tmp_path / "shared" / "adapter"  # the folder as someone else gets it
+    moved.parent.mkdir()
+    (tmp_path / "peft").rename(moved)
+    no_local_path_in(moved, tmp_path, tiny_ast)
+    adapter = json.loads((moved / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "base"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ours, theirs, _, _ = ours_and_peft(folder, moved)  # PeftModel.from_pretrained(base, adapter dir)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    view = import_peft_adapter(moved, tmp_path / "imported")  # resolves base/ beside the adapter
+    assert view["class_names"] == [f"c{i}" for i in range(31)]
+    assert json.loads((tmp_path / "imported" / "petl_config.json").read_text())["backbone"][
+        "local_name"] == "base"
+
+
 @pytest.mark.slow
-def test_peft_export_points_to_the_checkpoint_when_the_run_kept_the_base(tiny_ast, tmp_path):
+def test_peft_export_names_the_checkpoint_when_the_run_kept_the_base(tiny_ast, other_ast, tmp_path,
+                                                                    monkeypatch):
     folder = petl_folder("lora", tiny_ast, tmp_path, max_frames=128)  # the checkpoint's length
     out = tmp_path / "peft"
     side = export_petl_model(folder, out, format="peft")
-    assert not (out / "base").exists() and side["peft"]["base_model_name_or_path"] == str(tiny_ast)
+    # a local checkpoint by its folder's name (a Hub id as it is), never its path
+    assert not (out / "base").exists() and side["peft"]["base_model_name_or_path"] == tiny_ast.name
+    no_local_path_in(out, tmp_path, tiny_ast)
     ours, theirs, _, _ = ours_and_peft(folder, out)
     assert torch.allclose(ours, theirs, atol=1e-5)
+    # on the machine that knows the checkpoint (by its fingerprint), the import finds it
+    import_peft_adapter(out, tmp_path / "imported")
+    monkeypatch.setenv("PETL_AST_HOME", str(tmp_path / "another_machine"))  # no record of it
+    with pytest.raises(PETLModelError, match=f"'{tiny_ast.name}'.*--backbone_source"):
+        import_peft_adapter(out, tmp_path / "imported_elsewhere")
+    import_peft_adapter(out, tmp_path / "imported_elsewhere", backbone_source=tiny_ast)
+    with pytest.raises(PETLModelError, match="not the checkpoint the adapter was exported on"):
+        import_peft_adapter(out, tmp_path / "imported_other", backbone_source=other_ast)
 
 
 def test_peft_export_refuses_other_methods_and_wavlm(tiny_ast, waveform_checkpoints, tmp_path):

@@ -9,7 +9,6 @@ import torch
 from petl_modules.backbones.features import ASTFbank, BEATsFbank, Waveform, WhisperLogMel
 from petl_modules.methods import method_config
 from petl_modules.model import long_audio
-from petl_modules.model.audio import load_input
 from petl_modules.model.long_audio import chunks, file_windows, frame_shift, window_features
 from petl_modules.model.petl_model import PETLModel
 from petl_modules.model.windows import EvalProtocol, clip_samples
@@ -23,7 +22,7 @@ def noise_file(path, seconds, rate=16000, seed=0):
 
 def one_by_one(path, processor, protocol):
     """Every window read on its own (the path before long_audio)."""
-    return [load_input(path, processor, start=s) for s in protocol.starts(path, processor)]
+    return [clip.read(processor) for clip in protocol.clips(path, processor)]
 
 
 @pytest.mark.parametrize("processor", [ASTFbank(max_frames=64), BEATsFbank(clip_samples=12000)],

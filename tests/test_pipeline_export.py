@@ -28,7 +28,8 @@ from petl_modules.sharing.peft_lora import import_peft_adapter
 EXPECTED_CLASS = {"audio-spectrogram-transformer": "ASTForAudioClassification",
                   "whisper": "WhisperForAudioClassification",
                   **{t: c.__name__ for t, c in SEQUENCE_CLASSIFIERS.items()},
-                  "wav2vec2-bert": None, "beats": None}  # not mapped: the base model is written
+                  "wav2vec2-bert": "Wav2Vec2BertForSequenceClassification",
+                  "beats": None}  # not a transformers model: the base model is written
 MAPPED_TYPES = [t for t in TINY_MODEL_TYPES if EXPECTED_CLASS.get(t)]
 MAPPING_POOLING = {"audio-spectrogram-transformer": "cls_distill"}
 TRAINED_SAMPLES = 400 + 63 * 160  # AST's 64 frames (petl_folder's max_frames); waveforms: whole files

@@ -93,6 +93,22 @@ def test_second_run_is_refused_naming_the_holder_and_a_killed_holder_frees_the_f
         pass
 
 
+def test_the_lock_holder_file_names_no_local_path(tmp_path, monkeypatch):
+    from petl_modules.training.run_folder import HOLDER_FILE
+
+    script = REPO / "recipes" / "FSC" / "train.py"
+    data = tmp_path / "private" / "fluent_speech_commands_dataset"
+    monkeypatch.setattr(sys, "argv", [str(script), "hparams/lora.yaml", f"--data_folder={data}",
+                                      f"--output_folder={tmp_path / 'out'}", "--seed=3"])
+    with RunLock(tmp_path / "out"):
+        text = (tmp_path / "out" / HOLDER_FILE).read_text()
+        holder = json.loads(text)
+    assert str(tmp_path) not in text and str(REPO) not in text
+    assert holder["command"] == ("python recipes/FSC/train.py hparams/lora.yaml "
+                                 "--data_folder=.../fluent_speech_commands_dataset --output_folder=.../out --seed=3")
+    assert holder["pid"] == os.getpid() and holder["host"] and holder["started"]
+
+
 # ==================================================================== end to end (in-process runs)
 def fsc_run(method, fsc_data, tiny_ast, out, *extra):
     defaults = ["--number_of_epochs=1", "--batch_size=16", "--num_workers=0", "--max_frames=64"]

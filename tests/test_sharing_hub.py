@@ -4,6 +4,8 @@ the upload is checked at huggingface_hub's API boundary."""
 
 import json
 import shutil
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import torch
@@ -240,3 +242,79 @@ def test_model_card_names_every_method_with_its_options_and_paper(method, lora_f
             assert f"{key}={value}" in body, key
     own = METHODS[method].citation
     assert ("2312.03694" in body) and (not own or own in body)
+
+
+# ==================================================================== push at the HTTP boundary
+ODD_CLASS_NAMES = ["<unk>", "<sil>", "=1+1", "+SUM(A1)", "@x", "C++", "%pct", "!bang", "x**2",
+                   "café ü 音", "two words", "tab\there"]  # a newline is refused at preparation
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """huggingface_hub's own HTTP client on a mock transport that answers as the Hub does
+    (create the repo, validate the card's metadata, pre-upload: every file inline, commit); returns
+    ``{"requests", "files", "card_metadata"}``: every
+    request's ``(method, url)`` and the committed files ``{path: bytes}``. Nothing leaves the process."""
+    import base64
+
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    seen = {"requests": [], "files": {}}
+
+    def handler(request):
+        seen["requests"].append((request.method, str(request.url)))
+        path = request.url.path
+        if path == "/api/repos/create":
+            return httpx2.Response(200, json={"url": "https://huggingface.co/my-lab/odd", "name": "my-lab/odd"})
+        if path == "/api/validate-yaml":  # the card's metadata, checked before the commit
+            seen["card_metadata"] = json.loads(request.content)["content"]
+            return httpx2.Response(200, json={"errors": [], "warnings": []})
+        if "/preupload/" in path:
+            files = json.loads(request.content)["files"]
+            return httpx2.Response(200, json={"files": [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+        if "/commit/" in path:
+            for line in request.content.decode().splitlines():
+                entry = json.loads(line)
+                if entry["key"] == "file":
+                    value = entry["value"]
+                    seen["files"][value["path"]] = base64.b64decode(value["content"])
+            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/my-lab/odd/commit/1",
+                                              "commitOid": "1" * 40, "pullRequestUrl": None})
+        return httpx2.Response(404, json={"error": f"not a Hub endpoint this test serves: {path}"})
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the transport below is the network
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(handler)))
+    _http.close_session()
+    yield seen
+    _http.set_client_factory(_http.default_client_factory)
+    _http.close_session()
+
+
+def test_push_of_odd_class_names_uploads_them_unchanged_and_no_local_path(tiny_ast, tmp_path,
+                                                                         monkeypatch, fake_hub):
+    hparams, _ = build("lora", tiny_ast, tmp_path, **tiny_options("lora"))
+    names = ODD_CLASS_NAMES + [f"c{i}" for i in range(31 - len(ODD_CLASS_NAMES))]
+    folder = tmp_path / "run" / "petl_model"
+    save_petl_model(folder, hparams, names)
+    script = REPO / "recipes" / "FSC" / "train.py"  # the run's command, as the recipe records it
+    monkeypatch.setattr("sys.argv", [str(script), "hparams/lora.yaml", f"--data_folder={tmp_path / 'fsc'}"])
+    write_metrics(folder, {"fold": None, "test_accuracy": 0.5, "best_epoch": 1}, dataset="FSC")
+    assert push_cli.main([str(folder), "my-lab/odd"]) == 0
+    files = fake_hub["files"]
+    assert sorted(files) == sorted([CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, "README.md"])
+    assert {urlparse(url).netloc for _, url in fake_hub["requests"]} == {"huggingface.co"}
+    assert files[WEIGHTS_FILE] == (folder / WEIGHTS_FILE).read_bytes()
+    config = json.loads(files[CONFIG_FILE])
+    assert config["class_names"] == names  # as they are: data, neither escaped nor evaluated
+    assert PETLClassifier.from_folder(folder).labels == names
+    card = files["README.md"].decode("utf-8")
+    assert ModelCard(card).data.base_model is None and "| Classes | 31 |" in card
+    for name, content in files.items():  # no path of this machine in what others download
+        text = content.decode("utf-8", errors="replace")
+        for local in (str(tmp_path), str(tiny_ast), str(REPO), str(Path.home())):
+            assert local not in text, (name, local)
+    assert json.loads(files[METRICS_FILE])["command"].endswith("hparams/lora.yaml --data_folder=.../fsc")
+    assert "my-lab/odd" in card and "tab\there" not in fake_hub["card_metadata"]  # labels stay out of it

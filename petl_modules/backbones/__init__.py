@@ -16,6 +16,7 @@ from petl_modules.backbones import ast, wav2vec2, whisper  # noqa: F401  (each r
 from petl_modules.backbones import data2vec_audio  # noqa: F401  (registers data2vec-audio)
 from petl_modules.backbones import beats  # noqa: F401  (registers beats: .pt files)
 from petl_modules.backbones import w2v_bert  # noqa: F401  (registers wav2vec2-bert)
-from petl_modules.backbones.base import FAMILIES, Backbone, lobe_class, lobe_for, read_config, register
+from petl_modules.backbones.base import FAMILIES, Backbone, lobe_class, lobe_for, register
+from petl_modules.backbones.loading import read_config
 
 __all__ = ["FAMILIES", "Backbone", "lobe_class", "lobe_for", "read_config", "register"]

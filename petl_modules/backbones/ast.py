@@ -3,7 +3,8 @@
 import torch
 import transformers
 
-from petl_modules.backbones.base import Backbone, loading_options, read_config, register
+from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.loading import loading_options, read_config
 from petl_modules.options import Option
 from petl_modules.backbones.features import ASTFbank
 from petl_modules.contract import checkpoint_contexts, token_mask
@@ -54,6 +55,7 @@ class ASTBackbone(Backbone):
     }
     family = "ast"
     input_kind = "spectrogram"
+    distillation_token = True
     MODEL_OPTIONS = {
         "max_frames": Option(int, 1024, "input frames (10 ms each); the position embeddings are "
                              "fitted to them", minimum=1),

@@ -11,9 +11,9 @@ BEATs is not a transformers model: a released checkpoint (``BEATs_iter3.pt``,
   ``model`` against exactly the names and shapes of the model that ``cfg`` builds (the released
   files' ``weight_g``/``weight_v`` of the positional convolution are the ``weight_norm``
   parametrization SpeechBrain's model has: renamed, same tensors);
-- built from that dict (``BEATsModel``: SpeechBrain's ``BEATs`` class, its own submodules, built
-  from the checked ``cfg``; SpeechBrain's ``__init__`` takes only a path, loads the file itself,
-  and without one builds the full-size default model), and loaded ``strict``;
+- built from that dict (``BEATsModel``: SpeechBrain's ``BEATs`` built by its own ``__init__``
+  from the checked ``cfg``; given a path, that ``__init__`` would load the file itself, and
+  without one build the full-size default model: it gets neither), and loaded ``strict``;
 - fingerprinted from the tensors as loaded (``kind: tensors``, names in SpeechBrain's naming), so
   a re-saved copy (``export_pretrained``) has the same fingerprint.
 
@@ -40,8 +40,10 @@ tuning recomputes the attention with the extra keys and values and the gated rel
 bias of its queries (``_beats_attend_with_prefix``; the prefix keys get no position bias).
 """
 
+import contextlib
 import logging
 import pickle
+import threading
 from pathlib import Path
 
 import torch
@@ -151,9 +153,12 @@ def check_state(model, state, path):
 
 # ==================================================================== SpeechBrain's model
 class BEATsModel(sb_beats.BEATs):
-    """SpeechBrain's ``BEATs`` with its own submodules, built from a checked ``cfg`` dict (its
-    ``__init__`` reads a checkpoint path itself, and without one builds the default full-size
-    model). The forward methods, the layers and the state dict are SpeechBrain's.
+    """SpeechBrain's ``BEATs``, built by its own ``__init__`` from a checked ``cfg`` dict.
+
+    SpeechBrain's ``__init__`` takes a checkpoint path (it loads the file itself) or nothing (it
+    then builds the default full-size model): the one thing it does not take is a config. So it
+    runs here with no path while its module's ``BEATsConfig`` answers with the checked config
+    (``_config_given``); every submodule, forward and state-dict name is SpeechBrain's.
 
     Arguments
     ---------
@@ -162,22 +167,24 @@ class BEATsModel(sb_beats.BEATs):
     """
 
     def __init__(self, cfg):
-        torch.nn.Module.__init__(self)
-        self.cfg = sb_beats.BEATsConfig(cfg)
-        self.freeze, self.output_all_hiddens = False, False
-        self.embed = self.cfg.embed_dim
-        dim = self.cfg.encoder_embed_dim
-        self.post_extract_proj = torch.nn.Linear(self.embed, dim) if self.embed != dim else None
-        self.input_patch_size = self.cfg.input_patch_size
-        self.patch_embedding = torch.nn.Conv2d(1, self.embed, kernel_size=self.input_patch_size,
-                                               stride=self.input_patch_size, bias=self.cfg.conv_bias)
-        self.dropout_input = torch.nn.Dropout(self.cfg.dropout_input)
-        self.encoder = sb_beats.TransformerEncoder(self.cfg)
-        self.layer_norm = torch.nn.LayerNorm(self.embed)
-        self.predictor = None
-        if self.cfg.finetuned_model:  # the fine-tuned files' sound-event head (kept, never used)
-            self.predictor_dropout = torch.nn.Dropout(self.cfg.predictor_dropout)
-            self.predictor = torch.nn.Linear(dim, self.cfg.predictor_class)
+        with _config_given(sb_beats.BEATsConfig(cfg)):
+            super().__init__(ckp_path=None, freeze=False)
+
+
+_BUILDING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _config_given(config):
+    """While held, ``speechbrain.lobes.models.beats.BEATsConfig(...)`` returns ``config`` (one model
+    built at a time: the lock keeps other threads' constructions off the swapped name)."""
+    with _BUILDING:
+        original = sb_beats.BEATsConfig
+        sb_beats.BEATsConfig = lambda cfg=None: config
+        try:
+            yield
+        finally:
+            sb_beats.BEATsConfig = original
 
 
 def build_model(cfg, state=None, path="the checkpoint"):

@@ -36,7 +36,8 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2_bert.modeling_wav2vec2_bert import Wav2Vec2BertSelfAttention
 
-from petl_modules.backbones.base import Backbone, loading_options, read_config, register
+from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.loading import loading_options, read_config
 from petl_modules.contract import (
     attend_with_prefix,
     checkpoint_contexts,
@@ -236,11 +237,28 @@ class W2VBertBackbone(Backbone):
         clip = None if clip_seconds is None else round(float(clip_seconds) * extractor.sampling_rate)
         self.input_processor = W2VBertFeatures(extractor, clip)
 
+    def feature_extractor(self):
+        """The ``SeamlessM4TFeatureExtractor`` the input processor runs (the checkpoint's, or
+        w2v-BERT 2.0's settings); ``clip_seconds`` is not one of its settings."""
+        return self.input_processor.extractor
+
     def classification_model(self, classifier):
-        """Not mapped: transformers' ``Wav2Vec2BertForSequenceClassification`` exists, but the
-        export does not yet check that our head equals it (the base model is written)."""
-        return None, ("the export does not map the w2v-BERT lobe onto transformers' "
-                      "Wav2Vec2BertForSequenceClassification yet")
+        """``Wav2Vec2BertForSequenceClassification`` for a head of pooling ``mean``: the mean
+        over the valid frames (its attention mask), a projector set to the identity, our linear
+        layer (``classifier_proj_size`` = hidden size, no weighted layer sum). The note says which
+        files ``pipeline`` sees otherwise than ``classify`` when the run cut them to
+        ``clip_seconds``."""
+        if classifier.pooling != "mean":
+            return None, (f"pooling '{classifier.pooling}': Wav2Vec2BertForSequenceClassification "
+                          "pools the mean of the frames")
+        model = self._task_model(transformers.Wav2Vec2BertForSequenceClassification, classifier,
+                                 classifier_proj_size=self.hidden_size, use_weighted_layer_sum=False)
+        note = None
+        if self.clip_seconds is not None:
+            note = (f"pipeline feeds whole files, but this run cut every file to clip_seconds="
+                    f"{self.clip_seconds:g}: files longer than that get other scores than classify; "
+                    "train with --clip_seconds=null for scores equal on every file")
+        return self._identity_projector(model, classifier), note
 
     # ---------------------------------------------------------------- what trains
     def trained_modules(self, point):

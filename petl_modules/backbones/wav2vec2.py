@@ -7,7 +7,8 @@ import transformers
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-from petl_modules.backbones.base import Backbone, loading_options, read_config, register
+from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.loading import loading_options, read_config
 from petl_modules.backbones.features import Waveform
 from petl_modules.contract import attend_with_prefix, checkpoint_contexts, prefix_attention, token_mask
 from petl_modules.options import Option

@@ -22,7 +22,8 @@ import torch
 import transformers
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from petl_modules.backbones.base import Backbone, loading_options, read_config, register
+from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.loading import loading_options, read_config
 from petl_modules.backbones.features import WhisperLogMel
 from petl_modules.contract import checkpoint_contexts, token_mask
 from petl_modules.options import Option

@@ -142,7 +142,7 @@ class AdaptedBackbone(AdaptedModel):
             replace_module(backbone, name, self.adapter_class(module, **kwargs))
         warnings = []
         if "reduction_rate" in self.adapter_kwargs:  # the bottleneck / rank of every module
-            from petl_modules.methods.adapters import narrow_width_warning
+            from petl_modules.methods.adapter_blocks import narrow_width_warning
 
             narrow = narrow_width_warning(backbone.hidden_size, self.adapter_kwargs["reduction_rate"])
             warnings += [narrow] if narrow else []

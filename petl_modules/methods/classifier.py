@@ -36,6 +36,9 @@ class Classifier(torch.nn.Module):
     prompt_span : list of int, optional
         ``[start, stop]`` of the prompt tokens in the sequence (``petl_modules.methods.prompt.prompt_span``);
         required by the prompt poolings.
+    backbone : Backbone, optional
+        The lobe the head sits on, checked against the pooling (``cls_distill`` needs its
+        ``distillation_token``); not kept.
 
     Example
     -------
@@ -44,10 +47,15 @@ class Classifier(torch.nn.Module):
     torch.Size([2, 3])
     """
 
-    def __init__(self, input_size, n_classes, pooling="mean", prompt_span=None):
+    def __init__(self, input_size, n_classes, pooling="mean", prompt_span=None, backbone=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got '{pooling}'.")
+        if pooling == "cls_distill" and backbone is not None and not backbone.distillation_token:
+            raise ValueError(
+                f"pooling 'cls_distill' pools a CLS and a distillation token, which the "
+                f"{backbone.family} backbone has not: use pooling mean (or cls)."
+            )
         if pooling in PROMPT_POOLINGS and prompt_span is None:
             raise ValueError(
                 f"pooling '{pooling}' pools prompt tokens, but this model has none: use it with "

@@ -19,7 +19,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from petl_modules.methods.adapters import INITS, reference_init_warning
+from petl_modules.methods.adapter_blocks import INITS, reference_init_warning
 from petl_modules.methods.config import register_method
 from petl_modules.methods.lora import LoRA, LoraConfig
 from petl_modules.options import option

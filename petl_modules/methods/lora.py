@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from speechbrain.nnet.adapters import replace_module
 
 from petl_modules.contract import PETLModule
-from petl_modules.methods.adapters import (
+from petl_modules.methods.adapter_blocks import (
     INITS,
     bottleneck_width,
     check_choice,

@@ -9,6 +9,7 @@
 - ``bases.py``: how a base checkpoint is named without a local path and found again;
 - ``hub.py``: Hugging Face Hub repo ids where a folder is expected;
 - ``audio.py`` (reading any audio file as 16 kHz mono, only the part a clip uses),
+  ``clip.py`` (a clip of a recording: a file, a segment, a crop or a window, one reader),
   ``windows.py`` (the evaluation protocol: first clip or sliding windows), ``task.py``
   (the task kinds, one class each: loss, outputs, scores, thresholds, result fields),
   ``scores.py`` (accuracy, F1, mAP, thresholds), ``precision.py`` (bf16, ``torch.compile``),

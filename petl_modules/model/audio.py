@@ -4,8 +4,8 @@ torchaudio 2.11 needs torchcodec to load audio, so we read with soundfile (as Sp
 ``read_audio`` does) and resample with torchaudio. ``load_audio(path, max_samples=n, start=s)`` reads
 only the part of the file that samples ``s .. s + n`` come from (plus the resampling kernel's
 reach), so memory does not grow with the file; training (first clip or random crops), testing
-(first clip or sliding windows, ``petl_modules.training.windows``) and ``classify`` read every file
-that way, so they see the same samples (equal to resampling the whole file, up to float rounding).
+(first clip or sliding windows) and ``classify`` read every clip of a file
+(``petl_modules.model.clip.Clip``) that way, so they see the same samples (equal to resampling the whole file, up to float rounding).
 """
 
 import logging
@@ -199,10 +199,13 @@ def load_input(path, input_processor, start=0, stop=None):
         The lobe's ``input_processor`` (``ASTFbank``, ``Waveform``).
     start : int or callable
         Where the clip starts (``load_audio``): 0 (the first clip), a window's first sample, or a
-        random crop (``petl_modules.training.windows.TrainCrop``).
+        random crop of the whole file (a function of its length).
     stop : int, optional
         With a whole-number ``start``: the sample (at the processor's rate) where the audio used
-        ends, e.g. the end of a segment of a long file (``petl_modules.training.recipe.segment_span``).
+        ends, e.g. the end of a segment of a long file or of a window.
+
+    ``petl_modules.model.clip.Clip.read`` calls it with a clip's ``path``, ``start`` and ``stop``:
+    training, evaluation, the backbone output cache and classify read every clip that way.
 
     Returns
     -------

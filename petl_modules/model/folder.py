@@ -13,7 +13,8 @@ the method's modules and the head; ``save_model_folder`` writes the two files;
 ``load_model`` reads the config (as data, ``read_spec``), builds, checks that the base is the one
 the model was trained on (the weights fingerprint the lobe took while loading: the base is not
 loaded twice) and loads the tensors from safetensors: exactly the built model's trained tensors,
-with their shapes, or an error naming the missing and unexpected ones.
+with their shapes, or an error naming the missing and unexpected ones. Building:
+``petl_modules.model.build``.
 
 Example
 -------
@@ -21,7 +22,6 @@ Example
 >>> merge_petl_model(modules)  # fold LoRA into the backbone weights  # doctest: +SKIP
 """
 
-import contextlib
 import copy
 import logging
 import os
@@ -32,12 +32,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from petl_modules.backbones import FAMILIES
-from petl_modules.backbones.base import checkpoint_model_type, preserved_rng, quiet_transformers
-from petl_modules.contract import PETLModule, petl_buffers
+from petl_modules.contract import PETLModule
 from petl_modules.files import current_umask, read_json, write_json_atomic
-from petl_modules.methods.classifier import Classifier
-from petl_modules.methods.prompt import prompt_span
+# Building (re-exported here: the model layer's users import it from this module).
+from petl_modules.model.build import (  # noqa: F401
+    attach_modules,
+    build_lobe,
+    build_modules,
+    trained_state,
+    trained_tensor_names,
+)
 from petl_modules.model.spec import (
     CONFIG_FILE,
     FOLDER_NAME,
@@ -52,92 +56,7 @@ MAX_CONFIG_BYTES = 16 * 2 ** 20  # a config is a few KB; never read a huge file 
 DAMAGED = " The folder is damaged: copy it again from where it came from."
 
 
-# ==================================================================== building
-def build_modules(spec, source):
-    """``{"petl_model": AdaptedBackbone, "classifier": Classifier}`` of ``spec`` on the base
-    checkpoint ``source`` (loaded once), the trained tensors at their initial values. Loading
-    leaves the global random state as it was."""
-    return attach_modules(spec, build_lobe(spec, source))
-
-
-def build_lobe(spec, source):
-    """The lobe of ``spec``'s base, loaded from ``source`` (its model type checked first)."""
-    lobe_class = spec.backbone.lobe_class()
-    if spec.backbone.model_type:
-        try:
-            found = checkpoint_model_type(source)
-        except (OSError, ValueError):
-            found = None  # unreadable: building it says why
-        if found is not None and FAMILIES.get(found) is not lobe_class:
-            raise PETLModelError(
-                f"The backbone checkpoint '{source}' is a {found} model, but the model was trained "
-                f"on a {spec.backbone.model_type} one ({spec.backbone.name()}): pass "
-                "--backbone_source=<a copy of that checkpoint>."
-            )
-    with quiet_transformers(), preserved_rng():
-        return lobe_class(source, **spec.backbone.options)
-
-
-def attach_modules(spec, lobe, device=None):
-    """``{"petl_model", "classifier"}`` of ``spec`` on a lobe already built (the method's modules
-    attached to it, the head), the trained tensors at their initial values; the global random
-    state is left as it was. ``device="meta"``: tensors without memory (``planned_shapes``)."""
-    try:
-        with preserved_rng(), torch.device(device) if device else contextlib.nullcontext():
-            petl_model = spec.method.build(lobe)
-            if device != "meta":
-                spec.method.restore(petl_model, spec.method_state)
-            classifier = Classifier(lobe.hidden_size, len(spec.class_names), spec.pooling,
-                                    prompt_span(petl_model))
-    except ValueError as err:  # an option that does not fit this backbone
-        raise PETLModelError(f"The '{spec.method.name}' model cannot be built on "
-                             f"{spec.backbone.name()}: {err}") from None
-    except (MemoryError, RuntimeError) as err:  # the allocator's own error, e.g. "can't allocate"
-        if isinstance(err, RuntimeError) and "alloc" not in str(err).lower():
-            raise
-        raise PETLModelError(
-            f"Not enough memory to build the '{spec.method.name}' model ({spec.method.to_dict()}) "
-            f"on {spec.backbone.name()}: {str(err).splitlines()[0][:200]}. Its options ask for "
-            "more than this machine has: check them, or load it on a larger machine.") from None
-    return {"petl_model": petl_model, "classifier": classifier}
-
-
 # ==================================================================== what is saved
-def trained_tensor_names(modules):
-    """Names (``<module>.<state_dict key>``) of what a PETL model folder holds.
-
-    Arguments
-    ---------
-    modules : dict
-        ``{"petl_model": AdaptedBackbone, "classifier": Classifier}``.
-
-    Returns
-    -------
-    (list of str, list of str)
-        The trained parameters (``requires_grad``), and the buffers of PETL modules (e.g. the
-        running statistics of a conformer adapter's BatchNorm; the modules they wrap excluded).
-    """
-    parameters, buffers = [], []
-    for key in ("petl_model", "classifier"):
-        module = modules[key]
-        state = module.state_dict(keep_vars=True)
-        parameters += [f"{key}.{n}" for n, p in module.named_parameters()
-                       if p.requires_grad and n in state]
-        buffers += [f"{key}.{n}" for n in petl_buffers(module)]
-    return parameters, buffers
-
-
-def trained_state(modules):
-    """``{name: tensor}`` of every tensor a PETL model folder holds (CPU copies)."""
-    parameters, buffers = trained_tensor_names(modules)
-    states = {key: modules[key].state_dict() for key in ("petl_model", "classifier")}
-    out = {}
-    for full in parameters + buffers:
-        key, name = full.split(".", 1)
-        out[full] = states[key][name].detach().cpu().clone().contiguous()
-    return out, parameters, buffers
-
-
 def save_model_folder(folder, spec, modules):
     """Writes ``petl_weights.safetensors`` (the trained tensors of ``modules``) and
     ``petl_config.json`` (``spec``, format 4) into ``folder`` (created; its two files replaced).

@@ -21,7 +21,7 @@ by its own mean and variance: their inputs stay per window (only the reading is 
 """
 
 from petl_modules.backbones.features import ASTFbank, BEATsFbank
-from petl_modules.model.audio import load_audio, load_input
+from petl_modules.model.audio import load_audio
 from petl_modules.model.windows import clip_samples
 
 KALDI_FRAME_SECONDS = 0.025  # the 25 ms window of a Kaldi fbank frame
@@ -82,18 +82,21 @@ def chunks(starts, clip, chunk_windows):
 
 
 def file_windows(path, processor, protocol, chunk_windows=8, shared=True):
-    """Yields the model input of each window of the file ``path`` under ``protocol`` (an
-    ``EvalProtocol``), in order: runs of ``chunk_windows`` windows read at once
-    (``load_audio``'s partial read) and processed by ``window_features``. A file evaluated on one
-    clip (the first-clip protocol, a file no longer than a clip, whole utterances) is read by
-    ``load_input``, as training reads it (short files padded, with a warning)."""
-    starts = protocol.starts(path, processor)
+    """Yields the model input of each window of ``path`` (a file, or a ``Clip`` of one) under
+    ``protocol`` (an ``EvalProtocol``: its ``clips``), in order: runs of ``chunk_windows``
+    windows read at once (``load_audio``'s partial read) and processed by ``window_features``. A
+    file evaluated on one clip (the first-clip protocol, a file no longer than a clip, whole
+    utterances) is read by ``Clip.read``, as training reads it (short files padded, with a
+    warning)."""
+    clips = protocol.clips(path, processor)
     clip = clip_samples(processor)
-    if clip is None or len(starts) == 1:
-        for start in starts:
-            yield load_input(path, processor, start=start)
+    if clip is None or len(clips) == 1:
+        for one in clips:
+            yield one.read(processor)
         return
     rate = getattr(processor, "sample_rate", 16000)
+    starts = [int(one.start) for one in clips]
     for group in chunks(starts, clip, max(1, int(chunk_windows))):
-        wav = load_audio(path, rate, max_samples=group[-1] + clip - group[0], start=group[0])
+        last = clips[starts.index(group[-1])]
+        wav = load_audio(last.path, rate, max_samples=int(last.stop) - group[0], start=group[0])
         yield from window_features(wav, [s - group[0] for s in group], processor, shared)

@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 from petl_modules.backbones import Backbone
 from petl_modules.backbones.base import preserved_rng, quiet_transformers
-from petl_modules.model.audio import AudioError, load_audio, load_input
+from petl_modules.model.audio import AudioError, load_audio
 from petl_modules.model.bases import remember_local_base
+from petl_modules.model.clip import Clip
 from petl_modules.model.folder import (
     attach_modules,
     folder_view,
@@ -45,7 +46,7 @@ from petl_modules.model.long_audio import file_windows
 from petl_modules.model.precision import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
 from petl_modules.model.task import SingleLabel
-from petl_modules.model.windows import EvalProtocol, clip_samples, pool_windows, window_starts
+from petl_modules.model.windows import EvalProtocol, pool_windows
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +204,10 @@ class PETLModel(torch.nn.Module):
                           max_samples=getattr(self.input_processor, "samples_needed", None))
 
     def load_input(self, path, start=0):
-        """The model input of ``path``, or of its window at sample ``start``
-        (``petl_modules.model.audio.load_input``)."""
-        return load_input(path, self.input_processor, start=start)
+        """The model input of ``path`` (a file, or a ``Clip`` of one), or of its window at sample
+        ``start`` (``petl_modules.model.clip.Clip.read``)."""
+        clip = path if isinstance(path, Clip) else Clip(path, start)
+        return clip.read(self.input_processor)
 
     def file_windows(self, path, chunk_windows=8):
         """The model inputs of ``path``'s clips under the model's protocol, a chunk of windows read
@@ -234,11 +236,10 @@ class PETLModel(torch.nn.Module):
         with sliding windows, each waveform's windows in batches of ``batch_size``."""
         if not self.protocol.sliding:
             return self.classify_inputs(*self.prepare_inputs(waveforms))
-        clip, hop = clip_samples(self.input_processor), self.protocol.hop(self.input_processor)
         pooled = []
         for wav in waveforms:
-            starts = window_starts(wav.shape[-1], clip, hop)
-            windows = [wav[s: s + clip] if clip else wav for s in starts]
+            clips = self.protocol.clips(Clip(None, 0, wav.shape[-1]), self.input_processor)
+            windows = [clip.of(wav) for clip in clips]
             probabilities = torch.cat([
                 self.classify_inputs(*self.prepare_inputs(windows[i: i + batch_size]))[0].cpu()
                 for i in range(0, len(windows), batch_size)])

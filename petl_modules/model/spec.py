@@ -57,7 +57,7 @@ class BackboneRef:
 
     ``hub_id`` or ``local_name`` names it (exactly one); ``family`` and ``model_type`` (None for
     a checkpoint without a transformers ``config.json``) choose its lobe; ``fingerprint`` (see
-    ``petl_modules.backbones.base.state_fingerprint``) identifies its weights; ``options`` are the
+    ``petl_modules.backbones.loading.state_fingerprint``) identifies its weights; ``options`` are the
     lobe's model options (``MODEL_OPTIONS``) and ``input`` its input processor's settings (what an
     ONNX client computes). ``path``: formats 1-3 recorded the run's ``backbone_source`` (a path or
     a Hub id) and load from it by default; never written.

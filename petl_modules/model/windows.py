@@ -8,13 +8,12 @@ protocol keeps the first clip of every file. ``eval_windows: sliding`` covers th
 clips every ``window_hop_seconds`` (null: half a clip), the last one ending where the file ends
 (``window_starts``); the windows' class probabilities are pooled into the file's
 (``window_pooling``: mean, or max for events). A file no longer than a clip is one window, padded
-as in the first-clip protocol. A file's windows are read a few at a time
+as in the first-clip protocol. Every window is a ``petl_modules.model.clip.Clip`` of the file (or
+of a segment of it); ``classify`` reads a file's windows a few at a time
 (``petl_modules.model.long_audio.file_windows``): memory does not grow with the file.
 """
 
 import math
-
-from petl_modules.model.audio import audio_length
 
 EVAL_WINDOWS = ("first", "sliding")
 WINDOW_POOLINGS = ("mean", "max")
@@ -102,10 +101,19 @@ class EvalProtocol:
     def starts(self, path, processor):
         """First samples of the windows of the file ``path`` (its header only is read); ``[0]``
         for the first-clip protocol (nothing is read)."""
+        return [int(clip.start) for clip in self.clips(path, processor)]
+
+    def clips(self, clip, processor):
+        """The clips the model reads of ``clip`` (a ``Clip``, or a path: the whole file): the
+        clip itself for the first-clip protocol (nothing is read), else its sliding windows (a
+        whole file's header is read)."""
+        from petl_modules.model.clip import Clip
+
+        clip = clip if isinstance(clip, Clip) else Clip(clip)
         if not self.sliding:
-            return [0]
-        total = audio_length(path, getattr(processor, "sample_rate", 16000))
-        return window_starts(total, clip_samples(processor), self.hop(processor))
+            return [clip]
+        return clip.windows(clip_samples(processor), self.hop(processor),
+                            getattr(processor, "sample_rate", 16000))
 
 
 def pool_windows(probabilities, pooling="mean"):

@@ -2,7 +2,8 @@
 and several tasks on one backbone are the model layer's: ``petl_modules.model``).
 
 ``peft_lora``    a LoRA, DoRA, (IA)3 or VeRA model as a PEFT adapter (``adapter_config.json`` +
-                 safetensors) and back
+                 safetensors) and back: the format; ``peft_export`` and ``peft_import`` the two
+                 ways
 ``onnx_export``  a whole model (backbone, PETL modules, head, activation) as one ONNX graph,
                  checked with onnxruntime
 ``head``         the head and labels written beside an exported backbone

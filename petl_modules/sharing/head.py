@@ -3,7 +3,7 @@ onto it exactly, and always beside it as ``classifier_head.safetensors`` + ``cla
 
 ``write_transformers_checkpoint`` writes the merged backbone as the family's audio-classification
 class (``ASTForAudioClassification`` for pooling ``cls_distill``, ``*ForSequenceClassification``
-for the wav2vec2 family and ``WhisperForAudioClassification`` for pooling ``mean``: the lobes'
+for the wav2vec2 family and w2v-BERT, ``WhisperForAudioClassification`` for pooling ``mean``: the lobes'
 ``classification_model``) with ``id2label``/``label2id`` (and ``problem_type`` for multi-label),
 so that ``pipeline("audio-classification", model=OUT)`` gives ``classify``'s scores; otherwise as
 the base model (``ASTModel``, ...), which has no place for our head. Both with the run's

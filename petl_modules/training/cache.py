@@ -31,7 +31,8 @@ vectors (input features, position embeddings, attention implementation, pooling)
 files (the ``wav`` field the features are computed from) to vectors, so folds and later runs on
 the same manifests reuse it and only compute what is missing. The sliding windows of validation and
 test (``eval_windows: sliding``) are cached one vector per window, keyed ``<file>@<start sample>``
-(the first window, which is the first clip, under the file's name).
+(``clip_key`` of the window's ``Clip``; the first window, which is the first clip, under the
+file's name).
 """
 
 import hashlib
@@ -48,7 +49,7 @@ from speechbrain.utils.distributed import run_on_main
 
 from petl_modules.contract import PETLModule
 from petl_modules.methods.layer_sum import WeightedLayerSum, weighted_sum
-from petl_modules.training.windows import WINDOW_KEYS, is_window_dataset
+from petl_modules.training.windows import WINDOW_KEYS, is_window_dataset, row_clip
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def build_cache(path, settings, petl_model, classifier, datasets, batch_size=8, 
     vectors = load_cache(path)
     todo = []
     for dataset in datasets:
-        missing = {uid for uid in dataset.data_ids if clip_key(dataset.data[uid]) not in vectors}
+        missing = {uid for uid in dataset.data_ids if row_key(dataset.data[uid]) not in vectors}
         todo.append(dataset.filtered_sorted(key_test={"id": lambda uid: uid in missing}))
     if not sum(len(d) for d in todo):
         return 0
@@ -274,7 +275,7 @@ def build_cache(path, settings, petl_model, classifier, datasets, batch_size=8, 
                     pooled = normalised_pooled(petl_model, classifier, inputs.to(device),
                                                lengths.to(device)).float().cpu()
                     for uid, vector in zip(batch.id, pooled):
-                        key = clip_key(dataset.data[uid])
+                        key = row_key(dataset.data[uid])
                         if key not in vectors:
                             computed += 1
                         vectors[key] = vector.clone()
@@ -313,28 +314,28 @@ def use_backbone_cache(hparams, datasets, device="cpu", target="label_index"):
     run_on_main(build)
     vectors = load_cache(path)
 
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("cached")
-    def cached_pipeline(wav):
-        return vectors[wav]
-
-    @sb.utils.data_pipeline.takes("wav", "window_start")
-    @sb.utils.data_pipeline.provides("cached")
-    def cached_window_pipeline(wav, start):
-        return vectors[clip_key({"wav": wav, "window_start": start})]
-
     for dataset in datasets.values():
-        if is_window_dataset(dataset):
-            dataset.add_dynamic_item(cached_window_pipeline)
-            dataset.set_output_keys(["id", "cached", target, *WINDOW_KEYS])
-        else:
-            dataset.add_dynamic_item(cached_pipeline)
-            dataset.set_output_keys(["id", "cached", target])
+        dataset.add_dynamic_item(cached_pipeline(vectors, dataset.data))
+        windows = list(WINDOW_KEYS) if is_window_dataset(dataset) else []
+        dataset.set_output_keys(["id", "cached", target, *windows])
     return path
 
 
-def clip_key(fields):
-    """The cache key of a file's first clip (its ``wav``) or of one of its windows
-    (``<wav>@<start>``; the window at 0 is the first clip)."""
-    start = int(fields.get("window_start", 0))
-    return fields["wav"] if start == 0 else f"{fields['wav']}@{start}"
+def cached_pipeline(vectors, rows):
+    """The dynamic item ``cached``: the vector of the clip of each row of ``rows``."""
+    @sb.utils.data_pipeline.takes("id")
+    @sb.utils.data_pipeline.provides("cached")
+    def pipeline(uid):
+        return vectors[row_key(rows[uid])]
+    return pipeline
+
+
+def clip_key(clip):
+    """The cache key of a ``Clip``: its file (the ``wav`` field) for the first clip, else
+    ``<wav>@<start>`` (a window; the window at 0 is the first clip)."""
+    return str(clip.path) if clip.start == 0 else f"{clip.path}@{int(clip.start)}"
+
+
+def row_key(fields):
+    """The cache key of the clip of a dataset row (``windows.row_clip``)."""
+    return clip_key(row_clip(fields))

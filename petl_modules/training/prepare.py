@@ -187,7 +187,24 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
     save_folder = Path(save_folder)
     data_folder = Path(data_folder)
     save_folder.mkdir(parents=True, exist_ok=True)
-    problems, kept = list(excluded), {}
+    kept, problems = _kept_rows(splits, data_folder, labels, headers_only)
+    _report_problems([*excluded, *problems], save_folder, data_folder, skip_bad_files, fix)
+    for name, rows in kept.items():
+        if not rows:
+            raise DataError(f"The {name} split of {data_folder} has no usable audio file.")
+        fields = list(rows[0])
+        _write_csv(save_folder / f"{name}.csv", rows, fields)
+    with open(save_folder / OPTIONS_FILE, "w") as stream:
+        json.dump(options, stream, indent=2)
+    counts = {name: len(rows) for name, rows in kept.items()}
+    logger.info(f"Wrote manifests to {save_folder}: {counts}")
+    return counts
+
+
+def _kept_rows(splits, data_folder, labels, headers_only):
+    """``({split: [manifest row, ...]}, [problem, ...])``: every row of ``splits`` checked (its
+    file, a duplicate ID, its label, its segment); a row with a problem is left out."""
+    problems, kept = [], {}
     checked = check_files([data_folder / row["wav"] for rows in splits.values() for row in rows],
                           samples=not headers_only)
     for name, rows in splits.items():
@@ -211,6 +228,12 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
             kept[name].append({"ID": row["ID"], "duration": f"{duration:.3f}",
                                "wav": f"$data_root/{row['wav']}", "label": row["label"],
                                **{k: v for k, v in row.items() if k not in ("ID", "wav", "label")}})
+    return kept, problems
+
+
+def _report_problems(problems, save_folder, data_folder, skip_bad_files, fix):
+    """Raises ``DataError`` listing ``problems`` (all of them in ``problems.txt``); with
+    ``skip_bad_files``, lists them in ``skipped_files.txt`` and warns instead."""
     if problems and not skip_bad_files:
         (save_folder / PROBLEMS_FILE).write_text("\n".join(problems) + "\n")
         listed = "\n  ".join(problems[:MAX_LISTED])
@@ -229,16 +252,6 @@ def write_manifests(save_folder, splits, data_folder, options, skip_bad_files=Fa
         )
     else:
         (save_folder / SKIPPED_FILE).unlink(missing_ok=True)
-    for name, rows in kept.items():
-        if not rows:
-            raise DataError(f"The {name} split of {data_folder} has no usable audio file.")
-        fields = list(rows[0])
-        _write_csv(save_folder / f"{name}.csv", rows, fields)
-    with open(save_folder / OPTIONS_FILE, "w") as stream:
-        json.dump(options, stream, indent=2)
-    counts = {name: len(rows) for name, rows in kept.items()}
-    logger.info(f"Wrote manifests to {save_folder}: {counts}")
-    return counts
 
 
 def resolve_data_folder(data_folder, release_name, marker):

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -171,7 +170,7 @@ class RunLock:
                 "Wait for it to finish (or stop it), or use another --output_folder."
             ) from None
         holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": _shareable_command()}
         write_json_atomic(self.folder / HOLDER_FILE, holder)
         return self
 
@@ -199,6 +198,19 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _shareable_command():
+    """This process's command line without the paths of this machine (as metrics.json's), for the
+    holder file: a run folder may be shared or copied whole."""
+    from petl_modules.model.metrics_file import run_command
+    from petl_modules.paths import ProjectRootError, project_root
+
+    try:
+        root = project_root()
+    except ProjectRootError:
+        root = None
+    return run_command(root=root)
 
 
 def lock_holder(folder):

@@ -38,11 +38,12 @@ Validation and test run in full on every process (as the recipes' loose-file eva
 ``eval_windows: sliding`` included. ``mixup: waveform`` mixes each training clip with another clip
 of its batch (from loose files the partner is any training clip: a stream cannot reach any clip).
 Refused with shards, with the reason: ``cache_backbone_outputs`` (its cache is built from files).
+
+The index and tables are ``petl_modules.training.shard_index``, the plan of an epoch
+``petl_modules.training.shard_plan`` (both re-exported here); this module reads the shards.
 """
 
-import csv
 import io
-import json
 import logging
 import math
 from pathlib import Path
@@ -51,293 +52,19 @@ import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from petl_modules.model.audio import load_input
+from petl_modules.model.clip import Clip
 from petl_modules.model.task import Task
 from petl_modules.training.mixup import RawClip, mix_waveforms, mixup_options
-from petl_modules.training.prepare import DataError
+# The index and tables, and the plan of an epoch: their own modules, re-exported here.
+from petl_modules.training.shard_index import (  # noqa: F401
+    INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, MAX_INDEX_BYTES, PATH_OPTIONS, TABLE_COLUMNS, TABLE_FILE,
+    SampleTable, ShardError, check_run_against_index, read_index, run_options_from_index, split_parts)
+from petl_modules.training.shard_plan import (  # noqa: F401
+    EpochPlan, batch_sizes, buffer_order, equal_batch_counts, equal_cuts, resumed_worker,
+    round_robin_done)
 from petl_modules.training.windows import WINDOW_KEYS, EvalProtocol, TrainCrop, clip_samples, window_starts
 
 logger = logging.getLogger(__name__)
-
-INDEX_FILE = "shards.json"
-INDEX_FORMAT = "petl-ast-shards"
-INDEX_VERSION = 1
-TABLE_FILE = "samples.csv"
-TABLE_COLUMNS = ("shard", "key", "ID", "label", "duration", "seg_start", "seg_end")
-MAX_INDEX_BYTES = 64 << 20  # a bigger shards.json is not one we wrote
-# Options that name where the data is, not what it is: not compared between shards and runs
-# (nor are options ending in _folder).
-PATH_OPTIONS = {"manifest"}
-
-
-class ShardError(DataError):
-    """A shard folder that is not what ``python -m petl_modules.shard`` writes, or that does not
-    fit the run."""
-
-
-# ==================================================================== the index
-def read_index(folder):
-    """The index (``shards.json``) of a shard folder, read as JSON data and checked.
-
-    Raises
-    ------
-    ShardError
-        No index, or one of another format or version, or paths leaving the folder.
-    """
-    folder = Path(folder)
-    path = folder / INDEX_FILE
-    if not path.is_file():
-        raise ShardError(f"--shards={folder}: no {INDEX_FILE} in it. Write the shards with "
-                         f"python -m petl_modules.shard <recipe> --data_folder=... {folder}.")
-    if path.stat().st_size > MAX_INDEX_BYTES:
-        raise ShardError(f"{path} is larger than any index this code writes.")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ShardError(f"{path} is not valid JSON ({err}): write the shards again.") from None
-    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
-        raise ShardError(f"{path} is not a shard index of python -m petl_modules.shard.")
-    if index.get("version") != INDEX_VERSION:
-        raise ShardError(f"{path} has version {index.get('version')}; this code reads version "
-                         f"{INDEX_VERSION}: write the shards again.")
-    for name, part in index["parts"].items():
-        for entry in [part["table"], *(s["file"] for s in part["shards"])]:
-            if Path(entry).is_absolute() or ".." in Path(entry).parts:
-                raise ShardError(f"{path}: part '{name}' names '{entry}', outside the folder.")
-    return index
-
-
-def split_parts(index, fold):
-    """``{split: [part names]}`` of ``fold`` (None: a dataset with official splits)."""
-    key = "all" if fold is None else str(int(fold))
-    if key not in index["splits"]:
-        raise ShardError(f"The shards hold no fold {key} (they hold {', '.join(index['splits'])}).")
-    return index["splits"][key]
-
-
-def run_options_from_index(index):
-    """The options a run from these shards takes from the index: class names, their number,
-    the folds (``recipe.load_run``)."""
-    return {"class_names": list(index["class_names"]), "n_classes": len(index["class_names"]),
-            "folds": index.get("folds")}
-
-
-def check_run_against_index(index, options, folder):
-    """Raises ``ShardError`` naming every data option of ``options`` (those given on the command
-    line) that the index records (``data_options``: those that decided the clips and labels of the
-    shards) with another value, or another dataset."""
-    problems = []
-    if options.get("dataset") != index["dataset"]:
-        problems.append(f"they hold {index['dataset']}, not {options.get('dataset')}")
-    for key, written in index.get("data_options", {}).items():
-        if key in options and options[key] != written:
-            problems.append(f"--{key}={options[key]!r}, but they were written with {written!r}")
-    if problems:
-        raise ShardError(f"The shards in {folder} do not fit this run: {'; '.join(problems)}. "
-                         "Run with the shards' values, or write shards for these options (python "
-                         "-m petl_modules.shard ... with them) into another folder.")
-
-
-# ==================================================================== the clips of a split
-class SampleTable:
-    """The clips of some parts of a shard folder, as arrays (two million clips cost a few hundred
-    MB, not the GBs of one dict per row): ``shard`` index into ``shard_files``, member ``keys``,
-    ``ids``, labels as class indices (``label_ptr``/``label_idx``, CSR), ``duration`` (s),
-    ``seg_start``/``seg_end`` (s, NaN: whole file)."""
-
-    def __init__(self, folder, index, parts, class_names, task):
-        self.folder, self.task = Path(folder), task
-        lookup = {name: k for k, name in enumerate(class_names)}
-        self.shard_files, shard, keys, ids, durations, starts, ends = [], [], [], [], [], [], []
-        label_idx, label_len = [], []
-        for name in parts:
-            part = index["parts"][name]
-            offset = len(self.shard_files)
-            self.shard_files += [self.folder / s["file"] for s in part["shards"]]
-            with open(self.folder / part["table"], newline="", encoding="utf-8") as stream:
-                reader = csv.reader(stream)
-                header = next(reader)
-                if tuple(header) != TABLE_COLUMNS:
-                    raise ShardError(f"{self.folder / part['table']}: columns {header}, expected "
-                                     f"{list(TABLE_COLUMNS)}.")
-                for row in reader:
-                    shard.append(offset + int(row[0]))
-                    keys.append(row[1])
-                    ids.append(row[2])
-                    try:
-                        found = [lookup[x] for x in task.labels_of(row[3])]
-                    except KeyError as err:
-                        raise ShardError(f"{self.folder / part['table']}: clip {row[2]} has label "
-                                         f"{err.args[0]!r}, not one of the index's classes.") from None
-                    label_idx += found
-                    label_len.append(len(found))
-                    durations.append(float(row[4]))
-                    starts.append(float(row[5]) if row[5] else math.nan)
-                    ends.append(float(row[6]) if row[6] else math.nan)
-        self.shard = np.asarray(shard, dtype=np.int64)
-        self.keys = np.asarray(keys, dtype=object)
-        self.ids = np.asarray(ids, dtype=object)
-        self.label_idx = np.asarray(label_idx, dtype=np.int64)
-        self.label_ptr = np.concatenate([[0], np.cumsum(label_len)]).astype(np.int64)
-        self.duration = np.asarray(durations, dtype=np.float64)
-        self.seg_start = np.asarray(starts, dtype=np.float64)
-        self.seg_end = np.asarray(ends, dtype=np.float64)
-        if np.any(np.diff(self.shard) < 0):
-            raise ShardError(f"{self.folder}: the clips of a table are not in shard order.")
-
-    def __len__(self):
-        return len(self.ids)
-
-    def labels(self, i):
-        """The class indices of clip ``i``."""
-        return self.label_idx[self.label_ptr[i]:self.label_ptr[i + 1]]
-
-    def label_lists(self):
-        return [self.labels(i).tolist() for i in range(len(self))]
-
-    def shard_bounds(self):
-        """``(first clip, end clip)`` of every shard file (the clips are in shard order)."""
-        first = np.searchsorted(self.shard, np.arange(len(self.shard_files)), side="left")
-        end = np.searchsorted(self.shard, np.arange(len(self.shard_files)), side="right")
-        return first, end
-
-
-# ==================================================================== the plan of an epoch
-def equal_cuts(total, pieces):
-    """Start positions of ``pieces`` near-equal consecutive shares of ``total`` items, and the end."""
-    return [total * k // pieces for k in range(pieces + 1)]
-
-
-def batch_sizes(count, batches, batch_size):
-    """``count`` clips in ``batches`` non-empty batches of at most ``batch_size``: full batches
-    first, the last ones shortened (down to one clip) to fit."""
-    sizes = [batch_size] * batches
-    excess, k = batches * batch_size - count, batches - 1
-    while excess > 0 and k >= 0:
-        cut = min(excess, sizes[k] - 1)
-        sizes[k] -= cut
-        excess -= cut
-        k -= 1
-    return sizes
-
-
-def equal_batch_counts(counts, batch_size):
-    """Batches per worker (``counts[rank][worker]`` clips each) such that every rank has as many
-    batches as the rank that needs most: extra batches go to the workers with most clips per batch.
-
-    Raises
-    ------
-    ShardError
-        A rank with too few clips to fill that many non-empty batches (tiny data only).
-    """
-    batches = [[math.ceil(c / batch_size) for c in rank] for rank in counts]
-    target = max(sum(rank) for rank in batches)
-    for rank, (have, clips) in enumerate(zip(batches, counts)):
-        while sum(have) < target:
-            slack = [c - b for c, b in zip(clips, have)]
-            worker = int(np.argmax(slack))
-            if slack[worker] <= 0:
-                raise ShardError(
-                    f"{sum(clips)} clips on process {rank} cannot fill {target} batches like the "
-                    f"other processes: use fewer processes, a smaller --batch_size or more data.")
-            have[worker] += 1
-    return batches
-
-
-def round_robin_done(batches, done):
-    """``(delivered, next_worker)``: how many of its own batches each worker has delivered once
-    the DataLoader (which takes the workers' batches in turn, skipping workers that have none
-    left) has yielded ``done``, and the worker whose batch comes next (0 when none is left)."""
-    delivered = [0] * len(batches)
-    turn = 0
-    while done > 0 and turn < max(batches, default=0):
-        for worker, count in enumerate(batches):
-            if done > 0 and turn < count:
-                delivered[worker] += 1
-                done -= 1
-        turn += 1
-    waiting = [w for w, count in enumerate(batches) if delivered[w] < count]
-    behind = [w for w in waiting if delivered[w] == min(delivered[v] for v in waiting)]
-    return delivered, (behind[0] if behind else 0)
-
-
-def resumed_worker(batches, done, loader_worker):
-    """The worker of the plan whose batches DataLoader worker ``loader_worker`` yields in an
-    epoch resumed after ``done`` batches. A DataLoader starts its turns at its worker 0: the plan's
-    workers are rotated so that its worker 0 plays the one whose batch comes next, which keeps
-    the order of the batches left exactly that of an uninterrupted epoch."""
-    return (loader_worker + round_robin_done(batches, done)[1]) % len(batches)
-
-
-def buffer_order(count, size, rng):
-    """The order in which a shuffle buffer of ``size`` emits ``count`` items fed in order: fill
-    the buffer, then for each new item emit a random one and put the new one in its place; at the
-    end emit what is left in random order. Equal to the stream shuffle of WebDataset-style
-    loaders, computed on positions alone."""
-    out = np.empty(count, dtype=np.int64)
-    buffer = list(range(min(size, count)))
-    draws = rng.integers(0, size, size=max(0, count - size)).tolist()
-    for position, (item, slot) in enumerate(zip(range(len(buffer), count), draws)):
-        out[position] = buffer[slot]
-        buffer[slot] = item
-    done = max(0, count - size)
-    out[done:] = np.asarray(buffer, dtype=np.int64)[rng.permutation(len(buffer))]
-    return out
-
-
-class EpochPlan:
-    """Which clips each process and DataLoader worker reads in an epoch, in which batches (see the
-    module docstring). ``stream``: clip indices, one per copy, in reading order; ``shares[rank]
-    [worker]``: the (start, end) of that worker's part of the stream; ``batches[rank][worker]``:
-    its number of batches."""
-
-    def __init__(self, table, seed, epoch, batch_size, processes=1, workers=1, shuffle=True,
-                 weights=None, keep=None, buffer_size=1000):
-        self.seed, self.epoch, self.batch_size, self.shuffle = int(seed), int(epoch), batch_size, shuffle
-        self.buffer_size = int(buffer_size)
-        keep = np.ones(len(table), dtype=bool) if keep is None else keep
-        counts = keep.astype(np.int64)
-        if weights is not None:  # sampling: class_balanced
-            p = np.where(keep, weights, 0.0)
-            rng = np.random.default_rng([self.seed, self.epoch, 1])
-            counts = rng.multinomial(int(keep.sum()), p / p.sum())
-        first, end = table.shard_bounds()
-        order = np.arange(len(first))
-        if shuffle:
-            order = np.random.default_rng([self.seed, self.epoch, 2]).permutation(len(first))
-        clips = np.concatenate([np.arange(first[s], end[s]) for s in order]) if len(order) else \
-            np.zeros(0, dtype=np.int64)
-        self.stream = np.repeat(clips, counts[clips])
-        cuts = equal_cuts(len(self.stream), processes)
-        self.shares = []
-        for rank in range(processes):
-            inner = equal_cuts(cuts[rank + 1] - cuts[rank], workers)
-            self.shares.append([(cuts[rank] + inner[w], cuts[rank] + inner[w + 1])
-                                for w in range(workers)])
-        sizes = [[e - s for s, e in rank] for rank in self.shares]
-        self.batches = equal_batch_counts(sizes, batch_size) if processes > 1 else \
-            [[math.ceil(c / batch_size) for c in rank] for rank in sizes]
-
-    def __len__(self):
-        """Batches per process."""
-        return sum(self.batches[0])
-
-    def worker_share(self, rank, worker):
-        """One worker's part of the stream, in reading order (shard by shard, copies together)."""
-        start, end = self.shares[rank][worker]
-        return self.stream[start:end]
-
-    def worker_batches(self, rank, worker, done=0):
-        """The clip indices of each remaining batch of one worker, its share shuffled (training),
-        once the DataLoader has yielded ``done`` batches of this process."""
-        share = self.worker_share(rank, worker)
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch, 3, rank, worker])
-            share = share[buffer_order(len(share), self.buffer_size, rng)]
-        sizes = batch_sizes(len(share), self.batches[rank][worker], self.batch_size)
-        skip = round_robin_done(self.batches[rank], done)[0][worker]
-        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        return [share[bounds[b]:bounds[b + 1]] for b in range(skip, len(sizes))]
 
 
 # ==================================================================== reading the shards
@@ -541,14 +268,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         member = f"{self.table.shard_files[self.table.shard[i]]}:{self.table.keys[i]}"
         return NamedBytes(data, member)
 
-    def _span(self, i):
-        """``(first sample, end sample)`` of a clip that is a segment of its file, else None."""
-        start, end = self.table.seg_start[i], self.table.seg_end[i]
-        if math.isnan(start) and math.isnan(end):
-            return None
-        rate = getattr(self.processor, "sample_rate", 16000)
-        first = round((0.0 if math.isnan(start) else start) * rate)
-        return first, first + max(1, round(self.table.duration[i] * rate))
+    def _clip(self, i, data):
+        """The ``Clip`` of row ``i`` (its audio ``data``): the whole file, or its segment."""
+        return Clip.of_segment(self._source(i, data), self.table.seg_start[i], self.table.seg_end[i],
+                               self.table.duration[i], getattr(self.processor, "sample_rate", 16000))
 
     def _target(self, i):
         task = self.table.task
@@ -557,34 +280,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def _item(self, i, data, copy, processor=None):
         processor = processor or self.processor
         uid = self.table.ids[i]
-        source, span = self._source(i, data), self._span(i)
-        crop = None
+        clip = self._clip(i, data)
         if self.train_crop is not None:
-            crop = self.train_crop(uid if copy == 0 else f"{uid}#{copy}")
-        if span is None:
-            inputs = load_input(source, processor, start=crop or 0)
-        else:
-            offset = crop(span[1] - span[0]) if crop else 0
-            inputs = load_input(source, processor, start=span[0] + offset, stop=span[1])
-        return {"id": uid, "inputs": inputs, **self._target(i)}
+            clip = clip.crop(self.train_crop(uid if copy == 0 else f"{uid}#{copy}"))
+        return {"id": uid, "inputs": clip.read(processor), **self._target(i)}
 
     def _eval_items(self, i, data):
-        uid, source, span = self.table.ids[i], self._source(i, data), self._span(i)
+        uid, clip = self.table.ids[i], self._clip(i, data)
         if self.protocol is None or not self.protocol.sliding:
-            first, last = span if span is not None else (0, None)
-            yield {"id": uid, "inputs": load_input(source, self.processor, start=first, stop=last),
-                   **self._target(i)}
+            yield {"id": uid, "inputs": clip.read(self.processor), **self._target(i)}
             return
-        from petl_modules.model.audio import audio_length
-
-        rate = getattr(self.processor, "sample_rate", 16000)
-        first, total = (0, audio_length(source, rate)) if span is None else (span[0], span[1] - span[0])
-        clip = clip_samples(self.processor)
-        for k, start in enumerate(window_starts(total, clip, self.protocol.hop(self.processor))):
-            end = total if clip is None else min(total, start + clip)
-            yield {"id": f"{uid}@{k}", "inputs": load_input(source, self.processor, start=first + start,
-                                                            stop=first + end),
-                   **dict(zip(WINDOW_KEYS, (uid, first + start, first + end))), **self._target(i)}
+        for k, window in enumerate(self.protocol.clips(clip, self.processor)):
+            yield {"id": f"{uid}@{k}", "inputs": window.read(self.processor),
+                   **dict(zip(WINDOW_KEYS, (uid, window.start, window.stop))), **self._target(i)}
 
     # ---------------------------------------------------------------- the loader
     def make_dataloader(self, stage, **loader_kwargs):
@@ -615,7 +323,7 @@ def shard_datasets(hparams, fold):
         Options the shards cannot serve (``mixup: waveform``), or shards that do not fit the run.
     """
     from petl_modules.training import sampling
-    from petl_modules.training.recipe import few_shot_ids
+    from petl_modules.training.manifests import few_shot_ids
 
     folder = Path(hparams["shards"])
     index = read_index(folder)

@@ -1,4 +1,5 @@
-"""Long recordings: random training crops and sliding evaluation windows, in one place.
+"""Long recordings: the clip each dataset row stands for (its file, a segment of it, or one of its
+sliding windows), random training crops and evaluation windows, in one place.
 
 A backbone sees a clip of fixed length: ``max_frames`` fbank frames (AST) or ``clip_seconds``
 (waveform and Whisper lobes), i.e. the input processor's ``samples_needed`` samples. The papers'
@@ -15,9 +16,10 @@ testing. Options of every recipe (``petl_modules/training/recipe.yaml``):
 - ``window_results: True``: the test's per-window probabilities go to
   ``<experiment_folder>/test_windows.csv``.
 
-A file no longer than a clip is one window, padded as in the first-clip protocol. Every window is
-read on its own (``petl_modules.model.audio.load_input(path, processor, start)``): memory does
-not grow with the file.
+A file no longer than a clip is one window, padded as in the first-clip protocol. A row of a
+manifest may be a segment of a long file (``SEGMENT_FIELDS``): it is read, cropped and windowed
+within the segment. All of them are one thing, a ``petl_modules.model.clip.Clip`` of a recording
+(``row_clip``), read on its own (``Clip.read``): memory does not grow with the file.
 """
 
 import csv
@@ -30,7 +32,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from petl_modules.files import csv_cell
-from petl_modules.model.audio import audio_length
+from petl_modules.model.clip import Clip
 # The evaluation protocol is the model's (petl_modules/model/windows.py); the names are used from here too.
 from petl_modules.model.windows import (  # noqa: F401
     EVAL_WINDOWS,
@@ -45,6 +47,9 @@ TRAIN_CROPS = ("first", "random")
 WINDOW_RESULTS_FILE = "test_windows.csv"
 # The fields of a row of ``window_dataset`` besides the file's: its file's id, its samples.
 WINDOW_KEYS = ("utterance", "window_start", "window_end")
+# Manifest columns of a row that is a segment of a long file: its first second (empty: 0), its end
+# (empty: the file's end) and its length in seconds (the manifest's duration).
+SEGMENT_FIELDS = ("seg_start", "seg_end", "duration")
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +75,10 @@ def crop_start(seed, epoch, utterance, clip, total):
 
 
 class TrainCrop:
-    """The random training crops of a run: ``crop(utterance)`` is the ``start`` that
-    ``load_input`` takes (a function of the file's length). The Brain sets the epoch before each
-    training epoch starts (``set_epoch``), before the DataLoader workers copy this object.
+    """The random training crops of a run: ``crop(utterance)`` draws the offset of the utterance's
+    crop from the length of its clip (``Clip.crop``: a whole file, or a segment of one). The Brain
+    sets the epoch before each training epoch starts (``set_epoch``), before the DataLoader workers
+    copy this object.
 
     Arguments
     ---------
@@ -92,12 +98,36 @@ class TrainCrop:
         return functools.partial(crop_start, self.seed, self.epoch, utterance, self.clip)
 
 
-def window_dataset(dataset, processor, protocol, span=None):
-    """The sliding windows of ``dataset``'s files as a dataset: one row per window with the
+# ==================================================================== the clip of a row
+def row_clip(fields, rate=16000):
+    """The clip a dataset row stands for, at ``rate``: its window (``window_start`` and
+    ``window_end``, a row of ``window_dataset``), its segment (``SEGMENT_FIELDS``), or its whole
+    file (``wav``)."""
+    if "window_start" in fields:
+        return Clip(fields["wav"], int(fields["window_start"]), int(fields["window_end"]))
+    return Clip.of_segment(fields["wav"], fields.get("seg_start"), fields.get("seg_end"),
+                           fields.get("duration"), rate)
+
+
+def segment_span(fields, rate=16000):
+    """``(first sample, end sample)`` at ``rate`` of a row that is a segment of its file, or None
+    for a whole file (``seg_start`` and ``seg_end`` empty)."""
+    clip = row_clip(fields, rate)
+    return None if clip.stop is None else (clip.start, clip.stop)
+
+
+def has_segments(dataset):
+    """Whether some rows of ``dataset`` are segments of their files (``SEGMENT_FIELDS``)."""
+    first = next(iter(dataset.data.values()), {})
+    return all(field in first for field in SEGMENT_FIELDS) and any(
+        segment_span(fields) is not None for fields in dataset.data.values())
+
+
+def window_dataset(dataset, processor, protocol):
+    """The sliding windows of ``dataset``'s rows as a dataset: one row per window with the
     utterance's fields, its id in ``utterance`` and where the window starts and ends (samples, end
-    excluded) in ``window_start`` and ``window_end`` (rows ``<id>@<k>``). Reads each header once.
-    ``span(fields)``, if given, returns the ``(first sample, end sample)`` of a row that is a
-    segment of its file (None: the whole file): its windows cover the segment only."""
+    excluded) in ``window_start`` and ``window_end`` (rows ``<id>@<k>``). The windows of a row
+    cover its clip (``row_clip``: the file, or its segment); each header is read once."""
     rows = {}
     clip = clip_samples(processor)
     rate = getattr(processor, "sample_rate", 16000)
@@ -108,13 +138,9 @@ def window_dataset(dataset, processor, protocol, span=None):
     for uid in dataset.data_ids:
         # (SpeechBrain's filtered_sorted leaves an "id" key in the data: a reserved key.)
         fields = {key: value for key, value in dataset.data[uid].items() if key != "id"}
-        segment = span(fields) if span is not None else None
-        first, total = (0, audio_length(fields["wav"], rate)) if segment is None else \
-            (segment[0], segment[1] - segment[0])
-        for k, start in enumerate(window_starts(total, clip, hop)):
-            end = total if clip is None else min(total, start + clip)
-            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, window_start=first + start,
-                                      window_end=first + end)
+        for k, window in enumerate(row_clip(fields, rate).windows(clip, hop, rate)):
+            rows[f"{uid}@{k}"] = dict(fields, utterance=uid, window_start=window.start,
+                                      window_end=window.stop)
     return DynamicItemDataset(rows)
 
 

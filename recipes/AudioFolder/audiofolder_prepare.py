@@ -25,6 +25,7 @@ the examples per class and split, warns on strong imbalance and writes ``all.csv
 """
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -157,7 +158,24 @@ def _number(value, what, where, problems):
 
 
 def read_manifest_rows(layout, problems):
-    """Rows of a manifest (see the module docstring); a bad row is a problem naming its line."""
+    """Rows of a manifest (see the module docstring); a bad row is a problem naming its line. The
+    file is read once per start (``load_run`` reads the classes, preparation the rows): a copy of
+    the rows it gave is returned while its modification time and size stay the same."""
+    stat = Path(layout.manifest).stat()
+    rows, found = _parsed_manifest(str(layout.manifest), str(layout.root), stat.st_mtime_ns, stat.st_size)
+    problems.extend(found)
+    return [dict(row) for row in rows]
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed_manifest(path, root, mtime_ns, size):
+    """``(rows, problems)`` of the manifest at ``path`` (paths relative to ``root``), kept for the
+    start's second reading (``read_manifest_rows``); its modification time and size key it."""
+    problems = []
+    return tuple(_manifest_rows(Layout("manifest", root, Path(path)), problems)), tuple(problems)
+
+
+def _manifest_rows(layout, problems):
     path, root = layout.manifest, layout.root.resolve()
     rows, columns = [], None
     for line, record in _manifest_records(path):

@@ -4,7 +4,7 @@
 Usage (from the repository root)::
 
     python benchmarks/bench.py --suite=long_audio --threads=2          # a one-hour file
-    python benchmarks/long_audio.py --seconds=120 --threads=2          # this suite alone, shorter
+    python benchmarks/suites/long_audio.py --seconds=120 --threads=2          # this suite alone, shorter
 
 The AST-base shape (``transformers.ASTConfig`` with 1000 frames: 10 s windows), random weights,
 LoRA, ``eval_windows: sliding`` at a 5 s hop, mean pooling, batches of 8 windows: one generated
@@ -34,7 +34,7 @@ import soundfile as sf
 import torch
 import transformers
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
