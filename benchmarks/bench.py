@@ -146,6 +146,7 @@ from benchmarks.suites.compile import suite_compile, suite_compile_cache  # noqa
 from benchmarks.suites.data import suite_data  # noqa: E402
 from benchmarks.suites.inference import suite_classify, suite_merge, suite_onnx  # noqa: E402
 from benchmarks.suites.int8 import suite_int8  # noqa: E402
+from benchmarks.suites.long_audio import suite_long_audio  # noqa: E402
 from benchmarks.suites.methods import LORA_RATIO_GROUP, suite_methods, suite_vs_lora  # noqa: E402, F401
 from benchmarks.suites.moa import suite_moa  # noqa: E402
 from benchmarks.suites.multitask import suite_multitask  # noqa: E402
@@ -160,7 +161,8 @@ SUITE_FUNCTIONS = {"methods": suite_methods, "moa": suite_moa, "data": suite_dat
                    "multitask": suite_multitask, "compile": suite_compile,
                    "prepare_full": suite_prepare_full, "int8": suite_int8,
                    "batching": suite_batching, "compile_cache": suite_compile_cache,
-                   "vs_lora": suite_vs_lora, "backbones": suite_backbones}
+                   "vs_lora": suite_vs_lora, "backbones": suite_backbones,
+                   "long_audio": suite_long_audio}
 SUITES = ("methods", "moa", "data", "cache", "merge", "classify", "onnx", "prepare")  # the default set
 ALL_SUITES = tuple(SUITE_FUNCTIONS)
 # Dense bf16 peak FLOP/s of GPUs (vendor data sheets, without sparsity), for the MFU estimate.

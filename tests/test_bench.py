@@ -2,6 +2,7 @@
 
 Timings are never asserted (they belong to the benchmark, on a named machine)."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -117,3 +118,22 @@ def test_batching_suite_reports_padding_and_epoch_ratio():
     assert set(rows) == {"dynamic", "fixed"} and rows["dynamic"]["mean_batch"] >= 1
     assert 0 <= out["ratios"]["dynamic_batching_padding"] < out["ratios"]["fixed_batches_padding"]
     assert out["ratios"]["dynamic_vs_fixed_batches_epoch"] > 0
+
+
+@pytest.mark.slow
+def test_long_audio_suite_reports_real_time_factors_and_hops(tmp_path):
+    bench = load_bench()
+    threads = torch.get_num_threads()
+    args = argparse.Namespace(threads=1, workdir=tmp_path, quick=True, long_audio_seconds=30)
+    try:
+        rows = bench.SUITE_FUNCTIONS["long_audio"](args)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(RESULT_KEYS <= set(row) for row in rows)
+    runs = [r for r in rows if "precision" in r]
+    assert [(r["precision"], r["features"]) for r in runs] == [
+        (p, f) for p in ("fp32", "bf16", "int8") for f in ("per window", "shared")]
+    assert all(r["rtf"] > 0 and r["top1_same_as_fp32"] for r in runs)
+    assert [r["max_prob_diff_vs_fp32"] for r in runs[:2]] == [0.0, 0.0]  # shared features: exact
+    hops = [r for r in rows if "hop_s" in r]
+    assert [r["hop_s"] for r in hops] == [2.5, 5.0, 10.0] and hops[1]["top1_agreement_vs_5s"] == 1.0

@@ -296,18 +296,19 @@ def test_model_folder_records_the_protocol_and_classify_pools_the_windows(slidin
 def test_classify_holds_at_most_a_batch_of_windows(sliding_folder, audio_files, monkeypatch):
     classifier = PETLClassifier.from_folder(sliding_folder)
     alive, peak = [0], [0]
-    load, classify = classifier.load_input, classifier.classify_inputs
+    windows, classify = classifier.file_windows, classifier.classify_inputs
 
-    def counted_load(path, start=0):
-        alive[0] += 1
-        peak[0] = max(peak[0], alive[0])
-        return load(path, start)
+    def counted_windows(path, chunk_windows=8):
+        for features in windows(path, chunk_windows):
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+            yield features
 
     def counted_classify(inputs, lengths):
         alive[0] -= inputs.shape[0]
         return classify(inputs, lengths)
 
-    monkeypatch.setattr(classifier, "load_input", counted_load)
+    monkeypatch.setattr(classifier, "file_windows", counted_windows)
     monkeypatch.setattr(classifier, "classify_inputs", counted_classify)
     found, _ = classifier.classify_files([audio_files[2]] * 3, batch_size=4)  # 18 windows
     assert len(found) == 3 and peak[0] == 4 and alive[0] == 0

@@ -340,14 +340,18 @@ class BEATsFbank:
 
     def __call__(self, wav):
         """``[S]`` waveform -> ``[frames, 128]`` normalised fbank (``BEATs.preprocess``)."""
-        from speechbrain.lobes.models.beats import BEATs
-
         wav = wav.reshape(-1).float()
         if self.clip_samples is not None:
             wav = wav[: self.clip_samples]
-        wav = pad_to_minimum(wav, self.min_samples)
+        return self.unpadded(pad_to_minimum(wav, self.min_samples))
+
+    def unpadded(self, wav):
+        """``[S]`` waveform -> ``[frames, 128]`` normalised fbank of all of it, one frame per 10 ms
+        (``petl_modules.model.long_audio`` slices windows' frames from it)."""
+        from speechbrain.lobes.models.beats import BEATs
+
         # preprocess reads nothing of the model: its fbank and normalisation, exactly
-        return BEATs.preprocess(None, wav[None], BEATS_MEAN, BEATS_STD)[0]
+        return BEATs.preprocess(None, wav.reshape(-1).float()[None], BEATS_MEAN, BEATS_STD)[0]
 
     def config(self):
         """The settings that rebuild this processor (for saved models and caches)."""

@@ -487,6 +487,8 @@ class MultiTaskClassifier(torch.nn.Module):
     # The audio reading, batching and speed settings of one model are those of several.
     load_audio = PETLModel.load_audio
     load_input = PETLModel.load_input
+    file_windows = PETLModel.file_windows
+    share_window_features = PETLModel.share_window_features
     prepare_inputs = PETLModel.prepare_inputs
     set_speed = PETLModel.set_speed
     classify_files = PETLModel.classify_files

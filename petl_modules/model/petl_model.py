@@ -21,6 +21,7 @@ pooled; ``petl_modules.model.windows``). The ``classify_*`` methods return, as S
 (``PETLClassifier.from_folder``).
 """
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from petl_modules.model.folder import (
     save_model_folder,
 )
 from petl_modules.model.hub import resolve_model_dir
+from petl_modules.model.long_audio import file_windows
 from petl_modules.model.precision import autocast_context, compile_with_fallback, resolve_precision
 from petl_modules.model.spec import BackboneRef, ModelSpec, PETLModelError
 from petl_modules.model.task import SingleLabel
@@ -85,6 +87,9 @@ class PETLModel(torch.nn.Module):
         self.int8 = None  # petl_modules.sharing.int8.use_int8: the onnxruntime graph that runs instead
         # First clip or sliding windows, as the run was tested (format_version < 3: first clip).
         self.protocol = spec.evaluation
+
+    # Fbank windows of a long file sliced from one fbank per chunk (petl_modules.model.long_audio).
+    share_window_features = True
 
     @classmethod
     def from_pretrained(cls, model_dir, backbone_source=None, device="cpu", merge=False, check=True):
@@ -204,6 +209,12 @@ class PETLModel(torch.nn.Module):
         clip = path if isinstance(path, Clip) else Clip(path, start)
         return clip.read(self.input_processor)
 
+    def file_windows(self, path, chunk_windows=8):
+        """The model inputs of ``path``'s clips under the model's protocol, a chunk of windows read
+        at a time (``petl_modules.model.long_audio.file_windows``)."""
+        return file_windows(path, self.input_processor, self.protocol, chunk_windows,
+                            self.share_window_features)
+
     def prepare_inputs(self, waveforms):
         """Per-utterance input processing, then the padding of the training batches.
 
@@ -277,11 +288,10 @@ class PETLModel(torch.nn.Module):
         sliding windows, its windows in batches of ``batch_size``."""
         if not self.protocol.sliding:
             return self.classify_inputs(*batch_pad_right([self.load_input(path)]))
-        clips = self.protocol.clips(path, self.input_processor)
-        probabilities = torch.cat([
-            self.classify_inputs(*batch_pad_right(
-                [self.load_input(clip) for clip in clips[i: i + batch_size]]))[0].cpu()
-            for i in range(0, len(clips), batch_size)])
+        windows = self.file_windows(path, batch_size)  # read a batch at a time
+        batches = iter(lambda: list(itertools.islice(windows, batch_size)), [])
+        probabilities = torch.cat([self.classify_inputs(*batch_pad_right(batch))[0].cpu()
+                                   for batch in batches])
         return self.predictions(pool_windows(probabilities, self.protocol.pooling)[None])
 
     def classify_files(self, paths, batch_size=8, progressbar=False):
@@ -332,8 +342,8 @@ class PETLModel(torch.nn.Module):
         for k, path in enumerate(tqdm(paths, desc="classify", unit="file", disable=not progressbar)):
             names[k] = str(path)
             try:
-                for clip in self.protocol.clips(path, self.input_processor):
-                    pending.append((k, path, self.load_input(clip)))
+                for features in self.file_windows(path, batch_size):
+                    pending.append((k, path, features))
                     if len(pending) >= batch_size:
                         flush()
             except Exception as err:  # noqa: BLE001 (AudioError, or the processor failing)

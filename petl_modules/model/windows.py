@@ -9,7 +9,8 @@ clips every ``window_hop_seconds`` (null: half a clip), the last one ending wher
 (``window_starts``); the windows' class probabilities are pooled into the file's
 (``window_pooling``: mean, or max for events). A file no longer than a clip is one window, padded
 as in the first-clip protocol. Every window is a ``petl_modules.model.clip.Clip`` of the file (or
-of a segment of it), read on its own (``Clip.read``): memory does not grow with the file.
+of a segment of it); ``classify`` reads a file's windows a few at a time
+(``petl_modules.model.long_audio.file_windows``): memory does not grow with the file.
 """
 
 import math
