@@ -132,7 +132,8 @@ def test_long_audio_suite_reports_real_time_factors_and_hops(tmp_path):
     assert all(RESULT_KEYS <= set(row) for row in rows)
     runs = [r for r in rows if "precision" in r]
     assert [(r["precision"], r["features"]) for r in runs] == [
-        (p, f) for p in ("fp32", "bf16", "int8") for f in ("per window", "shared")]
+        (p, f) for p in ("fp32", "bf16", "int8") for f in ("per window", "shared")] + [("int8", "shared")]
+    assert [r["batch"] for r in runs] == [8] * 6 + [1]  # int8 also at batch 1
     assert all(r["rtf"] > 0 and r["top1_same_as_fp32"] for r in runs)
     assert [r["max_prob_diff_vs_fp32"] for r in runs[:2]] == [0.0, 0.0]  # shared features: exact
     hops = [r for r in rows if "hop_s" in r]
