@@ -50,6 +50,7 @@ import torch
 from speechbrain.lobes.models import beats as sb_beats
 
 from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.layerdrop import layer_step
 from petl_modules.backbones.features import BEATsFbank
 from petl_modules.contract import (
     attend_with_prefix,
@@ -470,17 +471,10 @@ class BEATsBackbone(Backbone):
             for layer in encoder.layers:
                 if decay != 1.0:  # as SpeechBrain: gradients shrink on their way down the layers
                     hidden = sb_beats.GradMultiply.apply(hidden, decay)
-                if self._drop_layer(layer):
-                    continue
-                hidden, position_bias = self._run_layer(layer, hidden, padding, position_bias)
+                hidden, position_bias = layer_step(
+                    layer, self.config.encoder_layerdrop, (hidden, position_bias),
+                    run=lambda state: self._run_layer(layer, state[0], padding, state[1]))
         return hidden, added
-
-    def _drop_layer(self, layer):
-        """LayerDrop, as SpeechBrain, for layers being fine-tuned (frozen ones are in eval mode)."""
-        layer = getattr(layer, "pretrained_module", layer)
-        if not layer.training or self.config.encoder_layerdrop <= 0.0:
-            return False
-        return bool(torch.rand([]) < self.config.encoder_layerdrop)
 
     def _run_layer(self, layer, hidden, padding, position_bias):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

@@ -37,6 +37,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2_bert.modeling_wav2vec2_bert import Wav2Vec2BertSelfAttention
 
 from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.layerdrop import layer_step
 from petl_modules.backbones.loading import loading_options, read_config
 from petl_modules.contract import (
     attend_with_prefix,
@@ -299,17 +300,9 @@ class W2VBertBackbone(Backbone):
         positions = encoder.embed_positions(hidden) if encoder.embed_positions is not None else None
         with token_mask(mask):
             for layer in encoder.layers:
-                if self._drop_layer(layer):
-                    continue
-                hidden = self._run_layer(layer, hidden, layer_mask, positions, mask)
+                hidden = layer_step(layer, self.config.layerdrop, hidden, run=lambda state: self._run_layer(
+                    layer, state, layer_mask, positions, mask))
         return hidden, added
-
-    def _drop_layer(self, layer):
-        """LayerDrop, as transformers, for layers being fine-tuned (frozen ones are in eval mode)."""
-        layer = getattr(layer, "pretrained_module", layer)
-        if not layer.training or self.config.layerdrop <= 0.0:
-            return False
-        return bool(torch.rand([]) < self.config.layerdrop)
 
     def _run_layer(self, layer, hidden, layer_mask, positions, mask):
         """One ``Wav2Vec2BertEncoderLayer`` (or the PETL module wrapping it) called as the encoder

@@ -8,6 +8,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.layerdrop import layer_step
 from petl_modules.backbones.loading import loading_options, read_config
 from petl_modules.backbones.features import Waveform
 from petl_modules.contract import attend_with_prefix, checkpoint_contexts, prefix_attention, token_mask
@@ -361,15 +362,16 @@ class Wav2Vec2Backbone(Backbone):
         # PETL modules in the layers see the padding as the attention does (none without a mask).
         with token_mask(attention_mask):
             for index, layer in enumerate(encoder.layers):
-                if self._drop_layer(layer, index):
-                    continue
-                if self.model_type == "wavlm":
+                if self.model_type == "wavlm":  # its first layer computes the position bias
                     extra = {} if self.pre_ln else {"index": index}
-                    hidden, position_bias = self._run_layer(
-                        layer, hidden, attention_mask=layer_mask, position_bias=position_bias, **extra
+                    hidden, position_bias = layer_step(
+                        layer, self.config.layerdrop, (hidden, position_bias), keep=index == 0,
+                        run=lambda state: self._run_layer(
+                            layer, state[0], attention_mask=layer_mask, position_bias=state[1], **extra),
                     )
                 else:
-                    hidden = self._run_layer(layer, hidden, attention_mask=layer_mask)
+                    hidden = layer_step(layer, self.config.layerdrop, hidden, run=lambda state: self._run_layer(
+                        layer, state, attention_mask=layer_mask))
         if self.pre_ln:
             hidden = encoder.layer_norm(hidden)
         return hidden, added
@@ -380,15 +382,6 @@ class Wav2Vec2Backbone(Backbone):
         if attention_mask is None or self.model_type == "wavlm":
             return attention_mask
         return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
-
-    def _drop_layer(self, layer, index):
-        """LayerDrop, as transformers, for layers being fine-tuned (frozen ones are in eval mode)."""
-        layer = getattr(layer, "pretrained_module", layer)
-        if not layer.training or self.config.layerdrop <= 0.0:
-            return False
-        if self.model_type == "wavlm" and index == 0:  # it computes the relative position bias
-            return False
-        return bool(torch.rand([]) < self.config.layerdrop)
 
     def _run_layer(self, layer, hidden, **kwargs):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

@@ -23,6 +23,7 @@ import transformers
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from petl_modules.backbones.base import Backbone, register
+from petl_modules.backbones.layerdrop import layer_step
 from petl_modules.backbones.loading import loading_options, read_config
 from petl_modules.backbones.features import WhisperLogMel
 from petl_modules.contract import checkpoint_contexts, token_mask
@@ -325,16 +326,9 @@ class WhisperBackbone(Backbone):
         hidden = self.input_dropout(self.embed(inputs.transpose(1, 2)))  # the `embeddings` point
         with token_mask(None):
             for layer in self.model.layers:
-                if not self._drop_layer(layer):
-                    hidden = self._run_layer(layer, hidden)
+                hidden = layer_step(layer, self.config.encoder_layerdrop, hidden,
+                                    run=lambda state: self._run_layer(layer, state))
         return self.model.layer_norm(hidden), None
-
-    def _drop_layer(self, layer):
-        """LayerDrop, as transformers, for layers being fine-tuned (frozen ones are in eval mode)."""
-        layer = getattr(layer, "pretrained_module", layer)
-        if not layer.training or self.config.encoder_layerdrop <= 0.0:
-            return False
-        return bool(torch.rand([]) < self.config.encoder_layerdrop)
 
     def _run_layer(self, layer, hidden):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
