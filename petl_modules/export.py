@@ -103,7 +103,7 @@ def export_petl_model(model_dir, out_dir, backbone_source=None, format="transfor
     peft_names : str
         ``--format=peft``: module names of transformers ``5`` (default) or ``4``.
     opset : int, optional
-        ``--format=onnx``: the ONNX opset (default: ``onnx_export.OPSET``).
+        ``--format=onnx``: the ONNX opset (default: ``onnx_export.OPSET``, 18; int8: ``INT8_OPSET``, 23).
     precision : str
         ``--format=onnx``: ``fp32`` (default) or ``int8`` (linear layers quantised).
 

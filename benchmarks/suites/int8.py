@@ -28,6 +28,7 @@ def _int8_speed(args):
     import onnxruntime
 
     from petl_modules.sharing.onnx_export import (
+        INT8_OPSET,
         ProbabilityModel,
         export_graph,
         fixed_frames,
@@ -39,8 +40,10 @@ def _int8_speed(args):
     model = ProbabilityModel(hparams["petl_model"], hparams["classifier"], fixed_frames(lobe)).eval()
     paths = {"onnxruntime fp32": args.workdir / "int8_suite_fp32.onnx",
              "onnxruntime int8": args.workdir / "int8_suite_int8.onnx"}
-    export_graph(model, lobe, paths["onnxruntime fp32"])
-    quantize_int8(paths["onnxruntime fp32"], paths["onnxruntime int8"])
+    export_graph(model, lobe, paths["onnxruntime fp32"])  # the fp32 export's default opset
+    traced = args.workdir / "int8_suite_traced.onnx"
+    export_graph(model, lobe, traced, INT8_OPSET)  # as the int8 export traces it
+    quantize_int8(traced, paths["onnxruntime int8"])
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1

@@ -108,9 +108,9 @@ def int8_graph(modules, config):
     """The ``Int8Graph`` of ``modules`` (``{"petl_model", "classifier"}``, left untouched) with
     ``config`` (the model's ``config``): from the cache, or exported into it first."""
     from petl_modules.model.folder import merge_petl_model
-    from petl_modules.sharing.onnx_export import CONFIG_FILE, OPSET, export_onnx
+    from petl_modules.sharing.onnx_export import CONFIG_FILE, INT8_OPSET, export_onnx
 
-    folder = cache_folder() / graph_key(modules, config, OPSET)
+    folder = cache_folder() / graph_key(modules, config, INT8_OPSET)
     if (folder / CONFIG_FILE).is_file():
         return Int8Graph(folder)
     logger.info(f"--precision=int8: exporting the model to ONNX int8 in {folder} (once).")
