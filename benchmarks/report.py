@@ -129,7 +129,7 @@ def _compile_tables(rows):
 
 
 def _other_tables(rows):
-    """batching, int8, multitask, the data suite's reads, then the plain tables."""
+    """batching, int8, long_audio, multitask, the data suite's reads, then the plain tables."""
     parts = []
     batching = [r for r in rows if r["suite"] == "batching"]
     if batching:
@@ -142,6 +142,14 @@ def _other_tables(rows):
             ["name", "median (s)", "min (s)", "top-1 agreement with fp32", "max |prob diff|"],
             [[r["name"], r["median_s"], r["min_s"], r.get("top1_agreement", ""),
               r.get("max_abs_difference", "")] for r in int8]), ""]
+    long_audio = [r for r in rows if r["suite"] == "long_audio"]
+    if long_audio:
+        parts += ["## long_audio: real-time factor (audio seconds / wall seconds)", "", markdown_table(
+            ["name", "batch", "audio (s)", "wall (s)", "RTF", "peak RSS (MB)",
+             "top-1 same as fp32 / 5 s hop", "max |prob diff|"],
+            [[r["name"], r.get("batch"), r["audio_s"], r["wall_s"], r["rtf"], r.get("peak_rss_mb"),
+              r.get("top1_same_as_fp32", r.get("top1_agreement_vs_5s")),
+              r.get("max_prob_diff_vs_fp32", r.get("max_prob_diff_vs_5s"))] for r in long_audio]), ""]
     multitask = [r for r in rows if r["suite"] == "multitask"]
     if multitask:
         parts += [f"## multitask (batch of {multitask[0]['batch']}, inference)", "", markdown_table(

@@ -35,11 +35,11 @@ methods/       the PETL methods, which never name a backbone family: one config 
                decides what trains), ``classifier.py`` (pooling + linear head)
 model/         a trained model as a self-contained artifact: ``spec.py`` (``ModelSpec``,
                ``petl_config.json`` format 4), ``build.py``, ``folder.py`` (save, load, merge),
-               ``petl_model.py`` (``PETLModel``, ``PETLClassifier``), ``multitask.py`` (several
-               tasks on one backbone), ``bases.py`` (naming and finding base checkpoints),
-               ``hub.py``, ``audio.py``, ``windows.py`` (evaluation protocol), ``task.py`` (the
-               task kinds: loss, outputs, scores, result fields; one class each), ``scores.py``,
-               ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
+               ``petl_model.py`` (``PETLModel``, ``PETLClassifier``), ``multitask.py`` and
+               ``multitask_classifier.py`` (several tasks on one backbone), ``bases.py``
+               (naming and finding base checkpoints), ``hub.py``, ``audio.py``, ``windows.py``
+               (evaluation protocol), ``task.py`` (the task kinds: loss, outputs, scores, result
+               fields; one class each), ``scores.py``, ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
 sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA, DoRA, (IA)3 and
                VeRA adapters: the format; ``peft_export.py``, ``peft_import.py`` the two
                ways), ``onnx_export.py`` (ONNX, checked with onnxruntime),

@@ -61,7 +61,7 @@ _API = {
     "PETLClassifier": "petl_modules.model.petl_model",
     "PETLModel": "petl_modules.model.petl_model",
     "top_classes": "petl_modules.model.petl_model",
-    "MultiTaskClassifier": "petl_modules.model.multitask",
+    "MultiTaskClassifier": "petl_modules.model.multitask_classifier",
     "PETLModelError": "petl_modules.model.spec",
 }
 

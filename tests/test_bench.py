@@ -138,3 +138,5 @@ def test_long_audio_suite_reports_real_time_factors_and_hops(tmp_path):
     assert [r["max_prob_diff_vs_fp32"] for r in runs[:2]] == [0.0, 0.0]  # shared features: exact
     hops = [r for r in rows if "hop_s" in r]
     assert [r["hop_s"] for r in hops] == [2.5, 5.0, 10.0] and hops[1]["top1_agreement_vs_5s"] == 1.0
+    report = bench.render({}, rows, {})  # the Markdown report has their table
+    assert "## long_audio" in report and all(f"| {r['name']} |" in report for r in rows)

@@ -18,8 +18,6 @@ ALLOWED = {
                                        "released file's checks, the model built from it, its layer",
     "petl_modules/backbones/base.py": NOT_A_TOOL + "the Backbone class alone, the contract every "
                                       "family implements with its docstrings, is 409 lines",
-    "petl_modules/model/multitask.py": NOT_A_TOOL + "several tasks on one backbone: loading, "
-                                       "hooks and batch inference of one class",
     "petl_modules/model/petl_model.py": NOT_A_TOOL + "PETLModel and PETLClassifier, the public "
                                         "API with its docstrings",
     "petl_modules/model/spec.py": NOT_A_TOOL + "the petl_config.json format: ModelSpec and its reader "

@@ -5,7 +5,9 @@
 - ``folder.py``: building a model from its spec, the model folder (save, load, merge LoRA);
 - ``petl_model.py``: ``PETLModel`` (``from_pretrained``, ``save_pretrained``, ``model(wavs)``,
   ``classify``) and ``PETLClassifier`` (the SpeechBrain-style name: ``from_folder``);
-- ``multitask.py``: several tasks' models on one frozen backbone (``MultiTaskClassifier``);
+- ``multitask.py``: several tasks' models on one frozen backbone (``TaskRouter``,
+  ``MultiTaskModel``); ``multitask_classifier.py``: loading them from their folders
+  (``MultiTaskClassifier``);
 - ``bases.py``: how a base checkpoint is named without a local path and found again;
 - ``hub.py``: Hugging Face Hub repo ids where a folder is expected;
 - ``audio.py`` (reading any audio file as 16 kHz mono, only the part a clip uses),
@@ -29,7 +31,7 @@ Example
 _LAZY = {
     "PETLModel": "petl_modules.model.petl_model",
     "PETLClassifier": "petl_modules.model.petl_model",
-    "MultiTaskClassifier": "petl_modules.model.multitask",
+    "MultiTaskClassifier": "petl_modules.model.multitask_classifier",
     "ModelSpec": "petl_modules.model.spec",
     "BackboneRef": "petl_modules.model.spec",
     "PETLModelError": "petl_modules.model.spec",

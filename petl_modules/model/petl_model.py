@@ -406,7 +406,7 @@ class PETLClassifier(PETLModel):
         >>> tasks.classify_file("utterance.wav")["emotion/petl_model"][3]  # doctest: +SKIP
         ['neutral']
         """
-        from petl_modules.model.multitask import MultiTaskClassifier
+        from petl_modules.model.multitask_classifier import MultiTaskClassifier
 
         return MultiTaskClassifier.from_folders(model_dirs, backbone_source, device, check)
 
