@@ -39,7 +39,8 @@ model/         a trained model as a self-contained artifact: ``spec.py`` (``Mode
                ``multitask_classifier.py`` (several tasks on one backbone), ``bases.py``
                (naming and finding base checkpoints), ``hub.py``, ``audio.py``, ``windows.py``
                (evaluation protocol), ``task.py`` (the task kinds: loss, outputs, scores, result
-               fields; one class each), ``scores.py``, ``precision.py``, ``metrics_file.py``; no YAML, no ``hparams/`` or ``recipes/``
+               fields; one class each), ``scores.py``, ``precision.py``, ``metrics_file.py``;
+               no YAML, no ``hparams/`` or ``recipes/``
 sharing/       other formats of a trained model: ``peft_lora.py`` (PEFT LoRA, DoRA, (IA)3 and
                VeRA adapters: the format; ``peft_export.py``, ``peft_import.py`` the two
                ways), ``onnx_export.py`` (ONNX, checked with onnxruntime),
