@@ -199,7 +199,8 @@ def parse_args(argv=None):
                         help="reference suite: bench_ref.py (default ../shared/reference-bench/"
                              "bench_ref.py from the repository root)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="reference, vs_lora and backbones suites: interleaved rounds (3)")
+                        help="reference, vs_lora, backbones and long_audio suites: interleaved rounds "
+                             "(3; long_audio's one-hour file: --rounds=1 takes ~1 h on 2 cores)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
     parser.add_argument("--batching_utterances", type=int, default=24,
                         help="batching suite: generated utterances of 0.5-30 s (default 24)")

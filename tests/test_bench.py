@@ -124,7 +124,7 @@ def test_batching_suite_reports_padding_and_epoch_ratio():
 def test_long_audio_suite_reports_real_time_factors_and_hops(tmp_path):
     bench = load_bench()
     threads = torch.get_num_threads()
-    args = argparse.Namespace(threads=1, workdir=tmp_path, quick=True, long_audio_seconds=30)
+    args = argparse.Namespace(threads=1, workdir=tmp_path, quick=True, long_audio_seconds=30, rounds=2)
     try:
         rows = bench.SUITE_FUNCTIONS["long_audio"](args)
     finally:
@@ -134,6 +134,13 @@ def test_long_audio_suite_reports_real_time_factors_and_hops(tmp_path):
     assert [(r["precision"], r["features"]) for r in runs] == [
         (p, f) for p in ("fp32", "bf16", "int8") for f in ("per window", "shared")] + [("int8", "shared")]
     assert [r["batch"] for r in runs] == [8] * 6 + [1]  # int8 also at batch 1
+    assert all(len(r["round_s"]) == 2 and r["min_s"] <= r["wall_s"] for r in runs)
+    ratios = bench.compute_ratios(rows)
+    by_round = [[r["round_s"][i] for r in runs] for i in range(2)]
+    expected = sorted(times[1] / times[5] for times in by_round)  # fp32 / int8, shared, batch 8
+    assert ratios["long_audio_int8_vs_fp32_rtf"] == pytest.approx(sum(expected) / 2)
+    assert ratios["long_audio_fastest_vs_fp32_rtf"] == max(ratios["long_audio_bf16_vs_fp32_rtf"],
+                                                           ratios["long_audio_int8_vs_fp32_rtf"])
     assert all(r["rtf"] > 0 and r["top1_same_as_fp32"] for r in runs)
     assert [r["max_prob_diff_vs_fp32"] for r in runs[:2]] == [0.0, 0.0]  # shared features: exact
     hops = [r for r in rows if "hop_s" in r]
