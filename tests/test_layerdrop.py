@@ -37,7 +37,7 @@ def step(model, waveform, seed):
     hidden = model(inputs)[0]
     hidden.sum().backward()
     grads = {n: p.grad for n, p in model.named_parameters() if ".layers." in n and p.requires_grad}
-    return hidden.detach(), grads
+    return hidden.detach(), grads, torch.get_rng_state()
 
 
 @pytest.mark.parametrize("backbone", TINY_BACKBONES)
@@ -50,15 +50,16 @@ def test_a_dropped_layer_is_skipped_alone_and_runs_for_nothing_under_ddp(backbon
     waveform = torch.randn(2, 16000, generator=torch.Generator().manual_seed(1))
     # The first seed whose draws drop a layer and keep another (the tiny models have 2 layers).
     for seed in range(100):
-        alone, alone_grads = step(model, waveform, seed)
+        alone, alone_grads, alone_rng = step(model, waveform, seed)
         skipped = {n for n, g in alone_grads.items() if g is None}
         if skipped and len(skipped) < len(alone_grads):
             break
     monkeypatch.setattr(layerdrop, "reduced_across_processes", lambda: True)
-    ddp, ddp_grads = step(model, waveform, seed)
+    ddp, ddp_grads, ddp_rng = step(model, waveform, seed)
 
     assert skipped and len(skipped) < len(alone_grads)  # one layer dropped, one ran
     assert torch.equal(alone, ddp)
+    assert torch.equal(alone_rng, ddp_rng)  # the discarded layer's draws were undone
     assert all(ddp_grads[n] is not None and not ddp_grads[n].any() for n in skipped)
     for name in set(alone_grads) - skipped:
         torch.testing.assert_close(ddp_grads[name], alone_grads[name], rtol=0, atol=0)

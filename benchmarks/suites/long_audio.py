@@ -129,12 +129,14 @@ def rtf_rows(model, path, seconds, workdir, warmup_file, rounds=1):
         for case in cases:
             _use_precision(model, case[0], graphs)
             found[case].append(classify_run(model, [path], case[1], case[2]))
+            found[case][-1]["precision"] = model.precision  # bf16 where the machine has it
     reference = found[cases[0]][0]["probabilities"]  # fp32, per window
     rows = []
     for (precision, shared, batch_size), runs in found.items():
         walls = [r["seconds"] for r in runs]
         wall = statistics.median(walls)
-        rows.append({"suite": "long_audio", "precision": precision, "features": "shared" if shared else "per window",
+        rows.append({"suite": "long_audio", "precision": precision, "precision_run": runs[0]["precision"],
+                     "features": "shared" if shared else "per window",
                      "batch": batch_size, "audio_s": seconds, "wall_s": round(wall, 2),
                      "min_s": round(min(walls), 2), "round_s": [round(w, 3) for w in walls],
                      "rtf": round(seconds / wall, 3), "peak_rss_mb": max(r["peak_mb"] for r in runs),

@@ -4,8 +4,10 @@ A layer in train mode is skipped with probability ``rate`` at each forward, as t
 SpeechBrain do (frozen layers stay in eval mode, so they are never dropped). Each process draws its
 own drops. Under DDP, a layer one process skips while another runs it would leave the processes'
 gradient reductions out of step, and the run would fail. So there a dropped layer still runs and
-its output is thrown away, with the random generators as they were before it. The forward is the
-skip's, bit for bit, and the layer's parameters get zero gradients, as DDP's ``find_unused_parameters`` would give them. In one process a dropped layer
+its output is thrown away, with the random generators as they were before it (its other effects
+stay: e.g. the running statistics of a BatchNorm inside it). The forward is the skip's, bit for
+bit, and the layer's parameters get zero gradients, as DDP's ``find_unused_parameters`` would give
+them (so AdamW still decays them and moves them by its momentum). In one process a dropped layer
 is skipped, at no cost.
 """
 
@@ -49,10 +51,24 @@ def layer_step(layer, rate, state, run, keep=False):
     hidden = state[0] if isinstance(state, tuple) else state
     # The random draws of the layer's dropout are undone: the later layers draw as after a skip.
     devices = [] if hidden.device.type == "cpu" else [hidden.device]
-    with torch.random.fork_rng(devices=devices, device_type=hidden.device.type if devices else "cuda"):
+    kind = hidden.device.type if devices else "cuda"
+    with torch.random.fork_rng(devices=devices, device_type=kind):
         discarded = run(state)
     output = discarded[0] if isinstance(discarded, tuple) else discarded
-    # hidden + 0: the same values; the layer stays in the graph with zero gradients.
     if isinstance(state, tuple):
-        return (state[0] + (output * 0.0).sum(), *state[1:])
-    return state + (output * 0.0).sum()
+        return (_Discard.apply(state[0], output), *state[1:])
+    return _Discard.apply(state, output)
+
+
+class _Discard(torch.autograd.Function):
+    """``hidden`` as it is, with ``output`` kept in the graph: its gradient is zero (whatever
+    values it holds, inf or NaN included)."""
+
+    @staticmethod
+    def forward(ctx, hidden, output):
+        ctx.output_shape, ctx.output_dtype = output.shape, output.dtype
+        return hidden.view_as(hidden)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad.new_zeros(ctx.output_shape, dtype=ctx.output_dtype)
