@@ -318,9 +318,13 @@ class Cluster:
         value = parse_config_value(self._run(["scontrol", "show", "config"]), "MaxArraySize")
         return int(value) if value and value.isdigit() else None
 
+    def installed(self, command):
+        """Whether ``command`` is on the PATH."""
+        return shutil.which(command) is not None
+
     def accounting(self):
         """Whether ``sacct`` answers (the cluster keeps accounting through slurmdbd)."""
-        if not shutil.which("sacct"):
+        if not self.installed("sacct"):
             return False
         try:
             self._run(["sacct", "-X", "-n", "-P", "-o", "JobID", "-S", "now"])
