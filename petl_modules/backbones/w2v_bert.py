@@ -300,8 +300,8 @@ class W2VBertBackbone(Backbone):
         positions = encoder.embed_positions(hidden) if encoder.embed_positions is not None else None
         with token_mask(mask):
             for layer in encoder.layers:
-                hidden = layer_step(layer, self.config.layerdrop, hidden, run=lambda state: self._run_layer(
-                    layer, state, layer_mask, positions, mask))
+                hidden = layer_step(layer, self.config.layerdrop, hidden, run=lambda state:
+                                    self._run_layer(layer, state, layer_mask, positions, mask))
         return hidden, added
 
     def _run_layer(self, layer, hidden, layer_mask, positions, mask):

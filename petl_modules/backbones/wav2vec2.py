@@ -370,8 +370,8 @@ class Wav2Vec2Backbone(Backbone):
                             layer, state[0], attention_mask=layer_mask, position_bias=state[1], **extra),
                     )
                 else:
-                    hidden = layer_step(layer, self.config.layerdrop, hidden, run=lambda state: self._run_layer(
-                        layer, state, attention_mask=layer_mask))
+                    hidden = layer_step(layer, self.config.layerdrop, hidden, run=lambda state:
+                                        self._run_layer(layer, state, attention_mask=layer_mask))
         if self.pre_ln:
             hidden = encoder.layer_norm(hidden)
         return hidden, added

@@ -246,7 +246,8 @@ def token_layout(lobe):
 class MultiTaskModel(torch.nn.Module):
     """One frozen backbone lobe with several tasks' PETL modules (``TaskRouter``) and heads.
 
-    Build it with ``multitask_classifier.load_multitask``. ``forward(inputs, lengths, tasks)`` runs a stacked batch.
+    Build it with ``multitask_classifier.load_multitask``. ``forward(inputs, lengths, tasks)`` runs
+    a stacked batch.
 
     Arguments
     ---------

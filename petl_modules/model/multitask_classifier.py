@@ -114,7 +114,8 @@ def _check_frozen(spec, folder, modules, shared):
     """Raises ``PETLModelError`` when a task's modules cannot share one call of the frozen
     backbone (updates of WavLM's attention projections, whose weights WavLM reads directly)."""
     attention = {n for p in "qkvo" for n, _ in shared.modules_at_optional(p)}
-    weight_read = sorted({type(m).__name__ for n, m in outermost_petl_modules(modules["petl_model"].adapted_model).items()
+    lobe = modules["petl_model"].adapted_model
+    weight_read = sorted({type(m).__name__ for n, m in outermost_petl_modules(lobe).items()
                           if isinstance(m, ProjectionUpdate) and n in attention})
     if getattr(shared, "model_type", None) == "wavlm" and weight_read:
         raise PETLModelError(
