@@ -8,9 +8,12 @@ from benchmarks.ratios import median_of, ratio_of, target_of
 # peak memory and parameters: the default set but methods, and prepare_full.
 PLAIN_TABLES = ("moa", "data", "cache", "merge", "classify", "onnx", "prepare", "prepare_full")
 
+
 def _fmt(value, digits=3):
     if value is None:
         return "-"
+    if isinstance(value, bool):  # before int: f"{True:,}" is "1"
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
