@@ -38,7 +38,6 @@ import contextlib
 import contextvars
 
 import torch
-from speechbrain.nnet.adapters import replace_module
 
 from petl_modules.contract import _TOKEN_MASK, PETLModule, token_mask
 from petl_modules.methods.adapters import Adapter
@@ -228,13 +227,6 @@ def outermost_petl_modules(lobe):
 
 def plain_name(name):
     return name.replace(".pretrained_module", "")
-
-
-def strip_petl_modules(lobe):
-    """Puts the frozen modules back in place of the PETL modules wrapping them, in place."""
-    for name, module in sorted(outermost_petl_modules(lobe).items(), key=lambda kv: -kv[0].count(".")):
-        replace_module(lobe, name, module.pretrained_module)
-    return lobe
 
 
 def token_layout(lobe):
