@@ -3,6 +3,7 @@ epoch reads it: every clip once over processes and DataLoader workers, seeded or
 exact resume, class-balanced draws, refusals. End-to-end runs are in test_shards_runs.py."""
 
 import json
+import shutil
 import tarfile
 from collections import Counter
 
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from petl_modules.model.task import Task
 from petl_modules.shard import write_shards
 from petl_modules.synthetic import make_dataset
+from petl_modules.training import recipe
 from petl_modules.training.shards import (
     EpochPlan,
     SampleTable,
@@ -249,3 +252,24 @@ def test_fold_recipe_shards_each_fold_once_and_its_splits_are_unions_of_folds(tm
     assert index["splits"]["1"] == {"train": ["fold2", "fold3", "fold4"], "valid": ["fold5"],
                                     "test": ["fold1"]}
     assert sum(p["samples"] for p in index["parts"].values()) == 250
+
+
+def test_values_an_index_gives_the_run_stay_plain_strings_never_yaml_tags(fsd_shards, tiny_ast,
+                                                                           tmp_path):
+    """shards.json is data (shards may come from someone else): the class names and data folder
+    it gives the run reach the composed configuration as the strings they are."""
+    _, folder = fsd_shards
+    copy = tmp_path / "shards"
+    shutil.copytree(folder, copy)
+    marker = tmp_path / "touched"
+    index = json.loads((copy / "shards.json").read_text())
+    tag = f"!apply:pathlib.Path.touch ['{marker}']"
+    names = [tag, "!ref <output_folder>", "*alias", "&anchor x", "a: b", *index["class_names"][5:]]
+    index.update(class_names=names, data_folder=tag)
+    (copy / "shards.json").write_text(json.dumps(index))
+    run = recipe.load_run(str(REPO / "hparams" / "linear.yaml"),
+                          REPO / "recipes" / "FSD50K" / "fsd50k.yaml",
+                          {"shards": str(copy), "backbone_source": str(tiny_ast),
+                           "output_folder": str(tmp_path / "out")}, {})
+    assert run.hparams["class_names"] == names and run.hparams["data_folder"] == tag
+    assert not marker.exists()
