@@ -146,7 +146,7 @@ from benchmarks.suites.compile import suite_compile, suite_compile_cache  # noqa
 from benchmarks.suites.data import suite_data  # noqa: E402
 from benchmarks.suites.inference import suite_classify, suite_merge, suite_onnx  # noqa: E402
 from benchmarks.suites.int8 import suite_int8  # noqa: E402
-from benchmarks.suites.long_audio import suite_long_audio  # noqa: E402
+from benchmarks.suites.long_audio import parse_cases, suite_long_audio  # noqa: E402
 from benchmarks.suites.methods import LORA_RATIO_GROUP, suite_methods, suite_vs_lora  # noqa: E402, F401
 from benchmarks.suites.moa import suite_moa  # noqa: E402
 from benchmarks.suites.multitask import suite_multitask  # noqa: E402
@@ -201,6 +201,9 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=3,
                         help="reference, vs_lora, backbones and long_audio suites: interleaved rounds "
                              "(3; long_audio's one-hour file: --rounds=1 takes ~1 h on 2 cores)")
+    parser.add_argument("--long_audio_cases", default=None,
+                        help="long_audio suite: precision:features:batch,... (features shared or "
+                             "window; fp32 first), e.g. fp32:shared:8,int8:shared:8 (default: all 7)")
     parser.add_argument("--markdown", default=None, help="write the report as Markdown here")
     parser.add_argument("--batching_utterances", type=int, default=24,
                         help="batching suite: generated utterances of 0.5-30 s (default 24)")
@@ -216,6 +219,8 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown suite(s) {unknown}; choose among {', '.join(ALL_SUITES)}")
     args.suites = suites
+    if args.long_audio_cases:
+        parse_cases(args.long_audio_cases, "--long_audio_cases")  # a bad list is refused before any suite runs
     if args.methods:
         args.methods = [m.strip() for m in args.methods.split("|") if m.strip()]
         known = [m[0] for m in METHODS]

@@ -113,15 +113,38 @@ def classify_run(model, files, shared, batch_size=BATCH):
     return found
 
 
-def rtf_rows(model, path, seconds, workdir, warmup_file, rounds=1):
+ALL_CASES = [(p, shared, BATCH) for p in PRECISIONS for shared in (False, True)] + [("int8", True, 1)]
+
+
+def parse_cases(text, option="--cases"):
+    """``--cases``: comma-separated ``precision:features:batch`` (features ``shared`` or
+    ``window``), e.g. ``fp32:shared:8,int8:shared:8``; empty: every case."""
+    if not text:
+        return ALL_CASES
+    cases = []
+    for item in text.split(","):
+        parts = item.split(":")
+        batch = parts[2] if len(parts) == 3 else ""
+        if (len(parts) != 3 or parts[0] not in PRECISIONS or parts[1] not in ("shared", "window")
+                or not batch.isdigit() or int(batch) < 1):
+            raise SystemExit(f"{option}: '{item}' is not precision:features:batch with precision one "
+                             f"of {', '.join(PRECISIONS)}, features shared or window and a batch of 1 or more.")
+        cases.append((parts[0], parts[1] == "shared", int(batch)))
+    if cases[0][0] != "fp32":
+        raise SystemExit(f"{option}: put an fp32 case first (the other rows are compared with it).")
+    return cases
+
+
+def rtf_rows(model, path, seconds, workdir, warmup_file, rounds=1, cases=None):
     """Per precision a warm-up run on ``warmup_file`` (kernels, onnxruntime's arena); then
     ``rounds`` rounds, each running the file once per case in turn: every precision with per-window
     and shared features (batches of 8), int8 also at batch 1. Rows: median and min wall time,
-    the RTF of the median, each round's time (``round_s``, for the ratios within a round)."""
+    the RTF of the median, each round's time (``round_s``, for the ratios within a round).
+    ``cases``: a subset of ``ALL_CASES``, fp32 first (the reference of the agreement columns)."""
     os.environ.setdefault("PETL_AST_HOME", str(workdir / "home"))  # the int8 graph's cache
-    cases = [(p, shared, BATCH) for p in PRECISIONS for shared in (False, True)] + [("int8", True, 1)]
+    cases = cases or ALL_CASES
     graphs = {}
-    for precision in PRECISIONS:
+    for precision in dict.fromkeys(case[0] for case in cases):
         _use_precision(model, precision, graphs)
         classify_run(model, [warmup_file], True)
     found = {case: [] for case in cases}
@@ -130,7 +153,7 @@ def rtf_rows(model, path, seconds, workdir, warmup_file, rounds=1):
             _use_precision(model, case[0], graphs)
             found[case].append(classify_run(model, [path], case[1], case[2]))
             found[case][-1]["precision"] = model.precision  # bf16 where the machine has it
-    reference = found[cases[0]][0]["probabilities"]  # fp32, per window
+    reference = found[cases[0]][0]["probabilities"]  # fp32 (per window by default)
     rows = []
     for (precision, shared, batch_size), runs in found.items():
         walls = [r["seconds"] for r in runs]
@@ -221,7 +244,8 @@ def suite_long_audio(args):
     rows = inputs_rows(model, hour, hour_seconds)
     each = 12.0 if args.quick else HOP_FILE_SECONDS
     files = [write_recording(workdir / f"long_audio_hop_{k}.wav", each, seed=k + 1) for k in range(HOP_FILES)]
-    rows += rtf_rows(model, path, seconds, workdir, files[0], int(getattr(args, "rounds", None) or 1))
+    rows += rtf_rows(model, path, seconds, workdir, files[0], int(getattr(args, "rounds", None) or 1),
+                     parse_cases(getattr(args, "long_audio_cases", None)))
     rows += hop_rows(model, files, each * HOP_FILES)
     for row in rows:
         row["name"] = " ".join(str(row.get(k)) for k in ("what", "precision", "features", "hop_s") if k in row)
@@ -239,6 +263,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="runs of the file per case, in turn")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--cases", default=None,
+                        help="precision:features:batch,... (features shared or window; fp32 first), e.g. "
+                             "fp32:shared:8,int8:shared:8 (default: every case)")
     parser.add_argument("--quick", action="store_true", help="a tiny AST (a smoke test)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -247,6 +274,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         args.workdir = Path(args.workdir or tmp)
         args.long_audio_seconds = args.seconds
+        args.long_audio_cases = args.cases
         rows = suite_long_audio(args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
