@@ -200,7 +200,7 @@ def parse_args(argv=None):
                              "bench_ref.py from the repository root)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="reference, vs_lora, backbones and long_audio suites: interleaved rounds "
-                             "(3; long_audio's one-hour file: --rounds=1 takes ~1 h on 2 cores)")
+                             "(3; long_audio's one-hour file: --rounds=1 takes ~85 min on 2 cores)")
     parser.add_argument("--long_audio_cases", default=None,
                         help="long_audio suite: precision:features:batch,... (features shared or "
                              "window; fp32 first), e.g. fp32:shared:8,int8:shared:8 (default: all 7)")
