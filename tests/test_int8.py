@@ -75,6 +75,7 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PETL_AST_HOME", str(tmp_path / "home"))
 
 
+@pytest.mark.slow  # exports and quantises a trained model (~5 s): kept out of the unit tier
 def test_int8_agrees_with_fp32_on_a_trained_model_and_is_cached(trained_folder, tiny_ast, tmp_path,
                                                                    monkeypatch, capsys):
     classifier = PETLClassifier.from_folder(trained_folder, tiny_ast)

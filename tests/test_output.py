@@ -32,6 +32,7 @@ def run_python(script, tmp_path, *args):
     return proc.stdout
 
 
+@pytest.mark.slow  # runs Python in a subprocess (~5 s): kept out of the unit tier
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None,
                     reason="the warnings are about torchvision missing")
 def test_the_torchvision_warnings_of_speechbrain_and_the_onnx_exporter_are_not_shown(tmp_path):
@@ -47,6 +48,7 @@ def test_the_torchvision_warnings_of_speechbrain_and_the_onnx_exporter_are_not_s
     assert "another warning" in output  # the loggers' other lines still show
 
 
+@pytest.mark.slow  # runs Python in a subprocess (~5 s): kept out of the unit tier
 def test_speechbrains_start_lines_show_once_and_each_experiment_folder_once(tmp_path):
     output = run_python(
         "import sys\n"
