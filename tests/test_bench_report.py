@@ -27,6 +27,7 @@ def test_long_audio_cases_parse_to_the_suite_cases_and_default_to_all(benchmarks
     assert parse_cases(None) == ALL_CASES and len(ALL_CASES) == 7
     assert parse_cases("fp32:shared:8,bf16:window:8,int8:shared:1") == [
         ("fp32", True, 8), ("bf16", False, 8), ("int8", True, 1)]
+    assert parse_cases("fp32:shared:8,int8:shared:8,fp32:shared:8") == [("fp32", True, 8), ("int8", True, 8)]
     assert set(parse_cases(",".join(f"{p}:{'shared' if s else 'window'}:{b}"
                                     for p, s, b in ALL_CASES))) == set(ALL_CASES)
 

@@ -130,6 +130,7 @@ def parse_cases(text, option="--cases"):
             raise SystemExit(f"{option}: '{item}' is not precision:features:batch with precision one "
                              f"of {', '.join(PRECISIONS)}, features shared or window and a batch of 1 or more.")
         cases.append((parts[0], parts[1] == "shared", int(batch)))
+    cases = list(dict.fromkeys(cases))  # a case named twice runs once per round
     if cases[0][0] != "fp32":
         raise SystemExit(f"{option}: put an fp32 case first (the other rows are compared with it).")
     return cases
@@ -269,6 +270,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a tiny AST (a smoke test)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    parse_cases(args.cases)  # a bad list is refused before the recordings are written
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
